@@ -1,0 +1,292 @@
+//! One bucket: its sliding log, its pause, its FIFO queue of waiters and its statistics.
+//!
+//! All state changes happen in [`BucketState::pump`], under the bucket's lock: it admits
+//! waiters from the front of the queue while the log admits them, times out the head when
+//! its earliest instant lies past its deadline and any waiter whose deadline has passed,
+//! and wakes exactly the waiters whose state changed plus the new head. Waiters only sleep
+//! on their own condition variable and read their state when they wake.
+
+use super::clock::Nanos;
+use super::window::SlidingLog;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Where a queued call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum WaiterState {
+    Waiting = 0,
+    Admitted = 1,
+    TimedOut = 2,
+    Cancelled = 3,
+    Closed = 4,
+}
+
+impl WaiterState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Waiting,
+            1 => Self::Admitted,
+            2 => Self::TimedOut,
+            3 => Self::Cancelled,
+            _ => Self::Closed,
+        }
+    }
+}
+
+/// A call waiting in a bucket's queue.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) cost: u64,
+    pub(crate) enqueued: Nanos,
+    pub(crate) deadline: Option<Nanos>,
+    /// Written only under the bucket's lock; atomic so that readers need no `unsafe`.
+    state: AtomicU8,
+    /// Admission instant, valid once admitted (under the bucket's lock).
+    admitted_at: std::sync::atomic::AtomicU64,
+    pub(crate) wake: Condvar,
+}
+
+impl Waiter {
+    pub(crate) fn new(cost: u64, enqueued: Nanos, deadline: Option<Nanos>) -> Self {
+        Self {
+            cost,
+            enqueued,
+            deadline,
+            state: AtomicU8::new(WaiterState::Waiting as u8),
+            admitted_at: std::sync::atomic::AtomicU64::new(0),
+            wake: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> WaiterState {
+        WaiterState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, s: WaiterState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub(crate) fn admitted_at(&self) -> Nanos {
+        self.admitted_at.load(Ordering::Acquire)
+    }
+}
+
+/// Counters of one bucket since it was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketStats {
+    /// Calls admitted.
+    pub admitted_calls: u64,
+    /// Units admitted (the sum of the admitted calls' costs).
+    pub admitted_units: u64,
+    /// Admitted calls that had to wait.
+    pub waited_calls: u64,
+    /// The sum of the waits of admitted calls, in nanoseconds.
+    pub total_wait_ns: u64,
+    /// The longest wait of an admitted call, in nanoseconds.
+    pub longest_wait_ns: u64,
+    /// Calls that failed with a timeout.
+    pub timeouts: u64,
+    /// Waits that were cancelled.
+    pub cancellations: u64,
+    /// Try-acquires that were refused.
+    pub refusals: u64,
+    /// Pauses requested (by server feedback or by hand).
+    pub pauses: u64,
+    /// Nanoseconds the bucket stays paused from now (0 when not paused).
+    pub paused_for_ns: u64,
+    /// Calls waiting in the queue now.
+    pub queued: u64,
+    /// Use of each rate's window now, in the order the rates were given.
+    pub windows: Vec<WindowUsage>,
+}
+
+/// How full one rate's window is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowUsage {
+    /// Units inside the window now.
+    pub used: u64,
+    /// The rate's limit.
+    pub calls: u64,
+    /// The window (including the limiter's margin), in nanoseconds.
+    pub window_ns: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct BucketState {
+    pub(crate) log: SlidingLog,
+    pub(crate) paused_until: Nanos,
+    pub(crate) queue: VecDeque<Arc<Waiter>>,
+    pub(crate) closed: bool,
+    pub(crate) stats: BucketStats,
+}
+
+/// A bucket: its state behind one lock.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    pub(crate) state: Mutex<BucketState>,
+}
+
+impl Bucket {
+    pub(crate) fn new(log: SlidingLog, closed: bool) -> Self {
+        Self {
+            state: Mutex::new(BucketState {
+                log,
+                paused_until: 0,
+                queue: VecDeque::new(),
+                closed,
+                stats: BucketStats::default(),
+            }),
+        }
+    }
+}
+
+impl BucketState {
+    /// The instant at which a call of `cost` could be admitted if it were at the head.
+    #[inline]
+    pub(crate) fn ready_at(&mut self, now: Nanos, cost: u64) -> Nanos {
+        self.log.expire(now);
+        self.log.earliest(now, cost).max(self.paused_until)
+    }
+
+    /// Logs an admission and counts it.
+    #[inline]
+    pub(crate) fn admit(&mut self, now: Nanos, cost: u64, waited: Nanos) {
+        self.log.push(now, cost);
+        let s = &mut self.stats;
+        s.admitted_calls += 1;
+        s.admitted_units += cost;
+        if waited > 0 {
+            s.waited_calls += 1;
+            s.total_wait_ns = s.total_wait_ns.saturating_add(waited);
+            s.longest_wait_ns = s.longest_wait_ns.max(waited);
+        }
+    }
+
+    /// Moves the queue forward at `now`; see the module documentation.
+    /// Returns the instant the head waits for, if a head remains.
+    pub(crate) fn pump(&mut self, now: Nanos) -> Option<Nanos> {
+        let mut head_changed = false;
+        // Waiters past their deadline leave wherever they stand; the others keep their order.
+        if self
+            .queue
+            .iter()
+            .any(|w| w.deadline.is_some_and(|d| d < now))
+        {
+            let first = self.queue.front().map(Arc::as_ptr);
+            let stats = &mut self.stats;
+            self.queue.retain(|w| {
+                if w.deadline.is_some_and(|d| d < now) {
+                    w.set_state(WaiterState::TimedOut);
+                    stats.timeouts += 1;
+                    w.wake.notify_one();
+                    false
+                } else {
+                    true
+                }
+            });
+            head_changed = self.queue.front().map(Arc::as_ptr) != first;
+        }
+        loop {
+            let Some(head) = self.queue.front().cloned() else {
+                return None;
+            };
+            let at = self.ready_at(now, head.cost);
+            if at <= now {
+                self.queue.pop_front();
+                self.admit(now, head.cost, now.saturating_sub(head.enqueued));
+                head.admitted_at.store(now, Ordering::Release);
+                head.set_state(WaiterState::Admitted);
+                head.wake.notify_one();
+                head_changed = true;
+            } else if head.deadline.is_some_and(|d| at > d) {
+                // Its deadline cannot be met: fail now rather than at the deadline.
+                self.queue.pop_front();
+                self.stats.timeouts += 1;
+                head.set_state(WaiterState::TimedOut);
+                head.wake.notify_one();
+                head_changed = true;
+            } else {
+                if head_changed {
+                    head.wake.notify_one();
+                }
+                return Some(at);
+            }
+        }
+    }
+
+    /// Removes a waiting call from the queue (cancel or drop) and lets the next one move.
+    pub(crate) fn cancel(&mut self, waiter: &Arc<Waiter>, now: Nanos) -> bool {
+        if waiter.state() != WaiterState::Waiting {
+            return false;
+        }
+        let was_head = self.queue.front().is_some_and(|h| Arc::ptr_eq(h, waiter));
+        self.queue.retain(|w| !Arc::ptr_eq(w, waiter));
+        waiter.set_state(WaiterState::Cancelled);
+        self.stats.cancellations += 1;
+        waiter.wake.notify_all();
+        if was_head {
+            if let Some(h) = self.queue.front() {
+                h.wake.notify_one();
+            }
+            self.pump(now);
+        }
+        true
+    }
+
+    /// Wakes every waiter with "closed"; later calls fail the same way.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+        for w in self.queue.drain(..) {
+            w.set_state(WaiterState::Closed);
+            w.wake.notify_all();
+        }
+    }
+
+    /// The instant at which a new call of `cost` could be admitted behind the queue,
+    /// assuming every queued call is admitted as early as it can be.
+    pub(crate) fn ready_at_behind_queue(&mut self, now: Nanos, cost: u64) -> Nanos {
+        if self.queue.is_empty() {
+            return self.ready_at(now, cost);
+        }
+        let mut log = self.log.clone();
+        let mut t = now.max(self.paused_until);
+        for w in self
+            .queue
+            .iter()
+            .map(|w| w.cost)
+            .chain(std::iter::once(cost))
+        {
+            log.expire(t);
+            t = log.earliest(t, w);
+            log.expire(t);
+            log.push(t, w);
+        }
+        t
+    }
+
+    pub(crate) fn snapshot(&mut self, now: Nanos) -> BucketStats {
+        self.log.expire(now);
+        let mut s = self.stats.clone();
+        s.paused_for_ns = self.paused_until.saturating_sub(now);
+        s.queued = self.queue.len() as u64;
+        s.windows = self
+            .log
+            .usage()
+            .map(|(used, calls, window_ns)| WindowUsage {
+                used,
+                calls,
+                window_ns,
+            })
+            .collect();
+        s
+    }
+
+    /// Nothing in any window, nobody waiting, no pause: the bucket can be forgotten.
+    pub(crate) fn is_idle(&mut self, now: Nanos) -> bool {
+        self.log.expire(now);
+        self.queue.is_empty() && self.paused_until <= now && self.log.is_idle()
+    }
+}

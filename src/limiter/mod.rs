@@ -1,0 +1,635 @@
+//! The limiter: exact rolling windows, several at once, in buckets created on demand by key.
+//!
+//! A [`Limiter`] is cheap to clone and safe to share between threads. Each key names a
+//! bucket; every bucket holds the limiter's default rates unless [`Limiter::set_rates`]
+//! gave it others. A call of cost `c` is admitted at instant `t` only if, for every rate
+//! of its bucket, the units admitted in `(t - window, t]` plus `c` stay within `calls`.
+//!
+//! Callers wait in FIFO order: a newcomer never passes a queued call, only the head of
+//! a queue sleeps on the clock, and a deadline that cannot be met fails at once. A wait
+//! can be taken in slices through a [`Ticket`], which keeps its place in the queue between
+//! slices and can be cancelled from any thread.
+//!
+//! ```
+//! use quotagate::limiter::{Limiter, Rate};
+//! use std::time::Duration;
+//!
+//! let limiter = Limiter::builder()
+//!     .rate(Rate::per_seconds(100, 60))
+//!     .rate(Rate::per_seconds(1500, 3600))
+//!     .build()
+//!     .unwrap();
+//! limiter.acquire("machines", 1, Some(Duration::from_secs(5))).unwrap();
+//! assert!(limiter.try_acquire("machines", 1).is_ok());
+//! ```
+
+mod bucket;
+mod clock;
+mod window;
+
+pub use bucket::{BucketStats, WindowUsage};
+pub use clock::{Clock, ClockListener, ManualClock, MonotonicClock, Nanos};
+pub use window::Rate;
+
+use bucket::{Bucket, BucketState, Waiter, WaiterState};
+use clock::nanos;
+use parking_lot::{MutexGuard, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use window::SlidingLog;
+
+/// The default limit on the number of buckets one limiter holds.
+pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
+
+/// Why a limiter call did not admit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The deadline passed, or could not be met, before admission.
+    Timeout,
+    /// `try_acquire` would have had to wait this long (at least).
+    WouldBlock {
+        /// The wait the call would need.
+        wait: Duration,
+    },
+    /// The wait was cancelled.
+    Cancelled,
+    /// The limiter was closed.
+    Closed,
+    /// The limiter already holds its maximum number of buckets, none of them idle.
+    TooManyBuckets {
+        /// The limit.
+        limit: usize,
+    },
+    /// An argument can never work (zero cost, cost above a rate, no rates, ...).
+    InvalidArgument(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Timeout => f.write_str("the deadline passed before the quota admitted the call"),
+            Error::WouldBlock { wait } => {
+                write!(
+                    f,
+                    "the quota would admit the call in {} ms",
+                    wait.as_millis()
+                )
+            }
+            Error::Cancelled => f.write_str("the wait was cancelled"),
+            Error::Closed => f.write_str("the limiter is closed"),
+            Error::TooManyBuckets { limit } => {
+                write!(
+                    f,
+                    "the limiter already holds its limit of {limit} buckets, none idle"
+                )
+            }
+            Error::InvalidArgument(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Configures a [`Limiter`].
+#[derive(Clone)]
+pub struct LimiterBuilder {
+    rates: Vec<Rate>,
+    margin: Duration,
+    max_buckets: usize,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for LimiterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimiterBuilder")
+            .field("rates", &self.rates)
+            .field("margin", &self.margin)
+            .field("max_buckets", &self.max_buckets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LimiterBuilder {
+    fn default() -> Self {
+        Self {
+            rates: Vec::new(),
+            margin: Duration::ZERO,
+            max_buckets: DEFAULT_MAX_BUCKETS,
+            clock: None,
+        }
+    }
+}
+
+impl LimiterBuilder {
+    /// Adds a rate that every bucket without rates of its own applies.
+    pub fn rate(mut self, rate: Rate) -> Self {
+        self.rates.push(rate);
+        self
+    }
+
+    /// Adds rates; see [`rate`](Self::rate).
+    pub fn rates(mut self, rates: impl IntoIterator<Item = Rate>) -> Self {
+        self.rates.extend(rates);
+        self
+    }
+
+    /// Widens every window by `margin`, to absorb the latency between admission here
+    /// and the server's count.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// The most buckets the limiter holds at once (idle ones are dropped to make room).
+    pub fn max_buckets(mut self, n: usize) -> Self {
+        self.max_buckets = n;
+        self
+    }
+
+    /// The clock (the monotonic clock unless set).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The rates added so far.
+    pub fn configured_rates(&self) -> &[Rate] {
+        &self.rates
+    }
+
+    /// Builds a limiter. Fails when no rate was given or a rate is invalid.
+    pub fn build(&self) -> Result<Limiter, Error> {
+        validate_rates(&self.rates)?;
+        if self.max_buckets == 0 {
+            return Err(Error::InvalidArgument(
+                "max_buckets must be at least 1".into(),
+            ));
+        }
+        let clock = self
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(MonotonicClock::new()));
+        let inner = Arc::new(Inner {
+            clock: clock.clone(),
+            default_rates: self.rates.clone(),
+            margin: self.margin,
+            max_buckets: self.max_buckets,
+            buckets: RwLock::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        let weak: Weak<dyn ClockListener> = Arc::downgrade(&inner) as Weak<dyn ClockListener>;
+        clock.subscribe(weak);
+        Ok(Limiter { inner })
+    }
+}
+
+fn validate_rates(rates: &[Rate]) -> Result<(), Error> {
+    if rates.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a limiter needs at least one rate".into(),
+        ));
+    }
+    for r in rates {
+        r.validate().map_err(Error::InvalidArgument)?;
+    }
+    Ok(())
+}
+
+struct Inner {
+    clock: Arc<dyn Clock>,
+    default_rates: Vec<Rate>,
+    margin: Duration,
+    max_buckets: usize,
+    buckets: RwLock<HashMap<Box<str>, Arc<Bucket>>>,
+    closed: AtomicBool,
+}
+
+impl ClockListener for Inner {
+    fn clock_advanced(&self) {
+        let now = self.clock.now();
+        for bucket in self.buckets.read().values() {
+            bucket.state.lock().pump(now);
+        }
+    }
+}
+
+/// A thread-safe limiter of calls by key. Clones share the same buckets.
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("rates", &self.inner.default_rates)
+            .field("margin", &self.inner.margin)
+            .field("buckets", &self.inner.buckets.read().len())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A successful admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// How long the call waited in the queue.
+    pub waited: Duration,
+}
+
+impl Limiter {
+    /// Starts configuring a limiter.
+    pub fn builder() -> LimiterBuilder {
+        LimiterBuilder::default()
+    }
+
+    /// The limiter's clock's current instant.
+    pub fn now(&self) -> Nanos {
+        self.inner.clock.now()
+    }
+
+    /// The rates of buckets without rates of their own.
+    pub fn default_rates(&self) -> &[Rate] {
+        &self.inner.default_rates
+    }
+
+    /// The margin that widens every window.
+    pub fn margin(&self) -> Duration {
+        self.inner.margin
+    }
+
+    /// True once [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    fn new_bucket(&self, rates: &[Rate]) -> Arc<Bucket> {
+        Arc::new(Bucket::new(
+            SlidingLog::new(rates, self.inner.margin),
+            self.is_closed(),
+        ))
+    }
+
+    /// Inserts a bucket under the write lock, dropping idle ones first if the map is full.
+    fn insert(
+        &self,
+        map: &mut HashMap<Box<str>, Arc<Bucket>>,
+        key: &str,
+        rates: &[Rate],
+    ) -> Result<Arc<Bucket>, Error> {
+        if let Some(b) = map.get(key) {
+            return Ok(b.clone());
+        }
+        if map.len() >= self.inner.max_buckets {
+            let now = self.now();
+            map.retain(|_, b| Arc::strong_count(b) > 1 || !b.state.lock().is_idle(now));
+            if map.len() >= self.inner.max_buckets {
+                return Err(Error::TooManyBuckets {
+                    limit: self.inner.max_buckets,
+                });
+            }
+        }
+        let b = self.new_bucket(rates);
+        map.insert(key.into(), b.clone());
+        Ok(b)
+    }
+
+    fn bucket(&self, key: &str) -> Result<Arc<Bucket>, Error> {
+        if let Some(b) = self.inner.buckets.read().get(key) {
+            return Ok(b.clone());
+        }
+        let mut map = self.inner.buckets.write();
+        self.insert(&mut map, key, &self.inner.default_rates)
+    }
+
+    /// Runs `f` on the bucket of `key` under its lock, creating the bucket if needed.
+    #[inline]
+    fn with_bucket<R>(&self, key: &str, f: impl FnOnce(&mut BucketState) -> R) -> Result<R, Error> {
+        {
+            let map = self.inner.buckets.read();
+            if let Some(b) = map.get(key) {
+                return Ok(f(&mut b.state.lock()));
+            }
+        }
+        let b = self.bucket(key)?;
+        let mut st = b.state.lock();
+        Ok(f(&mut st))
+    }
+
+    /// Gives `key` its own rates, creating the bucket or replacing its rates. Units
+    /// already admitted stay counted under the new rates.
+    pub fn set_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
+        validate_rates(rates)?;
+        let mut map = self.inner.buckets.write();
+        if let Some(b) = map.get(key) {
+            let now = self.now();
+            let mut st = b.state.lock();
+            st.log = st.log.with_rates(rates, self.inner.margin, now);
+            // Queued calls that no longer fit any window fail rather than wait forever.
+            let max = st.log.max_cost();
+            if st.queue.iter().any(|w| w.cost > max) {
+                let too_big: Vec<_> = st.queue.iter().filter(|w| w.cost > max).cloned().collect();
+                for w in too_big {
+                    st.cancel(&w, now);
+                }
+            }
+            st.pump(now);
+            return Ok(());
+        }
+        let b = self.insert(&mut map, key, rates)?;
+        drop(b);
+        Ok(())
+    }
+
+    /// Gives `key` the rates `rates` only if the bucket does not exist yet.
+    pub fn ensure_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
+        if self.inner.buckets.read().contains_key(key) {
+            return Ok(());
+        }
+        validate_rates(rates)?;
+        let mut map = self.inner.buckets.write();
+        self.insert(&mut map, key, rates).map(drop)
+    }
+
+    /// The rates that apply to `key` now (the defaults for a bucket not yet created).
+    pub fn rates(&self, key: &str) -> Vec<Rate> {
+        let map = self.inner.buckets.read();
+        match map.get(key) {
+            Some(b) => {
+                let st = b.state.lock();
+                st.log
+                    .usage()
+                    .map(|(_, calls, window)| {
+                        Rate::new(
+                            calls as u32,
+                            Duration::from_nanos(window).saturating_sub(self.inner.margin),
+                        )
+                    })
+                    .collect()
+            }
+            None => self.inner.default_rates.clone(),
+        }
+    }
+
+    fn check_cost(st: &BucketState, cost: u32) -> Result<u64, Error> {
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        let cost = u64::from(cost);
+        if cost == 0 {
+            return Err(Error::InvalidArgument(
+                "a call costs at least 1 unit".into(),
+            ));
+        }
+        let max = st.log.max_cost();
+        if cost > max {
+            return Err(Error::InvalidArgument(format!(
+                "a cost of {cost} exceeds the smallest rate of the bucket ({max} calls) and could never be admitted"
+            )));
+        }
+        Ok(cost)
+    }
+
+    /// Admits a call of `cost` units now if every window of the bucket allows it and no
+    /// call is queued before it; never waits. On refusal, reports the wait it would need.
+    #[inline]
+    pub fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
+        let now = self.now();
+        self.with_bucket(key, |st| {
+            let cost = Self::check_cost(st, cost)?;
+            if st.queue.is_empty() {
+                let at = st.ready_at(now, cost);
+                if at <= now {
+                    st.admit(now, cost, 0);
+                    return Ok(());
+                }
+                st.stats.refusals += 1;
+                return Err(Error::WouldBlock {
+                    wait: Duration::from_nanos(at - now),
+                });
+            }
+            st.pump(now);
+            let at = st.ready_at_behind_queue(now, cost);
+            st.stats.refusals += 1;
+            Err(Error::WouldBlock {
+                wait: Duration::from_nanos(at.saturating_sub(now)),
+            })
+        })?
+    }
+
+    /// Waits in FIFO order until the bucket admits a call of `cost` units, or until
+    /// `timeout` (`None`: no deadline). A deadline that cannot be met fails at once.
+    pub fn acquire(
+        &self,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Admitted, Error> {
+        let ticket = self.enqueue(key, cost, timeout)?;
+        ticket.wait(None)?;
+        Ok(ticket.admitted().unwrap_or(Admitted {
+            waited: Duration::ZERO,
+        }))
+    }
+
+    /// Takes a place in the bucket's queue for a call of `cost` units, with an optional
+    /// deadline, and returns the ticket that holds it. Wait on the ticket (in slices if
+    /// the caller must stay responsive); cancel it or drop it to give up the place.
+    pub fn enqueue(
+        &self,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Ticket, Error> {
+        let bucket = self.bucket(key)?;
+        let now = self.now();
+        let deadline = timeout.map(|t| now.saturating_add(nanos(t)));
+        let waiter = {
+            let mut st = bucket.state.lock();
+            let cost = Self::check_cost(&st, cost)?;
+            let waiter = Arc::new(Waiter::new(cost, now, deadline));
+            st.queue.push_back(waiter.clone());
+            st.pump(now);
+            waiter
+        };
+        Ok(Ticket {
+            limiter: self.clone(),
+            bucket,
+            waiter,
+        })
+    }
+
+    /// Makes every caller of `key` wait until `duration` from now. A later pause extends
+    /// the current one; a shorter one never shortens it.
+    pub fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
+        let now = self.now();
+        self.with_bucket(key, |st| {
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            st.paused_until = st.paused_until.max(now.saturating_add(nanos(duration)));
+            st.stats.pauses += 1;
+            st.pump(now);
+            Ok(())
+        })?
+    }
+
+    /// The statistics of `key`'s bucket, or `None` if it does not exist.
+    pub fn stats(&self, key: &str) -> Option<BucketStats> {
+        let now = self.now();
+        let b = self.inner.buckets.read().get(key).cloned()?;
+        let mut st = b.state.lock();
+        Some(st.snapshot(now))
+    }
+
+    /// The keys of the buckets that exist now.
+    pub fn keys(&self) -> Vec<String> {
+        self.inner
+            .buckets
+            .read()
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
+    }
+
+    /// Drops the buckets with nothing in their windows, nobody waiting and no pause.
+    /// Returns how many were dropped.
+    pub fn purge_idle(&self) -> usize {
+        let now = self.now();
+        let mut map = self.inner.buckets.write();
+        let before = map.len();
+        map.retain(|_, b| Arc::strong_count(b) > 1 || !b.state.lock().is_idle(now));
+        before - map.len()
+    }
+
+    /// Closes the limiter: every waiter wakes with [`Error::Closed`], and later calls
+    /// fail the same way. Clones share the closed state.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let map = self.inner.buckets.write();
+        for b in map.values() {
+            b.state.lock().close();
+        }
+    }
+}
+
+/// A place in a bucket's queue. Safe to share between threads: one thread waits while
+/// another may [`cancel`](Self::cancel). Dropping a ticket that was not admitted gives
+/// up its place.
+pub struct Ticket {
+    limiter: Limiter,
+    bucket: Arc<Bucket>,
+    waiter: Arc<Waiter>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("cost", &self.waiter.cost)
+            .field("state", &self.waiter.state())
+            .finish()
+    }
+}
+
+/// What a slice of waiting ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The call is admitted.
+    Admitted,
+    /// The slice ran out; the ticket keeps its place.
+    Pending,
+}
+
+impl Ticket {
+    fn outcome(&self) -> Option<Result<Wait, Error>> {
+        match self.waiter.state() {
+            WaiterState::Waiting => None,
+            WaiterState::Admitted => Some(Ok(Wait::Admitted)),
+            WaiterState::TimedOut => Some(Err(Error::Timeout)),
+            WaiterState::Cancelled => Some(Err(Error::Cancelled)),
+            WaiterState::Closed => Some(Err(Error::Closed)),
+        }
+    }
+
+    /// Waits until admitted, for at most `slice` of real time (`None`: as long as it
+    /// takes). Returns [`Wait::Pending`] when the slice ran out with the place kept.
+    pub fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
+        let started = Instant::now();
+        let clock = &self.limiter.inner.clock;
+        let mut st: MutexGuard<'_, BucketState> = self.bucket.state.lock();
+        loop {
+            let now = clock.now();
+            let head_at = st.pump(now);
+            if let Some(done) = self.outcome() {
+                return done;
+            }
+            let is_head = st
+                .queue
+                .front()
+                .is_some_and(|h| Arc::ptr_eq(h, &self.waiter));
+            // The head sleeps until its instant; the others until their deadline (or until
+            // they become head and are woken).
+            let deadline = self.waiter.deadline.map(|d| d.saturating_add(1));
+            let target = match (is_head.then_some(head_at).flatten(), deadline) {
+                (Some(a), Some(d)) => Some(a.min(d)),
+                (a, d) => a.or(d),
+            };
+            let mut sleep = target.and_then(|t| clock.real_wait(now, t));
+            if let Some(slice) = slice {
+                let left = slice.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Ok(Wait::Pending);
+                }
+                sleep = Some(sleep.map_or(left, |s| s.min(left)));
+            }
+            match sleep {
+                Some(d) => {
+                    self.waiter.wake.wait_for(&mut st, d);
+                }
+                None => self.waiter.wake.wait(&mut st),
+            }
+        }
+    }
+
+    /// Checks once, without blocking, whether the call is admitted.
+    pub fn poll(&self) -> Result<Wait, Error> {
+        self.wait(Some(Duration::ZERO))
+    }
+
+    /// Gives up the place in the queue and wakes the thread waiting on this ticket with
+    /// [`Error::Cancelled`]. Returns false if the ticket was no longer waiting (already
+    /// admitted, timed out, cancelled or closed): an admitted call keeps its permit.
+    pub fn cancel(&self) -> bool {
+        let now = self.limiter.now();
+        self.bucket.state.lock().cancel(&self.waiter, now)
+    }
+
+    /// The admission, once admitted.
+    pub fn admitted(&self) -> Option<Admitted> {
+        (self.waiter.state() == WaiterState::Admitted).then(|| Admitted {
+            waited: Duration::from_nanos(
+                self.waiter
+                    .admitted_at()
+                    .saturating_sub(self.waiter.enqueued),
+            ),
+        })
+    }
+
+    /// The cost of the call this ticket waits for.
+    pub fn cost(&self) -> u32 {
+        self.waiter.cost as u32
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.waiter.state() == WaiterState::Waiting {
+            self.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
