@@ -131,19 +131,25 @@ pub(crate) struct Bucket {
 
 impl Bucket {
     pub(crate) fn new(log: SlidingLog, closed: bool) -> Self {
+        let mut state = BucketState::fresh(log);
+        state.closed = closed;
         Self {
-            state: Mutex::new(BucketState {
-                log,
-                paused_until: 0,
-                queue: VecDeque::new(),
-                closed,
-                stats: BucketStats::default(),
-            }),
+            state: Mutex::new(state),
         }
     }
 }
 
 impl BucketState {
+    pub(crate) fn fresh(log: SlidingLog) -> Self {
+        BucketState {
+            log,
+            paused_until: 0,
+            queue: VecDeque::new(),
+            closed: false,
+            stats: BucketStats::default(),
+        }
+    }
+
     /// The instant at which a call of `cost` could be admitted if it were at the head.
     #[inline]
     pub(crate) fn ready_at(&mut self, now: Nanos, cost: u64) -> Nanos {
@@ -190,9 +196,7 @@ impl BucketState {
             head_changed = self.queue.front().map(Arc::as_ptr) != first;
         }
         loop {
-            let Some(head) = self.queue.front().cloned() else {
-                return None;
-            };
+            let head = self.queue.front().cloned()?;
             let at = self.ready_at(now, head.cost);
             if at <= now {
                 self.queue.pop_front();

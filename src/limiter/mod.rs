@@ -235,6 +235,8 @@ impl std::fmt::Debug for Limiter {
 /// A successful admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted {
+    /// The limiter clock's instant of admission (see [`Limiter::now`]).
+    pub at: Nanos,
     /// How long the call waited in the queue.
     pub waited: Duration,
 }
@@ -427,11 +429,24 @@ impl Limiter {
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Admitted, Error> {
+        let now = self.now();
+        let admitted_now = self.with_bucket(key, |st| {
+            let cost = Self::check_cost(st, cost)?;
+            let free = st.queue.is_empty() && st.ready_at(now, cost) <= now;
+            if free {
+                st.admit(now, cost, 0);
+            }
+            Ok::<_, Error>(free)
+        })??;
+        if admitted_now {
+            return Ok(Admitted {
+                at: now,
+                waited: Duration::ZERO,
+            });
+        }
         let ticket = self.enqueue(key, cost, timeout)?;
         ticket.wait(None)?;
-        Ok(ticket.admitted().unwrap_or(Admitted {
-            waited: Duration::ZERO,
-        }))
+        ticket.admitted().ok_or(Error::Closed)
     }
 
     /// Takes a place in the bucket's queue for a call of `cost` units, with an optional
@@ -476,12 +491,19 @@ impl Limiter {
         })?
     }
 
-    /// The statistics of `key`'s bucket, or `None` if it does not exist.
-    pub fn stats(&self, key: &str) -> Option<BucketStats> {
+    /// The statistics of `key`'s bucket. A bucket not created yet reports zeros and the
+    /// windows of the default rates.
+    pub fn stats(&self, key: &str) -> BucketStats {
         let now = self.now();
-        let b = self.inner.buckets.read().get(key).cloned()?;
-        let mut st = b.state.lock();
-        Some(st.snapshot(now))
+        let bucket = self.inner.buckets.read().get(key).cloned();
+        match bucket {
+            Some(b) => b.state.lock().snapshot(now),
+            None => BucketState::fresh(SlidingLog::new(
+                &self.inner.default_rates,
+                self.inner.margin,
+            ))
+            .snapshot(now),
+        }
     }
 
     /// The keys of the buckets that exist now.
@@ -609,6 +631,7 @@ impl Ticket {
     /// The admission, once admitted.
     pub fn admitted(&self) -> Option<Admitted> {
         (self.waiter.state() == WaiterState::Admitted).then(|| Admitted {
+            at: self.waiter.admitted_at(),
             waited: Duration::from_nanos(
                 self.waiter
                     .admitted_at()

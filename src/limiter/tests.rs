@@ -1,1 +1,456 @@
+use super::*;
+use proptest::prelude::*;
+use std::thread;
 
+const MS: u64 = 1_000_000;
+
+fn manual(rates: &[(u32, u64)]) -> (Limiter, ManualClock) {
+    let clock = ManualClock::new();
+    let mut b = Limiter::builder().clock(Arc::new(clock.clone()));
+    for &(c, ms) in rates {
+        b = b.rate(Rate::new(c, Duration::from_millis(ms)));
+    }
+    (b.build().unwrap(), clock)
+}
+
+/// Waits in real time (bounded) until `f` holds; the manual clock's wakes are asynchronous.
+fn eventually(f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "condition not reached"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn try_acquire_admits_up_to_the_limit_and_reports_the_wait() {
+    let (l, clock) = manual(&[(3, 100)]);
+    for _ in 0..3 {
+        l.try_acquire("k", 1).unwrap();
+    }
+    assert_eq!(
+        l.try_acquire("k", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_millis(100)
+        })
+    );
+    clock.advance(Duration::from_millis(100));
+    l.try_acquire("k", 1).unwrap();
+    let s = l.stats("k");
+    assert_eq!((s.admitted_calls, s.refusals), (4, 1));
+    assert_eq!(
+        s.windows[0].used, 1,
+        "three units left the window at 100 ms"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let (l, _) = manual(&[(5, 100), (3, 1000)]);
+    assert!(matches!(
+        l.try_acquire("k", 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        l.try_acquire("k", 4),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        l.acquire("k", 4, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    l.try_acquire("k", 3).unwrap();
+    assert!(Limiter::builder().build().is_err(), "no rates");
+    assert!(
+        Limiter::builder()
+            .rate(Rate::new(0, Duration::from_secs(1)))
+            .build()
+            .is_err()
+    );
+    assert!(
+        Limiter::builder()
+            .rate(Rate::new(1, Duration::ZERO))
+            .build()
+            .is_err()
+    );
+    assert!(l.set_rates("x", &[]).is_err());
+}
+
+#[test]
+fn blocking_waits_follow_the_manual_clock_in_fifo_order() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for i in 0..4 {
+        let (l2, order) = (l.clone(), order.clone());
+        threads.push(thread::spawn(move || {
+            l2.acquire("k", 1, None).unwrap();
+            order.lock().push(i);
+        }));
+        // Let each thread take its place before the next arrives.
+        eventually(|| l.stats("k").queued == i + 1);
+    }
+    for n in 1..=4 {
+        clock.advance(Duration::from_millis(100));
+        eventually(|| order.lock().len() == n);
+        assert_eq!(l.stats("k").windows[0].used, 1);
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
+    let s = l.stats("k");
+    assert_eq!(s.waited_calls, 4);
+    assert_eq!(s.longest_wait_ns, 400 * MS);
+}
+
+#[test]
+fn a_newcomer_never_passes_the_queue() {
+    let (l, clock) = manual(&[(2, 100)]);
+    l.try_acquire("k", 2).unwrap();
+    let big = l.enqueue("k", 2, None).unwrap();
+    clock.advance(Duration::from_millis(50));
+    // One unit would not fit anyway, but even when it would, the queue goes first.
+    assert!(
+        matches!(l.try_acquire("k", 1), Err(Error::WouldBlock { wait }) if wait == Duration::from_millis(150))
+    );
+    clock.advance(Duration::from_millis(50));
+    assert_eq!(big.poll(), Ok(Wait::Admitted));
+}
+
+#[test]
+fn an_unmeetable_deadline_fails_at_once() {
+    let (l, _clock) = manual(&[(1, 1000)]);
+    l.try_acquire("k", 1).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        l.acquire("k", 1, Some(Duration::from_millis(500))),
+        Err(Error::Timeout)
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(l.stats("k").timeouts, 1);
+}
+
+#[test]
+fn a_queued_waiter_times_out_at_its_deadline_and_the_rest_keep_their_order() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    let a = l.enqueue("k", 1, None).unwrap();
+    let b = l.enqueue("k", 1, Some(Duration::from_millis(150))).unwrap();
+    let c = l.enqueue("k", 1, None).unwrap();
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(a.poll(), Ok(Wait::Admitted));
+    assert_eq!(c.poll(), Ok(Wait::Pending));
+    // b is now head and needs 200 ms > its deadline of 150 ms: it fails now.
+    assert_eq!(b.poll(), Err(Error::Timeout));
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(c.poll(), Ok(Wait::Admitted));
+}
+
+#[test]
+fn pause_holds_everyone_and_only_extends() {
+    let (l, clock) = manual(&[(10, 100)]);
+    l.pause("k", Duration::from_millis(300)).unwrap();
+    l.pause("k", Duration::from_millis(100)).unwrap();
+    assert_eq!(
+        l.try_acquire("k", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_millis(300)
+        })
+    );
+    let t = l.enqueue("k", 1, None).unwrap();
+    clock.advance(Duration::from_millis(299));
+    assert_eq!(t.poll(), Ok(Wait::Pending));
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(t.poll(), Ok(Wait::Admitted));
+    assert_eq!(l.stats("k").pauses, 2);
+}
+
+#[test]
+fn cancel_wakes_the_waiter_and_keeps_the_others() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    let head = Arc::new(l.enqueue("k", 1, None).unwrap());
+    let next = l.enqueue("k", 1, None).unwrap();
+    let h = head.clone();
+    let waiting = thread::spawn(move || h.wait(None));
+    thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    assert!(head.cancel());
+    assert_eq!(waiting.join().unwrap(), Err(Error::Cancelled));
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert!(!head.cancel(), "cancelling twice does nothing");
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(next.poll(), Ok(Wait::Admitted));
+    let s = l.stats("k");
+    assert_eq!((s.admitted_calls, s.cancellations), (2, 1));
+}
+
+#[test]
+fn a_dropped_ticket_gives_up_its_place() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    drop(l.enqueue("k", 1, None).unwrap());
+    let t = l.enqueue("k", 1, None).unwrap();
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(t.poll(), Ok(Wait::Admitted));
+}
+
+#[test]
+fn close_wakes_every_waiter_and_refuses_later_calls() {
+    let (l, _clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let l = l.clone();
+            thread::spawn(move || l.acquire("k", 1, None))
+        })
+        .collect();
+    eventually(|| l.stats("k").queued == 3);
+    l.close();
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), Err(Error::Closed));
+    }
+    assert_eq!(l.try_acquire("k", 1), Err(Error::Closed));
+    assert_eq!(l.try_acquire("new", 1), Err(Error::Closed));
+    assert_eq!(l.pause("k", Duration::from_secs(1)), Err(Error::Closed));
+    assert!(l.is_closed());
+}
+
+#[test]
+fn waiting_in_slices_keeps_the_place() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    let t = l.enqueue("k", 1, None).unwrap();
+    assert_eq!(t.wait(Some(Duration::from_millis(5))), Ok(Wait::Pending));
+    assert!(matches!(
+        l.try_acquire("k", 1),
+        Err(Error::WouldBlock { .. })
+    ));
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(t.wait(Some(Duration::from_millis(5))), Ok(Wait::Admitted));
+    assert!(t.admitted().is_some());
+}
+
+#[test]
+fn buckets_are_independent_and_can_have_their_own_rates() {
+    let (l, _clock) = manual(&[(1, 100)]);
+    l.set_rates("hunting", &[Rate::new(3, Duration::from_millis(100))])
+        .unwrap();
+    l.try_acquire("a", 1).unwrap();
+    l.try_acquire("b", 1).unwrap();
+    for _ in 0..3 {
+        l.try_acquire("hunting", 1).unwrap();
+    }
+    assert!(l.try_acquire("hunting", 1).is_err());
+    assert_eq!(
+        l.rates("hunting"),
+        vec![Rate::new(3, Duration::from_millis(100))]
+    );
+    // Lowering the rates keeps what was admitted.
+    l.set_rates("hunting", &[Rate::new(2, Duration::from_millis(100))])
+        .unwrap();
+    assert_eq!(l.stats("hunting").windows[0].used, 2);
+    l.ensure_rates("hunting", &[Rate::new(50, Duration::from_millis(100))])
+        .unwrap();
+    assert_eq!(
+        l.rates("hunting")[0].calls,
+        2,
+        "ensure_rates leaves an existing bucket alone"
+    );
+    let mut keys = l.keys();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "hunting"]);
+}
+
+#[test]
+fn bucket_count_is_limited_and_idle_buckets_make_room() {
+    let clock = ManualClock::new();
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(100)))
+        .max_buckets(2)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    l.try_acquire("a", 1).unwrap();
+    l.try_acquire("b", 1).unwrap();
+    assert_eq!(
+        l.try_acquire("c", 1),
+        Err(Error::TooManyBuckets { limit: 2 })
+    );
+    clock.advance(Duration::from_millis(100));
+    l.try_acquire("c", 1).unwrap();
+    assert_eq!(l.keys().len(), 1);
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(l.purge_idle(), 1);
+}
+
+#[test]
+fn margin_widens_the_windows() {
+    let clock = ManualClock::new();
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(100)))
+        .margin(Duration::from_millis(25))
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    l.try_acquire("k", 1).unwrap();
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(
+        l.try_acquire("k", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_millis(25)
+        })
+    );
+    assert_eq!(l.rates("k"), vec![Rate::new(1, Duration::from_millis(100))]);
+}
+
+#[test]
+fn real_clock_stress_keeps_every_window() {
+    // 16 threads on 50 calls / 200 ms and 120 calls / 1 s, recording admission instants.
+    let l = Limiter::builder()
+        .rate(Rate::new(50, Duration::from_millis(200)))
+        .rate(Rate::new(120, Duration::from_millis(1000)))
+        .build()
+        .unwrap();
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let (l, log) = (l.clone(), log.clone());
+            thread::spawn(move || {
+                for _ in 0..15 {
+                    let cost = 1 + (i % 3);
+                    let a = l.acquire("k", cost, Some(Duration::from_secs(10))).unwrap();
+                    log.lock().push((a.at, u64::from(cost)));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut log = log.lock().clone();
+    log.sort();
+    let units: u64 = log.iter().map(|a| a.1).sum();
+    assert_eq!(l.stats("k").admitted_units, units);
+    assert_windows(&log, &[(50, 200), (120, 1000)]);
+}
+
+// ---- property tests over random schedules with the manual clock ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Try(u32),
+    Enqueue(u32, Option<u64>),
+    Poll(usize),
+    Cancel(usize),
+    Pause(u64),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u32..4).prop_map(Op::Try),
+        3 => (1u32..4, proptest::option::of(0u64..400)).prop_map(|(c, d)| Op::Enqueue(c, d)),
+        4 => (0usize..64).prop_map(Op::Poll),
+        1 => (0usize..64).prop_map(Op::Cancel),
+        1 => (0u64..150).prop_map(Op::Pause),
+        4 => (0u64..120).prop_map(Op::Advance),
+    ]
+}
+
+/// Checks that no window of any rate ever held more than its calls.
+fn assert_windows(admissions: &[(u64, u64)], rates: &[(u32, u64)]) {
+    for &(calls, window_ms) in rates {
+        let w = window_ms * MS;
+        for (i, &(t, _)) in admissions.iter().enumerate() {
+            // Units admitted in (t - w, t].
+            let used: u64 = admissions[..=i]
+                .iter()
+                .filter(|&&(u, _)| u + w > t)
+                .map(|&(_, c)| c)
+                .sum();
+            assert!(
+                used <= u64::from(calls),
+                "{used} units in a window of {calls}/{window_ms}ms at {t}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn schedules_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120)) {
+        let rates = [(4u32, 100u64), (7, 300)];
+        let (l, clock) = manual(&rates);
+        let mut tickets: Vec<(Ticket, u64, u32, Option<u64>)> = Vec::new(); // ticket, seq, cost, deadline
+        let mut admissions: Vec<(u64, u64)> = Vec::new();
+        let mut admitted_seqs: Vec<u64> = Vec::new();
+        let mut seen_admitted = std::collections::HashSet::new();
+        for (seq, op) in ops.into_iter().enumerate() {
+            let seq = seq as u64;
+            match op {
+                Op::Try(c) if l.try_acquire("k", c).is_ok() => {
+                    admissions.push((l.now(), u64::from(c)));
+                }
+                Op::Enqueue(c, d) => {
+                    let deadline = d.map(|d| l.now() + d * MS);
+                    let t = l.enqueue("k", c, d.map(Duration::from_millis)).unwrap();
+                    tickets.push((t, seq, c, deadline));
+                }
+                Op::Poll(i) if !tickets.is_empty() => { let _ = tickets[i % tickets.len()].0.poll(); }
+                Op::Cancel(i) if !tickets.is_empty() => { tickets[i % tickets.len()].0.cancel(); }
+                Op::Pause(ms) => l.pause("k", Duration::from_millis(ms)).unwrap(),
+                Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+                _ => {}
+            }
+            // Record newly admitted tickets with their admission instants.
+            for (t, s, c, deadline) in &tickets {
+                if let Some(a) = t.admitted() {
+                    if seen_admitted.insert(*s) {
+                        let at = t.waiter.admitted_at();
+                        prop_assert!(deadline.is_none_or(|d| at <= d), "admitted after its deadline");
+                        admissions.push((at, u64::from(*c)));
+                        admitted_seqs.push(*s);
+                        let _ = a;
+                    }
+                }
+            }
+        }
+        // Drain: with enough time, every ticket without a deadline is admitted.
+        for _ in 0..200 {
+            clock.advance(Duration::from_millis(50));
+            for (t, s, c, _) in &tickets {
+                let _ = t.poll();
+                if t.admitted().is_some() && seen_admitted.insert(*s) {
+                    admissions.push((t.waiter.admitted_at(), u64::from(*c)));
+                    admitted_seqs.push(*s);
+                }
+            }
+        }
+        for (t, _, _, deadline) in &tickets {
+            let st = t.waiter.state();
+            if deadline.is_none() {
+                prop_assert!(st == WaiterState::Admitted || st == WaiterState::Cancelled, "{st:?}");
+            }
+            prop_assert!(st != WaiterState::Waiting);
+        }
+        // FIFO: tickets were admitted in the order they were enqueued.
+        let mut sorted = admitted_seqs.clone();
+        sorted.sort();
+        prop_assert_eq!(&admitted_seqs, &sorted);
+        // No lost or double permits: the bucket counted exactly what was admitted.
+        admissions.sort();
+        let units: u64 = admissions.iter().map(|a| a.1).sum();
+        let s = l.stats("k");
+        prop_assert_eq!(s.admitted_units, units);
+        prop_assert_eq!(s.admitted_calls, admissions.len() as u64);
+        assert_windows(&admissions, &rates);
+    }
+}
