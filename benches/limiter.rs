@@ -1,1 +1,177 @@
-fn main() {}
+//! The hot path of the limiter: a permitted `try_acquire` on one bucket, from 1 and 2
+//! threads, in Rust and through the C ABI, side by side with the governor crate's
+//! `check` (direct and keyed) in the same run.
+//!
+//! Run: `cargo bench --bench limiter` (add `-- --quick` for a short run).
+//! Prints nanoseconds per call (the median of several rounds) and the ratio to governor's
+//! keyed limiter, the fair comparison for quotagate's keyed buckets.
+
+use governor::{Quota, RateLimiter};
+use quotagate::limiter::{Limiter, Rate};
+use std::ffi::{CString, c_char};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[repr(C)]
+struct QgLimiter {
+    _private: [u8; 0],
+}
+
+unsafe extern "C" {
+    fn qg_limiter_try_acquire(
+        l: *const QgLimiter,
+        key: *const c_char,
+        cost: u32,
+        wait_ms: *mut u64,
+    ) -> u32;
+    fn qg_limiter_builder_new(out: *mut *mut u8) -> u32;
+    fn qg_limiter_builder_add_rate(b: *mut u8, calls: u32, window_ms: u64) -> u32;
+    fn qg_limiter_builder_build(b: *const u8, out: *mut *const QgLimiter) -> u32;
+    fn qg_limiter_builder_free(b: *mut u8);
+    fn qg_limiter_free(l: *const QgLimiter);
+}
+
+/// Rates that a benchmark never reaches: the measured path is always "admitted".
+const CALLS: u32 = 2_000_000_000;
+
+fn quotagate_limiter() -> Limiter {
+    Limiter::builder()
+        .rate(Rate::new(CALLS, Duration::from_secs(60)))
+        .rate(Rate::new(CALLS, Duration::from_secs(3600)))
+        .build()
+        .unwrap()
+}
+
+struct CLimiter(*const QgLimiter);
+unsafe impl Send for CLimiter {}
+unsafe impl Sync for CLimiter {}
+impl Drop for CLimiter {
+    fn drop(&mut self) {
+        unsafe { qg_limiter_free(self.0) }
+    }
+}
+
+fn c_limiter() -> CLimiter {
+    unsafe {
+        let mut b = std::ptr::null_mut();
+        assert_eq!(qg_limiter_builder_new(&mut b), 0);
+        assert_eq!(qg_limiter_builder_add_rate(b, CALLS, 60_000), 0);
+        assert_eq!(qg_limiter_builder_add_rate(b, CALLS, 3_600_000), 0);
+        let mut l = std::ptr::null();
+        assert_eq!(qg_limiter_builder_build(b, &mut l), 0);
+        qg_limiter_builder_free(b);
+        CLimiter(l)
+    }
+}
+
+/// Runs `f` `iters` times on each of `threads` threads; returns ns per call (wall time
+/// divided by all calls, so 2 threads that scale perfectly show half the cost).
+fn measure(threads: usize, iters: u64, f: Arc<dyn Fn() + Send + Sync>) -> f64 {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                for _ in 0..iters {
+                    f();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed().as_nanos() as f64 / (iters * threads as u64) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, iters) = if quick { (3, 200_000) } else { (7, 2_000_000) };
+
+    let mut cases: Vec<(&str, Box<dyn Fn() -> Arc<dyn Fn() + Send + Sync>>)> = Vec::new();
+    cases.push((
+        "governor direct check",
+        Box::new(|| {
+            let g = Arc::new(RateLimiter::direct(Quota::per_second(
+                NonZeroU32::new(CALLS).unwrap(),
+            )));
+            Arc::new(move || {
+                black_box(g.check().is_ok());
+            })
+        }),
+    ));
+    cases.push((
+        "governor keyed check_key",
+        Box::new(|| {
+            let g = Arc::new(RateLimiter::keyed(Quota::per_second(
+                NonZeroU32::new(CALLS).unwrap(),
+            )));
+            let key = String::from("machines");
+            Arc::new(move || {
+                black_box(g.check_key(&key).is_ok());
+            })
+        }),
+    ));
+    cases.push((
+        "quotagate try_acquire (Rust)",
+        Box::new(|| {
+            let l = quotagate_limiter();
+            Arc::new(move || {
+                black_box(l.try_acquire(black_box("machines"), 1).is_ok());
+            })
+        }),
+    ));
+    cases.push((
+        "quotagate try_acquire (C ABI)",
+        Box::new(|| {
+            let l = Arc::new(c_limiter());
+            let key = CString::new("machines").unwrap();
+            Arc::new(move || unsafe {
+                black_box(qg_limiter_try_acquire(
+                    l.0,
+                    key.as_ptr(),
+                    1,
+                    std::ptr::null_mut(),
+                ));
+            })
+        }),
+    ));
+
+    println!(
+        "permitted try_acquire, one bucket, median of {rounds} rounds of {iters} calls per thread"
+    );
+    println!(
+        "{:<32} {:>10} {:>10} {:>10} {:>10}",
+        "", "1 thread", "ratio", "2 threads", "ratio"
+    );
+    let mut results = Vec::new();
+    for (name, make) in &cases {
+        let mut row = Vec::new();
+        for threads in [1, 2] {
+            let samples = (0..rounds)
+                .map(|_| measure(threads, iters, make()))
+                .collect();
+            row.push(median(samples));
+        }
+        results.push((name, row));
+    }
+    let keyed = results[1].1.clone();
+    for (name, row) in &results {
+        println!(
+            "{:<32} {:>8.1}ns {:>9.2}x {:>8.1}ns {:>9.2}x",
+            name,
+            row[0],
+            row[0] / keyed[0],
+            row[1],
+            row[1] / keyed[1]
+        );
+    }
+    println!("(ratio: cost relative to governor's keyed limiter; below 1.00 is cheaper)");
+}

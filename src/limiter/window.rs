@@ -4,7 +4,9 @@
 //! call of cost `c` at instant `t` only if the units logged in `(t - window, t]` plus `c`
 //! stay within `calls`. Each rate keeps a cursor to its oldest unit still inside its
 //! window; cursors only move forward because time does, so checking is O(rates) and the
-//! ring never needs more than the largest `calls` entries.
+//! ring never needs more than the largest `calls` entries. The ring starts small and
+//! doubles only while the units inside the windows need it, so a generous rate that is
+//! never reached costs no memory.
 
 use super::clock::Nanos;
 use std::time::Duration;
@@ -55,6 +57,9 @@ struct RateState {
     cursor: u64,
 }
 
+/// The ring's first capacity; it doubles as needed up to the largest rate's `calls`.
+const INITIAL_RING: u64 = 64;
+
 /// The sliding log of one bucket.
 #[derive(Debug, Clone)]
 pub(crate) struct SlidingLog {
@@ -70,7 +75,7 @@ impl SlidingLog {
     /// A log for `rates` (validated, non-empty); `margin` widens every window.
     pub(crate) fn new(rates: &[Rate], margin: Duration) -> Self {
         let largest = rates.iter().map(|r| r.calls).max().unwrap_or(1).max(1);
-        let cap = u64::from(largest).next_power_of_two();
+        let cap = u64::from(largest).next_power_of_two().min(INITIAL_RING);
         let margin = super::clock::nanos(margin);
         Self {
             rates: rates
@@ -152,11 +157,28 @@ impl SlidingLog {
     /// Logs `cost` units admitted at `now`. The caller has checked that they fit.
     #[inline]
     pub(crate) fn push(&mut self, now: Nanos, cost: u64) {
+        let needed = self.retained() + cost;
+        if needed > self.mask + 1 {
+            self.grow(needed);
+        }
         for _ in 0..cost {
             let i = (self.next & self.mask) as usize;
             self.ring[i] = now;
             self.next += 1;
         }
+    }
+
+    /// Doubles the ring until it holds `needed` units, keeping the retained ones in place.
+    #[cold]
+    fn grow(&mut self, needed: u64) {
+        let cap = needed.next_power_of_two();
+        let mut ring = vec![0; cap as usize].into_boxed_slice();
+        let mask = cap - 1;
+        for seq in self.next - self.retained()..self.next {
+            ring[(seq & mask) as usize] = self.at(seq);
+        }
+        self.ring = ring;
+        self.mask = mask;
     }
 
     /// Units inside each rate's window at the last expiry, with the rate's limit.
@@ -267,6 +289,26 @@ mod tests {
         l.expire(10 * MS);
         assert!(l.is_idle());
         assert_eq!(l.max_cost(), 2);
+    }
+
+    #[test]
+    fn the_ring_grows_only_as_units_arrive() {
+        let mut l = log(&[(u32::MAX, 1000), (3000, 100)]);
+        assert_eq!(
+            l.ring.len(),
+            64,
+            "a generous rate allocates nothing up front"
+        );
+        for i in 0..1000 {
+            l.expire(i * 1000);
+            assert_eq!(l.earliest(i * 1000, 1), i * 1000);
+            l.push(i * 1000, 1);
+        }
+        assert_eq!(l.ring.len(), 1024);
+        assert_eq!(l.usage().next().unwrap().0, 1000);
+        // Entries keep their order across growth.
+        assert_eq!(l.at(0), 0);
+        assert_eq!(l.at(999), 999_000);
     }
 
     #[test]
