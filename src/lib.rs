@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod limiter;
 
 mod ffi;
