@@ -46,6 +46,8 @@ mod log;
 mod net;
 mod quota;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub use config::{
     CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_TOKEN, CLASS_UNROUTED, Faults,
