@@ -869,7 +869,9 @@ static void test_fifo_order_across_threads(void)
     }
     /*
      * Then 1 call per 100 ms, once the first unit is out of that window: the new rates
-     * admit the head at once and the others follow in arrival order.
+     * admit the head at once and the others follow in arrival order. (Changing the rates
+     * before the head is due would leave it asleep until its old instant: see
+     * test_new_rates_wake_the_head.)
      */
     sleep_ms(admitted_at + 110 - now_ms());
     double t0 = now_ms();
@@ -1296,6 +1298,154 @@ static void test_threads_keep_every_window(void)
     qg_limiter_free(l);
 }
 
+/* ------------------------------------------------------- library defects ---- */
+/*
+ * These tests expect the documented behaviour where the library currently departs
+ * from it; each comment says what the header promises and what happens instead.
+ */
+
+/*
+ * qg_ticket_wait on a ticket queued behind another ticket: the first ticket's turn comes
+ * at 100 ms and the second's at 200 ms, so a wait of up to 600 ms on the second returns
+ * QG_OK. Only a thread waiting on the head of the queue moves it forward, so while no
+ * thread waits on the first ticket the second sleeps through its whole slice and gets
+ * QG_PENDING (with slice_ms < 0 it would never return).
+ */
+static void test_ticket_behind_an_idle_head_is_admitted(void)
+{
+    const qg_limiter *l = make_simple(1, 100);
+    qg_ticket *first = NULL, *second = NULL;
+    double t0 = now_ms();
+    CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
+    CHECK_OK(qg_limiter_enqueue(l, "k", 1, -1, &first));
+    CHECK_OK(qg_limiter_enqueue(l, "k", 1, -1, &second));
+    CHECK_RC(qg_ticket_wait(second, 600), QG_OK);
+    CHECK_DBL(now_ms() - t0, <, 450);
+    CHECK_RC(qg_ticket_wait(first, 0), QG_OK);
+    qg_ticket_free(first);
+    qg_ticket_free(second);
+    qg_limiter_free(l);
+}
+
+/*
+ * qg_limiter_try_acquire once the queued call before it has come due: 2 calls / 100 ms,
+ * two units at 0 ms, a ticket queued for 1 unit (due at 100 ms) that nobody waits on; at
+ * 150 ms the ticket is admitted and one more unit fits, so try_acquire returns QG_OK.
+ * Instead it admits the ticket, finds the queue empty and the window free, and still
+ * refuses with QG_ERR_WOULD_BLOCK and *wait_ms = 0.
+ */
+static void test_try_acquire_after_the_queue_drains(void)
+{
+    const qg_limiter *l = make_simple(2, 100);
+    qg_ticket *t = NULL;
+    uint64_t wait = 42;
+    CHECK_OK(qg_limiter_try_acquire(l, "k", 2, NULL));
+    CHECK_OK(qg_limiter_enqueue(l, "k", 1, -1, &t));
+    sleep_ms(150);
+    qg_result rc = qg_limiter_try_acquire(l, "k", 1, &wait);
+    CHECK_MSG(rc == QG_OK, "try_acquire returned %" PRIu32 " (%s) with wait_ms %" PRIu64 ", expected QG_OK",
+              rc, qg_result_str(rc), wait);
+    CHECK_RC(qg_ticket_wait(t, 0), QG_OK);
+    qg_ticket_free(t);
+    qg_limiter_free(l);
+}
+
+/*
+ * qg_limiter_set_rates that loosens the rates of a bucket with a blocked caller: the
+ * bucket admits 1 call per 1000 ms, a thread blocks in qg_limiter_acquire for the next
+ * one (due at 1000 ms), and at 20 ms the rates become 1 call per 300 ms, so the call is
+ * due at 300 ms and returns then. set_rates re-checks the queue but does not wake the
+ * blocked head, which sleeps until the instant computed under the old rates (1000 ms).
+ */
+static void test_new_rates_wake_the_head(void)
+{
+    const qg_limiter *l = make_simple(1, 1000);
+    const uint32_t one[] = {1};
+    const uint64_t shorter[] = {300};
+    struct blocked_call c;
+    pthread_t th;
+    double t0 = now_ms();
+    CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
+    memset(&c, 0, sizeof c);
+    c.limiter = l;
+    c.key = "k";
+    c.timeout_ms = 1500;
+    CHECK(pthread_create(&th, NULL, blocked_call_main, &c) == 0);
+    CHECK(wait_until_queued(l, "k", 1));
+    sleep_ms(t0 + 20 - now_ms());
+    CHECK_OK(qg_limiter_set_rates(l, "k", one, shorter, 1));
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK_RC(c.rc, QG_OK);
+    CHECK_MSG(c.returned_at - t0 < 700, "the blocked call returned after %.0f ms, due at 300 ms",
+              c.returned_at - t0);
+    qg_limiter_free(l);
+}
+
+/*
+ * qg_limiter_set_rates after qg_limiter_close: the header says later calls fail with
+ * QG_ERR_CLOSED; set_rates returns QG_OK, on an existing bucket and on a new key (which
+ * it creates).
+ */
+static void test_set_rates_after_close(void)
+{
+    const qg_limiter *l = make_simple(2, 100);
+    const uint32_t calls[] = {1};
+    const uint64_t windows[] = {100};
+    CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
+    CHECK_OK(qg_limiter_close(l));
+    CHECK_RC(qg_limiter_set_rates(l, "k", calls, windows, 1), QG_ERR_CLOSED);
+    CHECK_RC(qg_limiter_set_rates(l, "new", calls, windows, 1), QG_ERR_CLOSED);
+    qg_limiter_free(l);
+}
+
+/*
+ * A bucket given its own rates by qg_limiter_set_rates keeps them. With max_buckets = 2,
+ * key "a" at 1 call / 10 s and nothing admitted on it yet, calls on two other keys drop
+ * "a" as idle to make room, and "a" silently falls back to the default 5 calls / 100 ms:
+ * the stricter quota set for it is lost.
+ */
+static void test_own_rates_survive_the_bucket_limit(void)
+{
+    const uint32_t calls[] = {5};
+    const uint64_t windows[] = {100};
+    const qg_limiter *l = make_limiter(1, calls, windows, 0, 2);
+    const uint32_t own_calls[] = {1};
+    const uint64_t own_windows[] = {10000};
+    uint64_t used = 0, c = 0, w = 0;
+    CHECK_OK(qg_limiter_set_rates(l, "a", own_calls, own_windows, 1));
+    CHECK_OK(qg_limiter_try_acquire(l, "b", 1, NULL));
+    (void)qg_limiter_try_acquire(l, "c", 1, NULL); /* may be refused for want of room */
+    CHECK(window_of(l, "a", 0, &used, &c, &w) == 0);
+    CHECK_MSG(c == 1 && w == 10000, "key \"a\" now has %" PRIu64 " calls per %" PRIu64 " ms", c, w);
+    qg_limiter_free(l);
+}
+
+/*
+ * Reading statistics must not change what the limiter admits. Two buckets at 1 call /
+ * 100 ms each admit one call; 150 ms later both get 1 call / 1000 ms. Whether the call
+ * admitted 150 ms ago still counts under the new window depends only on whether
+ * qg_limiter_stats was called on the bucket in between: without it the next call is
+ * refused (850 ms wait), with it the next call is admitted.
+ */
+static void test_stats_do_not_change_set_rates(void)
+{
+    const qg_limiter *l = make_simple(1, 100);
+    const uint32_t calls[] = {1};
+    const uint64_t windows[] = {1000};
+    uint64_t wx = 0, wy = 0;
+    CHECK_OK(qg_limiter_try_acquire(l, "x", 1, NULL));
+    CHECK_OK(qg_limiter_try_acquire(l, "y", 1, NULL));
+    sleep_ms(150);
+    (void)stat_of(l, "y", QG_STAT_ADMITTED_CALLS);
+    CHECK_OK(qg_limiter_set_rates(l, "x", calls, windows, 1));
+    CHECK_OK(qg_limiter_set_rates(l, "y", calls, windows, 1));
+    qg_result rx = qg_limiter_try_acquire(l, "x", 1, &wx);
+    qg_result ry = qg_limiter_try_acquire(l, "y", 1, &wy);
+    CHECK_MSG(rx == ry, "without a stats read: %s (wait %" PRIu64 " ms); after one: %s (wait %" PRIu64 " ms)",
+              qg_result_str(rx), wx, qg_result_str(ry), wy);
+    qg_limiter_free(l);
+}
+
 /* ------------------------------------------------------------------- main ---- */
 
 struct test {
@@ -1326,6 +1476,12 @@ static const struct test g_tests[] = {
     {"max_buckets", test_max_buckets},
     {"close", test_close},
     {"threads_keep_every_window", test_threads_keep_every_window},
+    {"ticket_behind_an_idle_head_is_admitted", test_ticket_behind_an_idle_head_is_admitted},
+    {"try_acquire_after_the_queue_drains", test_try_acquire_after_the_queue_drains},
+    {"new_rates_wake_the_head", test_new_rates_wake_the_head},
+    {"set_rates_after_close", test_set_rates_after_close},
+    {"own_rates_survive_the_bucket_limit", test_own_rates_survive_the_bucket_limit},
+    {"stats_do_not_change_set_rates", test_stats_do_not_change_set_rates},
 };
 
 static int selected(int argc, char **argv, const char *name)
