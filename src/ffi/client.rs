@@ -242,7 +242,8 @@ pub extern "C" fn qg_client_builder_add_default_rate(
 }
 
 /// Adds a limit of `calls` per `window_ms` for requests of `method` (NULL: any) to paths
-/// matching `path_pattern` (`*` stands for one segment: `/api/machines/*/isolate`).
+/// matching `path_pattern`, where a segment `{name}` (or a lone star) matches any one
+/// segment: `/api/machines/{id}/isolate`.
 /// User routes come before the built-in ones; calling again with the same method and
 /// pattern adds another rate to that route. `b` and `path_pattern` must not be NULL.
 #[unsafe(no_mangle)]
