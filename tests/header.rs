@@ -56,7 +56,9 @@ fn every_exported_function_is_declared() {
     let header = committed();
     let declared: std::collections::BTreeSet<String> = header
         .lines()
-        .filter(|l| !l.starts_with([' ', '#', '/', '*', '}']) && l.contains("qg_") && l.contains('('))
+        .filter(|l| {
+            !l.starts_with([' ', '#', '/', '*', '}']) && l.contains("qg_") && l.contains('(')
+        })
         .filter_map(|l| {
             let name = l.split('(').next()?.split([' ', '*']).next_back()?;
             name.starts_with("qg_").then(|| name.to_string())
@@ -74,6 +76,10 @@ fn every_exported_function_is_declared() {
             }
         }
     }
-    assert_eq!(no_mangle, exported.len(), "an exported function is not written out plainly");
+    assert_eq!(
+        no_mangle,
+        exported.len(),
+        "an exported function is not written out plainly"
+    );
     assert_eq!(declared, exported);
 }
