@@ -468,6 +468,18 @@ qg_result qg_client_builder_set_base_url(qg_client_builder *b, const char *url);
 qg_result qg_client_builder_set_authority(qg_client_builder *b, const char *url);
 
 /**
+ * Sets the cloud by name: `"commercial"` (the default), the commercial regions
+ * `"us"`, `"eu"`, `"uk"`, `"au"`, `"swa"`, `"ina"`, `"aea"`, or the US government clouds
+ * `"gcc"`, `"gcc-high"`, `"dod"` (case-insensitive). It sets the login authority, the API
+ * base URL and the token scope together; `qg_client_builder_set_base_url`,
+ * `qg_client_builder_set_authority`, `qg_client_builder_set_scope` and
+ * `qg_client_builder_set_resource` override its parts whatever the order of the calls.
+ * An unknown name gives `QG_ERR_INVALID_ARGUMENT`, and the last error lists the valid
+ * names. `b` and `name` must not be NULL.
+ */
+qg_result qg_client_builder_set_cloud(qg_client_builder *b, const char *name);
+
+/**
  * Sets the tenant id for client-secret credentials. Copied; no NULL.
  */
 qg_result qg_client_builder_set_tenant_id(qg_client_builder *b, const char *tenant_id);

@@ -104,6 +104,14 @@ impl Auth {
         }
     }
 
+    pub(crate) fn token_url(&self) -> &str {
+        &self.token_url
+    }
+
+    pub(crate) fn audience(&self) -> &str {
+        &self.audience.1
+    }
+
     /// A token valid now, fetching or refreshing it if needed.
     pub(crate) fn token(
         &self,

@@ -32,6 +32,7 @@
 //! ```
 
 mod auth;
+mod cloud;
 mod error;
 mod http;
 mod paging;
@@ -41,6 +42,7 @@ mod routes;
 mod secret;
 
 pub use auth::Credentials;
+pub use cloud::Cloud;
 pub use error::{Error, ErrorDetails};
 pub use paging::{Items, Pages};
 pub use response::Response;
@@ -238,8 +240,9 @@ impl Cancel {
 /// Configures a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
-    base_url: String,
-    authority: String,
+    base_url: Option<String>,
+    authority: Option<String>,
+    cloud: Option<Cloud>,
     tenant_id: Option<String>,
     client_id: Option<String>,
     secret: Option<Secret>,
@@ -253,7 +256,8 @@ pub struct ClientBuilder {
     user_agent: String,
     max_body: u64,
     policy: RetryPolicy,
-    routes: RouteTable,
+    user_routes: Vec<Route>,
+    default_rates: Option<Vec<Rate>>,
     margin: Duration,
     limiter: Option<Limiter>,
 }
@@ -261,8 +265,9 @@ pub struct ClientBuilder {
 impl Default for ClientBuilder {
     fn default() -> Self {
         Self {
-            base_url: DEFAULT_BASE_URL.into(),
-            authority: DEFAULT_AUTHORITY.into(),
+            base_url: None,
+            authority: None,
+            cloud: None,
             tenant_id: None,
             client_id: None,
             secret: None,
@@ -276,7 +281,8 @@ impl Default for ClientBuilder {
             user_agent: concat!("quotagate/", env!("CARGO_PKG_VERSION")).into(),
             max_body: DEFAULT_MAX_BODY,
             policy: RetryPolicy::default(),
-            routes: RouteTable::defender(),
+            user_routes: Vec::new(),
+            default_rates: None,
             margin: Duration::ZERO,
             limiter: None,
         }
@@ -284,16 +290,43 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The API's base URL (default: the commercial MDE host).
+    /// The API's base URL (default: the cloud's, else the commercial MDE host). It also
+    /// picks the built-in route table ([`RouteTable::for_base_url`]).
     pub fn base_url(mut self, url: &str) -> Self {
-        self.base_url = url.trim_end_matches('/').to_string();
+        self.base_url = Some(url.trim_end_matches('/').to_string());
         self
     }
 
-    /// The login authority (default `https://login.microsoftonline.com`).
+    /// The login authority (default: the cloud's, else
+    /// `https://login.microsoftonline.com`).
     pub fn authority(mut self, url: &str) -> Self {
-        self.authority = url.trim_end_matches('/').to_string();
+        self.authority = Some(url.trim_end_matches('/').to_string());
         self
+    }
+
+    /// A cloud preset: login authority, API base URL and token scope together. Explicit
+    /// [`base_url`](Self::base_url), [`authority`](Self::authority),
+    /// [`scope`](Self::scope) and [`resource`](Self::resource) override its parts,
+    /// whatever the order of the calls.
+    pub fn cloud(mut self, cloud: Cloud) -> Self {
+        self.cloud = Some(cloud);
+        self
+    }
+
+    /// The API base URL the client will use.
+    pub fn effective_base_url(&self) -> &str {
+        self.base_url
+            .as_deref()
+            .or(self.cloud.map(Cloud::base_url))
+            .unwrap_or(DEFAULT_BASE_URL)
+    }
+
+    /// The login authority the client will use.
+    pub fn effective_authority(&self) -> &str {
+        self.authority
+            .as_deref()
+            .or(self.cloud.map(Cloud::authority))
+            .unwrap_or(DEFAULT_AUTHORITY)
     }
 
     /// The tenant id, for client-secret credentials.
@@ -382,14 +415,17 @@ impl ClientBuilder {
 
     /// Replaces the limits of requests that no route names (default 100/min + 1,500/h).
     pub fn default_rates(mut self, rates: Vec<Rate>) -> Self {
-        self.routes.set_default_rates(rates);
+        self.default_rates = Some(rates);
         self
     }
 
     /// Adds a route ahead of the built-in ones (or replaces the one with the same
     /// method and pattern).
     pub fn route(mut self, route: Route) -> Self {
-        self.routes.add(route);
+        self.user_routes.retain(|r| {
+            !(r.method == route.method && r.pattern.eq_ignore_ascii_case(&route.pattern))
+        });
+        self.user_routes.push(route);
         self
     }
 
@@ -399,9 +435,22 @@ impl ClientBuilder {
         self
     }
 
-    /// The route table in use.
-    pub fn routes(&self) -> &RouteTable {
-        &self.routes
+    /// The route table the client will use: the built-in table of the base URL's host
+    /// ([`RouteTable::for_base_url`]) with the routes added by [`Self::route`] ahead of it.
+    pub fn routes(&self) -> RouteTable {
+        let mut t = RouteTable::for_base_url(self.effective_base_url());
+        if let Some(rates) = &self.default_rates {
+            t.set_default_rates(rates.clone());
+        }
+        for r in &self.user_routes {
+            t.add(r.clone());
+        }
+        t
+    }
+
+    /// The routes added by [`Self::route`], oldest first.
+    pub fn user_routes(&self) -> &[Route] {
+        &self.user_routes
     }
 
     /// Widens every window of the client's own limiter (not of a shared one).
@@ -419,15 +468,16 @@ impl ClientBuilder {
     /// Builds the client. Fails on missing or contradictory settings.
     pub fn build(&self) -> Result<Client, Error> {
         let bad = |m: &str| Error::InvalidArgument(m.to_string());
-        let base: ureq::http::Uri = self
-            .base_url
+        let base_url = self.effective_base_url().to_string();
+        let authority = self.effective_authority();
+        let base: ureq::http::Uri = base_url
             .parse()
             .map_err(|_| bad("the base URL is not a valid URL"))?;
         let origin = match (base.scheme_str(), base.authority()) {
             (Some(s @ ("http" | "https")), Some(a)) => format!("{s}://{a}"),
             _ => return Err(bad("the base URL needs http:// or https:// and a host")),
         };
-        if !self.authority.starts_with("http://") && !self.authority.starts_with("https://") {
+        if !authority.starts_with("http://") && !authority.starts_with("https://") {
             return Err(bad("the authority needs http:// or https://"));
         }
         let credentials = match (&self.credentials, &self.access_token) {
@@ -472,8 +522,9 @@ impl ClientBuilder {
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(bad("timeouts must be longer than zero"));
         }
-        for rates in std::iter::once(self.routes.default_rates())
-            .chain(self.routes.routes().iter().map(|r| r.rates.as_slice()))
+        let routes = self.routes();
+        for rates in std::iter::once(routes.default_rates())
+            .chain(routes.routes().iter().map(|r| r.rates.as_slice()))
         {
             if rates.is_empty() {
                 return Err(bad("every route needs at least one rate"));
@@ -489,7 +540,7 @@ impl ClientBuilder {
         let limiter = match &self.limiter {
             Some(l) => l.clone(),
             None => Limiter::builder()
-                .rates(self.routes.default_rates().iter().copied())
+                .rates(routes.default_rates().iter().copied())
                 .margin(self.margin)
                 .build()
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?,
@@ -502,23 +553,29 @@ impl ClientBuilder {
             } => (tenant_id.clone(), client_id.clone()),
             Credentials::AccessToken(_) => ("-".to_string(), "token".to_string()),
         };
+        // An explicit scope or resource wins over the cloud's scope.
+        let scope = match (&self.scope, &self.resource, self.cloud) {
+            (Some(s), _, _) => Some(s.clone()),
+            (None, None, Some(c)) => Some(c.scope()),
+            _ => None,
+        };
         let auth = Auth::new(
             credentials,
-            &self.authority,
-            self.scope.clone(),
+            authority,
+            scope,
             self.resource.clone(),
             &origin,
         );
         Ok(Client {
             shared: Arc::new(ClientShared {
                 agent: http::agent(self.connect_timeout, self.timeout, proxy, &self.user_agent),
-                base_url: self.base_url.clone(),
+                base_url,
                 host: base.authority().map(|a| a.to_string()).unwrap_or_default(),
                 origin,
                 tenant,
                 app,
                 auth,
-                routes: self.routes.clone(),
+                routes,
                 limiter,
                 policy: self.policy,
                 max_body: self.max_body,
@@ -641,6 +698,16 @@ impl Client {
     /// The base URL.
     pub fn base_url(&self) -> &str {
         &self.shared.base_url
+    }
+
+    /// The URL tokens are requested from.
+    pub fn token_url(&self) -> &str {
+        self.shared.auth.token_url()
+    }
+
+    /// What tokens are requested for: the v2 scope, or the v1 resource.
+    pub fn token_audience(&self) -> &str {
+        self.shared.auth.audience()
     }
 
     /// Closes the client: calls waiting for quota, tokens or backoff end with

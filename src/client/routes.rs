@@ -82,17 +82,110 @@ impl Default for RouteTable {
     }
 }
 
+fn r(m: &str, p: &str, class: &str, rates: &[(u32, Duration)]) -> Route {
+    Route::new(
+        Some(m),
+        p,
+        class,
+        rates.iter().map(|&(c, w)| Rate::new(c, w)).collect(),
+    )
+}
+
+/// Hosts of Microsoft Graph (commercial, US government, DoD, China).
+const GRAPH_HOSTS: [&str; 4] = [
+    "graph.microsoft.com",
+    "graph.microsoft.us",
+    "dod-graph.microsoft.us",
+    "microsoftgraph.chinacloudapi.cn",
+];
+
 impl RouteTable {
-    /// The published limits of Defender for Endpoint and the Defender XDR endpoints.
+    /// The built-in table for an API base URL, chosen by its host:
+    ///
+    /// - Microsoft Graph (`graph.microsoft.com` and its government twins): [`Self::graph`];
+    /// - the Defender for Endpoint hosts `*.securitycenter.microsoft.com` and
+    ///   `*.securitycenter.microsoft.us`: [`Self::mde`];
+    /// - anything else, `api.security.microsoft.com` and its regions included (they serve
+    ///   both APIs), a simulator, a proxy: [`Self::defender`], MDE and XDR together.
+    pub fn for_base_url(url: &str) -> Self {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+        let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+        if GRAPH_HOSTS.iter().any(|d| host == *d) {
+            Self::graph()
+        } else if under("securitycenter.microsoft.com") || under("securitycenter.microsoft.us") {
+            Self::mde()
+        } else {
+            Self::defender()
+        }
+    }
+
+    /// The published limits of Defender for Endpoint and of the Defender XDR endpoints
+    /// (`api.security.microsoft.com` serves both): [`Self::mde`] and [`Self::xdr_routes`].
     pub fn defender() -> Self {
-        let r = |m: &str, p: &str, class: &str, rates: &[(u32, Duration)]| {
-            Route::new(
-                Some(m),
-                p,
-                class,
-                rates.iter().map(|&(c, w)| Rate::new(c, w)).collect(),
-            )
-        };
+        let mut t = Self::mde();
+        t.routes.extend(Self::xdr_routes());
+        t
+    }
+
+    /// The routes of Defender XDR: incidents (50/min + 1,500/h, for GET and PATCH) and
+    /// advanced hunting `POST /api/advancedhunting/run` (45/min).
+    pub fn xdr_routes() -> Vec<Route> {
+        let incidents = [(50, MIN), (1500, HOUR)];
+        vec![
+            r("GET", "/api/incidents", "incidents", &incidents),
+            r("GET", "/api/incidents/*", "incidents", &incidents),
+            r("PATCH", "/api/incidents/*", "incidents", &incidents),
+            r(
+                "POST",
+                "/api/advancedhunting/run",
+                "xdr_hunting",
+                &[(45, MIN)],
+            ),
+        ]
+    }
+
+    /// The limits of the Microsoft Graph security API (`v1.0` and `beta`):
+    ///
+    /// - `POST /security/runHuntingQuery`: 45/min, as Graph's advanced hunting page states;
+    /// - `/security/alerts_v2` and `/security/incidents` (lists, items, PATCH): 50/min +
+    ///   1,500/h. Graph publishes no per-endpoint figure for these; they are served by the
+    ///   same back end as Defender XDR's incidents API, so its limits are assumed.
+    ///
+    /// Other Graph requests fall in the default class.
+    pub fn graph() -> Self {
+        let xdr = [(50, MIN), (1500, HOUR)];
+        let mut routes = Vec::new();
+        for v in ["v1.0", "beta"] {
+            routes.push(r(
+                "POST",
+                &format!("/{v}/security/runHuntingQuery"),
+                "graph_hunting",
+                &[(45, MIN)],
+            ));
+            for (what, class) in [
+                ("alerts_v2", "graph_alerts"),
+                ("incidents", "graph_incidents"),
+            ] {
+                routes.push(r("GET", &format!("/{v}/security/{what}"), class, &xdr));
+                routes.push(r("GET", &format!("/{v}/security/{what}/*"), class, &xdr));
+                routes.push(r("PATCH", &format!("/{v}/security/{what}/*"), class, &xdr));
+            }
+        }
+        Self {
+            routes,
+            default_rates: default_rates(),
+        }
+    }
+
+    /// The published limits of the Defender for Endpoint API alone.
+    pub fn mde() -> Self {
         let export_json = [(30, MIN), (1000, HOUR)];
         let export_files = [(5, MIN), (20, HOUR)];
         let routes = vec![
@@ -204,30 +297,6 @@ impl RouteTable {
                 "export_files",
                 &export_files,
             ),
-            r(
-                "GET",
-                "/api/incidents",
-                "incidents",
-                &[(50, MIN), (1500, HOUR)],
-            ),
-            r(
-                "GET",
-                "/api/incidents/*",
-                "incidents",
-                &[(50, MIN), (1500, HOUR)],
-            ),
-            r(
-                "PATCH",
-                "/api/incidents/*",
-                "incidents",
-                &[(50, MIN), (1500, HOUR)],
-            ),
-            r(
-                "POST",
-                "/api/advancedhunting/run",
-                "xdr_hunting",
-                &[(45, MIN)],
-            ),
         ];
         Self {
             routes,
@@ -293,6 +362,55 @@ mod tests {
         assert_eq!(
             t.lookup("GET", "/api/machines").1,
             default_rates().as_slice()
+        );
+    }
+
+    #[test]
+    fn the_table_follows_the_host() {
+        let graph = RouteTable::for_base_url("https://graph.microsoft.com/");
+        assert_eq!(
+            graph.lookup("POST", "/v1.0/security/runHuntingQuery"),
+            ("graph_hunting", [Rate::new(45, MIN)].as_slice())
+        );
+        assert_eq!(
+            graph.lookup("PATCH", "/beta/security/incidents/7").1,
+            &[Rate::new(50, MIN), Rate::new(1500, HOUR)]
+        );
+        assert_eq!(
+            graph.lookup("GET", "/v1.0/security/alerts_v2").0,
+            "graph_alerts"
+        );
+        assert_eq!(graph.lookup("GET", "/v1.0/users").0, DEFAULT_CLASS);
+        assert_eq!(
+            graph.lookup("POST", "/api/advancedqueries/run").0,
+            DEFAULT_CLASS
+        );
+        for url in [
+            "https://api.security.microsoft.com",
+            "https://eu.api.security.microsoft.com/api",
+            "http://127.0.0.1:8080",
+        ] {
+            let t = RouteTable::for_base_url(url);
+            assert_eq!(t.lookup("GET", "/api/incidents").0, "incidents", "{url}");
+            assert_eq!(
+                t.lookup("POST", "/api/advancedhunting/run").0,
+                "xdr_hunting"
+            );
+            assert_eq!(t.lookup("POST", "/api/advancedqueries/run").0, "hunting");
+        }
+        for url in [
+            "https://api.securitycenter.microsoft.com",
+            "https://api-gov.securitycenter.microsoft.us:443",
+        ] {
+            let t = RouteTable::for_base_url(url);
+            assert_eq!(t.lookup("GET", "/api/incidents").0, DEFAULT_CLASS, "{url}");
+            assert_eq!(t.lookup("POST", "/api/advancedqueries/run").0, "hunting");
+        }
+        assert_eq!(
+            RouteTable::for_base_url("https://graph.microsoft.us")
+                .lookup("POST", "/v1.0/security/runHuntingQuery")
+                .0,
+            "graph_hunting"
         );
     }
 

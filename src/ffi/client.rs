@@ -4,7 +4,7 @@ use super::boundary::{OutPtr, free_box, opt_str, to_box, try_mut, try_ref, try_s
 use super::error::{FfiError, QG_DONE, QG_ERR_NOT_FOUND, copy_out_checked, detail_text, qg_result};
 use super::limiter::qg_limiter;
 use super::string::to_c_string;
-use crate::client::{Client, ClientBuilder, Pages, Request, Response, Route};
+use crate::client::{Client, ClientBuilder, Cloud, Pages, Request, Response, Route};
 use crate::limiter::Rate;
 use std::collections::VecDeque;
 use std::ffi::c_char;
@@ -129,6 +129,26 @@ pub extern "C" fn qg_client_builder_set_authority(
     url: *const c_char,
 ) -> qg_result {
     ffi_boundary! { set_string(b, url, "url", |x, v| x.authority(v)) }
+}
+
+/// Sets the cloud by name: `"commercial"` (the default), the commercial regions
+/// `"us"`, `"eu"`, `"uk"`, `"au"`, `"swa"`, `"ina"`, `"aea"`, or the US government clouds
+/// `"gcc"`, `"gcc-high"`, `"dod"` (case-insensitive). It sets the login authority, the API
+/// base URL and the token scope together; `qg_client_builder_set_base_url`,
+/// `qg_client_builder_set_authority`, `qg_client_builder_set_scope` and
+/// `qg_client_builder_set_resource` override its parts whatever the order of the calls.
+/// An unknown name gives `QG_ERR_INVALID_ARGUMENT`, and the last error lists the valid
+/// names. `b` and `name` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_cloud(
+    b: *mut qg_client_builder,
+    name: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let name = unsafe { try_str(name, "name") }?;
+        let cloud = Cloud::from_name(name)?;
+        with_builder(b, |x| x.cloud(cloud))
+    }
 }
 
 /// Sets the tenant id for client-secret credentials. Copied; no NULL.
@@ -307,7 +327,7 @@ pub extern "C" fn qg_client_builder_add_route(
         let r = rate(calls, window_ms)?;
         let b = builder(b)?;
         let method_up = method.map(str::to_ascii_uppercase);
-        let existing = b.builder.routes().routes().iter().find(|x| {
+        let existing = b.builder.user_routes().iter().find(|x| {
             x.method == method_up && x.pattern.eq_ignore_ascii_case(pattern) && x.class.starts_with("user:")
         });
         let mut rates = existing.map(|x| x.rates.clone()).unwrap_or_default();
@@ -706,4 +726,68 @@ pub extern "C" fn qg_client_close(c: *const qg_client) -> qg_result {
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_free(c: *const qg_client) {
     super::boundary::run_void(|| unsafe { free_box(c.cast_mut()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::error::{QG_ERR_INVALID_ARGUMENT, QG_OK, qg_last_error_message};
+    use std::ffi::{CStr, CString};
+
+    pub(crate) fn last_error() -> String {
+        let mut buf = [0 as c_char; 512];
+        let mut n = 0;
+        assert_eq!(
+            qg_last_error_message(buf.as_mut_ptr(), buf.len(), &mut n),
+            QG_OK
+        );
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    pub(crate) fn new_builder() -> *mut qg_client_builder {
+        let mut b = std::ptr::null_mut();
+        assert_eq!(qg_client_builder_new(&mut b), QG_OK);
+        let token = CString::new("t").unwrap();
+        assert_eq!(qg_client_builder_set_access_token(b, token.as_ptr()), QG_OK);
+        b
+    }
+
+    pub(crate) fn build(b: *mut qg_client_builder) -> Client {
+        let mut c = std::ptr::null();
+        assert_eq!(
+            qg_client_builder_build(b, &mut c),
+            QG_OK,
+            "{}",
+            last_error()
+        );
+        let client = unsafe { &*c }.client.clone();
+        qg_client_free(c);
+        client
+    }
+
+    #[test]
+    fn clouds_are_set_by_name() {
+        let b = new_builder();
+        let name = CString::new("GCC-High").unwrap();
+        assert_eq!(qg_client_builder_set_cloud(b, name.as_ptr()), QG_OK);
+        let c = build(b);
+        assert_eq!(c.base_url(), "https://api-gov.securitycenter.microsoft.us");
+        assert!(
+            c.token_url()
+                .starts_with("https://login.microsoftonline.us/")
+        );
+        let bad = CString::new("moon").unwrap();
+        assert_eq!(
+            qg_client_builder_set_cloud(b, bad.as_ptr()),
+            QG_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error().contains("commercial, us, eu"),
+            "{}",
+            last_error()
+        );
+        qg_client_builder_free(b);
+    }
 }
