@@ -334,6 +334,35 @@ typedef struct qg_ticket qg_ticket;
 typedef uint32_t qg_result;
 
 /**
+ * A token provider: the host's function that hands the client an access token.
+ *
+ * The library calls it with `token_buf`, a buffer of `token_len` bytes (4096 at first).
+ * The function copies the token (UTF-8; a terminating NUL is not needed) into
+ * `token_buf`, writes its length in bytes to `*token_written` and its remaining
+ * lifetime in milliseconds (above 0) to `*expires_in_ms`, and returns `QG_OK`. The
+ * library copies the token out and wipes the buffer before the call returns to the
+ * client.
+ *
+ * - A token longer than `token_len`: write the needed length to `*token_written` and
+ *   return `QG_ERR_BUFFER_TOO_SMALL`; the library calls again at once with a buffer at
+ *   least that large (up to 1 MiB).
+ * - A failure: return any other code (`QG_ERR_AUTH` fits). The function may first write a
+ *   short UTF-8 description into `token_buf` and its length to `*token_written`; the
+ *   failed call's last error text then includes it.
+ *
+ * Threads: called from whichever thread sends a call while the cached token is missing,
+ * near its end (a fifth of its lifetime early, at most five minutes) or refused by the
+ * API (a 401): from any thread over time, but one call at a time per client, never two
+ * at once. Other threads keep using the current token or wait meanwhile, so the
+ * function must not send calls with the same client. `user_data` is passed as given.
+ */
+typedef qg_result (*qg_token_fn)(void *user_data,
+                                 char *token_buf,
+                                 size_t token_len,
+                                 size_t *token_written,
+                                 uint64_t *expires_in_ms);
+
+/**
  * A log callback: `level` is one of `QG_LOG_*`, `message` a NUL-terminated UTF-8 string
  * valid only during the call, `user_data` what was given to `qg_set_logger`. It may be
  * called from any thread, at any time until `qg_set_logger(NULL, ...)` returns; it must
@@ -500,6 +529,18 @@ qg_result qg_client_builder_set_client_secret(qg_client_builder *b, const char *
  * secret. No NULL.
  */
 qg_result qg_client_builder_set_access_token(qg_client_builder *b, const char *token);
+
+/**
+ * Takes tokens from the host's `callback` (see `qg_token_fn` for the contract and the
+ * threads it is called from) instead of client credentials or a fixed token. The
+ * client caches each token for the lifetime the callback reports. `user_data` is
+ * passed to every call; it must stay valid, and usable from any thread, until the
+ * builder and every client built from it are freed. Set the tenant id and client id as
+ * well to name the quota buckets after them. `b` and `callback` must not be NULL.
+ */
+qg_result qg_client_builder_set_token_provider(qg_client_builder *b,
+                                               qg_token_fn callback,
+                                               void *user_data);
 
 /**
  * Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.

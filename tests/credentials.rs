@@ -1,7 +1,36 @@
 //! Cloud presets, route tables, token providers, certificate credentials, concurrency caps
 //! and the hunting run-time budget, against the local simulator where a server is needed.
 
-use quotagate::client::{Client, Cloud};
+use quotagate::client::{Client, ClientBuilder, Cloud, Error, Request, RetryPolicy, Secret};
+use quotagate::limiter::Rate;
+use quotagate::sim::{SimConfig, Simulator};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A client of `sim` without credentials yet.
+fn bare(sim: &Simulator) -> ClientBuilder {
+    Client::builder()
+        .base_url(&sim.url())
+        .authority(&sim.authority())
+        .retry_policy(RetryPolicy {
+            max_attempts: 6,
+            max_quota_wait: Duration::from_secs(30),
+            base_backoff: ms(20),
+            max_backoff: ms(200),
+        })
+}
+
+fn get_machine(client: &Client) -> Result<u16, Error> {
+    client
+        .send(&Request::get("/api/machines?$top=1"))
+        .map(|r| r.status())
+}
 
 #[test]
 fn cloud_presets_resolve_to_their_hosts() {
@@ -103,8 +132,6 @@ fn explicit_settings_override_the_cloud_in_any_order() {
 #[test]
 fn the_base_url_picks_the_route_table() {
     use quotagate::client::{Route, RouteTable};
-    use quotagate::limiter::Rate;
-    use std::time::Duration;
     let b = Client::builder().base_url("https://graph.microsoft.com");
     assert_eq!(
         b.routes()
@@ -132,4 +159,95 @@ fn the_base_url_picks_the_route_table() {
             .0,
         "hunting"
     );
+}
+
+#[test]
+fn a_token_provider_is_called_once_per_refresh_across_threads() {
+    let sim = Arc::new(
+        Simulator::start(
+            SimConfig::default()
+                .token_lifetime(ms(1000))
+                .limits("default", &[(100_000, 60.0)]),
+        )
+        .unwrap(),
+    );
+    let calls = Arc::new(AtomicU32::new(0));
+    let (s, n) = (sim.clone(), calls.clone());
+    let client = bare(&sim)
+        .token_provider(move || {
+            n.fetch_add(1, Ordering::SeqCst);
+            // A slow source: the other threads keep the old token or wait, never call too.
+            thread::sleep(ms(30));
+            Ok((Secret::new(s.issue_token("app")), ms(1000)))
+        })
+        .tenant_id("tenant")
+        .client_id("app")
+        .default_rates(vec![Rate::new(100_000, Duration::from_secs(60))])
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let c = client.clone();
+            thread::spawn(move || {
+                while started.elapsed() < ms(2000) {
+                    assert_eq!(get_machine(&c).unwrap(), 200);
+                    thread::sleep(ms(20));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Tokens live 1 s and are refreshed 200 ms early: about one per 800 ms.
+    let n = calls.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&n), "{n} provider calls");
+    assert_eq!(client.stats().token_requests, u64::from(n));
+    assert_eq!(sim.stats().by_status.get(&401), None);
+    assert!(
+        client
+            .stats()
+            .buckets
+            .keys()
+            .all(|k| k.contains("|tenant|app|"))
+    );
+}
+
+#[test]
+fn a_refused_provider_token_is_replaced_once_and_failures_are_auth_errors() {
+    let sim = Arc::new(Simulator::start(SimConfig::default()).unwrap());
+    let calls = Arc::new(AtomicU32::new(0));
+    let (s, n) = (sim.clone(), calls.clone());
+    let client = bare(&sim)
+        .token_provider(move || match n.fetch_add(1, Ordering::SeqCst) {
+            0 => Ok((Secret::new("revoked"), Duration::from_secs(3600))),
+            _ => Ok((Secret::new(s.issue_token("app")), Duration::from_secs(3600))),
+        })
+        .build()
+        .unwrap();
+    assert_eq!(get_machine(&client).unwrap(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(sim.stats().by_status.get(&401), Some(&1));
+
+    let failing = bare(&sim)
+        .token_provider(|| Err("the vault is sealed".into()))
+        .build()
+        .unwrap();
+    match get_machine(&failing) {
+        Err(Error::Auth(m, _)) => assert!(m.contains("the vault is sealed"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let panicking = bare(&sim)
+        .token_provider(|| panic!("bug in the provider"))
+        .build()
+        .unwrap();
+    assert!(matches!(get_machine(&panicking), Err(Error::Auth(..))));
+    // The refresh was not left marked as running: the next call asks again.
+    assert!(matches!(get_machine(&panicking), Err(Error::Auth(..))));
+    let empty = bare(&sim)
+        .token_provider(|| Ok((Secret::new(""), Duration::from_secs(60))))
+        .build()
+        .unwrap();
+    assert!(matches!(get_machine(&empty), Err(Error::Auth(..))));
 }

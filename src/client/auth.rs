@@ -9,8 +9,12 @@ use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// A function that returns an access token and how long it stays valid, or a text that
+/// says why it could not. See [`Credentials::Provider`].
+pub type TokenProvider = Arc<dyn Fn() -> Result<(Secret, Duration), String> + Send + Sync>;
+
 /// How the client obtains tokens.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Credentials {
     /// OAuth2 client credentials with a client secret.
     ClientSecret {
@@ -23,6 +27,40 @@ pub enum Credentials {
     },
     /// A token obtained elsewhere, used as is.
     AccessToken(Secret),
+    /// Tokens from a function of the caller's (a managed identity, a vault, another
+    /// library): the client caches each token for the lifetime returned, asks for the next
+    /// one a fifth of that lifetime early (at most five minutes), and after a 401. Calls
+    /// come from whichever thread needs a token, one at a time per client, never while
+    /// another is under way.
+    Provider(TokenProvider),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::ClientSecret {
+                tenant_id,
+                client_id,
+                secret,
+            } => f
+                .debug_struct("ClientSecret")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("secret", secret)
+                .finish(),
+            Credentials::AccessToken(t) => f.debug_tuple("AccessToken").field(t).finish(),
+            Credentials::Provider(_) => f.write_str("Provider(..)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// Tokens from `provider`; see [`Credentials::Provider`].
+    pub fn provider(
+        provider: impl Fn() -> Result<(Secret, Duration), String> + Send + Sync + 'static,
+    ) -> Self {
+        Credentials::Provider(Arc::new(provider))
+    }
 }
 
 /// A cached token.
@@ -77,7 +115,7 @@ impl Auth {
     ) -> Self {
         let tenant = match &credentials {
             Credentials::ClientSecret { tenant_id, .. } => tenant_id.as_str(),
-            Credentials::AccessToken(_) => "",
+            Credentials::AccessToken(_) | Credentials::Provider(_) => "",
         };
         let authority = authority.trim_end_matches('/');
         let origin = api_base.trim_end_matches('/').to_string();
@@ -181,22 +219,40 @@ impl Auth {
         true
     }
 
-    /// Requests a token: (value, lifetime). Retries 429s (honouring Retry-After), 5xx
-    /// and transport failures within the client's retry policy.
+    /// Obtains a token, (value, lifetime), from the credentials' source.
     fn fetch(&self, client: &ClientShared, cancel: &Cancel) -> Result<(Secret, Duration), Error> {
-        let Credentials::ClientSecret {
-            client_id, secret, ..
-        } = &self.credentials
-        else {
-            unreachable!("fixed tokens are never fetched");
-        };
-        let form = Secret::new(format!(
-            "grant_type=client_credentials&client_id={}&client_secret={}&{}={}",
-            encode(client_id),
-            encode(secret.expose()),
-            self.audience.0,
-            encode(&self.audience.1)
-        ));
+        match &self.credentials {
+            Credentials::ClientSecret {
+                client_id, secret, ..
+            } => {
+                let form = Secret::new(format!(
+                    "grant_type=client_credentials&client_id={}&client_secret={}&{}={}",
+                    encode(client_id),
+                    encode(secret.expose()),
+                    self.audience.0,
+                    encode(&self.audience.1)
+                ));
+                self.post_form(client, cancel, &form)
+            }
+            Credentials::Provider(provider) => {
+                client
+                    .counters
+                    .token_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                call_provider(provider)
+            }
+            Credentials::AccessToken(_) => unreachable!("fixed tokens are never fetched"),
+        }
+    }
+
+    /// Posts a token request's form. Retries 429s (honouring Retry-After), 5xx and
+    /// transport failures within the client's retry policy.
+    fn post_form(
+        &self,
+        client: &ClientShared,
+        cancel: &Cancel,
+        form: &Secret,
+    ) -> Result<(Secret, Duration), Error> {
         let headers = vec![(
             "content-type".to_string(),
             "application/x-www-form-urlencoded".to_string(),
@@ -260,6 +316,27 @@ impl Auth {
             cancel.sleep(client, wait)?;
         }
     }
+}
+
+/// Calls the caller's token function; a panic in it becomes an error, so that the
+/// single-flight refresh is never left marked as running.
+fn call_provider(provider: &TokenProvider) -> Result<(Secret, Duration), Error> {
+    let auth_error = |m: String| Error::Auth(m, Box::default());
+    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider()))
+        .map_err(|_| auth_error("the token provider panicked".into()))?;
+    let (token, lifetime) =
+        answer.map_err(|why| auth_error(format!("the token provider failed: {why}")))?;
+    if token.is_empty() {
+        return Err(auth_error(
+            "the token provider returned an empty token".into(),
+        ));
+    }
+    if lifetime.is_zero() {
+        return Err(auth_error(
+            "the token provider returned a token with no lifetime".into(),
+        ));
+    }
+    Ok((token, lifetime))
 }
 
 fn parse_token(r: &super::Response) -> Result<(Secret, Duration), Error> {

@@ -41,7 +41,7 @@ mod retry;
 mod routes;
 mod secret;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, TokenProvider};
 pub use cloud::Cloud;
 pub use error::{Error, ErrorDetails};
 pub use paging::{Items, Pages};
@@ -353,6 +353,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Tokens from a function of the caller's: it returns a token and its lifetime, and is
+    /// called when the cached token nears its end or was refused (see
+    /// [`Credentials::Provider`]). Set [`tenant_id`](Self::tenant_id) and
+    /// [`client_id`](Self::client_id) as well to name the quota buckets after the tenant
+    /// and app, as a client-secret client would (so that clients sharing a limiter share
+    /// quotas); without them the buckets are named `-` and `provider`.
+    pub fn token_provider(
+        self,
+        provider: impl Fn() -> Result<(Secret, Duration), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.credentials(Credentials::provider(provider))
+    }
+
     /// Credentials in one value (instead of the separate setters).
     pub fn credentials(mut self, c: Credentials) -> Self {
         self.credentials = Some(c);
@@ -514,7 +527,7 @@ impl ClientBuilder {
             Credentials::AccessToken(t) if t.is_empty() => {
                 return Err(bad("the access token is empty"));
             }
-            Credentials::AccessToken(_) => {}
+            Credentials::AccessToken(_) | Credentials::Provider(_) => {}
         }
         if self.policy.max_attempts == 0 {
             return Err(bad("max_attempts must be at least 1"));
@@ -552,6 +565,10 @@ impl ClientBuilder {
                 ..
             } => (tenant_id.clone(), client_id.clone()),
             Credentials::AccessToken(_) => ("-".to_string(), "token".to_string()),
+            Credentials::Provider(_) => (
+                self.tenant_id.clone().unwrap_or_else(|| "-".into()),
+                self.client_id.clone().unwrap_or_else(|| "provider".into()),
+            ),
         };
         // An explicit scope or resource wins over the cloud's scope.
         let scope = match (&self.scope, &self.resource, self.cloud) {

@@ -1,13 +1,16 @@
 //! `qg_client_builder`, `qg_client`, `qg_request`, `qg_response` and `qg_pages`.
 
 use super::boundary::{OutPtr, free_box, opt_str, to_box, try_mut, try_ref, try_str};
-use super::error::{FfiError, QG_DONE, QG_ERR_NOT_FOUND, copy_out_checked, detail_text, qg_result};
+use super::error::{
+    FfiError, QG_DONE, QG_ERR_BUFFER_TOO_SMALL, QG_ERR_NOT_FOUND, QG_OK, copy_out_checked,
+    detail_text, qg_result,
+};
 use super::limiter::qg_limiter;
 use super::string::to_c_string;
-use crate::client::{Client, ClientBuilder, Cloud, Pages, Request, Response, Route};
+use crate::client::{Client, ClientBuilder, Cloud, Pages, Request, Response, Route, Secret};
 use crate::limiter::Rate;
 use std::collections::VecDeque;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 /// Configures a client before it is built.
@@ -187,6 +190,112 @@ pub extern "C" fn qg_client_builder_set_access_token(
     token: *const c_char,
 ) -> qg_result {
     ffi_boundary! { set_string(b, token, "token", |x, v| x.access_token(v)) }
+}
+
+/// A token provider: the host's function that hands the client an access token.
+///
+/// The library calls it with `token_buf`, a buffer of `token_len` bytes (4096 at first).
+/// The function copies the token (UTF-8; a terminating NUL is not needed) into
+/// `token_buf`, writes its length in bytes to `*token_written` and its remaining
+/// lifetime in milliseconds (above 0) to `*expires_in_ms`, and returns `QG_OK`. The
+/// library copies the token out and wipes the buffer before the call returns to the
+/// client.
+///
+/// - A token longer than `token_len`: write the needed length to `*token_written` and
+///   return `QG_ERR_BUFFER_TOO_SMALL`; the library calls again at once with a buffer at
+///   least that large (up to 1 MiB).
+/// - A failure: return any other code (`QG_ERR_AUTH` fits). The function may first write a
+///   short UTF-8 description into `token_buf` and its length to `*token_written`; the
+///   failed call's last error text then includes it.
+///
+/// Threads: called from whichever thread sends a call while the cached token is missing,
+/// near its end (a fifth of its lifetime early, at most five minutes) or refused by the
+/// API (a 401): from any thread over time, but one call at a time per client, never two
+/// at once. Other threads keep using the current token or wait meanwhile, so the
+/// function must not send calls with the same client. `user_data` is passed as given.
+pub type qg_token_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        token_buf: *mut c_char,
+        token_len: usize,
+        token_written: *mut usize,
+        expires_in_ms: *mut u64,
+    ) -> qg_result,
+>;
+
+/// The host's token function and its data, callable from any thread as documented.
+struct HostTokenFn {
+    callback:
+        unsafe extern "C" fn(*mut c_void, *mut c_char, usize, *mut usize, *mut u64) -> qg_result,
+    user_data: usize,
+}
+
+impl HostTokenFn {
+    fn call(&self) -> Result<(Secret, Duration), String> {
+        const MAX: usize = 1 << 20;
+        let mut len = 4096;
+        loop {
+            let mut buf = zeroize::Zeroizing::new(vec![0u8; len]);
+            let (mut written, mut expires_ms) = (0usize, 0u64);
+            // SAFETY: the buffer holds `len` bytes and the out-parameters are live locals;
+            // the host promised that its function and `user_data` are usable from any thread.
+            let code = unsafe {
+                (self.callback)(
+                    self.user_data as *mut c_void,
+                    buf.as_mut_ptr().cast(),
+                    len,
+                    &mut written,
+                    &mut expires_ms,
+                )
+            };
+            let text = |n: usize| String::from_utf8_lossy(&buf[..n.min(len)]).into_owned();
+            match code {
+                QG_OK if written > len => {
+                    return Err("the token provider wrote past its buffer".into());
+                }
+                QG_OK => {
+                    let token = std::str::from_utf8(&buf[..written])
+                        .map_err(|_| "the token provider's token is not UTF-8".to_string())?;
+                    return Ok((Secret::new(token), Duration::from_millis(expires_ms)));
+                }
+                QG_ERR_BUFFER_TOO_SMALL if written > len && written <= MAX => len = written,
+                QG_ERR_BUFFER_TOO_SMALL => {
+                    return Err(format!(
+                        "the token provider needs {written} bytes (at most {MAX})"
+                    ));
+                }
+                code => {
+                    let why = text(written);
+                    let why = why.trim_end_matches('\0');
+                    return Err(if why.is_empty() {
+                        format!("the token provider returned {code}")
+                    } else {
+                        format!("the token provider returned {code}: {why}")
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Takes tokens from the host's `callback` (see `qg_token_fn` for the contract and the
+/// threads it is called from) instead of client credentials or a fixed token. The
+/// client caches each token for the lifetime the callback reports. `user_data` is
+/// passed to every call; it must stay valid, and usable from any thread, until the
+/// builder and every client built from it are freed. Set the tenant id and client id as
+/// well to name the quota buckets after them. `b` and `callback` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_token_provider(
+    b: *mut qg_client_builder,
+    callback: qg_token_fn,
+    user_data: *mut c_void,
+) -> qg_result {
+    let user_data = user_data as usize;
+    ffi_boundary! {
+        let callback = callback.ok_or_else(|| FfiError::null("callback"))?;
+        let host = HostTokenFn { callback, user_data };
+        with_builder(b, |x| x.token_provider(move || host.call()))
+    }
 }
 
 /// Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
@@ -765,6 +874,66 @@ mod tests {
         let client = unsafe { &*c }.client.clone();
         qg_client_free(c);
         client
+    }
+
+    unsafe extern "C" fn provide(
+        user_data: *mut c_void,
+        buf: *mut c_char,
+        len: usize,
+        written: *mut usize,
+        expires_ms: *mut u64,
+    ) -> qg_result {
+        let token = unsafe { &*(user_data as *const String) };
+        unsafe { *written = token.len() };
+        if token.starts_with("fail") {
+            unsafe { std::ptr::copy_nonoverlapping(token.as_ptr(), buf.cast(), token.len()) };
+            return crate::ffi::error::QG_ERR_AUTH;
+        }
+        if token.len() > len {
+            return QG_ERR_BUFFER_TOO_SMALL;
+        }
+        unsafe {
+            std::ptr::copy_nonoverlapping(token.as_ptr(), buf.cast(), token.len());
+            *expires_ms = 60_000;
+        }
+        QG_OK
+    }
+
+    #[test]
+    fn a_host_token_function_fills_the_buffer_and_may_ask_for_more() {
+        let long = "x".repeat(10_000);
+        let host = HostTokenFn {
+            callback: provide,
+            user_data: &long as *const String as usize,
+        };
+        let (token, lifetime) = host.call().unwrap();
+        assert_eq!(
+            (token.expose(), lifetime),
+            (long.as_str(), Duration::from_secs(60))
+        );
+        let failing = "fail: the vault is sealed".to_string();
+        let host = HostTokenFn {
+            callback: provide,
+            user_data: &failing as *const String as usize,
+        };
+        let e = host.call().unwrap_err();
+        assert!(e.ends_with("303: fail: the vault is sealed"), "{e}");
+        let b = new_builder();
+        assert_eq!(
+            qg_client_builder_set_token_provider(b, None, std::ptr::null_mut()),
+            crate::ffi::error::QG_ERR_NULL_ARGUMENT
+        );
+        let short = "abc".to_string();
+        assert_eq!(
+            qg_client_builder_set_token_provider(
+                b,
+                Some(provide),
+                &short as *const String as *mut c_void
+            ),
+            QG_OK
+        );
+        build(b);
+        qg_client_builder_free(b);
     }
 
     #[test]

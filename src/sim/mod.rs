@@ -229,6 +229,15 @@ impl Simulator {
             .collect()
     }
 
+    /// Issues a bearer token for `client_id` without a token request, valid for the
+    /// configured `token_lifetime` (scaled) from now: for tests of callers that bring
+    /// their own tokens. It is not counted in the log.
+    pub fn issue_token(&self, client_id: &str) -> String {
+        let core = &self.inner.core;
+        let mut st = core.state.lock();
+        core.mint_token(&mut st, client_id, Instant::now())
+    }
+
     /// Replaces the faults from now on.
     pub fn set_faults(&self, faults: Faults) -> io::Result<()> {
         faults

@@ -424,6 +424,21 @@ impl Core {
             );
         }
 
+        let token = self.mint_token(st, &client_id, now);
+        let secs = self.config.token_lifetime.as_secs();
+        Reply::json(
+            200,
+            &json!({
+                "token_type": "Bearer",
+                "expires_in": secs,
+                "ext_expires_in": secs,
+                "access_token": token,
+            }),
+        )
+    }
+
+    /// A new bearer token for `client_id`, valid for the configured lifetime from `now`.
+    pub(crate) fn mint_token(&self, st: &mut State, client_id: &str, now: Instant) -> String {
         let lifetime = self.config.real(self.config.token_lifetime);
         // Forget tokens long expired; recently expired ones stay to answer "expired".
         st.tokens
@@ -438,20 +453,11 @@ impl Core {
         st.tokens.insert(
             token.clone(),
             Token {
-                client_id: client_id.clone(),
+                client_id: client_id.to_owned(),
                 expires: now + lifetime,
             },
         );
-        let secs = self.config.token_lifetime.as_secs();
-        Reply::json(
-            200,
-            &json!({
-                "token_type": "Bearer",
-                "expires_in": secs,
-                "ext_expires_in": secs,
-                "access_token": token,
-            }),
-        )
+        token
     }
 
     fn secret_of(&self, client_id: &str) -> Option<&str> {
