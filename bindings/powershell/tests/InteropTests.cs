@@ -1,0 +1,616 @@
+// Tests of the QuotaGate module's C# interop layer against the real library.
+//
+// Compiled together with bindings/powershell/QuotaGate/QuotaGate.Interop.cs, exactly as
+// the module ships it, by Mono's mcs (scripts/test-powershell.sh):
+//
+//   mono InteropTests.exe /path/to/libquotagate.so
+//
+// Prints one line per test and closes with "N passed, N failed[, N skipped]"; exits 1 on
+// any failure.
+
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Linq;
+using System.Runtime.CompilerServices;
+using System.Security;
+using System.Text;
+using System.Text.RegularExpressions;
+using System.Threading;
+using QuotaGate.Interop;
+
+namespace QuotaGate.Interop.Tests
+{
+    sealed class AssertionException : Exception
+    {
+        public AssertionException(string message) : base(message)
+        {
+        }
+    }
+
+    static class Assert
+    {
+        public static void True(bool condition, string what)
+        {
+            if (!condition)
+            {
+                throw new AssertionException(what);
+            }
+        }
+
+        public static void Equal<T>(T expected, T actual, string what)
+        {
+            if (!EqualityComparer<T>.Default.Equals(expected, actual))
+            {
+                throw new AssertionException(what + ": expected <" + expected + ">, got <" + actual + ">");
+            }
+        }
+
+        public static T Throws<T>(Action action, string what) where T : Exception
+        {
+            try
+            {
+                action();
+            }
+            catch (T e)
+            {
+                return e;
+            }
+            catch (Exception e)
+            {
+                throw new AssertionException(what + ": expected " + typeof(T).Name + ", got " + e.GetType().Name + ": " + e.Message);
+            }
+            throw new AssertionException(what + ": expected " + typeof(T).Name + ", nothing was thrown");
+        }
+
+        /// <summary>A QuotaGateException with <paramref name="code"/> whose message is the library's.</summary>
+        public static QuotaGateException Fails(uint code, string messagePart, Action action, string what)
+        {
+            var e = Throws<QuotaGateException>(action, what);
+            Equal(code, e.Code, what + ": code");
+            True(e.Message.Contains(messagePart), what + ": message <" + e.Message + "> should contain <" + messagePart + ">");
+            return e;
+        }
+
+        public static void Within(Stopwatch sw, long minMs, long maxMs, string what)
+        {
+            long ms = sw.ElapsedMilliseconds;
+            True(ms >= minMs && ms <= maxMs, what + ": took " + ms + " ms, expected " + minMs + ".." + maxMs);
+        }
+    }
+
+    static class Program
+    {
+        static int passed, failed, skipped;
+        static string libraryPath;
+
+        static void Test(string name, Action body)
+        {
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                body();
+                passed++;
+                Console.WriteLine("ok   " + name + " (" + sw.ElapsedMilliseconds + " ms)");
+            }
+            catch (Exception e)
+            {
+                failed++;
+                Console.WriteLine("FAIL " + name + ": " + e.GetType().Name + ": " + e.Message);
+                if (!(e is AssertionException))
+                {
+                    Console.WriteLine(e.StackTrace);
+                }
+            }
+        }
+
+        static void Skip(string name, string why)
+        {
+            skipped++;
+            Console.WriteLine("SKIPPED: " + name + ": " + why);
+        }
+
+        static int Main(string[] args)
+        {
+            var total = Stopwatch.StartNew();
+            libraryPath = args.Length > 0 ? args[0] : Environment.GetEnvironmentVariable("QUOTAGATE_LIBRARY");
+            if (string.IsNullOrEmpty(libraryPath))
+            {
+                Console.Error.WriteLine("usage: mono InteropTests.exe <path to libquotagate>");
+                return 2;
+            }
+
+            // Loaded here, before any method that calls into the library is compiled: Mono
+            // binds a P/Invoke when its caller is compiled, and may inline small callers.
+            try
+            {
+                Native.Load(libraryPath);
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine("FAIL loading " + libraryPath + ": " + e);
+                Console.WriteLine("0 passed, 1 failed");
+                return 1;
+            }
+            Test("loading: Native.Load binds the DllImports to the given file", LoadsTheLibrary);
+            LimiterTests();
+            if (HasClientAbi())
+            {
+                ClientTests();
+            }
+            else
+            {
+                Skip("client, request, response, paging, simulator and logging tests",
+                    "the library does not export the client ABI (qg_client_builder_new)");
+            }
+            Test("handles: finalizers free forgotten handles without a crash", FinalizersRun);
+
+            Console.WriteLine("interop tests ran in " + total.ElapsedMilliseconds + " ms against " + Native.LibraryPath);
+            Console.WriteLine(passed + " passed, " + failed + " failed" + (skipped > 0 ? ", " + skipped + " skipped" : ""));
+            return failed == 0 ? 0 : 1;
+        }
+
+        // ----- loading and errors ---------------------------------------------------------
+
+        static void LoadsTheLibrary()
+        {
+            Native.Load(libraryPath); // the same path again does nothing
+            Assert.Throws<InvalidOperationException>(() => Native.Load("/nonexistent/libquotagate.so"),
+                "a second, different path");
+            Assert.True(Regex.IsMatch(Native.Version, @"^\d+\.\d+\.\d+"), "version string " + Native.Version);
+            string[] parts = Native.Version.Split('.', '-', '+');
+            uint number = uint.Parse(parts[0]) * 1000000 + uint.Parse(parts[1]) * 1000 + uint.Parse(parts[2]);
+            Assert.Equal(number, Native.VersionNumber, "qg_version_number matches qg_version");
+            Assert.Equal(Native.ExpectedVersionNumber / 1000, Native.VersionNumber / 1000, "major.minor of the header");
+            Assert.Equal("success", ResultCode.Describe(ResultCode.Ok), "qg_result_str(QG_OK)");
+            Assert.Equal("the limiter or client is closed", ResultCode.Describe(ResultCode.Closed), "qg_result_str(QG_ERR_CLOSED)");
+            Assert.Equal("unknown result code", ResultCode.Describe(9999), "qg_result_str(9999)");
+        }
+
+        static Limiter NewLimiter(params Rate[] rates)
+        {
+            return new Limiter(rates);
+        }
+
+        static void LimiterTests()
+        {
+            Test("limiter builder: settings reach the library, bad ones fail with its message", () =>
+            {
+                Assert.Fails(ResultCode.InvalidArgument, "at least one rate", () => new Limiter(new Rate[0]), "no rate");
+                Assert.Fails(ResultCode.InvalidArgument, "", () => new Limiter(new[] { new Rate(0, 1000) }), "zero calls");
+                Assert.Fails(ResultCode.InvalidArgument, "", () => new Limiter(new[] { new Rate(5, 0) }), "zero window");
+                using (var l = new Limiter(new[] { new Rate(2, 1000), new Rate(10, 60000) }, 250, 4))
+                {
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(2, s.Windows.Length, "windows");
+                    Assert.Equal(2UL, s.Windows[0].Calls, "first rate");
+                    Assert.Equal(1250UL, s.Windows[0].WindowMs, "margin widens the window");
+                    Assert.Equal(60250UL, s.Windows[1].WindowMs, "second window with margin");
+                    for (int i = 0; i < 4; i++)
+                    {
+                        Assert.True(l.TryAcquire("bucket" + i, 1), "bucket " + i);
+                    }
+                    Assert.Fails(ResultCode.TooManyBuckets, "4 buckets", () => l.TryAcquire("bucket4", 1), "max buckets");
+                }
+                LimiterBuilderHandle b;
+                Native.Check(NativeMethods.qg_limiter_builder_new(out b));
+                using (b)
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "max_buckets must be at least 1",
+                        () => Native.Check(NativeMethods.qg_limiter_builder_set_max_buckets(b, UIntPtr.Zero)), "max_buckets 0");
+                    Native.Check(NativeMethods.qg_limiter_builder_add_rate(b, 1, 1000));
+                    LimiterHandle first, second;
+                    Native.Check(NativeMethods.qg_limiter_builder_build(b, out first));
+                    Native.Check(NativeMethods.qg_limiter_builder_build(b, out second)); // not consumed
+                    first.Dispose();
+                    second.Dispose();
+                }
+            });
+
+            Test("limiter: try_acquire admits up to the rate, then reports the wait", () =>
+            {
+                using (var l = NewLimiter(new Rate(3, 1000)))
+                {
+                    ulong wait;
+                    for (int i = 0; i < 3; i++)
+                    {
+                        Assert.True(l.TryAcquire("k", 1, out wait), "call " + i);
+                        Assert.Equal(0UL, wait, "wait on success");
+                    }
+                    Assert.True(!l.TryAcquire("k", 1, out wait), "fourth call refused");
+                    Assert.True(wait > 0 && wait <= 1000, "wait " + wait + " ms within the window");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(3UL, s.AdmittedCalls, "admitted");
+                    Assert.Equal(3UL, s.AdmittedUnits, "units");
+                    Assert.Equal(1UL, s.Refusals, "refusals");
+                    Assert.Equal(3UL, s.Windows[0].Used, "used");
+                    Assert.Equal(1000UL, s.Windows[0].WindowMs, "window");
+                    Assert.True(l.TryAcquire("other", 1), "another key has its own bucket");
+                }
+            });
+
+            Test("limiter: acquire waits for the window, with costs and stats", () =>
+            {
+                using (var l = NewLimiter(new Rate(4, 300)))
+                {
+                    var sw = Stopwatch.StartNew();
+                    l.Acquire("k", 3, -1);
+                    l.Acquire("k", 1, 1000);
+                    l.Acquire("k", 2, 1000); // waits for the first call to leave the window
+                    Assert.Within(sw, 250, 900, "third acquire");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(3UL, s.AdmittedCalls, "admitted");
+                    Assert.Equal(6UL, s.AdmittedUnits, "units");
+                    Assert.Equal(1UL, s.WaitedCalls, "waited");
+                    Assert.True(s.LongestWaitMs >= 200 && s.TotalWaitMs >= s.LongestWaitMs, "wait times " + s.LongestWaitMs + "/" + s.TotalWaitMs);
+                }
+            });
+
+            Test("limiter: a deadline that cannot be met fails at once with the library's message", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    l.Acquire("k", 1, 0);
+                    var sw = Stopwatch.StartNew();
+                    Assert.Fails(ResultCode.Timeout, "deadline", () => l.Acquire("k", 1, 50), "timeout");
+                    Assert.Within(sw, 0, 200, "timeout is immediate");
+                    Assert.Fails(ResultCode.Timeout, "deadline", () => l.Acquire("k", 1, 50, () => false), "timeout in slices");
+                    Assert.Equal(2UL, l.GetStatistics("k").Timeouts, "timeouts counted");
+                }
+            });
+
+            Test("limiter: tickets wait in slices and keep their place", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 300)))
+                {
+                    Assert.True(l.TryAcquire("k", 1), "fill the bucket");
+                    using (var t = l.Enqueue("k", 1, 5000))
+                    {
+                        Assert.True(!t.Wait(0), "not admitted yet (check only)");
+                        Assert.True(!t.Wait(50), "a 50 ms slice runs out");
+                        Assert.Equal(1UL, l.GetStatistics("k").Queued, "queued");
+                        var sw = Stopwatch.StartNew();
+                        while (!t.Wait(50))
+                        {
+                            Assert.True(sw.ElapsedMilliseconds < 1000, "admitted within the window");
+                        }
+                        Assert.True(t.Wait(0), "admitted stays admitted");
+                        Assert.True(!t.Cancel(), "cancelling an admitted ticket reports NOT_WAITING");
+                    }
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(2UL, s.AdmittedCalls, "admitted");
+                    Assert.Equal(0UL, s.Queued, "queue empty");
+                }
+            });
+
+            Test("limiter: shouldStop gives up the place within a slice (Ctrl+C)", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    l.Acquire("k", 1, 0);
+                    var sw = Stopwatch.StartNew();
+                    Assert.Throws<OperationCanceledException>(
+                        () => l.Acquire("k", 1, -1, () => sw.ElapsedMilliseconds > 150), "stopped wait");
+                    Assert.Within(sw, 150, 150 + 3 * Limiter.SliceMs, "stopped promptly");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(1UL, s.Cancellations, "cancellation counted");
+                    Assert.Equal(0UL, s.Queued, "no waiter left behind");
+                    Assert.Equal(1UL, s.AdmittedCalls, "no permit taken");
+                }
+            });
+
+            Test("limiter: a CancellationToken cancels a wait from another thread at once", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                using (var cts = new CancellationTokenSource())
+                {
+                    l.Acquire("k", 1, 0);
+                    cts.CancelAfter(100);
+                    var sw = Stopwatch.StartNew();
+                    Assert.Throws<OperationCanceledException>(() => l.Acquire("k", 1, -1, cts.Token), "cancelled wait");
+                    Assert.Within(sw, 80, 400, "cancelled promptly");
+                    Assert.Equal(0UL, l.GetStatistics("k").Queued, "no waiter left behind");
+                    Assert.Throws<OperationCanceledException>(() => l.Acquire("k", 1, -1, cts.Token), "already cancelled");
+                }
+            });
+
+            Test("limiter: FIFO order across threads and the exact window", () =>
+            {
+                using (var l = NewLimiter(new Rate(5, 200)))
+                {
+                    var admitted = new List<long>();
+                    var sw = Stopwatch.StartNew();
+                    var threads = Enumerable.Range(0, 3).Select(_ => new Thread(() =>
+                    {
+                        for (int i = 0; i < 5; i++)
+                        {
+                            l.Acquire("k", 1, 5000, () => false);
+                            lock (admitted)
+                            {
+                                admitted.Add(sw.ElapsedMilliseconds);
+                            }
+                        }
+                    })).ToList();
+                    threads.ForEach(t => t.Start());
+                    threads.ForEach(t => t.Join());
+                    Assert.Equal(15, admitted.Count, "all admitted");
+                    Assert.Within(sw, 390, 1500, "15 calls at 5 per 200 ms");
+                    admitted.Sort();
+                    for (int i = 5; i < admitted.Count; i++)
+                    {
+                        // The library's clock is exact; allow a little for reading the stopwatch later.
+                        Assert.True(admitted[i] - admitted[i - 5] >= 190, "6 calls within one window at " + i);
+                    }
+                }
+            });
+
+            Test("limiter: pause makes the bucket wait", () =>
+            {
+                using (var l = NewLimiter(new Rate(100, 1000)))
+                {
+                    l.Pause("k", 300);
+                    l.Pause("k", 10); // never shortens
+                    ulong wait;
+                    Assert.True(!l.TryAcquire("k", 1, out wait), "paused");
+                    Assert.True(wait >= 250 && wait <= 300, "wait " + wait);
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(2UL, s.Pauses, "pauses");
+                    Assert.True(s.PausedForMs > 200, "paused for " + s.PausedForMs);
+                    var sw = Stopwatch.StartNew();
+                    l.Acquire("k", 1, 2000, () => false);
+                    Assert.Within(sw, 200, 600, "admitted after the pause");
+                    Assert.True(l.TryAcquire("other", 1), "other buckets are not paused");
+                }
+            });
+
+            Test("limiter: set_rates gives a key its own rates", () =>
+            {
+                using (var l = NewLimiter(new Rate(100, 1000)))
+                {
+                    l.SetRates("hunting", new[] { new Rate(2, 1000), new Rate(45, 60000) });
+                    var s = l.GetStatistics("hunting");
+                    Assert.Equal(2, s.Windows.Length, "two windows");
+                    Assert.Equal(45UL, s.Windows[1].Calls, "second rate");
+                    Assert.True(l.TryAcquire("hunting", 1) && l.TryAcquire("hunting", 1), "two admitted");
+                    Assert.True(!l.TryAcquire("hunting", 1), "third refused");
+                    Assert.Fails(ResultCode.InvalidArgument, "at least one rate", () => l.SetRates("x", new Rate[0]), "no rates");
+                    Assert.Fails(ResultCode.NullArgument, "calls is NULL",
+                        () => Native.Check(NativeMethods.qg_limiter_set_rates(l.Handle, null, null, new ulong[] { 1 }, new UIntPtr(1))), "NULL calls");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => l.SetRates("x", new[] { new Rate(0, 10) }), "zero calls");
+                }
+            });
+
+            Test("limiter: close wakes waiters and fails later calls with the library's message", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    l.Acquire("k", 1, 0);
+                    Exception waiterError = null;
+                    var waiter = new Thread(() =>
+                    {
+                        try
+                        {
+                            l.Acquire("k", 1, -1);
+                        }
+                        catch (Exception e)
+                        {
+                            waiterError = e;
+                        }
+                    });
+                    waiter.Start();
+                    Thread.Sleep(100);
+                    var sw = Stopwatch.StartNew();
+                    l.Close();
+                    Assert.True(waiter.Join(1000), "blocked waiter woke");
+                    Assert.Within(sw, 0, 500, "woke promptly");
+                    var qe = waiterError as QuotaGateException;
+                    Assert.True(qe != null && qe.Code == ResultCode.Closed, "waiter got CLOSED: " + waiterError);
+                    Assert.Fails(ResultCode.Closed, "the limiter is closed", () => l.TryAcquire("k", 1), "try after close");
+                    Assert.Fails(ResultCode.Closed, "the limiter is closed", () => l.Acquire("k", 1, -1, () => false), "acquire after close");
+                    l.Close(); // closing twice is fine
+                }
+            });
+
+            Test("bad input: zero and oversized costs, NULL and invalid handles", () =>
+            {
+                using (var l = NewLimiter(new Rate(5, 1000)))
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "at least 1 unit", () => l.TryAcquire("k", 0), "zero cost");
+                    Assert.Fails(ResultCode.InvalidArgument, "could never be admitted", () => l.Acquire("k", 6, 0), "cost above the rate");
+                    Assert.Fails(ResultCode.InvalidArgument, "at least 1 unit", () => l.Enqueue("k", 0, -1), "zero cost ticket");
+                    ulong v;
+                    using (var s = Stats(l, "k"))
+                    {
+                        Assert.Fails(ResultCode.InvalidArgument, "unknown statistics field 99",
+                            () => Native.Check(NativeMethods.qg_bucket_stats_get(s, 99, out v)), "unknown field");
+                        ulong used, calls, window;
+                        Assert.Fails(ResultCode.InvalidArgument, "past the 1 windows",
+                            () => Native.Check(NativeMethods.qg_bucket_stats_window(s, new UIntPtr(1), out used, out calls, out window)), "window index");
+                    }
+                }
+                // A handle that holds NULL reaches the library, which names the argument.
+                Assert.Fails(ResultCode.NullArgument, "limiter is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_acquire(new LimiterHandle(), null, 1, 0)), "NULL limiter");
+                Assert.Fails(ResultCode.NullArgument, "ticket is NULL",
+                    () => Native.Check(NativeMethods.qg_ticket_wait(new TicketHandle(), 0)), "NULL ticket");
+                Assert.Fails(ResultCode.NullArgument, "ticket is NULL",
+                    () => Native.Check(NativeMethods.qg_ticket_cancel(new TicketHandle())), "NULL ticket cancel");
+                Assert.Fails(ResultCode.NullArgument, "stats is NULL", () =>
+                {
+                    UIntPtr n;
+                    Native.Check(NativeMethods.qg_bucket_stats_window_count(new BucketStatsHandle(), out n));
+                }, "NULL stats");
+                Assert.Fails(ResultCode.NullArgument, "builder is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_builder_set_margin(new LimiterBuilderHandle(), 1)), "NULL builder");
+                Assert.Fails(ResultCode.NullArgument, "limiter is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_close(new LimiterHandle())), "NULL limiter close");
+                Assert.Fails(ResultCode.NullArgument, "limiter is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_pause(new LimiterHandle(), null, 1)), "NULL limiter pause");
+            });
+
+            Test("bad input: NULL and empty keys are the default bucket; NUL and lone surrogates are refused", () =>
+            {
+                using (var l = NewLimiter(new Rate(2, 60000)))
+                {
+                    Assert.True(l.TryAcquire(null, 1), "NULL key");
+                    Assert.True(l.TryAcquire("", 1), "empty key");
+                    Assert.True(!l.TryAcquire(null, 1), "both used the one default bucket");
+                    Assert.Equal(2UL, l.GetStatistics(null).AdmittedCalls, "stats of the NULL key");
+                    Assert.Equal(2UL, l.GetStatistics("").AdmittedCalls, "stats of the empty key");
+                    Assert.Throws<ArgumentException>(() => l.TryAcquire("a\0b", 1), "embedded NUL");
+                    Assert.Throws<ArgumentException>(() => l.TryAcquire("bad\uD800", 1), "lone surrogate");
+                    ulong wait;
+                    Assert.Fails(ResultCode.InvalidArgument, "key is not valid UTF-8",
+                        () => Native.Check(NativeMethods.qg_limiter_try_acquire(l.Handle, new byte[] { 0x66, 0xff, 0 }, 1, out wait)), "invalid UTF-8 bytes");
+                }
+            });
+
+            Test("UTF-8: keys round-trip byte for byte and name distinct buckets", () =>
+            {
+                const string key = "Grüße-🔑";
+                byte[] expected = { 0x47, 0x72, 0xC3, 0xBC, 0xC3, 0x9F, 0x65, 0x2D, 0xF0, 0x9F, 0x94, 0x91, 0 };
+                byte[] actual = Utf8.Encode(key, "key");
+                Assert.True(expected.SequenceEqual(actual), "encoded as NUL-terminated UTF-8: " + BitConverter.ToString(actual));
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    Assert.True(l.TryAcquire(key, 1), "first key");
+                    Assert.True(l.TryAcquire("Grüße-🔒", 1), "a key that differs in one emoji");
+                    Assert.True(l.TryAcquire("Grusse-?", 1), "a lossy ASCII form");
+                    Assert.True(!l.TryAcquire(key, 1), "the first key's bucket is full");
+                    Assert.Equal(1UL, l.GetStatistics(key).AdmittedCalls, "stats by the UTF-8 key");
+                    Assert.Equal(1UL, l.GetStatistics(key).Refusals, "refusal by the UTF-8 key");
+                }
+                // The decoder copies out exactly the library's bytes.
+                IntPtr p = System.Runtime.InteropServices.Marshal.AllocHGlobal(actual.Length);
+                try
+                {
+                    System.Runtime.InteropServices.Marshal.Copy(actual, 0, p, actual.Length);
+                    Assert.Equal(key, Utf8.FromCString(p), "decoded back");
+                }
+                finally
+                {
+                    System.Runtime.InteropServices.Marshal.FreeHGlobal(p);
+                }
+            });
+
+            Test("last error: the buffer protocol and thread-local text", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 1000)))
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "at least 1 unit", () => l.TryAcquire("k", 0), "set the last error");
+                    UIntPtr needed;
+                    Assert.Equal(ResultCode.BufferTooSmall, NativeMethods.qg_last_error_message(null, UIntPtr.Zero, out needed), "size query");
+                    string text = "a call costs at least 1 unit";
+                    Assert.Equal((ulong)text.Length, needed.ToUInt64(), "needed length");
+                    var small = new byte[4];
+                    UIntPtr written;
+                    Assert.Equal(ResultCode.BufferTooSmall, NativeMethods.qg_last_error_message(small, new UIntPtr(4), out written), "small buffer");
+                    Assert.Equal(needed, written, "needed length again");
+                    Assert.Equal(text, Native.LastErrorMessage(), "reading does not change it");
+                    string other = null;
+                    var t = new Thread(() => other = Native.LastErrorMessage());
+                    t.Start();
+                    t.Join();
+                    Assert.Equal("", other, "another thread has its own (empty) last error");
+                }
+            });
+
+            Test("handles: dispose twice, use after dispose, close on a disposed limiter", () =>
+            {
+                var l = NewLimiter(new Rate(1, 1000));
+                var t = l.Enqueue("k", 1, -1);
+                t.Dispose();
+                t.Dispose();
+                Assert.Throws<ObjectDisposedException>(() => t.Wait(0), "ticket after dispose");
+                l.Dispose();
+                l.Dispose();
+                Assert.True(l.Handle.IsClosed, "handle closed");
+                Assert.Throws<ObjectDisposedException>(() => l.TryAcquire("k", 1), "limiter after dispose");
+                Assert.Throws<ObjectDisposedException>(() => l.Close(), "close after dispose");
+            });
+        }
+
+        static BucketStatsHandle Stats(Limiter l, string key)
+        {
+            BucketStatsHandle s;
+            Native.Check(NativeMethods.qg_limiter_stats(l.Handle, Utf8.Encode(key, "key"), out s));
+            return s;
+        }
+
+        // ----- finalizers -----------------------------------------------------------------
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ForgetHandles(Limiter shared)
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                LimiterBuilderHandle b;
+                Native.Check(NativeMethods.qg_limiter_builder_new(out b));
+                var l = NewLimiter(new Rate(10, 1000));
+                l.TryAcquire("k" + i, 1);
+                l.GetStatistics("k");
+                Stats(l, "k");
+                l.Enqueue("k", 1, -1);
+            }
+            // A forgotten ticket in a full bucket: its finalizer must give up the place.
+            shared.Enqueue("full", 1, -1);
+            if (clientAbi)
+            {
+                ForgetClientHandles();
+            }
+        }
+
+        static void FinalizersRun()
+        {
+            using (var shared = NewLimiter(new Rate(1, 60000)))
+            {
+                Assert.True(shared.TryAcquire("full", 1), "fill");
+                ForgetHandles(shared);
+                Assert.Equal(1UL, shared.GetStatistics("full").Queued, "the forgotten ticket waits");
+                for (int i = 0; i < 3; i++)
+                {
+                    GC.Collect();
+                    GC.WaitForPendingFinalizers();
+                }
+                Assert.Equal(0UL, shared.GetStatistics("full").Queued, "its finalizer gave up the place");
+                Assert.True(!shared.TryAcquire("full", 1), "the bucket is still full and usable");
+            }
+        }
+
+        // ----- client ABI -----------------------------------------------------------------
+
+        static bool clientAbi;
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static bool HasClientAbi()
+        {
+            try
+            {
+                ProbeClientAbi();
+                clientAbi = true;
+            }
+            catch (EntryPointNotFoundException)
+            {
+                clientAbi = false;
+            }
+            return clientAbi;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ProbeClientAbi()
+        {
+            ClientBuilderHandle b;
+            Native.Check(NativeMethods.qg_client_builder_new(out b));
+            b.Dispose();
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ForgetClientHandles()
+        {
+        }
+
+        static void ClientTests()
+        {
+        }
+    }
+}
