@@ -552,12 +552,12 @@ namespace QuotaGate.Interop.Tests
                 Stats(l, "k");
                 l.Enqueue("k", 1, -1);
             }
-            // A forgotten ticket in a full bucket: its finalizer must give up the place.
-            shared.Enqueue("full", 1, -1);
             if (clientAbi)
             {
                 ForgetClientHandles();
             }
+            // A forgotten ticket in a full bucket: its finalizer must give up the place.
+            shared.Enqueue("full", 1, -1);
         }
 
         static void FinalizersRun()
@@ -607,10 +607,570 @@ namespace QuotaGate.Interop.Tests
         [MethodImpl(MethodImplOptions.NoInlining)]
         static void ForgetClientHandles()
         {
+            using (var api = new FakeDefender(25))
+            {
+                for (int i = 0; i < 20; i++)
+                {
+                    ClientBuilderHandle b;
+                    Native.Check(NativeMethods.qg_client_builder_new(out b));
+                    var c = new Client(api.Options());
+                    var r = new Request("GET", "/api/machines");
+                    r.AddQuery("$top", "10");
+                    PagesHandle pages;
+                    Native.Check(NativeMethods.qg_client_pages(c.Handle, r.Handle, out pages));
+                    ResponseHandle page;
+                    Native.Check(NativeMethods.qg_pages_next(pages, out page));
+                    IntPtr item;
+                    Native.Check(NativeMethods.qg_pages_next_item(pages, out item));
+                    NativeMethods.qg_string_free(item);
+                }
+            }
+        }
+
+        static bool simAbi;
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static bool HasSimulatorAbi()
+        {
+            try
+            {
+                ProbeSimulatorAbi();
+                simAbi = true;
+            }
+            catch (EntryPointNotFoundException)
+            {
+                simAbi = false;
+            }
+            return simAbi;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ProbeSimulatorAbi()
+        {
+            SimConfigHandle c;
+            Native.Check(NativeMethods.qg_sim_config_new(out c));
+            c.Dispose();
+        }
+
+        static SecureString Secure(string s)
+        {
+            var secure = new SecureString();
+            foreach (char ch in s)
+            {
+                secure.AppendChar(ch);
+            }
+            return secure;
         }
 
         static void ClientTests()
         {
+            Test("client: builder setters reach the library, bad values fail with its message", () =>
+            {
+                ClientBuilderHandle b;
+                Native.Check(NativeMethods.qg_client_builder_new(out b));
+                using (b)
+                {
+                    Assert.Fails(ResultCode.NullArgument, "url is NULL",
+                        () => Native.Check(NativeMethods.qg_client_builder_set_base_url(b, null)), "NULL base URL");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_max_attempts(b, 0)), "zero attempts");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_add_default_rate(b, 0, 1000)), "zero calls");
+                    Native.Check(NativeMethods.qg_client_builder_set_proxy(b, null)); // NULL: from the environment
+                    Native.Check(NativeMethods.qg_client_builder_set_scope(b, Utf8.Encode("https://api.example/.default", "scope")));
+                    Native.Check(NativeMethods.qg_client_builder_set_resource(b, Utf8.Encode("https://api.example", "resource")));
+                }
+                var options = new ClientOptions { BaseUrl = "not a url", TenantId = "t", ClientId = "c", ClientSecret = Secure("s") };
+                var e = Assert.Throws<QuotaGateException>(() => new Client(options).Dispose(), "bad base URL");
+                Assert.True(e.Message.Length > 0, "the library's message: " + e.Message);
+            });
+
+            using (var api = new FakeDefender(237))
+            {
+                Test("client: send through quota and token, status, headers, body, attempts", () =>
+                {
+                    var o = api.Options();
+                    o.TimeoutMs = 10000;
+                    o.ConnectTimeoutMs = 2000;
+                    o.MaxBodyBytes = 1 << 20;
+                    o.MaxQuotaWaitMs = 60000;
+                    o.Scope = api.Url + "/.default";
+                    using (var c = new Client(o))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.AddQuery("$top", "5");
+                        Response resp = c.Send(r);
+                        Assert.Equal(200, resp.Status, "status");
+                        Assert.True(resp.IsSuccess && resp.Error == null, "success");
+                        Assert.Equal(1U, resp.Attempts, "attempts");
+                        Assert.True(resp.ContentType.StartsWith("application/json"), "content type " + resp.ContentType);
+                        Assert.True(resp.Header("REQUEST-ID").StartsWith("fake-"), "header by name, any case");
+                        Assert.True(resp.Headers.Any(h => h.Key == "request-id"), "headers listed in lower case");
+                        Assert.True(resp.BodyText.Contains("\"m0000\"") && resp.BodyText.Contains("\"m0004\"") && !resp.BodyText.Contains("\"m0005\""), "five machines");
+                        Assert.Equal(1, api.TokenRequests, "one token request");
+                        c.Send(r);
+                        Assert.Equal(1, api.TokenRequests, "the token is cached");
+                        string stats = c.StatisticsJson();
+                        Assert.True(Regex.IsMatch(stats, "\"requests\"\\s*:\\s*2"), "stats count two requests: " + stats);
+                    }
+                });
+
+                Test("client: query, header and body are sent as given, UTF-8 both ways", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("POST", "/api/echo"))
+                    {
+                        r.AddQuery("$filter", "name eq 'Grüße-🔑' & x=1");
+                        r.SetHeader("x-test", "yes");
+                        r.SetBody("{\"note\":\"Grüße-🔑\"}", null);
+                        Response resp = c.Send(r);
+                        Assert.Equal(200, resp.Status, "status");
+                        string echo = resp.BodyText;
+                        Assert.True(echo.Contains("query=$filter=name eq 'Grüße-🔑' & x=1"), "query decoded by the server: " + echo);
+                        Assert.True(echo.Contains("x-test=yes"), "header: " + echo);
+                        Assert.True(echo.Contains("type=application/json"), "default content type: " + echo);
+                        Assert.True(echo.Contains("body={\"note\":\"Grüße-🔑\"}"), "UTF-8 body: " + echo);
+                        r.SetBody(new byte[] { 0x61, 0x62 }, "text/plain");
+                        echo = c.Send(r).BodyText;
+                        Assert.True(echo.Contains("type=text/plain") && echo.Contains("body=ab"), "bytes and type: " + echo);
+                    }
+                    using (var c = new Client(api.Options()))
+                    {
+                        Response resp = c.Send("GET", "/api/machines/Grüße-🔑", null, CancellationToken.None);
+                        Assert.Equal(200, resp.Status, "a UTF-8 path: " + resp.BodyText);
+                        Assert.True(resp.BodyText.Contains("Grüße-🔑.example"), "UTF-8 out: " + resp.BodyText);
+                    }
+                });
+
+                Test("client: an HTTP error keeps the server's code, message, correlation and request ids", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    {
+                        Response resp = c.Send("GET", "/api/machines/nope", null, CancellationToken.None);
+                        Assert.Equal(404, resp.Status, "status");
+                        QuotaGateException e = resp.Error;
+                        Assert.True(e != null && !resp.IsSuccess, "an error");
+                        Assert.Equal(ResultCode.HttpStatus, e.Code, "code");
+                        Assert.Equal(404, e.HttpStatus, "detail: status");
+                        Assert.Equal("ResourceNotFound", e.ServerCode, "detail: server code");
+                        Assert.Equal("Machine nope was not found", e.ServerMessage, "detail: server message");
+                        Assert.Equal("corr-nope", e.Target, "detail: correlation id");
+                        Assert.True(e.RequestId != null && e.RequestId.StartsWith("fake-"), "detail: request id " + e.RequestId);
+                        Assert.True(e.Message.Contains("404") && e.Message.Contains("ResourceNotFound") && e.Message.Contains("corr-nope"), "message " + e.Message);
+                        Assert.Throws<QuotaGateException>(() => resp.EnsureSuccess(), "EnsureSuccess throws");
+                        ResponseHandle raw;
+                        using (var r = new Request("GET", "/api/machines/nope"))
+                        {
+                            Native.Check(NativeMethods.qg_client_send(c.Handle, r.Handle, out raw));
+                        }
+                        using (raw)
+                        {
+                            UIntPtr w;
+                            Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_response_error_detail(raw, 77, null, UIntPtr.Zero, out w)), "unknown detail field");
+                            IntPtr n, v;
+                            UIntPtr nl, vl;
+                            Assert.Equal(ResultCode.NotFound, NativeMethods.qg_response_header_at(raw, new UIntPtr(999), out n, out nl, out v, out vl), "header index past the end");
+                            Assert.Equal(ResultCode.NotFound, NativeMethods.qg_response_header(raw, Utf8.Encode("x-absent", "n"), out v, out vl), "absent header");
+                        }
+                    }
+                });
+
+                Test("paging: every machine once over all pages, as items and as pages", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.AddQuery("$top", "50");
+                        var ids = c.Items(r, CancellationToken.None).Select(j => Regex.Match(j, "\"id\":\"([^\"]+)\"").Groups[1].Value).ToList();
+                        Assert.Equal(api.Machines + 1, ids.Count, "items (with the UTF-8 one)");
+                        Assert.Equal(ids.Count, ids.Distinct().Count(), "each once");
+                        Assert.True(ids.Contains("Grüße-🔑"), "the UTF-8 item");
+                        var pages = c.Pages(r, CancellationToken.None).ToList();
+                        Assert.Equal((api.Machines + 1 + 49) / 50, pages.Count, "pages");
+                        Assert.True(pages.All(p => p.Status == 200), "all 200");
+                    }
+                });
+
+                Test("paging: an error page fails with QG_ERR_HTTP_STATUS and the details on this thread", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/brokenlist"))
+                    {
+                        int seen = 0;
+                        var e = Assert.Throws<QuotaGateException>(() =>
+                        {
+                            foreach (string item in c.Items(r, CancellationToken.None))
+                            {
+                                seen++;
+                            }
+                        }, "second page is a 404");
+                        Assert.Equal(2, seen, "the first page's items came first");
+                        Assert.Equal(ResultCode.HttpStatus, e.Code, "code");
+                        Assert.Equal(404, e.HttpStatus, "status detail");
+                        Assert.Equal("ResourceNotFound", e.ServerCode, "server code detail");
+                        Assert.Equal("corr-brokenlist", e.Target, "correlation id detail");
+                        Assert.True(e.RequestId != null, "request id detail");
+                        Assert.Equal(1, e.Attempts, "attempts detail");
+                        Assert.True(e.Message.Length > 0, "library message: " + e.Message);
+                    }
+                });
+
+                Test("client: a 429 pauses and retries; the log reaches the queue from the library's threads", () =>
+                {
+                    Log.Drain();
+                    Log.Start(LogLevel.Debug);
+                    try
+                    {
+                        using (var c = new Client(api.Options()))
+                        {
+                            var sw = Stopwatch.StartNew();
+                            Response resp = c.Send("GET", "/api/throttled-once", null, CancellationToken.None);
+                            Assert.Equal(200, resp.Status, "answered after the retry");
+                            Assert.Equal(2U, resp.Attempts, "two attempts");
+                            Assert.Within(sw, 900, 5000, "waited for Retry-After: 1");
+                            Assert.True(Regex.IsMatch(c.StatisticsJson(), "\"throttled\"\\s*:\\s*1"), "stats: throttled " + c.StatisticsJson());
+                        }
+                    }
+                    finally
+                    {
+                        Log.Stop();
+                    }
+                    LogRecord[] records = Log.Drain();
+                    Assert.True(records.Any(x => x.Message.Contains("429")), "a 429 record among " + records.Length + ": " +
+                        string.Join(" | ", records.Select(x => x.ToString())));
+                    Assert.True(records.All(x => x.Level >= LogLevel.Error && x.Level <= LogLevel.Debug), "levels up to Debug");
+                });
+
+                Test("client: quota waits are cancelled by a token and by qg_request_cancel", () =>
+                {
+                    var o = api.Options();
+                    o.DefaultRates.Add(new Rate(1, 60000));
+                    using (var c = new Client(o))
+                    using (var cts = new CancellationTokenSource())
+                    {
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "first call");
+                        cts.CancelAfter(150);
+                        var sw = Stopwatch.StartNew();
+                        Assert.Throws<OperationCanceledException>(() => c.Send("GET", "/api/machines", null, cts.Token), "cancelled by token");
+                        Assert.Within(sw, 100, 600, "cancelled promptly");
+                        using (var r = new Request("GET", "/api/machines"))
+                        {
+                            var t = new Thread(() => { Thread.Sleep(150); r.Cancel(); });
+                            t.Start();
+                            sw.Restart();
+                            Assert.Fails(ResultCode.Cancelled, "", () => c.Send(r), "qg_request_cancel from another thread");
+                            Assert.Within(sw, 100, 600, "cancelled promptly");
+                            t.Join();
+                        }
+                        string stats = c.StatisticsJson();
+                        Assert.True(stats.Contains("\"buckets\""), "stats has buckets: " + stats);
+                    }
+                });
+
+                Test("client: a shared limiter holds the quota for every client built with it", () =>
+                {
+                    using (var shared = new Limiter(new[] { new Rate(1, 60000) }))
+                    {
+                        var o = api.Options();
+                        o.Limiter = shared;
+                        o.Routes.Add(new Route("GET", "/api/machines/*", new Rate(1, 60000)));
+                        o.Routes.Add(new Route(null, "/api/echo", new Rate(5, 1000)));
+                        using (var c1 = new Client(o))
+                        using (var c2 = new Client(o))
+                        using (var cts = new CancellationTokenSource(300))
+                        {
+                            Assert.Equal(200, c1.Send("GET", "/api/machines/m0001", null, CancellationToken.None).Status, "first client");
+                            Assert.Throws<OperationCanceledException>(() => c2.Send("GET", "/api/machines/m0002", null, cts.Token), "the second waits for the shared quota");
+                        }
+                    }
+                });
+
+                Test("client: authentication failures, access tokens, close", () =>
+                {
+                    var bad = api.Options();
+                    bad.ClientSecret = Secure("wrong");
+                    using (var c = new Client(bad))
+                    {
+                        var e = Assert.Throws<QuotaGateException>(() => c.Send("GET", "/api/machines", null, CancellationToken.None), "bad secret");
+                        Assert.Equal(ResultCode.Auth, e.Code, "QG_ERR_AUTH: " + e.Message);
+                        Assert.True(e.Message.Length > 0 && !e.Message.Contains("wrong"), "message without the secret: " + e.Message);
+                    }
+                    var token = new ClientOptions { BaseUrl = api.Url, AccessToken = Secure(FakeDefender.StaticToken) };
+                    using (var c = new Client(token))
+                    {
+                        int before = api.TokenRequests;
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "with an access token");
+                        Assert.Equal(before, api.TokenRequests, "no token request");
+                        c.Close();
+                        Assert.Fails(ResultCode.Closed, "", () => c.Send("GET", "/api/machines", null, CancellationToken.None), "send after close");
+                        c.Dispose();
+                        c.Dispose();
+                        Assert.Throws<ObjectDisposedException>(() => c.StatisticsJson(), "after dispose");
+                    }
+                    Assert.Fails(ResultCode.NullArgument, "client is NULL", () =>
+                    {
+                        IntPtr json;
+                        Native.Check(NativeMethods.qg_client_stats_json(new ClientHandle(), out json));
+                    }, "NULL client");
+                    Assert.Fails(ResultCode.NullArgument, "request is NULL", () => Native.Check(NativeMethods.qg_request_cancel(new RequestHandle())), "NULL request");
+                });
+            }
+
+            if (!HasSimulatorAbi())
+            {
+                Skip("simulator tests", "the library does not export the simulator ABI (qg_sim_config_new)");
+                return;
+            }
+            Test("simulator: start, client over every machine, log and stats", SimulatorRoundTrip);
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorRoundTrip()
+        {
+            var so = new SimulatorOptions { Machines = 120, TimeScale = 0.01, TokenLifetimeMs = 600000 };
+            so.Limits.Add(new SimulatorLimit(null, 100, 60));
+            so.Limits.Add(new SimulatorLimit("hunting", 45, 60));
+            using (var sim = new Simulator(so))
+            {
+                Assert.True(sim.Url.StartsWith("http://127.0.0.1:"), "url " + sim.Url);
+                Assert.True(sim.Authority.Length > 0 && sim.TenantId.Length > 0 && sim.ClientId.Length > 0, "credentials");
+                var o = new ClientOptions { BaseUrl = sim.Url, Authority = sim.Authority, TenantId = sim.TenantId, ClientId = sim.ClientId, ClientSecret = sim.ClientSecret };
+                using (var c = new Client(o))
+                using (var r = new Request("GET", "/api/machines"))
+                {
+                    Assert.Equal(120, c.Items(r, CancellationToken.None).Count(), "every machine");
+                    Response missing = c.Send("GET", "/api/machines/none", null, CancellationToken.None);
+                    Assert.Equal(404, missing.Status, "404");
+                    Assert.True(missing.Error.ServerCode != null, "server code");
+                }
+                Assert.True(sim.LogJson().StartsWith("["), "log");
+                Assert.True(sim.StatisticsJson().Contains("\"requests\""), "stats");
+                sim.Stop();
+                sim.Dispose();
+                sim.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// A small stand-in for the Defender API and its token endpoint, so the client's
+    /// P/Invokes run against real HTTP even where the library's simulator has no C ABI.
+    /// </summary>
+    sealed class FakeDefender : IDisposable
+    {
+        public const string StaticToken = "static-token";
+        const string Tenant = "tenant-1";
+        const string ClientId = "client-1";
+        const string Secret = "s3cret";
+        const string IssuedToken = "issued-token";
+
+        readonly System.Net.HttpListener listener = new System.Net.HttpListener();
+        readonly Thread thread;
+        int requestCount, tokenRequests, throttledOnce;
+
+        public FakeDefender(int machines)
+        {
+            Machines = machines;
+            var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            probe.Start();
+            int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+            probe.Stop();
+            Url = "http://127.0.0.1:" + port;
+            listener.Prefixes.Add(Url + "/");
+            listener.Start();
+            thread = new Thread(Serve) { IsBackground = true };
+            thread.Start();
+        }
+
+        public int Machines { get; private set; }
+        public string Url { get; private set; }
+
+        public int TokenRequests
+        {
+            get { return Volatile.Read(ref tokenRequests); }
+        }
+
+        public ClientOptions Options()
+        {
+            return new ClientOptions
+            {
+                BaseUrl = Url,
+                Authority = Url,
+                TenantId = Tenant,
+                ClientId = ClientId,
+                ClientSecret = Program_Secure(Secret),
+                MaxAttempts = 3,
+            };
+        }
+
+        static SecureString Program_Secure(string s)
+        {
+            var secure = new SecureString();
+            foreach (char ch in s)
+            {
+                secure.AppendChar(ch);
+            }
+            return secure;
+        }
+
+        void Serve()
+        {
+            while (listener.IsListening)
+            {
+                System.Net.HttpListenerContext ctx;
+                try
+                {
+                    ctx = listener.GetContext();
+                }
+                catch (Exception)
+                {
+                    return;
+                }
+                ThreadPool.QueueUserWorkItem(_ => Handle(ctx));
+            }
+        }
+
+        void Handle(System.Net.HttpListenerContext ctx)
+        {
+            try
+            {
+                HandleRequest(ctx);
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine("fake API: " + e);
+            }
+        }
+
+        static string Json(string s)
+        {
+            var sb = new StringBuilder("\"");
+            foreach (char ch in s)
+            {
+                if (ch == '"' || ch == '\\')
+                {
+                    sb.Append('\\');
+                }
+                sb.Append(ch);
+            }
+            return sb.Append('"').ToString();
+        }
+
+        static string Machine(string id)
+        {
+            return "{\"id\":" + Json(id) + ",\"computerDnsName\":" + Json(id + ".example") + "}";
+        }
+
+        List<string> AllIds()
+        {
+            var ids = Enumerable.Range(0, Machines).Select(i => "m" + i.ToString("D4")).ToList();
+            ids.Add("Grüße-🔑");
+            return ids;
+        }
+
+        void HandleRequest(System.Net.HttpListenerContext ctx)
+        {
+            var req = ctx.Request;
+            // Mono reads the request line as Latin-1; the library sends a non-ASCII path as raw
+            // UTF-8 bytes, so take the bytes back before decoding.
+            string rawPath = req.RawUrl.Split('?')[0];
+            string path = Uri.UnescapeDataString(new UTF8Encoding(false).GetString(Encoding.GetEncoding(28591).GetBytes(rawPath)));
+            string body;
+            using (var reader = new System.IO.StreamReader(req.InputStream, new UTF8Encoding(false)))
+            {
+                body = reader.ReadToEnd();
+            }
+            int n = Interlocked.Increment(ref requestCount);
+            ctx.Response.Headers["request-id"] = "fake-" + n;
+
+            if (req.HttpMethod == "POST" && path == "/" + Tenant + "/oauth2/v2.0/token")
+            {
+                Interlocked.Increment(ref tokenRequests);
+                if (body.Contains("client_secret=" + Secret) && body.Contains("client_id=" + ClientId))
+                {
+                    Send(ctx, 200, "{\"token_type\":\"Bearer\",\"expires_in\":3599,\"access_token\":\"" + IssuedToken + "\"}");
+                }
+                else
+                {
+                    Send(ctx, 401, "{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: Invalid client secret provided.\"}");
+                }
+                return;
+            }
+            string auth = req.Headers["Authorization"];
+            if (auth != "Bearer " + IssuedToken && auth != "Bearer " + StaticToken)
+            {
+                Error(ctx, 401, "Unauthorized", "no valid token", "corr-auth");
+                return;
+            }
+            if (path == "/api/machines")
+            {
+                int top = int.Parse(req.QueryString["$top"] ?? "10");
+                int skip = int.Parse(req.QueryString["$skip"] ?? "0");
+                List<string> ids = AllIds();
+                var page = ids.Skip(skip).Take(top).Select(Machine);
+                string next = skip + top < ids.Count
+                    ? ",\"@odata.nextLink\":" + Json(Url + "/api/machines?$top=" + top + "&$skip=" + (skip + top))
+                    : "";
+                Send(ctx, 200, "{\"@odata.context\":\"fake\",\"value\":[" + string.Join(",", page) + "]" + next + "}");
+                return;
+            }
+            if (path.StartsWith("/api/machines/"))
+            {
+                string id = path.Substring("/api/machines/".Length);
+                if (AllIds().Contains(id))
+                {
+                    Send(ctx, 200, Machine(id));
+                }
+                else
+                {
+                    Error(ctx, 404, "ResourceNotFound", "Machine " + id + " was not found", "corr-" + id);
+                }
+                return;
+            }
+            if (path == "/api/brokenlist")
+            {
+                Send(ctx, 200, "{\"value\":[" + Machine("a") + "," + Machine("b") + "],\"@odata.nextLink\":" + Json(Url + "/api/brokenlist-page2") + "}");
+                return;
+            }
+            if (path == "/api/throttled-once")
+            {
+                if (Interlocked.Exchange(ref throttledOnce, 1) == 0)
+                {
+                    ctx.Response.Headers["Retry-After"] = "1";
+                    Error(ctx, 429, "TooManyRequests", "API calls quota exceeded! maximum allowed 100 per 00:01:00", "corr-429");
+                }
+                else
+                {
+                    Send(ctx, 200, "{\"ok\":true}");
+                }
+                return;
+            }
+            if (path == "/api/echo")
+            {
+                string query = Uri.UnescapeDataString(req.Url.Query.TrimStart('?'));
+                Send(ctx, 200, "query=" + query + "\nx-test=" + req.Headers["x-test"] + "\ntype=" + req.ContentType + "\nbody=" + body, "text/plain; charset=utf-8");
+                return;
+            }
+            Error(ctx, 404, "ResourceNotFound", "no such path " + path, "corr-brokenlist");
+        }
+
+        static void Error(System.Net.HttpListenerContext ctx, int status, string code, string message, string target)
+        {
+            Send(ctx, status, "{\"error\":{\"code\":" + Json(code) + ",\"message\":" + Json(message) + ",\"target\":" + Json(target) + "}}");
+        }
+
+        static void Send(System.Net.HttpListenerContext ctx, int status, string text, string contentType = "application/json; charset=utf-8")
+        {
+            byte[] bytes = new UTF8Encoding(false).GetBytes(text);
+            ctx.Response.StatusCode = status;
+            ctx.Response.ContentType = contentType;
+            ctx.Response.ContentLength64 = bytes.Length;
+            ctx.Response.OutputStream.Write(bytes, 0, bytes.Length);
+            ctx.Response.Close();
+        }
+
+        public void Dispose()
+        {
+            listener.Stop();
+            listener.Close();
         }
     }
 }
