@@ -559,7 +559,7 @@ function Invoke-QgRequest {
             }
         } catch {
             Write-QgLog
-            if ($PSCmdlet.Stopping) {
+            if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Path))
@@ -624,7 +624,7 @@ function Invoke-QgHunting {
             }
         } catch {
             Write-QgLog
-            if ($PSCmdlet.Stopping) {
+            if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Query))
@@ -767,7 +767,7 @@ function Wait-QgLimiter {
         try {
             $Limiter.Acquire($Key, $Cost, $timeoutMs, $shouldStop)
         } catch {
-            if ($PSCmdlet.Stopping) {
+            if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
@@ -1074,11 +1074,9 @@ function Stop-QgSimulator {
         [Parameter(ValueFromPipeline)]
         [QuotaGate.Interop.Simulator[]]$Simulator
     )
-    begin {
-        $all = -not $PSBoundParameters.ContainsKey('Simulator')
-    }
     process {
-        $targets = if ($all) { @($script:Simulators) } else { $Simulator }
+        # Bound here, not in begin: pipeline input is bound only once process runs.
+        $targets = if ($PSBoundParameters.ContainsKey('Simulator')) { $Simulator } else { @($script:Simulators) }
         foreach ($sim in $targets) {
             if (-not $PSCmdlet.ShouldProcess($sim.Url, 'Stop the simulator')) {
                 continue
