@@ -135,12 +135,6 @@ namespace QuotaGate.Interop
         /// <summary>How many attempts the library made.</summary>
         public int? Attempts { get; internal set; }
 
-        /// <summary>True for the codes that come with HTTP details (3xx block).</summary>
-        public bool IsClientError
-        {
-            get { return Code >= 300 && Code < 400; }
-        }
-
         internal void SetDetails(Func<uint, string> read)
         {
             HttpStatus = ParseInt(read(DetailField.HttpStatus));
@@ -283,36 +277,22 @@ namespace QuotaGate.Interop
 
         /// <summary>
         /// Runs a (buf, len, written) getter twice: once to learn the size, once to copy.
-        /// Returns the code of the first call that is neither OK nor BUFFER_TOO_SMALL.
+        /// Returns OK with the text, or the first code that is not BUFFER_TOO_SMALL.
         /// </summary>
         public static uint ReadBuffer(BufferCall call, out string text)
         {
             text = null;
             UIntPtr needed;
             uint rc = call(null, UIntPtr.Zero, out needed);
-            // The size can change between calls only for live objects; a few tries suffice.
-            for (int attempt = 0; attempt < 4; attempt++)
+            // The size can only change between calls for live objects; a few tries suffice.
+            for (int attempt = 0; rc == ResultCode.BufferTooSmall && attempt < 4; attempt++)
             {
-                if (rc == ResultCode.Ok && attempt > 0)
-                {
-                    break;
-                }
-                if (rc != ResultCode.BufferTooSmall && rc != ResultCode.Ok)
-                {
-                    return rc;
-                }
-                ulong size = needed.ToUInt64() + 1;
-                if (size > int.MaxValue)
-                {
-                    throw new InvalidOperationException("a native string is larger than 2 GiB");
-                }
-                var buf = new byte[size];
+                var buf = new byte[checked((int)needed.ToUInt64() + 1)];
                 UIntPtr written;
-                rc = call(buf, new UIntPtr(size), out written);
+                rc = call(buf, new UIntPtr((uint)buf.Length), out written);
                 if (rc == ResultCode.Ok)
                 {
                     text = Decode(buf, (int)written.ToUInt64());
-                    return rc;
                 }
                 needed = written;
             }
@@ -413,8 +393,8 @@ namespace QuotaGate.Interop
         {
             // Loading by path first turns a bad file into the loader's own error text.
             libraryHandle = OsLoader.Open(path);
-            // Mono matches an already loaded library only by SONAME, which a Rust cdylib
-            // lacks, so map the DllImport name to the path: a <dllmap> set at run time.
+            // The dynamic loader matches an already loaded library by SONAME, which a Rust
+            // cdylib lacks, so map the DllImport name to the path: a <dllmap> set at run time.
             MonoRuntime.mono_dllmap_insert(IntPtr.Zero, Utf8.Encode(NativeMethods.Library, "dll"), null,
                 Utf8.Encode(path, "path"), null);
         }
@@ -1384,8 +1364,6 @@ namespace QuotaGate.Interop
     /// <summary>A final HTTP answer, copied out of the native response.</summary>
     public sealed class Response
     {
-        static readonly UTF8Encoding Lenient = new UTF8Encoding(false, false);
-
         /// <summary>Copies everything the module needs and frees the native response.</summary>
         internal Response(ResponseHandle r)
         {
@@ -1485,7 +1463,7 @@ namespace QuotaGate.Interop
 
         public string BodyText
         {
-            get { return Lenient.GetString(Body); }
+            get { return Utf8.Decode(Body, Body.Length); }
         }
 
         /// <summary>The first header of that name (case-insensitive), or null.</summary>

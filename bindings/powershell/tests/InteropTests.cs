@@ -314,7 +314,7 @@ namespace QuotaGate.Interop.Tests
                 }
             });
 
-            Test("limiter: FIFO order across threads and the exact window", () =>
+            Test("limiter: threads share one bucket within the exact window", () =>
             {
                 using (var l = NewLimiter(new Rate(5, 200)))
                 {
@@ -652,7 +652,7 @@ namespace QuotaGate.Interop.Tests
             c.Dispose();
         }
 
-        static SecureString Secure(string s)
+        internal static SecureString Secure(string s)
         {
             var secure = new SecureString();
             foreach (char ch in s)
@@ -996,19 +996,9 @@ namespace QuotaGate.Interop.Tests
                 Authority = Url,
                 TenantId = Tenant,
                 ClientId = ClientId,
-                ClientSecret = Program_Secure(Secret),
+                ClientSecret = Program.Secure(Secret),
                 MaxAttempts = 3,
             };
-        }
-
-        static SecureString Program_Secure(string s)
-        {
-            var secure = new SecureString();
-            foreach (char ch in s)
-            {
-                secure.AppendChar(ch);
-            }
-            return secure;
         }
 
         void Serve()
