@@ -45,8 +45,8 @@ function Get-QgLibraryCandidate {
     }
     $targets.Add([System.IO.Path]::GetFullPath([System.IO.Path]::Combine($PSScriptRoot, '..', '..', '..', 'target')))
     foreach ($target in $targets) {
-        foreach ($profile in 'release', 'debug') {
-            $paths.Add([System.IO.Path]::Combine($target, $profile, $file))
+        foreach ($buildProfile in 'release', 'debug') {
+            $paths.Add([System.IO.Path]::Combine($target, $buildProfile, $file))
         }
     }
     , $paths.ToArray()
@@ -122,7 +122,7 @@ function ConvertTo-QgErrorRecord {
     if ($exception -isnot [QuotaGate.Interop.QuotaGateException]) {
         $category = if ($exception -is [System.ArgumentException]) { 'InvalidArgument' }
         elseif ($exception -is [System.OperationCanceledException]) { 'OperationStopped' }
-        elseif ($exception -is [System.ObjectDisposedException]) { 'InvalidOperation' }
+        elseif ($exception -is [System.InvalidOperationException]) { 'InvalidOperation' }
         else { 'NotSpecified' }
         return [System.Management.Automation.ErrorRecord]::new($exception, "QuotaGate.$($exception.GetType().Name)", $category, $Target)
     }
