@@ -793,6 +793,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_set_faults(SimConfigHandle c, double error503Rate, double resetRate, ulong latencyMs);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_sim_config_set_retry_after_style(SimConfigHandle c, uint style);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern void qg_sim_config_free(IntPtr c);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_start(SimConfigHandle c, ushort port, out SimHandle sim);
@@ -1746,6 +1748,23 @@ namespace QuotaGate.Interop
         public double WindowSeconds { get; private set; }
     }
 
+    /// <summary>How the simulator tells a throttled client when to come back (QG_SIM_RETRY_AFTER_*).</summary>
+    public enum RetryAfterStyle : uint
+    {
+        /// <summary>Retry-After in whole seconds (the service's usual answer).</summary>
+        Seconds = 0,
+        /// <summary>Retry-After as an HTTP date.</summary>
+        HttpDate = 1,
+        /// <summary>retry-after-ms.</summary>
+        Milliseconds = 2,
+        /// <summary>x-ms-retry-after-ms.</summary>
+        XMsMilliseconds = 3,
+        /// <summary>No header; the limit only in the error message, as advanced hunting does.</summary>
+        BodyOnly = 4,
+        /// <summary>No hint at all.</summary>
+        None = 5,
+    }
+
     public sealed class SimulatorOptions
     {
         public SimulatorOptions()
@@ -1760,6 +1779,7 @@ namespace QuotaGate.Interop
         public double Error503Rate { get; set; }
         public double ResetRate { get; set; }
         public ulong LatencyMs { get; set; }
+        public RetryAfterStyle? RetryAfterStyle { get; set; }
         /// <summary>The first limit given for a class replaces its built-in limits.</summary>
         public List<SimulatorLimit> Limits { get; private set; }
         /// <summary>0: any free port.</summary>
@@ -1796,6 +1816,10 @@ namespace QuotaGate.Interop
                 if (options.Error503Rate > 0 || options.ResetRate > 0 || options.LatencyMs > 0)
                 {
                     Native.Check(NativeMethods.qg_sim_config_set_faults(c, options.Error503Rate, options.ResetRate, options.LatencyMs));
+                }
+                if (options.RetryAfterStyle.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_sim_config_set_retry_after_style(c, (uint)options.RetryAfterStyle.Value));
                 }
                 foreach (SimulatorLimit l in options.Limits)
                 {

@@ -980,6 +980,11 @@ The share of calls whose connection is reset after processing (0 to 1).
 .PARAMETER LatencyMs
 Added latency per call.
 
+.PARAMETER RetryAfterStyle
+How 429 answers say when to come back: Seconds (Retry-After, the default), HttpDate,
+Milliseconds (retry-after-ms), XMsMilliseconds (x-ms-retry-after-ms), BodyOnly (the
+limit only in the message, as advanced hunting does) or None.
+
 .PARAMETER Port
 The port to listen on. Default: any free port.
 
@@ -987,7 +992,7 @@ The port to listen on. Default: any free port.
 $sim = Start-QgSimulator -Machines 500 -TimeScale 0.01
 
 .EXAMPLE
-$sim = Start-QgSimulator -Limit @{ default = (5,1) } -ErrorRate 0.05
+$sim = Start-QgSimulator -Limit @{ default = (5,1) } -ErrorRate 0.05 -RetryAfterStyle HttpDate
 
 .OUTPUTS
 QuotaGate.Interop.Simulator
@@ -1016,6 +1021,8 @@ function Start-QgSimulator {
         [ValidateRange(0, 600000)]
         [int]$LatencyMs = 0,
 
+        [QuotaGate.Interop.RetryAfterStyle]$RetryAfterStyle,
+
         [ValidateRange(0, 65535)]
         [int]$Port = 0
     )
@@ -1028,6 +1035,7 @@ function Start-QgSimulator {
         $options.ResetRate = $ResetRate
         $options.LatencyMs = [uint64]$LatencyMs
         $options.Port = [uint16]$Port
+        if ($PSBoundParameters.ContainsKey('RetryAfterStyle')) { $options.RetryAfterStyle = $RetryAfterStyle }
         if ($Limit) {
             foreach ($class in $Limit.Keys) {
                 foreach ($rate in ConvertTo-QgRate @($Limit[$class])) {

@@ -920,6 +920,91 @@ namespace QuotaGate.Interop.Tests
                 return;
             }
             Test("simulator: start, client over every machine, log and stats", SimulatorRoundTrip);
+            Test("simulator: a client within the quota gets no 429; one above it is paused and retried", SimulatorThrottling);
+            Test("simulator: a 429 past the attempt budget is QG_ERR_THROTTLED with Retry-After and attempts", SimulatorThrottledDetails);
+            Test("simulator: bad settings fail with the library's message", () =>
+            {
+                SimConfigHandle c;
+                Native.Check(NativeMethods.qg_sim_config_new(out c));
+                using (c)
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_time_scale(c, 0)), "zero time scale");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_faults(c, 2.0, 0, 0)), "a rate above 1");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_retry_after_style(c, 99)), "unknown style");
+                    Assert.Fails(ResultCode.NullArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_machines(new SimConfigHandle(), 1)), "NULL settings");
+                }
+            });
+        }
+
+        static string SimHunt(Client c, string query)
+        {
+            return c.Send("POST", "/api/advancedqueries/run", "{\"Query\":\"" + query + "\"}", CancellationToken.None).EnsureSuccess().BodyText;
+        }
+
+        static ClientOptions SimClient(Simulator sim)
+        {
+            return new ClientOptions { BaseUrl = sim.Url, Authority = sim.Authority, TenantId = sim.TenantId, ClientId = sim.ClientId, ClientSecret = sim.ClientSecret };
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorThrottling()
+        {
+            var so = new SimulatorOptions { Machines = 10, TimeScale = 0.01, RetryAfterStyle = RetryAfterStyle.XMsMilliseconds };
+            so.Limits.Add(new SimulatorLimit("default", 3, 60)); // 3 calls per 600 ms, scaled
+            using (var sim = new Simulator(so))
+            {
+                var within = SimClient(sim);
+                within.DefaultRates.Add(new Rate(3, 650));
+                using (var c = new Client(within))
+                {
+                    var sw = Stopwatch.StartNew();
+                    for (int i = 0; i < 7; i++)
+                    {
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "call " + i);
+                    }
+                    Assert.Within(sw, 1250, 5000, "seven calls at 3 per 650 ms");
+                    Assert.True(Regex.IsMatch(sim.StatisticsJson(), "\"throttled\"\\s*:\\s*0[,}]"), "no 429: " + sim.StatisticsJson());
+                }
+                using (var c = new Client(SimClient(sim))) // the built-in 100/min: too fast for this simulator
+                {
+                    uint attempts = 0;
+                    for (int i = 0; i < 6; i++)
+                    {
+                        Response r = c.Send("GET", "/api/machines", null, CancellationToken.None);
+                        Assert.Equal(200, r.Status, "call " + i + " answered after retries");
+                        attempts += r.Attempts;
+                    }
+                    Assert.True(attempts > 6, "some calls were retried: " + attempts);
+                    string stats = c.StatisticsJson();
+                    Assert.True(!Regex.IsMatch(stats, "\"throttled\"\\s*:\\s*0[,}]"), "the client counted 429s: " + stats);
+                }
+                using (var c = new Client(SimClient(sim)))
+                {
+                    Assert.True(SimHunt(c, "DeviceInfo | take 3").Contains("\"Results\""), "hunting answers");
+                }
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorThrottledDetails()
+        {
+            var so = new SimulatorOptions { Machines = 3, TimeScale = 0.01 };
+            so.Limits.Add(new SimulatorLimit("default", 1, 60));
+            using (var sim = new Simulator(so))
+            {
+                var o = SimClient(sim);
+                o.MaxAttempts = 1;
+                using (var c = new Client(o))
+                {
+                    Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "first call");
+                    var e = Assert.Throws<QuotaGateException>(() => c.Send("GET", "/api/machines", null, CancellationToken.None), "second call throttled");
+                    Assert.Equal(ResultCode.Throttled, e.Code, "QG_ERR_THROTTLED: " + e.Message);
+                    Assert.Equal(429, e.HttpStatus, "status detail");
+                    Assert.True(e.RetryAfterMs > 0, "Retry-After detail: " + e.RetryAfterMs);
+                    Assert.Equal(1, e.Attempts, "attempts detail");
+                    Assert.True(e.ServerCode != null && e.ServerMessage != null, "server code and message: " + e.ServerCode + " / " + e.ServerMessage);
+                }
+            }
         }
 
         [MethodImpl(MethodImplOptions.NoInlining)]

@@ -400,7 +400,7 @@ Describe 'Get-QgStatistics' {
 
 Describe 'Start-QgSimulator and Stop-QgSimulator' {
     It 'starts a simulator with its own limits and stops it from the pipeline' {
-        $sim = Start-QgSimulator -Machines 3 -Limit @{ default = (50, 60); hunting = '2/1m' } -TokenLifetimeSec 60
+        $sim = Start-QgSimulator -Machines 3 -Limit @{ default = (50, 60); hunting = '2/1m' } -TokenLifetimeSec 60 -RetryAfterStyle Milliseconds
         $sim | Should -BeOfType ([QuotaGate.Interop.Simulator])
         $sim.Url | Should -BeLike 'http://127.0.0.1:*'
         $client = Connect-QgDefender -Simulator $sim -MaxAttempts 1
