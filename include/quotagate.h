@@ -33,6 +33,18 @@
 #define DEFAULT_MAX_BODY (256 << 20)
 
 /**
+ * `qg_client_builder_set_assertion_algorithm`: sign client assertions with PS256
+ * (RSASSA-PSS, header `x5t#S256`). The default.
+ */
+#define QG_ASSERTION_PS256 0
+
+/**
+ * `qg_client_builder_set_assertion_algorithm`: sign client assertions with RS256
+ * (RSASSA-PKCS1-v1_5, header `x5t`), for older identity platforms.
+ */
+#define QG_ASSERTION_RS256 1
+
+/**
  * Field of `qg_last_error_detail` and `qg_response_error_detail`: the HTTP status.
  */
 #define QG_DETAIL_HTTP_STATUS 0
@@ -529,6 +541,40 @@ qg_result qg_client_builder_set_client_id(qg_client_builder *b, const char *clie
  * appears in error texts or logs. No NULL.
  */
 qg_result qg_client_builder_set_client_secret(qg_client_builder *b, const char *secret);
+
+/**
+ * Uses certificate credentials read from PEM files: `certificate_path` holds the
+ * certificate, `key_path` its RSA private key (`PRIVATE KEY` or `RSA PRIVATE KEY`,
+ * unencrypted); NULL `key_path` means the same file holds both. Give the tenant id and
+ * client id as well. Token requests then carry a client assertion signed with the key
+ * instead of a client secret. The files are read now; the key is kept in memory that
+ * is wiped when the builder and its clients are freed, and never appears in error
+ * texts or logs. A key file that group or others can read is logged as a warning.
+ * Fails with `QG_ERR_INVALID_ARGUMENT` when a file cannot be read, holds no
+ * certificate or key, the key is not RSA, or it does not belong to the certificate.
+ * `b` and `certificate_path` must not be NULL.
+ */
+qg_result qg_client_builder_set_certificate_pem_files(qg_client_builder *b,
+                                                      const char *certificate_path,
+                                                      const char *key_path);
+
+/**
+ * Uses certificate credentials given as PEM text (from a vault, say): `certificate_pem`
+ * holds the certificate, `key_pem` the RSA private key; NULL `key_pem` means
+ * `certificate_pem` holds both. Both are copied; otherwise as
+ * `qg_client_builder_set_certificate_pem_files`. `b` and `certificate_pem` must not be
+ * NULL.
+ */
+qg_result qg_client_builder_set_certificate_pem(qg_client_builder *b,
+                                                const char *certificate_pem,
+                                                const char *key_pem);
+
+/**
+ * Chooses how client assertions are signed: `QG_ASSERTION_PS256` (the default) or
+ * `QG_ASSERTION_RS256`. Applies to a certificate set before or after this call.
+ * Another value gives `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_assertion_algorithm(qg_client_builder *b, uint32_t algorithm);
 
 /**
  * Uses a fixed access token instead of client credentials. Copied and guarded like a

@@ -1,9 +1,13 @@
 //! Cloud presets, route tables, token providers, certificate credentials, concurrency caps
 //! and the hunting run-time budget, against the local simulator where a server is needed.
 
-use quotagate::client::{Client, ClientBuilder, Cloud, Error, Request, RetryPolicy, Secret};
+use quotagate::client::{
+    CertificateCredential, Client, ClientBuilder, Cloud, Error, Request, RetryPolicy, Secret,
+    SignatureAlgorithm,
+};
 use quotagate::limiter::Rate;
 use quotagate::sim::{SimConfig, Simulator};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
@@ -18,6 +22,8 @@ fn bare(sim: &Simulator) -> ClientBuilder {
     Client::builder()
         .base_url(&sim.url())
         .authority(&sim.authority())
+        // Loopback answers come in milliseconds: a lost one must not stall a test for minutes.
+        .timeout(Duration::from_secs(10))
         .retry_policy(RetryPolicy {
             max_attempts: 6,
             max_quota_wait: Duration::from_secs(30),
@@ -250,4 +256,98 @@ fn a_refused_provider_token_is_replaced_once_and_failures_are_auth_errors() {
         .build()
         .unwrap();
     assert!(matches!(get_machine(&empty), Err(Error::Auth(..))));
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// A simulator that knows app.crt for `cert-app` and the expired one for `old-app`.
+fn certificate_sim() -> Simulator {
+    Simulator::start(
+        SimConfig::default()
+            .add_certificate_client("cert-app", std::fs::read(data("app.crt")).unwrap())
+            .add_certificate_client("old-app", std::fs::read(data("app-expired.crt")).unwrap()),
+    )
+    .unwrap()
+}
+
+fn certificate_client(sim: &Simulator, client_id: &str, cert: CertificateCredential) -> Client {
+    bare(sim)
+        .tenant_id(sim.tenant_id())
+        .client_id(client_id)
+        .certificate(cert)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn certificates_from_pem_pkcs8_pkcs1_and_one_file_get_tokens() {
+    let sim = certificate_sim();
+    let loads = [
+        CertificateCredential::from_pem_files(&data("app.crt"), Some(&data("app.key"))),
+        CertificateCredential::from_pem_files(&data("app.crt"), Some(&data("app-pkcs1.key"))),
+        CertificateCredential::from_pem_files(&data("app.pem"), None),
+        CertificateCredential::from_pem(
+            &std::fs::read(data("app.crt")).unwrap(),
+            &std::fs::read(data("app.key")).unwrap(),
+        )
+        .map(|c| c.with_algorithm(SignatureAlgorithm::Rs256)),
+    ];
+    for cert in loads {
+        let cert = cert.unwrap();
+        let shown = format!("{cert:?}");
+        assert!(
+            shown.contains("key: \"***\"") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
+        let client = certificate_client(&sim, "cert-app", cert);
+        assert_eq!(get_machine(&client).unwrap(), 200);
+        assert_eq!(get_machine(&client).unwrap(), 200);
+        assert_eq!(client.stats().token_requests, 1);
+    }
+    assert_eq!(sim.stats().token_requests, 4);
+}
+
+#[test]
+fn wrong_keys_and_expired_certificates_are_refused() {
+    let sim = certificate_sim();
+    let other = CertificateCredential::from_pem_files(&data("other.crt"), Some(&data("other.key")))
+        .unwrap();
+    match get_machine(&certificate_client(&sim, "cert-app", other)) {
+        Err(Error::Auth(m, d)) => {
+            assert_eq!(d.status, Some(401));
+            assert!(d.message.unwrap().contains("key was not found"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let expired =
+        CertificateCredential::from_pem_files(&data("app-expired.crt"), Some(&data("app.key")))
+            .unwrap();
+    match get_machine(&certificate_client(&sim, "old-app", expired)) {
+        Err(Error::Auth(_, d)) => assert!(d.message.unwrap().contains("expired")),
+        other => panic!("{other:?}"),
+    }
+    // A key that is not the certificate's is caught when loading.
+    let mismatched =
+        CertificateCredential::from_pem_files(&data("app.crt"), Some(&data("other.key")));
+    assert!(matches!(mismatched, Err(Error::InvalidArgument(m)) if m.contains("does not belong")));
+    assert!(CertificateCredential::from_pem_files(&data("missing.crt"), None).is_err());
+    assert!(
+        CertificateCredential::from_pem_files(&data("app.crt"), None).is_err(),
+        "no key"
+    );
+    // A secret and a certificate together are ambiguous.
+    let cert = CertificateCredential::from_pem_files(&data("app.pem"), None).unwrap();
+    assert!(
+        bare(&sim)
+            .tenant_id("t")
+            .client_id("c")
+            .client_secret("s")
+            .certificate(cert)
+            .build()
+            .is_err()
+    );
 }

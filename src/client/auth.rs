@@ -1,6 +1,7 @@
 //! Access tokens: fetched on first use, cached, refreshed before `expires_in` runs out,
 //! one refresh at a time while the other threads keep using the current token or wait.
 
+use super::certificate::{ASSERTION_TYPE, CertificateCredential};
 use super::error::{Error, ErrorDetails};
 use super::http::{encode, exchange};
 use super::secret::Secret;
@@ -25,6 +26,16 @@ pub enum Credentials {
         /// The client secret.
         secret: Secret,
     },
+    /// OAuth2 client credentials with a certificate: each token request carries a client
+    /// assertion signed with the certificate's private key.
+    Certificate {
+        /// The tenant (directory) id.
+        tenant_id: String,
+        /// The application (client) id.
+        client_id: String,
+        /// The certificate and its private key.
+        certificate: CertificateCredential,
+    },
     /// A token obtained elsewhere, used as is.
     AccessToken(Secret),
     /// Tokens from a function of the caller's (a managed identity, a vault, another
@@ -47,6 +58,16 @@ impl std::fmt::Debug for Credentials {
                 .field("tenant_id", tenant_id)
                 .field("client_id", client_id)
                 .field("secret", secret)
+                .finish(),
+            Credentials::Certificate {
+                tenant_id,
+                client_id,
+                certificate,
+            } => f
+                .debug_struct("Certificate")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("certificate", certificate)
                 .finish(),
             Credentials::AccessToken(t) => f.debug_tuple("AccessToken").field(t).finish(),
             Credentials::Provider(_) => f.write_str("Provider(..)"),
@@ -114,7 +135,8 @@ impl Auth {
         api_base: &str,
     ) -> Self {
         let tenant = match &credentials {
-            Credentials::ClientSecret { tenant_id, .. } => tenant_id.as_str(),
+            Credentials::ClientSecret { tenant_id, .. }
+            | Credentials::Certificate { tenant_id, .. } => tenant_id.as_str(),
             Credentials::AccessToken(_) | Credentials::Provider(_) => "",
         };
         let authority = authority.trim_end_matches('/');
@@ -225,13 +247,35 @@ impl Auth {
             Credentials::ClientSecret {
                 client_id, secret, ..
             } => {
-                let form = Secret::new(format!(
-                    "grant_type=client_credentials&client_id={}&client_secret={}&{}={}",
-                    encode(client_id),
-                    encode(secret.expose()),
-                    self.audience.0,
-                    encode(&self.audience.1)
-                ));
+                let form = || {
+                    Ok(Secret::new(format!(
+                        "grant_type=client_credentials&client_id={}&client_secret={}&{}={}",
+                        encode(client_id),
+                        encode(secret.expose()),
+                        self.audience.0,
+                        encode(&self.audience.1)
+                    )))
+                };
+                self.post_form(client, cancel, &form)
+            }
+            Credentials::Certificate {
+                client_id,
+                certificate,
+                ..
+            } => {
+                // A fresh assertion (and jti) for every attempt: the identity platform
+                // refuses an assertion it has seen.
+                let form = || {
+                    let assertion = certificate.assertion(&self.token_url, client_id)?;
+                    Ok(Secret::new(format!(
+                        "grant_type=client_credentials&client_id={}&client_assertion_type={}&client_assertion={}&{}={}",
+                        encode(client_id),
+                        encode(ASSERTION_TYPE),
+                        assertion,
+                        self.audience.0,
+                        encode(&self.audience.1)
+                    )))
+                };
                 self.post_form(client, cancel, &form)
             }
             Credentials::Provider(provider) => {
@@ -251,7 +295,7 @@ impl Auth {
         &self,
         client: &ClientShared,
         cancel: &Cancel,
-        form: &Secret,
+        form: &dyn Fn() -> Result<Secret, Error>,
     ) -> Result<(Secret, Duration), Error> {
         let headers = vec![(
             "content-type".to_string(),
@@ -266,14 +310,16 @@ impl Auth {
                 .counters
                 .token_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = form()?;
             let result = exchange(
                 &client.agent,
                 "POST",
                 &self.token_url,
                 &headers,
-                Some(form.expose().as_bytes()),
+                Some(body.expose().as_bytes()),
                 1 << 20,
             );
+            drop(body);
             let wait = match result {
                 Ok(r) if r.is_success() => return parse_token(&r),
                 Ok(r) if r.status() == 429 || r.status() >= 500 => {

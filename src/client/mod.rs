@@ -32,6 +32,7 @@
 //! ```
 
 mod auth;
+mod certificate;
 mod cloud;
 mod error;
 mod http;
@@ -42,6 +43,7 @@ mod routes;
 mod secret;
 
 pub use auth::{Credentials, TokenProvider};
+pub use certificate::{CertificateCredential, SignatureAlgorithm};
 pub use cloud::Cloud;
 pub use error::{Error, ErrorDetails};
 pub use paging::{Items, Pages};
@@ -246,6 +248,7 @@ pub struct ClientBuilder {
     tenant_id: Option<String>,
     client_id: Option<String>,
     secret: Option<Secret>,
+    certificate: Option<CertificateCredential>,
     access_token: Option<Secret>,
     credentials: Option<Credentials>,
     scope: Option<String>,
@@ -271,6 +274,7 @@ impl Default for ClientBuilder {
             tenant_id: None,
             client_id: None,
             secret: None,
+            certificate: None,
             access_token: None,
             credentials: None,
             scope: None,
@@ -344,6 +348,23 @@ impl ClientBuilder {
     /// The client secret.
     pub fn client_secret(mut self, v: impl Into<Secret>) -> Self {
         self.secret = Some(v.into());
+        self
+    }
+
+    /// Certificate credentials (with [`tenant_id`](Self::tenant_id) and
+    /// [`client_id`](Self::client_id)) instead of a client secret.
+    pub fn certificate(mut self, c: CertificateCredential) -> Self {
+        self.certificate = Some(c);
+        self
+    }
+
+    /// Changes the certificate set with [`certificate`](Self::certificate), if any (for
+    /// instance its [`SignatureAlgorithm`]).
+    pub fn map_certificate(
+        mut self,
+        f: impl FnOnce(CertificateCredential) -> CertificateCredential,
+    ) -> Self {
+        self.certificate = self.certificate.take().map(f);
         self
     }
 
@@ -496,15 +517,28 @@ impl ClientBuilder {
         let credentials = match (&self.credentials, &self.access_token) {
             (Some(c), _) => c.clone(),
             (None, Some(t)) => Credentials::AccessToken(t.clone()),
-            (None, None) => match (&self.tenant_id, &self.client_id, &self.secret) {
-                (Some(t), Some(c), Some(s)) => Credentials::ClientSecret {
+            (None, None) => match (
+                &self.tenant_id,
+                &self.client_id,
+                &self.secret,
+                &self.certificate,
+            ) {
+                (Some(_), Some(_), Some(_), Some(_)) => {
+                    return Err(bad("give a client secret or a certificate, not both"));
+                }
+                (Some(t), Some(c), Some(s), None) => Credentials::ClientSecret {
                     tenant_id: t.clone(),
                     client_id: c.clone(),
                     secret: s.clone(),
                 },
+                (Some(t), Some(c), None, Some(cert)) => Credentials::Certificate {
+                    tenant_id: t.clone(),
+                    client_id: c.clone(),
+                    certificate: cert.clone(),
+                },
                 _ => {
                     return Err(bad(
-                        "credentials are missing: give tenant id, client id and client secret, or an access token",
+                        "credentials are missing: give tenant id, client id and a client secret or certificate, an access token, or a token provider",
                     ));
                 }
             },
@@ -519,6 +553,18 @@ impl ClientBuilder {
                     return Err(bad(
                         "tenant id, client id and client secret must not be empty",
                     ));
+                }
+                if tenant_id.contains(['/', '?', '#']) {
+                    return Err(bad("the tenant id must not contain '/', '?' or '#'"));
+                }
+            }
+            Credentials::Certificate {
+                tenant_id,
+                client_id,
+                ..
+            } => {
+                if tenant_id.is_empty() || client_id.is_empty() {
+                    return Err(bad("tenant id and client id must not be empty"));
                 }
                 if tenant_id.contains(['/', '?', '#']) {
                     return Err(bad("the tenant id must not contain '/', '?' or '#'"));
@@ -560,6 +606,11 @@ impl ClientBuilder {
         };
         let (tenant, app) = match &credentials {
             Credentials::ClientSecret {
+                tenant_id,
+                client_id,
+                ..
+            }
+            | Credentials::Certificate {
                 tenant_id,
                 client_id,
                 ..

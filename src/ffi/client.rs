@@ -7,7 +7,10 @@ use super::error::{
 };
 use super::limiter::qg_limiter;
 use super::string::to_c_string;
-use crate::client::{Client, ClientBuilder, Cloud, Pages, Request, Response, Route, Secret};
+use crate::client::{
+    CertificateCredential, Client, ClientBuilder, Cloud, Pages, Request, Response, Route, Secret,
+    SignatureAlgorithm,
+};
 use crate::limiter::Rate;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
@@ -24,6 +27,7 @@ use std::time::Duration;
 pub struct qg_client_builder {
     builder: ClientBuilder,
     default_rates: Option<Vec<Rate>>,
+    algorithm: SignatureAlgorithm,
 }
 
 /// A thread-safe client of the Defender APIs: every call waits for its quota, tokens are
@@ -99,7 +103,7 @@ fn rate(calls: u32, window_ms: u64) -> Result<Rate, FfiError> {
 pub extern "C" fn qg_client_builder_new(out: *mut *mut qg_client_builder) -> qg_result {
     ffi_boundary! {
         let out = OutPtr::new(out, "out")?;
-        out.write(to_box(qg_client_builder { builder: Client::builder(), default_rates: None }));
+        out.write(to_box(qg_client_builder { builder: Client::builder(), default_rates: None, algorithm: SignatureAlgorithm::Ps256 }));
         Ok(())
     }
 }
@@ -180,6 +184,90 @@ pub extern "C" fn qg_client_builder_set_client_secret(
     secret: *const c_char,
 ) -> qg_result {
     ffi_boundary! { set_string(b, secret, "secret", |x, v| x.client_secret(v)) }
+}
+
+/// `qg_client_builder_set_assertion_algorithm`: sign client assertions with PS256
+/// (RSASSA-PSS, header `x5t#S256`). The default.
+pub const QG_ASSERTION_PS256: u32 = 0;
+/// `qg_client_builder_set_assertion_algorithm`: sign client assertions with RS256
+/// (RSASSA-PKCS1-v1_5, header `x5t`), for older identity platforms.
+pub const QG_ASSERTION_RS256: u32 = 1;
+
+fn set_certificate(
+    b: *mut qg_client_builder,
+    load: impl FnOnce() -> Result<CertificateCredential, crate::client::Error>,
+) -> Result<(), FfiError> {
+    let b = builder(b)?;
+    let cert = load()?.with_algorithm(b.algorithm);
+    b.builder = std::mem::take(&mut b.builder).certificate(cert);
+    Ok(())
+}
+
+/// Uses certificate credentials read from PEM files: `certificate_path` holds the
+/// certificate, `key_path` its RSA private key (`PRIVATE KEY` or `RSA PRIVATE KEY`,
+/// unencrypted); NULL `key_path` means the same file holds both. Give the tenant id and
+/// client id as well. Token requests then carry a client assertion signed with the key
+/// instead of a client secret. The files are read now; the key is kept in memory that
+/// is wiped when the builder and its clients are freed, and never appears in error
+/// texts or logs. A key file that group or others can read is logged as a warning.
+/// Fails with `QG_ERR_INVALID_ARGUMENT` when a file cannot be read, holds no
+/// certificate or key, the key is not RSA, or it does not belong to the certificate.
+/// `b` and `certificate_path` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_certificate_pem_files(
+    b: *mut qg_client_builder,
+    certificate_path: *const c_char,
+    key_path: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let cert = unsafe { try_str(certificate_path, "certificate_path") }?;
+        let key = unsafe { opt_str(key_path, "key_path") }?;
+        set_certificate(b, || {
+            CertificateCredential::from_pem_files(
+                std::path::Path::new(cert),
+                key.map(std::path::Path::new),
+            )
+        })
+    }
+}
+
+/// Uses certificate credentials given as PEM text (from a vault, say): `certificate_pem`
+/// holds the certificate, `key_pem` the RSA private key; NULL `key_pem` means
+/// `certificate_pem` holds both. Both are copied; otherwise as
+/// `qg_client_builder_set_certificate_pem_files`. `b` and `certificate_pem` must not be
+/// NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_certificate_pem(
+    b: *mut qg_client_builder,
+    certificate_pem: *const c_char,
+    key_pem: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let cert = unsafe { try_str(certificate_pem, "certificate_pem") }?;
+        let key = unsafe { opt_str(key_pem, "key_pem") }?.unwrap_or(cert);
+        set_certificate(b, || CertificateCredential::from_pem(cert.as_bytes(), key.as_bytes()))
+    }
+}
+
+/// Chooses how client assertions are signed: `QG_ASSERTION_PS256` (the default) or
+/// `QG_ASSERTION_RS256`. Applies to a certificate set before or after this call.
+/// Another value gives `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_assertion_algorithm(
+    b: *mut qg_client_builder,
+    algorithm: u32,
+) -> qg_result {
+    ffi_boundary! {
+        let alg = match algorithm {
+            QG_ASSERTION_PS256 => SignatureAlgorithm::Ps256,
+            QG_ASSERTION_RS256 => SignatureAlgorithm::Rs256,
+            other => return Err(FfiError::invalid(format!("unknown assertion algorithm {other}: use QG_ASSERTION_PS256 or QG_ASSERTION_RS256"))),
+        };
+        let b = builder(b)?;
+        b.algorithm = alg;
+        b.builder = std::mem::take(&mut b.builder).map_certificate(|c| c.with_algorithm(alg));
+        Ok(())
+    }
 }
 
 /// Uses a fixed access token instead of client credentials. Copied and guarded like a
@@ -938,6 +1026,77 @@ mod tests {
             QG_OK
         );
         build(b);
+        qg_client_builder_free(b);
+    }
+
+    #[cfg(feature = "sim")]
+    #[test]
+    fn certificates_are_loaded_from_pem_files_and_text() {
+        use crate::sim::{SimConfig, Simulator};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+        let sim = Simulator::start(
+            SimConfig::default()
+                .add_certificate_client("cert-app", include_bytes!("../../tests/data/app.crt")),
+        )
+        .unwrap();
+        let c = |s: &str| CString::new(s).unwrap();
+        for (i, algorithm) in [QG_ASSERTION_RS256, QG_ASSERTION_PS256]
+            .into_iter()
+            .enumerate()
+        {
+            let mut b = std::ptr::null_mut();
+            assert_eq!(qg_client_builder_new(&mut b), QG_OK);
+            for (set, v) in [
+                (
+                    qg_client_builder_set_base_url as extern "C" fn(_, _) -> _,
+                    sim.url(),
+                ),
+                (qg_client_builder_set_authority, sim.authority()),
+                (qg_client_builder_set_tenant_id, sim.tenant_id().to_owned()),
+                (qg_client_builder_set_client_id, "cert-app".to_owned()),
+            ] {
+                assert_eq!(set(b, c(&v).as_ptr()), QG_OK);
+            }
+            assert_eq!(
+                qg_client_builder_set_assertion_algorithm(b, algorithm),
+                QG_OK
+            );
+            if i == 0 {
+                let pem = c(&format!("{dir}app.pem"));
+                assert_eq!(
+                    qg_client_builder_set_certificate_pem_files(b, pem.as_ptr(), std::ptr::null()),
+                    QG_OK
+                );
+            } else {
+                let cert = c(include_str!("../../tests/data/app.crt"));
+                let key = c(include_str!("../../tests/data/app-pkcs1.key"));
+                assert_eq!(
+                    qg_client_builder_set_certificate_pem(b, cert.as_ptr(), key.as_ptr()),
+                    QG_OK
+                );
+            }
+            let client = build(b);
+            assert_eq!(
+                client
+                    .send(&Request::get("/api/machines?$top=1"))
+                    .unwrap()
+                    .status(),
+                200
+            );
+            qg_client_builder_free(b);
+        }
+        let b = new_builder();
+        assert_eq!(
+            qg_client_builder_set_assertion_algorithm(b, 7),
+            QG_ERR_INVALID_ARGUMENT
+        );
+        let wrong = c(&format!("{dir}app.crt"));
+        let key = c(&format!("{dir}other.key"));
+        assert_eq!(
+            qg_client_builder_set_certificate_pem_files(b, wrong.as_ptr(), key.as_ptr()),
+            QG_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains("does not belong"), "{}", last_error());
         qg_client_builder_free(b);
     }
 

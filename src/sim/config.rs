@@ -194,6 +194,11 @@ pub struct SimConfig {
     pub client_secret: String,
     /// Further applications `(client id, secret)`: each has quotas of its own.
     pub extra_clients: Vec<(String, String)>,
+    /// Certificates registered for applications `(client id, certificate DER or PEM)`:
+    /// such an application may sign in with a client assertion made with the
+    /// certificate's key. An id that is neither the main client nor an extra one is an
+    /// application of its own with its own quotas.
+    pub certificate_clients: Vec<(String, Vec<u8>)>,
     /// Real seconds per API second: windows, token lifetimes, the hunting delay and the
     /// in-progress time of actions are multiplied by it.
     pub time_scale: f64,
@@ -228,6 +233,7 @@ impl Default for SimConfig {
             client_id: "quotagate-sim-client".to_owned(),
             client_secret: "quotagate-sim-secret".to_owned(),
             extra_clients: Vec::new(),
+            certificate_clients: Vec::new(),
             time_scale: 1.0,
             token_lifetime: Duration::from_secs(3599),
             limits: Limits::default(),
@@ -276,6 +282,20 @@ impl SimConfig {
     /// Registers one more application, with quotas of its own.
     pub fn add_client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
         self.extra_clients.push((id.into(), secret.into()));
+        self
+    }
+
+    /// Registers a certificate (DER, or PEM text) for the application `id`: token requests
+    /// with a client assertion signed by its key (PS256 or RS256, `x5t#S256` or `x5t`)
+    /// are accepted while the certificate is valid. Several certificates per application
+    /// may be registered, as during a rollover.
+    pub fn add_certificate_client(
+        mut self,
+        id: impl Into<String>,
+        certificate: impl AsRef<[u8]>,
+    ) -> Self {
+        self.certificate_clients
+            .push((id.into(), certificate.as_ref().to_vec()));
         self
     }
 
@@ -377,6 +397,10 @@ impl SimConfig {
         }
         if self.page_size_max == 0 {
             return Err("page_size_max must be at least 1".to_owned());
+        }
+        for (id, cert) in &self.certificate_clients {
+            super::assertion::Registered::parse(cert)
+                .map_err(|e| format!("certificate of {id}: {e}"))?;
         }
         self.limits.validate()?;
         self.faults.validate()

@@ -40,6 +40,7 @@
 //! sim.stop();
 //! ```
 
+mod assertion;
 mod config;
 mod data;
 mod log;

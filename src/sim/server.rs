@@ -153,6 +153,8 @@ pub(crate) struct Live {
 
 pub(crate) struct State {
     pub live: Live,
+    /// `jti`s of accepted client assertions, with their `exp`.
+    seen_jti: HashMap<String, i64>,
     pub log: Vec<LogEntry>,
     pub actions: HashMap<(String, String), u64>,
     fault_rng: fastrand::Rng,
@@ -168,6 +170,7 @@ pub(crate) struct State {
 /// The simulator's state and configuration, shared by its workers.
 pub(crate) struct Core {
     pub config: SimConfig,
+    certificates: Vec<(String, super::assertion::Registered)>,
     pub start: Instant,
     pub base_url: String,
     pub state: Mutex<State>,
@@ -188,6 +191,7 @@ impl Core {
                 faults: config.faults.clone(),
                 retry_after_style: config.retry_after_style,
             },
+            seen_jti: HashMap::new(),
             log: Vec::new(),
             actions: HashMap::new(),
             fault_rng: fastrand::Rng::with_seed(config.seed),
@@ -199,7 +203,13 @@ impl Core {
             alerts,
             isolated_at: HashMap::new(),
         };
+        let certificates = config
+            .certificate_clients
+            .iter()
+            .filter_map(|(id, c)| Some((id.clone(), super::assertion::Registered::parse(c).ok()?)))
+            .collect();
         Core {
+            certificates,
             config,
             start,
             base_url,
@@ -261,7 +271,8 @@ impl Core {
                     &request_id,
                 ),
                 Route::Token { tenant, v2 } => {
-                    self.token(st, tenant, *v2, rq.body, now, &request_id, &mut entry)
+                    let url = format!("{}{path}", self.base_url);
+                    self.token(st, tenant, *v2, &url, rq.body, now, &request_id, &mut entry)
                 }
                 _ => self.api(st, &route, query, rq, path, now, &request_id, &mut entry),
             }
@@ -326,6 +337,7 @@ impl Core {
         st: &mut State,
         tenant: &str,
         v2: bool,
+        token_url: &str,
         body: &[u8],
         now: Instant,
         request_id: &str,
@@ -333,7 +345,7 @@ impl Core {
     ) -> Reply {
         let form = parse_form(body);
         let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-        let client_id = field("client_id").to_owned();
+        let mut client_id = field("client_id").to_owned();
         let aad = |status: u16, error: &str, code: u32, text: &str| {
             aad_error(status, error, code, text, request_id)
         };
@@ -365,6 +377,40 @@ impl Core {
                 90002,
                 &format!("Tenant '{tenant}' not found."),
             );
+        }
+        if let Some(assertion) = form.get("client_assertion") {
+            if field("client_assertion_type")
+                != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            {
+                return aad(
+                    400,
+                    "invalid_request",
+                    50027,
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+                );
+            }
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let certificates = |id: &str| {
+                self.certificates
+                    .iter()
+                    .filter(|(c, _)| c == id)
+                    .map(|(_, r)| r.clone())
+                    .collect()
+            };
+            match super::assertion::verify(
+                assertion,
+                &client_id,
+                token_url,
+                &certificates,
+                &mut st.seen_jti,
+                now_unix,
+            ) {
+                Ok(id) => client_id = id,
+                Err(r) => return aad(401, "invalid_client", r.code, &r.text),
+            }
+            return self.issue(st, &client_id, v2, &form, now, request_id);
         }
         if client_id.is_empty() {
             return aad(
@@ -403,6 +449,24 @@ impl Core {
             }
             Some(_) => {}
         }
+        self.issue(st, &client_id, v2, &form, now, request_id)
+    }
+
+    /// The token answer once the client is authenticated: checks the scope (v2) or
+    /// resource (v1).
+    fn issue(
+        &self,
+        st: &mut State,
+        client_id: &str,
+        v2: bool,
+        form: &HashMap<String, String>,
+        now: Instant,
+        request_id: &str,
+    ) -> Reply {
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+        let aad = |status: u16, error: &str, code: u32, text: &str| {
+            aad_error(status, error, code, text, request_id)
+        };
         if v2 {
             let scope = field("scope");
             if !scope.ends_with("/.default") {
@@ -424,7 +488,7 @@ impl Core {
             );
         }
 
-        let token = self.mint_token(st, &client_id, now);
+        let token = self.mint_token(st, client_id, now);
         let secs = self.config.token_lifetime.as_secs();
         Reply::json(
             200,

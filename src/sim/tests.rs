@@ -924,3 +924,112 @@ fn invalid_configurations_are_refused() {
     let err = Simulator::start(SimConfig::default().reset_rate(1.5)).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
+
+mod assertions {
+    use super::*;
+    use crate::client::{CertificateCredential, SignatureAlgorithm};
+
+    const APP_CRT: &[u8] = include_bytes!("../../tests/data/app.crt");
+    const APP_KEY: &[u8] = include_bytes!("../../tests/data/app.key");
+    const EXPIRED_CRT: &[u8] = include_bytes!("../../tests/data/app-expired.crt");
+    const OTHER_CRT: &[u8] = include_bytes!("../../tests/data/other.crt");
+    const OTHER_KEY: &[u8] = include_bytes!("../../tests/data/other.key");
+
+    fn sim() -> Simulator {
+        start(
+            SimConfig::default()
+                .add_certificate_client("cert-app", APP_CRT)
+                .add_certificate_client("old-app", EXPIRED_CRT),
+        )
+    }
+
+    fn token_url(sim: &Simulator) -> String {
+        format!("{}/{}/oauth2/v2.0/token", sim.authority(), sim.tenant_id())
+    }
+
+    fn send(sim: &Simulator, client_id: &str, assertion: &str) -> Answer {
+        answer(agent().post(&token_url(sim)).send_form([
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", "https://api.securitycenter.microsoft.com/.default"),
+        ]))
+    }
+
+    fn refusal(a: &Answer) -> String {
+        assert_eq!(a.status, 401, "{}", a.body);
+        a.json()["error_description"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_signed_assertion_gets_a_token_once() {
+        let sim = sim();
+        let cert = CertificateCredential::from_pem(APP_CRT, APP_KEY).unwrap();
+        let assertion = cert.assertion(&token_url(&sim), "cert-app").unwrap();
+        let first = send(&sim, "cert-app", &assertion);
+        assert_eq!(first.status, 200, "{}", first.body);
+        let token = first.json()["access_token"].as_str().unwrap().to_owned();
+        let machines = get(&agent(), &format!("{}/api/machines", sim.url()), &token);
+        assert_eq!(machines.status, 200);
+        // The same assertion again is a replay.
+        assert!(refusal(&send(&sim, "cert-app", &assertion)).contains("already used"));
+        // RS256 with the SHA-1 thumbprint works too.
+        let rs = cert.with_algorithm(SignatureAlgorithm::Rs256);
+        let assertion = rs.assertion(&token_url(&sim), "cert-app").unwrap();
+        assert!(assertion.starts_with(&base64_json(r#"{"alg":"RS256","typ":"JWT","x5t":"#)));
+        assert_eq!(send(&sim, "cert-app", &assertion).status, 200);
+        // Without client_id the application is read from the assertion.
+        let assertion = rs.assertion(&token_url(&sim), "cert-app").unwrap();
+        assert_eq!(send(&sim, "", &assertion).status, 200);
+    }
+
+    /// The base64url of a JSON prefix, cut where its last full 3-byte group ends.
+    fn base64_json(prefix: &str) -> String {
+        use base64::Engine as _;
+        let whole = &prefix.as_bytes()[..prefix.len() / 3 * 3];
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(whole)
+    }
+
+    #[test]
+    fn wrong_keys_expired_certificates_and_bad_claims_are_refused() {
+        let sim = sim();
+        let url = token_url(&sim);
+        let other = CertificateCredential::from_pem(OTHER_CRT, OTHER_KEY).unwrap();
+        let a = other.assertion(&url, "cert-app").unwrap();
+        assert!(refusal(&send(&sim, "cert-app", &a)).contains("key was not found"));
+
+        // A valid signature over changed claims no longer verifies.
+        let cert = CertificateCredential::from_pem(APP_CRT, APP_KEY).unwrap();
+        let a = cert.assertion(&url, "cert-app").unwrap();
+        let parts: Vec<&str> = a.split('.').collect();
+        let b = cert.assertion(&url, "cert-app").unwrap();
+        let forged = format!("{}.{}.{}", parts[0], b.split('.').nth(1).unwrap(), parts[2]);
+        assert!(refusal(&send(&sim, "cert-app", &forged)).contains("signature does not match"));
+
+        let expired = CertificateCredential::from_pem(EXPIRED_CRT, APP_KEY).unwrap();
+        let a = expired.assertion(&url, "old-app").unwrap();
+        assert!(refusal(&send(&sim, "old-app", &a)).contains("expired"));
+
+        let a = cert.assertion("https://login.example/t/oauth2/v2.0/token", "cert-app");
+        assert!(refusal(&send(&sim, "cert-app", &a.unwrap())).contains("audience"));
+        let a = cert.assertion(&url, "cert-app").unwrap();
+        assert!(refusal(&send(&sim, "someone-else", &a)).contains("doesn't match"));
+        let a = cert.assertion(&url, "unregistered").unwrap();
+        assert!(refusal(&send(&sim, "unregistered", &a)).contains("no certificate"));
+        assert!(refusal(&send(&sim, "cert-app", "a.b.c")).contains("malformed"));
+        let st = sim.stats();
+        assert_eq!(st.token_requests, 7);
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_a_configuration_error() {
+        let e = Simulator::start(SimConfig::default().add_certificate_client("x", b"junk"))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,245 @@
+//! Certificate credentials: a client assertion (a JWT signed with the application's
+//! private key) instead of a client secret.
+//!
+//! The key is held in memory that is wiped on drop and parsed by `ring` only for the
+//! moment of signing; `Debug` never shows it.
+
+use super::error::Error;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SecureRandom as _;
+use ring::signature::RsaKeyPair;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// How long a client assertion is valid.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// `client_assertion_type` of a JWT client assertion.
+pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The signature of the client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignatureAlgorithm {
+    /// RSASSA-PSS with SHA-256, header `x5t#S256` (the SHA-256 thumbprint). The default.
+    #[default]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, header `x5t` (the SHA-1 thumbprint), for older
+    /// identity platforms.
+    Rs256,
+}
+
+/// The kind of DER the key is kept in.
+#[derive(Clone, Copy)]
+enum KeyFormat {
+    Pkcs8,
+    Pkcs1,
+}
+
+/// An application's certificate and RSA private key, for certificate credentials.
+///
+/// Load it from PEM (certificate and PKCS#8 or PKCS#1 key, in one file or two) or, with
+/// a password, from a PKCS#12/PFX file. Cloning shares the key. The key never appears in
+/// `Debug` output and is wiped from memory when the last clone is dropped.
+#[derive(Clone)]
+pub struct CertificateCredential {
+    certificate: Arc<Vec<u8>>,
+    key: Arc<Zeroizing<Vec<u8>>>,
+    format: KeyFormat,
+    algorithm: SignatureAlgorithm,
+    x5t: String,
+    x5t_s256: String,
+}
+
+impl std::fmt::Debug for CertificateCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateCredential")
+            .field("x5t#S256", &self.x5t_s256)
+            .field("algorithm", &self.algorithm)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+fn bad(m: impl Into<String>) -> Error {
+    Error::InvalidArgument(m.into())
+}
+
+impl CertificateCredential {
+    /// From a DER certificate and a DER private key (PKCS#8 or PKCS#1 RSA). Fails when
+    /// the key is no RSA key this library can sign with (2048 bits or more) or does not
+    /// belong to the certificate.
+    pub fn from_der(certificate: &[u8], key: &[u8]) -> Result<Self, Error> {
+        let (format, pair) = match RsaKeyPair::from_pkcs8(key) {
+            Ok(p) => (KeyFormat::Pkcs8, p),
+            Err(_) => match RsaKeyPair::from_der(key) {
+                Ok(p) => (KeyFormat::Pkcs1, p),
+                Err(e) => {
+                    return Err(bad(format!(
+                        "the private key is no usable RSA key (PKCS#8 or PKCS#1, 2048 bits or more): {e}"
+                    )));
+                }
+            },
+        };
+        // The certificate's SubjectPublicKeyInfo holds the RSAPublicKey DER as is.
+        let public = pair.public().as_ref();
+        if !certificate.windows(public.len()).any(|w| w == public) {
+            return Err(bad("the private key does not belong to the certificate"));
+        }
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, certificate);
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, certificate);
+        Ok(Self {
+            certificate: Arc::new(certificate.to_vec()),
+            key: Arc::new(Zeroizing::new(key.to_vec())),
+            format,
+            algorithm: SignatureAlgorithm::default(),
+            x5t: URL_SAFE_NO_PAD.encode(sha1),
+            x5t_s256: URL_SAFE_NO_PAD.encode(sha256),
+        })
+    }
+
+    /// From PEM text: the first `CERTIFICATE` of `certificate_pem` and the first private
+    /// key (`PRIVATE KEY` or `RSA PRIVATE KEY`) of `key_pem`. Pass the same text twice
+    /// when one file holds both.
+    pub fn from_pem(certificate_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let cert = CertificateDer::pem_slice_iter(certificate_pem)
+            .next()
+            .ok_or_else(|| bad("no CERTIFICATE found in the PEM text"))?
+            .map_err(|e| bad(format!("the certificate's PEM text is invalid: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| bad(format!("no private key found in the PEM text: {e}")))?;
+        Self::from_key_der(&cert, key)
+    }
+
+    fn from_key_der(cert: &[u8], key: PrivateKeyDer<'_>) -> Result<Self, Error> {
+        match &key {
+            PrivateKeyDer::Pkcs8(k) => Self::from_der(cert, k.secret_pkcs8_der()),
+            PrivateKeyDer::Pkcs1(k) => Self::from_der(cert, k.secret_pkcs1_der()),
+            _ => Err(bad(
+                "the private key is not an RSA key: Entra ID certificate credentials need RSA",
+            )),
+        }
+    }
+
+    /// From PEM files: `certificate_path` holds the certificate, `key_path` the private
+    /// key (`None`: the same file holds both). Warns when the key file can be read by
+    /// group or others.
+    pub fn from_pem_files(certificate_path: &Path, key_path: Option<&Path>) -> Result<Self, Error> {
+        let read = |p: &Path| {
+            std::fs::read(p)
+                .map(Zeroizing::new)
+                .map_err(|e| bad(format!("cannot read {}: {e}", p.display())))
+        };
+        let cert = read(certificate_path)?;
+        let key_path = key_path.unwrap_or(certificate_path);
+        warn_if_exposed(key_path);
+        if key_path == certificate_path {
+            return Self::from_pem(&cert, &cert);
+        }
+        Self::from_pem(&cert, &read(key_path)?)
+    }
+
+    /// Signs with `algorithm` (default PS256).
+    pub fn with_algorithm(mut self, algorithm: SignatureAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// The signature algorithm.
+    pub fn algorithm(&self) -> SignatureAlgorithm {
+        self.algorithm
+    }
+
+    /// The certificate, DER.
+    pub fn certificate_der(&self) -> &[u8] {
+        &self.certificate
+    }
+
+    /// The certificate's SHA-256 thumbprint, base64url (the `x5t#S256` header).
+    pub fn thumbprint_sha256(&self) -> &str {
+        &self.x5t_s256
+    }
+
+    /// A client assertion for `audience` (the token URL) and `client_id`, valid from now
+    /// for five minutes, with a fresh random `jti`.
+    pub fn assertion(&self, audience: &str, client_id: &str) -> Result<String, Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let rng = ring::rand::SystemRandom::new();
+        let mut jti = [0u8; 16];
+        rng.fill(&mut jti)
+            .map_err(|_| bad("no randomness for the assertion's jti"))?;
+        let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+        let (alg, encoding, thumb) = match self.algorithm {
+            SignatureAlgorithm::Ps256 => (
+                "PS256",
+                &ring::signature::RSA_PSS_SHA256 as &dyn ring::signature::RsaEncoding,
+                ("x5t#S256", &self.x5t_s256),
+            ),
+            SignatureAlgorithm::Rs256 => (
+                "RS256",
+                &ring::signature::RSA_PKCS1_SHA256 as &dyn ring::signature::RsaEncoding,
+                ("x5t", &self.x5t),
+            ),
+        };
+        let mut header = serde_json::Map::new();
+        header.insert("alg".into(), alg.into());
+        header.insert("typ".into(), "JWT".into());
+        header.insert(thumb.0.into(), thumb.1.as_str().into());
+        let header = serde_json::Value::Object(header);
+        let claims = serde_json::json!({
+            "aud": audience,
+            "iss": client_id,
+            "sub": client_id,
+            "jti": jti,
+            "nbf": now,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME.as_secs(),
+        });
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let pair = match self.format {
+            KeyFormat::Pkcs8 => RsaKeyPair::from_pkcs8(&self.key),
+            KeyFormat::Pkcs1 => RsaKeyPair::from_der(&self.key),
+        }
+        .map_err(|e| bad(format!("the private key cannot sign: {e}")))?;
+        let mut signature = vec![0u8; pair.public().modulus_len()];
+        pair.sign(encoding, &rng, signed.as_bytes(), &mut signature)
+            .map_err(|_| bad("signing the client assertion failed"))?;
+        Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+}
+
+/// Warns when a key file can be read by its group or by others.
+fn warn_if_exposed(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode();
+            if mode & 0o044 != 0 {
+                log::warn!(
+                    "the private key file {} can be read by {} (mode {:o}): restrict it to its owner (chmod 600)",
+                    path.display(),
+                    if mode & 0o004 != 0 {
+                        "anyone"
+                    } else {
+                        "its group"
+                    },
+                    mode & 0o777
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
