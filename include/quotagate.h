@@ -33,6 +33,11 @@
 #define DEFAULT_MAX_BODY (256 << 20)
 
 /**
+ * The published limit of live response sessions under way at once.
+ */
+#define LIVE_RESPONSE_SESSIONS 25
+
+/**
  * `qg_client_builder_set_assertion_algorithm`: sign client assertions with PS256
  * (RSASSA-PSS, header `x5t#S256`). The default.
  */
@@ -663,6 +668,22 @@ qg_result qg_client_builder_add_route(qg_client_builder *b,
                                       uint64_t window_ms);
 
 /**
+ * Caps the calls under way at once of requests of `method` (NULL: any) to paths
+ * matching `path_pattern` (as in `qg_client_builder_add_route`), per tenant and app: a
+ * call beyond the cap waits its turn in FIFO order until one of them is answered, with
+ * the deadline (`qg_client_builder_set_max_quota_wait_ms`, then `QG_ERR_THROTTLED`),
+ * cancel and close behaviour of quota waits. The route with exactly that method and
+ * pattern gets the cap; without one, the requests keep the class and limits they had.
+ * Live response (`POST /api/machines/{id}/runliveresponse`) is capped at 25 by default;
+ * `max_in_flight` 0 lifts a cap. Calling again for the same method and pattern replaces
+ * the cap. `b` and `path_pattern` must not be NULL.
+ */
+qg_result qg_client_builder_set_max_in_flight(qg_client_builder *b,
+                                              const char *method,
+                                              const char *path_pattern,
+                                              uint32_t max_in_flight);
+
+/**
  * Makes the client take its quotas from `l` (shared with other clients and with direct
  * `qg_limiter_*` calls) instead of a limiter of its own. The client keeps its own
  * reference: `l` may be freed afterwards. `b` and `l` must not be NULL.
@@ -833,7 +854,8 @@ void qg_pages_free(qg_pages *p);
  * `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
  * `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
  * `waited_calls`, `total_wait_ms`, `longest_wait_ms`, `pauses` and `windows`
- * (`used`, `calls`, `window_ms`). No NULL. Thread-safe.
+ * (`used`, `calls`, `window_ms`), and `in_flight_peaks` (for each route with a cap on
+ * calls under way, the most there were at once). No NULL. Thread-safe.
  */
 qg_result qg_client_stats_json(const qg_client *c, char **out);
 
@@ -1154,7 +1176,8 @@ qg_result qg_sim_log_json(const qg_sim *s, char **out);
  * Writes the simulator's figures as a JSON object to `*out` (free with
  * `qg_string_free`): `requests`, `throttled`, `token_requests`, `resets`, `errors_503`,
  * `by_status` (status to count) and `max_in_window` (class to a list of `calls`,
- * `window_ms` and `peak`: the most calls one client had inside any rolling window).
+ * `window_ms` and `peak`: the most calls one client had inside any rolling window) and
+ * `max_in_flight` (class to the most calls answered at once; `live_response` only).
  * `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
  */
 qg_result qg_sim_stats_json(const qg_sim *s, char **out);

@@ -351,3 +351,110 @@ fn wrong_keys_and_expired_certificates_are_refused() {
             .is_err()
     );
 }
+
+/// A client of `sim` whose live-response quota is no obstacle, capped at `cap` calls
+/// under way at once.
+fn live_response_client(sim: &Simulator, cap: u32, quota_wait: Duration) -> Client {
+    use quotagate::client::Route;
+    bare(sim)
+        .tenant_id(sim.tenant_id())
+        .client_id(sim.client_id())
+        .client_secret(sim.client_secret())
+        .max_quota_wait(quota_wait)
+        .route(Route::new(
+            Some("POST"),
+            "/api/machines/{id}/runliveresponse",
+            "live_response",
+            vec![Rate::new(10_000, Duration::from_secs(60))],
+        ))
+        .max_in_flight(Some("POST"), "/api/machines/{id}/runliveresponse", cap)
+        .build()
+        .unwrap()
+}
+
+fn live_response(client: &Client, machine: &str) -> Result<u16, Error> {
+    let body =
+        serde_json::json!({"Commands": [{"type": "RunScript", "params": []}], "Comment": "t"});
+    client
+        .send(&Request::post(&format!("/api/machines/{machine}/runliveresponse")).json(&body))
+        .map(|r| r.status())
+}
+
+#[test]
+fn live_response_holds_25_calls_in_flight_and_the_26th_waits() {
+    let sim = Simulator::start(
+        SimConfig::default()
+            .machines(30)
+            .live_response_delay(ms(400))
+            .limits("live_response", &[(10_000, 60.0)]),
+    )
+    .unwrap();
+    let client = live_response_client(
+        &sim,
+        quotagate::client::LIVE_RESPONSE_SESSIONS,
+        Duration::from_secs(30),
+    );
+    let started = Instant::now();
+    let threads: Vec<_> = sim
+        .machine_ids()
+        .into_iter()
+        .map(|id| {
+            let c = client.clone();
+            thread::spawn(move || live_response(&c, &id).unwrap())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 201);
+    }
+    // 30 calls of 400 ms with 25 at once take two rounds.
+    assert!(started.elapsed() >= ms(800), "{:?}", started.elapsed());
+    // Never more than 25 at the server; nearly all 25 at once (connections open in
+    // their own time on a loaded machine).
+    let at_server = sim.stats().max_in_flight["live_response"];
+    assert!((20..=25).contains(&at_server), "{at_server} in flight");
+    let peaks = client.stats().in_flight_peaks;
+    assert_eq!(
+        peaks.values().copied().collect::<Vec<_>>(),
+        vec![25],
+        "{peaks:?}"
+    );
+}
+
+#[test]
+fn a_call_waiting_for_a_slot_times_out_or_is_cancelled() {
+    let sim = Simulator::start(
+        SimConfig::default()
+            .live_response_delay(ms(600))
+            .limits("live_response", &[(10_000, 60.0)]),
+    )
+    .unwrap();
+    let ids = sim.machine_ids();
+    let client = live_response_client(&sim, 1, ms(200));
+    let (c, id) = (client.clone(), ids[0].clone());
+    let busy = thread::spawn(move || live_response(&c, &id));
+    thread::sleep(ms(100));
+    // The quota-wait budget (200 ms) ends before the slot frees (600 ms).
+    match live_response(&client, &ids[1]) {
+        Err(Error::Throttled(d)) => assert!(d.message.unwrap().contains("under way")),
+        other => panic!("{other:?}"),
+    }
+    let patient = live_response_client(&sim, 1, Duration::from_secs(30));
+    let (c, id) = (patient.clone(), ids[2].clone());
+    let holder = thread::spawn(move || live_response(&c, &id));
+    thread::sleep(ms(100));
+    let body = serde_json::json!({"Commands": [{"type": "RunScript"}]});
+    let req = Request::post(&format!("/api/machines/{}/runliveresponse", ids[3])).json(&body);
+    let cancel = req.canceller();
+    let (c, r) = (patient.clone(), req.clone());
+    let waiter = thread::spawn(move || c.send(&r).map(|r| r.status()));
+    thread::sleep(ms(100));
+    let at = Instant::now();
+    cancel.cancel();
+    assert!(matches!(waiter.join().unwrap(), Err(Error::Cancelled)));
+    assert!(at.elapsed() < ms(300));
+    assert_eq!(busy.join().unwrap().unwrap(), 201);
+    assert_eq!(holder.join().unwrap().unwrap(), 201);
+    // The cancelled waiter gave its place up: the next call goes through.
+    assert_eq!(live_response(&patient, &ids[4]).unwrap(), 201);
+    assert_eq!(sim.stats().max_in_flight.get("live_response"), Some(&2));
+}

@@ -35,6 +35,7 @@ mod auth;
 mod certificate;
 mod cloud;
 mod error;
+mod gate;
 mod http;
 mod paging;
 mod response;
@@ -49,13 +50,13 @@ pub use error::{Error, ErrorDetails};
 pub use paging::{Items, Pages};
 pub use response::Response;
 pub use retry::{RetryPolicy, quota_from_message, retry_after};
-pub use routes::{DEFAULT_CLASS, Route, RouteTable, default_rates};
+pub use routes::{DEFAULT_CLASS, LIVE_RESPONSE_SESSIONS, Route, RouteTable, default_rates};
 pub use secret::Secret;
 
 use crate::limiter::{self, Limiter, Rate, Wait};
 use auth::Auth;
 use parking_lot::{Condvar, Mutex};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -260,6 +261,7 @@ pub struct ClientBuilder {
     max_body: u64,
     policy: RetryPolicy,
     user_routes: Vec<Route>,
+    in_flight_caps: Vec<(Option<String>, String, Option<u32>)>,
     default_rates: Option<Vec<Rate>>,
     margin: Duration,
     limiter: Option<Limiter>,
@@ -286,6 +288,7 @@ impl Default for ClientBuilder {
             max_body: DEFAULT_MAX_BODY,
             policy: RetryPolicy::default(),
             user_routes: Vec::new(),
+            in_flight_caps: Vec::new(),
             default_rates: None,
             margin: Duration::ZERO,
             limiter: None,
@@ -469,8 +472,23 @@ impl ClientBuilder {
         self
     }
 
+    /// Caps the calls under way at once of requests of `method` (any when `None`) to
+    /// `pattern`, per tenant and app: a call beyond the cap waits its turn (FIFO, within
+    /// the quota-wait budget, cancellable) until one of them is answered. `max` 0 lifts a
+    /// cap, such as the built-in 25 on live response. See
+    /// [`RouteTable::set_max_in_flight`].
+    pub fn max_in_flight(mut self, method: Option<&str>, pattern: &str, max: u32) -> Self {
+        let method = method.map(str::to_ascii_uppercase);
+        self.in_flight_caps
+            .retain(|(m, p, _)| !(*m == method && p.eq_ignore_ascii_case(pattern)));
+        self.in_flight_caps
+            .push((method, pattern.to_string(), (max > 0).then_some(max)));
+        self
+    }
+
     /// The route table the client will use: the built-in table of the base URL's host
-    /// ([`RouteTable::for_base_url`]) with the routes added by [`Self::route`] ahead of it.
+    /// ([`RouteTable::for_base_url`]) with the routes added by [`Self::route`] ahead of it,
+    /// and the caps of [`Self::max_in_flight`].
     pub fn routes(&self) -> RouteTable {
         let mut t = RouteTable::for_base_url(self.effective_base_url());
         if let Some(rates) = &self.default_rates {
@@ -478,6 +496,9 @@ impl ClientBuilder {
         }
         for r in &self.user_routes {
             t.add(r.clone());
+        }
+        for (method, pattern, max) in &self.in_flight_caps {
+            t.set_max_in_flight(method.as_deref(), pattern, *max);
         }
         t
     }
@@ -650,6 +671,7 @@ impl ClientBuilder {
                 closed: AtomicBool::new(false),
                 counters: Counters::default(),
                 keys: Mutex::new(BTreeSet::new()),
+                gates: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -680,6 +702,8 @@ pub(crate) struct ClientShared {
     closed: AtomicBool,
     pub(crate) counters: Counters,
     keys: Mutex<BTreeSet<String>>,
+    /// In-flight caps by bucket key and route.
+    gates: Mutex<HashMap<String, Arc<gate::Gate>>>,
 }
 
 /// A thread-safe client of the Defender APIs. Clones share everything (connections,
@@ -717,6 +741,9 @@ pub struct ClientStats {
     pub learned_limits: u64,
     /// Statistics of each bucket the client used, by key.
     pub buckets: std::collections::BTreeMap<String, BucketSummary>,
+    /// For each capped route used (`bucket key|METHOD pattern`): the most calls that were
+    /// under way at once.
+    pub in_flight_peaks: std::collections::BTreeMap<String, u32>,
 }
 
 /// A bucket's statistics in [`ClientStats`].
@@ -848,6 +875,16 @@ impl Client {
         }
         let started = Instant::now();
         let budget_end = started + s.policy.max_quota_wait;
+        // A capped route: hold one of its slots for the whole call, retries included.
+        let _slot = match s.routes.find(&req.method, &path) {
+            Some(
+                route @ Route {
+                    max_in_flight: Some(max),
+                    ..
+                },
+            ) => Some(self.take_slot(&key, route, *max, budget_end, &req.cancel)?),
+            _ => None,
+        };
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut last = ErrorDetails::default();
@@ -919,6 +956,38 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Waits in FIFO order for one of the `max` slots of `route` in bucket `key`.
+    fn take_slot(
+        &self,
+        key: &str,
+        route: &Route,
+        max: u32,
+        budget_end: Instant,
+        cancel: &Cancel,
+    ) -> Result<gate::Permit, Error> {
+        let s = &*self.shared;
+        let gate = s
+            .gates
+            .lock()
+            .entry(format!(
+                "{key}|{} {}",
+                route.method.as_deref().unwrap_or("*"),
+                route.pattern
+            ))
+            .or_insert_with(|| gate::Gate::new(max))
+            .clone();
+        gate.acquire(budget_end, SLICE, || cancel.check(s))
+            .map_err(|e| match e {
+                gate::GateError::Stopped(e) => e,
+                gate::GateError::Timeout => Error::Throttled(Box::new(ErrorDetails {
+                    message: Some(format!(
+                        "all {max} calls allowed under way at once on {key} stayed busy for the quota-wait budget"
+                    )),
+                    ..Default::default()
+                })),
+            })
     }
 
     /// Waits in the bucket's FIFO queue until admitted, in slices so that cancel and close
@@ -1174,6 +1243,12 @@ impl Client {
             transport_failures: c.transport_failures.load(Ordering::Relaxed),
             learned_limits: c.learned.load(Ordering::Relaxed),
             buckets,
+            in_flight_peaks: s
+                .gates
+                .lock()
+                .iter()
+                .map(|(k, g)| (k.clone(), g.peak()))
+                .collect(),
         }
     }
 }

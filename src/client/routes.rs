@@ -20,6 +20,9 @@ pub struct Route {
     pub class: String,
     /// The limits that apply together.
     pub rates: Vec<Rate>,
+    /// At most this many calls of the route under way at once per tenant and app (of one
+    /// client); the others wait their turn. `None`: no cap.
+    pub max_in_flight: Option<u32>,
 }
 
 impl Route {
@@ -30,7 +33,14 @@ impl Route {
             pattern: pattern.to_string(),
             class: class.to_string(),
             rates,
+            max_in_flight: None,
         }
+    }
+
+    /// Caps the calls of this route under way at once (`None`: no cap).
+    pub fn with_max_in_flight(mut self, max: Option<u32>) -> Self {
+        self.max_in_flight = max;
+        self
     }
 
     /// True when a request of `method` to `path` (without query) falls under this route.
@@ -67,6 +77,9 @@ pub struct RouteTable {
     routes: Vec<Route>,
     default_rates: Vec<Rate>,
 }
+
+/// The published limit of live response sessions under way at once.
+pub const LIVE_RESPONSE_SESSIONS: u32 = 25;
 
 /// The class of requests that no route names.
 pub const DEFAULT_CLASS: &str = "default";
@@ -218,7 +231,8 @@ impl RouteTable {
                 "/api/machines/*/runliveresponse",
                 "live_response",
                 &[(10, MIN)],
-            ),
+            )
+            .with_max_in_flight(Some(LIVE_RESPONSE_SESSIONS)),
             r(
                 "POST",
                 "/api/indicators/import",
@@ -330,10 +344,34 @@ impl RouteTable {
 
     /// The class and limits of a request of `method` to `path`.
     pub fn lookup(&self, method: &str, path: &str) -> (&str, &[Rate]) {
-        match self.routes.iter().find(|r| r.matches(method, path)) {
+        match self.find(method, path) {
             Some(r) => (&r.class, &r.rates),
             None => (DEFAULT_CLASS, &self.default_rates),
         }
+    }
+
+    /// The route a request of `method` to `path` falls under, if any names it.
+    pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(method, path))
+    }
+
+    /// Caps the calls under way at once of requests of `method` (any when `None`) to
+    /// `pattern` (`None`: lifts the cap). The route with exactly that method and pattern
+    /// gets the cap; without one, a route is added ahead that keeps the class and limits
+    /// such requests had, so that the quota stays shared as before.
+    pub fn set_max_in_flight(&mut self, method: Option<&str>, pattern: &str, max: Option<u32>) {
+        let method_up = method.map(str::to_ascii_uppercase);
+        if let Some(r) = self
+            .routes
+            .iter_mut()
+            .find(|r| r.method == method_up && r.pattern.eq_ignore_ascii_case(pattern))
+        {
+            r.max_in_flight = max;
+            return;
+        }
+        let (class, rates) = self.lookup(method.unwrap_or("GET"), pattern);
+        let route = Route::new(method, pattern, class, rates.to_vec()).with_max_in_flight(max);
+        self.routes.insert(0, route);
     }
 }
 
@@ -412,6 +450,28 @@ mod tests {
                 .0,
             "graph_hunting"
         );
+    }
+
+    #[test]
+    fn in_flight_caps_keep_the_class_and_limits() {
+        let mut t = RouteTable::defender();
+        let live = t.find("POST", "/api/machines/m1/runliveresponse").unwrap();
+        assert_eq!(live.max_in_flight, Some(LIVE_RESPONSE_SESSIONS));
+        t.set_max_in_flight(Some("post"), "/api/machines/*/runliveresponse", None);
+        assert_eq!(
+            t.find("POST", "/api/machines/m1/runliveresponse")
+                .unwrap()
+                .max_in_flight,
+            None
+        );
+        // A pattern of its own keeps the class (and so the bucket) it had.
+        t.set_max_in_flight(Some("POST"), "/api/machines/{id}/isolate", Some(5));
+        let iso = t.find("POST", "/api/machines/m1/isolate").unwrap();
+        assert_eq!(
+            (iso.class.as_str(), iso.max_in_flight),
+            (DEFAULT_CLASS, Some(5))
+        );
+        assert_eq!(iso.rates, default_rates());
     }
 
     #[test]

@@ -535,6 +535,32 @@ pub extern "C" fn qg_client_builder_add_route(
     }
 }
 
+/// Caps the calls under way at once of requests of `method` (NULL: any) to paths
+/// matching `path_pattern` (as in `qg_client_builder_add_route`), per tenant and app: a
+/// call beyond the cap waits its turn in FIFO order until one of them is answered, with
+/// the deadline (`qg_client_builder_set_max_quota_wait_ms`, then `QG_ERR_THROTTLED`),
+/// cancel and close behaviour of quota waits. The route with exactly that method and
+/// pattern gets the cap; without one, the requests keep the class and limits they had.
+/// Live response (`POST /api/machines/{id}/runliveresponse`) is capped at 25 by default;
+/// `max_in_flight` 0 lifts a cap. Calling again for the same method and pattern replaces
+/// the cap. `b` and `path_pattern` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_max_in_flight(
+    b: *mut qg_client_builder,
+    method: *const c_char,
+    path_pattern: *const c_char,
+    max_in_flight: u32,
+) -> qg_result {
+    ffi_boundary! {
+        let method = unsafe { opt_str(method, "method") }?;
+        let pattern = unsafe { try_str(path_pattern, "path_pattern") }?;
+        if !pattern.starts_with('/') {
+            return Err(FfiError::invalid("a path pattern starts with '/'"));
+        }
+        with_builder(b, |x| x.max_in_flight(method, pattern, max_in_flight))
+    }
+}
+
 /// Makes the client take its quotas from `l` (shared with other clients and with direct
 /// `qg_limiter_*` calls) instead of a limiter of its own. The client keeps its own
 /// reference: `l` may be freed afterwards. `b` and `l` must not be NULL.
@@ -900,7 +926,8 @@ pub extern "C" fn qg_pages_free(p: *mut qg_pages) {
 /// `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
 /// `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
 /// `waited_calls`, `total_wait_ms`, `longest_wait_ms`, `pauses` and `windows`
-/// (`used`, `calls`, `window_ms`). No NULL. Thread-safe.
+/// (`used`, `calls`, `window_ms`), and `in_flight_peaks` (for each route with a cap on
+/// calls under way, the most there were at once). No NULL. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_stats_json(c: *const qg_client, out: *mut *mut c_char) -> qg_result {
     ffi_boundary! {
@@ -1097,6 +1124,45 @@ mod tests {
             QG_ERR_INVALID_ARGUMENT
         );
         assert!(last_error().contains("does not belong"), "{}", last_error());
+        qg_client_builder_free(b);
+    }
+
+    #[test]
+    fn in_flight_caps_are_set_per_route() {
+        let b = new_builder();
+        let (post, pattern) = (
+            CString::new("POST").unwrap(),
+            CString::new("/api/machines/{id}/isolate").unwrap(),
+        );
+        assert_eq!(
+            qg_client_builder_set_max_in_flight(b, post.as_ptr(), pattern.as_ptr(), 3),
+            QG_OK
+        );
+        let live = CString::new("/api/machines/*/runliveresponse").unwrap();
+        assert_eq!(
+            qg_client_builder_set_max_in_flight(b, post.as_ptr(), live.as_ptr(), 0),
+            QG_OK
+        );
+        let routes = unsafe { &*b }.builder.routes();
+        assert_eq!(
+            routes
+                .find("POST", "/api/machines/m/isolate")
+                .unwrap()
+                .max_in_flight,
+            Some(3)
+        );
+        assert_eq!(
+            routes
+                .find("POST", "/api/machines/m/runliveresponse")
+                .unwrap()
+                .max_in_flight,
+            None
+        );
+        let relative = CString::new("api/x").unwrap();
+        assert_eq!(
+            qg_client_builder_set_max_in_flight(b, std::ptr::null(), relative.as_ptr(), 1),
+            QG_ERR_INVALID_ARGUMENT
+        );
         qg_client_builder_free(b);
     }
 

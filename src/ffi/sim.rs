@@ -277,7 +277,8 @@ pub extern "C" fn qg_sim_log_json(s: *const qg_sim, out: *mut *mut c_char) -> qg
 /// Writes the simulator's figures as a JSON object to `*out` (free with
 /// `qg_string_free`): `requests`, `throttled`, `token_requests`, `resets`, `errors_503`,
 /// `by_status` (status to count) and `max_in_window` (class to a list of `calls`,
-/// `window_ms` and `peak`: the most calls one client had inside any rolling window).
+/// `window_ms` and `peak`: the most calls one client had inside any rolling window) and
+/// `max_in_flight` (class to the most calls answered at once; `live_response` only).
 /// `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_sim_stats_json(s: *const qg_sim, out: *mut *mut c_char) -> qg_result {
@@ -293,6 +294,7 @@ pub extern "C" fn qg_sim_stats_json(s: *const qg_sim, out: *mut *mut c_char) -> 
         let v = json!({
             "requests": st.requests, "throttled": st.throttled, "token_requests": st.token_requests,
             "resets": st.resets, "errors_503": st.errors_503, "by_status": by_status, "max_in_window": windows,
+            "max_in_flight": st.max_in_flight,
         });
         out.write(to_c_string(v.to_string())?);
         Ok(())

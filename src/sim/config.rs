@@ -9,6 +9,8 @@ pub const CLASS_DEFAULT: &str = "default";
 pub const CLASS_HUNTING: &str = "hunting";
 /// `POST /api/alerts/batchUpdate`.
 pub const CLASS_BATCH_UPDATE_ALERTS: &str = "batch_update_alerts";
+/// `POST /api/machines/{id}/runliveresponse`.
+pub const CLASS_LIVE_RESPONSE: &str = "live_response";
 /// The token endpoints (v1 and v2), limited per client id given in the form.
 pub const CLASS_TOKEN: &str = "token";
 /// Requests that match no served endpoint; never authenticated nor limited.
@@ -40,7 +42,8 @@ pub struct Limits {
 
 impl Default for Limits {
     /// The published quotas: 100/min and 1,500/h by default, hunting 45/min and 1,500/h,
-    /// alert batch updates 10/min and 500/h; the token endpoint 1,000/min per client.
+    /// alert batch updates 10/min and 500/h, live response 10/min; the token endpoint
+    /// 1,000/min per client.
     fn default() -> Limits {
         let mut limits = Limits {
             classes: BTreeMap::new(),
@@ -48,6 +51,7 @@ impl Default for Limits {
         limits.set(CLASS_DEFAULT, &[(100, 60.0), (1500, 3600.0)]);
         limits.set(CLASS_HUNTING, &[(45, 60.0), (1500, 3600.0)]);
         limits.set(CLASS_BATCH_UPDATE_ALERTS, &[(10, 60.0), (500, 3600.0)]);
+        limits.set(CLASS_LIVE_RESPONSE, &[(10, 60.0)]);
         limits.set(CLASS_TOKEN, &[(1000, 60.0)]);
         limits
     }
@@ -218,6 +222,11 @@ pub struct SimConfig {
     pub page_size_max: usize,
     /// Simulated run time of a hunting query, in API time.
     pub hunting_delay: Duration,
+    /// How long, in API time, `runliveresponse` takes to answer; [`SimStats::max_in_flight`]
+    /// shows how many such calls the server held at once.
+    ///
+    /// [`SimStats::max_in_flight`]: super::SimStats::max_in_flight
+    pub live_response_delay: Duration,
     /// How long, in API time, an isolation stays "in progress": a second isolate of the
     /// same machine within it answers 400 `ActiveRequestAlreadyExists`. Zero turns the
     /// check off.
@@ -243,6 +252,7 @@ impl Default for SimConfig {
             seed: 0x5eed,
             page_size_max: 10_000,
             hunting_delay: Duration::ZERO,
+            live_response_delay: Duration::ZERO,
             action_pending: Duration::ZERO,
         }
     }
@@ -374,6 +384,12 @@ impl SimConfig {
     /// Sets the simulated run time of a hunting query (API time).
     pub fn hunting_delay(mut self, delay: Duration) -> Self {
         self.hunting_delay = delay;
+        self
+    }
+
+    /// Sets how long `runliveresponse` takes to answer (API time).
+    pub fn live_response_delay(mut self, delay: Duration) -> Self {
+        self.live_response_delay = delay;
         self
     }
 

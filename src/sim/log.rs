@@ -66,6 +66,9 @@ pub struct SimStats {
     /// instants of the counted calls, apart from the admission decisions, so it is
     /// what a test compares with the limits.
     pub max_in_window: BTreeMap<String, Vec<WindowPeak>>,
+    /// Per class that tracks it (`live_response`): the most calls the server was
+    /// answering at once.
+    pub max_in_flight: BTreeMap<String, u32>,
 }
 
 impl SimStats {

@@ -17,6 +17,7 @@
 //! | `GET /api/machines/{id}`, `GET /api/alerts/{id}` | `default` | the item or 404 |
 //! | `POST /api/machines/{id}/isolate` | `default` | 201, a machine action |
 //! | `POST /api/machines/{id}/tags` | `default` | 200, the machine |
+//! | `POST /api/machines/{id}/runliveresponse` | `live_response` | 201 after `live_response_delay` |
 //! | `POST /api/advancedqueries/run` | `hunting` | schema and rows |
 //! | `POST /api/alerts/batchUpdate` | `batch_update_alerts` | 200, no body |
 //! | anything else | `unrouted` | 404 `NotFound` |
@@ -51,8 +52,8 @@ mod server;
 mod tests;
 
 pub use config::{
-    CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_TOKEN, CLASS_UNROUTED, Faults,
-    Limit, Limits, RetryAfterStyle, SimConfig, WindowKind,
+    CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_LIVE_RESPONSE, CLASS_TOKEN,
+    CLASS_UNROUTED, Faults, Limit, Limits, RetryAfterStyle, SimConfig, WindowKind,
 };
 pub use log::{LogEntry, SimStats, WindowPeak};
 
@@ -66,7 +67,7 @@ use std::time::{Duration, Instant};
 
 /// Worker threads: enough that concurrent clients and latency do not queue behind
 /// each other.
-const WORKERS: usize = 8;
+const WORKERS: usize = 32;
 
 /// The largest request body read (larger ones are cut).
 const MAX_BODY: u64 = 16 << 20;
@@ -210,7 +211,10 @@ impl Simulator {
     /// Figures over the log; peaks are measured against the limits in force now.
     pub fn stats(&self) -> SimStats {
         let st = self.inner.core.state.lock();
-        SimStats::compute(&st.log, &st.live.limits, self.inner.core.config.time_scale)
+        let mut stats =
+            SimStats::compute(&st.log, &st.live.limits, self.inner.core.config.time_scale);
+        stats.max_in_flight = st.max_in_flight.clone();
+        stats
     }
 
     /// How often `action` (`"isolate"` or `"tag"`) was applied to machine `machine_id`
@@ -344,6 +348,9 @@ fn handle(inner: &Inner, mut request: tiny_http::Request) {
         body: &body,
     });
     inner.sleep(out.delay);
+    if let Some(class) = out.in_flight {
+        inner.core.leave(class);
+    }
     if out.reset {
         net::reset(request, inner.addr);
         return;

@@ -4,14 +4,15 @@
 //! a call is counted at, the quota state and the log always agree.
 
 use super::config::{
-    CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_TOKEN, CLASS_UNROUTED, Faults,
-    Limits, RetryAfterStyle, SimConfig,
+    CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_LIVE_RESPONSE, CLASS_TOKEN,
+    CLASS_UNROUTED, Faults, Limits, RetryAfterStyle, SimConfig,
 };
 use super::data::{self, Alert, Machine};
 use super::log::LogEntry;
 use super::quota::{Decision, QuotaBook, RealLimit, timespan};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,9 @@ pub(crate) struct Outgoing {
     pub delay: Duration,
     /// Close the connection instead of answering.
     pub reset: bool,
+    /// The class whose in-flight count this call holds until its answer is written
+    /// ([`Core::leave`]).
+    pub in_flight: Option<&'static str>,
 }
 
 /// An answer before the common headers are added.
@@ -86,6 +90,7 @@ enum Route {
     Machines,
     Machine(String),
     Isolate(String),
+    LiveResponse(String),
     Tags(String),
     Alerts,
     Alert(String),
@@ -119,6 +124,7 @@ impl Route {
             ("GET", ["api", "machines", _]) => Route::Machine(id(2)),
             ("POST", ["api", "machines", _, "isolate"]) => Route::Isolate(id(2)),
             ("POST", ["api", "machines", _, "tags"]) => Route::Tags(id(2)),
+            ("POST", ["api", "machines", _, "runliveresponse"]) => Route::LiveResponse(id(2)),
             ("GET", ["api", "alerts"]) => Route::Alerts,
             ("POST", ["api", "alerts", "batchupdate"]) => Route::BatchUpdateAlerts,
             ("GET", ["api", "alerts", _]) => Route::Alert(id(2)),
@@ -133,6 +139,7 @@ impl Route {
             Route::Token { .. } => CLASS_TOKEN,
             Route::Hunting => CLASS_HUNTING,
             Route::BatchUpdateAlerts => CLASS_BATCH_UPDATE_ALERTS,
+            Route::LiveResponse(_) => CLASS_LIVE_RESPONSE,
             Route::Unrouted => CLASS_UNROUTED,
             _ => CLASS_DEFAULT,
         }
@@ -153,6 +160,9 @@ pub(crate) struct Live {
 
 pub(crate) struct State {
     pub live: Live,
+    /// Calls being answered now, and the most at once, per class (live response only).
+    in_flight: HashMap<&'static str, u32>,
+    pub max_in_flight: BTreeMap<String, u32>,
     /// `jti`s of accepted client assertions, with their `exp`.
     seen_jti: HashMap<String, i64>,
     pub log: Vec<LogEntry>,
@@ -192,6 +202,8 @@ impl Core {
                 retry_after_style: config.retry_after_style,
             },
             seen_jti: HashMap::new(),
+            in_flight: HashMap::new(),
+            max_in_flight: BTreeMap::new(),
             log: Vec::new(),
             actions: HashMap::new(),
             fault_rng: fastrand::Rng::with_seed(config.seed),
@@ -280,6 +292,15 @@ impl Core {
 
         entry.status = reply.status;
         st.log.push(entry);
+        let in_flight =
+            (matches!(route, Route::LiveResponse(_)) && reply.status == 201).then(|| {
+                let n = st.in_flight.entry(class).or_default();
+                *n += 1;
+                let n = *n;
+                let max = st.max_in_flight.entry(class.to_owned()).or_default();
+                *max = (*max).max(n);
+                class
+            });
 
         let mut headers = reply.headers;
         headers.push(("Content-Type", "application/json; charset=utf-8".to_owned()));
@@ -297,6 +318,15 @@ impl Core {
             body: reply.body,
             delay: reply.delay + latency,
             reset,
+            in_flight,
+        }
+    }
+
+    /// Ends a call counted in flight, before its answer is written (so the count never
+    /// exceeds what the client holds).
+    pub fn leave(&self, class: &'static str) {
+        if let Some(n) = self.state.lock().in_flight.get_mut(class) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -608,6 +638,7 @@ impl Core {
             },
             Route::Isolate(id) => self.isolate(st, id, &client, rq.body, now, request_id),
             Route::Tags(id) => self.tag(st, id, rq.body, request_id),
+            Route::LiveResponse(id) => self.live_response(st, id, &client, rq.body, request_id),
             Route::Hunting => self.hunt(st, rq.body, request_id),
             Route::BatchUpdateAlerts => batch_update(rq.body, request_id),
             Route::Token { .. } | Route::Unrouted => unreachable!("routed before"),
@@ -800,6 +831,46 @@ impl Core {
             200,
             &self.with_context(&st.machines[index], "Machines/$entity"),
         )
+    }
+
+    fn live_response(
+        &self,
+        st: &mut State,
+        id: &str,
+        client: &str,
+        body: &[u8],
+        request_id: &str,
+    ) -> Reply {
+        let commands = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("Commands").and_then(Value::as_array).cloned());
+        let Some(commands) = commands.filter(|c| !c.is_empty()) else {
+            return invalid_body("Commands must be a non-empty array.", request_id);
+        };
+        let Some(&index) = st.machine_index.get(&id.to_ascii_lowercase()) else {
+            return machine_not_found(id, request_id);
+        };
+        let machine_id = st.machines[index].id.clone();
+        *st.actions
+            .entry((machine_id.clone(), "liveresponse".to_owned()))
+            .or_default() += 1;
+        let at = data::iso_now();
+        let mut reply = Reply::json(
+            201,
+            &json!({
+                "@odata.context": format!("{}/api/$metadata#MachineActions/$entity", self.base_url),
+                "id": new_uuid(&mut st.id_rng),
+                "type": "LiveResponse",
+                "requestor": client,
+                "status": "Pending",
+                "machineId": machine_id,
+                "commands": commands,
+                "creationDateTimeUtc": at,
+                "lastUpdateDateTimeUtc": at,
+            }),
+        );
+        reply.delay = self.config.real(self.config.live_response_delay);
+        reply
     }
 
     fn hunt(&self, st: &State, body: &[u8], request_id: &str) -> Reply {
