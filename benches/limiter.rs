@@ -33,6 +33,9 @@ unsafe extern "C" {
     fn qg_limiter_free(l: *const QgLimiter);
 }
 
+/// Builds one case's closure afresh for every round.
+type Case = (&'static str, Box<dyn Fn() -> Arc<dyn Fn() + Send + Sync>>);
+
 /// Rates that a benchmark never reaches: the measured path is always "admitted".
 const CALLS: u32 = 2_000_000_000;
 
@@ -95,7 +98,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, iters) = if quick { (3, 200_000) } else { (7, 2_000_000) };
 
-    let mut cases: Vec<(&str, Box<dyn Fn() -> Arc<dyn Fn() + Send + Sync>>)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     cases.push((
         "governor direct check",
         Box::new(|| {

@@ -28,6 +28,46 @@
 
 
 /**
+ * The default limit of one answer's body: 256 MiB (hunting results reach 124 MB).
+ */
+#define DEFAULT_MAX_BODY (256 << 20)
+
+/**
+ * Field of `qg_last_error_detail` and `qg_response_error_detail`: the HTTP status.
+ */
+#define QG_DETAIL_HTTP_STATUS 0
+
+/**
+ * Field: the server's `error.code`, such as `ResourceNotFound`.
+ */
+#define QG_DETAIL_SERVER_CODE 1
+
+/**
+ * Field: the server's `error.message`.
+ */
+#define QG_DETAIL_SERVER_MESSAGE 2
+
+/**
+ * Field: the server's `error.target` (the correlation id to quote to support).
+ */
+#define QG_DETAIL_TARGET 3
+
+/**
+ * Field: the `request-id` header.
+ */
+#define QG_DETAIL_REQUEST_ID 4
+
+/**
+ * Field: the last wait the server asked for, in milliseconds.
+ */
+#define QG_DETAIL_RETRY_AFTER_MS 5
+
+/**
+ * Field: the attempts made.
+ */
+#define QG_DETAIL_ATTEMPTS 6
+
+/**
  * Field of `qg_bucket_stats_get`: calls admitted.
  */
 #define QG_STAT_ADMITTED_CALLS 0
@@ -83,6 +123,31 @@
 #define QG_STAT_QUEUED 10
 
 /**
+ * Log level: failures.
+ */
+#define QG_LOG_ERROR 1
+
+/**
+ * Log level: something went wrong but the call goes on (an ambiguous failure, a lowered limit).
+ */
+#define QG_LOG_WARN 2
+
+/**
+ * Log level: 429s and pauses, token refreshes after a 401.
+ */
+#define QG_LOG_INFO 3
+
+/**
+ * Log level: waits for quota, retries, tokens obtained.
+ */
+#define QG_LOG_DEBUG 4
+
+/**
+ * Log level: everything.
+ */
+#define QG_LOG_TRACE 5
+
+/**
  * A snapshot of one bucket's statistics, taken by `qg_limiter_stats`.
  *
  * Methods: `qg_bucket_stats_get`, `qg_bucket_stats_window_count`,
@@ -91,6 +156,30 @@
  * Immutable: safe to read from several threads. Free it with `qg_bucket_stats_free`.
  */
 typedef struct qg_bucket_stats qg_bucket_stats;
+
+/**
+ * A thread-safe client of the Defender APIs: every call waits for its quota, tokens are
+ * cached and refreshed, 429s pause the bucket and are retried, pages are followed.
+ *
+ * Methods: `qg_client_send`, `qg_client_pages`, `qg_client_stats_json`,
+ * `qg_client_close`, `qg_client_free`.
+ *
+ * Reference counted inside and safe to use from any number of threads at once; share
+ * one client. Free it once with `qg_client_free`.
+ */
+typedef struct qg_client qg_client;
+
+/**
+ * Configures a client before it is built.
+ *
+ * Methods: `qg_client_builder_new`, `qg_client_builder_set_*`,
+ * `qg_client_builder_add_default_rate`, `qg_client_builder_add_route`,
+ * `qg_client_builder_build`, `qg_client_builder_free`.
+ *
+ * Owned by the caller, who frees it with `qg_client_builder_free`; it holds the secret
+ * until then (wiped on free). Not for use by several threads at once.
+ */
+typedef struct qg_client_builder qg_client_builder;
 
 /**
  * A thread-safe limiter of calls by key: exact rolling windows, several at once, FIFO
@@ -118,6 +207,39 @@ typedef struct qg_limiter qg_limiter;
 typedef struct qg_limiter_builder qg_limiter_builder;
 
 /**
+ * The pages (and items) of a list, following `@odata.nextLink`.
+ *
+ * Methods: `qg_pages_next`, `qg_pages_next_item`, `qg_pages_free`.
+ *
+ * Not for use by several threads at once. Free it with `qg_pages_free`.
+ */
+typedef struct qg_pages qg_pages;
+
+/**
+ * A request: method, path or URL, query, headers, body.
+ *
+ * Methods: `qg_request_new`, `qg_request_add_query`, `qg_request_set_header`,
+ * `qg_request_set_body`, `qg_request_cancel`, `qg_request_free`.
+ *
+ * Build it on one thread; once sent it may be sent again, and `qg_request_cancel` may be
+ * called from any thread while another sends it. Free it with `qg_request_free` when no
+ * send uses it.
+ */
+typedef struct qg_request qg_request;
+
+/**
+ * An answer: status, headers and body, owned by the caller.
+ *
+ * Methods: `qg_response_status`, `qg_response_body`, `qg_response_header`,
+ * `qg_response_header_count`, `qg_response_header_at`, `qg_response_attempts`,
+ * `qg_response_error_detail`, `qg_response_free`.
+ *
+ * Immutable: safe to read from several threads. Pointers it hands out stay valid until
+ * `qg_response_free`.
+ */
+typedef struct qg_response qg_response;
+
+/**
  * A place in a bucket's queue, taken by `qg_limiter_enqueue`, so that a caller can wait
  * in short slices (and react to Ctrl+C in between) without losing its turn.
  *
@@ -136,6 +258,14 @@ typedef struct qg_ticket qg_ticket;
  * of the calling thread's last failure.
  */
 typedef uint32_t qg_result;
+
+/**
+ * A log callback: `level` is one of `QG_LOG_*`, `message` a NUL-terminated UTF-8 string
+ * valid only during the call, `user_data` what was given to `qg_set_logger`. It may be
+ * called from any thread, at any time until `qg_set_logger(NULL, ...)` returns; it must
+ * not call back into the library's logging setup.
+ */
+typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 
 /**
  * Success.
@@ -161,6 +291,16 @@ typedef uint32_t qg_result;
  * The library panicked; the operation did not complete. The last error text tells why.
  */
 #define QG_ERR_PANIC 103
+
+/**
+ * What was asked for does not exist (a header, a field).
+ */
+#define QG_ERR_NOT_FOUND 104
+
+/**
+ * Paging: there are no more pages or items. Not a failure.
+ */
+#define QG_DONE 105
 
 /**
  * The deadline passed, or could not be met, before the quota admitted the call.
@@ -197,9 +337,294 @@ typedef uint32_t qg_result;
  */
 #define QG_ERR_NOT_WAITING 206
 
+/**
+ * The server answered with an error status (paging; `qg_client_send` returns `QG_OK` for
+ * every answer). `qg_last_error_detail` gives the server's details.
+ */
+#define QG_ERR_HTTP_STATUS 300
+
+/**
+ * The connection failed, or the outcome of a request that must not be repeated is
+ * unknown (an ambiguous POST failure is reported, never silently repeated).
+ */
+#define QG_ERR_TRANSPORT 301
+
+/**
+ * The quota budget (attempts, or the longest wait for quota) ran out while throttled.
+ */
+#define QG_ERR_THROTTLED 302
+
+/**
+ * No access token could be obtained (the token endpoint refused the credentials).
+ */
+#define QG_ERR_AUTH 303
+
+/**
+ * The answer's body is larger than the configured limit.
+ */
+#define QG_ERR_BODY_TOO_LARGE 304
+
+/**
+ * The simulator could not start (the port is taken, ...).
+ */
+#define QG_ERR_IO 400
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Creates a client builder with the defaults: the commercial MDE API, the commercial
+ * login authority, 10 s to connect, 300 s per exchange, 8 attempts, 15 minutes of quota
+ * wait at most, 256 MiB bodies, the published route table. On success `*out` receives a
+ * builder that the caller frees with `qg_client_builder_free`. `out` must not be NULL.
+ */
+qg_result qg_client_builder_new(qg_client_builder **out);
+
+/**
+ * Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
+ * `NO_PROXY`), which is the default. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_proxy(qg_client_builder *b, const char *url);
+
+/**
+ * Sets the time limit of one HTTP exchange in milliseconds (default 300000; above 0).
+ * `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_timeout_ms(qg_client_builder *b, uint64_t total_ms);
+
+/**
+ * Sets the time limit of connecting in milliseconds (default 10000; above 0).
+ * `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_connect_timeout_ms(qg_client_builder *b, uint64_t ms);
+
+/**
+ * Sets the largest answer body accepted, in bytes (default 256 MiB); a larger one fails
+ * the call with `QG_ERR_BODY_TOO_LARGE`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_max_body_bytes(qg_client_builder *b, uint64_t n);
+
+/**
+ * Sets the attempts per call, the first included (default 8; at least 1).
+ * `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_max_attempts(qg_client_builder *b, uint32_t n);
+
+/**
+ * Sets the longest a call may wait for quota in all, in milliseconds (default 15
+ * minutes); past it the call fails with `QG_ERR_THROTTLED`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_max_quota_wait_ms(qg_client_builder *b, uint64_t ms);
+
+/**
+ * Adds a limit of `calls` per `window_ms` to requests that no route names. The first
+ * call replaces the built-in defaults (100/min + 1,500/h); later calls add rates that
+ * apply together. `b` must not be NULL.
+ */
+qg_result qg_client_builder_add_default_rate(qg_client_builder *b,
+                                             uint32_t calls,
+                                             uint64_t window_ms);
+
+/**
+ * Adds a limit of `calls` per `window_ms` for requests of `method` (NULL: any) to paths
+ * matching `path_pattern` (`*` stands for one segment: `/api/machines/*/isolate`).
+ * User routes come before the built-in ones; calling again with the same method and
+ * pattern adds another rate to that route. `b` and `path_pattern` must not be NULL.
+ */
+qg_result qg_client_builder_add_route(qg_client_builder *b,
+                                      const char *method,
+                                      const char *path_pattern,
+                                      uint32_t calls,
+                                      uint64_t window_ms);
+
+/**
+ * Makes the client take its quotas from `l` (shared with other clients and with direct
+ * `qg_limiter_*` calls) instead of a limiter of its own. The client keeps its own
+ * reference: `l` may be freed afterwards. `b` and `l` must not be NULL.
+ */
+qg_result qg_client_builder_set_limiter(qg_client_builder *b, const qg_limiter *l);
+
+/**
+ * Builds a client. The builder is not consumed. On success `*out` receives a client that
+ * the caller frees with `qg_client_free`. Fails with `QG_ERR_INVALID_ARGUMENT` when
+ * credentials are missing or a URL is invalid. `b` and `out` must not be NULL.
+ */
+qg_result qg_client_builder_build(const qg_client_builder *b, const qg_client **out);
+
+/**
+ * Frees a client builder and wipes the secret it holds. NULL does nothing; never free
+ * the same builder twice.
+ */
+void qg_client_builder_free(qg_client_builder *b);
+
+/**
+ * Creates a request of `method` (such as "GET", "POST") to `path_or_url`: a path on the
+ * base URL ("/api/machines") or an absolute URL on the same host (an
+ * `@odata.nextLink`, used exactly as given). On success `*out` receives a request that
+ * the caller frees with `qg_request_free`. No argument may be NULL.
+ */
+qg_result qg_request_new(const char *method, const char *path_or_url, qg_request **out);
+
+/**
+ * Adds a query parameter; the library percent-encodes name and value. No NULL.
+ */
+qg_result qg_request_add_query(qg_request *r, const char *name, const char *value);
+
+/**
+ * Sets a header, replacing one of the same name (case-insensitive). The client sets
+ * `Authorization` itself. No NULL.
+ */
+qg_result qg_request_set_header(qg_request *r, const char *name, const char *value);
+
+/**
+ * Sets the body: `len` bytes copied from `body` (NULL only when `len` is 0), with the
+ * content type `content_type` (NULL: "application/json"). `r` must not be NULL.
+ */
+qg_result qg_request_set_body(qg_request *r,
+                              const uint8_t *body,
+                              size_t len,
+                              const char *content_type);
+
+/**
+ * Cancels the request's waits: a `qg_client_send` or `qg_pages_next` using it returns
+ * `QG_ERR_CANCELLED` within about 50 ms of this call if it is waiting for quota, a token
+ * or a backoff (an exchange on the wire ends at its timeout). Thread-safe; `r` must not
+ * be NULL. A cancelled request stays cancelled.
+ */
+qg_result qg_request_cancel(const qg_request *r);
+
+/**
+ * Frees a request. NULL does nothing; never free the same request twice, nor while a
+ * send uses it.
+ */
+void qg_request_free(qg_request *r);
+
+/**
+ * Sends a request through the limiter, with token handling and retries, and blocks until
+ * the final answer.
+ *
+ * Returns `QG_OK` whenever the server gave a final answer, whatever its status (check it
+ * with `qg_response_status`); `*out` then receives a response to free with
+ * `qg_response_free`. Failures: `QG_ERR_THROTTLED` (quota budget ran out),
+ * `QG_ERR_TIMEOUT`, `QG_ERR_TRANSPORT` (including an ambiguous POST failure, which is
+ * never repeated), `QG_ERR_AUTH`, `QG_ERR_BODY_TOO_LARGE`, `QG_ERR_CANCELLED`,
+ * `QG_ERR_CLOSED`, `QG_ERR_INVALID_ARGUMENT`; then `qg_last_error_detail` gives the
+ * server's details on the same thread. No argument may be NULL. Thread-safe.
+ */
+qg_result qg_client_send(const qg_client *c, const qg_request *r, qg_response **out);
+
+/**
+ * Writes the answer's HTTP status to `*out`. No NULL.
+ */
+qg_result qg_response_status(const qg_response *r, uint16_t *out);
+
+/**
+ * Lends the answer's body: `*data` (not NUL-terminated; NULL-free even when empty) and
+ * `*len`, valid until `qg_response_free`. No NULL.
+ */
+qg_result qg_response_body(const qg_response *r, const uint8_t **data, size_t *len);
+
+/**
+ * Lends the value of the first header called `name` (case-insensitive): `*value` (not
+ * NUL-terminated) and `*len`, valid until `qg_response_free`. `QG_ERR_NOT_FOUND` when
+ * absent. No NULL.
+ */
+qg_result qg_response_header(const qg_response *r,
+                             const char *name,
+                             const uint8_t **value,
+                             size_t *len);
+
+/**
+ * Writes the number of headers to `*out`. No NULL.
+ */
+qg_result qg_response_header_count(const qg_response *r, size_t *out);
+
+/**
+ * Lends header `index` (in the order received; names in lower case): name and value as
+ * (pointer, length) pairs, not NUL-terminated, valid until `qg_response_free`. An index
+ * past the end gives `QG_ERR_NOT_FOUND`. No NULL.
+ */
+qg_result qg_response_header_at(const qg_response *r,
+                                size_t index,
+                                const uint8_t **name,
+                                size_t *name_len,
+                                const uint8_t **value,
+                                size_t *value_len);
+
+/**
+ * Writes to `*out` how many attempts the answer took (1 when the first was answered).
+ * No NULL.
+ */
+qg_result qg_response_attempts(const qg_response *r, uint32_t *out);
+
+/**
+ * Copies one of the answer's error details (a `QG_DETAIL_*` field, read from the error
+ * body and headers) into `buf`, with the conventions of `qg_last_error_message`; an
+ * absent detail gives "". An unknown field gives `QG_ERR_INVALID_ARGUMENT`.
+ * `r` and `written` must not be NULL.
+ */
+qg_result qg_response_error_detail(const qg_response *r,
+                                   uint32_t field,
+                                   char *buf,
+                                   size_t len,
+                                   size_t *written);
+
+/**
+ * Frees a response. NULL does nothing; never free the same response twice.
+ */
+void qg_response_free(qg_response *r);
+
+/**
+ * Starts paging: the first request is `first` (copied, with its cancel handle), and each
+ * following page is the previous one's `@odata.nextLink`, used exactly as given. Nothing
+ * is sent until `qg_pages_next` or `qg_pages_next_item`. On success `*out` receives
+ * pages to free with `qg_pages_free`. No NULL.
+ */
+qg_result qg_client_pages(const qg_client *c, const qg_request *first, qg_pages **out);
+
+/**
+ * Fetches the next page: `QG_OK` and a response in `*out` (free with
+ * `qg_response_free`), `QG_DONE` after the last page, or a failure as in
+ * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`. Blocks like
+ * `qg_client_send`. No NULL.
+ */
+qg_result qg_pages_next(qg_pages *p, qg_response **out);
+
+/**
+ * Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
+ * (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
+ * Failures as in `qg_pages_next`. Do not mix with `qg_pages_next` on the same pages.
+ * No NULL.
+ */
+qg_result qg_pages_next_item(qg_pages *p, char **item_json);
+
+/**
+ * Frees pages. NULL does nothing; never free the same pages twice.
+ */
+void qg_pages_free(qg_pages *p);
+
+/**
+ * Writes the client's statistics as a JSON object to `*out` (free with
+ * `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
+ * `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
+ * `waited_calls`, `total_wait_ms`, `longest_wait_ms`, `pauses` and `windows`
+ * (`used`, `calls`, `window_ms`). No NULL. Thread-safe.
+ */
+qg_result qg_client_stats_json(const qg_client *c, char **out);
+
+/**
+ * Closes the client: calls waiting for quota, a token or a backoff end with
+ * `QG_ERR_CLOSED` within about 50 ms, and later calls fail the same way. A shared
+ * limiter stays open. The handle stays valid until `qg_client_free`. Thread-safe.
+ */
+qg_result qg_client_close(const qg_client *c);
+
+/**
+ * Releases the caller's reference to the client. NULL does nothing; never free the same
+ * handle twice, nor while another thread still uses it.
+ */
+void qg_client_free(const qg_client *c);
 
 /**
  * Copies the text of the calling thread's last failure into `buf` as a NUL-terminated
@@ -214,6 +639,17 @@ extern "C" {
  * needed without the NUL (call with `buf = NULL, len = 0` to ask for it).
  */
 qg_result qg_last_error_message(char *buf, size_t len, size_t *written);
+
+/**
+ * Copies one detail of the calling thread's last failure (a `QG_DETAIL_*` field) as
+ * NUL-terminated UTF-8 text into `buf`, with the conventions of `qg_last_error_message`.
+ *
+ * Details exist after client calls that reached the server (HTTP status, the server's
+ * code, message and correlation id, request id, Retry-After, attempts); a detail that
+ * is unknown gives an empty string. An unknown field gives `QG_ERR_INVALID_ARGUMENT`.
+ * Calling this function never changes the last error.
+ */
+qg_result qg_last_error_detail(uint32_t field, char *buf, size_t len, size_t *written);
 
 /**
  * A static, NUL-terminated description of a result code (never NULL; an unknown code
@@ -400,6 +836,23 @@ qg_result qg_bucket_stats_window(const qg_bucket_stats *s,
  * Frees a statistics snapshot. NULL does nothing; never free the same snapshot twice.
  */
 void qg_bucket_stats_free(qg_bucket_stats *s);
+
+/**
+ * Sends the library's log records at `max_level` (a `QG_LOG_*` value) and more severe
+ * to `callback` with `user_data`; NULL `callback` stops. Replaces an earlier callback.
+ *
+ * Returns `QG_ERR_INVALID_ARGUMENT` for an unknown level, or when the process already
+ * routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one).
+ * Thread-safe.
+ */
+qg_result qg_set_logger(qg_log_fn callback, uint32_t max_level, void *user_data);
+
+/**
+ * Frees a string returned by the library through a `char **` out-parameter
+ * (`qg_pages_next_item`, `qg_client_stats_json`, `qg_sim_log_json`, ...).
+ * NULL does nothing; never free the same string twice, nor one from elsewhere.
+ */
+void qg_string_free(char *s);
 
 /**
  * The library's version as a static NUL-terminated string such as "0.1.0".

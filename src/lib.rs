@@ -6,6 +6,8 @@
 //! - [`limiter`]: a synchronous, thread-safe limiter with exact rolling windows, several
 //!   windows per bucket, FIFO waiting with deadlines, pauses on server feedback, and waits
 //!   that can be taken in slices and cancelled.
+//! - [`sim`] (feature `sim`, on by default): a local simulator of the Defender API that
+//!   enforces the quotas on its own, for tests, demos and offline trials of scripts.
 //! - `ffi` (not a Rust API): the stable C ABI declared in `include/quotagate.h`.
 //!
 //! The layout is the architecture: the limiter knows nothing of HTTP and the C ABI only
@@ -13,7 +15,10 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod limiter;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 mod ffi;
 

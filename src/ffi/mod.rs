@@ -2,12 +2,16 @@
 //!
 //! Every exported function is a plain `extern "C" fn` whose body runs inside the panic
 //! boundary of [`boundary`]; each C object has its own file. The shared plumbing lives in
-//! `boundary.rs` (panics, pointers, strings) and `error.rs` (result codes, last error).
+//! `boundary.rs` (panics, pointers, strings), `error.rs` (result codes, last error) and
+//! `string.rs` (strings handed to C).
 
 #![allow(non_camel_case_types)]
 
 #[macro_use]
 mod boundary;
+mod client;
 mod error;
 mod limiter;
+mod log;
+mod string;
 mod version;

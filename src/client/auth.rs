@@ -1,0 +1,332 @@
+//! Access tokens: fetched on first use, cached, refreshed before `expires_in` runs out,
+//! one refresh at a time while the other threads keep using the current token or wait.
+
+use super::error::{Error, ErrorDetails};
+use super::http::{encode, exchange};
+use super::secret::Secret;
+use super::{Cancel, ClientShared};
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How the client obtains tokens.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// OAuth2 client credentials with a client secret.
+    ClientSecret {
+        /// The tenant (directory) id.
+        tenant_id: String,
+        /// The application (client) id.
+        client_id: String,
+        /// The client secret.
+        secret: Secret,
+    },
+    /// A token obtained elsewhere, used as is.
+    AccessToken(Secret),
+}
+
+/// A cached token.
+#[derive(Debug)]
+pub(crate) struct Token {
+    pub(crate) value: Secret,
+    /// From here on one thread refreshes it while the others keep using it.
+    refresh_at: Instant,
+    /// From here on nobody uses it.
+    expires_at: Instant,
+    pub(crate) generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    token: Option<Arc<Token>>,
+    refreshing: bool,
+    generation: u64,
+}
+
+/// The token cache of one client.
+pub(crate) struct Auth {
+    credentials: Credentials,
+    token_url: String,
+    /// `scope=...` (v2) or `resource=...` (v1).
+    audience: (&'static str, String),
+    state: Mutex<State>,
+    refreshed: Condvar,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("credentials", &self.credentials)
+            .field("token_url", &self.token_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How early a token is refreshed: a fifth of its life, at most five minutes.
+fn refresh_margin(lifetime: Duration) -> Duration {
+    (lifetime / 5).min(Duration::from_secs(300))
+}
+
+impl Auth {
+    pub(crate) fn new(
+        credentials: Credentials,
+        authority: &str,
+        scope: Option<String>,
+        resource: Option<String>,
+        api_base: &str,
+    ) -> Self {
+        let tenant = match &credentials {
+            Credentials::ClientSecret { tenant_id, .. } => tenant_id.as_str(),
+            Credentials::AccessToken(_) => "",
+        };
+        let authority = authority.trim_end_matches('/');
+        let origin = api_base.trim_end_matches('/').to_string();
+        let (token_url, audience) = match (scope, resource) {
+            (_, Some(r)) => (
+                format!("{authority}/{tenant}/oauth2/token"),
+                ("resource", r),
+            ),
+            (Some(s), None) => (
+                format!("{authority}/{tenant}/oauth2/v2.0/token"),
+                ("scope", s),
+            ),
+            (None, None) => (
+                format!("{authority}/{tenant}/oauth2/v2.0/token"),
+                ("scope", format!("{origin}/.default")),
+            ),
+        };
+        Self {
+            credentials,
+            token_url,
+            audience,
+            state: Mutex::new(State::default()),
+            refreshed: Condvar::new(),
+        }
+    }
+
+    /// A token valid now, fetching or refreshing it if needed.
+    pub(crate) fn token(
+        &self,
+        client: &ClientShared,
+        cancel: &Cancel,
+    ) -> Result<Arc<Token>, Error> {
+        if let Credentials::AccessToken(t) = &self.credentials {
+            return Ok(Arc::new(Token {
+                value: t.clone(),
+                refresh_at: Instant::now() + Duration::from_secs(3600),
+                expires_at: Instant::now() + Duration::from_secs(3600),
+                generation: 0,
+            }));
+        }
+        let mut st = self.state.lock();
+        loop {
+            let now = Instant::now();
+            if let Some(t) = &st.token {
+                if now < t.refresh_at || (now < t.expires_at && st.refreshing) {
+                    return Ok(t.clone());
+                }
+            }
+            if !st.refreshing {
+                break;
+            }
+            // Another thread is fetching; wait for it, staying responsive to cancel.
+            self.refreshed.wait_for(&mut st, Duration::from_millis(50));
+            cancel.check(client)?;
+        }
+        st.refreshing = true;
+        drop(st);
+        let fetched = self.fetch(client, cancel);
+        let mut st = self.state.lock();
+        st.refreshing = false;
+        self.refreshed.notify_all();
+        let (value, lifetime) = fetched?;
+        st.generation += 1;
+        let now = Instant::now();
+        let token = Arc::new(Token {
+            value,
+            refresh_at: now + lifetime - refresh_margin(lifetime),
+            expires_at: now + lifetime,
+            generation: st.generation,
+        });
+        st.token = Some(token.clone());
+        log::debug!(
+            "obtained an access token valid for {} s",
+            lifetime.as_secs()
+        );
+        Ok(token)
+    }
+
+    /// Forgets the token of `generation` after the API refused it (a 401), unless a newer
+    /// one replaced it already. Returns false for a fixed access token.
+    pub(crate) fn invalidate(&self, generation: u64) -> bool {
+        if matches!(self.credentials, Credentials::AccessToken(_)) {
+            return false;
+        }
+        let mut st = self.state.lock();
+        if st
+            .token
+            .as_ref()
+            .is_some_and(|t| t.generation == generation)
+        {
+            st.token = None;
+        }
+        true
+    }
+
+    /// Requests a token: (value, lifetime). Retries 429s (honouring Retry-After), 5xx
+    /// and transport failures within the client's retry policy.
+    fn fetch(&self, client: &ClientShared, cancel: &Cancel) -> Result<(Secret, Duration), Error> {
+        let Credentials::ClientSecret {
+            client_id, secret, ..
+        } = &self.credentials
+        else {
+            unreachable!("fixed tokens are never fetched");
+        };
+        let form = Secret::new(format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}&{}={}",
+            encode(client_id),
+            encode(secret.expose()),
+            self.audience.0,
+            encode(&self.audience.1)
+        ));
+        let headers = vec![(
+            "content-type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        )];
+        let policy = client.policy;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            cancel.check(client)?;
+            client
+                .counters
+                .token_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let result = exchange(
+                &client.agent,
+                "POST",
+                &self.token_url,
+                &headers,
+                Some(form.expose().as_bytes()),
+                1 << 20,
+            );
+            let wait = match result {
+                Ok(r) if r.is_success() => return parse_token(&r),
+                Ok(r) if r.status() == 429 || r.status() >= 500 => {
+                    let hint = super::retry::retry_after(|n| r.header(n), SystemTime::now());
+                    if attempt >= policy.max_attempts {
+                        let mut d = r.error_details();
+                        d.attempts = attempt;
+                        return Err(Error::Auth(
+                            "the token endpoint kept refusing".into(),
+                            Box::new(d),
+                        ));
+                    }
+                    hint.unwrap_or_else(|| policy.backoff(attempt - 1))
+                }
+                Ok(r) => {
+                    let mut d = r.error_details();
+                    d.attempts = attempt;
+                    return Err(Error::Auth(
+                        "the token endpoint refused the credentials".into(),
+                        Box::new(d),
+                    ));
+                }
+                Err(f) => {
+                    if attempt >= policy.max_attempts {
+                        return Err(Error::Auth(
+                            format!("the token endpoint is unreachable: {}", f.message),
+                            Box::new(ErrorDetails {
+                                attempts: attempt,
+                                ..Default::default()
+                            }),
+                        ));
+                    }
+                    policy.backoff(attempt - 1)
+                }
+            };
+            log::debug!(
+                "token request {attempt} failed; retrying in {} ms",
+                wait.as_millis()
+            );
+            cancel.sleep(client, wait)?;
+        }
+    }
+}
+
+fn parse_token(r: &super::Response) -> Result<(Secret, Duration), Error> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        access_token: String,
+        expires_in: Option<serde_json::Value>,
+    }
+    let bad = |m: &str| {
+        Error::Auth(
+            m.to_string(),
+            Box::new(ErrorDetails {
+                status: Some(r.status()),
+                ..Default::default()
+            }),
+        )
+    };
+    let a: Answer = r
+        .json()
+        .map_err(|_| bad("the token endpoint's answer is not a token"))?;
+    // v1 sends expires_in as a string, v2 as a number.
+    let secs = match a.expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|s| s.is_finite() && *s > 0.0)
+    .ok_or_else(|| bad("the token endpoint's answer has no valid expires_in"))?;
+    Ok((Secret::new(a.access_token), Duration::from_secs_f64(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_margin_is_a_fifth_up_to_five_minutes() {
+        assert_eq!(
+            refresh_margin(Duration::from_secs(3599)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            refresh_margin(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn token_urls_and_audiences() {
+        let creds = Credentials::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            secret: "s".into(),
+        };
+        let v2 = Auth::new(
+            creds.clone(),
+            "https://login.example/",
+            None,
+            None,
+            "https://api.example",
+        );
+        assert_eq!(v2.token_url, "https://login.example/t/oauth2/v2.0/token");
+        assert_eq!(
+            v2.audience,
+            ("scope", "https://api.example/.default".to_string())
+        );
+        let v1 = Auth::new(
+            creds,
+            "https://login.example",
+            None,
+            Some("https://api.example".into()),
+            "x",
+        );
+        assert_eq!(v1.token_url, "https://login.example/t/oauth2/token");
+        assert_eq!(v1.audience.0, "resource");
+        assert!(!format!("{v1:?}").contains("\"s\""), "{v1:?}");
+    }
+}

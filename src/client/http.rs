@@ -1,0 +1,132 @@
+//! One HTTP exchange over the pooled agent, and what its failures mean for retrying.
+
+use super::response::Response;
+use std::time::Duration;
+
+/// The outcome of an exchange that produced no answer.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    /// The request certainly never reached the server (connection refused, DNS, connect
+    /// timeout): even a POST may be sent again.
+    pub(crate) not_sent: bool,
+    pub(crate) timeout: bool,
+    pub(crate) body_too_large: Option<u64>,
+}
+
+/// Sends one request and reads the whole answer, up to `max_body` bytes.
+pub(crate) fn exchange(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    max_body: u64,
+) -> Result<Response, Failure> {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (n, v) in headers {
+        req = req.header(n.as_str(), v.as_str());
+    }
+    let req = req
+        .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+        .map_err(|e| Failure {
+            message: format!("invalid request: {e}"),
+            not_sent: true,
+            timeout: false,
+            body_too_large: None,
+        })?;
+    let mut answer = agent.run(req).map_err(classify)?;
+    let status = answer.status().as_u16();
+    let headers = answer
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = answer
+        .body_mut()
+        .with_config()
+        .limit(max_body)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(n) => Failure {
+                message: format!("the body exceeds {n} bytes"),
+                not_sent: false,
+                timeout: false,
+                body_too_large: Some(max_body),
+            },
+            other => classify(other),
+        })?;
+    Ok(Response::new(status, headers, body))
+}
+
+fn classify(e: ureq::Error) -> Failure {
+    use std::io::ErrorKind;
+    let not_sent = match &e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::BadUri(_) => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable | ErrorKind::NotFound
+        ),
+        _ => false,
+    };
+    Failure {
+        message: e.to_string(),
+        not_sent,
+        timeout: matches!(e, ureq::Error::Timeout(_)),
+        body_too_large: match e {
+            ureq::Error::BodyExceedsLimit(n) => Some(n),
+            _ => None,
+        },
+    }
+}
+
+/// Builds the pooled agent: keep-alive, timeouts always set, statuses as answers.
+pub(crate) fn agent(
+    connect_timeout: Duration,
+    timeout: Duration,
+    proxy: Option<ureq::Proxy>,
+    user_agent: &str,
+) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(connect_timeout))
+        .timeout_global(Some(timeout))
+        .user_agent(user_agent)
+        .max_redirects(0)
+        .max_idle_connections_per_host(64);
+    if let Some(p) = proxy {
+        config = config.proxy(Some(p));
+    }
+    config.build().new_agent()
+}
+
+/// Percent-encodes `s` for a query string or a form body (RFC 3986 unreserved characters
+/// and `$` stay as they are, so OData's `$top` keeps its name).
+pub(crate) fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'$' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encoding_keeps_odata_names() {
+        assert_eq!(super::encode("$top"), "$top");
+        assert_eq!(super::encode("name eq 'a&b'"), "name%20eq%20%27a%26b%27");
+        assert_eq!(super::encode("Grüße"), "Gr%C3%BC%C3%9Fe");
+    }
+}

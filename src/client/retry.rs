@@ -1,0 +1,194 @@
+//! What the server tells us about waiting, and how long to back off when it tells nothing.
+
+use std::time::{Duration, SystemTime};
+
+/// How many attempts and how much waiting one call may spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts at most, the first included.
+    pub max_attempts: u32,
+    /// The longest a call may wait for quota in all (queue, pauses and backoff).
+    pub max_quota_wait: Duration,
+    /// The first backoff step when the server gives no hint.
+    pub base_backoff: Duration,
+    /// The longest single backoff step.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            max_quota_wait: Duration::from_secs(15 * 60),
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Capped exponential backoff with full jitter for the `retry`-th retry (from 0):
+    /// a random wait in `[0, min(max, base * 2^retry)]`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let cap = self
+            .base_backoff
+            .saturating_mul(1u32.checked_shl(retry.min(30)).unwrap_or(u32::MAX))
+            .min(self.max_backoff);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+fn parse_ms(v: &str) -> Option<Duration> {
+    let ms: f64 = v.trim().parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// The wait a throttled answer asks for: `retry-after-ms`, `x-ms-retry-after-ms`, or
+/// `Retry-After` in seconds or as an HTTP-date (relative to `now`).
+pub fn retry_after<'a>(
+    mut header: impl FnMut(&str) -> Option<&'a str>,
+    now: SystemTime,
+) -> Option<Duration> {
+    if let Some(d) = header("retry-after-ms").and_then(parse_ms) {
+        return Some(d);
+    }
+    if let Some(d) = header("x-ms-retry-after-ms").and_then(parse_ms) {
+        return Some(d);
+    }
+    let v = header("retry-after")?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The limit a throttled answer's message states, such as
+/// `API calls quota exceeded! maximum allowed 45 per 00:01:00`: (calls, window).
+pub fn quota_from_message(message: &str) -> Option<(u32, Duration)> {
+    let lower = message.to_ascii_lowercase();
+    let rest = &message[lower.find("maximum allowed")? + "maximum allowed".len()..];
+    let mut words = rest.split_whitespace();
+    let calls: u32 = words.next()?.parse().ok()?;
+    if !words.next()?.eq_ignore_ascii_case("per") {
+        return None;
+    }
+    let span = words.next()?.trim_end_matches(['.', ',', '"']);
+    let window = parse_timespan(span)?;
+    (calls > 0 && !window.is_zero()).then_some((calls, window))
+}
+
+/// Parses a .NET TimeSpan in its constant form: `[d.]hh:mm:ss[.fffffff]`.
+fn parse_timespan(s: &str) -> Option<Duration> {
+    let mut parts = s.split(':');
+    let (first, minutes, seconds) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let (days, hours) = match first.split_once('.') {
+        Some((d, h)) => (d.parse::<u64>().ok()?, h.parse::<u64>().ok()?),
+        None => (0, first.parse::<u64>().ok()?),
+    };
+    let minutes: u64 = minutes.parse().ok()?;
+    let seconds: f64 = seconds.parse().ok()?;
+    if minutes >= 60 || !(0.0..60.0).contains(&seconds) {
+        return None;
+    }
+    Some(
+        Duration::from_secs(days * 86_400 + hours * 3600 + minutes * 60)
+            + Duration::from_secs_f64(seconds),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers<'a>(list: &'a [(&'a str, &'a str)]) -> impl FnMut(&str) -> Option<&'a str> {
+        move |name| {
+            list.iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn every_retry_after_form() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(
+            retry_after(headers(&[("Retry-After", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(headers(&[("retry-after", "1.5")]), now),
+            Some(Duration::from_millis(1500))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            retry_after(headers(&[("Retry-After", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(
+            retry_after(headers(&[("Retry-After", &past)]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after(
+                headers(&[("Retry-After", "9"), ("retry-after-ms", "250")]),
+                now
+            ),
+            Some(Duration::from_millis(250)),
+            "the precise header wins"
+        );
+        assert_eq!(
+            retry_after(headers(&[("x-ms-retry-after-ms", "40")]), now),
+            Some(Duration::from_millis(40))
+        );
+        assert_eq!(retry_after(headers(&[("Retry-After", "soon")]), now), None);
+        assert_eq!(retry_after(headers(&[("Retry-After", "-3")]), now), None);
+        assert_eq!(retry_after(headers(&[]), now), None);
+    }
+
+    #[test]
+    fn quota_messages() {
+        assert_eq!(
+            quota_from_message("API calls quota exceeded! maximum allowed 45 per 00:01:00"),
+            Some((45, Duration::from_secs(60)))
+        );
+        assert_eq!(
+            quota_from_message("API calls quota exceeded! maximum allowed 1500 per 01:00:00."),
+            Some((1500, Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            quota_from_message("Maximum allowed 20 per 00:00:00.6000000"),
+            Some((20, Duration::from_millis(600)))
+        );
+        assert_eq!(
+            quota_from_message("maximum allowed 5 per 1.00:00:00"),
+            Some((5, Duration::from_secs(86_400)))
+        );
+        assert_eq!(
+            quota_from_message("Rate limit is exceeded. Try again in 5 seconds."),
+            None
+        );
+        assert_eq!(
+            quota_from_message("maximum allowed many per 00:01:00"),
+            None
+        );
+        assert_eq!(quota_from_message("maximum allowed 0 per 00:01:00"), None);
+        assert_eq!(quota_from_message("maximum allowed 5 per 00:99:00"), None);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = RetryPolicy::default();
+        for retry in 0..40 {
+            let d = p.backoff(retry);
+            assert!(d <= p.max_backoff);
+            assert!(d <= p.base_backoff * 2u32.saturating_pow(retry.min(20)));
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| p.backoff(3)).collect();
+        assert!(samples.len() > 1, "jitter varies the wait");
+    }
+}

@@ -1,0 +1,664 @@
+//! `qg_client_builder`, `qg_client`, `qg_request`, `qg_response` and `qg_pages`.
+
+use super::boundary::{OutPtr, free_box, opt_str, to_box, try_mut, try_ref, try_str};
+use super::error::{FfiError, QG_DONE, QG_ERR_NOT_FOUND, copy_out_checked, detail_text, qg_result};
+use super::limiter::qg_limiter;
+use super::string::to_c_string;
+use crate::client::{Client, ClientBuilder, Pages, Request, Response, Route};
+use crate::limiter::Rate;
+use std::collections::VecDeque;
+use std::ffi::c_char;
+use std::time::Duration;
+
+/// Configures a client before it is built.
+///
+/// Methods: `qg_client_builder_new`, `qg_client_builder_set_*`,
+/// `qg_client_builder_add_default_rate`, `qg_client_builder_add_route`,
+/// `qg_client_builder_build`, `qg_client_builder_free`.
+///
+/// Owned by the caller, who frees it with `qg_client_builder_free`; it holds the secret
+/// until then (wiped on free). Not for use by several threads at once.
+pub struct qg_client_builder {
+    builder: ClientBuilder,
+    default_rates: Option<Vec<Rate>>,
+}
+
+/// A thread-safe client of the Defender APIs: every call waits for its quota, tokens are
+/// cached and refreshed, 429s pause the bucket and are retried, pages are followed.
+///
+/// Methods: `qg_client_send`, `qg_client_pages`, `qg_client_stats_json`,
+/// `qg_client_close`, `qg_client_free`.
+///
+/// Reference counted inside and safe to use from any number of threads at once; share
+/// one client. Free it once with `qg_client_free`.
+pub struct qg_client {
+    client: Client,
+}
+
+/// A request: method, path or URL, query, headers, body.
+///
+/// Methods: `qg_request_new`, `qg_request_add_query`, `qg_request_set_header`,
+/// `qg_request_set_body`, `qg_request_cancel`, `qg_request_free`.
+///
+/// Build it on one thread; once sent it may be sent again, and `qg_request_cancel` may be
+/// called from any thread while another sends it. Free it with `qg_request_free` when no
+/// send uses it.
+pub struct qg_request {
+    request: Request,
+}
+
+/// An answer: status, headers and body, owned by the caller.
+///
+/// Methods: `qg_response_status`, `qg_response_body`, `qg_response_header`,
+/// `qg_response_header_count`, `qg_response_header_at`, `qg_response_attempts`,
+/// `qg_response_error_detail`, `qg_response_free`.
+///
+/// Immutable: safe to read from several threads. Pointers it hands out stay valid until
+/// `qg_response_free`.
+pub struct qg_response {
+    response: Response,
+}
+
+/// The pages (and items) of a list, following `@odata.nextLink`.
+///
+/// Methods: `qg_pages_next`, `qg_pages_next_item`, `qg_pages_free`.
+///
+/// Not for use by several threads at once. Free it with `qg_pages_free`.
+pub struct qg_pages {
+    pages: Pages,
+    items: VecDeque<serde_json::Value>,
+}
+
+fn builder<'a>(b: *mut qg_client_builder) -> Result<&'a mut qg_client_builder, FfiError> {
+    unsafe { try_mut(b, "builder") }
+}
+
+fn with_builder(
+    b: *mut qg_client_builder,
+    f: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> Result<(), FfiError> {
+    let b = builder(b)?;
+    b.builder = f(std::mem::take(&mut b.builder));
+    Ok(())
+}
+
+fn rate(calls: u32, window_ms: u64) -> Result<Rate, FfiError> {
+    let r = Rate::new(calls, Duration::from_millis(window_ms));
+    r.validate().map_err(FfiError::invalid)?;
+    Ok(r)
+}
+
+/// Creates a client builder with the defaults: the commercial MDE API, the commercial
+/// login authority, 10 s to connect, 300 s per exchange, 8 attempts, 15 minutes of quota
+/// wait at most, 256 MiB bodies, the published route table. On success `*out` receives a
+/// builder that the caller frees with `qg_client_builder_free`. `out` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_new(out: *mut *mut qg_client_builder) -> qg_result {
+    ffi_boundary! {
+        let out = OutPtr::new(out, "out")?;
+        out.write(to_box(qg_client_builder { builder: Client::builder(), default_rates: None }));
+        Ok(())
+    }
+}
+
+macro_rules! string_setter {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $what:literal) => {
+        $(#[$doc])*
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name(b: *mut qg_client_builder, value: *const c_char) -> qg_result {
+            ffi_boundary! {
+                let v = unsafe { try_str(value, $what) }?;
+                with_builder(b, |x| x.$method(v))
+            }
+        }
+    };
+}
+
+string_setter!(
+    /// Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
+    /// Copied; `b` and `url` must not be NULL.
+    qg_client_builder_set_base_url, base_url, "url");
+string_setter!(
+    /// Sets the login authority (default `https://login.microsoftonline.com`).
+    /// Copied; `b` and `url` must not be NULL.
+    qg_client_builder_set_authority, authority, "url");
+string_setter!(
+    /// Sets the tenant id for client-secret credentials. Copied; no NULL.
+    qg_client_builder_set_tenant_id, tenant_id, "tenant_id");
+string_setter!(
+    /// Sets the application (client) id for client-secret credentials. Copied; no NULL.
+    qg_client_builder_set_client_id, client_id, "client_id");
+string_setter!(
+    /// Sets the client secret. Copied into memory that is wiped when freed; it never
+    /// appears in error texts or logs. No NULL.
+    qg_client_builder_set_client_secret, client_secret, "secret");
+string_setter!(
+    /// Uses a fixed access token instead of client credentials. Copied and guarded like a
+    /// secret. No NULL.
+    qg_client_builder_set_access_token, access_token, "token");
+string_setter!(
+    /// Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
+    qg_client_builder_set_scope, scope, "scope");
+string_setter!(
+    /// Asks v1 tokens for this resource instead of a v2 scope. No NULL.
+    qg_client_builder_set_resource, resource, "resource");
+
+/// Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
+/// `NO_PROXY`), which is the default. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_proxy(
+    b: *mut qg_client_builder,
+    url: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let url = unsafe { opt_str(url, "url") }?;
+        let b = builder(b)?;
+        let next = std::mem::take(&mut b.builder);
+        b.builder = match url {
+            Some(u) => next.proxy(u),
+            None => next.proxy_from_env(),
+        };
+        Ok(())
+    }
+}
+
+/// Sets the time limit of one HTTP exchange in milliseconds (default 300000; above 0).
+/// `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_timeout_ms(
+    b: *mut qg_client_builder,
+    total_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        if total_ms == 0 { return Err(FfiError::invalid("the timeout must be above 0")); }
+        with_builder(b, |x| x.timeout(Duration::from_millis(total_ms)))
+    }
+}
+
+/// Sets the time limit of connecting in milliseconds (default 10000; above 0).
+/// `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_connect_timeout_ms(
+    b: *mut qg_client_builder,
+    ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        if ms == 0 { return Err(FfiError::invalid("the connect timeout must be above 0")); }
+        with_builder(b, |x| x.connect_timeout(Duration::from_millis(ms)))
+    }
+}
+
+/// Sets the largest answer body accepted, in bytes (default 256 MiB); a larger one fails
+/// the call with `QG_ERR_BODY_TOO_LARGE`. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_max_body_bytes(
+    b: *mut qg_client_builder,
+    n: u64,
+) -> qg_result {
+    ffi_boundary! { with_builder(b, |x| x.max_body(n)) }
+}
+
+/// Sets the attempts per call, the first included (default 8; at least 1).
+/// `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_max_attempts(
+    b: *mut qg_client_builder,
+    n: u32,
+) -> qg_result {
+    ffi_boundary! {
+        if n == 0 { return Err(FfiError::invalid("max_attempts must be at least 1")); }
+        with_builder(b, |x| x.max_attempts(n))
+    }
+}
+
+/// Sets the longest a call may wait for quota in all, in milliseconds (default 15
+/// minutes); past it the call fails with `QG_ERR_THROTTLED`. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_max_quota_wait_ms(
+    b: *mut qg_client_builder,
+    ms: u64,
+) -> qg_result {
+    ffi_boundary! { with_builder(b, |x| x.max_quota_wait(Duration::from_millis(ms))) }
+}
+
+/// Adds a limit of `calls` per `window_ms` to requests that no route names. The first
+/// call replaces the built-in defaults (100/min + 1,500/h); later calls add rates that
+/// apply together. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_add_default_rate(
+    b: *mut qg_client_builder,
+    calls: u32,
+    window_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        let r = rate(calls, window_ms)?;
+        let b = builder(b)?;
+        let rates = b.default_rates.get_or_insert_with(Vec::new);
+        rates.push(r);
+        let rates = rates.clone();
+        b.builder = std::mem::take(&mut b.builder).default_rates(rates);
+        Ok(())
+    }
+}
+
+/// Adds a limit of `calls` per `window_ms` for requests of `method` (NULL: any) to paths
+/// matching `path_pattern` (`*` stands for one segment: `/api/machines/*/isolate`).
+/// User routes come before the built-in ones; calling again with the same method and
+/// pattern adds another rate to that route. `b` and `path_pattern` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_add_route(
+    b: *mut qg_client_builder,
+    method: *const c_char,
+    path_pattern: *const c_char,
+    calls: u32,
+    window_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        let method = unsafe { opt_str(method, "method") }?;
+        let pattern = unsafe { try_str(path_pattern, "path_pattern") }?;
+        if !pattern.starts_with('/') {
+            return Err(FfiError::invalid("a path pattern starts with '/'"));
+        }
+        let r = rate(calls, window_ms)?;
+        let b = builder(b)?;
+        let method_up = method.map(str::to_ascii_uppercase);
+        let existing = b.builder.routes().routes().iter().find(|x| {
+            x.method == method_up && x.pattern.eq_ignore_ascii_case(pattern) && x.class.starts_with("user:")
+        });
+        let mut rates = existing.map(|x| x.rates.clone()).unwrap_or_default();
+        rates.push(r);
+        let class = format!("user:{} {}", method_up.as_deref().unwrap_or("*"), pattern);
+        b.builder = std::mem::take(&mut b.builder).route(Route::new(method, pattern, &class, rates));
+        Ok(())
+    }
+}
+
+/// Makes the client take its quotas from `l` (shared with other clients and with direct
+/// `qg_limiter_*` calls) instead of a limiter of its own. The client keeps its own
+/// reference: `l` may be freed afterwards. `b` and `l` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_limiter(
+    b: *mut qg_client_builder,
+    l: *const qg_limiter,
+) -> qg_result {
+    ffi_boundary! {
+        let l = unsafe { try_ref(l, "limiter") }?.limiter.clone();
+        with_builder(b, |x| x.limiter(l))
+    }
+}
+
+/// Builds a client. The builder is not consumed. On success `*out` receives a client that
+/// the caller frees with `qg_client_free`. Fails with `QG_ERR_INVALID_ARGUMENT` when
+/// credentials are missing or a URL is invalid. `b` and `out` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_build(
+    b: *const qg_client_builder,
+    out: *mut *const qg_client,
+) -> qg_result {
+    ffi_boundary! {
+        let b = unsafe { try_ref(b, "builder") }?;
+        let out = OutPtr::new(out, "out")?;
+        let client = b.builder.build()?;
+        out.write(to_box(qg_client { client }).cast_const());
+        Ok(())
+    }
+}
+
+/// Frees a client builder and wipes the secret it holds. NULL does nothing; never free
+/// the same builder twice.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_free(b: *mut qg_client_builder) {
+    super::boundary::run_void(|| unsafe { free_box(b) })
+}
+
+/// Creates a request of `method` (such as "GET", "POST") to `path_or_url`: a path on the
+/// base URL ("/api/machines") or an absolute URL on the same host (an
+/// `@odata.nextLink`, used exactly as given). On success `*out` receives a request that
+/// the caller frees with `qg_request_free`. No argument may be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_new(
+    method: *const c_char,
+    path_or_url: *const c_char,
+    out: *mut *mut qg_request,
+) -> qg_result {
+    ffi_boundary! {
+        let method = unsafe { try_str(method, "method") }?;
+        let target = unsafe { try_str(path_or_url, "path_or_url") }?;
+        let out = OutPtr::new(out, "out")?;
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(FfiError::invalid(format!("{method:?} is not an HTTP method")));
+        }
+        out.write(to_box(qg_request { request: Request::new(method, target) }));
+        Ok(())
+    }
+}
+
+/// Adds a query parameter; the library percent-encodes name and value. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_add_query(
+    r: *mut qg_request,
+    name: *const c_char,
+    value: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let (n, v) = (unsafe { try_str(name, "name") }?, unsafe { try_str(value, "value") }?);
+        unsafe { try_mut(r, "request") }?.request.add_query(n, v);
+        Ok(())
+    }
+}
+
+/// Sets a header, replacing one of the same name (case-insensitive). The client sets
+/// `Authorization` itself. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_set_header(
+    r: *mut qg_request,
+    name: *const c_char,
+    value: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let (n, v) = (unsafe { try_str(name, "name") }?, unsafe { try_str(value, "value") }?);
+        if n.is_empty() || n.bytes().any(|b| b <= b' ' || b == b':' || b >= 0x7f) {
+            return Err(FfiError::invalid(format!("{n:?} is not a header name")));
+        }
+        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
+            return Err(FfiError::invalid("a header value must not contain line breaks"));
+        }
+        unsafe { try_mut(r, "request") }?.request.set_header(n, v);
+        Ok(())
+    }
+}
+
+/// Sets the body: `len` bytes copied from `body` (NULL only when `len` is 0), with the
+/// content type `content_type` (NULL: "application/json"). `r` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_set_body(
+    r: *mut qg_request,
+    body: *const u8,
+    len: usize,
+    content_type: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let ct = unsafe { opt_str(content_type, "content_type") }?.unwrap_or("application/json");
+        let bytes = if len == 0 {
+            Vec::new()
+        } else if body.is_null() {
+            return Err(FfiError::null("body"));
+        } else {
+            unsafe { std::slice::from_raw_parts(body, len) }.to_vec()
+        };
+        unsafe { try_mut(r, "request") }?.request.set_body(bytes, ct);
+        Ok(())
+    }
+}
+
+/// Cancels the request's waits: a `qg_client_send` or `qg_pages_next` using it returns
+/// `QG_ERR_CANCELLED` within about 50 ms of this call if it is waiting for quota, a token
+/// or a backoff (an exchange on the wire ends at its timeout). Thread-safe; `r` must not
+/// be NULL. A cancelled request stays cancelled.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_cancel(r: *const qg_request) -> qg_result {
+    ffi_boundary! {
+        unsafe { try_ref(r, "request") }?.request.canceller().cancel();
+        Ok(())
+    }
+}
+
+/// Frees a request. NULL does nothing; never free the same request twice, nor while a
+/// send uses it.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_free(r: *mut qg_request) {
+    super::boundary::run_void(|| unsafe { free_box(r) })
+}
+
+/// Sends a request through the limiter, with token handling and retries, and blocks until
+/// the final answer.
+///
+/// Returns `QG_OK` whenever the server gave a final answer, whatever its status (check it
+/// with `qg_response_status`); `*out` then receives a response to free with
+/// `qg_response_free`. Failures: `QG_ERR_THROTTLED` (quota budget ran out),
+/// `QG_ERR_TIMEOUT`, `QG_ERR_TRANSPORT` (including an ambiguous POST failure, which is
+/// never repeated), `QG_ERR_AUTH`, `QG_ERR_BODY_TOO_LARGE`, `QG_ERR_CANCELLED`,
+/// `QG_ERR_CLOSED`, `QG_ERR_INVALID_ARGUMENT`; then `qg_last_error_detail` gives the
+/// server's details on the same thread. No argument may be NULL. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_send(
+    c: *const qg_client,
+    r: *const qg_request,
+    out: *mut *mut qg_response,
+) -> qg_result {
+    ffi_boundary! {
+        let c = unsafe { try_ref(c, "client") }?;
+        let r = unsafe { try_ref(r, "request") }?;
+        let out = OutPtr::new(out, "out")?;
+        let response = c.client.send(&r.request)?;
+        out.write(to_box(qg_response { response }));
+        Ok(())
+    }
+}
+
+/// Writes the answer's HTTP status to `*out`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_status(r: *const qg_response, out: *mut u16) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        OutPtr::new(out, "out")?.write(r.response.status());
+        Ok(())
+    }
+}
+
+/// Lends the answer's body: `*data` (not NUL-terminated; NULL-free even when empty) and
+/// `*len`, valid until `qg_response_free`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_body(
+    r: *const qg_response,
+    data: *mut *const u8,
+    len: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        let (d, l) = (OutPtr::new(data, "data")?, OutPtr::new(len, "len")?);
+        let body = r.response.body();
+        // An empty Vec's pointer is dangling but never NULL, as documented.
+        d.write(body.as_ptr());
+        l.write(body.len());
+        Ok(())
+    }
+}
+
+/// Lends the value of the first header called `name` (case-insensitive): `*value` (not
+/// NUL-terminated) and `*len`, valid until `qg_response_free`. `QG_ERR_NOT_FOUND` when
+/// absent. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_header(
+    r: *const qg_response,
+    name: *const c_char,
+    value: *mut *const u8,
+    len: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        let name = unsafe { try_str(name, "name") }?;
+        let (v, l) = (OutPtr::new(value, "value")?, OutPtr::new(len, "len")?);
+        let found = r.response.header(name).ok_or_else(|| FfiError::new(QG_ERR_NOT_FOUND, format!("no header {name:?}")))?;
+        v.write(found.as_ptr());
+        l.write(found.len());
+        Ok(())
+    }
+}
+
+/// Writes the number of headers to `*out`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_header_count(r: *const qg_response, out: *mut usize) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        OutPtr::new(out, "out")?.write(r.response.header_count());
+        Ok(())
+    }
+}
+
+/// Lends header `index` (in the order received; names in lower case): name and value as
+/// (pointer, length) pairs, not NUL-terminated, valid until `qg_response_free`. An index
+/// past the end gives `QG_ERR_NOT_FOUND`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_header_at(
+    r: *const qg_response,
+    index: usize,
+    name: *mut *const u8,
+    name_len: *mut usize,
+    value: *mut *const u8,
+    value_len: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        let outs = (OutPtr::new(name, "name")?, OutPtr::new(name_len, "name_len")?, OutPtr::new(value, "value")?, OutPtr::new(value_len, "value_len")?);
+        let (n, v) = r.response.header_at(index).ok_or_else(|| FfiError::new(QG_ERR_NOT_FOUND, format!("no header at {index}")))?;
+        outs.0.write(n.as_ptr());
+        outs.1.write(n.len());
+        outs.2.write(v.as_ptr());
+        outs.3.write(v.len());
+        Ok(())
+    }
+}
+
+/// Writes to `*out` how many attempts the answer took (1 when the first was answered).
+/// No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_attempts(r: *const qg_response, out: *mut u32) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        OutPtr::new(out, "out")?.write(r.response.attempts());
+        Ok(())
+    }
+}
+
+/// Copies one of the answer's error details (a `QG_DETAIL_*` field, read from the error
+/// body and headers) into `buf`, with the conventions of `qg_last_error_message`; an
+/// absent detail gives "". An unknown field gives `QG_ERR_INVALID_ARGUMENT`.
+/// `r` and `written` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_error_detail(
+    r: *const qg_response,
+    field: u32,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let r = unsafe { try_ref(r, "response") }?;
+        let details = r.response.error_details();
+        let text = detail_text(Some(&details), field).ok_or_else(|| FfiError::invalid(format!("unknown detail field {field}")))?;
+        copy_out_checked(&text, buf, len, written)
+    }
+}
+
+/// Frees a response. NULL does nothing; never free the same response twice.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_response_free(r: *mut qg_response) {
+    super::boundary::run_void(|| unsafe { free_box(r) })
+}
+
+/// Starts paging: the first request is `first` (copied, with its cancel handle), and each
+/// following page is the previous one's `@odata.nextLink`, used exactly as given. Nothing
+/// is sent until `qg_pages_next` or `qg_pages_next_item`. On success `*out` receives
+/// pages to free with `qg_pages_free`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_pages(
+    c: *const qg_client,
+    first: *const qg_request,
+    out: *mut *mut qg_pages,
+) -> qg_result {
+    ffi_boundary! {
+        let c = unsafe { try_ref(c, "client") }?;
+        let first = unsafe { try_ref(first, "request") }?;
+        let out = OutPtr::new(out, "out")?;
+        out.write(to_box(qg_pages { pages: c.client.pages(&first.request), items: VecDeque::new() }));
+        Ok(())
+    }
+}
+
+/// Fetches the next page: `QG_OK` and a response in `*out` (free with
+/// `qg_response_free`), `QG_DONE` after the last page, or a failure as in
+/// `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`. Blocks like
+/// `qg_client_send`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_pages_next(p: *mut qg_pages, out: *mut *mut qg_response) -> qg_result {
+    let done = std::cell::Cell::new(false);
+    let done_ref = &done;
+    let code = ffi_boundary! {
+        let p = unsafe { try_mut(p, "pages") }?;
+        let out = OutPtr::new(out, "out")?;
+        match p.pages.next_page() {
+            None => { done_ref.set(true); Ok(()) }
+            Some(r) => { out.write(to_box(qg_response { response: r?.0 })); Ok(()) }
+        }
+    };
+    if done.get() { QG_DONE } else { code }
+}
+
+/// Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
+/// (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
+/// Failures as in `qg_pages_next`. Do not mix with `qg_pages_next` on the same pages.
+/// No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_pages_next_item(p: *mut qg_pages, item_json: *mut *mut c_char) -> qg_result {
+    let done = std::cell::Cell::new(false);
+    let done_ref = &done;
+    let code = ffi_boundary! {
+        let p = unsafe { try_mut(p, "pages") }?;
+        let out = OutPtr::new(item_json, "item_json")?;
+        loop {
+            if let Some(item) = p.items.pop_front() {
+                out.write(to_c_string(item.to_string())?);
+                return Ok(());
+            }
+            match p.pages.next_page() {
+                None => { done_ref.set(true); return Ok(()); }
+                Some(r) => match r?.1.get_mut("value").map(serde_json::Value::take) {
+                    Some(serde_json::Value::Array(items)) => p.items.extend(items),
+                    _ => return Err(FfiError::invalid("a page has no \"value\" array")),
+                },
+            }
+        }
+    };
+    if done.get() { QG_DONE } else { code }
+}
+
+/// Frees pages. NULL does nothing; never free the same pages twice.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_pages_free(p: *mut qg_pages) {
+    super::boundary::run_void(|| unsafe { free_box(p) })
+}
+
+/// Writes the client's statistics as a JSON object to `*out` (free with
+/// `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
+/// `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
+/// `waited_calls`, `total_wait_ms`, `longest_wait_ms`, `pauses` and `windows`
+/// (`used`, `calls`, `window_ms`). No NULL. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_stats_json(c: *const qg_client, out: *mut *mut c_char) -> qg_result {
+    ffi_boundary! {
+        let c = unsafe { try_ref(c, "client") }?;
+        let out = OutPtr::new(out, "out")?;
+        let json = serde_json::to_string(&c.client.stats()).map_err(|e| FfiError::invalid(e.to_string()))?;
+        out.write(to_c_string(json)?);
+        Ok(())
+    }
+}
+
+/// Closes the client: calls waiting for quota, a token or a backoff end with
+/// `QG_ERR_CLOSED` within about 50 ms, and later calls fail the same way. A shared
+/// limiter stays open. The handle stays valid until `qg_client_free`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_close(c: *const qg_client) -> qg_result {
+    ffi_boundary! {
+        unsafe { try_ref(c, "client") }?.client.close();
+        Ok(())
+    }
+}
+
+/// Releases the caller's reference to the client. NULL does nothing; never free the same
+/// handle twice, nor while another thread still uses it.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_free(c: *const qg_client) {
+    super::boundary::run_void(|| unsafe { free_box(c.cast_mut()) })
+}

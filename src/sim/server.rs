@@ -1,0 +1,984 @@
+//! What the simulator answers: routing, tokens, quotas, faults and the endpoints.
+//!
+//! Everything a request decides happens in one critical section, so that the instant
+//! a call is counted at, the quota state and the log always agree.
+
+use super::config::{
+    CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_TOKEN, CLASS_UNROUTED, Faults,
+    Limits, RetryAfterStyle, SimConfig,
+};
+use super::data::{self, Alert, Machine};
+use super::log::LogEntry;
+use super::quota::{Decision, QuotaBook, RealLimit, timespan};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The most rows a hunting query returns, like the real service.
+const HUNTING_MAX_ROWS: usize = 100_000;
+
+/// What a worker read from the connection.
+pub(crate) struct Incoming<'a> {
+    pub method: &'a str,
+    /// The request target as received: path and raw query.
+    pub url: &'a str,
+    pub authorization: Option<&'a str>,
+    pub client_request_id: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// What a worker should do with the connection.
+pub(crate) struct Outgoing {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    /// Real time to wait before answering (hunting run time plus latency).
+    pub delay: Duration,
+    /// Close the connection instead of answering.
+    pub reset: bool,
+}
+
+/// An answer before the common headers are added.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    delay: Duration,
+}
+
+impl Reply {
+    fn json(status: u16, value: &Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: serde_json::to_vec(value).expect("JSON values always serialize"),
+            delay: Duration::ZERO,
+        }
+    }
+
+    fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// The API's error shape: `{"error":{"code","message","target"}}`.
+    fn error(status: u16, code: &str, message: &str, target: &str) -> Reply {
+        Reply::json(
+            status,
+            &json!({"error": {"code": code, "message": message, "target": target}}),
+        )
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Token { tenant: String, v2: bool },
+    Machines,
+    Machine(String),
+    Isolate(String),
+    Tags(String),
+    Alerts,
+    Alert(String),
+    BatchUpdateAlerts,
+    Hunting,
+    Unrouted,
+}
+
+impl Route {
+    /// Routes by method and path; fixed path words match without regard to case, as the
+    /// real service does.
+    fn parse(method: &str, path: &str) -> Route {
+        let segments: Vec<&str> = path
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .split('/')
+            .collect();
+        let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let words: Vec<&str> = lower.iter().map(String::as_str).collect();
+        let id = |i: usize| percent_decode(segments[i], false);
+        match (method, words.as_slice()) {
+            ("POST", [_, "oauth2", "v2.0", "token"]) => Route::Token {
+                tenant: id(0),
+                v2: true,
+            },
+            ("POST", [_, "oauth2", "token"]) => Route::Token {
+                tenant: id(0),
+                v2: false,
+            },
+            ("GET", ["api", "machines"]) => Route::Machines,
+            ("GET", ["api", "machines", _]) => Route::Machine(id(2)),
+            ("POST", ["api", "machines", _, "isolate"]) => Route::Isolate(id(2)),
+            ("POST", ["api", "machines", _, "tags"]) => Route::Tags(id(2)),
+            ("GET", ["api", "alerts"]) => Route::Alerts,
+            ("POST", ["api", "alerts", "batchupdate"]) => Route::BatchUpdateAlerts,
+            ("GET", ["api", "alerts", _]) => Route::Alert(id(2)),
+            ("POST", ["api", "advancedqueries", "run"]) => Route::Hunting,
+            _ => Route::Unrouted,
+        }
+    }
+
+    /// The quota class, as in the table of published limits.
+    fn class(&self) -> &'static str {
+        match self {
+            Route::Token { .. } => CLASS_TOKEN,
+            Route::Hunting => CLASS_HUNTING,
+            Route::BatchUpdateAlerts => CLASS_BATCH_UPDATE_ALERTS,
+            Route::Unrouted => CLASS_UNROUTED,
+            _ => CLASS_DEFAULT,
+        }
+    }
+}
+
+struct Token {
+    client_id: String,
+    expires: Instant,
+}
+
+/// Settings that can change while the simulator runs.
+pub(crate) struct Live {
+    pub limits: Limits,
+    pub faults: Faults,
+    pub retry_after_style: RetryAfterStyle,
+}
+
+pub(crate) struct State {
+    pub live: Live,
+    pub log: Vec<LogEntry>,
+    pub actions: HashMap<(String, String), u64>,
+    fault_rng: fastrand::Rng,
+    id_rng: fastrand::Rng,
+    quota: QuotaBook,
+    tokens: HashMap<String, Token>,
+    machines: Vec<Machine>,
+    machine_index: HashMap<String, usize>,
+    alerts: Vec<Alert>,
+    isolated_at: HashMap<String, Instant>,
+}
+
+/// The simulator's state and configuration, shared by its workers.
+pub(crate) struct Core {
+    pub config: SimConfig,
+    pub start: Instant,
+    pub base_url: String,
+    pub state: Mutex<State>,
+}
+
+impl Core {
+    pub fn new(config: SimConfig, start: Instant, base_url: String) -> Core {
+        let machines = data::machines(config.machines);
+        let machine_index = machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id.to_ascii_lowercase(), i))
+            .collect();
+        let alerts = data::alerts(config.alerts, &machines);
+        let state = State {
+            live: Live {
+                limits: config.limits.clone(),
+                faults: config.faults.clone(),
+                retry_after_style: config.retry_after_style,
+            },
+            log: Vec::new(),
+            actions: HashMap::new(),
+            fault_rng: fastrand::Rng::with_seed(config.seed),
+            id_rng: fastrand::Rng::with_seed(data::mix(config.seed ^ 0x1d5)),
+            quota: QuotaBook::new(start),
+            tokens: HashMap::new(),
+            machines,
+            machine_index,
+            alerts,
+            isolated_at: HashMap::new(),
+        };
+        Core {
+            config,
+            start,
+            base_url,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Decides the answer to one request, counts it, and logs it.
+    pub fn process(&self, rq: &Incoming<'_>) -> Outgoing {
+        let (path, query) = match rq.url.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rq.url, None),
+        };
+        let route = Route::parse(rq.method, path);
+        let class = route.class();
+
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let now = Instant::now();
+        let request_id = new_uuid(&mut st.id_rng);
+
+        let faults = &st.live.faults;
+        let faulty = match route {
+            Route::Unrouted => false,
+            Route::Token { .. } => faults.token_endpoint,
+            _ => true,
+        };
+        let (rate_503, rate_reset, latency) =
+            (faults.error_503_rate, faults.reset_rate, faults.latency);
+        // Draw only for rates in use, so that a seed replays the same faults.
+        let fail_503 = faulty && rate_503 > 0.0 && st.fault_rng.f64() < rate_503;
+        let reset = faulty && rate_reset > 0.0 && st.fault_rng.f64() < rate_reset && !fail_503;
+
+        let mut entry = LogEntry {
+            instant: now - self.start,
+            method: rq.method.to_owned(),
+            path: rq.url.to_owned(),
+            status: 0,
+            class: class.to_owned(),
+            client_id: None,
+            reset,
+            counted: false,
+            retry_after: None,
+        };
+
+        let reply = if fail_503 {
+            Reply::error(
+                503,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please retry later.",
+                &request_id,
+            )
+        } else {
+            match &route {
+                Route::Unrouted => Reply::error(
+                    404,
+                    "NotFound",
+                    &format!("No endpoint matches {} {path}", rq.method),
+                    &request_id,
+                ),
+                Route::Token { tenant, v2 } => {
+                    self.token(st, tenant, *v2, rq.body, now, &request_id, &mut entry)
+                }
+                _ => self.api(st, &route, query, rq, path, now, &request_id, &mut entry),
+            }
+        };
+
+        entry.status = reply.status;
+        st.log.push(entry);
+
+        let mut headers = reply.headers;
+        headers.push(("Content-Type", "application/json; charset=utf-8".to_owned()));
+        headers.push(("request-id", request_id.clone()));
+        headers.push((
+            "client-request-id",
+            rq.client_request_id
+                .map(str::to_owned)
+                .unwrap_or_else(|| request_id.clone()),
+        ));
+        headers.push(("x-ms-correlation-id", request_id));
+        Outgoing {
+            status: reply.status,
+            headers,
+            body: reply.body,
+            delay: reply.delay + latency,
+            reset,
+        }
+    }
+
+    /// Admits (and counts) a call of `class` by `client`, or builds the 429.
+    fn admit(
+        &self,
+        st: &mut State,
+        client: &str,
+        class: &str,
+        now: Instant,
+        entry: &mut LogEntry,
+    ) -> Result<(), RealLimit> {
+        let limits: Vec<RealLimit> = st
+            .live
+            .limits
+            .get(class)
+            .iter()
+            .map(|l| RealLimit::from_limit(l, self.config.time_scale))
+            .collect();
+        match st
+            .quota
+            .check(client, class, &limits, self.config.window_kind, now)
+        {
+            Decision::Admit => {
+                entry.counted = true;
+                Ok(())
+            }
+            Decision::Throttle { wait, limit } => {
+                entry.retry_after = Some(wait);
+                Err(limit)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn token(
+        &self,
+        st: &mut State,
+        tenant: &str,
+        v2: bool,
+        body: &[u8],
+        now: Instant,
+        request_id: &str,
+        entry: &mut LogEntry,
+    ) -> Reply {
+        let form = parse_form(body);
+        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+        let client_id = field("client_id").to_owned();
+        let aad = |status: u16, error: &str, code: u32, text: &str| {
+            aad_error(status, error, code, text, request_id)
+        };
+
+        if self.admit(st, &client_id, CLASS_TOKEN, now, entry).is_err() {
+            let wait = entry.retry_after.unwrap_or_default();
+            return aad(
+                429,
+                "temporarily_unavailable",
+                50196,
+                "The server terminated an operation because it encountered a client request loop. Please contact your app vendor.",
+            )
+            .header("Retry-After", ceil_secs(wait).to_string())
+            .header("retry-after-ms", ceil_millis(wait).to_string());
+        }
+
+        if field("grant_type") != "client_credentials" {
+            return aad(
+                400,
+                "unsupported_grant_type",
+                70003,
+                "The app requested an unsupported grant type; the simulator serves client_credentials only.",
+            );
+        }
+        if !tenant.eq_ignore_ascii_case(&self.config.tenant_id) {
+            return aad(
+                400,
+                "invalid_request",
+                90002,
+                &format!("Tenant '{tenant}' not found."),
+            );
+        }
+        if client_id.is_empty() {
+            return aad(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'client_id'.",
+            );
+        }
+        let Some(secret) = self.secret_of(&client_id) else {
+            return aad(
+                400,
+                "unauthorized_client",
+                700016,
+                &format!(
+                    "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+                ),
+            );
+        };
+        match form.get("client_secret") {
+            None => {
+                return aad(
+                    401,
+                    "invalid_client",
+                    7000216,
+                    "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+                );
+            }
+            Some(given) if given != secret => {
+                return aad(
+                    401,
+                    "invalid_client",
+                    7000215,
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                );
+            }
+            Some(_) => {}
+        }
+        if v2 {
+            let scope = field("scope");
+            if !scope.ends_with("/.default") {
+                return aad(
+                    400,
+                    "invalid_scope",
+                    1002012,
+                    &format!(
+                        "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                    ),
+                );
+            }
+        } else if field("resource").is_empty() {
+            return aad(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'resource'.",
+            );
+        }
+
+        let lifetime = self.config.real(self.config.token_lifetime);
+        // Forget tokens long expired; recently expired ones stay to answer "expired".
+        st.tokens
+            .retain(|_, t| t.expires + lifetime > now || t.expires > now);
+        let token: String = (0..86)
+            .map(|_| {
+                const ALPHABET: &[u8] =
+                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+                ALPHABET[st.id_rng.usize(..ALPHABET.len())] as char
+            })
+            .collect();
+        st.tokens.insert(
+            token.clone(),
+            Token {
+                client_id: client_id.clone(),
+                expires: now + lifetime,
+            },
+        );
+        let secs = self.config.token_lifetime.as_secs();
+        Reply::json(
+            200,
+            &json!({
+                "token_type": "Bearer",
+                "expires_in": secs,
+                "ext_expires_in": secs,
+                "access_token": token,
+            }),
+        )
+    }
+
+    fn secret_of(&self, client_id: &str) -> Option<&str> {
+        if client_id == self.config.client_id {
+            return Some(&self.config.client_secret);
+        }
+        self.config
+            .extra_clients
+            .iter()
+            .find(|(id, _)| id == client_id)
+            .map(|(_, secret)| secret.as_str())
+    }
+
+    /// The client id of a valid, unexpired bearer token.
+    fn authenticate(
+        &self,
+        st: &State,
+        header: Option<&str>,
+        now: Instant,
+    ) -> Result<String, &'static str> {
+        let header = header.ok_or("Authorization header is missing.")?;
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err("Authorization header is not a bearer token."),
+        };
+        let known = st.tokens.get(token).ok_or("The access token is invalid.")?;
+        if known.expires <= now {
+            return Err("The access token has expired.");
+        }
+        Ok(known.client_id.clone())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn api(
+        &self,
+        st: &mut State,
+        route: &Route,
+        query: Option<&str>,
+        rq: &Incoming<'_>,
+        path: &str,
+        now: Instant,
+        request_id: &str,
+        entry: &mut LogEntry,
+    ) -> Reply {
+        let client = match self.authenticate(st, rq.authorization, now) {
+            Ok(client) => client,
+            Err(why) => {
+                return Reply::error(401, "Unauthorized", why, request_id)
+                    .header("WWW-Authenticate", "Bearer error=\"invalid_token\"");
+            }
+        };
+        entry.client_id = Some(client.clone());
+        let class = route.class();
+        if let Err(limit) = self.admit(st, &client, class, now, entry) {
+            let wait = entry.retry_after.unwrap_or_default();
+            return self.throttled(st.live.retry_after_style, class, wait, limit, request_id);
+        }
+        match route {
+            Route::Machines => {
+                let page = paging(query, self.config.page_size_max);
+                match page {
+                    Ok(page) => self.page(&st.machines, &page, path, "Machines"),
+                    Err(why) => Reply::error(400, "ODataError", &why, request_id),
+                }
+            }
+            Route::Alerts => match paging(query, self.config.page_size_max) {
+                Ok(page) => self.page(&st.alerts, &page, path, "Alerts"),
+                Err(why) => Reply::error(400, "ODataError", &why, request_id),
+            },
+            Route::Machine(id) => match st.machine_index.get(&id.to_ascii_lowercase()) {
+                Some(&i) => {
+                    Reply::json(200, &self.with_context(&st.machines[i], "Machines/$entity"))
+                }
+                None => machine_not_found(id, request_id),
+            },
+            Route::Alert(id) => match st.alerts.iter().find(|a| a.id == *id) {
+                Some(alert) => Reply::json(200, &self.with_context(alert, "Alerts/$entity")),
+                None => Reply::error(
+                    404,
+                    "ResourceNotFound",
+                    &format!("Alert {id} was not found"),
+                    request_id,
+                ),
+            },
+            Route::Isolate(id) => self.isolate(st, id, &client, rq.body, now, request_id),
+            Route::Tags(id) => self.tag(st, id, rq.body, request_id),
+            Route::Hunting => self.hunt(st, rq.body, request_id),
+            Route::BatchUpdateAlerts => batch_update(rq.body, request_id),
+            Route::Token { .. } | Route::Unrouted => unreachable!("routed before"),
+        }
+    }
+
+    /// The 429, with the hint the configured style gives.
+    fn throttled(
+        &self,
+        style: RetryAfterStyle,
+        class: &str,
+        wait: Duration,
+        limit: RealLimit,
+        request_id: &str,
+    ) -> Reply {
+        // Advanced hunting answers with the status as its code.
+        let code = if class == CLASS_HUNTING {
+            "429"
+        } else {
+            "TooManyRequests"
+        };
+        let message = match style {
+            RetryAfterStyle::None => "Too many requests. Please try again later.".to_owned(),
+            _ => format!(
+                "API calls quota exceeded! maximum allowed {} per {}",
+                limit.calls,
+                timespan(limit.window)
+            ),
+        };
+        let reply = Reply::error(429, code, &message, request_id);
+        match style {
+            RetryAfterStyle::Seconds => reply
+                .header("Retry-After", ceil_secs(wait).to_string())
+                .header("retry-after-ms", ceil_millis(wait).to_string()),
+            RetryAfterStyle::HttpDate => {
+                let at = SystemTime::now() + wait;
+                let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+                let whole = UNIX_EPOCH + Duration::from_secs(ceil_secs(since));
+                reply.header("Retry-After", httpdate::fmt_http_date(whole))
+            }
+            RetryAfterStyle::Milliseconds => {
+                reply.header("retry-after-ms", ceil_millis(wait).to_string())
+            }
+            RetryAfterStyle::XmsMilliseconds => {
+                reply.header("x-ms-retry-after-ms", ceil_millis(wait).to_string())
+            }
+            RetryAfterStyle::BodyOnly | RetryAfterStyle::None => reply,
+        }
+    }
+
+    fn with_context<T: serde::Serialize>(&self, item: &T, entity: &str) -> Value {
+        let mut value = serde_json::to_value(item).expect("data always serializes");
+        if let Value::Object(map) = &mut value {
+            map.insert(
+                "@odata.context".to_owned(),
+                Value::String(format!("{}/api/$metadata#{entity}", self.base_url)),
+            );
+        }
+        value
+    }
+
+    fn page<T: serde::Serialize>(
+        &self,
+        items: &[T],
+        page: &Page<'_>,
+        path: &str,
+        entity: &str,
+    ) -> Reply {
+        let from = page.skip.min(items.len());
+        let to = from.saturating_add(page.top).min(items.len());
+        let mut body = json!({
+            "@odata.context": format!("{}/api/$metadata#{entity}", self.base_url),
+            "value": &items[from..to],
+        });
+        if to < items.len() && page.top > 0 {
+            // The client's own parameters, byte for byte, then the next $skip.
+            let mut query = page.kept.join("&");
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(&format!("$skip={to}"));
+            body["@odata.nextLink"] = Value::String(format!("{}{path}?{query}", self.base_url));
+        }
+        Reply::json(200, &body)
+    }
+
+    fn isolate(
+        &self,
+        st: &mut State,
+        id: &str,
+        client: &str,
+        body: &[u8],
+        now: Instant,
+        request_id: &str,
+    ) -> Reply {
+        let body: Value = match serde_json::from_slice(body) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            _ => return invalid_body("The body must be a JSON object.", request_id),
+        };
+        let Some(comment) = body.get("Comment").and_then(Value::as_str) else {
+            return invalid_body("Comment is required.", request_id);
+        };
+        let kind = match body.get("IsolationType") {
+            None | Some(Value::Null) => "Full",
+            Some(Value::String(s))
+                if ["Full", "Selective", "UnManagedDevice"].contains(&s.as_str()) =>
+            {
+                s.as_str()
+            }
+            Some(_) => {
+                return invalid_body(
+                    "IsolationType must be Full, Selective or UnManagedDevice.",
+                    request_id,
+                );
+            }
+        };
+        let Some(&index) = st.machine_index.get(&id.to_ascii_lowercase()) else {
+            return machine_not_found(id, request_id);
+        };
+        let machine_id = st.machines[index].id.clone();
+        let pending = self.config.real(self.config.action_pending);
+        if !pending.is_zero()
+            && st
+                .isolated_at
+                .get(&machine_id)
+                .is_some_and(|&at| now < at + pending)
+        {
+            return Reply::error(
+                400,
+                "ActiveRequestAlreadyExists",
+                "Action is already in progress",
+                request_id,
+            );
+        }
+        st.isolated_at.insert(machine_id.clone(), now);
+        *st.actions
+            .entry((machine_id.clone(), "isolate".to_owned()))
+            .or_default() += 1;
+        let at = data::iso_now();
+        Reply::json(
+            201,
+            &json!({
+                "@odata.context": format!("{}/api/$metadata#MachineActions/$entity", self.base_url),
+                "id": new_uuid(&mut st.id_rng),
+                "type": "Isolate",
+                "title": null,
+                "requestor": client,
+                "requestorComment": comment,
+                "status": "Pending",
+                "isolationType": kind,
+                "machineId": machine_id,
+                "computerDnsName": st.machines[index].computer_dns_name,
+                "creationDateTimeUtc": at,
+                "lastUpdateDateTimeUtc": at,
+                "relatedFileInfo": null,
+            }),
+        )
+    }
+
+    fn tag(&self, st: &mut State, id: &str, body: &[u8], request_id: &str) -> Reply {
+        let body: Value = match serde_json::from_slice(body) {
+            Ok(value @ Value::Object(_)) => value,
+            _ => return invalid_body("The body must be a JSON object.", request_id),
+        };
+        let value = match body.get("Value").and_then(Value::as_str) {
+            Some(v) if !v.trim().is_empty() => v.to_owned(),
+            _ => return invalid_body("Value is required.", request_id),
+        };
+        let add = match body.get("Action").and_then(Value::as_str) {
+            Some("Add") => true,
+            Some("Remove") => false,
+            _ => return invalid_body("Action must be Add or Remove.", request_id),
+        };
+        let Some(&index) = st.machine_index.get(&id.to_ascii_lowercase()) else {
+            return machine_not_found(id, request_id);
+        };
+        let machine = &mut st.machines[index];
+        if add {
+            if !machine.machine_tags.contains(&value) {
+                machine.machine_tags.push(value);
+            }
+        } else {
+            machine.machine_tags.retain(|t| *t != value);
+        }
+        let machine_id = machine.id.clone();
+        *st.actions
+            .entry((machine_id, "tag".to_owned()))
+            .or_default() += 1;
+        Reply::json(
+            200,
+            &self.with_context(&st.machines[index], "Machines/$entity"),
+        )
+    }
+
+    fn hunt(&self, st: &State, body: &[u8], request_id: &str) -> Reply {
+        let query = match serde_json::from_slice::<Value>(body) {
+            Ok(v) => v.get("Query").and_then(Value::as_str).map(str::to_owned),
+            Err(_) => None,
+        };
+        let Some(query) = query.filter(|q| !q.trim().is_empty()) else {
+            return Reply::error(400, "BadRequest", "Query is required.", request_id);
+        };
+        let rows = take_count(&query)
+            .unwrap_or(usize::MAX)
+            .min(st.machines.len())
+            .min(HUNTING_MAX_ROWS);
+        let results: Vec<Value> = st.machines[..rows]
+            .iter()
+            .map(|m| {
+                json!({
+                    "Timestamp": m.last_seen,
+                    "DeviceId": m.id,
+                    "DeviceName": m.computer_dns_name,
+                    "OSPlatform": m.os_platform,
+                    "HealthStatus": m.health_status,
+                })
+            })
+            .collect();
+        let mut reply = Reply::json(
+            200,
+            &json!({
+                "Schema": [
+                    {"Name": "Timestamp", "Type": "DateTime"},
+                    {"Name": "DeviceId", "Type": "String"},
+                    {"Name": "DeviceName", "Type": "String"},
+                    {"Name": "OSPlatform", "Type": "String"},
+                    {"Name": "HealthStatus", "Type": "String"},
+                ],
+                "Results": results,
+                "Stats": {
+                    "ExecutionTime": self.config.hunting_delay.as_secs_f64(),
+                    "dataset_statistics": [{"table_row_count": rows}],
+                },
+            }),
+        );
+        reply.delay = self.config.real(self.config.hunting_delay);
+        reply
+    }
+}
+
+fn batch_update(body: &[u8], request_id: &str) -> Reply {
+    let ids = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("alertIds").and_then(Value::as_array).cloned());
+    match ids {
+        Some(ids) if !ids.is_empty() && ids.iter().all(Value::is_string) => Reply::empty(200),
+        _ => invalid_body(
+            "alertIds must be a non-empty array of alert ids.",
+            request_id,
+        ),
+    }
+}
+
+fn invalid_body(message: &str, request_id: &str) -> Reply {
+    Reply::error(400, "InvalidRequestBody", message, request_id)
+}
+
+fn machine_not_found(id: &str, request_id: &str) -> Reply {
+    Reply::error(
+        404,
+        "ResourceNotFound",
+        &format!("Machine {id} was not found"),
+        request_id,
+    )
+}
+
+/// Azure AD's error shape: `{"error","error_description","error_codes",...}`.
+fn aad_error(status: u16, error: &str, code: u32, text: &str, request_id: &str) -> Reply {
+    let timestamp = data::iso_now();
+    Reply::json(
+        status,
+        &json!({
+            "error": error,
+            "error_description": format!(
+                "AADSTS{code}: {text} Trace ID: {request_id} Correlation ID: {request_id} Timestamp: {timestamp}"
+            ),
+            "error_codes": [code],
+            "timestamp": timestamp,
+            "trace_id": request_id,
+            "correlation_id": request_id,
+        }),
+    )
+}
+
+/// `$top` and `$skip` of a list request, and the other parameters as received.
+struct Page<'a> {
+    top: usize,
+    skip: usize,
+    kept: Vec<&'a str>,
+}
+
+fn paging(query: Option<&str>, page_size_max: usize) -> Result<Page<'_>, String> {
+    let mut page = Page {
+        top: page_size_max,
+        skip: 0,
+        kept: Vec::new(),
+    };
+    for part in query.unwrap_or("").split('&') {
+        if query.is_none() {
+            break;
+        }
+        let (name, value) = part.split_once('=').unwrap_or((part, ""));
+        let name = percent_decode(name, true);
+        let number = || {
+            percent_decode(value, true)
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| format!("Invalid value '{value}' for query option {name}."))
+        };
+        if name.eq_ignore_ascii_case("$skip") {
+            page.skip = number()?;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("$top") {
+            page.top = number()?.min(page_size_max);
+        }
+        page.kept.push(part);
+    }
+    Ok(page)
+}
+
+/// The `take N` or `limit N` of a KQL query, if any.
+fn take_count(query: &str) -> Option<usize> {
+    let words: Vec<&str> = query
+        .split(|c: char| c.is_whitespace() || c == '|' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.windows(2).find_map(|w| {
+        (w[0].eq_ignore_ascii_case("take") || w[0].eq_ignore_ascii_case("limit"))
+            .then(|| w[1].parse().ok())
+            .flatten()
+    })
+}
+
+/// `application/x-www-form-urlencoded` fields.
+fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k, true), percent_decode(v, true))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus` is set); malformed escapes stay.
+pub(crate) fn percent_decode(s: &str, plus: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn new_uuid(rng: &mut fastrand::Rng) -> String {
+    data::uuid_from(rng.u64(..), rng.u64(..))
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn ceil_millis(d: Duration) -> u128 {
+    d.as_nanos().div_ceil(1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_classes() {
+        let r = Route::parse("POST", "/tenant/oauth2/v2.0/token");
+        assert_eq!(
+            r,
+            Route::Token {
+                tenant: "tenant".into(),
+                v2: true
+            }
+        );
+        assert_eq!(Route::parse("GET", "/api/Machines/"), Route::Machines);
+        assert_eq!(
+            Route::parse("GET", "/api/machines/ab%20c"),
+            Route::Machine("ab c".into())
+        );
+        assert_eq!(
+            Route::parse("POST", "/api/machines/x/Isolate"),
+            Route::Isolate("x".into())
+        );
+        assert_eq!(
+            Route::parse("POST", "/api/alerts/batchUpdate").class(),
+            CLASS_BATCH_UPDATE_ALERTS
+        );
+        assert_eq!(
+            Route::parse("POST", "/api/advancedqueries/run").class(),
+            CLASS_HUNTING
+        );
+        assert_eq!(Route::parse("DELETE", "/api/machines"), Route::Unrouted);
+        assert_eq!(Route::parse("GET", "/"), Route::Unrouted);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%24top", false), "$top");
+        assert_eq!(percent_decode("a+b%2", true), "a b%2");
+        assert_eq!(percent_decode("%zz%41", false), "%zzA");
+        assert_eq!(percent_decode("%", false), "%");
+    }
+
+    #[test]
+    fn paging_keeps_raw_parameters() {
+        let p = paging(Some("$filter=a%20eq%20'b'&%24top=5&$skip=10"), 100).unwrap();
+        assert_eq!((p.top, p.skip), (5, 10));
+        assert_eq!(p.kept, vec!["$filter=a%20eq%20'b'", "%24top=5"]);
+        let p = paging(Some("$top=500"), 100).unwrap();
+        assert_eq!(p.top, 100);
+        assert!(paging(Some("$top=x"), 100).is_err());
+        let p = paging(None, 7).unwrap();
+        assert_eq!((p.top, p.skip, p.kept.len()), (7, 0, 0));
+    }
+
+    #[test]
+    fn kql_take() {
+        assert_eq!(take_count("DeviceInfo | take 5"), Some(5));
+        assert_eq!(take_count("DeviceInfo|limit 7"), Some(7));
+        assert_eq!(take_count("DeviceInfo"), None);
+    }
+}
