@@ -25,7 +25,7 @@ from ._errors import DETAIL_FIELDS, Error, HTTPError, error_from
 from ._handle import NativeHandle
 from ._limiter import Limiter, Rate
 from ._native import QG_DONE, QG_OK, borrowed_bytes, lib, read_text, take_string
-from ._runner import runner
+from ._runner import Shared, runner
 
 #: ``(method or None for any, path pattern, [(calls, seconds), ...])``, e.g.
 #: ``("POST", "/api/machines/*/isolate", [(100, 60)])``.
@@ -208,11 +208,9 @@ class Client(NativeHandle):
 
         add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
         add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
-        creds = (tenant_id, client_id, client_secret)
+        # Which credentials are enough, and what they may contain, the library decides.
         if access_token is not None:
             add(lib.qg_client_builder_set_access_token, _secret(access_token, "access_token"))
-        elif any(c is None for c in creds):
-            raise ValueError("give tenant_id, client_id and client_secret, or access_token")
         for value, name, setter in (
             (tenant_id, "tenant_id", lib.qg_client_builder_set_tenant_id),
             (client_id, "client_id", lib.qg_client_builder_set_client_id),
@@ -318,6 +316,7 @@ class Client(NativeHandle):
         prepared = _Prepared(method, path, params, json, data, headers)
         client = self._handle()
         req = self._new_request(prepared)
+        shared = Shared(lambda: lib.qg_request_free(req))
         try:
 
             def send() -> Response:
@@ -330,9 +329,9 @@ class Client(NativeHandle):
                 finally:
                     lib.qg_response_free(resp)
 
-            return runner.run(send, lambda: lib.qg_request_cancel(req))
+            return runner.run(send, lambda: lib.qg_request_cancel(req), shared)
         finally:
-            lib.qg_request_free(req)
+            shared.release()
 
     def get(
         self,
@@ -392,29 +391,25 @@ class Client(NativeHandle):
     def _paginate(self, client: c_void_p, prepared: _Prepared) -> Iterator[Any]:
         # The native objects are made on the first next(): a generator never started
         # never runs its finally clauses.
-        req = self._new_request(prepared)
+        req, pages, shared = self._start_pages(client, prepared)
         try:
-            pages = self._start_pages(client, req)
-            try:
 
-                def next_item() -> Optional[str]:
-                    item = c_void_p()
-                    code = lib.qg_pages_next_item(pages, byref(item))
-                    if code == QG_DONE:
-                        return None
-                    if code != QG_OK:
-                        raise self._failure(code)
-                    return take_string(item)
+            def next_item() -> Optional[str]:
+                item = c_void_p()
+                code = lib.qg_pages_next_item(pages, byref(item))
+                if code == QG_DONE:
+                    return None
+                if code != QG_OK:
+                    raise self._failure(code)
+                return take_string(item)
 
-                while True:
-                    text = runner.run(next_item, lambda: lib.qg_request_cancel(req))
-                    if text is None:
-                        return
-                    yield _json.loads(text)
-            finally:
-                lib.qg_pages_free(pages)
+            while True:
+                text = runner.run(next_item, lambda: lib.qg_request_cancel(req), shared)
+                if text is None:
+                    return
+                yield _json.loads(text)
         finally:
-            lib.qg_request_free(req)
+            shared.release()
 
     def pages(self, path: str, params: Optional[Params] = None) -> Iterator[Response]:
         """Yields every page of a GET as a :class:`Response`, following
@@ -426,37 +421,42 @@ class Client(NativeHandle):
         return self._pages(self._handle(), prepared, path)
 
     def _pages(self, client: c_void_p, prepared: _Prepared, path: str) -> Iterator[Response]:
-        req = self._new_request(prepared)
+        req, pages, shared = self._start_pages(client, prepared)
         try:
-            pages = self._start_pages(client, req)
-            try:
 
-                def next_page() -> Optional[Response]:
-                    resp = c_void_p()
-                    code = lib.qg_pages_next(pages, byref(resp))
-                    if code == QG_DONE:
-                        return None
-                    if code != QG_OK:
-                        raise self._failure(code)
-                    try:
-                        return _read_response(resp, "GET", path)
-                    finally:
-                        lib.qg_response_free(resp)
+            def next_page() -> Optional[Response]:
+                resp = c_void_p()
+                code = lib.qg_pages_next(pages, byref(resp))
+                if code == QG_DONE:
+                    return None
+                if code != QG_OK:
+                    raise self._failure(code)
+                try:
+                    return _read_response(resp, "GET", path)
+                finally:
+                    lib.qg_response_free(resp)
 
-                while True:
-                    page = runner.run(next_page, lambda: lib.qg_request_cancel(req))
-                    if page is None:
-                        return
-                    yield page
-            finally:
-                lib.qg_pages_free(pages)
+            while True:
+                page = runner.run(next_page, lambda: lib.qg_request_cancel(req), shared)
+                if page is None:
+                    return
+                yield page
         finally:
-            lib.qg_request_free(req)
+            shared.release()
 
-    def _start_pages(self, client: c_void_p, req: c_void_p) -> c_void_p:
+    def _start_pages(
+        self, client: c_void_p, prepared: _Prepared
+    ) -> Tuple[c_void_p, c_void_p, Shared]:
+        """The native request and pages, held by a :class:`Shared` that frees both."""
+        req = self._new_request(prepared)
         pages = c_void_p()
-        self._check(lib.qg_client_pages(client, req, byref(pages)))
-        return pages
+        try:
+            self._check(lib.qg_client_pages(client, req, byref(pages)))
+        except BaseException:
+            lib.qg_request_free(req)
+            raise
+        shared = Shared(lambda: lib.qg_pages_free(pages), lambda: lib.qg_request_free(req))
+        return req, pages, shared
 
     # -- the rest -------------------------------------------------------------------
 
@@ -537,11 +537,7 @@ class _Prepared:
 
 
 def _secret(value: Any, name: str) -> bytes:
-    # The same checks as _convert.text, with messages that never show the value.
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{name} must not be empty")
+    # _convert.text's messages name the argument, never its value.
     return _convert.text(value, name)
 
 
