@@ -19,6 +19,7 @@ from ._errors import (
     Error,
     HTTPError,
     InvalidArgumentError,
+    NativeIOError,
     ThrottledError,
     TimeoutError,
     TooManyBucketsError,
@@ -42,6 +43,7 @@ __all__ = [
     "Headers",
     "InvalidArgumentError",
     "Limiter",
+    "NativeIOError",
     "Rate",
     "Response",
     "Route",
@@ -70,7 +72,7 @@ def library_path() -> str:
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
     AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, HTTPError,
-    Headers, InvalidArgumentError, Limiter, Response, ThrottledError, TimeoutError,
+    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, ThrottledError, TimeoutError,
     TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__

@@ -20,6 +20,7 @@ __all__ = [
     "AuthError",
     "TransportError",
     "BodyTooLargeError",
+    "NativeIOError",
 ]
 
 
@@ -130,6 +131,11 @@ class BodyTooLargeError(TransportError):
     """The answer's body was larger than the client allows."""
 
 
+class NativeIOError(Error, builtins.OSError):
+    """An input/output operation of the library failed, such as starting the simulator
+    on a port that is taken (also the builtin :class:`OSError`)."""
+
+
 def _int(text: Optional[str]) -> Optional[int]:
     try:
         return int(text) if text else None
@@ -149,6 +155,7 @@ _CLASSES: Dict[int, Type[Error]] = {
     _native.QG_ERR_THROTTLED: ThrottledError,
     _native.QG_ERR_AUTH: AuthError,
     _native.QG_ERR_BODY_TOO_LARGE: BodyTooLargeError,
+    _native.QG_ERR_IO: NativeIOError,
 }
 
 #: QG_DETAIL_* field -> key in :attr:`Error.details`.
