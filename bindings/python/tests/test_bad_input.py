@@ -169,9 +169,12 @@ def test_errors_are_one_hierarchy() -> None:
         quotagate.CancelledError,
         quotagate.InvalidArgumentError,
         quotagate.TooManyBucketsError,
+        quotagate.BodyTooLargeError,
+        quotagate.NativeIOError,
     ):
         assert issubclass(cls, quotagate.Error)
     assert issubclass(quotagate.TimeoutError, TimeoutError)
+    assert issubclass(quotagate.NativeIOError, OSError)
     assert issubclass(quotagate.InvalidArgumentError, ValueError)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from quotagate import Limiter
 
-from conftest import subprocess_env
+from conftest import requires_client, subprocess_env
 
 BLOCKED_ACQUIRE = """
 import sys, quotagate
@@ -32,10 +32,28 @@ sys.exit(1)
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_sigint_interrupts_acquire_in_a_child_process_within_a_second() -> None:
+BLOCKED_REQUEST = """
+import sys, quotagate
+from quotagate.testing import Simulator
+sim = Simulator()
+client = quotagate.Client(sim.tenant_id, sim.client_id, sim.client_secret,
+                          base_url=sim.url, authority=sim.authority, rates=[(1, 3600)])
+client.get("/api/machines", params={"$top": 1})
+print("waiting", flush=True)
+try:
+    client.get("/api/machines", params={"$top": 1})
+except KeyboardInterrupt:
+    print("interrupted", client.stats()["requests"], len(sim.requests()) > 0, flush=True)
+    sys.exit(42)
+sys.exit(1)
+"""
+
+
+def interrupt_child(script: str) -> tuple[int, str, str, float]:
+    """Runs ``script``, sends SIGINT once it printed "waiting", returns its exit code,
+    output and the seconds from the signal to its exit."""
     child = subprocess.Popen(
-        [sys.executable, "-c", BLOCKED_ACQUIRE],
+        [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -52,8 +70,23 @@ def test_sigint_interrupts_acquire_in_a_child_process_within_a_second() -> None:
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == 42, err
+    return child.returncode, out, err, elapsed
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_sigint_interrupts_acquire_in_a_child_process_within_a_second() -> None:
+    code, out, err, elapsed = interrupt_child(BLOCKED_ACQUIRE)
+    assert code == 42, err
     assert out.strip() == "interrupted 1 0"
+    assert elapsed < 1.0
+
+
+@requires_client
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_sigint_interrupts_a_client_call_waiting_for_quota_within_a_second() -> None:
+    code, out, err, elapsed = interrupt_child(BLOCKED_REQUEST)
+    assert code == 42, err
+    assert out.strip() == "interrupted 1 True"
     assert elapsed < 1.0
 
 
