@@ -7,6 +7,7 @@ import atexit
 import logging
 from typing import Any, List, Optional
 
+from ._errors import Error, check
 from ._native import (
     LOG_FN,
     QG_LOG_DEBUG,
@@ -62,21 +63,25 @@ def set_log_level(level: Optional[int] = logging.DEBUG) -> None:
     """Sets the most detailed level of the library's messages that are forwarded to
     ``logging.getLogger("quotagate")`` (``logging.DEBUG`` by default, as at import;
     :data:`TRACE` for everything; None stops forwarding). The logger's own level and
-    handlers still decide what is shown."""
+    handlers still decide what is shown.
+
+    :raises quotagate.InvalidArgumentError: the process already routes the library's
+        log elsewhere (a Rust host with its own logger).
+    """
     if level is None:
-        lib.qg_set_logger(LOG_FN(), 0, None)
+        check(lib.qg_set_logger(LOG_FN(), 0, None))
         return
     if isinstance(level, bool) or not isinstance(level, int):
         raise TypeError(f"level must be a logging level (int) or None, not {type(level).__name__}")
     callback = LOG_FN(_forward)
     _callbacks.append(callback)
-    lib.qg_set_logger(callback, _native_level(level), None)
+    check(lib.qg_set_logger(callback, _native_level(level), None))
 
 
 def _install() -> None:
     try:
         set_log_level(logging.DEBUG)
-    except RuntimeError:  # a library without the logging part: nothing to forward
+    except (RuntimeError, Error):  # no logging part, or the host routes it elsewhere
         return
     # No calls into a finalizing interpreter: stop forwarding before it goes.
     atexit.register(_stop)
