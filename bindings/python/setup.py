@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 try:
@@ -112,16 +112,22 @@ class build_py_with_library(build_py):
         shutil.copy2(library, target / library_name())
 
 
+class BinaryDistribution(Distribution):
+    """A distribution with a native part: built and installed per platform (platlib)."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
 class bdist_wheel_for_platform(bdist_wheel):
     """A wheel for one platform, for any Python 3 (the library is loaded by ctypes)."""
-
-    def finalize_options(self) -> None:
-        super().finalize_options()
-        self.root_is_pure = False
 
     def get_tag(self) -> tuple[str, str, str]:
         _, _, platform = super().get_tag()
         return "py3", "none", platform
 
 
-setup(cmdclass={"build_py": build_py_with_library, "bdist_wheel": bdist_wheel_for_platform})
+setup(
+    distclass=BinaryDistribution,
+    cmdclass={"build_py": build_py_with_library, "bdist_wheel": bdist_wheel_for_platform},
+)
