@@ -50,7 +50,10 @@ def package_version() -> str:
 def crate_version() -> str:
     text = (REPO / "Cargo.toml").read_text(encoding="utf-8")
     package = text.split("[package]", 1)[1].split("\n[", 1)[0]
-    return re.search(r'^version\s*=\s*"([^"]+)"', package, re.M).group(1)  # type: ignore[union-attr]
+    match = re.search(r'^version\s*=\s*"([^"]+)"', package, re.M)
+    if match is None:
+        raise SystemExit("quotagate: no version in Cargo.toml's [package]")
+    return match.group(1)
 
 
 def cargo_build() -> Path:

@@ -6,9 +6,10 @@ pyrate-limiter and limits (moving window, in-memory storage), in one run.
 All limiters get the same rate, one that the benchmark never reaches (10**9 calls per
 second), so every measured call is admitted. Each round uses a fresh key and makes
 ``--calls`` calls in a plain loop, the libraries taking turns round by round; the
-figure is the median over the rounds, in nanoseconds per call. Two floors show where the time goes: a bare ctypes call with no
-arguments (``qg_version_number``) and the raw ctypes call of
-``qg_limiter_try_acquire`` without the wrapper's checks.
+figure is the median over the rounds, in nanoseconds per call. Two more rows show where
+the time goes: a bare ctypes call with no arguments (``qg_version_number``, the floor
+of any ctypes call) and the raw ctypes call of ``qg_limiter_try_acquire`` with plain
+int and bytes arguments, converted on every call, without the wrapper's checks.
 
 Note: limits' moving window inserts at the front of a Python list, so its cost grows
 with the calls already inside the window (here up to ``--calls``); pyrate-limiter's
@@ -124,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     benches = [
         ("ctypes floor: qg_version_number()", bench_floor_ctypes),
-        ("ctypes: qg_limiter_try_acquire (raw)", bench_raw_ctypes_try_acquire),
+        ("ctypes: raw qg_limiter_try_acquire", bench_raw_ctypes_try_acquire),
         (f"quotagate {quotagate.__version__} Limiter.try_acquire", bench_quotagate),
         (f"pyrate-limiter {version_of('pyrate-limiter')} try_acquire", make_pyrate()),
         (f"limits {version_of('limits')} moving window hit", make_limits()),

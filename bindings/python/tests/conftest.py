@@ -47,9 +47,7 @@ def subprocess_env() -> Dict[str, str]:
     """An environment in which a child Python imports the same quotagate as this one."""
     env = dict(os.environ)
     package_parent = str(Path(quotagate.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_parent, env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     return env
 
 

@@ -107,20 +107,30 @@ def test_bad_costs(lim: Limiter, method: str, cost: Any, error: type) -> None:
 
 @pytest.mark.parametrize(
     "timeout, error",
-    [(-1, ValueError), ("1", TypeError), (math.nan, ValueError), (math.inf, ValueError), (True, TypeError)],
+    [
+        (-1, ValueError),
+        ("1", TypeError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (True, TypeError),
+    ],
 )
 def test_bad_timeouts(lim: Limiter, timeout: Any, error: type) -> None:
     with pytest.raises(error):
         lim.acquire("", 1, timeout)
 
 
-@pytest.mark.parametrize("seconds, error", [(-0.5, ValueError), ("1", TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    "seconds, error", [(-0.5, ValueError), ("1", TypeError), (None, TypeError)]
+)
 def test_bad_pauses(lim: Limiter, seconds: Any, error: type) -> None:
     with pytest.raises(error):
         lim.pause("", seconds)
 
 
-@pytest.mark.parametrize("rates, error", [([], ValueError), ((1, 1), TypeError), ([(0, 1)], ValueError)])
+@pytest.mark.parametrize(
+    "rates, error", [([], ValueError), ((1, 1), TypeError), ([(0, 1)], ValueError)]
+)
 def test_bad_set_rates(lim: Limiter, rates: Any, error: type) -> None:
     with pytest.raises(error):
         lim.set_rates("k", rates)
@@ -140,7 +150,9 @@ CALLS: list[Callable[[Limiter], Any]] = [
 
 
 @pytest.mark.parametrize("call", CALLS)
-def test_every_method_of_a_closed_limiter_raises_closed_error(call: Callable[[Limiter], Any]) -> None:
+def test_every_method_of_a_closed_limiter_raises_closed_error(
+    call: Callable[[Limiter], Any],
+) -> None:
     lim = Limiter([(10, 1)])
     lim.close()
     assert lim.closed
@@ -181,7 +193,14 @@ def test_errors_are_one_hierarchy() -> None:
 def test_errors_pickle_with_their_details() -> None:
     import pickle
 
-    e = quotagate.HTTPError("404 Not Found", result=300, details={"status": "404", "code": "NotFound"})
+    e = quotagate.HTTPError(
+        "404 Not Found", result=300, details={"status": "404", "code": "NotFound"}
+    )
     again = pickle.loads(pickle.dumps(e))
     assert type(again) is quotagate.HTTPError
-    assert (str(again), again.result, again.status, again.code) == ("404 Not Found", 300, 404, "NotFound")
+    assert (str(again), again.result, again.status, again.code) == (
+        "404 Not Found",
+        300,
+        404,
+        "NotFound",
+    )

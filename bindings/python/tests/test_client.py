@@ -61,9 +61,7 @@ def test_get_returns_a_response(client: Client) -> None:
 def test_one_machine_and_the_request_verbs(client: Client) -> None:
     machine_id = first_machine_id(client)
     assert client.get(f"/api/machines/{machine_id}").json()["id"] == machine_id
-    r = client.post(
-        f"/api/machines/{machine_id}/tags", json={"Value": "py-test", "Action": "Add"}
-    )
+    r = client.post(f"/api/machines/{machine_id}/tags", json={"Value": "py-test", "Action": "Add"})
     assert r.status_code == 200
     assert "py-test" in r.json()["machineTags"]
     r = client.request(

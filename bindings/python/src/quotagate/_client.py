@@ -199,8 +199,10 @@ class Client(NativeHandle):
         max_body_bytes: Optional[int] = None,
     ) -> None:
         super().__init__()
-        secrets = tuple(s for s in (client_secret, access_token) if isinstance(s, str) and s)
-        self._secrets = secrets
+        self._base_url = base_url
+        self._auth = "access token" if access_token is not None else "client secret"
+        self._tenant_id = tenant_id
+        self._secrets = tuple(s for s in (client_secret, access_token) if isinstance(s, str) and s)
         settings: List[Tuple[Callable[..., int], Tuple[Any, ...]]] = []
 
         def add(fn: Callable[..., int], *args: Any) -> None:
@@ -223,7 +225,8 @@ class Client(NativeHandle):
             add(lib.qg_client_builder_set_scope, _convert.text(scope, "scope"))
         if resource is not None:
             add(lib.qg_client_builder_set_resource, _convert.text(resource, "resource"))
-        add(lib.qg_client_builder_set_timeout_ms, _convert.seconds_to_ms(timeout, "timeout", minimum_ms=1))
+        timeout_ms = _convert.seconds_to_ms(timeout, "timeout", minimum_ms=1)
+        add(lib.qg_client_builder_set_timeout_ms, timeout_ms)
         if connect_timeout is not None:
             ms = _convert.seconds_to_ms(connect_timeout, "connect_timeout", minimum_ms=1)
             add(lib.qg_client_builder_set_connect_timeout_ms, ms)
@@ -236,7 +239,8 @@ class Client(NativeHandle):
             n = _convert.integer(max_attempts, "max_attempts", 1, _convert.U32_MAX)
             add(lib.qg_client_builder_set_max_attempts, n)
         if max_quota_wait is not None:
-            add(lib.qg_client_builder_set_max_quota_wait_ms, _convert.seconds_to_ms(max_quota_wait, "max_quota_wait"))
+            ms = _convert.seconds_to_ms(max_quota_wait, "max_quota_wait")
+            add(lib.qg_client_builder_set_max_quota_wait_ms, ms)
         if rates is not None:
             for calls, window_ms in _convert.rates(rates):
                 add(lib.qg_client_builder_add_default_rate, calls, window_ms)
@@ -245,7 +249,8 @@ class Client(NativeHandle):
                 add(lib.qg_client_builder_add_route, method, pattern, calls, window_ms)
         if limiter is not None:
             if not isinstance(limiter, Limiter):
-                raise TypeError(f"limiter must be a quotagate.Limiter, not {type(limiter).__name__}")
+                kind = type(limiter).__name__
+                raise TypeError(f"limiter must be a quotagate.Limiter, not {kind}")
             add(lib.qg_client_builder_set_limiter, limiter._handle())
         # Keeps the Python object (and so the native handle) alive as long as the client.
         self._limiter = limiter
@@ -260,9 +265,6 @@ class Client(NativeHandle):
         finally:
             lib.qg_client_builder_free(builder)
         self._adopt(client)
-        self._base_url = base_url
-        self._auth = "access token" if access_token is not None else "client secret"
-        self._tenant_id = tenant_id
 
     def _native_close(self, ptr: c_void_p) -> None:
         lib.qg_client_close(ptr)

@@ -76,7 +76,9 @@ def rates(value: Any, name: str = "rates") -> List[NativeRate]:
         raise TypeError(f"{name} must be a list of (calls, seconds) pairs, e.g. [(100, 60)]")
     items = list(value)
     if len(items) == 2 and all(isinstance(x, numbers.Real) for x in items):
-        raise TypeError(f"{name} must be a list of (calls, seconds) pairs: write [{tuple(items)!r}]")
+        raise TypeError(
+            f"{name} must be a list of (calls, seconds) pairs: write [{tuple(items)!r}]"
+        )
     if not items:
         raise ValueError(f"{name} needs at least one (calls, seconds) pair")
     return [rate(item, f"{name}[{i}]") for i, item in enumerate(items)]
