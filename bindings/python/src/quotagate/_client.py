@@ -516,9 +516,11 @@ class _Prepared:
             raise ValueError("give json or data, not both")
         if json is not None:
             try:
-                text = _json.dumps(json, separators=(",", ":"), ensure_ascii=False)
-            except (TypeError, ValueError) as e:
+                text = _json.dumps(json, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            except TypeError as e:
                 raise TypeError(f"json is not serialisable as JSON: {e}") from None
+            except ValueError as e:  # NaN, infinity, a circular reference
+                raise ValueError(f"json is not valid JSON: {e}") from None
             self.body = text.encode("utf-8")
         elif data is not None:
             if isinstance(data, str):
