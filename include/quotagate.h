@@ -148,6 +148,61 @@
 #define QG_LOG_TRACE 5
 
 /**
+ * Field of `qg_sim_info`: the API's base URL, such as "http://127.0.0.1:40123".
+ */
+#define QG_SIM_URL 0
+
+/**
+ * Field of `qg_sim_info`: the login authority (the same origin).
+ */
+#define QG_SIM_AUTHORITY 1
+
+/**
+ * Field of `qg_sim_info`: the tenant id it accepts.
+ */
+#define QG_SIM_TENANT_ID 2
+
+/**
+ * Field of `qg_sim_info`: the client id it accepts.
+ */
+#define QG_SIM_CLIENT_ID 3
+
+/**
+ * Field of `qg_sim_info`: the client secret it accepts (a test value, not a secret).
+ */
+#define QG_SIM_CLIENT_SECRET 4
+
+/**
+ * Retry-After style of `qg_sim_config_set_retry_after_style`: whole seconds (default).
+ */
+#define QG_SIM_RETRY_AFTER_SECONDS 0
+
+/**
+ * Retry-After style: an HTTP-date.
+ */
+#define QG_SIM_RETRY_AFTER_HTTP_DATE 1
+
+/**
+ * Retry-After style: only `retry-after-ms`.
+ */
+#define QG_SIM_RETRY_AFTER_MS 2
+
+/**
+ * Retry-After style: only `x-ms-retry-after-ms`.
+ */
+#define QG_SIM_RETRY_AFTER_X_MS 3
+
+/**
+ * Retry-After style: no header; the body's message states the limit.
+ */
+#define QG_SIM_RETRY_AFTER_BODY_ONLY 4
+
+/**
+ * Retry-After style: no hint at all.
+ */
+#define QG_SIM_RETRY_AFTER_NONE 5
+
+/**
  * A snapshot of one bucket's statistics, taken by `qg_limiter_stats`.
  *
  * Methods: `qg_bucket_stats_get`, `qg_bucket_stats_window_count`,
@@ -238,6 +293,25 @@ typedef struct qg_request qg_request;
  * `qg_response_free`.
  */
 typedef struct qg_response qg_response;
+
+/**
+ * A running simulator on a loopback port.
+ *
+ * Methods: `qg_sim_info`, `qg_sim_log_json`, `qg_sim_stats_json`, `qg_sim_stop`,
+ * `qg_sim_free`.
+ *
+ * Safe to use from any number of threads at once. `qg_sim_free` stops it.
+ */
+typedef struct qg_sim qg_sim;
+
+/**
+ * The simulator's settings before it starts.
+ *
+ * Methods: `qg_sim_config_new`, `qg_sim_config_set_*`, `qg_sim_config_free`.
+ *
+ * Owned by the caller; not for use by several threads at once.
+ */
+typedef struct qg_sim_config qg_sim_config;
 
 /**
  * A place in a bucket's queue, taken by `qg_limiter_enqueue`, so that a caller can wait
@@ -846,6 +920,104 @@ void qg_bucket_stats_free(qg_bucket_stats *s);
  * Thread-safe.
  */
 qg_result qg_set_logger(qg_log_fn callback, uint32_t max_level, void *user_data);
+
+/**
+ * Creates simulator settings with the defaults: 250 machines, the published limits
+ * (100/min + 1,500/h; hunting 45/min + 1,500/h), real time, tokens for 3599 s, no
+ * faults. On success `*out` receives settings to free with `qg_sim_config_free`.
+ */
+qg_result qg_sim_config_new(qg_sim_config **out);
+
+/**
+ * Sets how many machines the simulated tenant has. `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_machines(qg_sim_config *c, uint32_t n);
+
+/**
+ * Limits the endpoint class `endpoint_class` (NULL: "default"; also "hunting",
+ * "batch_update_alerts", "token") to `calls` per `window_seconds` of API time. The first
+ * call for a class replaces its built-in limits; later calls add limits that apply
+ * together. `c` must not be NULL; `calls` and `window_seconds` above 0.
+ */
+qg_result qg_sim_config_set_limit(qg_sim_config *c,
+                                  const char *endpoint_class,
+                                  uint32_t calls,
+                                  double window_seconds);
+
+/**
+ * Scales time: 0.01 makes a 60 s window last 600 ms of real time (token lifetimes and
+ * simulated delays scale too). Above 0. `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_time_scale(qg_sim_config *c, double scale);
+
+/**
+ * Sets how long issued tokens live, in milliseconds of API time (above 0).
+ * `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_token_lifetime_ms(qg_sim_config *c, uint64_t ms);
+
+/**
+ * Injects faults into API calls: the share (0 to 1) answered 503, the share processed
+ * and then answered by closing the connection, and real latency added to each answer.
+ * `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_faults(qg_sim_config *c,
+                                   double error_503_rate,
+                                   double reset_rate,
+                                   uint64_t latency_ms);
+
+/**
+ * Chooses how 429 answers tell the wait (a `QG_SIM_RETRY_AFTER_*` value).
+ * `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_retry_after_style(qg_sim_config *c, uint32_t style);
+
+/**
+ * Frees simulator settings. NULL does nothing; never free the same settings twice.
+ */
+void qg_sim_config_free(qg_sim_config *c);
+
+/**
+ * Starts a simulator with the settings `c` (not consumed) on 127.0.0.1:`port` (0: any
+ * free port). On success `*out` receives a running simulator to free with
+ * `qg_sim_free`. `QG_ERR_IO` when the port cannot be bound. No NULL.
+ */
+qg_result qg_sim_start(const qg_sim_config *c, uint16_t port, const qg_sim **out);
+
+/**
+ * Copies one fact of the running simulator (a `QG_SIM_*` field) into `buf`, with the
+ * conventions of `qg_last_error_message`. `s` and `written` must not be NULL.
+ */
+qg_result qg_sim_info(const qg_sim *s, uint32_t field, char *buf, size_t len, size_t *written);
+
+/**
+ * Writes the log of every request received as a JSON array to `*out` (free with
+ * `qg_string_free`): objects with `at_ms` (since start), `method`, `path` (as received),
+ * `status`, `class`, `client_id` (or null), `reset`, `counted` and `retry_after_ms`
+ * (or null). `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
+ */
+qg_result qg_sim_log_json(const qg_sim *s, char **out);
+
+/**
+ * Writes the simulator's figures as a JSON object to `*out` (free with
+ * `qg_string_free`): `requests`, `throttled`, `token_requests`, `resets`, `errors_503`,
+ * `by_status` (status to count) and `max_in_window` (class to a list of `calls`,
+ * `window_ms` and `peak`: the most calls one client had inside any rolling window).
+ * `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
+ */
+qg_result qg_sim_stats_json(const qg_sim *s, char **out);
+
+/**
+ * Stops the simulator: it closes its port and connections. Later calls on it give
+ * `QG_ERR_CLOSED`; stopping twice is fine. The handle stays valid until `qg_sim_free`.
+ */
+qg_result qg_sim_stop(const qg_sim *s);
+
+/**
+ * Stops (if running) and frees a simulator. NULL does nothing; never free the same
+ * handle twice.
+ */
+void qg_sim_free(const qg_sim *s);
 
 /**
  * Frees a string returned by the library through a `char **` out-parameter

@@ -13,5 +13,7 @@ mod client;
 mod error;
 mod limiter;
 mod log;
+#[cfg(feature = "sim")]
+mod sim;
 mod string;
 mod version;

@@ -46,6 +46,8 @@ pub(crate) struct Waiter {
     state: AtomicU8,
     /// Admission instant, valid once admitted (under the bucket's lock).
     admitted_at: std::sync::atomic::AtomicU64,
+    /// Threads blocked in a wait on this waiter now (under the bucket's lock).
+    pub(crate) active: std::sync::atomic::AtomicU32,
     pub(crate) wake: Condvar,
 }
 
@@ -57,6 +59,7 @@ impl Waiter {
             deadline,
             state: AtomicU8::new(WaiterState::Waiting as u8),
             admitted_at: std::sync::atomic::AtomicU64::new(0),
+            active: std::sync::atomic::AtomicU32::new(0),
             wake: Condvar::new(),
         }
     }
@@ -120,6 +123,8 @@ pub(crate) struct BucketState {
     pub(crate) paused_until: Nanos,
     pub(crate) queue: VecDeque<Arc<Waiter>>,
     pub(crate) closed: bool,
+    /// Rates given to this bucket alone: it is never dropped as idle, or they would be lost.
+    pub(crate) own_rates: bool,
     pub(crate) stats: BucketStats,
 }
 
@@ -146,6 +151,7 @@ impl BucketState {
             paused_until: 0,
             queue: VecDeque::new(),
             closed: false,
+            own_rates: false,
             stats: BucketStats::default(),
         }
     }
@@ -214,10 +220,27 @@ impl BucketState {
                 head_changed = true;
             } else {
                 if head_changed {
-                    head.wake.notify_one();
+                    self.kick();
                 }
                 return Some(at);
             }
+        }
+    }
+
+    /// The waiter that keeps the head's time: the first one in queue order with a thread
+    /// blocked on it (the head itself when its owner waits). Only it sleeps on the clock,
+    /// so a head whose owner is not waiting right now never stalls the others.
+    pub(crate) fn timer(&self) -> Option<&Arc<Waiter>> {
+        self.queue
+            .iter()
+            .find(|w| w.active.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Wakes the timer so that it recomputes the head's instant (after the head or the
+    /// rates changed).
+    pub(crate) fn kick(&self) {
+        if let Some(t) = self.timer() {
+            t.wake.notify_one();
         }
     }
 
@@ -232,10 +255,8 @@ impl BucketState {
         self.stats.cancellations += 1;
         waiter.wake.notify_all();
         if was_head {
-            if let Some(h) = self.queue.front() {
-                h.wake.notify_one();
-            }
             self.pump(now);
+            self.kick();
         }
         true
     }
@@ -291,6 +312,6 @@ impl BucketState {
     /// Nothing in any window, nobody waiting, no pause: the bucket can be forgotten.
     pub(crate) fn is_idle(&mut self, now: Nanos) -> bool {
         self.log.expire(now);
-        self.queue.is_empty() && self.paused_until <= now && self.log.is_idle()
+        !self.own_rates && self.queue.is_empty() && self.paused_until <= now && self.log.is_idle()
     }
 }

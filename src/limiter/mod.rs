@@ -323,11 +323,15 @@ impl Limiter {
     /// already admitted stay counted under the new rates.
     pub fn set_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
         validate_rates(rates)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let mut map = self.inner.buckets.write();
         if let Some(b) = map.get(key) {
             let now = self.now();
             let mut st = b.state.lock();
             st.log = st.log.with_rates(rates, self.inner.margin, now);
+            st.own_rates = true;
             // Queued calls that no longer fit any window fail rather than wait forever.
             let max = st.log.max_cost();
             if st.queue.iter().any(|w| w.cost > max) {
@@ -337,10 +341,12 @@ impl Limiter {
                 }
             }
             st.pump(now);
+            // The head's instant changed: its timer must recompute it.
+            st.kick();
             return Ok(());
         }
         let b = self.insert(&mut map, key, rates)?;
-        drop(b);
+        b.state.lock().own_rates = true;
         Ok(())
     }
 
@@ -351,7 +357,12 @@ impl Limiter {
         }
         validate_rates(rates)?;
         let mut map = self.inner.buckets.write();
-        self.insert(&mut map, key, rates).map(drop)
+        if map.contains_key(key) {
+            return Ok(());
+        }
+        let b = self.insert(&mut map, key, rates)?;
+        b.state.lock().own_rates = rates != self.inner.default_rates.as_slice();
+        Ok(())
     }
 
     /// The rates that apply to `key` now (the defaults for a bucket not yet created).
@@ -400,6 +411,10 @@ impl Limiter {
         let now = self.now();
         self.with_bucket(key, |st| {
             let cost = Self::check_cost(st, cost)?;
+            if !st.queue.is_empty() {
+                // Calls whose time has come leave the queue first.
+                st.pump(now);
+            }
             if st.queue.is_empty() {
                 let at = st.ready_at(now, cost);
                 if at <= now {
@@ -411,7 +426,6 @@ impl Limiter {
                     wait: Duration::from_nanos(at - now),
                 });
             }
-            st.pump(now);
             let at = st.ready_at_behind_queue(now, cost);
             st.stats.refusals += 1;
             Err(Error::WouldBlock {
@@ -580,20 +594,18 @@ impl Ticket {
         let started = Instant::now();
         let clock = &self.limiter.inner.clock;
         let mut st: MutexGuard<'_, BucketState> = self.bucket.state.lock();
-        loop {
+        self.waiter.active.fetch_add(1, Ordering::Relaxed);
+        let result = loop {
             let now = clock.now();
             let head_at = st.pump(now);
             if let Some(done) = self.outcome() {
-                return done;
+                break done;
             }
-            let is_head = st
-                .queue
-                .front()
-                .is_some_and(|h| Arc::ptr_eq(h, &self.waiter));
-            // The head sleeps until its instant; the others until their deadline (or until
-            // they become head and are woken).
+            // The timer (the first waiter with a thread on it) sleeps until the head's
+            // instant; the others until their deadline, or until woken as the new timer.
+            let is_timer = st.timer().is_some_and(|t| Arc::ptr_eq(t, &self.waiter));
             let deadline = self.waiter.deadline.map(|d| d.saturating_add(1));
-            let target = match (is_head.then_some(head_at).flatten(), deadline) {
+            let target = match (is_timer.then_some(head_at).flatten(), deadline) {
                 (Some(a), Some(d)) => Some(a.min(d)),
                 (a, d) => a.or(d),
             };
@@ -601,7 +613,7 @@ impl Ticket {
             if let Some(slice) = slice {
                 let left = slice.saturating_sub(started.elapsed());
                 if left.is_zero() {
-                    return Ok(Wait::Pending);
+                    break Ok(Wait::Pending);
                 }
                 sleep = Some(sleep.map_or(left, |s| s.min(left)));
             }
@@ -611,7 +623,11 @@ impl Ticket {
                 }
                 None => self.waiter.wake.wait(&mut st),
             }
-        }
+        };
+        self.waiter.active.fetch_sub(1, Ordering::Relaxed);
+        // If this thread kept the head's time, hand that job to the next waiting thread.
+        st.kick();
+        result
     }
 
     /// Checks once, without blocking, whether the call is admitted.

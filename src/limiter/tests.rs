@@ -340,6 +340,95 @@ fn real_clock_stress_keeps_every_window() {
     assert_windows(&log, &[(50, 200), (120, 1000)]);
 }
 
+#[test]
+fn a_head_nobody_waits_on_never_stalls_the_queue() {
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    l.try_acquire("k", 1).unwrap();
+    let t1 = l.enqueue("k", 1, None).unwrap();
+    let t2 = l.enqueue("k", 1, None).unwrap();
+    let started = Instant::now();
+    // Only t2 has a thread on it: it keeps the head's time and moves t1 along.
+    assert_eq!(t2.wait(Some(Duration::from_secs(2))), Ok(Wait::Admitted));
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(t1.admitted().is_some());
+}
+
+#[test]
+fn try_acquire_lets_the_ripe_queue_go_first_then_admits() {
+    let (l, clock) = manual(&[(2, 100)]);
+    l.try_acquire("k", 2).unwrap();
+    let t = l.enqueue("k", 1, None).unwrap();
+    clock.advance(Duration::from_millis(150));
+    l.try_acquire("k", 1).unwrap();
+    assert!(t.admitted().is_some());
+}
+
+#[test]
+fn own_rates_survive_idle_purges_and_close() {
+    let clock = ManualClock::new();
+    let l = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_millis(100)))
+        .max_buckets(2)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    l.set_rates("a", &[Rate::new(1, Duration::from_secs(10))])
+        .unwrap();
+    l.try_acquire("b", 1).unwrap();
+    clock.advance(Duration::from_millis(200));
+    assert_eq!(l.try_acquire("c", 1), Ok(()), "b was idle and made room");
+    assert_eq!(l.rates("a"), vec![Rate::new(1, Duration::from_secs(10))]);
+    l.close();
+    assert_eq!(
+        l.set_rates("a", &[Rate::new(2, Duration::from_secs(1))]),
+        Err(Error::Closed)
+    );
+}
+
+#[test]
+fn new_rates_count_units_whatever_was_read_before() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("x", 1).unwrap();
+    l.try_acquire("y", 1).unwrap();
+    clock.advance(Duration::from_millis(150));
+    let _ = l.stats("y"); // expires y's unit under the old window
+    for k in ["x", "y"] {
+        l.set_rates(k, &[Rate::new(1, Duration::from_millis(1000))])
+            .unwrap();
+        assert_eq!(
+            l.try_acquire(k, 1),
+            Err(Error::WouldBlock {
+                wait: Duration::from_millis(850)
+            }),
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn new_rates_wake_the_waiting_head() {
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(1000)))
+        .build()
+        .unwrap();
+    l.try_acquire("k", 1).unwrap();
+    let l2 = l.clone();
+    let started = Instant::now();
+    let waiter = thread::spawn(move || l2.acquire("k", 1, None));
+    thread::sleep(Duration::from_millis(20));
+    l.set_rates("k", &[Rate::new(1, Duration::from_millis(200))])
+        .unwrap();
+    waiter.join().unwrap().unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_millis(700),
+        "{waited:?}"
+    );
+}
+
 // ---- property tests over random schedules with the manual clock ----
 
 #[derive(Debug, Clone)]

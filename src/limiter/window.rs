@@ -69,6 +69,9 @@ pub(crate) struct SlidingLog {
     mask: u64,
     /// Sequence number of the next unit to log.
     next: u64,
+    /// The oldest sequence number whose instant the ring still holds (growing keeps only
+    /// the units inside some window).
+    valid_from: u64,
 }
 
 impl SlidingLog {
@@ -89,15 +92,19 @@ impl SlidingLog {
             ring: vec![0; cap as usize].into_boxed_slice(),
             mask: cap - 1,
             next: 0,
+            valid_from: 0,
         }
     }
 
     /// A log for new rates that keeps the units already admitted.
     pub(crate) fn with_rates(&self, rates: &[Rate], margin: Duration, now: Nanos) -> Self {
         let mut fresh = Self::new(rates, margin);
-        // Only the newest `calls` units can ever decide an admission under a rate.
+        // Only the newest `calls` units can ever decide an admission under a rate. Units
+        // that left the old windows may still be inside the new ones: carry every unit the
+        // ring still holds, whatever the old cursors say.
         let largest = fresh.rates.iter().map(|r| r.calls).max().unwrap_or(0);
-        let keep = self.retained().min(largest);
+        let held = (self.next - self.valid_from).min(self.mask + 1);
+        let keep = held.min(largest);
         for seq in self.next - keep..self.next {
             let t = self.ring[(seq & self.mask) as usize];
             fresh.expire(now);
@@ -174,11 +181,13 @@ impl SlidingLog {
         let cap = needed.next_power_of_two();
         let mut ring = vec![0; cap as usize].into_boxed_slice();
         let mask = cap - 1;
-        for seq in self.next - self.retained()..self.next {
+        let from = self.next - self.retained();
+        for seq in from..self.next {
             ring[(seq & mask) as usize] = self.at(seq);
         }
         self.ring = ring;
         self.mask = mask;
+        self.valid_from = from;
     }
 
     /// Units inside each rate's window at the last expiry, with the rate's limit.

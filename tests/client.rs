@@ -1,0 +1,543 @@
+//! The client against the local simulator: quotas, Retry-After, learning, tokens, 401s,
+//! faults, paging, limits and cancellation. Windows are short so that nothing sleeps long.
+
+use quotagate::client::{Client, ClientBuilder, Error, Request, RetryPolicy};
+use quotagate::limiter::Rate;
+use quotagate::sim::{Faults, RetryAfterStyle, SimConfig, Simulator};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn builder(sim: &Simulator) -> ClientBuilder {
+    Client::builder()
+        .base_url(&sim.url())
+        .authority(&sim.authority())
+        .tenant_id(sim.tenant_id())
+        .client_id(sim.client_id())
+        .client_secret(sim.client_secret())
+        .retry_policy(RetryPolicy {
+            max_attempts: 10,
+            max_quota_wait: Duration::from_secs(30),
+            base_backoff: ms(20),
+            max_backoff: ms(200),
+        })
+}
+
+/// Runs `threads` threads that each send `calls` GETs of one machine; all must succeed.
+fn hammer(client: &Client, threads: usize, calls: usize) {
+    let id = "/api/machines?$top=1";
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let c = client.clone();
+            thread::spawn(move || {
+                for _ in 0..calls {
+                    let r = c.send(&Request::get(id)).unwrap();
+                    assert_eq!(r.status(), 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn configured_like_the_server_many_threads_never_see_a_429() {
+    let sim =
+        Simulator::start(SimConfig::default().limits("default", &[(10, 0.5), (25, 2.0)])).unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(10, ms(500)), Rate::new(25, ms(2000))])
+        .margin(ms(15))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    hammer(&client, 8, 4);
+    let st = sim.stats();
+    assert_eq!(st.throttled, 0, "{:?}", st.by_status);
+    assert!(st.exceeded().is_empty(), "{:?}", st.max_in_window);
+    assert_eq!(st.peak("default", ms(500)), Some(10));
+    // 32 calls at 25 per 2 s need more than 2 s: the hourly-style window held too.
+    assert!(started.elapsed() >= ms(2000));
+    let stats = client.stats();
+    assert_eq!(stats.requests, 32);
+    assert_eq!(stats.token_requests, 1, "one token for all threads");
+    let bucket = stats.buckets.values().next().unwrap();
+    assert_eq!(bucket.admitted_calls, 32);
+    assert!(bucket.waited_calls > 0);
+}
+
+#[test]
+fn a_stricter_server_costs_one_429_then_its_limit_is_learned() {
+    let sim = Simulator::start(
+        SimConfig::default()
+            .limits("default", &[(5, 0.5)])
+            .retry_after_style(RetryAfterStyle::BodyOnly),
+    )
+    .unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(50, ms(500))])
+        .margin(ms(15))
+        .build()
+        .unwrap();
+    for _ in 0..15 {
+        assert_eq!(
+            client
+                .send(&Request::get("/api/machines?$top=1"))
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(sim.stats().throttled, 1);
+    let stats = client.stats();
+    assert_eq!(stats.learned_limits, 1);
+    assert_eq!(stats.buckets.values().next().unwrap().windows[0].calls, 5);
+    assert!(sim.stats().exceeded().is_empty());
+}
+
+#[test]
+fn every_retry_after_form_is_honoured() {
+    for style in [
+        RetryAfterStyle::Seconds,
+        RetryAfterStyle::HttpDate,
+        RetryAfterStyle::Milliseconds,
+        RetryAfterStyle::XmsMilliseconds,
+        RetryAfterStyle::None,
+    ] {
+        let sim = Simulator::start(
+            SimConfig::default()
+                .limits("default", &[(3, 0.3)])
+                .retry_after_style(style),
+        )
+        .unwrap();
+        // The client believes in a much higher limit: only the server's hints hold it back.
+        let client = builder(&sim)
+            .default_rates(vec![Rate::new(1000, ms(300))])
+            .build()
+            .unwrap();
+        for _ in 0..8 {
+            let r = client.send(&Request::get("/api/machines?$top=1")).unwrap();
+            assert_eq!(r.status(), 200, "{style:?}");
+        }
+        let log = sim.log();
+        // After each 429, the next call of the bucket came no earlier than the hint.
+        for (i, e) in log.iter().enumerate() {
+            if let (429, Some(wait)) = (e.status, e.retry_after) {
+                if matches!(style, RetryAfterStyle::None) {
+                    continue;
+                }
+                let next = log[i + 1..].iter().find(|n| n.class == "default");
+                let next = next.expect("a retry follows a 429");
+                // Whole seconds and dates round up; the others are exact.
+                assert!(
+                    next.instant + ms(5) >= e.instant + wait.min(ms(300)),
+                    "{style:?}: retried {:?} after a 429 asking {wait:?}",
+                    next.instant - e.instant
+                );
+            }
+        }
+        assert!(sim.stats().exceeded().is_empty(), "{style:?}");
+        assert!(
+            client.stats().throttled >= 1,
+            "{style:?}: the server did throttle"
+        );
+    }
+}
+
+#[test]
+fn tokens_are_refreshed_early_once_for_all_threads() {
+    let sim = Simulator::start(
+        SimConfig::default()
+            .token_lifetime(ms(1000))
+            .limits("default", &[(100_000, 60.0)]),
+    )
+    .unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(100_000, Duration::from_secs(60))])
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let c = client.clone();
+            thread::spawn(move || {
+                while started.elapsed() < ms(2500) {
+                    assert_eq!(
+                        c.send(&Request::get("/api/machines?$top=1"))
+                            .unwrap()
+                            .status(),
+                        200
+                    );
+                    thread::sleep(ms(20));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let st = sim.stats();
+    // Tokens live 1 s and are refreshed 200 ms early: about one per 800 ms, never one per thread.
+    assert!(
+        (3..=5).contains(&st.token_requests),
+        "{} token requests",
+        st.token_requests
+    );
+    assert_eq!(
+        st.by_status.get(&401),
+        None,
+        "no call went out with an expired token"
+    );
+    assert_eq!(client.stats().token_requests, st.token_requests);
+}
+
+#[test]
+fn a_401_refreshes_the_token_and_retries_once() {
+    // expires_in says an hour, but the scaled token dies after about 360 ms of real time.
+    let sim = Simulator::start(SimConfig::default().time_scale(0.0001)).unwrap();
+    let client = builder(&sim).build().unwrap();
+    assert_eq!(
+        client
+            .send(&Request::get("/api/machines?$top=1"))
+            .unwrap()
+            .status(),
+        200
+    );
+    thread::sleep(ms(500));
+    let r = client.send(&Request::get("/api/machines?$top=1")).unwrap();
+    assert_eq!((r.status(), r.attempts()), (200, 2));
+    assert_eq!(sim.stats().by_status.get(&401), Some(&1));
+    assert_eq!(sim.stats().token_requests, 2);
+}
+
+#[test]
+fn a_fixed_token_that_is_refused_gives_the_401() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = Client::builder()
+        .base_url(&sim.url())
+        .access_token("not-a-token")
+        .build()
+        .unwrap();
+    let r = client.send(&Request::get("/api/machines")).unwrap();
+    assert_eq!(r.status(), 401);
+    let e = r.error_for_status().unwrap_err();
+    assert!(
+        matches!(&e, Error::Http(d) if d.code.as_deref() == Some("Unauthorized")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("not-a-token"));
+}
+
+#[test]
+fn wrong_credentials_are_an_auth_error_without_the_secret() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim)
+        .client_secret("wrong-secret-value")
+        .build()
+        .unwrap();
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert!(matches!(e, Error::Auth(..)), "{e}");
+    let text = format!("{e} {e:?} {client:?}");
+    assert!(!text.contains("wrong-secret-value"), "{text}");
+}
+
+#[test]
+fn gets_survive_503_and_reset_storms() {
+    let sim = Simulator::start(
+        SimConfig::default()
+            .seed(7)
+            .limits("default", &[(100_000, 60.0)])
+            .faults(Faults {
+                error_503_rate: 0.3,
+                reset_rate: 0.3,
+                ..Faults::default()
+            }),
+    )
+    .unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(100_000, Duration::from_secs(60))])
+        .build()
+        .unwrap();
+    hammer(&client, 4, 10);
+    let st = sim.stats();
+    assert!(st.errors_503 > 0 && st.resets > 0, "{st:?}");
+    assert!(client.stats().retries > 0);
+}
+
+#[test]
+fn an_ambiguous_post_is_reported_and_never_repeated() {
+    let sim = Simulator::start(SimConfig::default().faults(Faults {
+        reset_rate: 1.0,
+        ..Faults::default()
+    }))
+    .unwrap();
+    let id = sim.machine_ids()[0].clone();
+    let client = builder(&sim).build().unwrap();
+    let req = Request::post(&format!("/api/machines/{id}/isolate"))
+        .json(&serde_json::json!({"Comment": "test", "IsolationType": "Full"}));
+    let e = client.send(&req).unwrap_err();
+    assert!(matches!(e, Error::Transport(..)), "{e}");
+    assert!(e.to_string().contains("not repeated"), "{e}");
+    assert_eq!(
+        sim.action_count(&id, "isolate"),
+        1,
+        "the machine was isolated once"
+    );
+}
+
+#[test]
+fn a_post_answered_503_is_retried() {
+    let sim = Simulator::start(SimConfig::default().seed(3).faults(Faults {
+        error_503_rate: 0.5,
+        ..Faults::default()
+    }))
+    .unwrap();
+    let id = sim.machine_ids()[1].clone();
+    let client = builder(&sim).build().unwrap();
+    for _ in 0..5 {
+        let req = Request::post(&format!("/api/machines/{id}/tags"))
+            .json(&serde_json::json!({"Value": "t", "Action": "Add"}));
+        assert_eq!(client.send(&req).unwrap().status(), 200);
+    }
+    assert_eq!(
+        sim.action_count(&id, "tag"),
+        5,
+        "each tag applied exactly once"
+    );
+    assert!(sim.stats().errors_503 > 0);
+}
+
+#[test]
+fn paging_follows_next_links_exactly() {
+    let sim = Simulator::start(SimConfig::default().machines(250)).unwrap();
+    let client = builder(&sim).build().unwrap();
+    let first = Request::get("/api/machines")
+        .query("$top", "7")
+        .query("$filter", "healthStatus eq 'Active'");
+    let ids: Vec<String> = client
+        .items(&first)
+        .map(|m| m.unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 250);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 250);
+    let pages: Vec<_> = sim
+        .log()
+        .into_iter()
+        .filter(|e| e.path.starts_with("/api/machines"))
+        .collect();
+    assert_eq!(pages.len(), 36);
+    // Every page carried the filter exactly as the first request encoded it.
+    let filter = "$filter=healthStatus%20eq%20%27Active%27";
+    assert!(
+        pages.iter().all(|p| p.path.contains(filter)),
+        "{:?}",
+        pages[1].path
+    );
+    assert_eq!(client.pages(&first).count(), 36);
+}
+
+#[test]
+fn an_error_page_ends_paging_with_the_details() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).build().unwrap();
+    let mut items = client.items(&Request::get("/api/nothing-here"));
+    match items.next() {
+        Some(Err(Error::Http(d))) => {
+            assert_eq!(d.status, Some(404));
+            assert_eq!(d.code.as_deref(), Some("NotFound"));
+            assert!(d.request_id.is_some() || d.target.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bodies_over_the_limit_fail() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).max_body(100).build().unwrap();
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert_eq!(e, Error::BodyTooLarge(100));
+}
+
+#[test]
+fn a_slow_server_times_out_and_a_patient_client_waits() {
+    let sim = Simulator::start(SimConfig::default().latency(ms(300))).unwrap();
+    let impatient = builder(&sim)
+        .timeout(ms(100))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let e = impatient
+        .send(&Request::get("/api/machines?$top=1"))
+        .unwrap_err();
+    // The token endpoint is slow too, so the first exchange to time out may be the token's.
+    let timed_out =
+        matches!(e, Error::Timeout(..)) || matches!(&e, Error::Auth(m, _) if m.contains("timeout"));
+    assert!(timed_out, "{e}");
+    assert!(started.elapsed() < ms(3000));
+    let patient = builder(&sim).build().unwrap();
+    hammer(&patient, 4, 2);
+}
+
+#[test]
+fn a_waiting_call_can_be_cancelled_or_closed() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    // The second call must wait 10 s, well within the 30 s budget, so it really waits.
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(1, Duration::from_secs(10))])
+        .build()
+        .unwrap();
+    client.send(&Request::get("/api/machines?$top=1")).unwrap();
+    let req = Request::get("/api/machines?$top=1");
+    let cancel = req.canceller();
+    let c = client.clone();
+    let waiter = thread::spawn(move || c.send(&req));
+    thread::sleep(ms(100));
+    let t = Instant::now();
+    cancel.cancel();
+    assert_eq!(waiter.join().unwrap().unwrap_err(), Error::Cancelled);
+    assert!(t.elapsed() < ms(200));
+    let c = client.clone();
+    let waiter = thread::spawn(move || c.send(&Request::get("/api/machines?$top=1")));
+    thread::sleep(ms(100));
+    client.close();
+    assert_eq!(waiter.join().unwrap().unwrap_err(), Error::Closed);
+    assert_eq!(
+        client
+            .stats()
+            .buckets
+            .values()
+            .next()
+            .unwrap()
+            .admitted_calls,
+        1,
+        "no permit leaked"
+    );
+}
+
+#[test]
+fn the_quota_budget_runs_out_as_throttled() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(1, Duration::from_secs(60))])
+        .max_quota_wait(ms(200))
+        .build()
+        .unwrap();
+    client.send(&Request::get("/api/machines?$top=1")).unwrap();
+    let t = Instant::now();
+    let e = client
+        .send(&Request::get("/api/machines?$top=1"))
+        .unwrap_err();
+    assert!(matches!(e, Error::Throttled(_)), "{e}");
+    assert!(
+        t.elapsed() < ms(150),
+        "a wait past the budget fails at once"
+    );
+}
+
+#[test]
+fn hunting_has_its_own_bucket() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).build().unwrap();
+    let r = client
+        .send(
+            &Request::post("/api/advancedqueries/run")
+                .json(&serde_json::json!({"Query": "DeviceInfo | take 3"})),
+        )
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    assert!(v["Results"].is_array() && v["Schema"].is_array());
+    client.send(&Request::get("/api/machines?$top=1")).unwrap();
+    let keys: Vec<String> = client.stats().buckets.keys().cloned().collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().any(|k| k.ends_with("|hunting")), "{keys:?}");
+}
+
+#[test]
+fn urls_off_the_api_host_are_refused() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).build().unwrap();
+    for bad in [
+        "https://evil.example/api/machines",
+        "api/machines",
+        &format!("{}.evil/x", sim.url()),
+    ] {
+        assert!(
+            matches!(
+                client.send(&Request::get(bad)),
+                Err(Error::InvalidArgument(_))
+            ),
+            "{bad}"
+        );
+    }
+    let absolute = format!("{}/api/machines?$top=1", sim.url());
+    assert_eq!(client.send(&Request::get(&absolute)).unwrap().status(), 200);
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    assert!(Client::builder().build().is_err(), "no credentials");
+    assert!(
+        Client::builder()
+            .access_token("t")
+            .base_url("ftp://x")
+            .build()
+            .is_err()
+    );
+    assert!(Client::builder().access_token("").build().is_err());
+    assert!(
+        Client::builder()
+            .access_token("t")
+            .max_attempts(0)
+            .build()
+            .is_err()
+    );
+    assert!(
+        Client::builder()
+            .access_token("t")
+            .default_rates(vec![])
+            .build()
+            .is_err()
+    );
+    assert!(
+        Client::builder()
+            .tenant_id("a/b")
+            .client_id("c")
+            .client_secret("s")
+            .build()
+            .is_err()
+    );
+}
+
+#[test]
+fn clients_can_share_one_limiter() {
+    let sim = Simulator::start(SimConfig::default().limits("default", &[(6, 0.5)])).unwrap();
+    let limiter = quotagate::Limiter::builder()
+        .rate(Rate::new(6, ms(500)))
+        .margin(ms(15))
+        .build()
+        .unwrap();
+    let a = Arc::new(
+        builder(&sim)
+            .limiter(limiter.clone())
+            .default_rates(vec![Rate::new(6, ms(500))])
+            .build()
+            .unwrap(),
+    );
+    let b = builder(&sim)
+        .limiter(limiter)
+        .default_rates(vec![Rate::new(6, ms(500))])
+        .build()
+        .unwrap();
+    hammer(&a, 2, 6);
+    hammer(&b, 2, 6);
+    assert_eq!(sim.stats().throttled, 0);
+}
