@@ -31,7 +31,8 @@ def connect(stack: contextlib.ExitStack) -> Client:
     print(f"(no QUOTAGATE_* credentials: using the simulator at {sim.url})", file=sys.stderr)
     return stack.enter_context(
         Client(sim.tenant_id, sim.client_id, sim.client_secret,
-               base_url=sim.url, authority=sim.authority)
+               base_url=sim.url, authority=sim.authority,
+               timeout=5)  # seconds per attempt: the simulator is local
     )  # fmt: skip
 
 

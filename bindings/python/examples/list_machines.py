@@ -33,6 +33,7 @@ def connect(stack: contextlib.ExitStack) -> Client:
             sim.tenant_id, sim.client_id, sim.client_secret,
             base_url=sim.url, authority=sim.authority,
             rates=[(100, 60 * scale), (1500, 3600 * scale)],
+            timeout=5,  # seconds per attempt: the simulator is local
         )
     )  # fmt: skip
 

@@ -116,6 +116,8 @@ def test_bad_paging_arguments(client: Client) -> None:
         ({"port": 70000}, ValueError),
         ({"limits": [("hunting", [(1, 1)])]}, TypeError),
         ({"limits": {"hunting": [(0, 1)]}}, ValueError),
+        ({"retry_after": "minutes"}, ValueError),
+        ({"retry_after": 0}, TypeError),
     ],
 )
 def test_bad_simulator_arguments(kwargs: Dict[str, Any], error: type) -> None:

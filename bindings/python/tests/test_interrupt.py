@@ -37,7 +37,7 @@ import sys, quotagate
 from quotagate.testing import Simulator
 sim = Simulator()
 client = quotagate.Client(sim.tenant_id, sim.client_id, sim.client_secret,
-                          base_url=sim.url, authority=sim.authority, rates=[(1, 3600)])
+                          base_url=sim.url, authority=sim.authority, rates=[(1, 600)])
 client.get("/api/machines", params={"$top": 1})
 print("waiting", flush=True)
 try:

@@ -96,6 +96,14 @@ QG_SIM_TENANT_ID = 2
 QG_SIM_CLIENT_ID = 3
 QG_SIM_CLIENT_SECRET = 4
 
+# Styles of qg_sim_config_set_retry_after_style.
+QG_SIM_RETRY_AFTER_SECONDS = 0
+QG_SIM_RETRY_AFTER_HTTP_DATE = 1
+QG_SIM_RETRY_AFTER_MS = 2
+QG_SIM_RETRY_AFTER_X_MS = 3
+QG_SIM_RETRY_AFTER_BODY_ONLY = 4
+QG_SIM_RETRY_AFTER_NONE = 5
+
 #: ``void (*qg_log_fn)(uint32_t level, const char *message, void *user_data)``
 LOG_FN = CFUNCTYPE(None, c_uint32, c_char_p, c_void_p)
 
@@ -196,6 +204,7 @@ SIGNATURES: List[Signature] = [
     ("qg_sim_config_set_time_scale", _R, [_H, c_double]),
     ("qg_sim_config_set_token_lifetime_ms", _R, [_H, c_uint64]),
     ("qg_sim_config_set_faults", _R, [_H, c_double, c_double, c_uint64]),
+    ("qg_sim_config_set_retry_after_style", _R, [_H, c_uint32]),
     ("qg_sim_config_free", None, [_H]),
     ("qg_sim_start", _R, [_H, c_uint16, _OUT]),
     ("qg_sim_info", _R, [_H, c_uint32, *_TEXT]),

@@ -28,6 +28,12 @@ from ._native import (
     QG_SIM_AUTHORITY,
     QG_SIM_CLIENT_ID,
     QG_SIM_CLIENT_SECRET,
+    QG_SIM_RETRY_AFTER_BODY_ONLY,
+    QG_SIM_RETRY_AFTER_HTTP_DATE,
+    QG_SIM_RETRY_AFTER_MS,
+    QG_SIM_RETRY_AFTER_NONE,
+    QG_SIM_RETRY_AFTER_SECONDS,
+    QG_SIM_RETRY_AFTER_X_MS,
     QG_SIM_TENANT_ID,
     QG_SIM_URL,
     lib,
@@ -35,7 +41,17 @@ from ._native import (
     take_string,
 )
 
-__all__ = ["Simulator"]
+__all__ = ["RETRY_AFTER_STYLES", "Simulator"]
+
+#: How 429 answers tell the wait: ``retry_after=`` of :class:`Simulator`.
+RETRY_AFTER_STYLES = {
+    "seconds": QG_SIM_RETRY_AFTER_SECONDS,  # Retry-After: 12
+    "http-date": QG_SIM_RETRY_AFTER_HTTP_DATE,  # Retry-After: <HTTP-date>
+    "ms": QG_SIM_RETRY_AFTER_MS,  # retry-after-ms only
+    "x-ms": QG_SIM_RETRY_AFTER_X_MS,  # x-ms-retry-after-ms only
+    "body-only": QG_SIM_RETRY_AFTER_BODY_ONLY,  # no header; the body states the limit
+    "none": QG_SIM_RETRY_AFTER_NONE,  # no hint at all
+}
 
 # The simulator's default class, when only one of limit and window is given.
 _DEFAULT_LIMIT = 100
@@ -58,6 +74,9 @@ class Simulator(NativeHandle):
     :param reset_rate: share of calls whose connection is reset.
     :param latency: seconds added to every answer.
     :param port: TCP port on 127.0.0.1 (0: any free one).
+    :param retry_after: how 429 answers tell the wait, one of
+        :data:`RETRY_AFTER_STYLES` (``"seconds"``, ``"http-date"``, ``"ms"``,
+        ``"x-ms"``, ``"body-only"``, ``"none"``).
 
     Attributes: ``url`` (the API's base URL), ``authority``, ``tenant_id``,
     ``client_id`` and ``client_secret`` (credentials the simulator accepts).
@@ -78,6 +97,7 @@ class Simulator(NativeHandle):
         port: int = 0,
         *,
         limits: Optional[Mapping[str, Sequence[Rate]]] = None,
+        retry_after: str = "seconds",
     ) -> None:
         super().__init__()
         class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
@@ -103,6 +123,11 @@ class Simulator(NativeHandle):
         resets = _fraction(reset_rate, "reset_rate", at_most_one=True)
         latency_ms = _convert.seconds_to_ms(latency, "latency")
         port = _convert.integer(port, "port", 0, 65535)
+        if not isinstance(retry_after, str):
+            raise TypeError(f"retry_after must be a str, not {type(retry_after).__name__}")
+        if retry_after not in RETRY_AFTER_STYLES:
+            choices = ", ".join(RETRY_AFTER_STYLES)
+            raise ValueError(f"retry_after must be one of {choices}, not {retry_after!r}")
 
         config = c_void_p()
         check(lib.qg_sim_config_new(byref(config)))
@@ -116,6 +141,8 @@ class Simulator(NativeHandle):
             if lifetime_ms is not None:
                 check(lib.qg_sim_config_set_token_lifetime_ms(config, lifetime_ms))
             check(lib.qg_sim_config_set_faults(config, errors, resets, latency_ms))
+            style = RETRY_AFTER_STYLES[retry_after]
+            check(lib.qg_sim_config_set_retry_after_style(config, style))
             sim = c_void_p()
             check(lib.qg_sim_start(config, port, byref(sim)))
         finally:
