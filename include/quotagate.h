@@ -456,6 +456,50 @@ extern "C" {
 qg_result qg_client_builder_new(qg_client_builder **out);
 
 /**
+ * Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
+ * Copied; `b` and `url` must not be NULL.
+ */
+qg_result qg_client_builder_set_base_url(qg_client_builder *b, const char *url);
+
+/**
+ * Sets the login authority (default `https://login.microsoftonline.com`).
+ * Copied; `b` and `url` must not be NULL.
+ */
+qg_result qg_client_builder_set_authority(qg_client_builder *b, const char *url);
+
+/**
+ * Sets the tenant id for client-secret credentials. Copied; no NULL.
+ */
+qg_result qg_client_builder_set_tenant_id(qg_client_builder *b, const char *tenant_id);
+
+/**
+ * Sets the application (client) id for client-secret credentials. Copied; no NULL.
+ */
+qg_result qg_client_builder_set_client_id(qg_client_builder *b, const char *client_id);
+
+/**
+ * Sets the client secret. Copied into memory that is wiped when freed; it never
+ * appears in error texts or logs. No NULL.
+ */
+qg_result qg_client_builder_set_client_secret(qg_client_builder *b, const char *secret);
+
+/**
+ * Uses a fixed access token instead of client credentials. Copied and guarded like a
+ * secret. No NULL.
+ */
+qg_result qg_client_builder_set_access_token(qg_client_builder *b, const char *token);
+
+/**
+ * Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
+ */
+qg_result qg_client_builder_set_scope(qg_client_builder *b, const char *scope);
+
+/**
+ * Asks v1 tokens for this resource instead of a v2 scope. No NULL.
+ */
+qg_result qg_client_builder_set_resource(qg_client_builder *b, const char *resource);
+
+/**
  * Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
  * `NO_PROXY`), which is the default. `b` must not be NULL.
  */
@@ -502,7 +546,8 @@ qg_result qg_client_builder_add_default_rate(qg_client_builder *b,
 
 /**
  * Adds a limit of `calls` per `window_ms` for requests of `method` (NULL: any) to paths
- * matching `path_pattern` (`*` stands for one segment: `/api/machines/*/isolate`).
+ * matching `path_pattern`, where a segment `{name}` (or a lone star) matches any one
+ * segment: `/api/machines/{id}/isolate`.
  * User routes come before the built-in ones; calling again with the same method and
  * pattern adds another rate to that route. `b` and `path_pattern` must not be NULL.
  */

@@ -13,7 +13,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 pub struct Route {
     /// The HTTP method (upper case), or `None` for any.
     pub method: Option<String>,
-    /// The path, with `*` standing for one segment: `/api/machines/*/isolate`.
+    /// The path, where a segment `*` or `{name}` stands for any one segment:
+    /// `/api/machines/{id}/isolate`.
     pub pattern: String,
     /// The quota class: requests of one class share one bucket per tenant and app.
     pub class: String,
@@ -47,12 +48,16 @@ impl Route {
         loop {
             match (want.next(), got.next()) {
                 (None, None) => return true,
-                (Some("*"), Some(s)) if !s.is_empty() => {}
+                (Some(w), Some(s)) if is_wildcard(w) && !s.is_empty() => {}
                 (Some(w), Some(g)) if w.eq_ignore_ascii_case(g) => {}
                 _ => return false,
             }
         }
     }
+}
+
+fn is_wildcard(segment: &str) -> bool {
+    segment == "*" || (segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}'))
 }
 
 /// The route table: user routes first (the latest added wins), then the built-in ones,
@@ -315,6 +320,14 @@ mod tests {
             vec![Rate::new(3, MIN)],
         ));
         assert_eq!(t.lookup("DELETE", "/api/machines").0, "any");
+        t.add(Route::new(
+            None,
+            "/api/machines/{id}/isolate",
+            "iso",
+            vec![Rate::new(3, MIN)],
+        ));
+        assert_eq!(t.lookup("POST", "/api/machines/abc/isolate").0, "iso");
+        assert_eq!(t.lookup("POST", "/api/machines/isolate").0, DEFAULT_CLASS);
         t.set_default_rates(vec![Rate::new(7, MIN)]);
         assert_eq!(t.lookup("GET", "/api/alerts").1, &[Rate::new(7, MIN)]);
     }
