@@ -77,6 +77,22 @@ def test_one_machine_and_the_request_verbs(client: Client) -> None:
     assert r.json()["type"] == "Isolate"
 
 
+def test_a_route_gets_its_own_quota(sim: Simulator) -> None:
+    routes = [("POST", "/api/machines/{id}/tags", [(2, 0.5)])]
+    with make_client(sim, routes=routes) as client:
+        machine_id = first_machine_id(client)
+        started = time.monotonic()
+        for _ in range(3):
+            client.post(
+                f"/api/machines/{machine_id}/tags", json={"Value": "r", "Action": "Add"}
+            ).raise_for_status()
+        assert time.monotonic() - started >= 0.45  # the third waited for the route's window
+        windows = [b["windows"] for b in client.stats()["buckets"].values()]
+        assert [{"used": 2, "calls": 2, "window_ms": 500}] in windows or any(
+            w[0]["calls"] == 2 and w[0]["window_ms"] == 500 for w in windows
+        )
+
+
 def test_raw_data_body_with_its_content_type(client: Client) -> None:
     machine_id = first_machine_id(client)
     r = client.post(

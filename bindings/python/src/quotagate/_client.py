@@ -28,7 +28,7 @@ from ._native import QG_DONE, QG_OK, borrowed_bytes, lib, read_text, take_string
 from ._runner import Shared, runner
 
 #: ``(method or None for any, path pattern, [(calls, seconds), ...])``, e.g.
-#: ``("POST", "/api/machines/*/isolate", [(100, 60)])``.
+#: ``("POST", "/api/machines/{id}/isolate", [(100, 60)])``.
 Route = Tuple[Optional[str], str, Sequence[Rate]]
 #: Query parameters: a mapping or a sequence of pairs; a list value repeats the name.
 Params = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
@@ -164,7 +164,7 @@ class Client(NativeHandle):
     :param rates: the default quota of every endpoint, ``[(calls, seconds), ...]``
         (the library's default: 100 per 60 s and 1500 per hour).
     :param routes: quotas of particular endpoints,
-        ``[(method or None, "/api/machines/*/isolate", [(calls, seconds)]), ...]``.
+        ``[(method or None, "/api/machines/{id}/isolate", [(calls, seconds)]), ...]``.
     :param limiter: a :class:`Limiter` to share quotas between clients.
     :param timeout: seconds per HTTP attempt.
     :param max_attempts: attempts per call at most, retries included.
