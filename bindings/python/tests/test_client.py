@@ -88,9 +88,7 @@ def test_a_route_gets_its_own_quota(sim: Simulator) -> None:
             ).raise_for_status()
         assert time.monotonic() - started >= 0.45  # the third waited for the route's window
         windows = [b["windows"] for b in client.stats()["buckets"].values()]
-        assert [{"used": 2, "calls": 2, "window_ms": 500}] in windows or any(
-            w[0]["calls"] == 2 and w[0]["window_ms"] == 500 for w in windows
-        )
+        assert any(w[0]["calls"] == 2 and w[0]["window_ms"] == 500 for w in windows)
 
 
 def test_raw_data_body_with_its_content_type(client: Client) -> None:
