@@ -3,7 +3,6 @@ collecting 429s; tokens, retries and paging are the library's work."""
 
 from __future__ import annotations
 
-import http
 import json as _json
 from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p
 from typing import (
@@ -139,16 +138,10 @@ class Response:
         details = dict(self._details)
         details.setdefault("status", str(self.status_code))
         details.setdefault("attempts", str(self.attempts))
-        try:
-            reason = http.HTTPStatus(self.status_code).phrase
-        except ValueError:
-            reason = ""
-        text = f"{self.status_code} {reason}".strip()
+        # The library words the message (status, server code and message, target).
+        text = details.get("summary") or f"the server answered HTTP {self.status_code}"
         if self.method or self.path:
-            text += f" for {self.method} {self.path}"
-        server = ": ".join(x for x in (details.get("code"), details.get("message")) if x)
-        if server:
-            text += f": {server}"
+            text += f" ({self.method} {self.path})"
         raise HTTPError(text, result=0, details=details)
 
     def __repr__(self) -> str:

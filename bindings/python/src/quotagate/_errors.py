@@ -30,7 +30,8 @@ class Error(Exception):
     ``str(e)`` is the library's message for the failure. :attr:`result` is the library's
     result code (``QG_ERR_*``), and :attr:`details` holds what the library knows about a
     failed HTTP call (empty for other failures), with keys ``status``, ``code``,
-    ``message``, ``target``, ``request_id``, ``retry_after_ms`` and ``attempts``.
+    ``message``, ``target``, ``request_id``, ``retry_after_ms``, ``attempts`` and
+    ``summary`` (the library's whole message), each present when known.
     """
 
     def __init__(
@@ -167,6 +168,7 @@ DETAIL_FIELDS: Dict[int, str] = {
     _native.QG_DETAIL_REQUEST_ID: "request_id",
     _native.QG_DETAIL_RETRY_AFTER_MS: "retry_after_ms",
     _native.QG_DETAIL_ATTEMPTS: "attempts",
+    _native.QG_DETAIL_SUMMARY: "summary",
 }
 
 
