@@ -50,6 +50,20 @@
 #define QG_ASSERTION_RS256 1
 
 /**
+ * `qg_client_builder_set_hunting_budget_policy`: a hunting query waits until enough run
+ * time leaves the windows, within the quota-wait budget. The default.
+ */
+#define QG_HUNTING_BUDGET_WAIT 0
+
+/**
+ * `qg_client_builder_set_hunting_budget_policy`: a hunting query fails at once with
+ * `QG_ERR_THROTTLED` when the run-time budget is spent; the last error's
+ * `QG_DETAIL_SERVER_CODE` is "HuntingBudgetSpent" and `QG_DETAIL_RETRY_AFTER_MS` tells
+ * when run time frees up.
+ */
+#define QG_HUNTING_BUDGET_FAIL 1
+
+/**
  * Field of `qg_last_error_detail` and `qg_response_error_detail`: the HTTP status.
  */
 #define QG_DETAIL_HTTP_STATUS 0
@@ -682,6 +696,26 @@ qg_result qg_client_builder_set_max_in_flight(qg_client_builder *b,
                                               const char *method,
                                               const char *path_pattern,
                                               uint32_t max_in_flight);
+
+/**
+ * Sets the tenant's advanced hunting run-time budget: `per_hour_ms` of query execution
+ * per rolling hour (default 600000, 10 minutes) and `per_day_ms` per rolling day (default
+ * 10800000, 3 hours); 0 turns that window off. The client records each hunting query's
+ * execution time (the answer's `Stats.ExecutionTime`, else the time the exchange took)
+ * and holds new hunting queries back while a window is spent (see
+ * `qg_client_builder_set_hunting_budget_policy`). The record belongs to the client,
+ * shared by all threads that use it. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_hunting_budget_ms(qg_client_builder *b,
+                                                  uint64_t per_hour_ms,
+                                                  uint64_t per_day_ms);
+
+/**
+ * Chooses what a hunting query does when the run-time budget is spent:
+ * `QG_HUNTING_BUDGET_WAIT` (the default) or `QG_HUNTING_BUDGET_FAIL`. Another value gives
+ * `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_hunting_budget_policy(qg_client_builder *b, uint32_t policy);
 
 /**
  * Makes the client take its quotas from `l` (shared with other clients and with direct

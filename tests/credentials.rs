@@ -2,8 +2,8 @@
 //! and the hunting run-time budget, against the local simulator where a server is needed.
 
 use quotagate::client::{
-    CertificateCredential, Client, ClientBuilder, Cloud, Error, Request, RetryPolicy, Secret,
-    SignatureAlgorithm,
+    CertificateCredential, Client, ClientBuilder, Cloud, Error, HuntingBudgetPolicy, Request,
+    RetryPolicy, Secret, SignatureAlgorithm,
 };
 use quotagate::limiter::Rate;
 use quotagate::sim::{SimConfig, Simulator};
@@ -22,8 +22,10 @@ fn bare(sim: &Simulator) -> ClientBuilder {
     Client::builder()
         .base_url(&sim.url())
         .authority(&sim.authority())
-        // Loopback answers come in milliseconds: a lost one must not stall a test for minutes.
-        .timeout(Duration::from_secs(10))
+        // Loopback answers come in milliseconds (the slowest here in 600 ms); the
+        // simulator's server can leave a connection of a burst unread until another one
+        // closes, and such a stall must not hold a test for long.
+        .timeout(Duration::from_secs(3))
         .retry_policy(RetryPolicy {
             max_attempts: 6,
             max_quota_wait: Duration::from_secs(30),
@@ -457,4 +459,85 @@ fn a_call_waiting_for_a_slot_times_out_or_is_cancelled() {
     // The cancelled waiter gave its place up: the next call goes through.
     assert_eq!(live_response(&patient, &ids[4]).unwrap(), 201);
     assert_eq!(sim.stats().max_in_flight.get("live_response"), Some(&2));
+}
+
+fn hunt(client: &Client, query: &str) -> Result<quotagate::client::Response, Error> {
+    client
+        .send(&Request::post("/api/advancedqueries/run").json(&serde_json::json!({"Query": query})))
+}
+
+/// A simulator whose hunting queries state 2 s of execution time (and take 20 ms).
+fn hunting_sim() -> Simulator {
+    Simulator::start(
+        SimConfig::default()
+            .time_scale(0.01)
+            .hunting_delay(Duration::from_secs(2)),
+    )
+    .unwrap()
+}
+
+fn hunting_client(sim: &Simulator, policy: HuntingBudgetPolicy) -> Client {
+    bare(sim)
+        .tenant_id(sim.tenant_id())
+        .client_id(sim.client_id())
+        .client_secret(sim.client_secret())
+        .hunting_run_time(Duration::from_secs(5), Duration::from_secs(3600))
+        .hunting_budget_policy(policy)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_spent_hunting_budget_fails_at_once_with_the_wait() {
+    let sim = hunting_sim();
+    let client = hunting_client(&sim, HuntingBudgetPolicy::Fail);
+    for _ in 0..3 {
+        assert_eq!(hunt(&client, "DeviceInfo | take 1").unwrap().status(), 200);
+    }
+    assert_eq!(client.stats().hunting_run_ms_hour, 6000);
+    match hunt(&client, "DeviceInfo | take 1") {
+        Err(Error::Throttled(d)) => {
+            assert!(d.is_hunting_budget_spent(), "{d:?}");
+            let wait = d.retry_after.unwrap();
+            assert!(wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Other calls go on.
+    assert_eq!(get_machine(&client).unwrap(), 200);
+    let hunting_calls = sim.log().iter().filter(|e| e.class == "hunting").count();
+    assert_eq!(hunting_calls, 3);
+}
+
+#[test]
+fn waiting_for_run_time_longer_than_the_quota_budget_fails_at_once() {
+    let sim = hunting_sim();
+    let client = hunting_client(&sim, HuntingBudgetPolicy::Wait);
+    for _ in 0..3 {
+        hunt(&client, "DeviceInfo").unwrap();
+    }
+    let at = Instant::now();
+    match hunt(&client, "DeviceInfo") {
+        Err(Error::Throttled(d)) => assert!(d.is_hunting_budget_spent()),
+        other => panic!("{other:?}"),
+    }
+    assert!(at.elapsed() < ms(500), "no hopeless wait");
+}
+
+#[test]
+fn oversized_and_preempted_hunting_answers_are_final_and_recognised() {
+    let sim = hunting_sim();
+    let client = hunting_client(&sim, HuntingBudgetPolicy::Fail);
+    let big = hunt(&client, "DeviceEvents // quotagate:too-large").unwrap();
+    assert_eq!(big.status(), 400);
+    let d = big.error_details();
+    assert!(d.is_result_too_large() && !d.is_preempted(), "{d:?}");
+    assert_eq!(big.attempts(), 1);
+    let cpu = hunt(&client, "DeviceEvents // quotagate:preempted").unwrap();
+    assert!(cpu.error_details().is_preempted());
+    assert_eq!(cpu.attempts(), 1);
+    assert_eq!(sim.log().iter().filter(|e| e.class == "hunting").count(), 2);
+    // They ran, so their time counts (no stated time: the exchange's own).
+    let run = client.stats().hunting_run_ms_hour;
+    assert!((20..2000).contains(&run), "{run} ms");
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// [`ErrorDetails::code`] of a hunting query held back by the run-time budget.
+pub const HUNTING_BUDGET_SPENT: &str = "HuntingBudgetSpent";
+
 /// The server's description of a failed call, from the body
 /// `{"error":{"code","message","target"}}` and the `request-id` header.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +61,32 @@ impl ErrorDetails {
                 .message
                 .as_deref()
                 .is_some_and(|m| m.to_ascii_lowercase().contains("already in progress"))
+    }
+
+    /// True for an advanced hunting answer that says the result was too large ("Query
+    /// execution has exceeded the allowed result size"). Never retried: the same query
+    /// fails the same way; narrow it.
+    pub fn is_result_too_large(&self) -> bool {
+        self.status == Some(400) && self.message_contains("exceeded the allowed result size")
+    }
+
+    /// True for an advanced hunting answer that says the query was stopped for using too
+    /// much CPU ("query execution was preempted"). Never retried as sent.
+    pub fn is_preempted(&self) -> bool {
+        self.status == Some(400) && self.message_contains("preempted")
+    }
+
+    /// True when a hunting query was held back because the tenant's run-time budget is
+    /// spent (see [`HuntingBudget`](super::HuntingBudget)); `retry_after` tells when run
+    /// time frees up.
+    pub fn is_hunting_budget_spent(&self) -> bool {
+        self.code.as_deref() == Some(HUNTING_BUDGET_SPENT)
+    }
+
+    fn message_contains(&self, needle: &str) -> bool {
+        self.message
+            .as_deref()
+            .is_some_and(|m| m.to_ascii_lowercase().contains(needle))
     }
 
     fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

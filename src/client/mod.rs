@@ -37,6 +37,7 @@ mod cloud;
 mod error;
 mod gate;
 mod http;
+mod hunting;
 mod paging;
 mod response;
 mod retry;
@@ -46,7 +47,8 @@ mod secret;
 pub use auth::{Credentials, TokenProvider};
 pub use certificate::{CertificateCredential, SignatureAlgorithm};
 pub use cloud::Cloud;
-pub use error::{Error, ErrorDetails};
+pub use error::{Error, ErrorDetails, HUNTING_BUDGET_SPENT};
+pub use hunting::{HuntingBudget, HuntingBudgetPolicy, is_hunting_query};
 pub use paging::{Items, Pages};
 pub use response::Response;
 pub use retry::{RetryPolicy, quota_from_message, retry_after};
@@ -265,6 +267,7 @@ pub struct ClientBuilder {
     default_rates: Option<Vec<Rate>>,
     margin: Duration,
     limiter: Option<Limiter>,
+    hunting_budget: HuntingBudget,
 }
 
 impl Default for ClientBuilder {
@@ -292,6 +295,7 @@ impl Default for ClientBuilder {
             default_rates: None,
             margin: Duration::ZERO,
             limiter: None,
+            hunting_budget: HuntingBudget::default(),
         }
     }
 }
@@ -514,6 +518,30 @@ impl ClientBuilder {
         self
     }
 
+    /// The tenant's advanced hunting run-time budget (default 10 minutes per hour and 3
+    /// hours per day, waiting when spent). The client records each hunting query's
+    /// execution time (`Stats.ExecutionTime` when the answer states it, else the time the
+    /// exchange took) and holds a new query back while a window is spent. The ledger
+    /// belongs to this client and its clones; other clients of the tenant keep their own.
+    pub fn hunting_budget(mut self, budget: HuntingBudget) -> Self {
+        self.hunting_budget = budget;
+        self
+    }
+
+    /// The run time hunting queries may use per rolling hour and per rolling day (zero
+    /// turns that window off), keeping the policy.
+    pub fn hunting_run_time(mut self, per_hour: Duration, per_day: Duration) -> Self {
+        self.hunting_budget.per_hour = per_hour;
+        self.hunting_budget.per_day = per_day;
+        self
+    }
+
+    /// What a hunting query does when the run-time budget is spent.
+    pub fn hunting_budget_policy(mut self, policy: HuntingBudgetPolicy) -> Self {
+        self.hunting_budget.policy = policy;
+        self
+    }
+
     /// Shares a limiter (and so the quotas) with other clients.
     pub fn limiter(mut self, l: Limiter) -> Self {
         self.limiter = Some(l);
@@ -672,6 +700,9 @@ impl ClientBuilder {
                 counters: Counters::default(),
                 keys: Mutex::new(BTreeSet::new()),
                 gates: Mutex::new(HashMap::new()),
+                hunting: Mutex::new(hunting::Ledger::new(&self.hunting_budget)),
+                hunting_policy: self.hunting_budget.policy,
+                origin_instant: Instant::now(),
             }),
         })
     }
@@ -704,6 +735,10 @@ pub(crate) struct ClientShared {
     keys: Mutex<BTreeSet<String>>,
     /// In-flight caps by bucket key and route.
     gates: Mutex<HashMap<String, Arc<gate::Gate>>>,
+    /// The tenant's hunting run time, at instants since `origin_instant`.
+    hunting: Mutex<hunting::Ledger>,
+    hunting_policy: HuntingBudgetPolicy,
+    origin_instant: Instant,
 }
 
 /// A thread-safe client of the Defender APIs. Clones share everything (connections,
@@ -744,6 +779,10 @@ pub struct ClientStats {
     /// For each capped route used (`bucket key|METHOD pattern`): the most calls that were
     /// under way at once.
     pub in_flight_peaks: std::collections::BTreeMap<String, u32>,
+    /// Advanced hunting execution time recorded in the last hour, in milliseconds.
+    pub hunting_run_ms_hour: u64,
+    /// Advanced hunting execution time recorded in the last day, in milliseconds.
+    pub hunting_run_ms_day: u64,
 }
 
 /// A bucket's statistics in [`ClientStats`].
@@ -885,6 +924,10 @@ impl Client {
             ) => Some(self.take_slot(&key, route, *max, budget_end, &req.cancel)?),
             _ => None,
         };
+        let hunting = is_hunting_query(&req.method, &path);
+        if hunting {
+            self.wait_for_run_time(budget_end, &req.cancel)?;
+        }
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut last = ErrorDetails::default();
@@ -905,6 +948,7 @@ impl Client {
                 headers.push(("accept".into(), "application/json".into()));
             }
             s.counters.requests.fetch_add(1, Ordering::Relaxed);
+            let sent_at = Instant::now();
             if attempt > 1 {
                 s.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
@@ -930,7 +974,12 @@ impl Client {
                 Err(f) => self.on_failure(req, f, attempt, &mut last)?,
             };
             match step {
-                Step::Done(r) => return Ok(r.with_attempts(attempt)),
+                Step::Done(r) => {
+                    if hunting {
+                        self.record_run_time(&r, sent_at.elapsed());
+                    }
+                    return Ok(r.with_attempts(attempt));
+                }
                 Step::Retry { wait } => {
                     if attempt >= s.policy.max_attempts {
                         last.attempts = attempt;
@@ -956,6 +1005,56 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Holds a hunting query back while the tenant's run-time budget is spent: waits
+    /// (policy `Wait`, within the quota-wait budget) or fails (`Fail`).
+    fn wait_for_run_time(&self, budget_end: Instant, cancel: &Cancel) -> Result<(), Error> {
+        let s = &*self.shared;
+        loop {
+            let now = s.origin_instant.elapsed();
+            let (wait, binding) = s.hunting.lock().wait(now);
+            let Some((budget, window)) = binding else {
+                return Ok(());
+            };
+            let spent = || {
+                let mut d = ErrorDetails {
+                    code: Some(HUNTING_BUDGET_SPENT.into()),
+                    message: Some(format!(
+                        "the tenant's advanced hunting run time ({} s per {} s) is spent; run time frees up in {} s",
+                        budget.as_secs(),
+                        window.as_secs(),
+                        wait.as_secs_f64().ceil()
+                    )),
+                    ..Default::default()
+                };
+                d.retry_after = Some(wait);
+                Error::Throttled(Box::new(d))
+            };
+            if s.hunting_policy == HuntingBudgetPolicy::Fail || Instant::now() + wait > budget_end {
+                return Err(spent());
+            }
+            log::info!(
+                "advanced hunting run time is spent: waiting {} ms",
+                wait.as_millis()
+            );
+            cancel.sleep(s, wait)?;
+        }
+    }
+
+    /// Records a hunting answer's execution time: the one it states, else `elapsed`.
+    /// Queries refused before they ran (throttled, unauthorized, bad requests) use none.
+    fn record_run_time(&self, r: &Response, elapsed: Duration) {
+        let ran = r.is_success() || {
+            let d = r.error_details();
+            d.is_result_too_large() || d.is_preempted()
+        };
+        if !ran {
+            return;
+        }
+        let run = hunting::stated_execution_time(r.body()).unwrap_or(elapsed);
+        let s = &*self.shared;
+        s.hunting.lock().record(s.origin_instant.elapsed(), run);
     }
 
     /// Waits in FIFO order for one of the `max` slots of `route` in bucket `key`.
@@ -1207,6 +1306,10 @@ impl Client {
     /// The client's counters and the statistics of the buckets it used.
     pub fn stats(&self) -> ClientStats {
         let s = &*self.shared;
+        let run_ms = |window| {
+            let spent = s.hunting.lock().spent(s.origin_instant.elapsed(), window);
+            u64::try_from(spent.as_millis()).unwrap_or(u64::MAX)
+        };
         let c = &s.counters;
         let buckets = s
             .keys
@@ -1249,6 +1352,8 @@ impl Client {
                 .iter()
                 .map(|(k, g)| (k.clone(), g.peak()))
                 .collect(),
+            hunting_run_ms_hour: run_ms(Duration::from_secs(3600)),
+            hunting_run_ms_day: run_ms(Duration::from_secs(86_400)),
         }
     }
 }

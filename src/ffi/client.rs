@@ -8,8 +8,8 @@ use super::error::{
 use super::limiter::qg_limiter;
 use super::string::to_c_string;
 use crate::client::{
-    CertificateCredential, Client, ClientBuilder, Cloud, Pages, Request, Response, Route, Secret,
-    SignatureAlgorithm,
+    CertificateCredential, Client, ClientBuilder, Cloud, HuntingBudgetPolicy, Pages, Request,
+    Response, Route, Secret, SignatureAlgorithm,
 };
 use crate::limiter::Rate;
 use std::collections::VecDeque;
@@ -558,6 +558,51 @@ pub extern "C" fn qg_client_builder_set_max_in_flight(
             return Err(FfiError::invalid("a path pattern starts with '/'"));
         }
         with_builder(b, |x| x.max_in_flight(method, pattern, max_in_flight))
+    }
+}
+
+/// `qg_client_builder_set_hunting_budget_policy`: a hunting query waits until enough run
+/// time leaves the windows, within the quota-wait budget. The default.
+pub const QG_HUNTING_BUDGET_WAIT: u32 = 0;
+/// `qg_client_builder_set_hunting_budget_policy`: a hunting query fails at once with
+/// `QG_ERR_THROTTLED` when the run-time budget is spent; the last error's
+/// `QG_DETAIL_SERVER_CODE` is "HuntingBudgetSpent" and `QG_DETAIL_RETRY_AFTER_MS` tells
+/// when run time frees up.
+pub const QG_HUNTING_BUDGET_FAIL: u32 = 1;
+
+/// Sets the tenant's advanced hunting run-time budget: `per_hour_ms` of query execution
+/// per rolling hour (default 600000, 10 minutes) and `per_day_ms` per rolling day (default
+/// 10800000, 3 hours); 0 turns that window off. The client records each hunting query's
+/// execution time (the answer's `Stats.ExecutionTime`, else the time the exchange took)
+/// and holds new hunting queries back while a window is spent (see
+/// `qg_client_builder_set_hunting_budget_policy`). The record belongs to the client,
+/// shared by all threads that use it. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_hunting_budget_ms(
+    b: *mut qg_client_builder,
+    per_hour_ms: u64,
+    per_day_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        with_builder(b, |x| x.hunting_run_time(Duration::from_millis(per_hour_ms), Duration::from_millis(per_day_ms)))
+    }
+}
+
+/// Chooses what a hunting query does when the run-time budget is spent:
+/// `QG_HUNTING_BUDGET_WAIT` (the default) or `QG_HUNTING_BUDGET_FAIL`. Another value gives
+/// `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_hunting_budget_policy(
+    b: *mut qg_client_builder,
+    policy: u32,
+) -> qg_result {
+    ffi_boundary! {
+        let policy = match policy {
+            QG_HUNTING_BUDGET_WAIT => HuntingBudgetPolicy::Wait,
+            QG_HUNTING_BUDGET_FAIL => HuntingBudgetPolicy::Fail,
+            other => return Err(FfiError::invalid(format!("unknown hunting budget policy {other}: use QG_HUNTING_BUDGET_WAIT or QG_HUNTING_BUDGET_FAIL"))),
+        };
+        with_builder(b, |x| x.hunting_budget_policy(policy))
     }
 }
 

@@ -18,7 +18,7 @@
 //! | `POST /api/machines/{id}/isolate` | `default` | 201, a machine action |
 //! | `POST /api/machines/{id}/tags` | `default` | 200, the machine |
 //! | `POST /api/machines/{id}/runliveresponse` | `live_response` | 201 after `live_response_delay` |
-//! | `POST /api/advancedqueries/run` | `hunting` | schema and rows |
+//! | `POST /api/advancedqueries/run` | `hunting` | schema, rows and `Stats.ExecutionTime`; 400 "exceeded the allowed result size" for a query containing `quotagate:too-large`, 400 "preempted" for `quotagate:preempted` |
 //! | `POST /api/alerts/batchUpdate` | `batch_update_alerts` | 200, no body |
 //! | anything else | `unrouted` | 404 `NotFound` |
 //!

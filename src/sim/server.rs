@@ -881,6 +881,21 @@ impl Core {
         let Some(query) = query.filter(|q| !q.trim().is_empty()) else {
             return Reply::error(400, "BadRequest", "Query is required.", request_id);
         };
+        // Markers that make the service's two "ran, but failed" answers on demand.
+        let failed = if query.contains("quotagate:too-large") {
+            Some(
+                "Query execution has exceeded the allowed result size. Optimize your query by taking fewer rows and/or fewer columns.",
+            )
+        } else if query.contains("quotagate:preempted") {
+            Some("Query execution was preempted. Please try again later.")
+        } else {
+            None
+        };
+        if let Some(message) = failed {
+            let mut reply = Reply::error(400, "BadRequest", message, request_id);
+            reply.delay = self.config.real(self.config.hunting_delay);
+            return reply;
+        }
         let rows = take_count(&query)
             .unwrap_or(usize::MAX)
             .min(st.machines.len())
