@@ -589,6 +589,17 @@ qg_result qg_client_builder_set_certificate_pem(qg_client_builder *b,
                                                 const char *key_pem);
 
 /**
+ * Uses certificate credentials read from a PKCS#12/PFX file (as Windows, Azure Key Vault
+ * and `openssl pkcs12 -export` write it) with its `password` (NULL: empty): the first
+ * private key with its certificate. Otherwise as
+ * `qg_client_builder_set_certificate_pem_files`. A wrong password, or a build without
+ * PFX support, gives `QG_ERR_INVALID_ARGUMENT`. `b` and `path` must not be NULL.
+ */
+qg_result qg_client_builder_set_certificate_pfx_file(qg_client_builder *b,
+                                                     const char *path,
+                                                     const char *password);
+
+/**
  * Chooses how client assertions are signed: `QG_ASSERTION_PS256` (the default) or
  * `QG_ASSERTION_RS256`. Applies to a certificate set before or after this call.
  * Another value gives `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.

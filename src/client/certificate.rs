@@ -143,6 +143,55 @@ impl CertificateCredential {
         Self::from_pem(&cert, &read(key_path)?)
     }
 
+    /// From PKCS#12/PFX data (as Windows, Azure Key Vault and `openssl pkcs12 -export`
+    /// write it) and its password: the first private key with its certificate. Modern
+    /// (PBES2, AES) and Windows' 3DES/SHA-1 encryptions are read. Needs the `pfx` feature
+    /// (on by default); without it this fails with [`Error::InvalidArgument`].
+    ///
+    /// The PKCS#12 reader keeps its decrypted copy of the key in ordinary memory until it
+    /// returns; only the copy this credential keeps is wiped on drop.
+    pub fn from_pkcs12(data: &[u8], password: &str) -> Result<Self, Error> {
+        #[cfg(feature = "pfx")]
+        {
+            let store = p12_keystore::KeyStore::from_pkcs12(
+                data,
+                password,
+                p12_keystore::Pkcs12ImportPolicy::Strict,
+            )
+            .map_err(|e| {
+                bad(format!(
+                    "the PFX data cannot be read (wrong password?): {e}"
+                ))
+            })?;
+            let (_, chain) = store
+                .private_key_chain()
+                .ok_or_else(|| bad("the PFX data holds no private key with its certificate"))?;
+            let cert = chain
+                .certs()
+                .first()
+                .ok_or_else(|| bad("the PFX data holds no certificate for its key"))?;
+            let key = Zeroizing::new(chain.key().as_der().to_vec());
+            Self::from_der(cert.as_der(), &key)
+        }
+        #[cfg(not(feature = "pfx"))]
+        {
+            let _ = (data, password);
+            Err(bad(
+                "this build of quotagate reads no PFX files (feature \"pfx\"): convert it to PEM with `openssl pkcs12 -nodes`",
+            ))
+        }
+    }
+
+    /// From a PKCS#12/PFX file; see [`Self::from_pkcs12`]. Warns when the file can be read
+    /// by group or others.
+    pub fn from_pkcs12_file(path: &Path, password: &str) -> Result<Self, Error> {
+        warn_if_exposed(path);
+        let data = std::fs::read(path)
+            .map(Zeroizing::new)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_pkcs12(&data, password)
+    }
+
     /// Signs with `algorithm` (default PS256).
     pub fn with_algorithm(mut self, algorithm: SignatureAlgorithm) -> Self {
         self.algorithm = algorithm;

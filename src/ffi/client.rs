@@ -249,6 +249,24 @@ pub extern "C" fn qg_client_builder_set_certificate_pem(
     }
 }
 
+/// Uses certificate credentials read from a PKCS#12/PFX file (as Windows, Azure Key Vault
+/// and `openssl pkcs12 -export` write it) with its `password` (NULL: empty): the first
+/// private key with its certificate. Otherwise as
+/// `qg_client_builder_set_certificate_pem_files`. A wrong password, or a build without
+/// PFX support, gives `QG_ERR_INVALID_ARGUMENT`. `b` and `path` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_certificate_pfx_file(
+    b: *mut qg_client_builder,
+    path: *const c_char,
+    password: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let path = unsafe { try_str(path, "path") }?;
+        let password = unsafe { opt_str(password, "password") }?.unwrap_or("");
+        set_certificate(b, || CertificateCredential::from_pkcs12_file(std::path::Path::new(path), password))
+    }
+}
+
 /// Chooses how client assertions are signed: `QG_ASSERTION_PS256` (the default) or
 /// `QG_ASSERTION_RS256`. Applies to a certificate set before or after this call.
 /// Another value gives `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
@@ -1123,7 +1141,7 @@ mod tests {
         )
         .unwrap();
         let c = |s: &str| CString::new(s).unwrap();
-        for (i, algorithm) in [QG_ASSERTION_RS256, QG_ASSERTION_PS256]
+        for (i, algorithm) in [QG_ASSERTION_RS256, QG_ASSERTION_PS256, QG_ASSERTION_PS256]
             .into_iter()
             .enumerate()
         {
@@ -1148,6 +1166,13 @@ mod tests {
                 let pem = c(&format!("{dir}app.pem"));
                 assert_eq!(
                     qg_client_builder_set_certificate_pem_files(b, pem.as_ptr(), std::ptr::null()),
+                    QG_OK
+                );
+            } else if cfg!(feature = "pfx") && i == 2 {
+                let pfx = c(&format!("{dir}app-3des.pfx"));
+                let password = c("quotagate");
+                assert_eq!(
+                    qg_client_builder_set_certificate_pfx_file(b, pfx.as_ptr(), password.as_ptr()),
                     QG_OK
                 );
             } else {
