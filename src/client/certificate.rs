@@ -270,25 +270,91 @@ impl CertificateCredential {
 
 /// Warns when a key file can be read by its group or by others.
 fn warn_if_exposed(path: &Path) {
+    if let Some((who, mode)) = exposure(path) {
+        log::warn!(
+            "the private key file {} can be read by {who} (mode {mode:o}): restrict it to its owner (chmod 600)",
+            path.display(),
+        );
+    }
+}
+
+/// Who besides the owner can read `path` ("anyone" or "its group"), and its mode.
+fn exposure(path: &Path) -> Option<(&'static str, u32)> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        if let Ok(meta) = std::fs::metadata(path) {
-            let mode = meta.permissions().mode();
-            if mode & 0o044 != 0 {
-                log::warn!(
-                    "the private key file {} can be read by {} (mode {:o}): restrict it to its owner (chmod 600)",
-                    path.display(),
-                    if mode & 0o004 != 0 {
-                        "anyone"
-                    } else {
-                        "its group"
-                    },
-                    mode & 0o777
-                );
-            }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        match mode {
+            m if m & 0o004 != 0 => Some(("anyone", m)),
+            m if m & 0o040 != 0 => Some(("its group", m)),
+            _ => None,
         }
     }
     #[cfg(not(unix))]
-    let _ = path;
+    {
+        let _ = path;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_readable_by_others_are_noticed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("quotagate-key-{}.pem", std::process::id()));
+        std::fs::write(&path, "x").unwrap();
+        for (mode, who) in [
+            (0o600, None),
+            (0o640, Some("its group")),
+            (0o644, Some("anyone")),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(exposure(&path).map(|e| e.0), who, "{mode:o}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn assertions_carry_the_documented_header_and_claims() {
+        let cert = CertificateCredential::from_pem(
+            include_bytes!("../../tests/data/app.crt"),
+            include_bytes!("../../tests/data/app-pkcs1.key"),
+        )
+        .unwrap();
+        let url = "https://login.example/t/oauth2/v2.0/token";
+        let jwt = cert.assertion(url, "app").unwrap();
+        let part = |i: usize| -> serde_json::Value {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(jwt.split('.').nth(i).unwrap())
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let (header, claims) = (part(0), part(1));
+        assert_eq!(header["alg"], "PS256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["x5t#S256"], cert.thumbprint_sha256());
+        assert_eq!(claims["aud"], url);
+        assert_eq!(
+            (&claims["iss"], &claims["sub"]),
+            (&"app".into(), &"app".into())
+        );
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+        let (iat, exp) = (
+            claims["iat"].as_u64().unwrap(),
+            claims["exp"].as_u64().unwrap(),
+        );
+        assert_eq!(exp - iat, 300);
+        assert_eq!(claims["nbf"], claims["iat"]);
+        assert_ne!(
+            jwt,
+            cert.assertion(url, "app").unwrap(),
+            "a fresh jti each time"
+        );
+        let shown = format!("{cert:?}");
+        assert!(!shown.contains("MII") && shown.contains("***"), "{shown}");
+    }
 }

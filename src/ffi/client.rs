@@ -1248,6 +1248,28 @@ mod tests {
     }
 
     #[test]
+    fn hunting_budget_settings_are_checked() {
+        let b = new_builder();
+        assert_eq!(qg_client_builder_set_hunting_budget_ms(b, 60_000, 0), QG_OK);
+        assert_eq!(
+            qg_client_builder_set_hunting_budget_policy(b, QG_HUNTING_BUDGET_FAIL),
+            QG_OK
+        );
+        assert_eq!(
+            qg_client_builder_set_hunting_budget_policy(b, 9),
+            QG_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains("QG_HUNTING_BUDGET_WAIT"));
+        let shown = format!("{:?}", unsafe { &*b }.builder);
+        assert!(
+            shown.contains("per_hour: 60s") && shown.contains("Fail"),
+            "{shown}"
+        );
+        build(b);
+        qg_client_builder_free(b);
+    }
+
+    #[test]
     fn clouds_are_set_by_name() {
         let b = new_builder();
         let name = CString::new("GCC-High").unwrap();
