@@ -1188,6 +1188,26 @@ qg_result qg_sim_config_set_limit(qg_sim_config *c,
 qg_result qg_sim_config_set_time_scale(qg_sim_config *c, double scale);
 
 /**
+ * Registers a certificate (PEM text, NUL-terminated) for the application `client_id`:
+ * token requests with a client assertion signed by its key are then accepted while the
+ * certificate is valid; assertions are checked as the identity platform checks them
+ * (signature, thumbprint, `aud`, `iss`/`sub`, `nbf`/`exp`, the certificate's validity,
+ * a `jti` used only once). An id other than the main client is an application with its
+ * own quotas. Both are copied; an unreadable certificate makes `qg_sim_start` fail with
+ * `QG_ERR_INVALID_ARGUMENT`. No NULL.
+ */
+qg_result qg_sim_config_add_certificate_client(qg_sim_config *c,
+                                               const char *client_id,
+                                               const char *certificate_pem);
+
+/**
+ * Sets how long `POST /api/machines/{id}/runliveresponse` takes to answer, in
+ * milliseconds of API time (default 0); `max_in_flight` in `qg_sim_stats_json` shows
+ * how many such calls the simulator held at once. `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_live_response_delay_ms(qg_sim_config *c, uint64_t ms);
+
+/**
  * Sets how long issued tokens live, in milliseconds of API time (above 0).
  * `c` must not be NULL.
  */
@@ -1226,6 +1246,18 @@ qg_result qg_sim_start(const qg_sim_config *c, uint16_t port, const qg_sim **out
  * conventions of `qg_last_error_message`. `s` and `written` must not be NULL.
  */
 qg_result qg_sim_info(const qg_sim *s, uint32_t field, char *buf, size_t len, size_t *written);
+
+/**
+ * Issues a bearer token for `client_id` without a token request (for tests of token
+ * providers), valid for the configured token lifetime from now, and copies it into
+ * `buf` with the conventions of `qg_last_error_message`. `QG_ERR_CLOSED` once stopped.
+ * `s`, `client_id` and `written` must not be NULL. Thread-safe.
+ */
+qg_result qg_sim_issue_token(const qg_sim *s,
+                             const char *client_id,
+                             char *buf,
+                             size_t len,
+                             size_t *written);
 
 /**
  * Writes the log of every request received as a JSON array to `*out` (free with

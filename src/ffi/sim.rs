@@ -1,7 +1,7 @@
 //! `qg_sim_config` and `qg_sim`: the local simulator of the Defender API, so that tests
 //! and scripts in every language can run offline.
 
-use super::boundary::{OutPtr, free_box, opt_str, to_box, try_mut, try_ref};
+use super::boundary::{OutPtr, free_box, opt_str, to_box, try_mut, try_ref, try_str};
 use super::error::{FfiError, QG_ERR_IO, copy_out_checked, qg_result};
 use super::string::to_c_string;
 use crate::sim::{Faults, RetryAfterStyle, SimConfig, Simulator};
@@ -121,6 +121,37 @@ pub extern "C" fn qg_sim_config_set_time_scale(c: *mut qg_sim_config, scale: f64
         }
         edit(c, |x| x.time_scale(scale))
     }
+}
+
+/// Registers a certificate (PEM text, NUL-terminated) for the application `client_id`:
+/// token requests with a client assertion signed by its key are then accepted while the
+/// certificate is valid; assertions are checked as the identity platform checks them
+/// (signature, thumbprint, `aud`, `iss`/`sub`, `nbf`/`exp`, the certificate's validity,
+/// a `jti` used only once). An id other than the main client is an application with its
+/// own quotas. Both are copied; an unreadable certificate makes `qg_sim_start` fail with
+/// `QG_ERR_INVALID_ARGUMENT`. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_sim_config_add_certificate_client(
+    c: *mut qg_sim_config,
+    client_id: *const c_char,
+    certificate_pem: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let id = unsafe { try_str(client_id, "client_id") }?;
+        let pem = unsafe { try_str(certificate_pem, "certificate_pem") }?;
+        edit(c, |x| x.add_certificate_client(id, pem))
+    }
+}
+
+/// Sets how long `POST /api/machines/{id}/runliveresponse` takes to answer, in
+/// milliseconds of API time (default 0); `max_in_flight` in `qg_sim_stats_json` shows
+/// how many such calls the simulator held at once. `c` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_sim_config_set_live_response_delay_ms(
+    c: *mut qg_sim_config,
+    ms: u64,
+) -> qg_result {
+    ffi_boundary! { edit(c, |x| x.live_response_delay(Duration::from_millis(ms))) }
 }
 
 /// Sets how long issued tokens live, in milliseconds of API time (above 0).
@@ -247,6 +278,25 @@ fn with_sim<R>(s: *const qg_sim, f: impl FnOnce(&Simulator) -> R) -> Result<R, F
         .as_ref()
         .ok_or_else(|| FfiError::new(super::error::QG_ERR_CLOSED, "the simulator is stopped"))?;
     Ok(f(sim))
+}
+
+/// Issues a bearer token for `client_id` without a token request (for tests of token
+/// providers), valid for the configured token lifetime from now, and copies it into
+/// `buf` with the conventions of `qg_last_error_message`. `QG_ERR_CLOSED` once stopped.
+/// `s`, `client_id` and `written` must not be NULL. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_sim_issue_token(
+    s: *const qg_sim,
+    client_id: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let id = unsafe { try_str(client_id, "client_id") }?;
+        let token = with_sim(s, |sim| sim.issue_token(id))?;
+        copy_out_checked(&token, buf, len, written)
+    }
 }
 
 /// Writes the log of every request received as a JSON array to `*out` (free with
