@@ -334,8 +334,8 @@ typedef struct qg_response qg_response;
 /**
  * A running simulator on a loopback port.
  *
- * Methods: `qg_sim_info`, `qg_sim_log_json`, `qg_sim_stats_json`, `qg_sim_stop`,
- * `qg_sim_free`.
+ * Methods: `qg_sim_info`, `qg_sim_issue_token`, `qg_sim_log_json`, `qg_sim_stats_json`,
+ * `qg_sim_stop`, `qg_sim_free`.
  *
  * Safe to use from any number of threads at once. `qg_sim_free` stops it.
  */
