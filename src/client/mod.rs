@@ -1357,3 +1357,61 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose hunting ledger allows 100 ms of run time per 300 ms, with 150 ms
+    /// spent just now.
+    fn spent_client(policy: HuntingBudgetPolicy) -> Client {
+        let client = Client::builder()
+            .access_token("t")
+            .hunting_budget_policy(policy)
+            .build()
+            .unwrap();
+        let s = &client.shared;
+        let mut ledger = hunting::Ledger::with_windows(&[(
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+        )]);
+        ledger.record(s.origin_instant.elapsed(), Duration::from_millis(150));
+        *s.hunting.lock() = ledger;
+        client
+    }
+
+    #[test]
+    fn a_spent_run_time_budget_is_waited_out_or_cancelled() {
+        let client = spent_client(HuntingBudgetPolicy::Wait);
+        let started = Instant::now();
+        let far = started + Duration::from_secs(10);
+        client.wait_for_run_time(far, &Cancel::default()).unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+
+        let client = spent_client(HuntingBudgetPolicy::Wait);
+        let cancel = Cancel::default();
+        let c = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c.cancel();
+        });
+        let far = Instant::now() + Duration::from_secs(10);
+        assert_eq!(
+            client.wait_for_run_time(far, &cancel),
+            Err(Error::Cancelled)
+        );
+        t.join().unwrap();
+
+        // A budget that ends before the run time frees up fails at once.
+        let client = spent_client(HuntingBudgetPolicy::Wait);
+        let soon = Instant::now() + Duration::from_millis(50);
+        match client.wait_for_run_time(soon, &Cancel::default()) {
+            Err(Error::Throttled(d)) => assert!(d.is_hunting_budget_spent()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
