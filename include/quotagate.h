@@ -456,6 +456,50 @@ extern "C" {
 qg_result qg_client_builder_new(qg_client_builder **out);
 
 /**
+ * Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
+ * Copied; `b` and `url` must not be NULL.
+ */
+qg_result qg_client_builder_set_base_url(qg_client_builder *b, const char *url);
+
+/**
+ * Sets the login authority (default `https://login.microsoftonline.com`).
+ * Copied; `b` and `url` must not be NULL.
+ */
+qg_result qg_client_builder_set_authority(qg_client_builder *b, const char *url);
+
+/**
+ * Sets the tenant id for client-secret credentials. Copied; no NULL.
+ */
+qg_result qg_client_builder_set_tenant_id(qg_client_builder *b, const char *tenant_id);
+
+/**
+ * Sets the application (client) id for client-secret credentials. Copied; no NULL.
+ */
+qg_result qg_client_builder_set_client_id(qg_client_builder *b, const char *client_id);
+
+/**
+ * Sets the client secret. Copied into memory that is wiped when freed; it never
+ * appears in error texts or logs. No NULL.
+ */
+qg_result qg_client_builder_set_client_secret(qg_client_builder *b, const char *secret);
+
+/**
+ * Uses a fixed access token instead of client credentials. Copied and guarded like a
+ * secret. No NULL.
+ */
+qg_result qg_client_builder_set_access_token(qg_client_builder *b, const char *token);
+
+/**
+ * Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
+ */
+qg_result qg_client_builder_set_scope(qg_client_builder *b, const char *scope);
+
+/**
+ * Asks v1 tokens for this resource instead of a v2 scope. No NULL.
+ */
+qg_result qg_client_builder_set_resource(qg_client_builder *b, const char *resource);
+
+/**
  * Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
  * `NO_PROXY`), which is the default. `b` must not be NULL.
  */

@@ -122,6 +122,10 @@ fi
 run "C tests (shared library)" "$OUT/limiter_test_shared" last_error_message version \
     result_str builder null_arguments bad_values null_key_is_the_default_bucket set_rates
 
+section "C: the README's example (examples/c/throttled_calls.c) against the simulator"
+cc "${CFLAGS[@]}" examples/c/throttled_calls.c "$STATIC_LIB" "${LIBS[@]}" -o "$OUT/throttled_calls"
+run "C example" env -u QUOTAGATE_TENANT_ID "$OUT/throttled_calls"
+
 section "C++: the header compiles as C++17 and links"
 c++ "${CXXFLAGS[@]}" tests/c/header_cpp_test.cpp "$STATIC_LIB" "${LIBS[@]}" -o "$OUT/header_cpp_test"
 run "C++ header test" "$OUT/header_cpp_test"

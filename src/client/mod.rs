@@ -705,8 +705,11 @@ impl Client {
         s.limiter
             .ensure_rates(&key, &rates)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if !s.keys.lock().contains(&key) {
-            s.keys.lock().insert(key.clone());
+        {
+            let mut keys = s.keys.lock();
+            if !keys.contains(&key) {
+                keys.insert(key.clone());
+            }
         }
         let started = Instant::now();
         let budget_end = started + s.policy.max_quota_wait;

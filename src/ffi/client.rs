@@ -101,47 +101,91 @@ pub extern "C" fn qg_client_builder_new(out: *mut *mut qg_client_builder) -> qg_
     }
 }
 
-macro_rules! string_setter {
-    ($(#[$doc:meta])* $name:ident, $method:ident, $what:literal) => {
-        $(#[$doc])*
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name(b: *mut qg_client_builder, value: *const c_char) -> qg_result {
-            ffi_boundary! {
-                let v = unsafe { try_str(value, $what) }?;
-                with_builder(b, |x| x.$method(v))
-            }
-        }
-    };
+fn set_string(
+    b: *mut qg_client_builder,
+    value: *const c_char,
+    what: &str,
+    set: impl FnOnce(ClientBuilder, &str) -> ClientBuilder,
+) -> Result<(), FfiError> {
+    let v = unsafe { try_str(value, what) }?;
+    with_builder(b, |x| set(x, v))
 }
 
-string_setter!(
-    /// Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
-    /// Copied; `b` and `url` must not be NULL.
-    qg_client_builder_set_base_url, base_url, "url");
-string_setter!(
-    /// Sets the login authority (default `https://login.microsoftonline.com`).
-    /// Copied; `b` and `url` must not be NULL.
-    qg_client_builder_set_authority, authority, "url");
-string_setter!(
-    /// Sets the tenant id for client-secret credentials. Copied; no NULL.
-    qg_client_builder_set_tenant_id, tenant_id, "tenant_id");
-string_setter!(
-    /// Sets the application (client) id for client-secret credentials. Copied; no NULL.
-    qg_client_builder_set_client_id, client_id, "client_id");
-string_setter!(
-    /// Sets the client secret. Copied into memory that is wiped when freed; it never
-    /// appears in error texts or logs. No NULL.
-    qg_client_builder_set_client_secret, client_secret, "secret");
-string_setter!(
-    /// Uses a fixed access token instead of client credentials. Copied and guarded like a
-    /// secret. No NULL.
-    qg_client_builder_set_access_token, access_token, "token");
-string_setter!(
-    /// Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
-    qg_client_builder_set_scope, scope, "scope");
-string_setter!(
-    /// Asks v1 tokens for this resource instead of a v2 scope. No NULL.
-    qg_client_builder_set_resource, resource, "resource");
+/// Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
+/// Copied; `b` and `url` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_base_url(
+    b: *mut qg_client_builder,
+    url: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, url, "url", |x, v| x.base_url(v)) }
+}
+
+/// Sets the login authority (default `https://login.microsoftonline.com`).
+/// Copied; `b` and `url` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_authority(
+    b: *mut qg_client_builder,
+    url: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, url, "url", |x, v| x.authority(v)) }
+}
+
+/// Sets the tenant id for client-secret credentials. Copied; no NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_tenant_id(
+    b: *mut qg_client_builder,
+    tenant_id: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, tenant_id, "tenant_id", |x, v| x.tenant_id(v)) }
+}
+
+/// Sets the application (client) id for client-secret credentials. Copied; no NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_client_id(
+    b: *mut qg_client_builder,
+    client_id: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, client_id, "client_id", |x, v| x.client_id(v)) }
+}
+
+/// Sets the client secret. Copied into memory that is wiped when freed; it never
+/// appears in error texts or logs. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_client_secret(
+    b: *mut qg_client_builder,
+    secret: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, secret, "secret", |x, v| x.client_secret(v)) }
+}
+
+/// Uses a fixed access token instead of client credentials. Copied and guarded like a
+/// secret. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_access_token(
+    b: *mut qg_client_builder,
+    token: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, token, "token", |x, v| x.access_token(v)) }
+}
+
+/// Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_scope(
+    b: *mut qg_client_builder,
+    scope: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, scope, "scope", |x, v| x.scope(v)) }
+}
+
+/// Asks v1 tokens for this resource instead of a v2 scope. No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_resource(
+    b: *mut qg_client_builder,
+    resource: *const c_char,
+) -> qg_result {
+    ffi_boundary! { set_string(b, resource, "resource", |x, v| x.resource(v)) }
+}
 
 /// Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
 /// `NO_PROXY`), which is the default. `b` must not be NULL.

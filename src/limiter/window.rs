@@ -72,6 +72,8 @@ pub(crate) struct SlidingLog {
     /// The oldest sequence number whose instant the ring still holds (growing keeps only
     /// the units inside some window).
     valid_from: u64,
+    /// The smallest `calls` of all rates, checked on every call.
+    max_cost: u64,
 }
 
 impl SlidingLog {
@@ -93,6 +95,7 @@ impl SlidingLog {
             mask: cap - 1,
             next: 0,
             valid_from: 0,
+            max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
         }
     }
 
@@ -203,8 +206,9 @@ impl SlidingLog {
     }
 
     /// The smallest `calls` of all rates: the largest cost a call may ever have.
+    #[inline]
     pub(crate) fn max_cost(&self) -> u64 {
-        self.rates.iter().map(|r| r.calls).min().unwrap_or(0)
+        self.max_cost
     }
 }
 

@@ -1,0 +1,1118 @@
+#Requires -Version 7.2
+# QuotaGate: keeps PowerShell scripts inside the Microsoft Defender for Endpoint API
+# quotas. The work is done by libquotagate; this module finds and loads it, and turns
+# its objects and errors into cmdlets, pipeline objects and error records.
+
+Set-StrictMode -Version 3.0
+
+# ----- locating and loading the native library -------------------------------------------
+
+function Get-QgRuntimeIdentifier {
+    # The runtime identifiers (RIDs) to look for, most specific first.
+    $arch = switch ([System.Runtime.InteropServices.RuntimeInformation]::ProcessArchitecture.ToString()) {
+        'X64' { 'x64' }
+        'Arm64' { 'arm64' }
+        'X86' { 'x86' }
+        'Arm' { 'arm' }
+        default { $_.ToLowerInvariant() }
+    }
+    if ($IsWindows) {
+        "win-$arch"
+    } elseif ($IsMacOS) {
+        "osx-$arch"
+    } else {
+        if (Get-ChildItem -Path '/lib' -Filter 'ld-musl-*' -ErrorAction Ignore) {
+            "linux-musl-$arch"
+        }
+        "linux-$arch"
+    }
+}
+
+function Get-QgLibraryCandidate {
+    # Every path the module tries, in order. $env:QUOTAGATE_LIBRARY replaces them all.
+    if ($env:QUOTAGATE_LIBRARY) {
+        return , @($env:QUOTAGATE_LIBRARY)
+    }
+    $file = if ($IsWindows) { 'quotagate.dll' } elseif ($IsMacOS) { 'libquotagate.dylib' } else { 'libquotagate.so' }
+    $paths = [System.Collections.Generic.List[string]]::new()
+    foreach ($rid in Get-QgRuntimeIdentifier) {
+        $paths.Add([System.IO.Path]::Combine($PSScriptRoot, 'runtimes', $rid, 'native', $file))
+    }
+    # A checkout of the repository: bindings/powershell/QuotaGate -> the repository root.
+    $targets = [System.Collections.Generic.List[string]]::new()
+    if ($env:CARGO_TARGET_DIR) {
+        $targets.Add($env:CARGO_TARGET_DIR)
+    }
+    $targets.Add([System.IO.Path]::GetFullPath([System.IO.Path]::Combine($PSScriptRoot, '..', '..', '..', 'target')))
+    foreach ($target in $targets) {
+        foreach ($buildProfile in 'release', 'debug') {
+            $paths.Add([System.IO.Path]::Combine($target, $buildProfile, $file))
+        }
+    }
+    , $paths.ToArray()
+}
+
+function Import-QgNativeLibrary {
+    $candidates = Get-QgLibraryCandidate
+    $library = $candidates | Where-Object { Test-Path -LiteralPath $_ -PathType Leaf } | Select-Object -First 1
+    if (-not $library) {
+        $how = if ($env:QUOTAGATE_LIBRARY) { 'QUOTAGATE_LIBRARY names a file that does not exist' } else {
+            'build it with "cargo build --release", or set QUOTAGATE_LIBRARY to its path'
+        }
+        throw [System.IO.FileNotFoundException]::new(
+            "QuotaGate cannot find libquotagate ($how). Tried:`n  " + ($candidates -join "`n  "))
+    }
+    if (-not ('QuotaGate.Interop.Native' -as [type])) {
+        Add-Type -Path ([System.IO.Path]::Combine($PSScriptRoot, 'QuotaGate.Interop.cs')) -IgnoreWarnings
+    }
+    [QuotaGate.Interop.Native]::Load((Resolve-Path -LiteralPath $library).ProviderPath)
+    [QuotaGate.Interop.Log]::Start([QuotaGate.Interop.LogLevel]::Debug)
+}
+
+Import-QgNativeLibrary
+
+$script:DefaultClient = $null
+$script:Simulators = [System.Collections.Generic.List[object]]::new()
+
+$ExecutionContext.SessionState.Module.OnRemove = {
+    if ($script:DefaultClient) {
+        $script:DefaultClient.Dispose()
+        $script:DefaultClient = $null
+    }
+    foreach ($sim in $script:Simulators) {
+        $sim.Dispose()
+    }
+    $script:Simulators.Clear()
+    [QuotaGate.Interop.Log]::Stop()
+}
+
+# ----- private helpers --------------------------------------------------------------------
+
+function Write-QgLog {
+    # The library's log (waits, retries, token refreshes) goes to the verbose stream.
+    foreach ($record in [QuotaGate.Interop.Log]::Drain()) {
+        Write-Verbose "quotagate $($record.Level.ToString().ToLowerInvariant()): $($record.Message)"
+    }
+}
+
+function Get-QgInnerException {
+    param([System.Exception]$Exception)
+    $e = $Exception
+    while (($e -is [System.Management.Automation.MethodInvocationException] -or
+            $e -is [System.Reflection.TargetInvocationException]) -and $e.InnerException) {
+        $e = $e.InnerException
+    }
+    $e
+}
+
+function ConvertTo-QgErrorRecord {
+    # An error record for a failure, with the library's message and the server's details.
+    param(
+        [Parameter(Mandatory)][object]$ErrorOrException,
+        [object]$Target
+    )
+    if ($ErrorOrException -is [System.Management.Automation.ErrorRecord]) {
+        if ($ErrorOrException.FullyQualifiedErrorId -like 'QuotaGate.*') {
+            return $ErrorOrException
+        }
+        $exception = Get-QgInnerException $ErrorOrException.Exception
+    } else {
+        $exception = Get-QgInnerException $ErrorOrException
+    }
+    if ($exception -isnot [QuotaGate.Interop.QuotaGateException]) {
+        $category = if ($exception -is [System.ArgumentException]) { 'InvalidArgument' }
+        elseif ($exception -is [System.OperationCanceledException]) { 'OperationStopped' }
+        elseif ($exception -is [System.InvalidOperationException]) { 'InvalidOperation' }
+        else { 'NotSpecified' }
+        return [System.Management.Automation.ErrorRecord]::new($exception, "QuotaGate.$($exception.GetType().Name)", $category, $Target)
+    }
+    $code = $exception.Code
+    if ($null -ne $exception.HttpStatus -and $code -eq [QuotaGate.Interop.ResultCode]::HttpStatus) {
+        $id = "QuotaGate.Http$($exception.HttpStatus)"
+        $category = switch ($exception.HttpStatus) {
+            400 { 'InvalidArgument' }
+            401 { 'AuthenticationError' }
+            403 { 'PermissionDenied' }
+            404 { 'ObjectNotFound' }
+            409 { 'ResourceExists' }
+            429 { 'QuotaExceeded' }
+            default { if ($_ -ge 500) { 'ResourceUnavailable' } else { 'InvalidResult' } }
+        }
+    } else {
+        $name = [QuotaGate.Interop.ResultCode].GetFields() |
+            Where-Object { $_.IsLiteral -and [uint32]$_.GetRawConstantValue() -eq $code } |
+            Select-Object -First 1 -ExpandProperty Name
+        $id = "QuotaGate.$(if ($name) { $name } else { "Code$code" })"
+        $category = switch ($code) {
+            { $_ -in 100, 101 } { 'InvalidArgument' }
+            200 { 'OperationTimeout' }
+            202 { 'OperationStopped' }
+            203 { 'ResourceUnavailable' }
+            204 { 'LimitsExceeded' }
+            301 { 'ConnectionError' }
+            302 { 'QuotaExceeded' }
+            303 { 'AuthenticationError' }
+            304 { 'LimitsExceeded' }
+            default { 'NotSpecified' }
+        }
+    }
+    $record = [System.Management.Automation.ErrorRecord]::new($exception, $id, $category, $Target)
+    if ($exception.Target -or $exception.RequestId) {
+        $record.ErrorDetails = [System.Management.Automation.ErrorDetails]::new($exception.Message)
+        $record.ErrorDetails.RecommendedAction =
+            "Quote correlation id '$($exception.Target)' and request id '$($exception.RequestId)' to support."
+    }
+    $record
+}
+
+function Resolve-QgClient {
+    param([object]$Client)
+    if ($Client) {
+        return $Client
+    }
+    if (-not $script:DefaultClient) {
+        throw [System.InvalidOperationException]::new(
+            'QuotaGate is not connected: run Connect-QgDefender first, or pass -Client.')
+    }
+    $script:DefaultClient
+}
+
+function ConvertTo-QgRate {
+    # Rates as the cmdlets accept them: (calls, seconds) pairs, strings such as
+    # '100/60s', '1500/1h', '45/1m', '10/500ms', or [QuotaGate.Interop.Rate] objects.
+    param([object[]]$Rate)
+    $isNumber = { param($x) $x -is [int] -or $x -is [long] -or $x -is [double] -or $x -is [decimal] -or $x -is [uint32] }
+    if ($Rate.Count -eq 2 -and (& $isNumber $Rate[0]) -and (& $isNumber $Rate[1])) {
+        $Rate = , @($Rate[0], $Rate[1])
+    }
+    foreach ($r in $Rate) {
+        if ($r -is [QuotaGate.Interop.Rate]) {
+            $r
+            continue
+        }
+        $calls = $null
+        $seconds = $null
+        if ($r -is [string]) {
+            if ($r -match '^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$') {
+                $calls = [uint32]$Matches[1]
+                $factor = switch ($Matches[3]) {
+                    'ms' { 0.001 }
+                    'm' { 60 }
+                    'min' { 60 }
+                    'h' { 3600 }
+                    default { 1 }
+                }
+                $seconds = [double]$Matches[2] * $factor
+            }
+        } elseif ($r -is [System.Collections.IList] -and $r.Count -eq 2 -and (& $isNumber $r[0]) -and (& $isNumber $r[1])) {
+            $calls = [uint32]$r[0]
+            $seconds = [double]$r[1]
+        }
+        if ($null -eq $calls) {
+            throw [System.ArgumentException]::new(
+                "'$r' is not a rate: give calls and seconds, as in -Rate 100,60 or -Rate (100,60),(1500,3600) or -Rate '100/60s','1500/1h'.")
+        }
+        [QuotaGate.Interop.Rate]::new($calls, [uint64][math]::Round($seconds * 1000))
+    }
+}
+
+function ConvertFrom-QgJson {
+    param([string]$Json)
+    if ([string]::IsNullOrWhiteSpace($Json)) {
+        return
+    }
+    ConvertFrom-Json -InputObject $Json -Depth 100
+}
+
+# ----- connecting ---------------------------------------------------------------------------
+
+<#
+.SYNOPSIS
+Connects to the Defender for Endpoint API through a throttling-aware client.
+
+.DESCRIPTION
+Creates a quotagate client, makes it the session's default for the other QuotaGate
+cmdlets, and returns it. Every call made through it waits for its turn in the
+published quotas (100 calls per minute and 1,500 per hour by default, lower for
+advanced hunting and other endpoints), caches its OAuth2 token, honours Retry-After on
+429 answers and follows @odata.nextLink pages.
+
+No request is sent here: the token is fetched by the first call, and a bad secret is
+reported then.
+
+.PARAMETER TenantId
+The Entra ID tenant (directory) id.
+
+.PARAMETER ClientId
+The application (client) id of the app registration.
+
+.PARAMETER ClientSecret
+The app's client secret, as a SecureString.
+
+.PARAMETER Credential
+The app id as user name and the client secret as password.
+
+.PARAMETER AccessToken
+A ready bearer token, instead of tenant, app id and secret. It is not refreshed.
+
+.PARAMETER Simulator
+A simulator from Start-QgSimulator: connects to it with its own credentials.
+
+.PARAMETER BaseUrl
+The API's base URL, e.g. https://api.security.microsoft.com or a regional host.
+Default: https://api.securitycenter.microsoft.com.
+
+.PARAMETER Authority
+The login authority. Default: https://login.microsoftonline.com
+(https://login.microsoftonline.us for GCC High and DoD).
+
+.PARAMETER TimeoutSec
+The time limit of one HTTP exchange, in seconds (default 300).
+
+.PARAMETER MaxAttempts
+The most attempts for one call (throttled, 5xx or failed connections).
+
+.PARAMETER MaxQuotaWaitSec
+The longest a call may wait for its quota before it fails (default 15 minutes).
+
+.PARAMETER Limiter
+A limiter from New-QgLimiter to share quotas with other clients in this process.
+
+.PARAMETER Proxy
+A proxy URL. Default: HTTPS_PROXY, ALL_PROXY and NO_PROXY from the environment.
+
+.EXAMPLE
+$secret = Read-Host -AsSecureString 'Client secret'
+Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret
+
+.EXAMPLE
+Connect-QgDefender -TenantId $tenant -Credential (Get-Credential -UserName $appId)
+
+.EXAMPLE
+$sim = Start-QgSimulator -Machines 500
+Connect-QgDefender -Simulator $sim
+
+.OUTPUTS
+QuotaGate.Interop.Client
+#>
+function Connect-QgDefender {
+    [CmdletBinding(DefaultParameterSetName = 'ClientSecret')]
+    [OutputType('QuotaGate.Interop.Client')]
+    param(
+        [Parameter(Mandatory, ParameterSetName = 'ClientSecret')]
+        [Parameter(Mandatory, ParameterSetName = 'Credential')]
+        [ValidateNotNullOrEmpty()]
+        [string]$TenantId,
+
+        [Parameter(Mandatory, ParameterSetName = 'ClientSecret')]
+        [ValidateNotNullOrEmpty()]
+        [string]$ClientId,
+
+        [Parameter(Mandatory, ParameterSetName = 'ClientSecret')]
+        [securestring]$ClientSecret,
+
+        [Parameter(Mandatory, ParameterSetName = 'Credential')]
+        [pscredential]$Credential,
+
+        [Parameter(Mandatory, ParameterSetName = 'AccessToken')]
+        [securestring]$AccessToken,
+
+        [Parameter(Mandatory, ParameterSetName = 'Simulator')]
+        [QuotaGate.Interop.Simulator]$Simulator,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$BaseUrl,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Authority,
+
+        [ValidateRange(1, 86400)]
+        [int]$TimeoutSec,
+
+        [ValidateRange(1, 100)]
+        [int]$MaxAttempts,
+
+        [ValidateRange(0, 86400)]
+        [int]$MaxQuotaWaitSec,
+
+        [QuotaGate.Interop.Limiter]$Limiter,
+
+        [string]$Proxy
+    )
+    $options = [QuotaGate.Interop.ClientOptions]::new()
+    switch ($PSCmdlet.ParameterSetName) {
+        'ClientSecret' {
+            $options.TenantId = $TenantId
+            $options.ClientId = $ClientId
+            $options.ClientSecret = $ClientSecret
+        }
+        'Credential' {
+            $options.TenantId = $TenantId
+            $options.ClientId = $Credential.UserName
+            $options.ClientSecret = $Credential.Password
+        }
+        'AccessToken' {
+            $options.AccessToken = $AccessToken
+        }
+        'Simulator' {
+            $options.BaseUrl = $Simulator.Url
+            $options.Authority = $Simulator.Authority
+            $options.TenantId = $Simulator.TenantId
+            $options.ClientId = $Simulator.ClientId
+            $options.ClientSecret = $Simulator.ClientSecret
+        }
+    }
+    if ($PSBoundParameters.ContainsKey('BaseUrl')) { $options.BaseUrl = $BaseUrl }
+    if ($PSBoundParameters.ContainsKey('Authority')) { $options.Authority = $Authority }
+    if ($PSBoundParameters.ContainsKey('TimeoutSec')) { $options.TimeoutMs = [uint64]$TimeoutSec * 1000 }
+    if ($PSBoundParameters.ContainsKey('MaxAttempts')) { $options.MaxAttempts = [uint32]$MaxAttempts }
+    if ($PSBoundParameters.ContainsKey('MaxQuotaWaitSec')) { $options.MaxQuotaWaitMs = [uint64]$MaxQuotaWaitSec * 1000 }
+    if ($PSBoundParameters.ContainsKey('Proxy')) { $options.Proxy = $Proxy }
+    if ($Limiter) { $options.Limiter = $Limiter }
+    try {
+        $client = [QuotaGate.Interop.Client]::new($options)
+    } catch {
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $options.BaseUrl))
+    }
+    # The previous default is not closed: a script may still hold it for another tenant.
+    $script:DefaultClient = $client
+    Write-Verbose "Connected to $(if ($options.BaseUrl) { $options.BaseUrl } else { 'the default Defender API' })."
+    $client
+}
+
+<#
+.SYNOPSIS
+Closes a QuotaGate client.
+
+.DESCRIPTION
+Closes the given client, or the session's default client, and releases it. Waits and
+calls in progress on it end with a "closed" error. Disconnecting the default client
+leaves the session without one until the next Connect-QgDefender.
+
+.PARAMETER Client
+The client to close. Default: the session's default client.
+
+.EXAMPLE
+Disconnect-QgDefender
+
+.EXAMPLE
+$c = Connect-QgDefender -AccessToken $token; Disconnect-QgDefender -Client $c
+
+.OUTPUTS
+None
+#>
+function Disconnect-QgDefender {
+    [CmdletBinding()]
+    [OutputType([void])]
+    param(
+        [Parameter(ValueFromPipeline)]
+        [QuotaGate.Interop.Client]$Client
+    )
+    process {
+        $target = if ($Client) { $Client } else { $script:DefaultClient }
+        if (-not $target) {
+            Write-Verbose 'No client to disconnect.'
+            return
+        }
+        try {
+            if (-not $target.Handle.IsClosed) {
+                $target.Close()
+            }
+        } catch {
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $target))
+        } finally {
+            $target.Dispose()
+            if ([object]::ReferenceEquals($target, $script:DefaultClient)) {
+                $script:DefaultClient = $null
+            }
+        }
+    }
+}
+
+# ----- requests -----------------------------------------------------------------------------
+
+<#
+.SYNOPSIS
+Sends a request to the Defender API within its quotas.
+
+.DESCRIPTION
+Sends one request through a QuotaGate client: the call waits for its quota, gets a
+token, is retried after a 429 (once the server's Retry-After has passed) or a 5xx, and
+its JSON answer is returned as objects. With -All, a list is followed over every page
+(@odata.nextLink) and its items are written to the pipeline one by one, with progress.
+
+An HTTP error status becomes a terminating error whose exception
+(QuotaGate.Interop.QuotaGateException) carries the status, the server's error code and
+message, the correlation id (Target) and the request id.
+
+Use -Verbose to see waits for quota, retries and token refreshes.
+
+.PARAMETER Path
+The path, e.g. /api/machines, or an absolute URL.
+
+.PARAMETER Method
+The HTTP method. Default: GET.
+
+.PARAMETER Body
+The body: a string is sent as is; any other object is sent as JSON (ConvertTo-Json
+-Depth 10).
+
+.PARAMETER Query
+Query parameters, e.g. @{ '$filter' = "healthStatus eq 'Active'"; '$top' = 1000 }; the
+library percent-encodes them.
+
+.PARAMETER Headers
+Extra request headers.
+
+.PARAMETER ContentType
+The body's content type. Default: application/json.
+
+.PARAMETER All
+Follow every page of a list and write its items one by one.
+
+.PARAMETER Client
+The client to use. Default: the session's default client.
+
+.EXAMPLE
+Invoke-QgRequest /api/machines -Query @{ '$filter' = "healthStatus eq 'Active'" } -All
+
+.EXAMPLE
+Invoke-QgRequest -Method POST -Path "/api/machines/$id/isolate" -Body @{ Comment = 'IR-1234'; IsolationType = 'Selective' }
+
+.EXAMPLE
+Invoke-QgRequest /api/alerts -All | Where-Object severity -eq 'High' | Select-Object -First 20
+
+.OUTPUTS
+System.Management.Automation.PSCustomObject
+#>
+function Invoke-QgRequest {
+    [CmdletBinding()]
+    [OutputType([psobject])]
+    param(
+        [Parameter(Mandatory, Position = 0, ValueFromPipelineByPropertyName)]
+        [Alias('Uri')]
+        [ValidateNotNullOrEmpty()]
+        [string]$Path,
+
+        [ValidateSet('GET', 'POST', 'PUT', 'PATCH', 'DELETE')]
+        [string]$Method = 'GET',
+
+        [object]$Body,
+
+        [hashtable]$Query,
+
+        [hashtable]$Headers,
+
+        [string]$ContentType,
+
+        [switch]$All,
+
+        [QuotaGate.Interop.Client]$Client
+    )
+    process {
+        $request = $null
+        $stop = $null
+        try {
+            $useClient = Resolve-QgClient $Client
+            $request = [QuotaGate.Interop.Request]::new($Method.ToUpperInvariant(), $Path)
+            if ($Query) {
+                foreach ($name in $Query.Keys) {
+                    [void]$request.AddQuery([string]$name, [string]$Query[$name])
+                }
+            }
+            if ($Headers) {
+                foreach ($name in $Headers.Keys) {
+                    [void]$request.SetHeader([string]$name, [string]$Headers[$name])
+                }
+            }
+            if ($null -ne $Body) {
+                $text = if ($Body -is [string]) { $Body } else { ConvertTo-Json -InputObject $Body -Depth 10 -Compress }
+                [void]$request.SetBody($text, $(if ($ContentType) { $ContentType } else { $null }))
+            }
+            # Ctrl+C cancels the native wait from a timer thread.
+            $stop = [QuotaGate.Interop.StopSignal]::new($PSCmdlet)
+            if ($All) {
+                $activity = "$Method $Path"
+                $count = 0
+                foreach ($item in $useClient.Items($request, $stop.Token)) {
+                    $count++
+                    Write-QgLog
+                    if ($count % 100 -eq 1) {
+                        Write-Progress -Activity $activity -Status "$count items"
+                    }
+                    ConvertFrom-QgJson $item
+                }
+                Write-QgLog
+                Write-Progress -Activity $activity -Completed
+                Write-Verbose "$activity`: $count items."
+            } else {
+                $response = $useClient.Send($request, $stop.Token)
+                Write-QgLog
+                if (-not $response.IsSuccess) {
+                    throw $response.Error
+                }
+                if ($response.ContentType -and $response.ContentType -notmatch 'json') {
+                    $response.BodyText
+                } else {
+                    ConvertFrom-QgJson $response.BodyText
+                }
+            }
+        } catch {
+            Write-QgLog
+            if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
+                throw
+            }
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Path))
+        } finally {
+            if ($stop) { $stop.Dispose() }
+            if ($request) { $request.Dispose() }
+        }
+    }
+}
+
+<#
+.SYNOPSIS
+Runs an advanced hunting query and returns its rows.
+
+.DESCRIPTION
+Sends POST /api/advancedqueries/run with the KQL query through a QuotaGate client, so
+that it waits for the hunting quota (45 calls per minute, 1,500 per hour), and writes
+each row of the result as an object. Errors from the service (a bad query, a result
+too large) are terminating errors with the server's code and message.
+
+.PARAMETER Query
+The KQL query. Accepts pipeline input: several queries run one after the other.
+
+.PARAMETER Client
+The client to use. Default: the session's default client.
+
+.EXAMPLE
+Invoke-QgHunting -Query 'DeviceInfo | where OSPlatform == "Windows10" | take 10'
+
+.EXAMPLE
+'DeviceProcessEvents | take 5', 'DeviceNetworkEvents | take 5' | Invoke-QgHunting
+
+.OUTPUTS
+System.Management.Automation.PSCustomObject
+#>
+function Invoke-QgHunting {
+    [CmdletBinding()]
+    [OutputType([psobject])]
+    param(
+        [Parameter(Mandatory, Position = 0, ValueFromPipeline)]
+        [ValidateNotNullOrEmpty()]
+        [string]$Query,
+
+        [QuotaGate.Interop.Client]$Client
+    )
+    process {
+        $stop = $null
+        try {
+            $useClient = Resolve-QgClient $Client
+            $stop = [QuotaGate.Interop.StopSignal]::new($PSCmdlet)
+            $json = ConvertTo-Json -InputObject @{ Query = $Query } -Compress
+            $response = $useClient.Send('POST', '/api/advancedqueries/run', $json, $stop.Token)
+            Write-QgLog
+            if (-not $response.IsSuccess) {
+                throw $response.Error
+            }
+            $result = ConvertFrom-QgJson $response.BodyText
+            if ($result -and $result.PSObject.Properties['Results']) {
+                foreach ($row in $result.Results) {
+                    $row
+                }
+            }
+        } catch {
+            Write-QgLog
+            if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
+                throw
+            }
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Query))
+        } finally {
+            if ($stop) { $stop.Dispose() }
+        }
+    }
+}
+
+# ----- limiters -----------------------------------------------------------------------------
+
+<#
+.SYNOPSIS
+Creates a limiter of calls by key with exact rolling windows.
+
+.DESCRIPTION
+Creates a limiter whose buckets (one per key) admit a call only when every rate allows
+it over the last window, exactly: never more than the given calls in any window, and
+callers served first come, first served. Use it to throttle your own loops
+(Wait-QgLimiter), or give it to Connect-QgDefender -Limiter so that several clients share
+one quota.
+
+Give each rate as calls and seconds. PowerShell does not let a parameter be given
+twice, so several rates go in one -Rate as a list: -Rate (100,60),(1500,3600), or as
+strings: -Rate '100/60s','1500/1h'.
+
+.PARAMETER Rate
+One or more rates: calls,seconds pairs, or strings such as '100/60s', '1500/1h',
+'45/1m', '10/500ms'. All apply at once.
+
+.PARAMETER MarginMs
+Widens every window by this many milliseconds, to absorb the delay between admission
+here and the server's count.
+
+.PARAMETER MaxBuckets
+The most keys held at once (idle ones are dropped first). Default: 65536.
+
+.EXAMPLE
+$limiter = New-QgLimiter -Rate 100,60
+
+.EXAMPLE
+$limiter = New-QgLimiter -Rate (100,60),(1500,3600) -MarginMs 250
+
+.EXAMPLE
+$limiter = New-QgLimiter -Rate '45/1m','1500/1h'
+
+.OUTPUTS
+QuotaGate.Interop.Limiter
+#>
+function New-QgLimiter {
+    [CmdletBinding(SupportsShouldProcess, ConfirmImpact = 'None')]
+    [OutputType('QuotaGate.Interop.Limiter')]
+    param(
+        [Parameter(Mandatory, Position = 0)]
+        [object[]]$Rate,
+
+        [ValidateRange('NonNegative')]
+        [long]$MarginMs = 0,
+
+        [ValidateRange('NonNegative')]
+        [long]$MaxBuckets = 0
+    )
+    try {
+        $rates = [QuotaGate.Interop.Rate[]]@(ConvertTo-QgRate $Rate)
+        if ($PSCmdlet.ShouldProcess(($rates -join ', '), 'Create limiter')) {
+            [QuotaGate.Interop.Limiter]::new($rates, [uint64]$MarginMs, [uint64]$MaxBuckets)
+        }
+    } catch {
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Rate))
+    }
+}
+
+<#
+.SYNOPSIS
+Waits until a limiter admits a call.
+
+.DESCRIPTION
+Waits in first-come, first-served order until the key's bucket admits a call of the
+given cost, then returns (with -PassThru, passes the input object on). The wait runs in
+short slices, so Ctrl+C stops it within a fraction of a second and gives up the place
+in the queue without taking a permit.
+
+Pipe objects through it to pace a loop: each object waits for its own permit.
+
+.PARAMETER Limiter
+The limiter, from New-QgLimiter.
+
+.PARAMETER Key
+The bucket's key, e.g. a tenant or an endpoint. Default: the default bucket.
+
+.PARAMETER Cost
+Units the call takes (default 1); at most the smallest rate's calls.
+
+.PARAMETER TimeoutSec
+The longest wait. A deadline that cannot be met fails at once. Default: no limit.
+
+.PARAMETER InputObject
+Objects to pass on, one permit each, with -PassThru.
+
+.PARAMETER PassThru
+Write each input object once it is admitted.
+
+.EXAMPLE
+Wait-QgLimiter -Limiter $limiter -Key 'isolate'
+
+.EXAMPLE
+$ids | Wait-QgLimiter -Limiter $limiter -PassThru | ForEach-Object { Invoke-QgRequest -Method POST "/api/machines/$_/tags" -Body $tag }
+
+.OUTPUTS
+None, or the input objects with -PassThru.
+#>
+function Wait-QgLimiter {
+    [CmdletBinding()]
+    [OutputType([object])]
+    param(
+        [Parameter(Mandatory, Position = 0)]
+        [QuotaGate.Interop.Limiter]$Limiter,
+
+        [Parameter(Position = 1)]
+        [AllowEmptyString()]
+        [string]$Key = '',
+
+        [ValidateRange('Positive')]
+        [uint32]$Cost = 1,
+
+        [ValidateRange('NonNegative')]
+        [double]$TimeoutSec,
+
+        [Parameter(ValueFromPipeline)]
+        [object]$InputObject,
+
+        [switch]$PassThru
+    )
+    begin {
+        $timeoutMs = if ($PSBoundParameters.ContainsKey('TimeoutSec')) { [long][math]::Ceiling($TimeoutSec * 1000) } else { [long]-1 }
+        $shouldStop = [QuotaGate.Interop.StopSignal]::ReadStopping($PSCmdlet)
+    }
+    process {
+        $watch = [System.Diagnostics.Stopwatch]::StartNew()
+        try {
+            $Limiter.Acquire($Key, $Cost, $timeoutMs, $shouldStop)
+        } catch {
+            if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
+                throw
+            }
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
+        }
+        if ($watch.ElapsedMilliseconds -ge 1) {
+            Write-Verbose "Waited $($watch.ElapsedMilliseconds) ms for quota on '$Key'."
+        }
+        if ($PassThru) {
+            $InputObject
+        }
+    }
+}
+
+<#
+.SYNOPSIS
+Tries to take a call from a limiter without waiting.
+
+.DESCRIPTION
+Returns $true when the key's bucket admits the call now (the call is then counted, so
+make it), and $false when it would have to wait; the wait it would need is written to
+the verbose stream. Never waits.
+
+.PARAMETER Limiter
+The limiter, from New-QgLimiter.
+
+.PARAMETER Key
+The bucket's key. Default: the default bucket.
+
+.PARAMETER Cost
+Units the call takes (default 1).
+
+.EXAMPLE
+if (Test-QgLimiter -Limiter $limiter -Key 'export') { Invoke-QgRequest /api/machines/SoftwareVulnerabilitiesByMachine }
+
+.OUTPUTS
+System.Boolean
+#>
+function Test-QgLimiter {
+    [CmdletBinding()]
+    [OutputType([bool])]
+    param(
+        [Parameter(Mandatory, Position = 0)]
+        [QuotaGate.Interop.Limiter]$Limiter,
+
+        [Parameter(Position = 1)]
+        [AllowEmptyString()]
+        [string]$Key = '',
+
+        [ValidateRange('Positive')]
+        [uint32]$Cost = 1
+    )
+    try {
+        [uint64]$waitMs = 0
+        $admitted = $Limiter.TryAcquire($Key, $Cost, [ref]$waitMs)
+    } catch {
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
+    }
+    if (-not $admitted) {
+        Write-Verbose "'$Key' would admit the call in $waitMs ms."
+    }
+    $admitted
+}
+
+<#
+.SYNOPSIS
+Pauses a limiter's bucket.
+
+.DESCRIPTION
+Makes every caller of the key's bucket wait until the given time has passed, as the
+client does when the server answers 429. A later pause extends the current one; a
+shorter one never shortens it.
+
+.PARAMETER Limiter
+The limiter, from New-QgLimiter.
+
+.PARAMETER Key
+The bucket's key. Default: the default bucket.
+
+.PARAMETER Seconds
+How long the bucket stays paused from now.
+
+.EXAMPLE
+Suspend-QgLimiter -Limiter $limiter -Key 'hunting' -Seconds 30
+
+.OUTPUTS
+None
+#>
+function Suspend-QgLimiter {
+    [CmdletBinding(SupportsShouldProcess, ConfirmImpact = 'Low')]
+    [OutputType([void])]
+    param(
+        [Parameter(Mandatory, Position = 0)]
+        [QuotaGate.Interop.Limiter]$Limiter,
+
+        [Parameter(Position = 1)]
+        [AllowEmptyString()]
+        [string]$Key = '',
+
+        [Parameter(Mandatory)]
+        [ValidateRange(0, 31536000)]
+        [double]$Seconds
+    )
+    if (-not $PSCmdlet.ShouldProcess("bucket '$Key'", "Pause for $Seconds s")) {
+        return
+    }
+    try {
+        $Limiter.Pause($Key, [uint64][math]::Ceiling($Seconds * 1000))
+    } catch {
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
+    }
+}
+
+<#
+.SYNOPSIS
+Gets the statistics of a limiter's bucket, a client or a simulator.
+
+.DESCRIPTION
+With -Limiter, returns a snapshot of the key's bucket: calls admitted and refused, waits,
+timeouts, cancellations, pauses, the queue, and the use of each window. Otherwise
+returns the client's counters (requests, retries, throttled answers, token requests)
+and its buckets, for the given client or the session's default one. With -Simulator,
+returns what the simulator counted (requests, 429s, peaks per window).
+
+.PARAMETER Limiter
+The limiter whose bucket to read.
+
+.PARAMETER Key
+The bucket's key. Default: the default bucket.
+
+.PARAMETER Client
+The client to read. Default: the session's default client.
+
+.PARAMETER Simulator
+A simulator from Start-QgSimulator.
+
+.EXAMPLE
+Get-QgStatistics -Limiter $limiter -Key 'isolate'
+
+.EXAMPLE
+(Get-QgStatistics).buckets
+
+.EXAMPLE
+Get-QgStatistics -Simulator $sim
+
+.OUTPUTS
+QuotaGate.Interop.BucketStatistics, or System.Management.Automation.PSCustomObject
+#>
+function Get-QgStatistics {
+    [CmdletBinding(DefaultParameterSetName = 'Client')]
+    [OutputType('QuotaGate.Interop.BucketStatistics', 'System.Management.Automation.PSCustomObject')]
+    param(
+        [Parameter(Mandatory, ParameterSetName = 'Limiter')]
+        [QuotaGate.Interop.Limiter]$Limiter,
+
+        [Parameter(ParameterSetName = 'Limiter', Position = 0)]
+        [AllowEmptyString()]
+        [string]$Key = '',
+
+        [Parameter(ParameterSetName = 'Client', ValueFromPipeline)]
+        [QuotaGate.Interop.Client]$Client,
+
+        [Parameter(Mandatory, ParameterSetName = 'Simulator')]
+        [QuotaGate.Interop.Simulator]$Simulator
+    )
+    process {
+        try {
+            switch ($PSCmdlet.ParameterSetName) {
+                'Limiter' { $Limiter.GetStatistics($Key) }
+                'Simulator' { ConvertFrom-QgJson $Simulator.StatisticsJson() }
+                default { ConvertFrom-QgJson (Resolve-QgClient $Client).StatisticsJson() }
+            }
+        } catch {
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_))
+        }
+    }
+}
+
+# ----- the simulator ------------------------------------------------------------------------
+
+<#
+.SYNOPSIS
+Starts the local simulator of the Defender API.
+
+.DESCRIPTION
+Starts the library's simulator of the Defender for Endpoint API on 127.0.0.1: token
+endpoints, machines and alerts with paging, isolate, tags and advanced hunting, with the
+published quotas enforced (429 with Retry-After) and optional faults. Use it to try
+scripts offline: connect with Connect-QgDefender -Simulator. Stop it with
+Stop-QgSimulator; it also stops when the module is removed.
+
+.PARAMETER Machines
+How many machines it serves.
+
+.PARAMETER TimeScale
+Shrinks every window and lifetime: 0.01 makes a 60 s window last 600 ms.
+
+.PARAMETER Limit
+Quotas by endpoint class ('default', 'hunting', ...), each as rates like New-QgLimiter's:
+@{ default = (10,60); hunting = '2/1m' }. A class given here loses its built-in limits.
+
+.PARAMETER TokenLifetimeSec
+How long its tokens live.
+
+.PARAMETER ErrorRate
+The share of calls answered with 503 (0 to 1).
+
+.PARAMETER ResetRate
+The share of calls whose connection is reset after processing (0 to 1).
+
+.PARAMETER LatencyMs
+Added latency per call.
+
+.PARAMETER RetryAfterStyle
+How 429 answers say when to come back: Seconds (Retry-After, the default), HttpDate,
+Milliseconds (retry-after-ms), XMsMilliseconds (x-ms-retry-after-ms), BodyOnly (the
+limit only in the message, as advanced hunting does) or None.
+
+.PARAMETER Port
+The port to listen on. Default: any free port.
+
+.EXAMPLE
+$sim = Start-QgSimulator -Machines 500 -TimeScale 0.01
+
+.EXAMPLE
+$sim = Start-QgSimulator -Limit @{ default = (5,1) } -ErrorRate 0.05 -RetryAfterStyle HttpDate
+
+.OUTPUTS
+QuotaGate.Interop.Simulator
+#>
+function Start-QgSimulator {
+    [CmdletBinding(SupportsShouldProcess, ConfirmImpact = 'None')]
+    [OutputType('QuotaGate.Interop.Simulator')]
+    param(
+        [ValidateRange(0, 1000000)]
+        [int]$Machines,
+
+        [ValidateRange(0.0001, 1000)]
+        [double]$TimeScale,
+
+        [hashtable]$Limit,
+
+        [ValidateRange(1, 86400)]
+        [double]$TokenLifetimeSec,
+
+        [ValidateRange(0, 1)]
+        [double]$ErrorRate = 0,
+
+        [ValidateRange(0, 1)]
+        [double]$ResetRate = 0,
+
+        [ValidateRange(0, 600000)]
+        [int]$LatencyMs = 0,
+
+        [QuotaGate.Interop.RetryAfterStyle]$RetryAfterStyle,
+
+        [ValidateRange(0, 65535)]
+        [int]$Port = 0
+    )
+    try {
+        $options = [QuotaGate.Interop.SimulatorOptions]::new()
+        if ($PSBoundParameters.ContainsKey('Machines')) { $options.Machines = [uint32]$Machines }
+        if ($PSBoundParameters.ContainsKey('TimeScale')) { $options.TimeScale = $TimeScale }
+        if ($PSBoundParameters.ContainsKey('TokenLifetimeSec')) { $options.TokenLifetimeMs = [uint64]($TokenLifetimeSec * 1000) }
+        $options.Error503Rate = $ErrorRate
+        $options.ResetRate = $ResetRate
+        $options.LatencyMs = [uint64]$LatencyMs
+        $options.Port = [uint16]$Port
+        if ($PSBoundParameters.ContainsKey('RetryAfterStyle')) { $options.RetryAfterStyle = $RetryAfterStyle }
+        if ($Limit) {
+            foreach ($class in $Limit.Keys) {
+                foreach ($rate in ConvertTo-QgRate @($Limit[$class])) {
+                    $options.Limits.Add([QuotaGate.Interop.SimulatorLimit]::new([string]$class, $rate.Calls, $rate.WindowMs / 1000.0))
+                }
+            }
+        }
+        if (-not $PSCmdlet.ShouldProcess('127.0.0.1', 'Start the Defender API simulator')) {
+            return
+        }
+        $sim = [QuotaGate.Interop.Simulator]::new($options)
+    } catch {
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_))
+    }
+    $script:Simulators.Add($sim)
+    Write-Verbose "Simulator listening at $($sim.Url)."
+    $sim
+}
+
+<#
+.SYNOPSIS
+Stops a simulator started by Start-QgSimulator.
+
+.DESCRIPTION
+Stops the given simulators and releases them; without -Simulator, stops every simulator
+this session started.
+
+.PARAMETER Simulator
+The simulators to stop. Accepts pipeline input.
+
+.EXAMPLE
+Stop-QgSimulator -Simulator $sim
+
+.EXAMPLE
+Stop-QgSimulator
+
+.OUTPUTS
+None
+#>
+function Stop-QgSimulator {
+    [CmdletBinding(SupportsShouldProcess, ConfirmImpact = 'Low')]
+    [OutputType([void])]
+    param(
+        [Parameter(ValueFromPipeline)]
+        [QuotaGate.Interop.Simulator[]]$Simulator
+    )
+    process {
+        # Bound here, not in begin: pipeline input is bound only once process runs.
+        $targets = if ($PSBoundParameters.ContainsKey('Simulator')) { $Simulator } else { @($script:Simulators) }
+        foreach ($sim in $targets) {
+            if (-not $PSCmdlet.ShouldProcess($sim.Url, 'Stop the simulator')) {
+                continue
+            }
+            try {
+                if (-not $sim.Handle.IsClosed) {
+                    $sim.Stop()
+                }
+            } catch {
+                $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $sim.Url))
+            } finally {
+                $sim.Dispose()
+                [void]$script:Simulators.Remove($sim)
+            }
+        }
+    }
+}
+
+Export-ModuleMember -Function @(
+    'Connect-QgDefender'
+    'Disconnect-QgDefender'
+    'Invoke-QgRequest'
+    'Invoke-QgHunting'
+    'New-QgLimiter'
+    'Wait-QgLimiter'
+    'Test-QgLimiter'
+    'Suspend-QgLimiter'
+    'Get-QgStatistics'
+    'Start-QgSimulator'
+    'Stop-QgSimulator'
+)

@@ -1,0 +1,1251 @@
+// Tests of the QuotaGate module's C# interop layer against the real library.
+//
+// Compiled together with bindings/powershell/QuotaGate/QuotaGate.Interop.cs, exactly as
+// the module ships it, by Mono's mcs (scripts/test-powershell.sh):
+//
+//   mono InteropTests.exe /path/to/libquotagate.so
+//
+// Prints one line per test and closes with "N passed, N failed[, N skipped]"; exits 1 on
+// any failure.
+
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Linq;
+using System.Runtime.CompilerServices;
+using System.Security;
+using System.Text;
+using System.Text.RegularExpressions;
+using System.Threading;
+using QuotaGate.Interop;
+
+namespace QuotaGate.Interop.Tests
+{
+    sealed class AssertionException : Exception
+    {
+        public AssertionException(string message) : base(message)
+        {
+        }
+    }
+
+    static class Assert
+    {
+        public static void True(bool condition, string what)
+        {
+            if (!condition)
+            {
+                throw new AssertionException(what);
+            }
+        }
+
+        public static void Equal<T>(T expected, T actual, string what)
+        {
+            if (!EqualityComparer<T>.Default.Equals(expected, actual))
+            {
+                throw new AssertionException(what + ": expected <" + expected + ">, got <" + actual + ">");
+            }
+        }
+
+        public static T Throws<T>(Action action, string what) where T : Exception
+        {
+            try
+            {
+                action();
+            }
+            catch (T e)
+            {
+                return e;
+            }
+            catch (Exception e)
+            {
+                throw new AssertionException(what + ": expected " + typeof(T).Name + ", got " + e.GetType().Name + ": " + e.Message);
+            }
+            throw new AssertionException(what + ": expected " + typeof(T).Name + ", nothing was thrown");
+        }
+
+        /// <summary>A QuotaGateException with <paramref name="code"/> whose message is the library's.</summary>
+        public static QuotaGateException Fails(uint code, string messagePart, Action action, string what)
+        {
+            var e = Throws<QuotaGateException>(action, what);
+            Equal(code, e.Code, what + ": code");
+            True(e.Message.Contains(messagePart), what + ": message <" + e.Message + "> should contain <" + messagePart + ">");
+            return e;
+        }
+
+        public static void Within(Stopwatch sw, long minMs, long maxMs, string what)
+        {
+            long ms = sw.ElapsedMilliseconds;
+            True(ms >= minMs && ms <= maxMs, what + ": took " + ms + " ms, expected " + minMs + ".." + maxMs);
+        }
+    }
+
+    static class Program
+    {
+        static int passed, failed, skipped;
+        static string libraryPath;
+
+        static void Test(string name, Action body)
+        {
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                body();
+                passed++;
+                Console.WriteLine("ok   " + name + " (" + sw.ElapsedMilliseconds + " ms)");
+            }
+            catch (Exception e)
+            {
+                failed++;
+                Console.WriteLine("FAIL " + name + ": " + e.GetType().Name + ": " + e.Message);
+                if (!(e is AssertionException))
+                {
+                    Console.WriteLine(e.StackTrace);
+                }
+            }
+        }
+
+        static void Skip(string name, string why)
+        {
+            skipped++;
+            Console.WriteLine("SKIPPED: " + name + ": " + why);
+        }
+
+        static int Main(string[] args)
+        {
+            var total = Stopwatch.StartNew();
+            libraryPath = args.Length > 0 ? args[0] : Environment.GetEnvironmentVariable("QUOTAGATE_LIBRARY");
+            if (string.IsNullOrEmpty(libraryPath))
+            {
+                Console.Error.WriteLine("usage: mono InteropTests.exe <path to libquotagate>");
+                return 2;
+            }
+
+            // Loaded here, before any method that calls into the library is compiled: Mono
+            // binds a P/Invoke when its caller is compiled, and may inline small callers.
+            try
+            {
+                Native.Load(libraryPath);
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine("FAIL loading " + libraryPath + ": " + e);
+                Console.WriteLine("0 passed, 1 failed");
+                return 1;
+            }
+            Test("loading: Native.Load binds the DllImports to the given file", LoadsTheLibrary);
+            LimiterTests();
+            if (HasClientAbi())
+            {
+                ClientTests();
+            }
+            else
+            {
+                Skip("client, request, response, paging, simulator and logging tests",
+                    "the library does not export the client ABI (qg_client_builder_new)");
+            }
+            Test("handles: finalizers free forgotten handles without a crash", FinalizersRun);
+
+            Console.WriteLine("interop tests ran in " + total.ElapsedMilliseconds + " ms against " + Native.LibraryPath);
+            Console.WriteLine(passed + " passed, " + failed + " failed" + (skipped > 0 ? ", " + skipped + " skipped" : ""));
+            return failed == 0 ? 0 : 1;
+        }
+
+        // ----- loading and errors ---------------------------------------------------------
+
+        static void LoadsTheLibrary()
+        {
+            Native.Load(libraryPath); // the same path again does nothing
+            Assert.Throws<InvalidOperationException>(() => Native.Load("/nonexistent/libquotagate.so"),
+                "a second, different path");
+            Assert.True(Regex.IsMatch(Native.Version, @"^\d+\.\d+\.\d+"), "version string " + Native.Version);
+            string[] parts = Native.Version.Split('.', '-', '+');
+            uint number = uint.Parse(parts[0]) * 1000000 + uint.Parse(parts[1]) * 1000 + uint.Parse(parts[2]);
+            Assert.Equal(number, Native.VersionNumber, "qg_version_number matches qg_version");
+            Assert.Equal(Native.ExpectedVersionNumber / 1000, Native.VersionNumber / 1000, "major.minor of the header");
+            Assert.Equal("success", ResultCode.Describe(ResultCode.Ok), "qg_result_str(QG_OK)");
+            Assert.Equal("the limiter or client is closed", ResultCode.Describe(ResultCode.Closed), "qg_result_str(QG_ERR_CLOSED)");
+            Assert.Equal("unknown result code", ResultCode.Describe(9999), "qg_result_str(9999)");
+        }
+
+        static Limiter NewLimiter(params Rate[] rates)
+        {
+            return new Limiter(rates);
+        }
+
+        static void LimiterTests()
+        {
+            Test("limiter builder: settings reach the library, bad ones fail with its message", () =>
+            {
+                Assert.Fails(ResultCode.InvalidArgument, "at least one rate", () => new Limiter(new Rate[0]), "no rate");
+                Assert.Fails(ResultCode.InvalidArgument, "", () => new Limiter(new[] { new Rate(0, 1000) }), "zero calls");
+                Assert.Fails(ResultCode.InvalidArgument, "", () => new Limiter(new[] { new Rate(5, 0) }), "zero window");
+                using (var l = new Limiter(new[] { new Rate(2, 1000), new Rate(10, 60000) }, 250, 4))
+                {
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(2, s.Windows.Length, "windows");
+                    Assert.Equal(2UL, s.Windows[0].Calls, "first rate");
+                    Assert.Equal(1250UL, s.Windows[0].WindowMs, "margin widens the window");
+                    Assert.Equal(60250UL, s.Windows[1].WindowMs, "second window with margin");
+                    for (int i = 0; i < 4; i++)
+                    {
+                        Assert.True(l.TryAcquire("bucket" + i, 1), "bucket " + i);
+                    }
+                    Assert.Fails(ResultCode.TooManyBuckets, "4 buckets", () => l.TryAcquire("bucket4", 1), "max buckets");
+                }
+                LimiterBuilderHandle b;
+                Native.Check(NativeMethods.qg_limiter_builder_new(out b));
+                using (b)
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "max_buckets must be at least 1",
+                        () => Native.Check(NativeMethods.qg_limiter_builder_set_max_buckets(b, UIntPtr.Zero)), "max_buckets 0");
+                    Native.Check(NativeMethods.qg_limiter_builder_add_rate(b, 1, 1000));
+                    LimiterHandle first, second;
+                    Native.Check(NativeMethods.qg_limiter_builder_build(b, out first));
+                    Native.Check(NativeMethods.qg_limiter_builder_build(b, out second)); // not consumed
+                    first.Dispose();
+                    second.Dispose();
+                }
+            });
+
+            Test("limiter: try_acquire admits up to the rate, then reports the wait", () =>
+            {
+                using (var l = NewLimiter(new Rate(3, 1000)))
+                {
+                    ulong wait;
+                    for (int i = 0; i < 3; i++)
+                    {
+                        Assert.True(l.TryAcquire("k", 1, out wait), "call " + i);
+                        Assert.Equal(0UL, wait, "wait on success");
+                    }
+                    Assert.True(!l.TryAcquire("k", 1, out wait), "fourth call refused");
+                    Assert.True(wait > 0 && wait <= 1000, "wait " + wait + " ms within the window");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(3UL, s.AdmittedCalls, "admitted");
+                    Assert.Equal(3UL, s.AdmittedUnits, "units");
+                    Assert.Equal(1UL, s.Refusals, "refusals");
+                    Assert.Equal(3UL, s.Windows[0].Used, "used");
+                    Assert.Equal(1000UL, s.Windows[0].WindowMs, "window");
+                    Assert.True(l.TryAcquire("other", 1), "another key has its own bucket");
+                }
+            });
+
+            Test("limiter: acquire waits for the window, with costs and stats", () =>
+            {
+                using (var l = NewLimiter(new Rate(4, 300)))
+                {
+                    var sw = Stopwatch.StartNew();
+                    l.Acquire("k", 3, -1);
+                    l.Acquire("k", 1, 1000);
+                    l.Acquire("k", 2, 1000); // waits for the first call to leave the window
+                    Assert.Within(sw, 250, 900, "third acquire");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(3UL, s.AdmittedCalls, "admitted");
+                    Assert.Equal(6UL, s.AdmittedUnits, "units");
+                    Assert.Equal(1UL, s.WaitedCalls, "waited");
+                    Assert.True(s.LongestWaitMs >= 200 && s.TotalWaitMs >= s.LongestWaitMs, "wait times " + s.LongestWaitMs + "/" + s.TotalWaitMs);
+                }
+            });
+
+            Test("limiter: a deadline that cannot be met fails at once with the library's message", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    l.Acquire("k", 1, 0);
+                    var sw = Stopwatch.StartNew();
+                    Assert.Fails(ResultCode.Timeout, "deadline", () => l.Acquire("k", 1, 50), "timeout");
+                    Assert.Within(sw, 0, 200, "timeout is immediate");
+                    Assert.Fails(ResultCode.Timeout, "deadline", () => l.Acquire("k", 1, 50, () => false), "timeout in slices");
+                    Assert.Equal(2UL, l.GetStatistics("k").Timeouts, "timeouts counted");
+                }
+            });
+
+            Test("limiter: tickets wait in slices and keep their place", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 300)))
+                {
+                    Assert.True(l.TryAcquire("k", 1), "fill the bucket");
+                    using (var t = l.Enqueue("k", 1, 5000))
+                    {
+                        Assert.True(!t.Wait(0), "not admitted yet (check only)");
+                        Assert.True(!t.Wait(50), "a 50 ms slice runs out");
+                        Assert.Equal(1UL, l.GetStatistics("k").Queued, "queued");
+                        var sw = Stopwatch.StartNew();
+                        while (!t.Wait(50))
+                        {
+                            Assert.True(sw.ElapsedMilliseconds < 1000, "admitted within the window");
+                        }
+                        Assert.True(t.Wait(0), "admitted stays admitted");
+                        Assert.True(!t.Cancel(), "cancelling an admitted ticket reports NOT_WAITING");
+                    }
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(2UL, s.AdmittedCalls, "admitted");
+                    Assert.Equal(0UL, s.Queued, "queue empty");
+                }
+            });
+
+            Test("limiter: shouldStop gives up the place within a slice (Ctrl+C)", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    l.Acquire("k", 1, 0);
+                    var sw = Stopwatch.StartNew();
+                    Assert.Throws<OperationCanceledException>(
+                        () => l.Acquire("k", 1, -1, () => sw.ElapsedMilliseconds > 150), "stopped wait");
+                    Assert.Within(sw, 150, 150 + 3 * Limiter.SliceMs, "stopped promptly");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(1UL, s.Cancellations, "cancellation counted");
+                    Assert.Equal(0UL, s.Queued, "no waiter left behind");
+                    Assert.Equal(1UL, s.AdmittedCalls, "no permit taken");
+                }
+            });
+
+            Test("limiter: a CancellationToken cancels a wait from another thread at once", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                using (var cts = new CancellationTokenSource())
+                {
+                    l.Acquire("k", 1, 0);
+                    cts.CancelAfter(100);
+                    var sw = Stopwatch.StartNew();
+                    Assert.Throws<OperationCanceledException>(() => l.Acquire("k", 1, -1, cts.Token), "cancelled wait");
+                    Assert.Within(sw, 80, 400, "cancelled promptly");
+                    Assert.Equal(0UL, l.GetStatistics("k").Queued, "no waiter left behind");
+                    Assert.Throws<OperationCanceledException>(() => l.Acquire("k", 1, -1, cts.Token), "already cancelled");
+                }
+            });
+
+            Test("limiter: threads share one bucket within the exact window", () =>
+            {
+                using (var l = NewLimiter(new Rate(5, 200)))
+                {
+                    var admitted = new List<long>();
+                    var sw = Stopwatch.StartNew();
+                    var threads = Enumerable.Range(0, 3).Select(_ => new Thread(() =>
+                    {
+                        for (int i = 0; i < 5; i++)
+                        {
+                            l.Acquire("k", 1, 5000, () => false);
+                            lock (admitted)
+                            {
+                                admitted.Add(sw.ElapsedMilliseconds);
+                            }
+                        }
+                    })).ToList();
+                    threads.ForEach(t => t.Start());
+                    threads.ForEach(t => t.Join());
+                    Assert.Equal(15, admitted.Count, "all admitted");
+                    Assert.Within(sw, 390, 1500, "15 calls at 5 per 200 ms");
+                    admitted.Sort();
+                    for (int i = 5; i < admitted.Count; i++)
+                    {
+                        // The library's clock is exact; allow a little for reading the stopwatch later.
+                        Assert.True(admitted[i] - admitted[i - 5] >= 190, "6 calls within one window at " + i);
+                    }
+                }
+            });
+
+            Test("limiter: pause makes the bucket wait", () =>
+            {
+                using (var l = NewLimiter(new Rate(100, 1000)))
+                {
+                    l.Pause("k", 300);
+                    l.Pause("k", 10); // never shortens
+                    ulong wait;
+                    Assert.True(!l.TryAcquire("k", 1, out wait), "paused");
+                    Assert.True(wait >= 250 && wait <= 300, "wait " + wait);
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(2UL, s.Pauses, "pauses");
+                    Assert.True(s.PausedForMs > 200, "paused for " + s.PausedForMs);
+                    var sw = Stopwatch.StartNew();
+                    l.Acquire("k", 1, 2000, () => false);
+                    Assert.Within(sw, 200, 600, "admitted after the pause");
+                    Assert.True(l.TryAcquire("other", 1), "other buckets are not paused");
+                }
+            });
+
+            Test("limiter: set_rates gives a key its own rates", () =>
+            {
+                using (var l = NewLimiter(new Rate(100, 1000)))
+                {
+                    l.SetRates("hunting", new[] { new Rate(2, 1000), new Rate(45, 60000) });
+                    var s = l.GetStatistics("hunting");
+                    Assert.Equal(2, s.Windows.Length, "two windows");
+                    Assert.Equal(45UL, s.Windows[1].Calls, "second rate");
+                    Assert.True(l.TryAcquire("hunting", 1) && l.TryAcquire("hunting", 1), "two admitted");
+                    Assert.True(!l.TryAcquire("hunting", 1), "third refused");
+                    Assert.Fails(ResultCode.InvalidArgument, "at least one rate", () => l.SetRates("x", new Rate[0]), "no rates");
+                    Assert.Fails(ResultCode.NullArgument, "calls is NULL",
+                        () => Native.Check(NativeMethods.qg_limiter_set_rates(l.Handle, null, null, new ulong[] { 1 }, new UIntPtr(1))), "NULL calls");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => l.SetRates("x", new[] { new Rate(0, 10) }), "zero calls");
+                }
+            });
+
+            Test("limiter: close wakes waiters and fails later calls with the library's message", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    l.Acquire("k", 1, 0);
+                    Exception waiterError = null;
+                    var waiter = new Thread(() =>
+                    {
+                        try
+                        {
+                            l.Acquire("k", 1, -1);
+                        }
+                        catch (Exception e)
+                        {
+                            waiterError = e;
+                        }
+                    });
+                    waiter.Start();
+                    Thread.Sleep(100);
+                    var sw = Stopwatch.StartNew();
+                    l.Close();
+                    Assert.True(waiter.Join(1000), "blocked waiter woke");
+                    Assert.Within(sw, 0, 500, "woke promptly");
+                    var qe = waiterError as QuotaGateException;
+                    Assert.True(qe != null && qe.Code == ResultCode.Closed, "waiter got CLOSED: " + waiterError);
+                    Assert.Fails(ResultCode.Closed, "the limiter is closed", () => l.TryAcquire("k", 1), "try after close");
+                    Assert.Fails(ResultCode.Closed, "the limiter is closed", () => l.Acquire("k", 1, -1, () => false), "acquire after close");
+                    l.Close(); // closing twice is fine
+                }
+            });
+
+            Test("bad input: zero and oversized costs, NULL and invalid handles", () =>
+            {
+                using (var l = NewLimiter(new Rate(5, 1000)))
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "at least 1 unit", () => l.TryAcquire("k", 0), "zero cost");
+                    Assert.Fails(ResultCode.InvalidArgument, "could never be admitted", () => l.Acquire("k", 6, 0), "cost above the rate");
+                    Assert.Fails(ResultCode.InvalidArgument, "at least 1 unit", () => l.Enqueue("k", 0, -1), "zero cost ticket");
+                    ulong v;
+                    using (var s = Stats(l, "k"))
+                    {
+                        Assert.Fails(ResultCode.InvalidArgument, "unknown statistics field 99",
+                            () => Native.Check(NativeMethods.qg_bucket_stats_get(s, 99, out v)), "unknown field");
+                        ulong used, calls, window;
+                        Assert.Fails(ResultCode.InvalidArgument, "past the 1 windows",
+                            () => Native.Check(NativeMethods.qg_bucket_stats_window(s, new UIntPtr(1), out used, out calls, out window)), "window index");
+                    }
+                }
+                // A handle that holds NULL reaches the library, which names the argument.
+                Assert.Fails(ResultCode.NullArgument, "limiter is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_acquire(new LimiterHandle(), null, 1, 0)), "NULL limiter");
+                Assert.Fails(ResultCode.NullArgument, "ticket is NULL",
+                    () => Native.Check(NativeMethods.qg_ticket_wait(new TicketHandle(), 0)), "NULL ticket");
+                Assert.Fails(ResultCode.NullArgument, "ticket is NULL",
+                    () => Native.Check(NativeMethods.qg_ticket_cancel(new TicketHandle())), "NULL ticket cancel");
+                Assert.Fails(ResultCode.NullArgument, "stats is NULL", () =>
+                {
+                    UIntPtr n;
+                    Native.Check(NativeMethods.qg_bucket_stats_window_count(new BucketStatsHandle(), out n));
+                }, "NULL stats");
+                Assert.Fails(ResultCode.NullArgument, "builder is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_builder_set_margin(new LimiterBuilderHandle(), 1)), "NULL builder");
+                Assert.Fails(ResultCode.NullArgument, "limiter is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_close(new LimiterHandle())), "NULL limiter close");
+                Assert.Fails(ResultCode.NullArgument, "limiter is NULL",
+                    () => Native.Check(NativeMethods.qg_limiter_pause(new LimiterHandle(), null, 1)), "NULL limiter pause");
+            });
+
+            Test("bad input: NULL and empty keys are the default bucket; NUL and lone surrogates are refused", () =>
+            {
+                using (var l = NewLimiter(new Rate(2, 60000)))
+                {
+                    Assert.True(l.TryAcquire(null, 1), "NULL key");
+                    Assert.True(l.TryAcquire("", 1), "empty key");
+                    Assert.True(!l.TryAcquire(null, 1), "both used the one default bucket");
+                    Assert.Equal(2UL, l.GetStatistics(null).AdmittedCalls, "stats of the NULL key");
+                    Assert.Equal(2UL, l.GetStatistics("").AdmittedCalls, "stats of the empty key");
+                    Assert.Throws<ArgumentException>(() => l.TryAcquire("a\0b", 1), "embedded NUL");
+                    Assert.Throws<ArgumentException>(() => l.TryAcquire("bad\uD800", 1), "lone surrogate");
+                    ulong wait;
+                    Assert.Fails(ResultCode.InvalidArgument, "key is not valid UTF-8",
+                        () => Native.Check(NativeMethods.qg_limiter_try_acquire(l.Handle, new byte[] { 0x66, 0xff, 0 }, 1, out wait)), "invalid UTF-8 bytes");
+                }
+            });
+
+            Test("UTF-8: keys round-trip byte for byte and name distinct buckets", () =>
+            {
+                const string key = "Grüße-🔑";
+                byte[] expected = { 0x47, 0x72, 0xC3, 0xBC, 0xC3, 0x9F, 0x65, 0x2D, 0xF0, 0x9F, 0x94, 0x91, 0 };
+                byte[] actual = Utf8.Encode(key, "key");
+                Assert.True(expected.SequenceEqual(actual), "encoded as NUL-terminated UTF-8: " + BitConverter.ToString(actual));
+                using (var l = NewLimiter(new Rate(1, 60000)))
+                {
+                    Assert.True(l.TryAcquire(key, 1), "first key");
+                    Assert.True(l.TryAcquire("Grüße-🔒", 1), "a key that differs in one emoji");
+                    Assert.True(l.TryAcquire("Grusse-?", 1), "a lossy ASCII form");
+                    Assert.True(!l.TryAcquire(key, 1), "the first key's bucket is full");
+                    Assert.Equal(1UL, l.GetStatistics(key).AdmittedCalls, "stats by the UTF-8 key");
+                    Assert.Equal(1UL, l.GetStatistics(key).Refusals, "refusal by the UTF-8 key");
+                }
+                // The decoder copies out exactly the library's bytes.
+                IntPtr p = System.Runtime.InteropServices.Marshal.AllocHGlobal(actual.Length);
+                try
+                {
+                    System.Runtime.InteropServices.Marshal.Copy(actual, 0, p, actual.Length);
+                    Assert.Equal(key, Utf8.FromCString(p), "decoded back");
+                }
+                finally
+                {
+                    System.Runtime.InteropServices.Marshal.FreeHGlobal(p);
+                }
+            });
+
+            Test("last error: the buffer protocol and thread-local text", () =>
+            {
+                using (var l = NewLimiter(new Rate(1, 1000)))
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "at least 1 unit", () => l.TryAcquire("k", 0), "set the last error");
+                    UIntPtr needed;
+                    Assert.Equal(ResultCode.BufferTooSmall, NativeMethods.qg_last_error_message(null, UIntPtr.Zero, out needed), "size query");
+                    string text = "a call costs at least 1 unit";
+                    Assert.Equal((ulong)text.Length, needed.ToUInt64(), "needed length");
+                    var small = new byte[4];
+                    UIntPtr written;
+                    Assert.Equal(ResultCode.BufferTooSmall, NativeMethods.qg_last_error_message(small, new UIntPtr(4), out written), "small buffer");
+                    Assert.Equal(needed, written, "needed length again");
+                    Assert.Equal(text, Native.LastErrorMessage(), "reading does not change it");
+                    string other = null;
+                    var t = new Thread(() => other = Native.LastErrorMessage());
+                    t.Start();
+                    t.Join();
+                    Assert.Equal("", other, "another thread has its own (empty) last error");
+                }
+            });
+
+            Test("handles: dispose twice, use after dispose, close on a disposed limiter", () =>
+            {
+                var l = NewLimiter(new Rate(1, 1000));
+                var t = l.Enqueue("k", 1, -1);
+                t.Dispose();
+                t.Dispose();
+                Assert.Throws<ObjectDisposedException>(() => t.Wait(0), "ticket after dispose");
+                l.Dispose();
+                l.Dispose();
+                Assert.True(l.Handle.IsClosed, "handle closed");
+                Assert.Throws<ObjectDisposedException>(() => l.TryAcquire("k", 1), "limiter after dispose");
+                Assert.Throws<ObjectDisposedException>(() => l.Close(), "close after dispose");
+            });
+        }
+
+        static BucketStatsHandle Stats(Limiter l, string key)
+        {
+            BucketStatsHandle s;
+            Native.Check(NativeMethods.qg_limiter_stats(l.Handle, Utf8.Encode(key, "key"), out s));
+            return s;
+        }
+
+        // ----- finalizers -----------------------------------------------------------------
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ForgetHandles(Limiter shared)
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                LimiterBuilderHandle b;
+                Native.Check(NativeMethods.qg_limiter_builder_new(out b));
+                var l = NewLimiter(new Rate(10, 1000));
+                l.TryAcquire("k" + i, 1);
+                l.GetStatistics("k");
+                Stats(l, "k");
+                l.Enqueue("k", 1, -1);
+            }
+            if (clientAbi)
+            {
+                ForgetClientHandles();
+            }
+            // A forgotten ticket in a full bucket: its finalizer must give up the place.
+            shared.Enqueue("full", 1, -1);
+        }
+
+        static void FinalizersRun()
+        {
+            using (var shared = NewLimiter(new Rate(1, 60000)))
+            {
+                Assert.True(shared.TryAcquire("full", 1), "fill");
+                ForgetHandles(shared);
+                Assert.Equal(1UL, shared.GetStatistics("full").Queued, "the forgotten ticket waits");
+                for (int i = 0; i < 3; i++)
+                {
+                    GC.Collect();
+                    GC.WaitForPendingFinalizers();
+                }
+                Assert.Equal(0UL, shared.GetStatistics("full").Queued, "its finalizer gave up the place");
+                Assert.True(!shared.TryAcquire("full", 1), "the bucket is still full and usable");
+            }
+        }
+
+        // ----- client ABI -----------------------------------------------------------------
+
+        static bool clientAbi;
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static bool HasClientAbi()
+        {
+            try
+            {
+                ProbeClientAbi();
+                clientAbi = true;
+            }
+            catch (EntryPointNotFoundException)
+            {
+                clientAbi = false;
+            }
+            return clientAbi;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ProbeClientAbi()
+        {
+            ClientBuilderHandle b;
+            Native.Check(NativeMethods.qg_client_builder_new(out b));
+            b.Dispose();
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ForgetClientHandles()
+        {
+            using (var api = new FakeDefender(25))
+            {
+                for (int i = 0; i < 20; i++)
+                {
+                    ClientBuilderHandle b;
+                    Native.Check(NativeMethods.qg_client_builder_new(out b));
+                    var c = new Client(api.Options());
+                    var r = new Request("GET", "/api/machines");
+                    r.AddQuery("$top", "10");
+                    PagesHandle pages;
+                    Native.Check(NativeMethods.qg_client_pages(c.Handle, r.Handle, out pages));
+                    ResponseHandle page;
+                    Native.Check(NativeMethods.qg_pages_next(pages, out page));
+                    IntPtr item;
+                    Native.Check(NativeMethods.qg_pages_next_item(pages, out item));
+                    NativeMethods.qg_string_free(item);
+                }
+            }
+        }
+
+        static bool simAbi;
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static bool HasSimulatorAbi()
+        {
+            try
+            {
+                ProbeSimulatorAbi();
+                simAbi = true;
+            }
+            catch (EntryPointNotFoundException)
+            {
+                simAbi = false;
+            }
+            return simAbi;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void ProbeSimulatorAbi()
+        {
+            SimConfigHandle c;
+            Native.Check(NativeMethods.qg_sim_config_new(out c));
+            c.Dispose();
+        }
+
+        internal static SecureString Secure(string s)
+        {
+            var secure = new SecureString();
+            foreach (char ch in s)
+            {
+                secure.AppendChar(ch);
+            }
+            return secure;
+        }
+
+        static void ClientTests()
+        {
+            Test("client: builder setters reach the library, bad values fail with its message", () =>
+            {
+                ClientBuilderHandle b;
+                Native.Check(NativeMethods.qg_client_builder_new(out b));
+                using (b)
+                {
+                    Assert.Fails(ResultCode.NullArgument, "url is NULL",
+                        () => Native.Check(NativeMethods.qg_client_builder_set_base_url(b, null)), "NULL base URL");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_max_attempts(b, 0)), "zero attempts");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_add_default_rate(b, 0, 1000)), "zero calls");
+                    Native.Check(NativeMethods.qg_client_builder_set_proxy(b, null)); // NULL: from the environment
+                    Native.Check(NativeMethods.qg_client_builder_set_scope(b, Utf8.Encode("https://api.example/.default", "scope")));
+                    Native.Check(NativeMethods.qg_client_builder_set_resource(b, Utf8.Encode("https://api.example", "resource")));
+                }
+                var options = new ClientOptions { BaseUrl = "not a url", TenantId = "t", ClientId = "c", ClientSecret = Secure("s") };
+                var e = Assert.Throws<QuotaGateException>(() => new Client(options).Dispose(), "bad base URL");
+                Assert.True(e.Message.Length > 0, "the library's message: " + e.Message);
+            });
+
+            using (var api = new FakeDefender(237))
+            {
+                Test("client: send through quota and token, status, headers, body, attempts", () =>
+                {
+                    var o = api.Options();
+                    o.TimeoutMs = 10000;
+                    o.ConnectTimeoutMs = 2000;
+                    o.MaxBodyBytes = 1 << 20;
+                    o.MaxQuotaWaitMs = 60000;
+                    o.Scope = api.Url + "/.default";
+                    using (var c = new Client(o))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.AddQuery("$top", "5");
+                        Response resp = c.Send(r);
+                        Assert.Equal(200, resp.Status, "status");
+                        Assert.True(resp.IsSuccess && resp.Error == null, "success");
+                        Assert.Equal(1U, resp.Attempts, "attempts");
+                        Assert.True(resp.ContentType.StartsWith("application/json"), "content type " + resp.ContentType);
+                        Assert.True(resp.Header("REQUEST-ID").StartsWith("fake-"), "header by name, any case");
+                        Assert.True(resp.Headers.Any(h => h.Key == "request-id"), "headers listed in lower case");
+                        Assert.True(resp.BodyText.Contains("\"m0000\"") && resp.BodyText.Contains("\"m0004\"") && !resp.BodyText.Contains("\"m0005\""), "five machines");
+                        Assert.Equal(1, api.TokenRequests, "one token request");
+                        c.Send(r);
+                        Assert.Equal(1, api.TokenRequests, "the token is cached");
+                        string stats = c.StatisticsJson();
+                        Assert.True(Regex.IsMatch(stats, "\"requests\"\\s*:\\s*2"), "stats count two requests: " + stats);
+                    }
+                });
+
+                Test("client: query, header and body are sent as given, UTF-8 both ways", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("POST", "/api/echo"))
+                    {
+                        r.AddQuery("$filter", "name eq 'Grüße-🔑' & x=1");
+                        r.SetHeader("x-test", "yes");
+                        r.SetBody("{\"note\":\"Grüße-🔑\"}", null);
+                        Response resp = c.Send(r);
+                        Assert.Equal(200, resp.Status, "status");
+                        string echo = resp.BodyText;
+                        Assert.True(echo.Contains("query=$filter=name eq 'Grüße-🔑' & x=1"), "query decoded by the server: " + echo);
+                        Assert.True(echo.Contains("x-test=yes"), "header: " + echo);
+                        Assert.True(echo.Contains("type=application/json"), "default content type: " + echo);
+                        Assert.True(echo.Contains("body={\"note\":\"Grüße-🔑\"}"), "UTF-8 body: " + echo);
+                        r.SetBody(new byte[] { 0x61, 0x62 }, "text/plain");
+                        echo = c.Send(r).BodyText;
+                        Assert.True(echo.Contains("type=text/plain") && echo.Contains("body=ab"), "bytes and type: " + echo);
+                    }
+                    using (var c = new Client(api.Options()))
+                    {
+                        Response resp = c.Send("GET", "/api/machines/Grüße-🔑", null, CancellationToken.None);
+                        Assert.Equal(200, resp.Status, "a UTF-8 path: " + resp.BodyText);
+                        Assert.True(resp.BodyText.Contains("Grüße-🔑.example"), "UTF-8 out: " + resp.BodyText);
+                    }
+                });
+
+                Test("client: an HTTP error keeps the server's code, message, correlation and request ids", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    {
+                        Response resp = c.Send("GET", "/api/machines/nope", null, CancellationToken.None);
+                        Assert.Equal(404, resp.Status, "status");
+                        QuotaGateException e = resp.Error;
+                        Assert.True(e != null && !resp.IsSuccess, "an error");
+                        Assert.Equal(ResultCode.HttpStatus, e.Code, "code");
+                        Assert.Equal(404, e.HttpStatus, "detail: status");
+                        Assert.Equal("ResourceNotFound", e.ServerCode, "detail: server code");
+                        Assert.Equal("Machine nope was not found", e.ServerMessage, "detail: server message");
+                        Assert.Equal("corr-nope", e.Target, "detail: correlation id");
+                        Assert.True(e.RequestId != null && e.RequestId.StartsWith("fake-"), "detail: request id " + e.RequestId);
+                        Assert.True(e.Message.Contains("404") && e.Message.Contains("ResourceNotFound") && e.Message.Contains("corr-nope"), "message " + e.Message);
+                        Assert.Throws<QuotaGateException>(() => resp.EnsureSuccess(), "EnsureSuccess throws");
+                        ResponseHandle raw;
+                        using (var r = new Request("GET", "/api/machines/nope"))
+                        {
+                            Native.Check(NativeMethods.qg_client_send(c.Handle, r.Handle, out raw));
+                        }
+                        using (raw)
+                        {
+                            UIntPtr w;
+                            Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_response_error_detail(raw, 77, null, UIntPtr.Zero, out w)), "unknown detail field");
+                            IntPtr n, v;
+                            UIntPtr nl, vl;
+                            Assert.Equal(ResultCode.NotFound, NativeMethods.qg_response_header_at(raw, new UIntPtr(999), out n, out nl, out v, out vl), "header index past the end");
+                            Assert.Equal(ResultCode.NotFound, NativeMethods.qg_response_header(raw, Utf8.Encode("x-absent", "n"), out v, out vl), "absent header");
+                        }
+                    }
+                });
+
+                Test("paging: every machine once over all pages, as items and as pages", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.AddQuery("$top", "50");
+                        var ids = c.Items(r, CancellationToken.None).Select(j => Regex.Match(j, "\"id\":\"([^\"]+)\"").Groups[1].Value).ToList();
+                        Assert.Equal(api.Machines + 1, ids.Count, "items (with the UTF-8 one)");
+                        Assert.Equal(ids.Count, ids.Distinct().Count(), "each once");
+                        Assert.True(ids.Contains("Grüße-🔑"), "the UTF-8 item");
+                        var pages = c.Pages(r, CancellationToken.None).ToList();
+                        Assert.Equal((api.Machines + 1 + 49) / 50, pages.Count, "pages");
+                        Assert.True(pages.All(p => p.Status == 200), "all 200");
+                    }
+                });
+
+                Test("paging: an error page fails with QG_ERR_HTTP_STATUS and the details on this thread", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/brokenlist"))
+                    {
+                        int seen = 0;
+                        var e = Assert.Throws<QuotaGateException>(() =>
+                        {
+                            foreach (string item in c.Items(r, CancellationToken.None))
+                            {
+                                seen++;
+                            }
+                        }, "second page is a 404");
+                        Assert.Equal(2, seen, "the first page's items came first");
+                        Assert.Equal(ResultCode.HttpStatus, e.Code, "code");
+                        Assert.Equal(404, e.HttpStatus, "status detail");
+                        Assert.Equal("ResourceNotFound", e.ServerCode, "server code detail");
+                        Assert.Equal("corr-brokenlist", e.Target, "correlation id detail");
+                        Assert.True(e.RequestId != null, "request id detail");
+                        Assert.Equal(1, e.Attempts, "attempts detail");
+                        Assert.True(e.Message.Length > 0, "library message: " + e.Message);
+                    }
+                });
+
+                Test("client: a 429 pauses and retries; the log reaches the queue from the library's threads", () =>
+                {
+                    Log.Drain();
+                    Log.Start(LogLevel.Debug);
+                    try
+                    {
+                        using (var c = new Client(api.Options()))
+                        {
+                            var sw = Stopwatch.StartNew();
+                            Response resp = c.Send("GET", "/api/throttled-once", null, CancellationToken.None);
+                            Assert.Equal(200, resp.Status, "answered after the retry");
+                            Assert.Equal(2U, resp.Attempts, "two attempts");
+                            Assert.Within(sw, 900, 5000, "waited for Retry-After: 1");
+                            Assert.True(Regex.IsMatch(c.StatisticsJson(), "\"throttled\"\\s*:\\s*1"), "stats: throttled " + c.StatisticsJson());
+                        }
+                    }
+                    finally
+                    {
+                        Log.Stop();
+                    }
+                    LogRecord[] records = Log.Drain();
+                    Assert.True(records.Any(x => x.Message.Contains("429")), "a 429 record among " + records.Length + ": " +
+                        string.Join(" | ", records.Select(x => x.ToString())));
+                    Assert.True(records.All(x => x.Level >= LogLevel.Error && x.Level <= LogLevel.Debug), "levels up to Debug");
+                });
+
+                Test("client: quota waits are cancelled by a token and by qg_request_cancel", () =>
+                {
+                    var o = api.Options();
+                    o.DefaultRates.Add(new Rate(1, 60000));
+                    using (var c = new Client(o))
+                    using (var cts = new CancellationTokenSource())
+                    {
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "first call");
+                        cts.CancelAfter(150);
+                        var sw = Stopwatch.StartNew();
+                        Assert.Throws<OperationCanceledException>(() => c.Send("GET", "/api/machines", null, cts.Token), "cancelled by token");
+                        Assert.Within(sw, 100, 600, "cancelled promptly");
+                        using (var r = new Request("GET", "/api/machines"))
+                        {
+                            var t = new Thread(() => { Thread.Sleep(150); r.Cancel(); });
+                            t.Start();
+                            sw.Restart();
+                            Assert.Fails(ResultCode.Cancelled, "", () => c.Send(r), "qg_request_cancel from another thread");
+                            Assert.Within(sw, 100, 600, "cancelled promptly");
+                            t.Join();
+                        }
+                        string stats = c.StatisticsJson();
+                        Assert.True(stats.Contains("\"buckets\""), "stats has buckets: " + stats);
+                    }
+                });
+
+                Test("client: a shared limiter holds the quota for every client built with it", () =>
+                {
+                    using (var shared = new Limiter(new[] { new Rate(1, 60000) }))
+                    {
+                        var o = api.Options();
+                        o.Limiter = shared;
+                        o.Routes.Add(new Route("GET", "/api/machines/*", new Rate(1, 60000)));
+                        o.Routes.Add(new Route(null, "/api/echo", new Rate(5, 1000)));
+                        using (var c1 = new Client(o))
+                        using (var c2 = new Client(o))
+                        using (var cts = new CancellationTokenSource(300))
+                        {
+                            Assert.Equal(200, c1.Send("GET", "/api/machines/m0001", null, CancellationToken.None).Status, "first client");
+                            Assert.Throws<OperationCanceledException>(() => c2.Send("GET", "/api/machines/m0002", null, cts.Token), "the second waits for the shared quota");
+                        }
+                    }
+                });
+
+                Test("client: authentication failures, access tokens, close", () =>
+                {
+                    var bad = api.Options();
+                    bad.ClientSecret = Secure("wrong");
+                    using (var c = new Client(bad))
+                    {
+                        var e = Assert.Throws<QuotaGateException>(() => c.Send("GET", "/api/machines", null, CancellationToken.None), "bad secret");
+                        Assert.Equal(ResultCode.Auth, e.Code, "QG_ERR_AUTH: " + e.Message);
+                        Assert.True(e.Message.Length > 0 && !e.Message.Contains("wrong"), "message without the secret: " + e.Message);
+                    }
+                    var token = new ClientOptions { BaseUrl = api.Url, AccessToken = Secure(FakeDefender.StaticToken) };
+                    using (var c = new Client(token))
+                    {
+                        int before = api.TokenRequests;
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "with an access token");
+                        Assert.Equal(before, api.TokenRequests, "no token request");
+                        c.Close();
+                        Assert.Fails(ResultCode.Closed, "", () => c.Send("GET", "/api/machines", null, CancellationToken.None), "send after close");
+                        c.Dispose();
+                        c.Dispose();
+                        Assert.Throws<ObjectDisposedException>(() => c.StatisticsJson(), "after dispose");
+                    }
+                    Assert.Fails(ResultCode.NullArgument, "client is NULL", () =>
+                    {
+                        IntPtr json;
+                        Native.Check(NativeMethods.qg_client_stats_json(new ClientHandle(), out json));
+                    }, "NULL client");
+                    Assert.Fails(ResultCode.NullArgument, "request is NULL", () => Native.Check(NativeMethods.qg_request_cancel(new RequestHandle())), "NULL request");
+                });
+            }
+
+            if (!HasSimulatorAbi())
+            {
+                Skip("simulator tests", "the library does not export the simulator ABI (qg_sim_config_new)");
+                return;
+            }
+            Test("simulator: start, client over every machine, log and stats", SimulatorRoundTrip);
+            Test("simulator: a client within the quota gets no 429; one above it is paused and retried", SimulatorThrottling);
+            Test("simulator: a 429 past the attempt budget is QG_ERR_THROTTLED with Retry-After and attempts", SimulatorThrottledDetails);
+            Test("simulator: bad settings fail with the library's message", () =>
+            {
+                SimConfigHandle c;
+                Native.Check(NativeMethods.qg_sim_config_new(out c));
+                using (c)
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_time_scale(c, 0)), "zero time scale");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_faults(c, 2.0, 0, 0)), "a rate above 1");
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_retry_after_style(c, 99)), "unknown style");
+                    Assert.Fails(ResultCode.NullArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_machines(new SimConfigHandle(), 1)), "NULL settings");
+                }
+            });
+        }
+
+        static string SimHunt(Client c, string query)
+        {
+            return c.Send("POST", "/api/advancedqueries/run", "{\"Query\":\"" + query + "\"}", CancellationToken.None).EnsureSuccess().BodyText;
+        }
+
+        static ClientOptions SimClient(Simulator sim)
+        {
+            return new ClientOptions { BaseUrl = sim.Url, Authority = sim.Authority, TenantId = sim.TenantId, ClientId = sim.ClientId, ClientSecret = sim.ClientSecret };
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorThrottling()
+        {
+            var so = new SimulatorOptions { Machines = 10, TimeScale = 0.01, RetryAfterStyle = RetryAfterStyle.XMsMilliseconds };
+            so.Limits.Add(new SimulatorLimit("default", 3, 60)); // 3 calls per 600 ms, scaled
+            using (var sim = new Simulator(so))
+            {
+                var within = SimClient(sim);
+                within.DefaultRates.Add(new Rate(3, 650));
+                using (var c = new Client(within))
+                {
+                    var sw = Stopwatch.StartNew();
+                    for (int i = 0; i < 7; i++)
+                    {
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "call " + i);
+                    }
+                    Assert.Within(sw, 1250, 5000, "seven calls at 3 per 650 ms");
+                    Assert.True(Regex.IsMatch(sim.StatisticsJson(), "\"throttled\"\\s*:\\s*0[,}]"), "no 429: " + sim.StatisticsJson());
+                }
+                using (var c = new Client(SimClient(sim))) // the built-in 100/min: too fast for this simulator
+                {
+                    uint attempts = 0;
+                    for (int i = 0; i < 6; i++)
+                    {
+                        Response r = c.Send("GET", "/api/machines", null, CancellationToken.None);
+                        Assert.Equal(200, r.Status, "call " + i + " answered after retries");
+                        attempts += r.Attempts;
+                    }
+                    Assert.True(attempts > 6, "some calls were retried: " + attempts);
+                    string stats = c.StatisticsJson();
+                    Assert.True(!Regex.IsMatch(stats, "\"throttled\"\\s*:\\s*0[,}]"), "the client counted 429s: " + stats);
+                }
+                using (var c = new Client(SimClient(sim)))
+                {
+                    Assert.True(SimHunt(c, "DeviceInfo | take 3").Contains("\"Results\""), "hunting answers");
+                }
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorThrottledDetails()
+        {
+            var so = new SimulatorOptions { Machines = 3, TimeScale = 0.01 };
+            so.Limits.Add(new SimulatorLimit("default", 1, 60));
+            using (var sim = new Simulator(so))
+            {
+                var o = SimClient(sim);
+                o.MaxAttempts = 1;
+                using (var c = new Client(o))
+                {
+                    Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "first call");
+                    var e = Assert.Throws<QuotaGateException>(() => c.Send("GET", "/api/machines", null, CancellationToken.None), "second call throttled");
+                    Assert.Equal(ResultCode.Throttled, e.Code, "QG_ERR_THROTTLED: " + e.Message);
+                    Assert.Equal(429, e.HttpStatus, "status detail");
+                    Assert.True(e.RetryAfterMs > 0, "Retry-After detail: " + e.RetryAfterMs);
+                    Assert.Equal(1, e.Attempts, "attempts detail");
+                    Assert.True(e.ServerCode != null && e.ServerMessage != null, "server code and message: " + e.ServerCode + " / " + e.ServerMessage);
+                }
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorRoundTrip()
+        {
+            var so = new SimulatorOptions { Machines = 120, TimeScale = 0.01, TokenLifetimeMs = 600000 };
+            so.Limits.Add(new SimulatorLimit(null, 100, 60));
+            so.Limits.Add(new SimulatorLimit("hunting", 45, 60));
+            using (var sim = new Simulator(so))
+            {
+                Assert.True(sim.Url.StartsWith("http://127.0.0.1:"), "url " + sim.Url);
+                Assert.True(sim.Authority.Length > 0 && sim.TenantId.Length > 0 && sim.ClientId.Length > 0, "credentials");
+                var o = new ClientOptions { BaseUrl = sim.Url, Authority = sim.Authority, TenantId = sim.TenantId, ClientId = sim.ClientId, ClientSecret = sim.ClientSecret };
+                using (var c = new Client(o))
+                using (var r = new Request("GET", "/api/machines"))
+                {
+                    Assert.Equal(120, c.Items(r, CancellationToken.None).Count(), "every machine");
+                    Response missing = c.Send("GET", "/api/machines/none", null, CancellationToken.None);
+                    Assert.Equal(404, missing.Status, "404");
+                    Assert.True(missing.Error.ServerCode != null, "server code");
+                }
+                Assert.True(sim.LogJson().StartsWith("["), "log");
+                Assert.True(sim.StatisticsJson().Contains("\"requests\""), "stats");
+                sim.Stop();
+                sim.Dispose();
+                sim.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// A small stand-in for the Defender API and its token endpoint, so the client's
+    /// P/Invokes run against real HTTP even where the library's simulator has no C ABI.
+    /// </summary>
+    sealed class FakeDefender : IDisposable
+    {
+        public const string StaticToken = "static-token";
+        const string Tenant = "tenant-1";
+        const string ClientId = "client-1";
+        const string Secret = "s3cret";
+        const string IssuedToken = "issued-token";
+
+        readonly System.Net.HttpListener listener = new System.Net.HttpListener();
+        readonly Thread thread;
+        int requestCount, tokenRequests, throttledOnce;
+
+        public FakeDefender(int machines)
+        {
+            Machines = machines;
+            var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            probe.Start();
+            int port = ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+            probe.Stop();
+            Url = "http://127.0.0.1:" + port;
+            listener.Prefixes.Add(Url + "/");
+            listener.Start();
+            thread = new Thread(Serve) { IsBackground = true };
+            thread.Start();
+        }
+
+        public int Machines { get; private set; }
+        public string Url { get; private set; }
+
+        public int TokenRequests
+        {
+            get { return Volatile.Read(ref tokenRequests); }
+        }
+
+        public ClientOptions Options()
+        {
+            return new ClientOptions
+            {
+                BaseUrl = Url,
+                Authority = Url,
+                TenantId = Tenant,
+                ClientId = ClientId,
+                ClientSecret = Program.Secure(Secret),
+                MaxAttempts = 3,
+            };
+        }
+
+        void Serve()
+        {
+            while (listener.IsListening)
+            {
+                System.Net.HttpListenerContext ctx;
+                try
+                {
+                    ctx = listener.GetContext();
+                }
+                catch (Exception)
+                {
+                    return;
+                }
+                ThreadPool.QueueUserWorkItem(_ => Handle(ctx));
+            }
+        }
+
+        void Handle(System.Net.HttpListenerContext ctx)
+        {
+            try
+            {
+                HandleRequest(ctx);
+            }
+            catch (Exception e)
+            {
+                Console.WriteLine("fake API: " + e);
+            }
+        }
+
+        static string Json(string s)
+        {
+            var sb = new StringBuilder("\"");
+            foreach (char ch in s)
+            {
+                if (ch == '"' || ch == '\\')
+                {
+                    sb.Append('\\');
+                }
+                sb.Append(ch);
+            }
+            return sb.Append('"').ToString();
+        }
+
+        static string Machine(string id)
+        {
+            return "{\"id\":" + Json(id) + ",\"computerDnsName\":" + Json(id + ".example") + "}";
+        }
+
+        List<string> AllIds()
+        {
+            var ids = Enumerable.Range(0, Machines).Select(i => "m" + i.ToString("D4")).ToList();
+            ids.Add("Grüße-🔑");
+            return ids;
+        }
+
+        void HandleRequest(System.Net.HttpListenerContext ctx)
+        {
+            var req = ctx.Request;
+            // Mono reads the request line as Latin-1; the library sends a non-ASCII path as raw
+            // UTF-8 bytes, so take the bytes back before decoding.
+            string rawPath = req.RawUrl.Split('?')[0];
+            string path = Uri.UnescapeDataString(new UTF8Encoding(false).GetString(Encoding.GetEncoding(28591).GetBytes(rawPath)));
+            string body;
+            using (var reader = new System.IO.StreamReader(req.InputStream, new UTF8Encoding(false)))
+            {
+                body = reader.ReadToEnd();
+            }
+            int n = Interlocked.Increment(ref requestCount);
+            ctx.Response.Headers["request-id"] = "fake-" + n;
+
+            if (req.HttpMethod == "POST" && path == "/" + Tenant + "/oauth2/v2.0/token")
+            {
+                Interlocked.Increment(ref tokenRequests);
+                if (body.Contains("client_secret=" + Secret) && body.Contains("client_id=" + ClientId))
+                {
+                    Send(ctx, 200, "{\"token_type\":\"Bearer\",\"expires_in\":3599,\"access_token\":\"" + IssuedToken + "\"}");
+                }
+                else
+                {
+                    Send(ctx, 401, "{\"error\":\"invalid_client\",\"error_description\":\"AADSTS7000215: Invalid client secret provided.\"}");
+                }
+                return;
+            }
+            string auth = req.Headers["Authorization"];
+            if (auth != "Bearer " + IssuedToken && auth != "Bearer " + StaticToken)
+            {
+                Error(ctx, 401, "Unauthorized", "no valid token", "corr-auth");
+                return;
+            }
+            if (path == "/api/machines")
+            {
+                int top = int.Parse(req.QueryString["$top"] ?? "10");
+                int skip = int.Parse(req.QueryString["$skip"] ?? "0");
+                List<string> ids = AllIds();
+                var page = ids.Skip(skip).Take(top).Select(Machine);
+                string next = skip + top < ids.Count
+                    ? ",\"@odata.nextLink\":" + Json(Url + "/api/machines?$top=" + top + "&$skip=" + (skip + top))
+                    : "";
+                Send(ctx, 200, "{\"@odata.context\":\"fake\",\"value\":[" + string.Join(",", page) + "]" + next + "}");
+                return;
+            }
+            if (path.StartsWith("/api/machines/"))
+            {
+                string id = path.Substring("/api/machines/".Length);
+                if (AllIds().Contains(id))
+                {
+                    Send(ctx, 200, Machine(id));
+                }
+                else
+                {
+                    Error(ctx, 404, "ResourceNotFound", "Machine " + id + " was not found", "corr-" + id);
+                }
+                return;
+            }
+            if (path == "/api/brokenlist")
+            {
+                Send(ctx, 200, "{\"value\":[" + Machine("a") + "," + Machine("b") + "],\"@odata.nextLink\":" + Json(Url + "/api/brokenlist-page2") + "}");
+                return;
+            }
+            if (path == "/api/throttled-once")
+            {
+                if (Interlocked.Exchange(ref throttledOnce, 1) == 0)
+                {
+                    ctx.Response.Headers["Retry-After"] = "1";
+                    Error(ctx, 429, "TooManyRequests", "API calls quota exceeded! maximum allowed 100 per 00:01:00", "corr-429");
+                }
+                else
+                {
+                    Send(ctx, 200, "{\"ok\":true}");
+                }
+                return;
+            }
+            if (path == "/api/echo")
+            {
+                string query = Uri.UnescapeDataString(req.Url.Query.TrimStart('?'));
+                Send(ctx, 200, "query=" + query + "\nx-test=" + req.Headers["x-test"] + "\ntype=" + req.ContentType + "\nbody=" + body, "text/plain; charset=utf-8");
+                return;
+            }
+            Error(ctx, 404, "ResourceNotFound", "no such path " + path, "corr-brokenlist");
+        }
+
+        static void Error(System.Net.HttpListenerContext ctx, int status, string code, string message, string target)
+        {
+            Send(ctx, status, "{\"error\":{\"code\":" + Json(code) + ",\"message\":" + Json(message) + ",\"target\":" + Json(target) + "}}");
+        }
+
+        static void Send(System.Net.HttpListenerContext ctx, int status, string text, string contentType = "application/json; charset=utf-8")
+        {
+            byte[] bytes = new UTF8Encoding(false).GetBytes(text);
+            ctx.Response.StatusCode = status;
+            ctx.Response.ContentType = contentType;
+            ctx.Response.ContentLength64 = bytes.Length;
+            ctx.Response.OutputStream.Write(bytes, 0, bytes.Length);
+            ctx.Response.Close();
+        }
+
+        public void Dispose()
+        {
+            listener.Stop();
+            listener.Close();
+        }
+    }
+}

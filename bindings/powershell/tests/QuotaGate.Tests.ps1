@@ -1,0 +1,422 @@
+#Requires -Version 7.2
+#Requires -Modules @{ ModuleName = 'Pester'; ModuleVersion = '5.0.0' }
+# Pester 5 tests of every QuotaGate cmdlet against the library's local simulator.
+#
+#   $env:QUOTAGATE_LIBRARY = '/path/to/libquotagate.so'   # or build into target/
+#   Invoke-Pester -Path bindings/powershell/tests -CI
+
+BeforeAll {
+    $script:ModuleManifest = Join-Path $PSScriptRoot '..' 'QuotaGate' 'QuotaGate.psd1'
+    Import-Module $script:ModuleManifest -Force
+    $script:Sim = Start-QgSimulator -Machines 120 -TimeScale 0.01
+
+    function script:New-TestSecret([string]$Text) {
+        ConvertTo-SecureString -String $Text -AsPlainText -Force
+    }
+}
+
+AfterAll {
+    Stop-QgSimulator
+    Disconnect-QgDefender
+    Remove-Module QuotaGate -Force
+}
+
+Describe 'The module' {
+    BeforeAll {
+        $script:Manifest = Import-PowerShellDataFile $script:ModuleManifest
+        $script:Commands = Get-Command -Module QuotaGate
+    }
+
+    It 'has a valid manifest for PowerShell 7.2 Core' {
+        $m = Test-ModuleManifest -Path $script:ModuleManifest
+        $m.Version | Should -Be '0.1.0'
+        $m.PowerShellVersion | Should -Be '7.2'
+        $m.CompatiblePSEditions | Should -Be @('Core')
+        $script:Manifest.PrivateData.PSData.Tags | Should -Not -BeNullOrEmpty
+        $script:Manifest.PrivateData.PSData.ProjectUri | Should -Not -BeNullOrEmpty
+        $script:Manifest.PrivateData.PSData.LicenseUri | Should -Not -BeNullOrEmpty
+        $script:Manifest.PrivateData.PSData.ReleaseNotes | Should -Not -BeNullOrEmpty
+    }
+
+    It 'exports exactly the functions of the manifest' {
+        ($script:Commands.Name | Sort-Object) | Should -Be ($script:Manifest.FunctionsToExport | Sort-Object)
+        $script:Manifest.CmdletsToExport | Should -BeNullOrEmpty
+        $script:Manifest.AliasesToExport | Should -BeNullOrEmpty
+    }
+
+    It 'uses approved verbs only' {
+        $approved = (Get-Verb).Verb
+        foreach ($command in $script:Commands) {
+            $command.Verb | Should -BeIn $approved -Because $command.Name
+        }
+    }
+
+    It 'documents every command, parameter and example' {
+        $common = @([System.Management.Automation.PSCmdlet]::CommonParameters) + @([System.Management.Automation.PSCmdlet]::OptionalCommonParameters)
+        foreach ($command in $script:Commands) {
+            $help = Get-Help $command.Name -Full
+            $help.Synopsis | Should -Not -BeNullOrEmpty -Because $command.Name
+            $help.Synopsis | Should -Not -Match '^\S+ \[' -Because "$($command.Name) has a written synopsis, not the syntax"
+            ($help.description.Text -join '') | Should -Not -BeNullOrEmpty -Because $command.Name
+            @($help.examples.example).Count | Should -BeGreaterThan 0 -Because $command.Name
+            foreach ($name in $command.Parameters.Keys | Where-Object { $_ -notin $common }) {
+                $parameter = $help.parameters.parameter | Where-Object name -EQ $name
+                ($parameter.description.Text -join '') | Should -Not -BeNullOrEmpty -Because "$($command.Name) -$name"
+            }
+        }
+    }
+
+    It 'names every path it tried when the library is missing' {
+        $pwsh = (Get-Process -Id $PID).Path
+        $script = "`$env:QUOTAGATE_LIBRARY = '/nonexistent/libquotagate-test.so'; Import-Module '$script:ModuleManifest'"
+        $output = & $pwsh -NoProfile -NonInteractive -Command $script 2>&1 | Out-String
+        $output | Should -BeLike '*cannot find libquotagate*'
+        $output | Should -BeLike '*/nonexistent/libquotagate-test.so*'
+    }
+}
+
+Describe 'Connect-QgDefender and Disconnect-QgDefender' {
+    AfterEach {
+        Disconnect-QgDefender
+    }
+
+    It 'connects to a simulator, returns the client and makes it the default' {
+        $client = Connect-QgDefender -Simulator $script:Sim
+        $client | Should -BeOfType ([QuotaGate.Interop.Client])
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'connects with a tenant, client id and secret' {
+        $params = @{
+            TenantId     = $script:Sim.TenantId
+            ClientId     = $script:Sim.ClientId
+            ClientSecret = $script:Sim.ClientSecret
+            BaseUrl      = $script:Sim.Url
+            Authority    = $script:Sim.Authority
+            TimeoutSec   = 30
+        }
+        Connect-QgDefender @params | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 2 }).value.Count | Should -Be 2
+    }
+
+    It 'connects with a credential' {
+        $credential = [pscredential]::new($script:Sim.ClientId, $script:Sim.ClientSecret)
+        Connect-QgDefender -TenantId $script:Sim.TenantId -Credential $credential -BaseUrl $script:Sim.Url -Authority $script:Sim.Authority | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'reports a wrong secret on the first call as an authentication error' {
+        Connect-QgDefender -TenantId $script:Sim.TenantId -ClientId $script:Sim.ClientId -ClientSecret (New-TestSecret 'wrong') `
+            -BaseUrl $script:Sim.Url -Authority $script:Sim.Authority -MaxAttempts 1 | Out-Null
+        $err = { Invoke-QgRequest /api/machines } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Auth)
+        $err.CategoryInfo.Category | Should -Be 'AuthenticationError'
+        $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Auth*'
+        $err.Exception.Message | Should -Not -BeLike '*wrong*'
+    }
+
+    It 'rejects a bad base URL with the library''s message' {
+        $err = { Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'not a url' } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.Exception.Message | Should -Not -BeNullOrEmpty
+    }
+
+    It 'leaves the session without a client after Disconnect-QgDefender' {
+        Connect-QgDefender -Simulator $script:Sim | Out-Null
+        Disconnect-QgDefender
+        { Invoke-QgRequest /api/machines } | Should -Throw '*not connected*'
+    }
+
+    It 'closes a given client and keeps the default' {
+        $default = Connect-QgDefender -Simulator $script:Sim
+        $other = [QuotaGate.Interop.Client]::new([QuotaGate.Interop.ClientOptions]@{ BaseUrl = $script:Sim.Url; AccessToken = (New-TestSecret 'x') })
+        Disconnect-QgDefender -Client $other
+        $other.Handle.IsClosed | Should -BeTrue
+        $default.Handle.IsClosed | Should -BeFalse
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+}
+
+Describe 'Invoke-QgRequest' {
+    BeforeAll {
+        Connect-QgDefender -Simulator $script:Sim | Out-Null
+    }
+
+    It 'returns the JSON answer as objects' {
+        $page = Invoke-QgRequest /api/machines -Query @{ '$top' = 5 }
+        $page.value.Count | Should -Be 5
+        $page.value[0].id | Should -Not -BeNullOrEmpty
+        $page.'@odata.nextLink' | Should -Not -BeNullOrEmpty
+    }
+
+    It 'writes every item of every page with -All' {
+        $items = Invoke-QgRequest /api/machines -Query @{ '$top' = 25 } -All
+        $items.Count | Should -Be 120
+        ($items.id | Sort-Object -Unique).Count | Should -Be 120
+    }
+
+    It 'streams -All so that Select-Object -First stops early' {
+        $before = (Get-QgStatistics -Simulator $script:Sim).requests
+        $first = Invoke-QgRequest /api/machines -Query @{ '$top' = 10 } -All | Select-Object -First 3
+        $first.Count | Should -Be 3
+        ((Get-QgStatistics -Simulator $script:Sim).requests - $before) | Should -BeLessOrEqual 2
+    }
+
+    It 'sends a hashtable body as JSON' {
+        $machine = (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value[0]
+        $tagged = Invoke-QgRequest -Method POST -Path "/api/machines/$($machine.id)/tags" -Body @{ Value = 'pester'; Action = 'Add' }
+        $tagged.machineTags | Should -Contain 'pester'
+    }
+
+    It 'sends a string body as is' {
+        $machine = (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value[0]
+        $tagged = Invoke-QgRequest -Method POST -Path "/api/machines/$($machine.id)/tags" -Body '{"Value":"raw","Action":"Add"}'
+        $tagged.machineTags | Should -Contain 'raw'
+    }
+
+    It 'turns an HTTP error into a terminating error with the server''s details' {
+        $err = { Invoke-QgRequest /api/machines/does-not-exist } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.Exception.HttpStatus | Should -Be 404
+        $err.Exception.ServerCode | Should -Not -BeNullOrEmpty
+        $err.Exception.ServerMessage | Should -Not -BeNullOrEmpty
+        $err.Exception.RequestId | Should -Not -BeNullOrEmpty
+        $err.Exception.Message | Should -BeLike '*404*'
+        $err.CategoryInfo.Category | Should -Be 'ObjectNotFound'
+        $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http404*'
+        $err.TargetObject | Should -Be '/api/machines/does-not-exist'
+    }
+
+    It 'takes the path from the pipeline by property name' {
+        $page = [pscustomobject]@{ Path = '/api/machines' } | Invoke-QgRequest -Query @{ '$top' = 2 }
+        $page.value.Count | Should -Be 2
+    }
+
+    It 'shows waits for quota and retries with -Verbose' {
+        $slow = Start-QgSimulator -Machines 5 -Limit @{ default = '2/1s' }
+        try {
+            $client = Connect-QgDefender -Simulator $slow
+            $verbose = 1..4 | ForEach-Object {
+                Invoke-QgRequest /api/machines -Client $client -Verbose 4>&1
+            } | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
+            ($verbose.Message -join "`n") | Should -Match 'quotagate .*(quota|429)'
+        } finally {
+            Disconnect-QgDefender -Client $client
+            Stop-QgSimulator -Simulator $slow
+            Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+    }
+
+    It 'requires a connection' {
+        Disconnect-QgDefender
+        try {
+            { Invoke-QgRequest /api/machines } | Should -Throw '*Connect-QgDefender*'
+        } finally {
+            Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+    }
+}
+
+Describe 'Invoke-QgHunting' {
+    BeforeAll {
+        Connect-QgDefender -Simulator $script:Sim | Out-Null
+    }
+
+    It 'writes the rows as objects' {
+        $rows = Invoke-QgHunting -Query 'DeviceInfo | take 5'
+        $rows.Count | Should -Be 5
+        $rows[0].DeviceId | Should -Not -BeNullOrEmpty
+        $rows[0].DeviceName | Should -Not -BeNullOrEmpty
+    }
+
+    It 'runs queries from the pipeline' {
+        $rows = 'DeviceInfo | take 2', 'DeviceInfo | take 3' | Invoke-QgHunting
+        $rows.Count | Should -Be 5
+    }
+
+    It 'reports the service''s error for a bad query' {
+        $err = { Invoke-QgHunting -Query ' ' } | Should -Throw -PassThru
+        $err.Exception.HttpStatus | Should -Be 400
+        $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+}
+
+Describe 'New-QgLimiter' {
+    It 'takes one calls,seconds pair' {
+        $limiter = New-QgLimiter -Rate 100, 60
+        $limiter.Rates.Count | Should -Be 1
+        $limiter.Rates[0].Calls | Should -Be 100
+        $limiter.Rates[0].WindowMs | Should -Be 60000
+    }
+
+    It 'takes several pairs and strings' {
+        $pairs = New-QgLimiter -Rate (100, 60), (1500, 3600)
+        $pairs.Rates.WindowMs | Should -Be @(60000, 3600000)
+        $strings = New-QgLimiter -Rate '45/1m', '1500/1h', '10/500ms'
+        $strings.Rates.WindowMs | Should -Be @(60000, 3600000, 500)
+    }
+
+    It 'widens windows by the margin' {
+        $limiter = New-QgLimiter -Rate 10, 1 -MarginMs 250
+        (Get-QgStatistics -Limiter $limiter).Windows[0].WindowMs | Should -Be 1250
+    }
+
+    It 'rejects what is not a rate' {
+        { New-QgLimiter -Rate 1, 2, 3 } | Should -Throw '*not a rate*'
+        { New-QgLimiter -Rate 'fast' } | Should -Throw '*not a rate*'
+    }
+
+    It 'rejects a zero rate with the library''s message' {
+        $err = { New-QgLimiter -Rate 0, 60 } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::InvalidArgument)
+        $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+}
+
+Describe 'Test-QgLimiter' {
+    It 'admits up to the rate, then returns $false with the wait in the verbose stream' {
+        $limiter = New-QgLimiter -Rate 2, 60
+        Test-QgLimiter -Limiter $limiter -Key 'k' | Should -BeTrue
+        Test-QgLimiter -Limiter $limiter -Key 'k' | Should -BeTrue
+        $output = Test-QgLimiter -Limiter $limiter -Key 'k' -Verbose 4>&1
+        $output | Where-Object { $_ -is [bool] } | Should -BeFalse
+        ($output | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message | Should -BeLike '*ms*'
+        Test-QgLimiter -Limiter $limiter -Key 'other' | Should -BeTrue
+    }
+
+    It 'names UTF-8 keys exactly' {
+        $limiter = New-QgLimiter -Rate 1, 60
+        Test-QgLimiter $limiter 'Grüße-🔑' | Should -BeTrue
+        Test-QgLimiter $limiter 'Grüße-🔒' | Should -BeTrue
+        Test-QgLimiter $limiter 'Grüße-🔑' | Should -BeFalse
+    }
+
+    It 'fails on a zero cost with the library''s message' {
+        $limiter = New-QgLimiter -Rate 1, 60
+        { Test-QgLimiter $limiter 'k' -Cost 0 } | Should -Throw
+    }
+}
+
+Describe 'Wait-QgLimiter' {
+    It 'waits for the window' {
+        $limiter = New-QgLimiter -Rate '2/500ms'
+        $watch = [System.Diagnostics.Stopwatch]::StartNew()
+        1..3 | ForEach-Object { Wait-QgLimiter -Limiter $limiter -Key 'k' }
+        $watch.ElapsedMilliseconds | Should -BeGreaterOrEqual 400
+    }
+
+    It 'passes pipeline objects on with -PassThru' {
+        $limiter = New-QgLimiter -Rate '10/1s'
+        $out = 1..3 | Wait-QgLimiter -Limiter $limiter -Key 'k' -PassThru
+        $out | Should -Be @(1, 2, 3)
+        (Get-QgStatistics -Limiter $limiter -Key 'k').AdmittedCalls | Should -Be 3
+    }
+
+    It 'fails at once when the deadline cannot be met' {
+        $limiter = New-QgLimiter -Rate 1, 60
+        Wait-QgLimiter -Limiter $limiter -Key 'k'
+        $watch = [System.Diagnostics.Stopwatch]::StartNew()
+        $err = { Wait-QgLimiter -Limiter $limiter -Key 'k' -TimeoutSec 0.5 } | Should -Throw -PassThru
+        $watch.ElapsedMilliseconds | Should -BeLessThan 400
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Timeout)
+        $err.CategoryInfo.Category | Should -Be 'OperationTimeout'
+    }
+
+    It 'stops promptly when the pipeline is stopped (Ctrl+C)' {
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($Manifest)
+                    Import-Module $Manifest
+                    $limiter = New-QgLimiter -Rate 1, 3600
+                    Wait-QgLimiter -Limiter $limiter
+                    Wait-QgLimiter -Limiter $limiter
+                }).AddArgument($script:ModuleManifest)
+            $async = $ps.BeginInvoke()
+            Start-Sleep -Milliseconds 1500
+            $ps.InvocationStateInfo.State | Should -Be 'Running'
+            $watch = [System.Diagnostics.Stopwatch]::StartNew()
+            $ps.Stop()
+            $watch.ElapsedMilliseconds | Should -BeLessThan 1000
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+            $null = $async
+        } finally {
+            $ps.Dispose()
+        }
+    }
+
+    It 'fails on a closed limiter with the library''s message' {
+        $limiter = New-QgLimiter -Rate 1, 60
+        $limiter.Close()
+        $err = { Wait-QgLimiter -Limiter $limiter } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Closed)
+        $err.Exception.Message | Should -BeLike '*closed*'
+    }
+}
+
+Describe 'Suspend-QgLimiter' {
+    It 'pauses the bucket' {
+        $limiter = New-QgLimiter -Rate 100, 1
+        Suspend-QgLimiter -Limiter $limiter -Key 'k' -Seconds 0.5
+        Test-QgLimiter -Limiter $limiter -Key 'k' | Should -BeFalse
+        Test-QgLimiter -Limiter $limiter -Key 'other' | Should -BeTrue
+        $stats = Get-QgStatistics -Limiter $limiter -Key 'k'
+        $stats.Pauses | Should -Be 1
+        $stats.PausedForMs | Should -BeGreaterThan 0
+    }
+
+    It 'changes nothing with -WhatIf' {
+        $limiter = New-QgLimiter -Rate 100, 1
+        Suspend-QgLimiter -Limiter $limiter -Key 'k' -Seconds 5 -WhatIf
+        Test-QgLimiter -Limiter $limiter -Key 'k' | Should -BeTrue
+    }
+}
+
+Describe 'Get-QgStatistics' {
+    It 'reads a limiter''s bucket' {
+        $limiter = New-QgLimiter -Rate (3, 60), (100, 3600)
+        Test-QgLimiter $limiter 'k' | Out-Null
+        $stats = Get-QgStatistics -Limiter $limiter -Key 'k'
+        $stats | Should -BeOfType ([QuotaGate.Interop.BucketStatistics])
+        $stats.AdmittedCalls | Should -Be 1
+        $stats.Windows.Count | Should -Be 2
+        $stats.Windows[0].Used | Should -Be 1
+        $stats.Windows[0].Calls | Should -Be 3
+    }
+
+    It 'reads the default client''s counters' {
+        Connect-QgDefender -Simulator $script:Sim | Out-Null
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        $stats = Get-QgStatistics
+        $stats.requests | Should -BeGreaterThan 0
+        $stats.PSObject.Properties.Name | Should -Contain 'buckets'
+    }
+
+    It 'reads a simulator''s counters' {
+        (Get-QgStatistics -Simulator $script:Sim).requests | Should -BeGreaterThan 0
+    }
+}
+
+Describe 'Start-QgSimulator and Stop-QgSimulator' {
+    It 'starts a simulator with its own limits and stops it from the pipeline' {
+        $sim = Start-QgSimulator -Machines 3 -Limit @{ default = (50, 60); hunting = '2/1m' } -TokenLifetimeSec 60 -RetryAfterStyle Milliseconds
+        $sim | Should -BeOfType ([QuotaGate.Interop.Simulator])
+        $sim.Url | Should -BeLike 'http://127.0.0.1:*'
+        $client = Connect-QgDefender -Simulator $sim -MaxAttempts 1
+        try {
+            (Invoke-QgRequest /api/machines -Client $client -All).Count | Should -Be 3
+            $sim | Stop-QgSimulator
+            $sim.Handle.IsClosed | Should -BeTrue
+            $err = { Invoke-QgRequest /api/machines -Client $client } | Should -Throw -PassThru
+            $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        } finally {
+            Disconnect-QgDefender -Client $client
+            Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+    }
+
+    It 'starts nothing with -WhatIf' {
+        Start-QgSimulator -WhatIf | Should -BeNullOrEmpty
+    }
+}
