@@ -68,6 +68,12 @@
 #define QG_DETAIL_ATTEMPTS 6
 
 /**
+ * Field: the library's whole message, such as "the server answered with an error
+ * (HTTP 404 ResourceNotFound): ... [target ...]", for bindings to show as is.
+ */
+#define QG_DETAIL_SUMMARY 7
+
+/**
  * Field of `qg_bucket_stats_get`: calls admitted.
  */
 #define QG_STAT_ADMITTED_CALLS 0
@@ -755,7 +761,9 @@ void qg_client_free(const qg_client *c);
  * Returns `QG_OK`; `QG_ERR_NULL_ARGUMENT` when `written` is NULL, or `buf` is NULL while
  * `len` is not 0; `QG_ERR_BUFFER_TOO_SMALL` when `len` cannot hold the text and its NUL:
  * then, as the one exception to the out-parameter rule, `*written` receives the length
- * needed without the NUL (call with `buf = NULL, len = 0` to ask for it).
+ * needed without the NUL (call with `buf = NULL, len = 0` to ask for it). Every function
+ * that copies text this way behaves the same, and a `QG_ERR_BUFFER_TOO_SMALL` never
+ * replaces the thread's last error.
  */
 qg_result qg_last_error_message(char *buf, size_t len, size_t *written);
 

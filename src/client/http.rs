@@ -121,8 +121,41 @@ pub(crate) fn encode(s: &str) -> String {
     out
 }
 
+/// Percent-encodes what may not stand in a URL as is (non-ASCII bytes, spaces, controls,
+/// quotes and angle brackets) and leaves the rest of a path and query alone, so that a
+/// path already encoded stays the same.
+pub(crate) fn encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b <= b' '
+            || b >= 0x7f
+            || matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+            )
+        {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paths_keep_what_is_valid() {
+        assert_eq!(
+            super::encode_path("/api/machines?$top=1&$filter=a%20b"),
+            "/api/machines?$top=1&$filter=a%20b"
+        );
+        assert_eq!(
+            super::encode_path("/api/machines/Grüße x"),
+            "/api/machines/Gr%C3%BC%C3%9Fe%20x"
+        );
+    }
+
     #[test]
     fn encoding_keeps_odata_names() {
         assert_eq!(super::encode("$top"), "$top");

@@ -675,7 +675,7 @@ impl Client {
             }
             req.target.clone()
         } else if req.target.starts_with('/') {
-            format!("{}{}", s.base_url, req.target)
+            format!("{}{}", s.base_url, http::encode_path(&req.target))
         } else {
             return Err(Error::InvalidArgument(
                 "a path must start with '/' (or be an absolute URL)".into(),

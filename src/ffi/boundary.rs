@@ -18,6 +18,8 @@ macro_rules! ffi_boundary {
 pub(crate) fn run(f: impl FnOnce() -> Result<(), FfiError>) -> qg_result {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(())) => super::error::QG_OK,
+        // Asking for a text's size must not replace the error the caller is reading about.
+        Ok(Err(e)) if e.code == super::error::QG_ERR_BUFFER_TOO_SMALL => e.code,
         Ok(Err(e)) => super::error::record(e),
         Err(payload) => {
             let what = payload

@@ -591,7 +591,12 @@ pub extern "C" fn qg_response_error_detail(
     ffi_boundary! {
         let r = unsafe { try_ref(r, "response") }?;
         let details = r.response.error_details();
-        let text = detail_text(Some(&details), field).ok_or_else(|| FfiError::invalid(format!("unknown detail field {field}")))?;
+        let summary = if r.response.status() >= 400 {
+            crate::client::Error::Http(Box::new(details.clone())).to_string()
+        } else {
+            String::new()
+        };
+        let text = detail_text(Some(&details), &summary, field).ok_or_else(|| FfiError::invalid(format!("unknown detail field {field}")))?;
         copy_out_checked(&text, buf, len, written)
     }
 }

@@ -79,6 +79,9 @@ pub const QG_DETAIL_REQUEST_ID: u32 = 4;
 pub const QG_DETAIL_RETRY_AFTER_MS: u32 = 5;
 /// Field: the attempts made.
 pub const QG_DETAIL_ATTEMPTS: u32 = 6;
+/// Field: the library's whole message, such as "the server answered with an error
+/// (HTTP 404 ResourceNotFound): ... [target ...]", for bindings to show as is.
+pub const QG_DETAIL_SUMMARY: u32 = 7;
 
 /// A failure on its way to C: a code and the text for `qg_last_error_message`.
 #[derive(Debug)]
@@ -153,9 +156,11 @@ pub(crate) fn record(e: FfiError) -> qg_result {
 }
 
 /// One field of an error's details as text ("" when unknown); `None` for an unknown field.
-pub(crate) fn detail_text(d: Option<&ErrorDetails>, field: u32) -> Option<String> {
+/// `summary` is the whole message of the failure.
+pub(crate) fn detail_text(d: Option<&ErrorDetails>, summary: &str, field: u32) -> Option<String> {
     let opt = |v: Option<&String>| v.cloned().unwrap_or_default();
     Some(match field {
+        QG_DETAIL_SUMMARY => summary.to_string(),
         QG_DETAIL_HTTP_STATUS => d
             .and_then(|d| d.status)
             .map(|s| s.to_string())
@@ -226,7 +231,9 @@ pub(crate) fn copy_out_checked(
 /// Returns `QG_OK`; `QG_ERR_NULL_ARGUMENT` when `written` is NULL, or `buf` is NULL while
 /// `len` is not 0; `QG_ERR_BUFFER_TOO_SMALL` when `len` cannot hold the text and its NUL:
 /// then, as the one exception to the out-parameter rule, `*written` receives the length
-/// needed without the NUL (call with `buf = NULL, len = 0` to ask for it).
+/// needed without the NUL (call with `buf = NULL, len = 0` to ask for it). Every function
+/// that copies text this way behaves the same, and a `QG_ERR_BUFFER_TOO_SMALL` never
+/// replaces the thread's last error.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_last_error_message(
     buf: *mut c_char,
@@ -255,12 +262,13 @@ pub extern "C" fn qg_last_error_detail(
     written: *mut usize,
 ) -> qg_result {
     std::panic::catch_unwind(|| {
-        LAST_ERROR.with(
-            |last| match detail_text(last.borrow().1.as_deref(), field) {
+        LAST_ERROR.with(|last| {
+            let last = last.borrow();
+            match detail_text(last.1.as_deref(), &last.0, field) {
                 Some(text) => copy_out(&text, buf, len, written),
                 None => QG_ERR_INVALID_ARGUMENT,
-            },
-        )
+            }
+        })
     })
     .unwrap_or(QG_ERR_PANIC)
 }

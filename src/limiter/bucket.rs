@@ -125,6 +125,8 @@ pub(crate) struct BucketState {
     pub(crate) closed: bool,
     /// Rates given to this bucket alone: it is never dropped as idle, or they would be lost.
     pub(crate) own_rates: bool,
+    /// The latest instant any operation used: the log must only ever move forward.
+    last_now: Nanos,
     pub(crate) stats: BucketStats,
 }
 
@@ -145,6 +147,15 @@ impl Bucket {
 }
 
 impl BucketState {
+    /// The instant for an operation under the lock. Threads read the clock before they get
+    /// the lock, so a late reader could otherwise log an admission before one already
+    /// logged; clamping keeps the log in order.
+    #[inline]
+    pub(crate) fn clock(&mut self, now: Nanos) -> Nanos {
+        self.last_now = self.last_now.max(now);
+        self.last_now
+    }
+
     pub(crate) fn fresh(log: SlidingLog) -> Self {
         BucketState {
             log,
@@ -152,6 +163,7 @@ impl BucketState {
             queue: VecDeque::new(),
             closed: false,
             own_rates: false,
+            last_now: 0,
             stats: BucketStats::default(),
         }
     }

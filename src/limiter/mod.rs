@@ -214,7 +214,9 @@ impl ClockListener for Inner {
     fn clock_advanced(&self) {
         let now = self.clock.now();
         for bucket in self.buckets.read().values() {
-            bucket.state.lock().pump(now);
+            let mut st = bucket.state.lock();
+            let now = st.clock(now);
+            st.pump(now);
         }
     }
 }
@@ -305,18 +307,26 @@ impl Limiter {
         self.insert(&mut map, key, &self.inner.default_rates)
     }
 
-    /// Runs `f` on the bucket of `key` under its lock, creating the bucket if needed.
+    /// Runs `f` on the bucket of `key` under its lock, with the instant read under that
+    /// lock, creating the bucket if needed.
     #[inline]
-    fn with_bucket<R>(&self, key: &str, f: impl FnOnce(&mut BucketState) -> R) -> Result<R, Error> {
+    fn with_bucket<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut BucketState, Nanos) -> R,
+    ) -> Result<R, Error> {
         {
             let map = self.inner.buckets.read();
             if let Some(b) = map.get(key) {
-                return Ok(f(&mut b.state.lock()));
+                let mut st = b.state.lock();
+                let now = st.clock(self.now());
+                return Ok(f(&mut st, now));
             }
         }
         let b = self.bucket(key)?;
         let mut st = b.state.lock();
-        Ok(f(&mut st))
+        let now = st.clock(self.now());
+        Ok(f(&mut st, now))
     }
 
     /// Gives `key` its own rates, creating the bucket or replacing its rates. Units
@@ -328,8 +338,8 @@ impl Limiter {
         }
         let mut map = self.inner.buckets.write();
         if let Some(b) = map.get(key) {
-            let now = self.now();
             let mut st = b.state.lock();
+            let now = st.clock(self.now());
             st.log = st.log.with_rates(rates, self.inner.margin, now);
             st.own_rates = true;
             // Queued calls that no longer fit any window fail rather than wait forever.
@@ -408,8 +418,7 @@ impl Limiter {
     /// call is queued before it; never waits. On refusal, reports the wait it would need.
     #[inline]
     pub fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
-        let now = self.now();
-        self.with_bucket(key, |st| {
+        self.with_bucket(key, |st, now| {
             let cost = Self::check_cost(st, cost)?;
             if !st.queue.is_empty() {
                 // Calls whose time has come leave the queue first.
@@ -442,18 +451,17 @@ impl Limiter {
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Admitted, Error> {
-        let now = self.now();
-        let admitted_now = self.with_bucket(key, |st| {
+        let admitted_at = self.with_bucket(key, |st, now| {
             let cost = Self::check_cost(st, cost)?;
             let free = st.queue.is_empty() && st.ready_at(now, cost) <= now;
             if free {
                 st.admit(now, cost, 0);
             }
-            Ok::<_, Error>(free)
+            Ok::<_, Error>(free.then_some(now))
         })??;
-        if admitted_now {
+        if let Some(at) = admitted_at {
             return Ok(Admitted {
-                at: now,
+                at,
                 waited: Duration::ZERO,
             });
         }
@@ -472,10 +480,10 @@ impl Limiter {
         timeout: Option<Duration>,
     ) -> Result<Ticket, Error> {
         let bucket = self.bucket(key)?;
-        let now = self.now();
-        let deadline = timeout.map(|t| now.saturating_add(nanos(t)));
         let waiter = {
             let mut st = bucket.state.lock();
+            let now = st.clock(self.now());
+            let deadline = timeout.map(|t| now.saturating_add(nanos(t)));
             let cost = Self::check_cost(&st, cost)?;
             let waiter = Arc::new(Waiter::new(cost, now, deadline));
             st.queue.push_back(waiter.clone());
@@ -492,8 +500,7 @@ impl Limiter {
     /// Makes every caller of `key` wait until `duration` from now. A later pause extends
     /// the current one; a shorter one never shortens it.
     pub fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
-        let now = self.now();
-        self.with_bucket(key, |st| {
+        self.with_bucket(key, |st, now| {
             if st.closed {
                 return Err(Error::Closed);
             }
@@ -596,7 +603,7 @@ impl Ticket {
         let mut st: MutexGuard<'_, BucketState> = self.bucket.state.lock();
         self.waiter.active.fetch_add(1, Ordering::Relaxed);
         let result = loop {
-            let now = clock.now();
+            let now = st.clock(clock.now());
             let head_at = st.pump(now);
             if let Some(done) = self.outcome() {
                 break done;
@@ -639,8 +646,9 @@ impl Ticket {
     /// [`Error::Cancelled`]. Returns false if the ticket was no longer waiting (already
     /// admitted, timed out, cancelled or closed): an admitted call keeps its permit.
     pub fn cancel(&self) -> bool {
-        let now = self.limiter.now();
-        self.bucket.state.lock().cancel(&self.waiter, now)
+        let mut st = self.bucket.state.lock();
+        let now = st.clock(self.limiter.now());
+        st.cancel(&self.waiter, now)
     }
 
     /// The admission, once admitted.
