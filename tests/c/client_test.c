@@ -524,9 +524,13 @@ static void test_builder_arguments(void)
     CHECK_RC(qg_client_builder_set_limiter(NULL, NULL), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_build(NULL, &c), QG_ERR_NULL_ARGUMENT);
     CHECK(c == SENTINEL);
+    last_error_text(err, sizeof err);
+    CHECK_MSG(strcmp(err, "builder is NULL") == 0, "the NULL argument is named: \"%s\"", err);
 
     /* NULL strings. */
     CHECK_RC(qg_client_builder_set_base_url(b, NULL), QG_ERR_NULL_ARGUMENT);
+    last_error_text(err, sizeof err);
+    CHECK_MSG(strcmp(err, "url is NULL") == 0, "the NULL argument is named: \"%s\"", err);
     CHECK_RC(qg_client_builder_set_authority(b, NULL), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_tenant_id(b, NULL), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_client_id(b, NULL), QG_ERR_NULL_ARGUMENT);
@@ -703,6 +707,32 @@ static void test_builder_settings_take_effect(void)
     CHECK_U64(send_simple(c3, "GET", "/api/machines?$top=1", NULL), ==, 200);
     CHECK_U64(send_simple(c1, "GET", path, NULL), ==, 200); /* c1 was built before the route */
 
+    /* A second rate for the same method and pattern (in other cases) applies together
+     * with the first: 5 per 10 s and 1 per 10 s admit one call. */
+    qg_client_builder *rb = sim_builder(s);
+    CHECK_OK(qg_client_builder_set_max_quota_wait_ms(rb, 300));
+    CHECK_OK(qg_client_builder_add_route(rb, "GET", "/api/alerts", 5, 10000));
+    CHECK_OK(qg_client_builder_add_route(rb, "get", "/API/Alerts", 1, 10000));
+    const qg_client *routed = build(rb);
+    CHECK_U64(send_simple(routed, "GET", "/api/alerts?$top=1", NULL), ==, 200);
+    CHECK_RC(send_rc(routed, "GET", "/api/alerts?$top=1"), QG_ERR_THROTTLED);
+    qg_client_free(routed);
+
+    /* Default rates: the first replaces the built-in ones, a second applies with it. */
+    qg_client_builder *db = sim_builder(s);
+    CHECK_OK(qg_client_builder_set_max_quota_wait_ms(db, 300));
+    CHECK_OK(qg_client_builder_add_default_rate(db, 100, 60000));
+    CHECK_OK(qg_client_builder_add_default_rate(db, 1, 10000));
+    const qg_client *defaults = build(db);
+    CHECK_U64(send_simple(defaults, "GET", "/api/machines?$top=1", NULL), ==, 200);
+    CHECK_RC(send_rc(defaults, "GET", "/api/machines?$top=1"), QG_ERR_THROTTLED);
+    char *dst = client_stats(defaults);
+    CHECK_MSG(dst != NULL && contains(dst, "{\"used\":1,\"calls\":100,\"window_ms\":60000}") &&
+                  contains(dst, "{\"used\":1,\"calls\":1,\"window_ms\":10000}") && !contains(dst, "1500"),
+              "windows: %s", dst ? dst : "(null)");
+    qg_string_free(dst);
+    qg_client_free(defaults);
+
     /* A v2 scope of our own; a bad scope is refused by the token endpoint (QG_ERR_AUTH). */
     qg_client_builder *sb = sim_builder(s);
     char scope[300];
@@ -815,14 +845,22 @@ static void test_shared_limiter(void)
     uint64_t wait = 1;
     CHECK_OK(qg_limiter_try_acquire(l, key, 1, &wait));
     CHECK_U64(wait, ==, 0);
-    /* The other client takes the third; the limiter handle may go now. */
+    /* The other client takes the third. */
     CHECK_U64(send_simple(c, "GET", "/api/machines?$top=1", NULL), ==, 200);
-    qg_limiter_free(l);
-    /* The quota is used up for both clients, and would be for a direct call. */
+    /* The quota is used up for both clients and for direct calls. */
     double t0 = now_ms();
     CHECK_RC(send_rc(a, "GET", "/api/machines?$top=1"), QG_ERR_THROTTLED);
     CHECK_RC(send_rc(c, "GET", "/api/machines?$top=1"), QG_ERR_THROTTLED);
     CHECK_DBL(now_ms() - t0, <, 3000);
+    CHECK_RC(qg_limiter_try_acquire(l, key, 1, &wait), QG_ERR_WOULD_BLOCK);
+    CHECK_U64(wait, >, 5000);
+    /* Closing a client leaves the shared limiter open. */
+    CHECK_OK(qg_client_close(a));
+    CHECK_RC(send_rc(a, "GET", "/api/machines?$top=1"), QG_ERR_CLOSED);
+    CHECK_OK(qg_limiter_try_acquire(l, "another key", 1, NULL));
+    /* The clients keep the limiter alive after its handle is freed. */
+    qg_limiter_free(l);
+    CHECK_RC(send_rc(c, "GET", "/api/machines?$top=1"), QG_ERR_THROTTLED);
     /* A client with a limiter of its own still has its quota. */
     CHECK_U64(send_simple(own, "GET", "/api/machines?$top=1", NULL), ==, 200);
     CHECK_U64(sim_stat(s, "throttled"), ==, 0);
@@ -1669,6 +1707,17 @@ static void test_cancel_and_close_while_waiting(void)
     CHECK_DBL(now_ms() - t0, <, 3000);
     qg_request_free(r);
     CHECK_U64(sim_log_count(s, "\"path\":\"/api/machines?$top=1\""), ==, 1);
+
+    /* Pages keep the cancel handle of the request they were made from. */
+    r = new_request("GET", "/api/machines");
+    qg_pages *cp = NULL;
+    CHECK_OK(qg_client_pages(c, r, &cp));
+    CHECK_OK(qg_request_cancel(r));
+    resp = SENTINEL;
+    CHECK_RC(qg_pages_next(cp, &resp), QG_ERR_CANCELLED);
+    CHECK(resp == SENTINEL);
+    qg_pages_free(cp);
+    qg_request_free(r);
 
     /* Close. */
     r = new_request("GET", "/api/machines?$top=1");
