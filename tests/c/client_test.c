@@ -969,6 +969,23 @@ static void test_requests(void)
     qg_response_free(resp);
     qg_request_free(r);
 
+    /* "The client sets Authorization itself" (qg_request_set_header): a caller's
+     * Authorization header is refused, or gives way to the client's token; it must not
+     * reach the server beside the client's and make the call fail with 401. */
+    r = new_request("GET", "/api/machines?$top=1");
+    qg_result set = qg_request_set_header(r, "Authorization", "Bearer not-the-clients-token");
+    CHECK_MSG(set == QG_OK || set == QG_ERR_INVALID_ARGUMENT, "%s", qg_result_str(set));
+    long tokens_before = sim_stat(s, "token_requests");
+    resp = send_request(c, r, NULL);
+    CHECK(resp != NULL);
+    if (resp != NULL) {
+        CHECK_MSG(status_of(resp) == 200, "the server saw the caller's Authorization: status %u",
+                  (unsigned)status_of(resp));
+    }
+    CHECK_MSG(sim_stat(s, "token_requests") == tokens_before, "the client's valid token was not refreshed");
+    qg_response_free(resp);
+    qg_request_free(r);
+
     /* An absolute URL on the API host is used as given; one elsewhere is refused before
      * anything is sent, and so is a relative path without '/'. */
     char target[400];
