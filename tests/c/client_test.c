@@ -492,6 +492,23 @@ static void test_sim_api(void)
     qg_sim_config_free(NULL);
 }
 
+/*
+ * A token lifetime under a second is a valid setting ("above 0"), and the simulator's
+ * tokens must stay usable: a call succeeds (the client refreshes the token as often as
+ * it needs). Today the simulator answers "expires_in": 0 (whole seconds, rounded down),
+ * which the client rightly refuses, so every call fails with QG_ERR_AUTH.
+ */
+static void test_short_token_lifetime(void)
+{
+    qg_sim_config *cfg = sim_config(3);
+    CHECK_OK(qg_sim_config_set_token_lifetime_ms(cfg, 500));
+    const qg_sim *s = start_sim(cfg);
+    const qg_client *c = sim_client(s);
+    CHECK_RC(send_rc(c, "GET", "/api/machines?$top=1"), QG_OK);
+    qg_client_free(c);
+    qg_sim_free(s);
+}
+
 /* Every setter of the builder with NULLs and bad values; missing credentials; bad URLs. */
 static void test_builder_arguments(void)
 {
@@ -1938,6 +1955,7 @@ static void test_secret_never_shown(void)
 
 static const struct test g_tests[] = {
     {"sim_api", test_sim_api},
+    {"short_token_lifetime", test_short_token_lifetime},
     {"builder_arguments", test_builder_arguments},
     {"builder_settings_take_effect", test_builder_settings_take_effect},
     {"shared_limiter", test_shared_limiter},
