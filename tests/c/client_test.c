@@ -143,6 +143,15 @@ static long sim_stat(const qg_sim *s, const char *key)
     return v;
 }
 
+/* Like sim_stat without counting a check, for polling loops. */
+static long sim_stat_polled(const qg_sim *s, const char *key)
+{
+    char *st = NULL;
+    long v = qg_sim_stats_json(s, &st) == QG_OK ? json_int(st, key) : -1;
+    qg_string_free(st);
+    return v;
+}
+
 /* How many requests the simulator's log has whose path contains `needle`. */
 static int sim_log_count(const qg_sim *s, const char *needle)
 {
@@ -1786,6 +1795,33 @@ static void test_cancel_and_close_while_waiting(void)
     qg_sim_free(s);
 }
 
+/* A send that backs off between 503s ends at once when its request is cancelled. */
+static void test_cancel_during_backoff(void)
+{
+    qg_sim_config *cfg = sim_config(3);
+    CHECK_OK(qg_sim_config_set_faults(cfg, 1.0, 0.0, 0));
+    const qg_sim *s = start_sim(cfg);
+    const qg_client *c = sim_client(s);
+    qg_request *r = new_request("GET", "/api/machines?$top=1");
+    struct blocked_send bs = {c, r, QG_OK, 0, ""};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, blocked_send_main, &bs) == 0);
+    /* The backoffs after the first 503s (up to 0.5 s, 1 s, 2 s, ...) outlast this. */
+    double t0 = now_ms();
+    while (sim_stat_polled(s, "errors_503") < 2 && now_ms() - t0 < 5000) {
+        sleep_ms(5);
+    }
+    double cancelled_at = now_ms();
+    CHECK_OK(qg_request_cancel(r));
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK_MSG(bs.rc == QG_ERR_CANCELLED, "%s: %s", qg_result_str(bs.rc), bs.error);
+    CHECK_MSG(bs.returned_at - cancelled_at < 200, "returned %.0f ms after the cancel", bs.returned_at - cancelled_at);
+    CHECK_MSG(sim_stat(s, "errors_503") >= 2, "the call was retried after 503s");
+    qg_request_free(r);
+    qg_client_free(c);
+    qg_sim_free(s);
+}
+
 /* qg_client_stats_json and qg_string_free. */
 static void test_client_stats(void)
 {
@@ -1969,6 +2005,7 @@ static const struct test g_tests[] = {
     {"body_limit", test_body_limit},
     {"slow_server_times_out", test_slow_server_times_out},
     {"cancel_and_close_while_waiting", test_cancel_and_close_while_waiting},
+    {"cancel_during_backoff", test_cancel_during_backoff},
     {"client_stats", test_client_stats},
     {"logger", test_logger},
     {"secret_never_shown", test_secret_never_shown},
