@@ -1822,6 +1822,68 @@ static void test_cancel_during_backoff(void)
     qg_sim_free(s);
 }
 
+/*
+ * Cancel and close while the token is being fetched (the token endpoint is slow): a
+ * send that waits for another thread's fetch ends at once; the send that fetches ends
+ * when its exchange with the token endpoint is over, and then must not send its API
+ * request: qg_client_close says calls waiting for a token end with QG_ERR_CLOSED and
+ * later calls fail the same way, and a cancelled request must not reach the API (here
+ * an isolation). Today the fetching send goes on and sends the API request.
+ */
+static void test_cancel_and_close_while_fetching_the_token(void)
+{
+    char id[64], path[160];
+    const qg_sim *plain = start_sim(sim_config(3));
+    const qg_client *pc = sim_client(plain);
+    machine_id(pc, 0, id, sizeof id);
+    qg_client_free(pc);
+    qg_sim_free(plain);
+
+    qg_sim_config *cfg = sim_config(3);
+    CHECK_OK(qg_sim_config_set_faults(cfg, 0.0, 0.0, 300));
+    const qg_sim *s = start_sim(cfg);
+
+    /* Cancel: the isolation is cancelled while its client fetches the token. */
+    const qg_client *c = sim_client(s);
+    snprintf(path, sizeof path, "/api/machines/%s/isolate", id);
+    qg_request *r = new_request("POST", path);
+    const char *isolate = "{\"Comment\":\"cancelled\",\"IsolationType\":\"Full\"}";
+    CHECK_OK(qg_request_set_body(r, (const uint8_t *)isolate, strlen(isolate), NULL));
+    struct blocked_send a = {c, r, QG_OK, 0, ""};
+    pthread_t ta, tb;
+    CHECK(pthread_create(&ta, NULL, blocked_send_main, &a) == 0);
+    sleep_ms(150);
+    CHECK_OK(qg_request_cancel(r));
+    CHECK(pthread_join(ta, NULL) == 0);
+    CHECK_MSG(a.rc == QG_ERR_CANCELLED, "the cancelled isolation: %s: %s", qg_result_str(a.rc), a.error);
+    CHECK_MSG(sim_log_count(s, "/isolate\"") == 0, "a cancelled isolation reached the API");
+    qg_request_free(r);
+    qg_client_free(c);
+
+    /* Close: A fetches the token, B waits for it. */
+    c = sim_client(s);
+    qg_request *ra = new_request("GET", "/api/machines?$top=2");
+    qg_request *rb = new_request("GET", "/api/machines?$top=3");
+    a = (struct blocked_send){c, ra, QG_OK, 0, ""};
+    struct blocked_send b = {c, rb, QG_OK, 0, ""};
+    CHECK(pthread_create(&ta, NULL, blocked_send_main, &a) == 0);
+    sleep_ms(100);
+    CHECK(pthread_create(&tb, NULL, blocked_send_main, &b) == 0);
+    sleep_ms(100);
+    double closed_at = now_ms();
+    CHECK_OK(qg_client_close(c));
+    CHECK(pthread_join(tb, NULL) == 0);
+    CHECK(pthread_join(ta, NULL) == 0);
+    CHECK_MSG(b.rc == QG_ERR_CLOSED, "the send waiting for the token: %s: %s", qg_result_str(b.rc), b.error);
+    CHECK_MSG(b.returned_at - closed_at < 200, "returned %.0f ms after the close", b.returned_at - closed_at);
+    CHECK_MSG(a.rc == QG_ERR_CLOSED, "the send fetching the token: %s: %s", qg_result_str(a.rc), a.error);
+    CHECK_MSG(sim_log_count(s, "\"path\":\"/api/machines?$top=") == 0, "an API request was sent after the close");
+    qg_request_free(ra);
+    qg_request_free(rb);
+    qg_client_free(c);
+    qg_sim_free(s);
+}
+
 /* qg_client_stats_json and qg_string_free. */
 static void test_client_stats(void)
 {
@@ -2006,6 +2068,7 @@ static const struct test g_tests[] = {
     {"slow_server_times_out", test_slow_server_times_out},
     {"cancel_and_close_while_waiting", test_cancel_and_close_while_waiting},
     {"cancel_during_backoff", test_cancel_during_backoff},
+    {"cancel_and_close_while_fetching_the_token", test_cancel_and_close_while_fetching_the_token},
     {"client_stats", test_client_stats},
     {"logger", test_logger},
     {"secret_never_shown", test_secret_never_shown},
