@@ -1446,6 +1446,40 @@ static void test_stricter_server_costs_few_429s(void)
     qg_sim_free(s);
 }
 
+/* When the attempts run out on a 429, the call fails with QG_ERR_THROTTLED and the
+ * server's details, the wait it asked for among them. */
+static void test_throttled_details(void)
+{
+    qg_sim_config *cfg = sim_config(3);
+    CHECK_OK(qg_sim_config_set_limit(cfg, NULL, 1, 10.0));
+    const qg_sim *s = start_sim(cfg);
+    qg_client_builder *b = sim_builder(s);
+    CHECK_OK(qg_client_builder_set_max_attempts(b, 1));
+    const qg_client *c = build(b);
+    char buf[512];
+
+    CHECK_U64(send_simple(c, "GET", "/api/machines?$top=1", NULL), ==, 200);
+    double t0 = now_ms();
+    CHECK_RC(send_rc(c, "GET", "/api/machines?$top=1"), QG_ERR_THROTTLED);
+    CHECK_DBL(now_ms() - t0, <, 3000);
+    CHECK_MSG(strcmp(last_detail(QG_DETAIL_HTTP_STATUS, buf, sizeof buf), "429") == 0, "status \"%s\"", buf);
+    CHECK_MSG(strcmp(last_detail(QG_DETAIL_SERVER_CODE, buf, sizeof buf), "TooManyRequests") == 0, "code \"%s\"",
+              buf);
+    last_detail(QG_DETAIL_SERVER_MESSAGE, buf, sizeof buf);
+    CHECK_MSG(contains(buf, "maximum allowed 1 per"), "message \"%s\"", buf);
+    long wait = -1;
+    last_detail(QG_DETAIL_RETRY_AFTER_MS, buf, sizeof buf);
+    CHECK_MSG(sscanf(buf, "%ld", &wait) == 1 && wait > 5000 && wait <= 10000, "retry after \"%s\" ms", buf);
+    CHECK_MSG(strcmp(last_detail(QG_DETAIL_ATTEMPTS, buf, sizeof buf), "1") == 0, "attempts \"%s\"", buf);
+    CHECK_MSG(last_detail(QG_DETAIL_REQUEST_ID, buf, sizeof buf)[0] != '\0', "a request id");
+    CHECK_U64(sim_stat(s, "throttled"), ==, 1);
+    CHECK_U64(client_stat(c, "throttled"), ==, 1);
+    CHECK_U64(client_stat(c, "pauses"), ==, 1);
+
+    qg_client_free(c);
+    qg_sim_free(s);
+}
+
 /* qg_client_pages, qg_pages_next and qg_pages_next_item. */
 static void test_paging(void)
 {
@@ -2061,6 +2095,7 @@ static const struct test g_tests[] = {
     {"send_and_responses", test_send_and_responses},
     {"quota_kept_by_many_threads", test_quota_kept_by_many_threads},
     {"stricter_server_costs_few_429s", test_stricter_server_costs_few_429s},
+    {"throttled_details", test_throttled_details},
     {"paging", test_paging},
     {"gets_survive_503s", test_gets_survive_503s},
     {"ambiguous_post_is_not_repeated", test_ambiguous_post_is_not_repeated},
