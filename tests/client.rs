@@ -20,6 +20,8 @@ fn builder(sim: &Simulator) -> ClientBuilder {
         .tenant_id(sim.tenant_id())
         .client_id(sim.client_id())
         .client_secret(sim.client_secret())
+        // Loopback answers come in milliseconds: a lost one must not stall a test for minutes.
+        .timeout(Duration::from_secs(10))
         .retry_policy(RetryPolicy {
             max_attempts: 10,
             max_quota_wait: Duration::from_secs(30),
