@@ -542,6 +542,13 @@ qg_result qg_client_builder_set_max_attempts(qg_client_builder *b, uint32_t n);
 qg_result qg_client_builder_set_max_quota_wait_ms(qg_client_builder *b, uint64_t ms);
 
 /**
+ * Widens every window of the client's own limiter by `margin_ms`, to absorb the latency
+ * between admission here and the server's count (not used with
+ * `qg_client_builder_set_limiter`: give that limiter its own margin). `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_margin_ms(qg_client_builder *b, uint64_t margin_ms);
+
+/**
  * Adds a limit of `calls` per `window_ms` to requests that no route names. The first
  * call replaces the built-in defaults (100/min + 1,500/h); later calls add rates that
  * apply together. `b` must not be NULL.
@@ -854,6 +861,17 @@ qg_result qg_limiter_try_acquire(const qg_limiter *l,
                                  const char *key,
                                  uint32_t cost,
                                  uint64_t *wait_ms);
+
+/**
+ * Writes to `*wait_ms` how long a call of `cost` units on `key`'s bucket would wait now,
+ * behind the calls already queued, rounded up to whole milliseconds; 0 when
+ * `qg_limiter_try_acquire` would admit it. Takes nothing. `key` and `cost`: as in
+ * `qg_limiter_acquire`. `l` and `wait_ms` must not be NULL. Thread-safe.
+ */
+qg_result qg_limiter_wait_time(const qg_limiter *l,
+                               const char *key,
+                               uint32_t cost,
+                               uint64_t *wait_ms);
 
 /**
  * Takes a place in the queue of `key`'s bucket for a call of `cost` units, with a

@@ -127,8 +127,12 @@ impl std::fmt::Display for Error {
                 f.write_str("the server answered with an error")?;
                 d.describe(f)
             }
-            Error::Throttled(d) => {
+            Error::Throttled(d) if d.status == Some(429) => {
                 f.write_str("still throttled when the quota budget ran out")?;
+                d.describe(f)
+            }
+            Error::Throttled(d) => {
+                f.write_str("the quota would not admit the call within its wait budget")?;
                 d.describe(f)
             }
             Error::Auth(m, d) => {

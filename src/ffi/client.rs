@@ -265,6 +265,17 @@ pub extern "C" fn qg_client_builder_set_max_quota_wait_ms(
     ffi_boundary! { with_builder(b, |x| x.max_quota_wait(Duration::from_millis(ms))) }
 }
 
+/// Widens every window of the client's own limiter by `margin_ms`, to absorb the latency
+/// between admission here and the server's count (not used with
+/// `qg_client_builder_set_limiter`: give that limiter its own margin). `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_margin_ms(
+    b: *mut qg_client_builder,
+    margin_ms: u64,
+) -> qg_result {
+    ffi_boundary! { with_builder(b, |x| x.margin(Duration::from_millis(margin_ms))) }
+}
+
 /// Adds a limit of `calls` per `window_ms` to requests that no route names. The first
 /// call replaces the built-in defaults (100/min + 1,500/h); later calls add rates that
 /// apply together. `b` must not be NULL.

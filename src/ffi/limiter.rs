@@ -227,6 +227,26 @@ pub extern "C" fn qg_limiter_try_acquire(
     }
 }
 
+/// Writes to `*wait_ms` how long a call of `cost` units on `key`'s bucket would wait now,
+/// behind the calls already queued, rounded up to whole milliseconds; 0 when
+/// `qg_limiter_try_acquire` would admit it. Takes nothing. `key` and `cost`: as in
+/// `qg_limiter_acquire`. `l` and `wait_ms` must not be NULL. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_wait_time(
+    l: *const qg_limiter,
+    key: *const c_char,
+    cost: u32,
+    wait_ms: *mut u64,
+) -> qg_result {
+    ffi_boundary! {
+        let l = unsafe { try_ref(l, "limiter") }?;
+        let key = unsafe { self::key(key) }?;
+        let out = OutPtr::new(wait_ms, "wait_ms")?;
+        out.write(ceil_ms(l.limiter.wait_time(key, cost)?));
+        Ok(())
+    }
+}
+
 /// Takes a place in the queue of `key`'s bucket for a call of `cost` units, with a
 /// deadline `timeout_ms` from now (< 0: none), without blocking.
 ///

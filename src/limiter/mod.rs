@@ -443,6 +443,20 @@ impl Limiter {
         })?
     }
 
+    /// How long a call of `cost` units would wait now (behind the queue, if any), without
+    /// taking anything: zero when `try_acquire` would admit it.
+    pub fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
+        self.with_bucket(key, |st, now| {
+            let cost = Self::check_cost(st, cost)?;
+            if !st.queue.is_empty() {
+                st.pump(now);
+            }
+            Ok(Duration::from_nanos(
+                st.ready_at_behind_queue(now, cost).saturating_sub(now),
+            ))
+        })?
+    }
+
     /// Waits in FIFO order until the bucket admits a call of `cost` units, or until
     /// `timeout` (`None`: no deadline). A deadline that cannot be met fails at once.
     pub fn acquire(

@@ -48,6 +48,26 @@ fn try_acquire_admits_up_to_the_limit_and_reports_the_wait() {
 }
 
 #[test]
+fn wait_time_takes_nothing() {
+    let (l, clock) = manual(&[(2, 100)]);
+    assert_eq!(l.wait_time("k", 1), Ok(Duration::ZERO));
+    l.try_acquire("k", 2).unwrap();
+    clock.advance(Duration::from_millis(30));
+    assert_eq!(l.wait_time("k", 1), Ok(Duration::from_millis(70)));
+    let _t = l.enqueue("k", 2, None).unwrap();
+    assert_eq!(
+        l.wait_time("k", 1),
+        Ok(Duration::from_millis(170)),
+        "behind the queue"
+    );
+    assert_eq!(l.stats("k").admitted_calls, 1);
+    assert!(matches!(
+        l.wait_time("k", 3),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
 fn bad_arguments_are_refused() {
     let (l, _) = manual(&[(5, 100), (3, 1000)]);
     assert!(matches!(

@@ -1212,6 +1212,23 @@ static void test_ticket_behind_an_idle_head_is_admitted(void)
  * Instead it admits the ticket, finds the queue empty and the window free, and still
  * refuses with QG_ERR_WOULD_BLOCK and *wait_ms = 0.
  */
+static void test_wait_time(void)
+{
+    const qg_limiter *l = make_simple(2, 200);
+    uint64_t wait = 12345;
+    CHECK_OK(qg_limiter_wait_time(l, "k", 1, &wait));
+    CHECK_U64(wait, ==, 0);
+    CHECK_OK(qg_limiter_try_acquire(l, "k", 2, NULL));
+    CHECK_OK(qg_limiter_wait_time(l, "k", 1, &wait));
+    CHECK_U64(wait, <=, 200);
+    CHECK_U64(wait, >=, 100);
+    CHECK_U64(stat_of(l, "k", QG_STAT_ADMITTED_CALLS), ==, 1); /* took nothing */
+    CHECK_RC(qg_limiter_wait_time(l, "k", 3, &wait), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_limiter_wait_time(NULL, "k", 1, &wait), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_limiter_wait_time(l, "k", 1, NULL), QG_ERR_NULL_ARGUMENT);
+    qg_limiter_free(l);
+}
+
 static void test_try_acquire_after_the_queue_drains(void)
 {
     const qg_limiter *l = make_simple(2, 100);
@@ -1337,6 +1354,7 @@ static const struct test g_tests[] = {
     {"bad_values", test_bad_values},
     {"null_key_is_the_default_bucket", test_null_key_is_the_default_bucket},
     {"try_acquire", test_try_acquire},
+    {"wait_time", test_wait_time},
     {"acquire", test_acquire},
     {"enqueue_and_wait_in_slices", test_enqueue_and_wait_in_slices},
     {"ticket_cancel_from_another_thread", test_ticket_cancel_from_another_thread},

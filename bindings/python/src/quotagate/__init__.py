@@ -1,0 +1,81 @@
+"""quotagate keeps scripts inside the Microsoft Defender for Endpoint API quotas.
+
+- :class:`Limiter`: an exact rolling-window rate limiter by key, with FIFO waiting.
+- :class:`Client`: an HTTP client for the Defender API that waits its turn instead of
+  collecting 429s, caches tokens, retries safely and follows pages.
+- :mod:`quotagate.testing`: a local simulator of the API for offline tests.
+
+The work is done by the native library ``libquotagate``; this package only translates.
+"""
+
+from __future__ import annotations
+
+from ._client import Client, Headers, Response, Route
+from ._errors import (
+    AuthError,
+    BodyTooLargeError,
+    CancelledError,
+    ClosedError,
+    Error,
+    HTTPError,
+    InvalidArgumentError,
+    NativeIOError,
+    ThrottledError,
+    TimeoutError,
+    TooManyBucketsError,
+    TransportError,
+)
+from ._limiter import Limiter, Rate
+from ._logging import TRACE, set_log_level
+from ._logging import _install as _install_logging
+from ._native import lib as _lib
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "AuthError",
+    "BodyTooLargeError",
+    "CancelledError",
+    "Client",
+    "ClosedError",
+    "Error",
+    "HTTPError",
+    "Headers",
+    "InvalidArgumentError",
+    "Limiter",
+    "NativeIOError",
+    "Rate",
+    "Response",
+    "Route",
+    "ThrottledError",
+    "TimeoutError",
+    "TooManyBucketsError",
+    "TransportError",
+    "TRACE",
+    "library_path",
+    "library_version",
+    "set_log_level",
+]
+
+
+def library_version() -> str:
+    """The version of the loaded native library (equal to :data:`__version__`)."""
+    version: bytes = _lib.qg_version()
+    return version.decode("ascii")
+
+
+def library_path() -> str:
+    """The path of the loaded native library."""
+    return str(_lib.path)
+
+
+# Public classes show as quotagate.X in reprs and tracebacks.
+for _cls in (
+    AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, HTTPError,
+    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, ThrottledError, TimeoutError,
+    TooManyBucketsError, TransportError,
+):  # fmt: skip
+    _cls.__module__ = __name__
+del _cls
+
+_install_logging()

@@ -1,0 +1,652 @@
+"""The client of the Defender for Endpoint API: requests wait for the quota instead of
+collecting 429s; tokens, retries and paging are the library's work."""
+
+from __future__ import annotations
+
+import json as _json
+from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
+
+from . import _convert
+from ._errors import DETAIL_FIELDS, Error, HTTPError, error_from
+from ._handle import NativeHandle
+from ._limiter import Limiter, Rate
+from ._native import QG_DONE, QG_OK, borrowed_bytes, lib, read_text, take_string
+from ._runner import Shared, runner
+
+#: ``(method or None for any, path pattern, [(calls, seconds), ...])``, e.g.
+#: ``("POST", "/api/machines/{id}/isolate", [(100, 60)])``.
+Route = Tuple[Optional[str], str, Sequence[Rate]]
+#: Query parameters: a mapping or a sequence of pairs; a list value repeats the name.
+Params = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
+#: A raw body: bytes as they are, str as UTF-8.
+Body = Union[bytes, bytearray, str]
+
+DEFAULT_BASE_URL = "https://api.securitycenter.microsoft.com"
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+
+
+class Headers(Mapping[str, str]):
+    """The headers of a response: a read-only mapping with case-insensitive names.
+    A header sent several times gives its values joined by ``", "``;
+    :meth:`get_all` gives them one by one."""
+
+    def __init__(self, pairs: Iterable[Tuple[str, str]]) -> None:
+        self._pairs = list(pairs)
+        self._joined: Dict[str, Tuple[str, str]] = {}
+        for name, value in self._pairs:
+            key = name.lower()
+            if key in self._joined:
+                first, before = self._joined[key]
+                self._joined[key] = (first, f"{before}, {value}")
+            else:
+                self._joined[key] = (name, value)
+
+    def __getitem__(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise KeyError(name)
+        return self._joined[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._joined
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._joined.values())
+
+    def __len__(self) -> int:
+        return len(self._joined)
+
+    def get_all(self, name: str) -> List[str]:
+        """Every value of the header ``name``, in the order received."""
+        key = name.lower()
+        return [v for n, v in self._pairs if n.lower() == key]
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
+
+
+class Response:
+    """A final HTTP answer (after the library's waits and retries).
+
+    Any status is a response; :meth:`raise_for_status` turns an error status into
+    :class:`~quotagate.HTTPError`.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: Headers,
+        content: bytes,
+        attempts: int,
+        *,
+        method: str = "",
+        path: str = "",
+        details: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        #: The HTTP status code.
+        self.status_code = status_code
+        #: The headers, case-insensitive.
+        self.headers = headers
+        #: The body, as bytes.
+        self.content = content
+        #: How many attempts the library made for this answer (retries included).
+        self.attempts = attempts
+        #: The request's method and path, for messages.
+        self.method = method
+        self.path = path
+        self._details: Dict[str, str] = dict(details or {})
+
+    @property
+    def ok(self) -> bool:
+        """True for a status below 400."""
+        return self.status_code < 400
+
+    @property
+    def text(self) -> str:
+        """The body decoded with the charset of its Content-Type (UTF-8 by default)."""
+        charset = "utf-8"
+        for part in self.headers.get("content-type", "").split(";")[1:]:
+            name, _, value = part.strip().partition("=")
+            if name.lower() == "charset" and value:
+                charset = value.strip('"')
+        try:
+            return self.content.decode(charset, "replace")
+        except LookupError:
+            return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return _json.loads(self.content)
+
+    def raise_for_status(self) -> "Response":
+        """Raises :class:`~quotagate.HTTPError` for a status of 400 or more, with the
+        server's error code, message, target and request id; returns self otherwise."""
+        if self.ok:
+            return self
+        details = dict(self._details)
+        details.setdefault("status", str(self.status_code))
+        details.setdefault("attempts", str(self.attempts))
+        # The library words the message (status, server code and message, target).
+        text = details.get("summary") or f"the server answered HTTP {self.status_code}"
+        if self.method or self.path:
+            text += f" ({self.method} {self.path})"
+        raise HTTPError(text, result=0, details=details)
+
+    def __repr__(self) -> str:
+        return f"<quotagate.Response [{self.status_code}]>"
+
+
+class Client(NativeHandle):
+    """A client of the Defender for Endpoint API that stays inside its quotas.
+
+    Give either ``tenant_id``, ``client_id`` and ``client_secret`` (an app registration:
+    the library gets and refreshes the tokens) or ``access_token``.
+
+    :param rates: the default quota of every endpoint, ``[(calls, seconds), ...]``
+        (the library's default: 100 per 60 s and 1500 per hour).
+    :param routes: quotas of particular endpoints,
+        ``[(method or None, "/api/machines/{id}/isolate", [(calls, seconds)]), ...]``.
+    :param limiter: a :class:`Limiter` to share quotas between clients.
+    :param timeout: seconds per HTTP attempt.
+    :param max_attempts: attempts per call at most, retries included.
+    :param max_quota_wait: the longest a call waits for the quota, in seconds.
+    :param proxy: proxy URL (default: from ``HTTPS_PROXY``/``NO_PROXY``).
+
+    Use one client from any number of threads. Blocking calls are interruptible by
+    Ctrl+C in the main thread.
+    """
+
+    _kind = "client"
+
+    def __init__(
+        self,
+        tenant_id: Optional[str] = None,
+        client_id: Optional[str] = None,
+        client_secret: Optional[str] = None,
+        *,
+        access_token: Optional[str] = None,
+        base_url: str = DEFAULT_BASE_URL,
+        authority: str = DEFAULT_AUTHORITY,
+        rates: Optional[Sequence[Rate]] = None,
+        routes: Optional[Sequence[Route]] = None,
+        limiter: Optional[Limiter] = None,
+        timeout: Union[int, float] = 300,
+        max_attempts: Optional[int] = None,
+        max_quota_wait: Optional[Union[int, float]] = None,
+        proxy: Optional[str] = None,
+        scope: Optional[str] = None,
+        resource: Optional[str] = None,
+        connect_timeout: Optional[Union[int, float]] = None,
+        max_body_bytes: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self._base_url = base_url
+        self._auth = "access token" if access_token is not None else "client secret"
+        self._tenant_id = tenant_id
+        self._secrets = tuple(s for s in (client_secret, access_token) if isinstance(s, str) and s)
+        settings: List[Tuple[Callable[..., int], Tuple[Any, ...]]] = []
+
+        def add(fn: Callable[..., int], *args: Any) -> None:
+            settings.append((fn, args))
+
+        add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
+        add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
+        # Which credentials are enough, and what they may contain, the library decides.
+        if access_token is not None:
+            add(lib.qg_client_builder_set_access_token, _secret(access_token, "access_token"))
+        for value, name, setter in (
+            (tenant_id, "tenant_id", lib.qg_client_builder_set_tenant_id),
+            (client_id, "client_id", lib.qg_client_builder_set_client_id),
+        ):
+            if value is not None:
+                add(setter, _convert.text(value, name))
+        if client_secret is not None:
+            add(lib.qg_client_builder_set_client_secret, _secret(client_secret, "client_secret"))
+        if scope is not None:
+            add(lib.qg_client_builder_set_scope, _convert.text(scope, "scope"))
+        if resource is not None:
+            add(lib.qg_client_builder_set_resource, _convert.text(resource, "resource"))
+        timeout_ms = _convert.seconds_to_ms(timeout, "timeout", minimum_ms=1)
+        add(lib.qg_client_builder_set_timeout_ms, timeout_ms)
+        if connect_timeout is not None:
+            ms = _convert.seconds_to_ms(connect_timeout, "connect_timeout", minimum_ms=1)
+            add(lib.qg_client_builder_set_connect_timeout_ms, ms)
+        if proxy is not None:
+            add(lib.qg_client_builder_set_proxy, _convert.text(proxy, "proxy"))
+        if max_body_bytes is not None:
+            n = _convert.integer(max_body_bytes, "max_body_bytes", 1, _convert.U64_MAX)
+            add(lib.qg_client_builder_set_max_body_bytes, n)
+        if max_attempts is not None:
+            n = _convert.integer(max_attempts, "max_attempts", 1, _convert.U32_MAX)
+            add(lib.qg_client_builder_set_max_attempts, n)
+        if max_quota_wait is not None:
+            ms = _convert.seconds_to_ms(max_quota_wait, "max_quota_wait")
+            add(lib.qg_client_builder_set_max_quota_wait_ms, ms)
+        if rates is not None:
+            for calls, window_ms in _convert.rates(rates):
+                add(lib.qg_client_builder_add_default_rate, calls, window_ms)
+        for method, pattern, route_rates in _routes(routes):
+            for calls, window_ms in route_rates:
+                add(lib.qg_client_builder_add_route, method, pattern, calls, window_ms)
+        if limiter is not None:
+            if not isinstance(limiter, Limiter):
+                kind = type(limiter).__name__
+                raise TypeError(f"limiter must be a quotagate.Limiter, not {kind}")
+            add(lib.qg_client_builder_set_limiter, limiter._handle())
+        # Keeps the Python object (and so the native handle) alive as long as the client.
+        self._limiter = limiter
+
+        builder = c_void_p()
+        self._check(lib.qg_client_builder_new(byref(builder)))
+        try:
+            for fn, args in settings:
+                self._check(fn(builder, *args))
+            client = c_void_p()
+            self._check(lib.qg_client_builder_build(builder, byref(client)))
+        finally:
+            lib.qg_client_builder_free(builder)
+        self._adopt(client)
+
+    def _native_close(self, ptr: c_void_p) -> None:
+        lib.qg_client_close(ptr)
+
+    def _native_free(self, ptr: c_void_p) -> None:
+        lib.qg_client_free(ptr)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        tenant = f" tenant_id={self._tenant_id!r}" if self._tenant_id else ""
+        return f"<quotagate.Client {self._base_url!r}{tenant} auth={self._auth} {state}>"
+
+    # -- errors ---------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _failure(self, code: int) -> Error:
+        """The exception for a failed client call; call on the thread that failed."""
+        return error_from(code, with_details=True, redact=self._redact)
+
+    def _check(self, code: int) -> None:
+        if code != QG_OK:
+            raise self._failure(code)
+
+    # -- requests -------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        """Sends a request and returns the final answer, whatever its status.
+
+        ``path`` is relative to ``base_url`` (``"/api/machines"``) or an absolute URL.
+        ``json`` is sent as JSON, ``data`` as given (str as UTF-8); not both. The call
+        waits for the quota, refreshes the token, and retries 429, 5xx and transport
+        failures where that is safe.
+
+        :raises ThrottledError: the server kept throttling beyond the allowed wait.
+        :raises AuthError: no token could be obtained.
+        :raises TransportError: the connection failed.
+        :raises TimeoutError: the call's time ran out.
+        """
+        prepared = _Prepared(method, path, params, json, data, headers)
+        client = self._handle()
+        req = self._new_request(prepared)
+        shared = Shared(lambda: lib.qg_request_free(req))
+        try:
+
+            def send() -> Response:
+                resp = c_void_p()
+                code = lib.qg_client_send(client, req, byref(resp))
+                if code != QG_OK:
+                    raise self._failure(code)
+                try:
+                    return _read_response(resp, method, path)
+                finally:
+                    lib.qg_response_free(resp)
+
+            return runner.run(send, lambda: lib.qg_request_cancel(req), shared)
+        finally:
+            shared.release()
+
+    def get(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        """``request("GET", ...)``."""
+        return self.request("GET", path, params, json, data, headers)
+
+    def post(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        """``request("POST", ...)``."""
+        return self.request("POST", path, params, json, data, headers)
+
+    def patch(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        """``request("PATCH", ...)``."""
+        return self.request("PATCH", path, params, json, data, headers)
+
+    def delete(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        """``request("DELETE", ...)``."""
+        return self.request("DELETE", path, params, json, data, headers)
+
+    # -- paging ---------------------------------------------------------------------
+
+    def paginate(self, path: str, params: Optional[Params] = None) -> Iterator[Any]:
+        """Yields the items of ``"value"`` of every page of a GET, following
+        ``@odata.nextLink``; every page goes through the quota.
+
+        :raises HTTPError: a page was answered with an error status.
+        """
+        prepared = _Prepared("GET", path, params)
+        return self._paginate(self._handle(), prepared)
+
+    def _paginate(self, client: c_void_p, prepared: _Prepared) -> Iterator[Any]:
+        # The native objects are made on the first next(): a generator never started
+        # never runs its finally clauses.
+        req, pages, shared = self._start_pages(client, prepared)
+        try:
+
+            def next_item() -> Optional[str]:
+                item = c_void_p()
+                code = lib.qg_pages_next_item(pages, byref(item))
+                if code == QG_DONE:
+                    return None
+                if code != QG_OK:
+                    raise self._failure(code)
+                return take_string(item)
+
+            while True:
+                text = runner.run(next_item, lambda: lib.qg_request_cancel(req), shared)
+                if text is None:
+                    return
+                yield _json.loads(text)
+        finally:
+            shared.release()
+
+    def pages(self, path: str, params: Optional[Params] = None) -> Iterator[Response]:
+        """Yields every page of a GET as a :class:`Response`, following
+        ``@odata.nextLink``.
+
+        :raises HTTPError: a page was answered with an error status.
+        """
+        prepared = _Prepared("GET", path, params)
+        return self._pages(self._handle(), prepared, path)
+
+    def _pages(self, client: c_void_p, prepared: _Prepared, path: str) -> Iterator[Response]:
+        req, pages, shared = self._start_pages(client, prepared)
+        try:
+
+            def next_page() -> Optional[Response]:
+                resp = c_void_p()
+                code = lib.qg_pages_next(pages, byref(resp))
+                if code == QG_DONE:
+                    return None
+                if code != QG_OK:
+                    raise self._failure(code)
+                try:
+                    return _read_response(resp, "GET", path)
+                finally:
+                    lib.qg_response_free(resp)
+
+            while True:
+                page = runner.run(next_page, lambda: lib.qg_request_cancel(req), shared)
+                if page is None:
+                    return
+                yield page
+        finally:
+            shared.release()
+
+    def _start_pages(
+        self, client: c_void_p, prepared: _Prepared
+    ) -> Tuple[c_void_p, c_void_p, Shared]:
+        """The native request and pages, held by a :class:`Shared` that frees both."""
+        req = self._new_request(prepared)
+        pages = c_void_p()
+        try:
+            self._check(lib.qg_client_pages(client, req, byref(pages)))
+        except BaseException:
+            lib.qg_request_free(req)
+            raise
+        shared = Shared(lambda: lib.qg_pages_free(pages), lambda: lib.qg_request_free(req))
+        return req, pages, shared
+
+    # -- the rest -------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """The client's counters: ``requests``, ``retries``, ``throttled``,
+        ``token_requests`` and, per bucket, admissions, waits, pauses and windows."""
+        out = c_void_p()
+        self._check(lib.qg_client_stats_json(self._handle(), byref(out)))
+        result: Dict[str, Any] = _json.loads(take_string(out))
+        return result
+
+    def _new_request(self, prepared: "_Prepared") -> c_void_p:
+        """A native request from checked arguments; the caller frees it."""
+        req = c_void_p()
+        self._check(lib.qg_request_new(prepared.method, prepared.path, byref(req)))
+        try:
+            for name, value in prepared.query:
+                self._check(lib.qg_request_add_query(req, name, value))
+            for name, value in prepared.headers:
+                self._check(lib.qg_request_set_header(req, name, value))
+            if prepared.body is not None:
+                body = prepared.body
+                self._check(lib.qg_request_set_body(req, body, len(body), prepared.content_type))
+        except BaseException:
+            lib.qg_request_free(req)
+            raise
+        return req
+
+
+class _Prepared:
+    """A request's arguments, checked and encoded before anything reaches the library."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "content_type")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self.method = _convert.text(method, "method")
+        if not method:
+            raise ValueError("method must not be empty")
+        self.path = _convert.text(path, "path")
+        if not path:
+            raise ValueError("path must not be empty")
+        self.query = _params(params)
+        header_list = _headers(headers)
+        self.body: Optional[bytes] = None
+        self.content_type: Optional[bytes] = None
+        if json is not None and data is not None:
+            raise ValueError("give json or data, not both")
+        if json is not None:
+            try:
+                text = _json.dumps(json, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            except TypeError as e:
+                raise TypeError(f"json is not serialisable as JSON: {e}") from None
+            except ValueError as e:  # NaN, infinity, a circular reference
+                raise ValueError(f"json is not valid JSON: {e}") from None
+            self.body = text.encode("utf-8")
+        elif data is not None:
+            if isinstance(data, str):
+                self.body = data.encode("utf-8")
+                self.content_type = b"text/plain; charset=utf-8"
+            elif isinstance(data, (bytes, bytearray)):
+                self.body = bytes(data)
+                self.content_type = b"application/octet-stream"
+            else:
+                raise TypeError(f"data must be bytes or str, not {type(data).__name__}")
+        if self.body is not None:
+            # The body's type travels with the body, not as a second header.
+            for name, value in header_list:
+                if name.lower() == b"content-type":
+                    self.content_type = value
+            header_list = [(n, v) for n, v in header_list if n.lower() != b"content-type"]
+        self.headers = header_list
+
+
+def _secret(value: Any, name: str) -> bytes:
+    # _convert.text's messages name the argument, never its value.
+    return _convert.text(value, name)
+
+
+def _routes(routes: Any) -> List[Tuple[Optional[bytes], bytes, List[_convert.NativeRate]]]:
+    if routes is None:
+        return []
+    if isinstance(routes, (str, bytes)) or not isinstance(routes, (list, tuple)):
+        raise TypeError("routes must be a list of (method or None, path pattern, rates)")
+    result = []
+    for i, route in enumerate(routes):
+        if not isinstance(route, (list, tuple)) or len(route) != 3:
+            raise TypeError(f"routes[{i}] must be a (method or None, path pattern, rates) triple")
+        method, pattern, rates = route
+        result.append(
+            (
+                _convert.optional_text(method, f"routes[{i}] method"),
+                _convert.text(pattern, f"routes[{i}] path pattern"),
+                _convert.rates(rates, f"routes[{i}] rates"),
+            )
+        )
+    return result
+
+
+def _query_value(value: Any, name: str) -> bytes:
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, (int, float)):
+        return str(value).encode("ascii")
+    return _convert.text(value, f"params[{name!r}]")
+
+
+def _params(params: Any) -> List[Tuple[bytes, bytes]]:
+    if params is None:
+        return []
+    if isinstance(params, Mapping):
+        pairs = list(params.items())
+    elif isinstance(params, (list, tuple)):
+        pairs = list(params)
+    else:
+        raise TypeError(f"params must be a mapping or a list of pairs, not {type(params).__name__}")
+    result = []
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise TypeError("params must be a mapping or a list of (name, value) pairs")
+        name, value = pair
+        n = _convert.text(name, "params name")
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        result += [(n, _query_value(v, name)) for v in values if v is not None]
+    return result
+
+
+def _headers(headers: Any) -> List[Tuple[bytes, bytes]]:
+    if headers is None:
+        return []
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping, not {type(headers).__name__}")
+    result = []
+    for name, value in headers.items():
+        n = _convert.text(name, "header name")
+        if not name or any(c in name for c in "\r\n:"):
+            raise ValueError(f"invalid header name {name!r}")
+        v = _convert.text(value, f"header {name!r}")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r} must not contain line breaks")
+        result.append((n, v))
+    return result
+
+
+def _read_response(resp: c_void_p, method: str, path: str) -> Response:
+    """Copies a native response into a :class:`Response` (the caller frees it)."""
+    status = c_uint16()
+    _ok(lib.qg_response_status(resp, byref(status)))
+    data, size = c_void_p(), c_size_t()
+    _ok(lib.qg_response_body(resp, byref(data), byref(size)))
+    content = borrowed_bytes(data, size.value)
+    count = c_size_t()
+    _ok(lib.qg_response_header_count(resp, byref(count)))
+    pairs = []
+    name, name_len, value, value_len = c_void_p(), c_size_t(), c_void_p(), c_size_t()
+    for i in range(count.value):
+        _ok(
+            lib.qg_response_header_at(
+                resp, i, byref(name), byref(name_len), byref(value), byref(value_len)
+            )
+        )
+        pairs.append(
+            (
+                borrowed_bytes(name, name_len.value).decode("latin-1"),
+                borrowed_bytes(value, value_len.value).decode("latin-1"),
+            )
+        )
+    attempts = c_uint32()
+    _ok(lib.qg_response_attempts(resp, byref(attempts)))
+    details: Dict[str, str] = {}
+    if status.value >= 400:
+        for field, key in DETAIL_FIELDS.items():
+            text = read_text(lib.qg_response_error_detail, resp, field)
+            if text:
+                details[key] = text
+    return Response(
+        status.value,
+        Headers(pairs),
+        content,
+        attempts.value,
+        method=method.upper(),
+        path=path,
+        details=details,
+    )
+
+
+def _ok(code: int) -> None:
+    if code != QG_OK:
+        raise error_from(code)

@@ -1,0 +1,100 @@
+"""The base class of every object that owns a native handle."""
+
+from __future__ import annotations
+
+import threading
+from ctypes import c_void_p
+from types import TracebackType
+from typing import ClassVar, Optional, Type, TypeVar
+
+from ._errors import ClosedError
+from ._native import QG_ERR_CLOSED
+
+_Self = TypeVar("_Self", bound="NativeHandle")
+
+
+class NativeHandle:
+    """Owns one native handle: :meth:`close` is idempotent and thread-safe, the object
+    is a context manager, and ``__del__`` closes it when the program forgot to.
+
+    Handles that threads share (limiter, client, simulator) are closed at once by
+    :meth:`close` (waiters wake up with :class:`ClosedError`) but their memory is freed
+    only when the Python object goes away, so that a call racing with ``close()`` on
+    another thread never sees a freed pointer: it reaches the closed library object and
+    gets :class:`ClosedError`. Any method used after ``close()`` raises
+    :class:`ClosedError` without calling the library.
+    """
+
+    #: What the handle is, for messages ("limiter", "client", ...).
+    _kind: ClassVar[str] = "handle"
+    #: Keep the memory until the object is collected (handles shared by threads).
+    _free_on_collect: ClassVar[bool] = True
+
+    _ptr: Optional[c_void_p] = None
+    _closed: bool = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _adopt(self, ptr: c_void_p) -> None:
+        """Takes ownership of a handle the library just created."""
+        self._ptr = ptr
+        self._closed = False
+
+    def _native_close(self, ptr: c_void_p) -> None:
+        """Releases what the handle holds (threads, sockets, waiters); it stays valid."""
+
+    def _native_free(self, ptr: c_void_p) -> None:
+        """Frees the handle's memory; never called twice."""
+        raise NotImplementedError
+
+    def _handle(self) -> c_void_p:
+        """The live handle, or :class:`ClosedError` once closed."""
+        ptr = self._ptr
+        if self._closed or ptr is None:
+            raise ClosedError(f"the {self._kind} is closed", result=QG_ERR_CLOSED)
+        return ptr
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Closes the object; calling it again does nothing. Thread-safe."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            ptr = self._ptr
+            if ptr is None:
+                return
+            self._native_close(ptr)
+            if not self._free_on_collect:
+                self._ptr = None
+                self._native_free(ptr)
+
+    def __enter__(self: _Self) -> _Self:
+        self._handle()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        ptr = self._ptr
+        if ptr is None:
+            return
+        self._ptr = None
+        try:
+            if not self._closed:
+                self._closed = True
+                self._native_close(ptr)
+            self._native_free(ptr)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

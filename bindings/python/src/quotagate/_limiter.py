@@ -1,0 +1,264 @@
+"""The limiter: exact rolling windows, FIFO waiting, pauses, by key."""
+
+from __future__ import annotations
+
+import threading
+from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import _convert
+from ._errors import check, error_from
+from ._handle import NativeHandle
+from ._native import (
+    QG_ERR_WOULD_BLOCK,
+    QG_OK,
+    QG_PENDING,
+    QG_STAT_ADMITTED_CALLS,
+    QG_STAT_ADMITTED_UNITS,
+    QG_STAT_CANCELLATIONS,
+    QG_STAT_LONGEST_WAIT_US,
+    QG_STAT_PAUSED_FOR_MS,
+    QG_STAT_PAUSES,
+    QG_STAT_QUEUED,
+    QG_STAT_REFUSALS,
+    QG_STAT_TIMEOUTS,
+    QG_STAT_TOTAL_WAIT_US,
+    QG_STAT_WAITED_CALLS,
+    lib,
+)
+
+#: ``(calls, seconds)``: at most ``calls`` units in any rolling window of ``seconds``.
+Rate = Tuple[int, Union[int, float]]
+
+# The main thread waits in short slices so that Ctrl+C interrupts it within 200 ms;
+# other threads never receive KeyboardInterrupt and wake up less often.
+_MAIN_SLICE_MS = 50
+_THREAD_SLICE_MS = 1000
+_KEY_CACHE_SIZE = 4096
+
+# QG_STAT_* field -> (name in stats(), divisor to seconds or None for a count)
+_STAT_FIELDS: List[Tuple[int, str, Optional[float]]] = [
+    (QG_STAT_ADMITTED_CALLS, "admitted_calls", None),
+    (QG_STAT_ADMITTED_UNITS, "admitted_units", None),
+    (QG_STAT_WAITED_CALLS, "waited_calls", None),
+    (QG_STAT_TOTAL_WAIT_US, "total_wait", 1e6),
+    (QG_STAT_LONGEST_WAIT_US, "longest_wait", 1e6),
+    (QG_STAT_TIMEOUTS, "timeouts", None),
+    (QG_STAT_CANCELLATIONS, "cancellations", None),
+    (QG_STAT_REFUSALS, "refusals", None),
+    (QG_STAT_PAUSES, "pauses", None),
+    (QG_STAT_PAUSED_FOR_MS, "paused_for", 1e3),
+    (QG_STAT_QUEUED, "queued", None),
+]
+
+_try_acquire = lib.qg_limiter_try_acquire
+_main_thread = threading.main_thread()
+
+# The hot path passes ctypes objects made once: an argument that already has its
+# argtype skips a conversion per call (about 80 ns each).
+_SMALL_COSTS = tuple(c_uint32(i) for i in range(257))
+
+
+class Limiter(NativeHandle):
+    """A thread-safe limiter of calls by key.
+
+    Each key has a bucket; every rate of a bucket applies at once, as an exact rolling
+    window (a call is admitted only if, for every ``(calls, seconds)`` rate, the units
+    admitted in the last ``seconds`` plus its cost stay within ``calls``). Callers that
+    must wait queue in FIFO order.
+
+    :param rates: the default rates of every bucket, e.g. ``[(100, 60), (1500, 3600)]``.
+    :param margin: seconds added to every window, to absorb the latency between the
+        admission here and the server's count.
+    :param max_buckets: the most buckets held at once (idle ones are dropped to make room).
+
+    Use it from any number of threads. ``close()`` wakes every waiter with
+    :class:`~quotagate.ClosedError`; it is also a context manager.
+    """
+
+    _kind = "limiter"
+
+    def __init__(
+        self,
+        rates: Sequence[Rate],
+        *,
+        margin: Union[int, float] = 0.0,
+        max_buckets: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        native_rates = _convert.rates(rates)
+        margin_ms = _convert.seconds_to_ms(margin, "margin")
+        if max_buckets is not None:
+            max_buckets = _convert.integer(max_buckets, "max_buckets", 1, 2**63 - 1)
+        builder = c_void_p()
+        check(lib.qg_limiter_builder_new(byref(builder)))
+        try:
+            for calls, window_ms in native_rates:
+                check(lib.qg_limiter_builder_add_rate(builder, calls, window_ms))
+            check(lib.qg_limiter_builder_set_margin(builder, margin_ms))
+            if max_buckets is not None:
+                check(lib.qg_limiter_builder_set_max_buckets(builder, max_buckets))
+            limiter = c_void_p()
+            check(lib.qg_limiter_builder_build(builder, byref(limiter)))
+        finally:
+            lib.qg_limiter_builder_free(builder)
+        self._adopt(limiter)
+        self._rates = [(calls, ms / 1000.0) for calls, ms in native_rates]
+        self._keys: Dict[str, Optional[c_char_p]] = {"": None}
+
+    def _native_close(self, ptr: c_void_p) -> None:
+        lib.qg_limiter_close(ptr)
+
+    def _native_free(self, ptr: c_void_p) -> None:
+        lib.qg_limiter_free(ptr)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<quotagate.Limiter rates={self._rates!r} {state}>"
+
+    def _key(self, key: Any) -> Optional[c_char_p]:
+        """The key as the library takes it (None: the default bucket), cached so that
+        the hot path does one dict lookup."""
+        try:
+            return self._keys[key]
+        except (KeyError, TypeError):
+            pass
+        encoded = c_char_p(_convert.text(key, "key"))
+        if len(self._keys) >= _KEY_CACHE_SIZE:
+            self._keys = {"": None}
+        self._keys[key] = encoded
+        return encoded
+
+    def try_acquire(self, key: str = "", cost: int = 1) -> bool:
+        """Admits a call of ``cost`` units on ``key``'s bucket now if every window allows
+        it and nobody waits before it; never blocks.
+
+        Returns True when admitted (the permit is taken), False when not.
+        """
+        try:
+            k = self._keys[key]
+        except (KeyError, TypeError):
+            k = self._key(key)
+        if type(cost) is int and 0 < cost <= 256:
+            c: Union[int, c_uint32] = _SMALL_COSTS[cost]
+        else:
+            c = _convert.cost(cost)
+        if self._closed:
+            self._handle()
+        rc = _try_acquire(self._ptr, k, c, None)
+        if rc == QG_OK:
+            return True
+        if rc == QG_ERR_WOULD_BLOCK:
+            return False
+        raise error_from(rc)
+
+    def wait_time(self, key: str = "", cost: int = 1) -> float:
+        """Tries to admit a call like :meth:`try_acquire` and tells how long it would
+        have to wait, in seconds.
+
+        Returns ``0.0`` when the call was admitted: **the permit is then taken**, exactly
+        as by :meth:`try_acquire` (the library has no side-effect-free peek). Otherwise
+        nothing is taken and the result is the wait needed, rounded up to whole
+        milliseconds (a lower bound when others are queued).
+        """
+        k = self._key(key)
+        cost = _convert.cost(cost)
+        wait_ms = c_uint64(0)
+        rc = _try_acquire(self._handle(), k, cost, byref(wait_ms))
+        if rc == QG_OK:
+            return 0.0
+        if rc == QG_ERR_WOULD_BLOCK:
+            return wait_ms.value / 1000.0
+        raise error_from(rc)
+
+    def acquire(
+        self, key: str = "", cost: int = 1, timeout: Optional[Union[int, float]] = None
+    ) -> None:
+        """Waits in FIFO order until ``key``'s bucket admits a call of ``cost`` units.
+
+        :param timeout: seconds to wait at most (None: no deadline). A deadline that
+            cannot be met fails at once.
+        :raises quotagate.TimeoutError: the deadline passed or cannot be met.
+        :raises quotagate.ClosedError: the limiter is or gets closed.
+
+        The wait is interruptible: Ctrl+C in the main thread raises
+        :class:`KeyboardInterrupt` within about 50 ms, and the place in the queue is
+        given up without disturbing the order of the others.
+        """
+        k = self._key(key)
+        cost = _convert.cost(cost)
+        deadline_ms = _convert.timeout_ms(timeout)
+        ticket = c_void_p()
+        rc = lib.qg_limiter_enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
+        if rc != QG_OK:
+            raise error_from(rc)
+        main = threading.current_thread() is _main_thread
+        slice_ms = _MAIN_SLICE_MS if main else _THREAD_SLICE_MS
+        try:
+            while True:
+                rc = lib.qg_ticket_wait(ticket, slice_ms)
+                if rc == QG_PENDING:
+                    continue
+                if rc == QG_OK:
+                    return
+                raise error_from(rc)
+        except BaseException:
+            # Leave the queue (QG_ERR_NOT_WAITING if admitted meanwhile: nothing to undo).
+            lib.qg_ticket_cancel(ticket)
+            raise
+        finally:
+            lib.qg_ticket_free(ticket)
+
+    def pause(self, key: str, seconds: Union[int, float]) -> None:
+        """Makes every caller of ``key``'s bucket wait ``seconds`` from now. A longer
+        pause already in force is never shortened."""
+        k = self._key(key)
+        ms = _convert.seconds_to_ms(seconds, "seconds")
+        check(lib.qg_limiter_pause(self._handle(), k, ms))
+
+    def set_rates(self, key: str, rates: Sequence[Rate]) -> None:
+        """Gives ``key``'s bucket its own rates instead of the default ones; calls
+        already admitted stay counted."""
+        k = self._key(key)
+        native = _convert.rates(rates)
+        n = len(native)
+        calls = (c_uint32 * n)(*(c for c, _ in native))
+        windows = (c_uint64 * n)(*(w for _, w in native))
+        check(lib.qg_limiter_set_rates(self._handle(), k, calls, windows, n))
+
+    def stats(self, key: str = "") -> Dict[str, Any]:
+        """A snapshot of ``key``'s bucket.
+
+        Counts: ``admitted_calls``, ``admitted_units``, ``waited_calls``, ``timeouts``,
+        ``cancellations``, ``refusals`` (try_acquire refused), ``pauses``, ``queued``
+        (waiting now). Seconds (float): ``total_wait``, ``longest_wait`` (of admitted
+        calls), ``paused_for`` (pause left). ``windows``: one dict per rate, in order,
+        with ``used`` (units inside the window now), ``calls`` and ``window`` (seconds,
+        margin included).
+        """
+        k = self._key(key)
+        snapshot = c_void_p()
+        check(lib.qg_limiter_stats(self._handle(), k, byref(snapshot)))
+        try:
+            result: Dict[str, Any] = {}
+            value = c_uint64()
+            for field, name, divisor in _STAT_FIELDS:
+                check(lib.qg_bucket_stats_get(snapshot, field, byref(value)))
+                result[name] = value.value if divisor is None else value.value / divisor
+            count = c_size_t()
+            check(lib.qg_bucket_stats_window_count(snapshot, byref(count)))
+            used, calls, window_ms = c_uint64(), c_uint64(), c_uint64()
+            windows = []
+            for i in range(count.value):
+                check(
+                    lib.qg_bucket_stats_window(
+                        snapshot, i, byref(used), byref(calls), byref(window_ms)
+                    )
+                )
+                windows.append(
+                    {"used": used.value, "calls": calls.value, "window": window_ms.value / 1000.0}
+                )
+            result["windows"] = windows
+            return result
+        finally:
+            lib.qg_bucket_stats_free(snapshot)

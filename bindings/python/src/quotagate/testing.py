@@ -1,0 +1,201 @@
+"""A local simulator of the Defender for Endpoint API, for offline tests and demos.
+
+It serves the API and its token endpoint on 127.0.0.1, enforces quotas like the real
+service (429 with Retry-After), issues tokens that expire, and can inject faults::
+
+    from quotagate import Client
+    from quotagate.testing import Simulator
+
+    with Simulator(limit=10, window=1.0) as sim:
+        client = Client(sim.tenant_id, sim.client_id, sim.client_secret,
+                        base_url=sim.url, authority=sim.authority, rates=[(10, 1.0)])
+        machines = list(client.paginate("/api/machines"))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from ctypes import byref, c_void_p
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from . import _convert
+from ._errors import check
+from ._handle import NativeHandle
+from ._limiter import Rate
+from ._native import (
+    QG_SIM_AUTHORITY,
+    QG_SIM_CLIENT_ID,
+    QG_SIM_CLIENT_SECRET,
+    QG_SIM_RETRY_AFTER_BODY_ONLY,
+    QG_SIM_RETRY_AFTER_HTTP_DATE,
+    QG_SIM_RETRY_AFTER_MS,
+    QG_SIM_RETRY_AFTER_NONE,
+    QG_SIM_RETRY_AFTER_SECONDS,
+    QG_SIM_RETRY_AFTER_X_MS,
+    QG_SIM_TENANT_ID,
+    QG_SIM_URL,
+    lib,
+    read_text,
+    take_string,
+)
+
+__all__ = ["RETRY_AFTER_STYLES", "Simulator"]
+
+#: How 429 answers tell the wait: ``retry_after=`` of :class:`Simulator`.
+RETRY_AFTER_STYLES = {
+    "seconds": QG_SIM_RETRY_AFTER_SECONDS,  # Retry-After: 12
+    "http-date": QG_SIM_RETRY_AFTER_HTTP_DATE,  # Retry-After: <HTTP-date>
+    "ms": QG_SIM_RETRY_AFTER_MS,  # retry-after-ms only
+    "x-ms": QG_SIM_RETRY_AFTER_X_MS,  # x-ms-retry-after-ms only
+    "body-only": QG_SIM_RETRY_AFTER_BODY_ONLY,  # no header; the body states the limit
+    "none": QG_SIM_RETRY_AFTER_NONE,  # no hint at all
+}
+
+# The simulator's default class, when only one of limit and window is given.
+_DEFAULT_LIMIT = 100
+_DEFAULT_WINDOW = 60.0
+
+
+class Simulator(NativeHandle):
+    """Starts the simulator; :meth:`stop` (or leaving the ``with`` block) stops it.
+
+    :param limit: calls per ``window`` of the default endpoint class (given alone, the
+        other one is 100 calls or 60 s); None keeps the simulator's built-in limits.
+    :param window: seconds of that window (simulated time, see ``time_scale``).
+    :param limits: more limits per endpoint class, e.g. ``{"hunting": [(45, 60)]}``;
+        the first rate of a class replaces its built-in limits.
+    :param machines: how many machines the API lists.
+    :param time_scale: real seconds per simulated second (0.01: a 60 s window lasts
+        0.6 s).
+    :param token_lifetime: seconds a token lives (None: the simulator's default).
+    :param error_rate: share of calls answered with 503.
+    :param reset_rate: share of calls whose connection is reset.
+    :param latency: seconds added to every answer.
+    :param port: TCP port on 127.0.0.1 (0: any free one).
+    :param retry_after: how 429 answers tell the wait, one of
+        :data:`RETRY_AFTER_STYLES` (``"seconds"``, ``"http-date"``, ``"ms"``,
+        ``"x-ms"``, ``"body-only"``, ``"none"``).
+
+    Attributes: ``url`` (the API's base URL), ``authority``, ``tenant_id``,
+    ``client_id`` and ``client_secret`` (credentials the simulator accepts).
+    """
+
+    _kind = "simulator"
+
+    def __init__(
+        self,
+        limit: Optional[int] = None,
+        window: Optional[Union[int, float]] = None,
+        machines: int = 250,
+        time_scale: Union[int, float] = 1.0,
+        token_lifetime: Optional[Union[int, float]] = None,
+        error_rate: float = 0.0,
+        reset_rate: float = 0.0,
+        latency: Union[int, float] = 0.0,
+        port: int = 0,
+        *,
+        limits: Optional[Mapping[str, Sequence[Rate]]] = None,
+        retry_after: str = "seconds",
+    ) -> None:
+        super().__init__()
+        class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
+        if limit is not None or window is not None:
+            calls = _DEFAULT_LIMIT if limit is None else limit
+            seconds = _DEFAULT_WINDOW if window is None else window
+            class_limits[b"default"] = _convert.rates([(calls, seconds)], "limit/window")
+        if limits is not None:
+            if not isinstance(limits, Mapping):
+                raise TypeError("limits must be a mapping of endpoint class to rates")
+            for name, rates in limits.items():
+                key = _convert.text(name, "limits key")
+                class_limits.setdefault(key, [])
+                class_limits[key] += _convert.rates(rates, f"limits[{name!r}]")
+        machines = _convert.integer(machines, "machines", 0, _convert.U32_MAX)
+        scale = _fraction(time_scale, "time_scale", positive=True)
+        lifetime_ms = (
+            None
+            if token_lifetime is None
+            else _convert.seconds_to_ms(token_lifetime, "token_lifetime", minimum_ms=1)
+        )
+        errors = _fraction(error_rate, "error_rate", at_most_one=True)
+        resets = _fraction(reset_rate, "reset_rate", at_most_one=True)
+        latency_ms = _convert.seconds_to_ms(latency, "latency")
+        port = _convert.integer(port, "port", 0, 65535)
+        if not isinstance(retry_after, str):
+            raise TypeError(f"retry_after must be a str, not {type(retry_after).__name__}")
+        if retry_after not in RETRY_AFTER_STYLES:
+            choices = ", ".join(RETRY_AFTER_STYLES)
+            raise ValueError(f"retry_after must be one of {choices}, not {retry_after!r}")
+
+        config = c_void_p()
+        check(lib.qg_sim_config_new(byref(config)))
+        try:
+            check(lib.qg_sim_config_set_machines(config, machines))
+            for endpoint_class, class_rates in class_limits.items():
+                for calls, window_ms in class_rates:
+                    seconds = window_ms / 1000.0
+                    check(lib.qg_sim_config_set_limit(config, endpoint_class, calls, seconds))
+            check(lib.qg_sim_config_set_time_scale(config, scale))
+            if lifetime_ms is not None:
+                check(lib.qg_sim_config_set_token_lifetime_ms(config, lifetime_ms))
+            check(lib.qg_sim_config_set_faults(config, errors, resets, latency_ms))
+            style = RETRY_AFTER_STYLES[retry_after]
+            check(lib.qg_sim_config_set_retry_after_style(config, style))
+            sim = c_void_p()
+            check(lib.qg_sim_start(config, port, byref(sim)))
+        finally:
+            lib.qg_sim_config_free(config)
+        self._adopt(sim)
+        self.url: str = self._info(QG_SIM_URL)
+        self.authority: str = self._info(QG_SIM_AUTHORITY)
+        self.tenant_id: str = self._info(QG_SIM_TENANT_ID)
+        self.client_id: str = self._info(QG_SIM_CLIENT_ID)
+        self.client_secret: str = self._info(QG_SIM_CLIENT_SECRET)
+
+    def _native_close(self, ptr: c_void_p) -> None:
+        lib.qg_sim_stop(ptr)
+
+    def _native_free(self, ptr: c_void_p) -> None:
+        lib.qg_sim_free(ptr)
+
+    def _info(self, field: int) -> str:
+        text = read_text(lib.qg_sim_info, self._handle(), field)
+        if text is None:
+            raise RuntimeError(f"the simulator did not tell its field {field}")
+        return text
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._closed else "running"
+        return f"<quotagate.testing.Simulator {getattr(self, 'url', '?')} {state}>"
+
+    def stop(self) -> None:
+        """Stops the simulator; calling it again does nothing."""
+        self.close()
+
+    def requests(self) -> List[Dict[str, Any]]:
+        """Every request the simulator answered, in order: dicts with ``at_ms``,
+        ``method``, ``path``, ``status``, ``class``, ``client_id`` and ``reset``."""
+        out = c_void_p()
+        check(lib.qg_sim_log_json(self._handle(), byref(out)))
+        result: List[Dict[str, Any]] = json.loads(take_string(out))
+        return result
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters: ``requests``, ``throttled``, ``token_requests``, ``resets``,
+        ``errors_503``, ``by_status`` and ``max_in_window`` per endpoint class."""
+        out = c_void_p()
+        check(lib.qg_sim_stats_json(self._handle(), byref(out)))
+        result: Dict[str, Any] = json.loads(take_string(out))
+        return result
+
+
+def _fraction(value: Any, name: str, *, positive: bool = False, at_most_one: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0) or (at_most_one and v > 1):
+        bound = "between 0 and 1" if at_most_one else ("above 0" if positive else ">= 0")
+        raise ValueError(f"{name} must be {bound}, not {value!r}")
+    return v

@@ -1,0 +1,64 @@
+"""Shared fixtures. The tests import whichever quotagate is importable: the installed
+package under scripts/test-python.sh (run from outside the source tree)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+import quotagate
+from quotagate import _native
+
+#: The repository's header, when the tests run from a checkout.
+HEADER = Path(__file__).resolve().parents[3] / "include" / "quotagate.h"
+
+HAS_CLIENT = not {"qg_client_send", "qg_sim_start"} & set(_native.lib.missing)
+requires_client = pytest.mark.skipif(
+    not HAS_CLIENT, reason="the loaded library has no client or simulator ABI"
+)
+
+
+def header_text() -> str:
+    if not HEADER.is_file():
+        pytest.skip("include/quotagate.h is not available")
+    return HEADER.read_text(encoding="utf-8")
+
+
+def header_functions() -> List[str]:
+    """The names of the functions the header declares (comments removed first)."""
+    code = re.sub(r"/\*.*?\*/", "", header_text(), flags=re.S)
+    code = re.sub(r"//[^\n]*", "", code)
+    return re.findall(r"\b(qg_\w+)\s*\(", code)
+
+
+def header_defines() -> Dict[str, int]:
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^#define\s+(QG_\w+)\s+(\d+)\s*$", header_text(), re.M)
+    }
+
+
+def subprocess_env() -> Dict[str, str]:
+    """An environment in which a child Python imports the same quotagate as this one."""
+    env = dict(os.environ)
+    package_parent = str(Path(quotagate.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@pytest.fixture
+def sim() -> Iterator["quotagate.testing.Simulator"]:
+    if not HAS_CLIENT:
+        pytest.skip("the loaded library has no simulator yet")
+    from quotagate.testing import Simulator
+
+    with Simulator() as s:
+        yield s
+
+
+PYTHON = sys.executable
