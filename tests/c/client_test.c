@@ -545,6 +545,7 @@ static void test_builder_arguments(void)
     CHECK_RC(qg_client_builder_set_max_body_bytes(NULL, 1000), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_max_attempts(NULL, 3), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_max_quota_wait_ms(NULL, 1000), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_client_builder_set_margin_ms(NULL, 15), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_add_default_rate(NULL, 1, 1000), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_add_route(NULL, "GET", "/api/x", 1, 1000), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_limiter(NULL, NULL), QG_ERR_NULL_ARGUMENT);
@@ -613,6 +614,8 @@ static void test_builder_arguments(void)
     CHECK_OK(qg_client_builder_set_max_body_bytes(b, 1u << 20));
     CHECK_OK(qg_client_builder_set_max_quota_wait_ms(b, 0));
     CHECK_OK(qg_client_builder_set_max_quota_wait_ms(b, 60000));
+    CHECK_OK(qg_client_builder_set_margin_ms(b, 0));
+    CHECK_OK(qg_client_builder_set_margin_ms(b, 15));
     CHECK_OK(qg_client_builder_add_default_rate(b, 100, 60000));
     CHECK_OK(qg_client_builder_add_route(b, NULL, "/api/machines/{id}", 5, 1000));
     CHECK_OK(qg_client_builder_add_route(b, "post", "/api/machines/*/isolate", 5, 1000));
@@ -1379,10 +1382,11 @@ static void test_quota_kept_by_many_threads(void)
     CHECK_OK(qg_sim_config_set_limit(cfg, NULL, 10, 0.5));
     const qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
-    /* 10 per 500 ms like the server, widened by a margin for the time between admission
-     * here and the server's count (thread scheduling; much longer under valgrind). */
+    /* 10 per 500 ms like the server, with a margin for the time between admission here
+     * and the server's count (thread scheduling; much longer under valgrind). */
     const uint64_t margin_ms = UNDER_VALGRIND() ? 1000 : 100;
-    CHECK_OK(qg_client_builder_add_default_rate(b, 10, 500 + margin_ms));
+    CHECK_OK(qg_client_builder_add_default_rate(b, 10, 500));
+    CHECK_OK(qg_client_builder_set_margin_ms(b, margin_ms));
     const qg_client *c = build(b);
 
     /* One call first: the token, and code paths that valgrind translates once, would
@@ -1410,6 +1414,8 @@ static void test_quota_kept_by_many_threads(void)
               "33 requests, no 429, one token: %s", cs ? cs : "(null)");
     CHECK_MSG(json_int(cs, "admitted_calls") == 33 && json_int(cs, "waited_calls") > 0,
               "33 admitted, some after a wait: %s", cs ? cs : "(null)");
+    CHECK_MSG(json_int(cs, "calls") == 10 && json_int(cs, "window_ms") == (long)(500 + margin_ms),
+              "the window is widened by the margin: %s", cs ? cs : "(null)");
     qg_string_free(cs);
 
     qg_client_free(c);
