@@ -42,6 +42,7 @@
 
 mod config;
 mod data;
+mod http;
 mod log;
 mod net;
 mod quota;
@@ -57,15 +58,10 @@ pub use log::{LogEntry, SimStats, WindowPeak};
 
 use parking_lot::{Condvar, Mutex};
 use server::{Core, Incoming};
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Worker threads: enough that concurrent clients and latency do not queue behind
-/// each other.
-const WORKERS: usize = 8;
 
 /// The largest request body read (larger ones are cut).
 const MAX_BODY: u64 = 16 << 20;
@@ -75,8 +71,9 @@ const MAX_BODY: u64 = 16 << 20;
 /// Safe to share between threads: every method takes `&self` except `stop`.
 pub struct Simulator {
     inner: Arc<Inner>,
-    server: Option<Arc<tiny_http::Server>>,
-    workers: Vec<JoinHandle<()>>,
+    /// Each connection is served by a thread of its own, so concurrent clients,
+    /// latency and hunting delays never queue behind each other.
+    server: Option<net::Server>,
 }
 
 struct Inner {
@@ -120,37 +117,20 @@ impl Simulator {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
-        let server = Arc::new(server);
         let inner = Arc::new(Inner {
             core: Core::new(config, Instant::now(), format!("http://{addr}")),
             addr,
             stopping: Mutex::new(false),
             wake: Condvar::new(),
         });
-        let mut workers = Vec::with_capacity(WORKERS);
-        for i in 0..WORKERS {
-            let (shared, srv) = (Arc::clone(&inner), Arc::clone(&server));
-            let worker = std::thread::Builder::new()
-                .name(format!("quotagate-sim-{i}"))
-                .spawn(move || serve(&shared, &srv));
-            match worker {
-                Ok(w) => workers.push(w),
-                Err(e) => {
-                    let sim = Simulator {
-                        inner,
-                        server: Some(server),
-                        workers,
-                    };
-                    drop(sim);
-                    return Err(e);
-                }
-            }
-        }
+        let handler = {
+            let inner = Arc::clone(&inner);
+            Box::new(move |request: &http::Request| handle(&inner, request))
+        };
+        let server = net::Server::start(listener, MAX_BODY, handler)?;
         Ok(Simulator {
             inner,
             server: Some(server),
-            workers,
         })
     }
 
@@ -255,27 +235,20 @@ impl Simulator {
         self.inner.core.state.lock().live.retry_after_style = style;
     }
 
-    /// Stops serving: workers end (a pending hunting delay or latency is cut short),
-    /// the port closes, and open keep-alive connections are shut down.
+    /// Stops serving: the port closes, open keep-alive connections are shut down (a
+    /// pending hunting delay or latency is cut short, its call gets no answer) and every
+    /// thread of the simulator has ended when this returns.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        let Some(server) = self.server.take() else {
+        let Some(mut server) = self.server.take() else {
             return;
         };
         *self.inner.stopping.lock() = true;
         self.inner.wake.notify_all();
-        for _ in &self.workers {
-            server.unblock();
-        }
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        // The last reference: dropping it ends tiny_http's accept thread.
-        drop(server);
-        net::close_all(self.inner.addr);
+        server.stop();
     }
 }
 
@@ -294,55 +267,22 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
-fn serve(inner: &Inner, server: &tiny_http::Server) {
-    loop {
-        match server.recv() {
-            Ok(request) => handle(inner, request),
-            Err(_) if inner.stopping() => return,
-            // An accept error: tiny_http's accept loop has ended; wait for stop.
-            Err(_) => inner.sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-fn handle(inner: &Inner, mut request: tiny_http::Request) {
-    let header = |name: &'static str| {
-        request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str().to_owned())
-    };
-    let authorization = header("Authorization");
-    let client_request_id = header("client-request-id");
-    let method = request.method().as_str().to_owned();
-    let url = request.url().to_owned();
-    let mut body = Vec::new();
-    if request
-        .as_reader()
-        .take(MAX_BODY)
-        .read_to_end(&mut body)
-        .is_err()
-    {
-        return; // the client went away before its request was complete
-    }
+/// Decides the answer to one request, waits its delay, and says how to send it.
+fn handle(inner: &Inner, request: &http::Request) -> net::Action {
     let out = inner.core.process(&Incoming {
-        method: &method,
-        url: &url,
-        authorization: authorization.as_deref(),
-        client_request_id: client_request_id.as_deref(),
-        body: &body,
+        method: &request.method,
+        url: &request.target,
+        authorization: request.header("Authorization"),
+        client_request_id: request.header("client-request-id"),
+        body: &request.body,
     });
     inner.sleep(out.delay);
-    if out.reset {
-        net::reset(request, inner.addr);
-        return;
+    if out.reset || inner.stopping() {
+        return net::Action::Reset;
     }
-    let mut response = tiny_http::Response::from_data(out.body).with_status_code(out.status);
-    for (name, value) in out.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(h);
-        }
+    net::Action::Respond {
+        status: out.status,
+        headers: out.headers,
+        body: out.body,
     }
-    let _ = request.respond(response);
 }

@@ -924,3 +924,142 @@ fn invalid_configurations_are_refused() {
     let err = Simulator::start(SimConfig::default().reset_rate(1.5)).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
+
+/// Many keep-alive clients that connect at once while a token is refreshed on another
+/// connection: every request is answered within a bounded time. Connections stay open
+/// until every client is done, as pooled ones do, so a connection that nobody served
+/// would wait for the end of the test.
+#[test]
+fn keep_alive_clients_and_a_token_refresh_are_all_answered() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Barrier, RwLock};
+
+    const CLIENTS: usize = 16;
+    const CALLS: usize = 200;
+    let sim = Arc::new(start(
+        SimConfig::default()
+            .token_lifetime(Duration::from_millis(1000))
+            .limits(CLASS_DEFAULT, &[(1_000_000, 60.0)])
+            .limits(CLASS_TOKEN, &[(1_000_000, 60.0)]),
+    ));
+    let prompt = || -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build()
+            .into()
+    };
+    let began = Instant::now();
+    // The token connection stays open too, as in a client's pool.
+    let token_agent = prompt();
+    let token = Arc::new(RwLock::new(token(&sim, &token_agent)));
+    let done = Arc::new(AtomicBool::new(false));
+    let refresher = {
+        let (sim, token, done) = (Arc::clone(&sim), Arc::clone(&token), Arc::clone(&done));
+        thread::spawn(move || -> Result<usize, String> {
+            let mut refreshed = 0;
+            while !done.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(200));
+                let a = token_v2(&sim, &token_agent, sim.client_secret());
+                let value = a.json()["access_token"].as_str().map(str::to_owned);
+                *token.write().unwrap() = value.ok_or(a.body)?;
+                refreshed += 1;
+            }
+            Ok(refreshed)
+        })
+    };
+    let start_line = Arc::new(Barrier::new(CLIENTS));
+    let finish_line = Arc::new(Barrier::new(CLIENTS));
+    let url = format!("{}/api/machines?$top=1", sim.url());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, token) = (url.clone(), Arc::clone(&token));
+            let (start_line, finish_line) = (Arc::clone(&start_line), Arc::clone(&finish_line));
+            thread::spawn(move || -> Result<(), String> {
+                let agent = prompt();
+                start_line.wait();
+                let mut outcome = Ok(());
+                for call in 0..CALLS {
+                    let bearer = token.read().unwrap().clone();
+                    let sent = Instant::now();
+                    match get_result(&agent, &url, &bearer) {
+                        Ok(r) if r.status() == 200 => {}
+                        Ok(r) => {
+                            outcome = Err(format!("call {call}: status {}", r.status()));
+                            break;
+                        }
+                        Err(e) => {
+                            outcome = Err(format!("call {call} after {:?}: {e}", sent.elapsed()));
+                            break;
+                        }
+                    }
+                }
+                // Keep the connection open until every client is done.
+                finish_line.wait();
+                drop(agent);
+                outcome
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    let refreshed = refresher.join().unwrap();
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(refreshed.as_ref().is_ok_and(|&n| n > 0), "{refreshed:?}");
+    let stats = sim.stats();
+    assert_eq!(
+        stats.by_status.get(&200),
+        Some(&(CLIENTS as u64 * CALLS as u64 + 1 + *refreshed.as_ref().unwrap() as u64))
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+/// Connections opened back to back and all kept open, as a client's pool does: the first
+/// request of each is answered at once, whatever the other connections do.
+#[test]
+fn connections_opened_in_a_burst_and_kept_open_are_all_served() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+
+    let began = Instant::now();
+    for round in 0..5 {
+        let sim = start(SimConfig::default());
+        let mut connections: Vec<TcpStream> = (0..32)
+            .map(|_| TcpStream::connect(sim.addr()).unwrap())
+            .collect();
+        for c in &mut connections {
+            c.write_all(b"GET /api/machines HTTP/1.1\r\nHost: sim\r\n\r\n")
+                .unwrap();
+        }
+        // Every answer is due within the same two seconds.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let unanswered: Vec<usize> = connections
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .unwrap();
+                let mut status_line = String::new();
+                let read = BufReader::new(*c).read_line(&mut status_line);
+                !matches!(read, Ok(n) if n > 0 && status_line.starts_with("HTTP/1.1 401 "))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            unanswered.is_empty(),
+            "round {round}: connections {unanswered:?} of 32 got no answer"
+        );
+        assert_eq!(sim.stats().by_status.get(&401), Some(&32));
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+}
