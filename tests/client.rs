@@ -52,10 +52,10 @@ fn hammer(client: &Client, threads: usize, calls: usize) {
 #[test]
 fn configured_like_the_server_many_threads_never_see_a_429() {
     let sim =
-        Simulator::start(SimConfig::default().limits("default", &[(10, 0.5), (25, 2.0)])).unwrap();
+        Simulator::start(SimConfig::default().limits("default", &[(10, 1.0), (25, 3.0)])).unwrap();
     let client = builder(&sim)
-        .default_rates(vec![Rate::new(10, ms(500)), Rate::new(25, ms(2000))])
-        .margin(ms(15))
+        .default_rates(vec![Rate::new(10, ms(1000)), Rate::new(25, ms(3000))])
+        .margin(ms(100))
         .build()
         .unwrap();
     let started = Instant::now();
@@ -63,9 +63,9 @@ fn configured_like_the_server_many_threads_never_see_a_429() {
     let st = sim.stats();
     assert_eq!(st.throttled, 0, "{:?}", st.by_status);
     assert!(st.exceeded().is_empty(), "{:?}", st.max_in_window);
-    assert_eq!(st.peak("default", ms(500)), Some(10));
-    // 32 calls at 25 per 2 s need more than 2 s: the hourly-style window held too.
-    assert!(started.elapsed() >= ms(2000));
+    assert_eq!(st.peak("default", ms(1000)), Some(10));
+    // 32 calls at 25 per 3 s need more than 3 s: the hourly-style window held too.
+    assert!(started.elapsed() >= ms(3000));
     let stats = client.stats();
     assert_eq!(stats.requests, 32);
     assert_eq!(stats.token_requests, 1, "one token for all threads");
@@ -84,7 +84,7 @@ fn a_stricter_server_costs_one_429_then_its_limit_is_learned() {
     .unwrap();
     let client = builder(&sim)
         .default_rates(vec![Rate::new(50, ms(500))])
-        .margin(ms(15))
+        .margin(ms(50))
         .build()
         .unwrap();
     for _ in 0..15 {
@@ -521,25 +521,25 @@ fn bad_configuration_is_refused() {
 
 #[test]
 fn clients_can_share_one_limiter() {
-    let sim = Simulator::start(SimConfig::default().limits("default", &[(6, 0.5)])).unwrap();
+    let sim = Simulator::start(SimConfig::default().limits("default", &[(6, 1.0)])).unwrap();
     let limiter = quotagate::Limiter::builder()
-        .rate(Rate::new(6, ms(500)))
-        .margin(ms(15))
+        .rate(Rate::new(6, ms(1000)))
+        .margin(ms(100))
         .build()
         .unwrap();
     let a = Arc::new(
         builder(&sim)
             .limiter(limiter.clone())
-            .default_rates(vec![Rate::new(6, ms(500))])
+            .default_rates(vec![Rate::new(6, ms(1000))])
             .build()
             .unwrap(),
     );
     let b = builder(&sim)
         .limiter(limiter)
-        .default_rates(vec![Rate::new(6, ms(500))])
+        .default_rates(vec![Rate::new(6, ms(1000))])
         .build()
         .unwrap();
-    hammer(&a, 2, 6);
-    hammer(&b, 2, 6);
+    hammer(&a, 2, 3);
+    hammer(&b, 2, 3);
     assert_eq!(sim.stats().throttled, 0);
 }

@@ -719,6 +719,10 @@ impl Client {
         loop {
             req.cancel.check(s)?;
             attempt += 1;
+            // Obtain the token first, so that a token request never stands between the
+            // quota's admission and the call the server counts; after a long wait the
+            // second look finds the cached token (or refreshes it if it came due).
+            s.auth.token(s, &req.cancel)?;
             self.wait_for_quota(&key, budget_end, &req.cancel, &last, attempt)?;
             let token = s.auth.token(s, &req.cancel)?;
             let mut headers = req.headers.clone();

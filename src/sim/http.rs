@@ -1,6 +1,11 @@
 //! The HTTP/1.1 wire format the simulator speaks: reading one request from a connection
 //! and writing one answer.
 //!
+//! The simulator first served with tiny_http 0.12, whose thread pool can leave a
+//! connection that arrives in a burst unread until another connection closes (a client
+//! that keeps connections alive then hangs); the connection handling is now ours
+//! (`net.rs`), and request heads are parsed by httparse.
+//!
 //! Small on purpose: request line, headers, bodies by `Content-Length` or chunked,
 //! `Expect: 100-continue`, keep-alive by version and `Connection`, pipelined requests
 //! answered in order (the caller serves a connection one request at a time).
@@ -70,49 +75,61 @@ pub(crate) fn read_request(
     interim: &mut impl Write,
     max_body: u64,
 ) -> Result<Option<Request>, ReadError> {
-    let mut budget = MAX_HEAD;
-    // A client may send empty lines before a request line (RFC 9112, 2.2).
-    let line = loop {
-        match read_line(reader, &mut budget)? {
-            None => return Ok(None),
-            Some(line) if line.is_empty() => continue,
-            Some(line) => break line,
+    // The head (request line and headers) is framed here and parsed by httparse, the
+    // parser hyper uses; bodies are framed below.
+    let mut head = Vec::new();
+    loop {
+        let limit = (MAX_HEAD - head.len()) as u64 + 1;
+        let n = reader.by_ref().take(limit).read_until(b'\n', &mut head)?;
+        if n == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::Io)
+            };
         }
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+        if head.len() > MAX_HEAD {
+            return Err(malformed(431, "Request Header Fields Too Large"));
+        }
+        if head.last() != Some(&b'\n') {
+            return Err(ReadError::Io);
+        }
+        // A client may send empty lines before a request line (RFC 9112, 2.2).
+        if head == b"\r\n" || head == b"\n" {
+            head.clear();
+            continue;
+        }
+        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
+            break;
+        }
+    }
+    let mut slots = [httparse::EMPTY_HEADER; 100];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(malformed(400, "Bad Request")),
+        Err(httparse::Error::Version) => {
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            return Err(if line.windows(5).any(|w| w == b"HTTP/") {
+                malformed(505, "HTTP Version Not Supported")
+            } else {
+                malformed(400, "Bad Request")
+            });
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(malformed(431, "Request Header Fields Too Large"));
+        }
+        Err(_) => return Err(malformed(400, "Bad Request")),
+    }
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
     else {
         return Err(malformed(400, "Bad Request"));
     };
-    if method.is_empty() || target.is_empty() || !method.bytes().all(is_token_byte) {
-        return Err(malformed(400, "Bad Request"));
-    }
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        v if v.starts_with("HTTP/") => return Err(malformed(505, "HTTP Version Not Supported")),
-        _ => return Err(malformed(400, "Bad Request")),
-    };
-
-    let mut headers = Vec::new();
-    loop {
-        let Some(line) = read_line(reader, &mut budget)? else {
-            return Err(ReadError::Io);
-        };
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            return Err(malformed(400, "Bad Request")); // obsolete line folding
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(malformed(400, "Bad Request"));
-        };
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(malformed(400, "Bad Request"));
-        }
-        headers.push((name.to_owned(), value.trim().to_owned()));
+    let http10 = version == 0;
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| malformed(400, "Bad Request"))?;
+        headers.push((h.name.to_owned(), value.trim().to_owned()));
     }
 
     let mut request = Request {
@@ -186,8 +203,11 @@ fn read_chunked(
         let Some(line) = read_line(reader, &mut budget)? else {
             return Err(ReadError::Io);
         };
-        let size = line.split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size, 16).map_err(|_| malformed(400, "Bad Request"))?;
+        let framed = format!("{line}\r\n");
+        let size = match httparse::parse_chunk_size(framed.as_bytes()) {
+            Ok(httparse::Status::Complete((_, size))) => size,
+            _ => return Err(malformed(400, "Bad Request")),
+        };
         if size == 0 {
             // Trailers, up to the empty line.
             loop {

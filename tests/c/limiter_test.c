@@ -1,11 +1,9 @@
 /*
  * Tests of the C ABI of quotagate through include/quotagate.h only.
  *
- * Every function of the header is called here, with good and bad input. The harness is
- * deliberately tiny: CHECK macros count passes and failures (from any thread), print
- * file:line, the values involved and the thread's last error text on failure, and the
- * program ends with exactly one line "N passed, N failed" and a non-zero exit on any
- * failure. Run with test names as arguments to run only those tests.
+ * Every limiter function of the header is called here, with good and bad input. The
+ * harness (tests/c/harness.h) counts checks and ends with one line "N passed, N failed";
+ * run with test names as arguments to run only those tests.
  *
  * Timing checks use CLOCK_MONOTONIC (the clock the library's monotonic clock reads) and
  * only assert what the limiter's rules guarantee (a lower bound from the windows) plus
@@ -13,126 +11,9 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "quotagate.h"
-
-#include <inttypes.h>
-#include <pthread.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-/* ---------------------------------------------------------------- harness ---- */
-
-static atomic_int g_passed;
-static atomic_int g_failed;
-static const char *g_test = "";
-
-static void last_error_text(char *buf, size_t len)
-{
-    size_t written = 0;
-    if (qg_last_error_message(buf, len, &written) != QG_OK) {
-        snprintf(buf, len, "<longer than %zu bytes: %zu>", len, written);
-    }
-}
-
-static void check_failed(const char *file, int line, const char *fmt, ...)
-{
-    char err[512];
-    va_list ap;
-    last_error_text(err, sizeof err);
-    flockfile(stdout);
-    printf("FAIL %s:%d [%s]: ", file, line, g_test);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n     last error: \"%s\"\n", err);
-    funlockfile(stdout);
-    fflush(stdout);
-    atomic_fetch_add(&g_failed, 1);
-}
-
-static void check_passed(void) { atomic_fetch_add(&g_passed, 1); }
-
-#define CHECK(cond)                                                                      \
-    do {                                                                                 \
-        if (cond) {                                                                      \
-            check_passed();                                                              \
-        } else {                                                                         \
-            check_failed(__FILE__, __LINE__, "%s", #cond);                               \
-        }                                                                                \
-    } while (0)
-
-/* Like CHECK, with a printf-style explanation of the values involved. */
-#define CHECK_MSG(cond, ...)                                                             \
-    do {                                                                                 \
-        if (cond) {                                                                      \
-            check_passed();                                                              \
-        } else {                                                                         \
-            check_failed(__FILE__, __LINE__, __VA_ARGS__);                               \
-        }                                                                                \
-    } while (0)
-
-/* Evaluates `expr` once and checks that it returned the qg_result `want`. */
-#define CHECK_RC(expr, want)                                                             \
-    do {                                                                                 \
-        qg_result rc_ = (expr);                                                          \
-        qg_result want_ = (want);                                                        \
-        if (rc_ == want_) {                                                              \
-            check_passed();                                                              \
-        } else {                                                                         \
-            check_failed(__FILE__, __LINE__, "%s returned %" PRIu32 " (%s), expected %" PRIu32 " (%s)", \
-                         #expr, rc_, qg_result_str(rc_), want_, qg_result_str(want_));   \
-        }                                                                                \
-    } while (0)
-
-#define CHECK_OK(expr) CHECK_RC(expr, QG_OK)
-
-#define CHECK_U64(a, op, b)                                                              \
-    do {                                                                                 \
-        uint64_t a_ = (uint64_t)(a);                                                     \
-        uint64_t b_ = (uint64_t)(b);                                                     \
-        if (a_ op b_) {                                                                  \
-            check_passed();                                                              \
-        } else {                                                                         \
-            check_failed(__FILE__, __LINE__, "%s %s %s: %" PRIu64 " vs %" PRIu64, #a, #op, #b, a_, b_); \
-        }                                                                                \
-    } while (0)
-
-#define CHECK_DBL(a, op, b)                                                              \
-    do {                                                                                 \
-        double a_ = (a);                                                                 \
-        double b_ = (b);                                                                 \
-        if (a_ op b_) {                                                                  \
-            check_passed();                                                              \
-        } else {                                                                         \
-            check_failed(__FILE__, __LINE__, "%s %s %s: %.1f vs %.1f", #a, #op, #b, a_, b_); \
-        }                                                                                \
-    } while (0)
+#include "harness.h"
 
 /* ---------------------------------------------------------------- helpers ---- */
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(double ms)
-{
-    struct timespec ts;
-    if (ms <= 0) {
-        return;
-    }
-    ts.tv_sec = (time_t)(ms / 1e3);
-    ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
-    while (nanosleep(&ts, &ts) != 0) {
-    }
-}
 
 /* Something to point a sentinel out-pointer at: out-parameters are written only on success. */
 static char g_sentinel_object;
@@ -210,11 +91,6 @@ static int wait_until_queued(const qg_limiter *l, const char *key, uint64_t n)
         sleep_ms(1);
     }
     return 0;
-}
-
-static int contains(const char *haystack, const char *needle)
-{
-    return strstr(haystack, needle) != NULL;
 }
 
 /* A thread that blocks in qg_limiter_acquire or qg_ticket_wait and records the outcome. */
@@ -1467,11 +1343,6 @@ static void test_stats_do_not_change_set_rates(void)
 
 /* ------------------------------------------------------------------- main ---- */
 
-struct test {
-    const char *name;
-    void (*fn)(void);
-};
-
 static const struct test g_tests[] = {
     /* test_last_error_message must run first: it checks the text before any failure. */
     {"last_error_message", test_last_error_message},
@@ -1504,58 +1375,7 @@ static const struct test g_tests[] = {
     {"stats_do_not_change_set_rates", test_stats_do_not_change_set_rates},
 };
 
-static int selected(int argc, char **argv, const char *name)
-{
-    if (argc < 2) {
-        return 1;
-    }
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], name) == 0) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-struct args {
-    int argc;
-    char **argv;
-};
-
-static void *run_tests(void *arg)
-{
-    const struct args *a = arg;
-    for (size_t i = 0; i < sizeof g_tests / sizeof g_tests[0]; i++) {
-        if (!selected(a->argc, a->argv, g_tests[i].name)) {
-            continue;
-        }
-        int failed_before = atomic_load(&g_failed);
-        double t0 = now_ms();
-        g_test = g_tests[i].name;
-        g_tests[i].fn();
-        printf("%-4s %-42s %6.0f ms\n", atomic_load(&g_failed) == failed_before ? "ok" : "FAIL",
-               g_tests[i].name, now_ms() - t0);
-    }
-    return NULL;
-}
-
 int main(int argc, char **argv)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    double start = now_ms();
-    /*
-     * The tests run on a thread of their own that has exited by the time the process
-     * does: leak checkers (LeakSanitizer, valgrind) scan the live stacks of the threads
-     * at exit for pointers, and a stale copy of a leaked handle left in the main
-     * thread's stack would hide the leak.
-     */
-    struct args a = {argc, argv};
-    pthread_t runner;
-    if (pthread_create(&runner, NULL, run_tests, &a) != 0 || pthread_join(runner, NULL) != 0) {
-        check_failed(__FILE__, __LINE__, "cannot run the tests on a thread");
-    }
-    printf("total %.0f ms\n", now_ms() - start);
-    int passed = atomic_load(&g_passed), failed = atomic_load(&g_failed);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return harness_main(argc, argv, g_tests, sizeof g_tests / sizeof g_tests[0]);
 }

@@ -66,9 +66,11 @@ def test_cost_above_the_smallest_rate_is_refused_by_the_library() -> None:
         assert "cost" in str(info.value)
 
 
-def test_wait_time_tells_the_wait_and_takes_the_permit_when_admitted() -> None:
+def test_wait_time_tells_the_wait_and_takes_nothing() -> None:
     with Limiter([(1, 0.5)]) as lim:
-        assert lim.wait_time() == 0.0  # admitted: the permit is taken
+        assert lim.wait_time() == 0.0
+        assert lim.stats()["admitted_calls"] == 0
+        assert lim.try_acquire()
         wait = lim.wait_time()
         assert 0.4 < wait <= 0.5
         assert lim.stats()["admitted_calls"] == 1

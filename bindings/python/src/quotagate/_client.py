@@ -162,6 +162,8 @@ class Client(NativeHandle):
     :param timeout: seconds per HTTP attempt.
     :param max_attempts: attempts per call at most, retries included.
     :param max_quota_wait: the longest a call waits for the quota, in seconds.
+    :param margin: seconds that widen every window of the client's own limiter, to absorb
+        the latency between admission and the server's count (not with ``limiter``).
     :param proxy: proxy URL (default: from ``HTTPS_PROXY``/``NO_PROXY``).
 
     Use one client from any number of threads. Blocking calls are interruptible by
@@ -190,6 +192,7 @@ class Client(NativeHandle):
         resource: Optional[str] = None,
         connect_timeout: Optional[Union[int, float]] = None,
         max_body_bytes: Optional[int] = None,
+        margin: Optional[Union[int, float]] = None,
     ) -> None:
         super().__init__()
         self._base_url = base_url
@@ -234,6 +237,8 @@ class Client(NativeHandle):
         if max_quota_wait is not None:
             ms = _convert.seconds_to_ms(max_quota_wait, "max_quota_wait")
             add(lib.qg_client_builder_set_max_quota_wait_ms, ms)
+        if margin is not None:
+            add(lib.qg_client_builder_set_margin_ms, _convert.seconds_to_ms(margin, "margin"))
         if rates is not None:
             for calls, window_ms in _convert.rates(rates):
                 add(lib.qg_client_builder_add_default_rate, calls, window_ms)

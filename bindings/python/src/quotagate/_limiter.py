@@ -153,23 +153,14 @@ class Limiter(NativeHandle):
         raise error_from(rc)
 
     def wait_time(self, key: str = "", cost: int = 1) -> float:
-        """Tries to admit a call like :meth:`try_acquire` and tells how long it would
-        have to wait, in seconds.
-
-        Returns ``0.0`` when the call was admitted: **the permit is then taken**, exactly
-        as by :meth:`try_acquire` (the library has no side-effect-free peek). Otherwise
-        nothing is taken and the result is the wait needed, rounded up to whole
-        milliseconds (a lower bound when others are queued).
-        """
+        """How long a call of ``cost`` units on ``key`` would wait now, in seconds
+        (behind the calls already queued), rounded up to whole milliseconds. ``0.0`` when
+        :meth:`try_acquire` would admit it. Takes nothing."""
         k = self._key(key)
         cost = _convert.cost(cost)
         wait_ms = c_uint64(0)
-        rc = _try_acquire(self._handle(), k, cost, byref(wait_ms))
-        if rc == QG_OK:
-            return 0.0
-        if rc == QG_ERR_WOULD_BLOCK:
-            return wait_ms.value / 1000.0
-        raise error_from(rc)
+        check(lib.qg_limiter_wait_time(self._handle(), k, cost, byref(wait_ms)))
+        return wait_ms.value / 1000.0
 
     def acquire(
         self, key: str = "", cost: int = 1, timeout: Optional[Union[int, float]] = None
