@@ -11,6 +11,12 @@
 //! connection: the client is warmed up first, and curl's time for one URL (process
 //! start, connect, first request) is subtracted from its time for 1 + N URLs. The
 //! median of several rounds is reported.
+//!
+//! Wall time on a shared machine includes waiting for a core, for the client and for
+//! the simulator's threads alike, so the CPU time of each client's own work is reported
+//! too: the calling thread's CPU time for quotagate (ureq sends and reads on that
+//! thread), the curl process's user + system time for curl (from `getrusage`), again
+//! with the one-URL run subtracted. Neither includes the simulator.
 
 use quotagate::client::{Client, Request};
 use quotagate::limiter::Rate;
@@ -37,23 +43,73 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn client_rounds(client: &Client, path: &str, plan: &Plan) -> f64 {
+/// Wall and CPU time per request, in microseconds (medians of the rounds).
+struct Figures {
+    wall: f64,
+    cpu: Option<f64>,
+}
+
+/// The calling thread's CPU time.
+#[cfg(unix)]
+fn thread_cpu() -> Option<Duration> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0;
+    ok.then(|| Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+}
+
+#[cfg(not(unix))]
+fn thread_cpu() -> Option<Duration> {
+    None
+}
+
+/// User + system time of the child processes waited for so far.
+#[cfg(unix)]
+fn children_cpu() -> Option<Duration> {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Some(tv(r.ru_utime) + tv(r.ru_stime))
+}
+
+#[cfg(not(unix))]
+fn children_cpu() -> Option<Duration> {
+    None
+}
+
+fn micros_per(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / n as f64
+}
+
+fn client_rounds(client: &Client, path: &str, plan: &Plan) -> Figures {
     let request = Request::get(path);
     for _ in 0..50 {
         assert_eq!(client.send(&request).unwrap().status(), 200);
     }
-    let rounds = (0..plan.rounds)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..plan.requests {
-                let answer = client.send(&request).unwrap();
-                assert_eq!(answer.status(), 200);
-                black_box(answer.body().len());
-            }
-            started.elapsed().as_secs_f64() * 1e6 / plan.requests as f64
-        })
-        .collect();
-    median(rounds)
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let cpu_before = thread_cpu();
+        let started = Instant::now();
+        for _ in 0..plan.requests {
+            let answer = client.send(&request).unwrap();
+            assert_eq!(answer.status(), 200);
+            black_box(answer.body().len());
+        }
+        wall.push(micros_per(started.elapsed(), plan.requests));
+        if let (Some(a), Some(b)) = (cpu_before, thread_cpu()) {
+            cpu.push(micros_per(b - a, plan.requests));
+        }
+    }
+    Figures {
+        wall: median(wall),
+        cpu: (!cpu.is_empty()).then(|| median(cpu)),
+    }
 }
 
 fn curl_available() -> bool {
@@ -87,9 +143,9 @@ fn curl_token(sim: &Simulator) -> String {
     answer["access_token"].as_str().unwrap().to_string()
 }
 
-/// One curl process that GETs `url` `n` times; returns its wall time and the number of
-/// connections it opened.
-fn curl_run(url: &str, token: &str, n: usize) -> (Duration, u64) {
+/// One curl process that GETs `url` `n` times; returns its wall time, its CPU time and
+/// the number of connections it opened.
+fn curl_run(url: &str, token: &str, n: usize) -> (Duration, Option<Duration>, u64) {
     let auth = format!("Authorization: Bearer {token}");
     let mut cmd = Command::new("curl");
     cmd.args(["--silent", "--show-error", "--fail"])
@@ -98,9 +154,14 @@ fn curl_run(url: &str, token: &str, n: usize) -> (Duration, u64) {
     for _ in 0..n {
         cmd.args(["--output", "/dev/null", url]);
     }
+    let cpu_before = children_cpu();
     let started = Instant::now();
     let out = cmd.output().expect("curl runs");
     let elapsed = started.elapsed();
+    let cpu = match (cpu_before, children_cpu()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     assert!(
         out.status.success(),
         "{}",
@@ -110,20 +171,30 @@ fn curl_run(url: &str, token: &str, n: usize) -> (Duration, u64) {
         .lines()
         .filter_map(|l| l.trim().parse::<u64>().ok())
         .sum();
-    (elapsed, connects)
+    (elapsed, cpu, connects)
 }
 
-fn curl_rounds(url: &str, token: &str, plan: &Plan) -> (f64, u64) {
+fn curl_rounds(url: &str, token: &str, plan: &Plan) -> (Figures, u64) {
     let mut connects = 0;
-    let rounds = (0..plan.rounds)
-        .map(|_| {
-            let (one, _) = curl_run(url, token, 1);
-            let (many, c) = curl_run(url, token, plan.requests + 1);
-            connects = connects.max(c);
-            (many.saturating_sub(one)).as_secs_f64() * 1e6 / plan.requests as f64
-        })
-        .collect();
-    (median(rounds), connects)
+    let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let (one, one_cpu, _) = curl_run(url, token, 1);
+        let (many, many_cpu, c) = curl_run(url, token, plan.requests + 1);
+        connects = connects.max(c);
+        wall.push(micros_per(many.saturating_sub(one), plan.requests));
+        if let (Some(a), Some(b)) = (one_cpu, many_cpu) {
+            cpu.push(micros_per(b.saturating_sub(a), plan.requests));
+        }
+    }
+    let figures = Figures {
+        wall: median(wall),
+        cpu: (!cpu.is_empty()).then(|| median(cpu)),
+    };
+    (figures, connects)
+}
+
+fn cell(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
 }
 
 fn main() {
@@ -165,17 +236,32 @@ fn main() {
     );
     let ours = client_rounds(&client, &path, &plan);
     println!();
-    println!("{:<38} {:>12}", "", "us/request");
-    println!("{:<38} {:>12.1}", "quotagate Client (limiter on)", ours);
+    println!("{:<38} {:>12} {:>12}", "", "wall us/req", "own CPU us/req");
+    println!(
+        "{:<38} {:>12.1} {:>12}",
+        "quotagate Client (limiter on)",
+        ours.wall,
+        cell(ours.cpu)
+    );
     if curl_available() {
         let token = curl_token(&sim);
         let (theirs, connects) = curl_rounds(&url, &token, &plan);
         println!(
-            "{:<38} {:>12.1}",
+            "{:<38} {:>12.1} {:>12}",
             format!("curl, one process ({connects} connection)"),
-            theirs
+            theirs.wall,
+            cell(theirs.cpu)
         );
-        println!("{:<38} {:>12.2}", "ratio quotagate / curl", ours / theirs);
+        let ratio = match (ours.cpu, theirs.cpu) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:<38} {:>12.2} {:>12}",
+            "ratio quotagate / curl",
+            ours.wall / theirs.wall,
+            ratio
+        );
     } else {
         println!("curl: no curl command found; its line is skipped");
     }

@@ -1243,7 +1243,8 @@ qg_result qg_sim_start(const qg_sim_config *c, uint16_t port, const qg_sim **out
 
 /**
  * Copies one fact of the running simulator (a `QG_SIM_*` field) into `buf`, with the
- * conventions of `qg_last_error_message`. `s` and `written` must not be NULL.
+ * conventions of `qg_last_error_message`; `QG_ERR_CLOSED` once stopped. `s` and
+ * `written` must not be NULL.
  */
 qg_result qg_sim_info(const qg_sim *s, uint32_t field, char *buf, size_t len, size_t *written);
 

@@ -940,7 +940,11 @@ impl Client {
             s.auth.token(s, &req.cancel)?;
             self.wait_for_quota(&key, budget_end, &req.cancel, &last, attempt)?;
             let token = s.auth.token(s, &req.cancel)?;
+            // A token fetch can take a while: a call cancelled or closed meanwhile is not sent.
+            req.cancel.check(s)?;
             let mut headers = req.headers.clone();
+            // The client's token is the one that counts; a caller's own is dropped.
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
             headers.push((
                 "authorization".into(),
                 format!("Bearer {}", token.value.expose()),

@@ -249,7 +249,8 @@ pub extern "C" fn qg_sim_start(
 }
 
 /// Copies one fact of the running simulator (a `QG_SIM_*` field) into `buf`, with the
-/// conventions of `qg_last_error_message`. `s` and `written` must not be NULL.
+/// conventions of `qg_last_error_message`; `QG_ERR_CLOSED` once stopped. `s` and
+/// `written` must not be NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_sim_info(
     s: *const qg_sim,
@@ -260,6 +261,9 @@ pub extern "C" fn qg_sim_info(
 ) -> qg_result {
     ffi_boundary! {
         let s = unsafe { try_ref(s, "sim") }?;
+        if s.sim.lock().is_none() {
+            return Err(FfiError::new(super::error::QG_ERR_CLOSED, "the simulator is stopped"));
+        }
         let text = match field {
             QG_SIM_URL | QG_SIM_AUTHORITY => &s.url,
             QG_SIM_TENANT_ID => &s.tenant_id,

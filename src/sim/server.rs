@@ -519,7 +519,9 @@ impl Core {
         }
 
         let token = self.mint_token(st, client_id, now);
-        let secs = self.config.token_lifetime.as_secs();
+        // Whole seconds as the real service gives them, rounded up so that a lifetime
+        // under a second still reads as a usable token.
+        let secs = self.config.token_lifetime.as_millis().div_ceil(1000).max(1);
         Reply::json(
             200,
             &json!({

@@ -61,8 +61,9 @@ pub struct Args {
     queries: u32,
 
     /// Milliseconds added to every client-side window, for the time between the client's
-    /// admission of a call and the server's count of it.
-    #[arg(long, default_value_t = 40)]
+    /// admission of a call and the server's count of it (threads wait for a core on a
+    /// busy machine).
+    #[arg(long, default_value_t = 100)]
     margin_ms: u64,
 
     /// Print the summary as JSON on stdout (progress stays on stderr).
@@ -376,7 +377,7 @@ fn render(s: &Summary) -> String {
             "calls".into(),
             thousands(c.calls),
             format!(
-                "{} pages, {} tags, {} hunting queries; {} token request(s)",
+                "{} pages, {} tags, {} hunting queries; token requests: {}",
                 thousands(c.pages),
                 thousands(c.tags),
                 thousands(c.queries),

@@ -85,13 +85,16 @@ impl ServerFigures {
             .quota
             .iter()
             .map(|q| {
+                let api = api_window(q.api_window_secs);
+                let real = q.window_ms / 1e3;
                 vec![
                     q.class.clone(),
-                    format!(
-                        "{} ({})",
-                        api_window(q.api_window_secs),
-                        duration(Duration::from_secs_f64(q.window_ms / 1e3))
-                    ),
+                    // The real window only when the time scale makes it differ.
+                    if (real - q.api_window_secs).abs() < 1e-6 {
+                        api
+                    } else {
+                        format!("{api} ({})", duration(Duration::from_secs_f64(real)))
+                    },
                     thousands(q.peak),
                     thousands(u64::from(q.limit)),
                     format!("{:.0}%", 100.0 * q.peak as f64 / f64::from(q.limit.max(1))),
@@ -163,18 +166,20 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// A duration for people: `850 ms`, `12.3 s`, `4 min 05 s`.
+/// A duration for people: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 05 min`.
 pub fn duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
+    let s = d.as_secs();
     if ms < 1.0 && !d.is_zero() {
         format!("{:.2} ms", ms)
     } else if ms < 1000.0 {
         format!("{:.0} ms", ms)
     } else if ms < 120_000.0 {
         format!("{:.1} s", ms / 1e3)
-    } else {
-        let s = d.as_secs();
+    } else if s < 7200 {
         format!("{} min {:02} s", s / 60, s % 60)
+    } else {
+        format!("{} h {:02} min", s / 3600, s % 3600 / 60)
     }
 }
 
@@ -264,6 +269,7 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(600)), "600 ms");
         assert_eq!(duration(Duration::from_millis(36_000)), "36.0 s");
         assert_eq!(duration(Duration::from_secs(245)), "4 min 05 s");
+        assert_eq!(duration(Duration::from_secs(7500)), "2 h 05 min");
         assert_eq!(api_window(60.0), "1 min");
         assert_eq!(api_window(3600.0), "1 h");
         assert_eq!(api_window(90.0), "90 s");
