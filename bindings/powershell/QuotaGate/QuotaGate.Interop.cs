@@ -10,6 +10,7 @@
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Diagnostics;
 using System.IO;
 using System.Reflection;
 using System.Runtime.CompilerServices;
@@ -584,6 +585,10 @@ namespace QuotaGate.Interop
 
     public sealed class ClientHandle : QgHandle
     {
+        // A token provider's callback, reachable for as long as the native client is: a
+        // P/Invoke keeps this handle alive even when its Client wrapper is no longer used.
+        internal object KeepAlive;
+
         protected override bool ReleaseHandle() { NativeMethods.qg_client_free(handle); return true; }
     }
 
@@ -616,6 +621,10 @@ namespace QuotaGate.Interop
 
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
     internal delegate void LogCallback(uint level, IntPtr message, IntPtr userData);
+
+    /// <summary>qg_token_fn: the pointers stay IntPtr so that nothing is marshalled back by the runtime.</summary>
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    internal delegate uint TokenCallback(IntPtr userData, IntPtr tokenBuf, UIntPtr tokenLen, IntPtr tokenWritten, IntPtr expiresInMs);
 
     /// <summary>Every C function the module uses, as declared in include/quotagate.h.</summary>
     internal static class NativeMethods
@@ -698,6 +707,24 @@ namespace QuotaGate.Interop
         public static extern uint qg_client_builder_set_authority(ClientBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_tenant_id(ClientBuilderHandle b, byte[] tenantId);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_cloud(ClientBuilderHandle b, byte[] name);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_certificate_pem_files(ClientBuilderHandle b, byte[] certificatePath, byte[] keyPath);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_certificate_pem(ClientBuilderHandle b, byte[] certificatePem, byte[] keyPem);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_certificate_pfx_file(ClientBuilderHandle b, byte[] path, byte[] password);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_assertion_algorithm(ClientBuilderHandle b, uint algorithm);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_token_provider(ClientBuilderHandle b, TokenCallback callback, IntPtr userData);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_max_in_flight(ClientBuilderHandle b, byte[] method, byte[] pathPattern, uint maxInFlight);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_hunting_budget_ms(ClientBuilderHandle b, ulong perHourMs, ulong perDayMs);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_hunting_budget_policy(ClientBuilderHandle b, uint policy);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_client_id(ClientBuilderHandle b, byte[] clientId);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -794,6 +821,12 @@ namespace QuotaGate.Interop
         public static extern uint qg_sim_config_set_faults(SimConfigHandle c, double error503Rate, double resetRate, ulong latencyMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_set_retry_after_style(SimConfigHandle c, uint style);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_sim_config_add_certificate_client(SimConfigHandle c, byte[] clientId, byte[] certificatePem);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_sim_config_set_live_response_delay_ms(SimConfigHandle c, ulong ms);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_sim_issue_token(SimHandle s, byte[] clientId, byte[] buf, UIntPtr len, out UIntPtr written);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern void qg_sim_config_free(IntPtr c);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -1255,6 +1288,213 @@ namespace QuotaGate.Interop
         public Rate Rate { get; private set; }
     }
 
+    /// <summary>A cap on the calls of a route under way at once (qg_client_builder_set_max_in_flight).</summary>
+    public sealed class InFlightCap
+    {
+        public InFlightCap(string method, string pathPattern, uint maxInFlight)
+        {
+            Method = method;
+            PathPattern = pathPattern;
+            MaxInFlight = maxInFlight;
+        }
+
+        /// <summary>HTTP method, or null for any.</summary>
+        public string Method { get; private set; }
+        /// <summary>A path such as "/api/machines/{id}/runliveresponse".</summary>
+        public string PathPattern { get; private set; }
+        /// <summary>0 lifts the cap.</summary>
+        public uint MaxInFlight { get; private set; }
+    }
+
+    /// <summary>How client assertions are signed (QG_ASSERTION_*).</summary>
+    public enum AssertionAlgorithm : uint
+    {
+        /// <summary>RSASSA-PSS with the x5t#S256 header; the default.</summary>
+        PS256 = 0,
+        /// <summary>RSASSA-PKCS1-v1_5 with the x5t header, for older identity platforms.</summary>
+        RS256 = 1,
+    }
+
+    /// <summary>What a hunting query does when the run-time budget is spent (QG_HUNTING_BUDGET_*).</summary>
+    public enum HuntingBudgetPolicy : uint
+    {
+        /// <summary>Wait until run time frees up, within the quota-wait budget; the default.</summary>
+        Wait = 0,
+        /// <summary>Fail at once with a throttled error whose server code is HuntingBudgetSpent.</summary>
+        Fail = 1,
+    }
+
+    /// <summary>
+    /// Bridges a managed token source to qg_token_fn: calls it, copies the UTF-8 token into
+    /// the library's buffer (asking for a larger one when it does not fit), and turns every
+    /// exception into a failure code with the exception's message, since nothing may unwind
+    /// into native code. The library calls it one at a time per client.
+    /// </summary>
+    public sealed class TokenProvider
+    {
+        // The library asks again "at once" after BUFFER_TOO_SMALL; a token kept longer than
+        // this is fetched anew rather than reused.
+        const long PendingMaxAgeMs = 5000;
+        const int MaxReasonBytes = 512;
+        static readonly UTF8Encoding StrictUtf8 = new UTF8Encoding(false, true);
+
+        readonly Func<Tuple<string, double>> source;
+        readonly object gate = new object();
+        byte[] pending;
+        ulong pendingExpiresMs;
+        readonly Stopwatch pendingAge = new Stopwatch();
+        int calls;
+
+        /// <summary><paramref name="source"/> returns the token and its remaining lifetime in seconds.</summary>
+        public TokenProvider(Func<Tuple<string, double>> source)
+        {
+            if (source == null)
+            {
+                throw new ArgumentNullException("source");
+            }
+            this.source = source;
+            Callback = Invoke;
+        }
+
+        /// <summary>The delegate handed to the library; it lives as long as this object.</summary>
+        internal TokenCallback Callback { get; private set; }
+
+        /// <summary>How many times the source was called.</summary>
+        public int Calls
+        {
+            get { return Volatile.Read(ref calls); }
+        }
+
+        /// <summary>The last exception the source threw (or the last invalid answer), or null.</summary>
+        public Exception LastError { get; private set; }
+
+        uint Invoke(IntPtr userData, IntPtr tokenBuf, UIntPtr tokenLen, IntPtr tokenWritten, IntPtr expiresInMs)
+        {
+            try
+            {
+                lock (gate)
+                {
+                    ulong len = tokenLen.ToUInt64();
+                    // After BUFFER_TOO_SMALL the library calls again at once: hand over the
+                    // same token rather than asking the source for another.
+                    bool retry = pending != null && pendingAge.IsRunning && pendingAge.ElapsedMilliseconds <= PendingMaxAgeMs;
+                    if (!retry)
+                    {
+                        Fetch();
+                    }
+                    if ((ulong)pending.Length > len)
+                    {
+                        WriteSize(tokenWritten, (ulong)pending.Length);
+                        return ResultCode.BufferTooSmall;
+                    }
+                    try
+                    {
+                        Marshal.Copy(pending, 0, tokenBuf, pending.Length);
+                        WriteSize(tokenWritten, (ulong)pending.Length);
+                        Marshal.WriteInt64(expiresInMs, (long)pendingExpiresMs);
+                    }
+                    finally
+                    {
+                        Forget();
+                    }
+                    return ResultCode.Ok;
+                }
+            }
+            catch (Exception e)
+            {
+                try
+                {
+                    lock (gate)
+                    {
+                        Forget();
+                    }
+                    LastError = e;
+                    WriteReason(e, tokenBuf, tokenLen, tokenWritten);
+                }
+                catch (Exception)
+                {
+                }
+                return ResultCode.Auth;
+            }
+        }
+
+        void Fetch()
+        {
+            Forget();
+            Interlocked.Increment(ref calls);
+            Tuple<string, double> answer = source();
+            if (answer == null || string.IsNullOrEmpty(answer.Item1))
+            {
+                throw new InvalidOperationException("the token provider returned no token");
+            }
+            double seconds = answer.Item2;
+            if (double.IsNaN(seconds) || seconds <= 0)
+            {
+                throw new InvalidOperationException("the token provider's expires-in must be above 0 seconds, not " + seconds);
+            }
+            double ms = Math.Ceiling(seconds * 1000);
+            pendingExpiresMs = ms >= long.MaxValue ? long.MaxValue : (ulong)ms;
+            if (answer.Item1.IndexOf('\0') >= 0)
+            {
+                throw new InvalidOperationException("the token provider's token contains a NUL character");
+            }
+            try
+            {
+                pending = StrictUtf8.GetBytes(answer.Item1);
+            }
+            catch (EncoderFallbackException)
+            {
+                throw new InvalidOperationException("the token provider's token is not valid Unicode");
+            }
+            pendingAge.Restart();
+        }
+
+        void Forget()
+        {
+            if (pending != null)
+            {
+                Array.Clear(pending, 0, pending.Length);
+                pending = null;
+            }
+            pendingAge.Reset();
+        }
+
+        static void WriteSize(IntPtr p, ulong value)
+        {
+            if (IntPtr.Size == 8)
+            {
+                Marshal.WriteInt64(p, (long)value);
+            }
+            else
+            {
+                Marshal.WriteInt32(p, (int)value);
+            }
+        }
+
+        static void WriteReason(Exception e, IntPtr buf, UIntPtr len, IntPtr written)
+        {
+            if (buf == IntPtr.Zero || written == IntPtr.Zero)
+            {
+                return;
+            }
+            Exception inner = e.GetBaseException() ?? e;
+            string text = inner.Message;
+            if (string.IsNullOrEmpty(text))
+            {
+                text = inner.GetType().Name;
+            }
+            byte[] bytes = new UTF8Encoding(false, false).GetBytes(text);
+            int n = (int)Math.Min((ulong)Math.Min(bytes.Length, MaxReasonBytes), len.ToUInt64());
+            // Cut on a character boundary: never leave half a UTF-8 sequence.
+            while (n > 0 && n < bytes.Length && (bytes[n] & 0xC0) == 0x80)
+            {
+                n--;
+            }
+            Marshal.Copy(bytes, 0, buf, n);
+            WriteSize(written, (ulong)n);
+        }
+    }
+
     /// <summary>Everything a client can be built with; unset values keep the library's defaults.</summary>
     public sealed class ClientOptions
     {
@@ -1262,7 +1502,32 @@ namespace QuotaGate.Interop
         {
             DefaultRates = new List<Rate>();
             Routes = new List<Route>();
+            MaxInFlight = new List<InFlightCap>();
         }
+
+        /// <summary>A cloud preset: commercial, us, eu, uk, au, swa, ina, aea, gcc, gcc-high, dod.</summary>
+        public string Cloud { get; set; }
+        /// <summary>PEM certificate file (with the key too when <see cref="PrivateKeyPath"/> is null).</summary>
+        public string CertificatePath { get; set; }
+        /// <summary>PEM private key file of <see cref="CertificatePath"/> (PKCS#8 or PKCS#1, unencrypted).</summary>
+        public string PrivateKeyPath { get; set; }
+        /// <summary>PEM certificate text (with the key too when <see cref="PrivateKeyPem"/> is null).</summary>
+        public string CertificatePem { get; set; }
+        /// <summary>PEM private key text of <see cref="CertificatePem"/>.</summary>
+        public SecureString PrivateKeyPem { get; set; }
+        /// <summary>A PKCS#12/PFX file holding the key and its certificate.</summary>
+        public string PfxPath { get; set; }
+        /// <summary>The password of <see cref="PfxPath"/>; null is empty.</summary>
+        public SecureString PfxPassword { get; set; }
+        public AssertionAlgorithm? AssertionAlgorithm { get; set; }
+        /// <summary>Returns a token and its remaining lifetime in seconds; called when a token is needed.</summary>
+        public Func<Tuple<string, double>> TokenProvider { get; set; }
+        public List<InFlightCap> MaxInFlight { get; private set; }
+        /// <summary>Hunting run time allowed per rolling hour (default 600000; 0: off).</summary>
+        public ulong? HuntingBudgetPerHourMs { get; set; }
+        /// <summary>Hunting run time allowed per rolling day (default 10800000; 0: off).</summary>
+        public ulong? HuntingBudgetPerDayMs { get; set; }
+        public HuntingBudgetPolicy? HuntingBudgetPolicy { get; set; }
 
         public string BaseUrl { get; set; }
         public string Authority { get; set; }
@@ -1496,6 +1761,8 @@ namespace QuotaGate.Interop
     public sealed class Client : IDisposable
     {
         readonly ClientHandle handle;
+        // The token provider's delegate: the library calls it for as long as the client lives.
+        readonly TokenProvider tokenProvider;
 
         public Client(ClientOptions options)
         {
@@ -1507,12 +1774,25 @@ namespace QuotaGate.Interop
             Native.Check(NativeMethods.qg_client_builder_new(out b));
             using (b)
             {
+                // The cloud first: the explicit URLs below override its parts in any order, but
+                // an unknown name should fail before anything else is checked.
+                SetText(b, NativeMethods.qg_client_builder_set_cloud, options.Cloud, "Cloud");
                 SetText(b, NativeMethods.qg_client_builder_set_base_url, options.BaseUrl, "BaseUrl");
                 SetText(b, NativeMethods.qg_client_builder_set_authority, options.Authority, "Authority");
                 SetText(b, NativeMethods.qg_client_builder_set_tenant_id, options.TenantId, "TenantId");
                 SetText(b, NativeMethods.qg_client_builder_set_client_id, options.ClientId, "ClientId");
                 SetSecret(b, NativeMethods.qg_client_builder_set_client_secret, options.ClientSecret, "ClientSecret");
                 SetSecret(b, NativeMethods.qg_client_builder_set_access_token, options.AccessToken, "AccessToken");
+                SetCertificate(b, options);
+                if (options.AssertionAlgorithm.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_assertion_algorithm(b, (uint)options.AssertionAlgorithm.Value));
+                }
+                if (options.TokenProvider != null)
+                {
+                    tokenProvider = new TokenProvider(options.TokenProvider);
+                    Native.Check(NativeMethods.qg_client_builder_set_token_provider(b, tokenProvider.Callback, IntPtr.Zero));
+                }
                 SetText(b, NativeMethods.qg_client_builder_set_scope, options.Scope, "Scope");
                 SetText(b, NativeMethods.qg_client_builder_set_resource, options.Resource, "Resource");
                 SetText(b, NativeMethods.qg_client_builder_set_proxy, options.Proxy, "Proxy");
@@ -1545,11 +1825,26 @@ namespace QuotaGate.Interop
                     Native.Check(NativeMethods.qg_client_builder_add_route(b, Utf8.Encode(r.Method, "Method"),
                         Utf8.Encode(r.PathPattern, "PathPattern"), r.Rate.Calls, r.Rate.WindowMs));
                 }
+                foreach (InFlightCap cap in options.MaxInFlight)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_max_in_flight(b, Utf8.Encode(cap.Method, "Method"),
+                        Utf8.Encode(cap.PathPattern, "PathPattern"), cap.MaxInFlight));
+                }
+                if (options.HuntingBudgetPerHourMs.HasValue || options.HuntingBudgetPerDayMs.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_ms(b,
+                        options.HuntingBudgetPerHourMs ?? 600000UL, options.HuntingBudgetPerDayMs ?? 10800000UL));
+                }
+                if (options.HuntingBudgetPolicy.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_policy(b, (uint)options.HuntingBudgetPolicy.Value));
+                }
                 if (options.Limiter != null)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_limiter(b, options.Limiter.Handle));
                 }
                 Native.Check(NativeMethods.qg_client_builder_build(b, out handle));
+                handle.KeepAlive = tokenProvider;
             }
             BaseUrl = options.BaseUrl;
             TenantId = options.TenantId;
@@ -1557,6 +1852,54 @@ namespace QuotaGate.Interop
         }
 
         delegate uint TextSetter(ClientBuilderHandle b, byte[] value);
+
+        static void SetCertificate(ClientBuilderHandle b, ClientOptions o)
+        {
+            int kinds = (o.CertificatePath != null ? 1 : 0) + (o.CertificatePem != null ? 1 : 0) + (o.PfxPath != null ? 1 : 0);
+            if (kinds > 1)
+            {
+                throw new ArgumentException("give one of CertificatePath, CertificatePem and PfxPath");
+            }
+            if (o.CertificatePath != null)
+            {
+                Native.Check(NativeMethods.qg_client_builder_set_certificate_pem_files(b,
+                    Utf8.Encode(o.CertificatePath, "CertificatePath"), Utf8.Encode(o.PrivateKeyPath, "PrivateKeyPath")));
+            }
+            else if (o.CertificatePem != null)
+            {
+                byte[] key = Utf8.Encode(o.PrivateKeyPem, "PrivateKeyPem");
+                try
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_certificate_pem(b, Utf8.Encode(o.CertificatePem, "CertificatePem"), key));
+                }
+                finally
+                {
+                    if (key != null)
+                    {
+                        Array.Clear(key, 0, key.Length);
+                    }
+                }
+            }
+            else if (o.PfxPath != null)
+            {
+                byte[] password = Utf8.Encode(o.PfxPassword, "PfxPassword");
+                try
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_certificate_pfx_file(b, Utf8.Encode(o.PfxPath, "PfxPath"), password));
+                }
+                finally
+                {
+                    if (password != null)
+                    {
+                        Array.Clear(password, 0, password.Length);
+                    }
+                }
+            }
+            else if (o.PrivateKeyPath != null || o.PrivateKeyPem != null || o.PfxPassword != null)
+            {
+                throw new ArgumentException("a private key or PFX password was given without its certificate");
+            }
+        }
 
         static void SetText(ClientBuilderHandle b, TextSetter set, string value, string name)
         {
@@ -1591,6 +1934,12 @@ namespace QuotaGate.Interop
         public string BaseUrl { get; private set; }
         public string TenantId { get; private set; }
         public string ClientId { get; private set; }
+
+        /// <summary>The token provider bridge, when the client was built with one; else null.</summary>
+        public TokenProvider TokenProvider
+        {
+            get { return tokenProvider; }
+        }
 
         /// <summary>
         /// Sends the request through the quota, with retries; returns the final answer of any
@@ -1770,6 +2119,7 @@ namespace QuotaGate.Interop
         public SimulatorOptions()
         {
             Limits = new List<SimulatorLimit>();
+            CertificateClients = new Dictionary<string, string>();
         }
 
         public uint? Machines { get; set; }
@@ -1780,6 +2130,10 @@ namespace QuotaGate.Interop
         public double ResetRate { get; set; }
         public ulong LatencyMs { get; set; }
         public RetryAfterStyle? RetryAfterStyle { get; set; }
+        /// <summary>Applications that sign in with a certificate: client id to PEM certificate text.</summary>
+        public Dictionary<string, string> CertificateClients { get; private set; }
+        /// <summary>How long runliveresponse takes to answer, in ms of API time.</summary>
+        public ulong? LiveResponseDelayMs { get; set; }
         /// <summary>The first limit given for a class replaces its built-in limits.</summary>
         public List<SimulatorLimit> Limits { get; private set; }
         /// <summary>0: any free port.</summary>
@@ -1821,6 +2175,15 @@ namespace QuotaGate.Interop
                 {
                     Native.Check(NativeMethods.qg_sim_config_set_retry_after_style(c, (uint)options.RetryAfterStyle.Value));
                 }
+                foreach (KeyValuePair<string, string> app in options.CertificateClients)
+                {
+                    Native.Check(NativeMethods.qg_sim_config_add_certificate_client(c, Utf8.Encode(app.Key, "client id"),
+                        Utf8.Encode(app.Value, "certificate")));
+                }
+                if (options.LiveResponseDelayMs.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_sim_config_set_live_response_delay_ms(c, options.LiveResponseDelayMs.Value));
+                }
                 foreach (SimulatorLimit l in options.Limits)
                 {
                     Native.Check(NativeMethods.qg_sim_config_set_limit(c, Utf8.Encode(l.EndpointClass, "EndpointClass"), l.Calls, l.WindowSeconds));
@@ -1846,6 +2209,18 @@ namespace QuotaGate.Interop
         public SimHandle Handle
         {
             get { return handle; }
+        }
+
+        /// <summary>A token for <paramref name="clientId"/> without a token request, for tests of token providers.</summary>
+        public string IssueToken(string clientId)
+        {
+            byte[] id = Utf8.Encode(clientId, "clientId");
+            string text;
+            uint rc = Utf8.ReadBuffer(
+                (byte[] buf, UIntPtr len, out UIntPtr written) => NativeMethods.qg_sim_issue_token(handle, id, buf, len, out written),
+                out text);
+            Native.Check(rc);
+            return text;
         }
 
         public string Url { get; private set; }

@@ -216,6 +216,60 @@ function ConvertTo-QgRate {
     }
 }
 
+function ConvertFrom-QgTokenAnswer {
+    # What a -TokenProvider script block returned, as the (token, seconds) pair the interop
+    # layer takes: an object or hashtable with AccessToken (or Token) and ExpiresIn seconds
+    # (or ExpiresOn, a point in time), or the two-element array token, seconds.
+    param([object[]]$Answer)
+    $token = $null
+    $seconds = $null
+    if ($Answer.Count -eq 1) {
+        $a = $Answer[0]
+        $get = {
+            param([string[]]$Names)
+            foreach ($n in $Names) {
+                if ($a -is [System.Collections.IDictionary]) {
+                    if ($a.Contains($n)) { return $a[$n] }
+                } elseif ($a.PSObject.Properties[$n]) {
+                    return $a.$n
+                }
+            }
+        }
+        $token = & $get 'AccessToken', 'Token', 'access_token'
+        $expiresIn = & $get 'ExpiresIn', 'expires_in'
+        $expiresOn = & $get 'ExpiresOn', 'expires_on'
+        if ($null -ne $expiresIn) {
+            $seconds = [double]$expiresIn
+        } elseif ($expiresOn -is [datetimeoffset]) {
+            $seconds = ($expiresOn - [datetimeoffset]::UtcNow).TotalSeconds
+        } elseif ($expiresOn -is [datetime]) {
+            $seconds = ($expiresOn.ToUniversalTime() - [datetime]::UtcNow).TotalSeconds
+        }
+    } elseif ($Answer.Count -eq 2) {
+        $token = $Answer[0]
+        $seconds = [double]$Answer[1]
+    }
+    if ($token -is [securestring]) {
+        $token = [System.Net.NetworkCredential]::new('', $token).Password
+    }
+    if ([string]::IsNullOrEmpty($token) -or $null -eq $seconds) {
+        throw [System.ArgumentException]::new(
+            'the -TokenProvider script block must return @{ AccessToken = <token>; ExpiresIn = <seconds> } or the array <token>, <seconds>')
+    }
+    [System.Tuple]::Create([string]$token, [double]$seconds)
+}
+
+function New-QgTokenSource {
+    # The script block as the Func the interop layer calls when the client needs a token.
+    # It runs on the thread that sends the call: this session's, for ordinary use.
+    param([scriptblock]$Provider)
+    $convert = ${function:ConvertFrom-QgTokenAnswer}
+    $source = {
+        & $convert -Answer @(& $Provider)
+    }.GetNewClosure()
+    [System.Func[System.Tuple[string, double]]]$source
+}
+
 function ConvertFrom-QgJson {
     param([string]$Json)
     if ([string]::IsNullOrWhiteSpace($Json)) {
@@ -255,6 +309,38 @@ The app id as user name and the client secret as password.
 .PARAMETER AccessToken
 A ready bearer token, instead of tenant, app id and secret. It is not refreshed.
 
+.PARAMETER CertificatePath
+Signs in with a certificate instead of a secret: a PEM certificate file (.crt, .cer,
+.pem; with -PrivateKeyPath, or holding the key too), or a PKCS#12 file (.pfx, .p12) with
+its key, opened with -CertificatePassword. Upload the public certificate to the app
+registration. The key is read now and kept in memory that is wiped when the client is
+freed.
+
+.PARAMETER PrivateKeyPath
+The PEM file of the certificate's RSA private key (unencrypted PKCS#8 PRIVATE KEY or
+PKCS#1 RSA PRIVATE KEY). Omit it when the -CertificatePath file holds both.
+
+.PARAMETER CertificatePassword
+The password of a .pfx/.p12 -CertificatePath. Not used with PEM files.
+
+.PARAMETER AssertionAlgorithm
+How client assertions are signed: PS256 (the default) or RS256 for older identity
+platforms.
+
+.PARAMETER TokenProvider
+A script block that returns an access token when the client needs one (first call, near
+the token's end, or after a 401): either a hashtable or object with AccessToken (or
+Token, a string or SecureString) and ExpiresIn (seconds) or ExpiresOn (a date), or a
+two-element array: the token, then its lifetime in seconds. An error it throws fails the
+call with an authentication error carrying the message. It runs on the thread that sends
+the call, one call at a time, and must not send calls with this client.
+
+.PARAMETER Cloud
+The cloud or region: commercial (the default), the regions us, eu, uk, au, swa, ina,
+aea, or the US government clouds gcc, gcc-high, dod. It sets the API base URL, the login
+authority and the token scope together; -BaseUrl and -Authority still override their
+part.
+
 .PARAMETER Simulator
 A simulator from Start-QgSimulator: connects to it with its own credentials.
 
@@ -263,8 +349,8 @@ The API's base URL, e.g. https://api.security.microsoft.com or a regional host.
 Default: https://api.securitycenter.microsoft.com.
 
 .PARAMETER Authority
-The login authority. Default: https://login.microsoftonline.com
-(https://login.microsoftonline.us for GCC High and DoD).
+The login authority. Default: https://login.microsoftonline.com, or the -Cloud's
+(https://login.microsoftonline.us for gcc-high and dod).
 
 .PARAMETER TimeoutSec
 The time limit of one HTTP exchange, in seconds (default 300).
@@ -292,6 +378,33 @@ Connect-QgDefender -TenantId $tenant -Credential (Get-Credential -UserName $appI
 $sim = Start-QgSimulator -Machines 500
 Connect-QgDefender -Simulator $sim
 
+.EXAMPLE
+Connect-QgDefender -Cloud gcc-high -TenantId $tenant -ClientId $appId -ClientSecret $secret
+
+Connects to the US Government GCC High cloud: api-gov.securitycenter.microsoft.us,
+signing in at login.microsoftonline.us.
+
+.EXAMPLE
+Connect-QgDefender -TenantId $tenant -ClientId $appId -CertificatePath /etc/mde/app.crt -PrivateKeyPath /etc/mde/app.key
+
+Signs in with a certificate and its PEM key instead of a secret.
+
+.EXAMPLE
+$password = Read-Host -AsSecureString 'PFX password'
+Connect-QgDefender -Cloud eu -TenantId $tenant -ClientId $appId -CertificatePath ./app.pfx -CertificatePassword $password
+
+Signs in with a PKCS#12 file, as Windows and Azure Key Vault export it, in the EU region.
+
+.EXAMPLE
+Connect-QgDefender -TokenProvider {
+    $t = Get-AzAccessToken -ResourceUrl 'https://api.securitycenter.microsoft.com'
+    @{ AccessToken = $t.Token; ExpiresOn = $t.ExpiresOn }
+}
+
+Takes tokens from another module, asked again whenever the cached one nears its end.
+Returning @{ AccessToken = $token; ExpiresIn = 3599 } or the array $token, 3599 works
+as well.
+
 .OUTPUTS
 QuotaGate.Interop.Client
 #>
@@ -301,10 +414,14 @@ function Connect-QgDefender {
     param(
         [Parameter(Mandatory, ParameterSetName = 'ClientSecret')]
         [Parameter(Mandatory, ParameterSetName = 'Credential')]
+        [Parameter(Mandatory, ParameterSetName = 'Certificate')]
+        [Parameter(ParameterSetName = 'TokenProvider')]
         [ValidateNotNullOrEmpty()]
         [string]$TenantId,
 
         [Parameter(Mandatory, ParameterSetName = 'ClientSecret')]
+        [Parameter(Mandatory, ParameterSetName = 'Certificate')]
+        [Parameter(ParameterSetName = 'TokenProvider')]
         [ValidateNotNullOrEmpty()]
         [string]$ClientId,
 
@@ -319,6 +436,27 @@ function Connect-QgDefender {
 
         [Parameter(Mandatory, ParameterSetName = 'Simulator')]
         [QuotaGate.Interop.Simulator]$Simulator,
+
+        [Parameter(Mandatory, ParameterSetName = 'Certificate')]
+        [ValidateNotNullOrEmpty()]
+        [string]$CertificatePath,
+
+        [Parameter(ParameterSetName = 'Certificate')]
+        [ValidateNotNullOrEmpty()]
+        [string]$PrivateKeyPath,
+
+        [Parameter(ParameterSetName = 'Certificate')]
+        [securestring]$CertificatePassword,
+
+        [Parameter(ParameterSetName = 'Certificate')]
+        [ValidateSet('PS256', 'RS256')]
+        [string]$AssertionAlgorithm,
+
+        [Parameter(Mandatory, ParameterSetName = 'TokenProvider')]
+        [scriptblock]$TokenProvider,
+
+        [ValidateSet('commercial', 'us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea', 'gcc', 'gcc-high', 'dod')]
+        [string]$Cloud,
 
         [ValidateNotNullOrEmpty()]
         [string]$BaseUrl,
@@ -354,6 +492,39 @@ function Connect-QgDefender {
         'AccessToken' {
             $options.AccessToken = $AccessToken
         }
+        'Certificate' {
+            $options.TenantId = $TenantId
+            $options.ClientId = $ClientId
+            # Relative to the current PowerShell location, which .NET does not follow.
+            $path = $PSCmdlet.GetUnresolvedProviderPathFromPSPath($CertificatePath)
+            if ([System.IO.Path]::GetExtension($path) -in '.pfx', '.p12') {
+                if ($PSBoundParameters.ContainsKey('PrivateKeyPath')) {
+                    $PSCmdlet.ThrowTerminatingError([System.Management.Automation.ErrorRecord]::new(
+                            [System.ArgumentException]::new('-PrivateKeyPath is for PEM certificates: a .pfx/.p12 file holds its key.'),
+                            'QuotaGate.PrivateKeyWithPfx', 'InvalidArgument', $PrivateKeyPath))
+                }
+                $options.PfxPath = $path
+                $options.PfxPassword = $CertificatePassword
+            } else {
+                if ($PSBoundParameters.ContainsKey('CertificatePassword')) {
+                    $PSCmdlet.ThrowTerminatingError([System.Management.Automation.ErrorRecord]::new(
+                            [System.ArgumentException]::new('-CertificatePassword is for .pfx/.p12 files: PEM keys are read unencrypted.'),
+                            'QuotaGate.PasswordWithPem', 'InvalidArgument', $CertificatePath))
+                }
+                $options.CertificatePath = $path
+                if ($PrivateKeyPath) {
+                    $options.PrivateKeyPath = $PSCmdlet.GetUnresolvedProviderPathFromPSPath($PrivateKeyPath)
+                }
+            }
+            if ($AssertionAlgorithm) {
+                $options.AssertionAlgorithm = [QuotaGate.Interop.AssertionAlgorithm]$AssertionAlgorithm
+            }
+        }
+        'TokenProvider' {
+            if ($TenantId) { $options.TenantId = $TenantId }
+            if ($ClientId) { $options.ClientId = $ClientId }
+            $options.TokenProvider = New-QgTokenSource -Provider $TokenProvider
+        }
         'Simulator' {
             $options.BaseUrl = $Simulator.Url
             $options.Authority = $Simulator.Authority
@@ -362,6 +533,7 @@ function Connect-QgDefender {
             $options.ClientSecret = $Simulator.ClientSecret
         }
     }
+    if ($PSBoundParameters.ContainsKey('Cloud')) { $options.Cloud = $Cloud }
     if ($PSBoundParameters.ContainsKey('BaseUrl')) { $options.BaseUrl = $BaseUrl }
     if ($PSBoundParameters.ContainsKey('Authority')) { $options.Authority = $Authority }
     if ($PSBoundParameters.ContainsKey('TimeoutSec')) { $options.TimeoutMs = [uint64]$TimeoutSec * 1000 }
@@ -372,7 +544,7 @@ function Connect-QgDefender {
     try {
         $client = [QuotaGate.Interop.Client]::new($options)
     } catch {
-        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $options.BaseUrl))
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $(if ($options.BaseUrl) { $options.BaseUrl } else { $options.Cloud })))
     }
     # The previous default is not closed: a script may still hold it for another tenant.
     $script:DefaultClient = $client

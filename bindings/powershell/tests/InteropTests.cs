@@ -12,6 +12,7 @@ using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.Linq;
+using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 using System.Security;
 using System.Text;
@@ -920,6 +921,7 @@ namespace QuotaGate.Interop.Tests
                 return;
             }
             Test("simulator: start, client over every machine, log and stats", SimulatorRoundTrip);
+            CredentialTests();
             Test("simulator: a client within the quota gets no 429; one above it is paused and retried", SimulatorThrottling);
             Test("simulator: a 429 past the attempt budget is QG_ERR_THROTTLED with Retry-After and attempts", SimulatorThrottledDetails);
             Test("simulator: bad settings fail with the library's message", () =>
@@ -934,6 +936,256 @@ namespace QuotaGate.Interop.Tests
                     Assert.Fails(ResultCode.NullArgument, "", () => Native.Check(NativeMethods.qg_sim_config_set_machines(new SimConfigHandle(), 1)), "NULL settings");
                 }
             });
+        }
+
+        // ----- clouds, certificates, token providers, budgets -------------------------------
+
+        static string dataDir;
+
+        /// <summary>The repository's tests/data (test-only certificates), found from the working directory up.</summary>
+        static string DataFile(string name)
+        {
+            if (dataDir == null)
+            {
+                string dir = System.IO.Directory.GetCurrentDirectory();
+                while (dir != null && !System.IO.File.Exists(System.IO.Path.Combine(dir, "tests", "data", "app.crt")))
+                {
+                    dir = System.IO.Path.GetDirectoryName(dir);
+                }
+                if (dir == null)
+                {
+                    throw new AssertionException("tests/data not found above " + System.IO.Directory.GetCurrentDirectory());
+                }
+                dataDir = System.IO.Path.Combine(dir, "tests", "data");
+            }
+            return System.IO.Path.Combine(dataDir, name);
+        }
+
+        const string CertApp = "cert-app";
+
+        static Simulator CertificateSimulator()
+        {
+            var so = new SimulatorOptions { Machines = 3, LiveResponseDelayMs = 0 };
+            so.CertificateClients.Add(CertApp, System.IO.File.ReadAllText(DataFile("app.crt")));
+            return new Simulator(so);
+        }
+
+        static ClientOptions CertClient(Simulator sim)
+        {
+            return new ClientOptions { BaseUrl = sim.Url, Authority = sim.Authority, TenantId = sim.TenantId, ClientId = CertApp };
+        }
+
+        static void SendsOk(ClientOptions o, string what)
+        {
+            using (var c = new Client(o))
+            {
+                Response r = c.Send("GET", "/api/machines?$top=1", null, CancellationToken.None);
+                Assert.Equal(200, r.Status, what + ": " + r.BodyText);
+            }
+        }
+
+        static void CredentialTests()
+        {
+            Test("cloud: every documented name is accepted; an unknown one fails with the list of names", () =>
+            {
+                ClientBuilderHandle b;
+                Native.Check(NativeMethods.qg_client_builder_new(out b));
+                using (b)
+                {
+                    foreach (string name in new[] { "commercial", "us", "eu", "uk", "au", "swa", "ina", "aea", "gcc", "gcc-high", "dod", "GCC-High" })
+                    {
+                        Native.Check(NativeMethods.qg_client_builder_set_cloud(b, Utf8.Encode(name, "name")));
+                    }
+                    var e = Assert.Fails(ResultCode.InvalidArgument, "gcc-high",
+                        () => Native.Check(NativeMethods.qg_client_builder_set_cloud(b, Utf8.Encode("mars", "name"))), "unknown cloud");
+                    Assert.True(e.Message.Contains("mars") && e.Message.Contains("commercial") && e.Message.Contains("dod"), "the names: " + e.Message);
+                    Assert.Fails(ResultCode.NullArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_cloud(b, null)), "NULL cloud");
+                }
+                var o = new ClientOptions { Cloud = "Mars", AccessToken = Secure("t") };
+                Assert.Fails(ResultCode.InvalidArgument, "commercial", () => new Client(o).Dispose(), "through ClientOptions");
+                o.Cloud = "gcc-high";
+                new Client(o).Dispose();
+            });
+
+            Test("cloud: base URL and authority override the cloud's, in either order", () =>
+            {
+                using (var sim = new Simulator(new SimulatorOptions { Machines = 2 }))
+                {
+                    var o = SimClient(sim);
+                    o.Cloud = "gcc-high";
+                    SendsOk(o, "gcc-high with the simulator's URLs");
+                }
+            });
+
+            if (!System.IO.File.Exists(DataFile("app.crt")))
+            {
+                Skip("certificate tests", "tests/data/app.crt is missing");
+                return;
+            }
+
+            Test("certificate: PEM files, PEM text, PFX and RS256 sign in to the simulator", () =>
+            {
+                using (var sim = CertificateSimulator())
+                {
+                    var o = CertClient(sim);
+                    o.CertificatePath = DataFile("app.crt");
+                    o.PrivateKeyPath = DataFile("app.key");
+                    SendsOk(o, "PEM files");
+
+                    o = CertClient(sim);
+                    o.CertificatePath = DataFile("app.pem"); // both in one file
+                    o.AssertionAlgorithm = AssertionAlgorithm.RS256;
+                    SendsOk(o, "one PEM file, RS256");
+
+                    o = CertClient(sim);
+                    o.CertificatePem = System.IO.File.ReadAllText(DataFile("app.crt"));
+                    o.PrivateKeyPem = Secure(System.IO.File.ReadAllText(DataFile("app-pkcs1.key")));
+                    SendsOk(o, "PEM text, PKCS#1 key");
+
+                    o = CertClient(sim);
+                    o.PfxPath = DataFile("app.pfx");
+                    o.PfxPassword = Secure("quotagate");
+                    SendsOk(o, "PFX");
+                }
+            });
+
+            Test("certificate: a key of another certificate or a wrong PFX password is refused with the library's message", () =>
+            {
+                var o = new ClientOptions { TenantId = "t", ClientId = CertApp, CertificatePath = DataFile("app.crt"), PrivateKeyPath = DataFile("other.key") };
+                Assert.Fails(ResultCode.InvalidArgument, "does not belong", () => new Client(o).Dispose(), "other.key");
+                o = new ClientOptions { TenantId = "t", ClientId = CertApp, PfxPath = DataFile("app.pfx"), PfxPassword = Secure("Hunter2-not-it") };
+                var e = Assert.Throws<QuotaGateException>(() => new Client(o).Dispose(), "wrong password");
+                Assert.Equal(ResultCode.InvalidArgument, e.Code, "wrong password: code");
+                Assert.True(e.Message.Contains("password") && !e.Message.Contains("Hunter2"), "the password stays out of the message: " + e.Message);
+                o = new ClientOptions { TenantId = "t", ClientId = CertApp, CertificatePath = DataFile("no-such.crt") };
+                Assert.Fails(ResultCode.InvalidArgument, "no-such.crt", () => new Client(o).Dispose(), "missing file");
+                o = new ClientOptions { PrivateKeyPath = DataFile("app.key") };
+                Assert.Throws<ArgumentException>(() => new Client(o).Dispose(), "a key without its certificate");
+                ClientBuilderHandle b;
+                Native.Check(NativeMethods.qg_client_builder_new(out b));
+                using (b)
+                {
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_assertion_algorithm(b, 7)), "unknown algorithm");
+                }
+            });
+
+            Test("token provider: called for real tokens, kept alive across GC.Collect, refreshed near expiry", () =>
+            {
+                using (var sim = CertificateSimulator())
+                {
+                    int calls = 0;
+                    Client c = TokenClient(sim, () =>
+                    {
+                        Interlocked.Increment(ref calls);
+                        return Tuple.Create(sim.IssueToken(sim.ClientId), 1.0); // refreshed after 0.8 s
+                    });
+                    using (c)
+                    {
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "first call");
+                        Assert.Equal(1, calls, "the provider was called");
+                        for (int i = 0; i < 3; i++)
+                        {
+                            GC.Collect();
+                            GC.WaitForPendingFinalizers();
+                        }
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "cached token");
+                        Assert.Equal(1, calls, "the token is cached");
+                        Thread.Sleep(1000);
+                        GC.Collect();
+                        GC.WaitForPendingFinalizers();
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "after GC and expiry");
+                        Assert.Equal(2, calls, "the provider was called again after GC.Collect");
+                        Assert.Equal(2, c.TokenProvider.Calls, "the bridge counts the calls");
+                    }
+                }
+            });
+
+            Test("token provider: an exception or a bad answer becomes an auth error with its message", () =>
+            {
+                using (var sim = CertificateSimulator())
+                {
+                    using (var c = TokenClient(sim, () => { throw new InvalidOperationException("vault is down"); }))
+                    {
+                        Assert.Fails(ResultCode.Auth, "vault is down", () => c.Send("GET", "/api/machines", null, CancellationToken.None), "throwing provider");
+                        Assert.True(c.TokenProvider.LastError is InvalidOperationException, "LastError");
+                        Assert.Fails(ResultCode.Auth, "vault is down", () => c.Send("GET", "/api/machines", null, CancellationToken.None), "still fails, no crash");
+                    }
+                    using (var c = TokenClient(sim, () => Tuple.Create("", 60.0)))
+                    {
+                        Assert.Fails(ResultCode.Auth, "no token", () => c.Send("GET", "/api/machines", null, CancellationToken.None), "empty token");
+                    }
+                    using (var c = TokenClient(sim, () => Tuple.Create(sim.IssueToken(sim.ClientId), 0.0)))
+                    {
+                        Assert.Fails(ResultCode.Auth, "above 0", () => c.Send("GET", "/api/machines", null, CancellationToken.None), "zero lifetime");
+                    }
+                }
+            });
+
+            Test("token provider: a token larger than the buffer asks for more and is fetched once", () =>
+            {
+                int calls = 0;
+                string token = new string('x', 5000) + "é";
+                var p = new TokenProvider(() => { calls++; return Tuple.Create(token, 2.5); });
+                IntPtr small = Marshal.AllocHGlobal(16), large = Marshal.AllocHGlobal(8192);
+                IntPtr written = Marshal.AllocHGlobal(8), expires = Marshal.AllocHGlobal(8);
+                try
+                {
+                    Assert.Equal(ResultCode.BufferTooSmall, p.Callback(IntPtr.Zero, small, new UIntPtr(16), written, expires), "too small");
+                    Assert.Equal(5002L, Marshal.ReadInt64(written), "needed length in UTF-8 bytes");
+                    Assert.Equal(ResultCode.Ok, p.Callback(IntPtr.Zero, large, new UIntPtr(8192), written, expires), "large enough");
+                    Assert.Equal(5002L, Marshal.ReadInt64(written), "written");
+                    Assert.Equal(2500L, Marshal.ReadInt64(expires), "expires in ms");
+                    var bytes = new byte[5002];
+                    Marshal.Copy(large, bytes, 0, bytes.Length);
+                    Assert.Equal(token, Encoding.UTF8.GetString(bytes), "the token");
+                    Assert.Equal(1, calls, "the source was called once");
+                    var failing = new TokenProvider(() => { throw new Exception("ünreachable vault"); });
+                    Assert.Equal(ResultCode.Auth, failing.Callback(IntPtr.Zero, small, new UIntPtr(16), written, expires), "failure code");
+                    long n = Marshal.ReadInt64(written);
+                    Assert.True(n > 0 && n <= 16, "the reason is cut to the buffer: " + n);
+                }
+                finally
+                {
+                    Marshal.FreeHGlobal(small);
+                    Marshal.FreeHGlobal(large);
+                    Marshal.FreeHGlobal(written);
+                    Marshal.FreeHGlobal(expires);
+                }
+            });
+
+            Test("budgets: in-flight caps and the hunting run-time budget are set; bad values fail", () =>
+            {
+                using (var sim = CertificateSimulator())
+                {
+                    var o = SimClient(sim);
+                    o.MaxInFlight.Add(new InFlightCap("POST", "/api/machines/{id}/runliveresponse", 10));
+                    o.MaxInFlight.Add(new InFlightCap(null, "/api/machines/{id}/isolate", 0));
+                    o.HuntingBudgetPerHourMs = 60000;
+                    o.HuntingBudgetPolicy = HuntingBudgetPolicy.Fail;
+                    using (var c = new Client(o))
+                    {
+                        Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "a call");
+                    }
+                    o = SimClient(sim);
+                    o.MaxInFlight.Add(new InFlightCap(null, "api/relative", 1));
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => new Client(o).Dispose(), "a relative pattern");
+                }
+                ClientBuilderHandle b;
+                Native.Check(NativeMethods.qg_client_builder_new(out b));
+                using (b)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_ms(b, 0, 0));
+                    Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_policy(b, 9)), "unknown policy");
+                }
+            });
+        }
+
+        // Not inlined, and the delegate made here: the test's frame holds only the client.
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static Client TokenClient(Simulator sim, Func<Tuple<string, double>> source)
+        {
+            var o = new ClientOptions { BaseUrl = sim.Url, TenantId = sim.TenantId, ClientId = sim.ClientId, TokenProvider = source };
+            return new Client(o);
         }
 
         static string SimHunt(Client c, string query)

@@ -138,6 +138,141 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
     }
 }
 
+Describe 'Connect-QgDefender with a cloud, a certificate or a token provider' {
+    BeforeAll {
+        $script:Data = Join-Path $PSScriptRoot '..' '..' '..' 'tests' 'data'
+        $options = [QuotaGate.Interop.SimulatorOptions]::new()
+        $options.CertificateClients.Add('cert-app', (Get-Content -Raw (Join-Path $script:Data 'app.crt')))
+        $script:CertSim = [QuotaGate.Interop.Simulator]::new($options)
+        $script:CertParams = @{
+            TenantId  = $script:CertSim.TenantId
+            ClientId  = 'cert-app'
+            BaseUrl   = $script:CertSim.Url
+            Authority = $script:CertSim.Authority
+        }
+    }
+
+    AfterAll {
+        $script:CertSim.Dispose()
+    }
+
+    AfterEach {
+        Disconnect-QgDefender
+    }
+
+    It 'accepts every documented cloud name' {
+        foreach ($cloud in 'commercial', 'us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea', 'gcc', 'gcc-high', 'dod') {
+            $client = Connect-QgDefender -Cloud $cloud -AccessToken (New-TestSecret 'token')
+            $client | Should -BeOfType ([QuotaGate.Interop.Client]) -Because $cloud
+            Disconnect-QgDefender -Client $client
+        }
+    }
+
+    It 'rejects an unknown cloud before calling the library' {
+        { Connect-QgDefender -Cloud 'mars' -AccessToken (New-TestSecret 'token') } |
+            Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+    }
+
+    It 'lets -BaseUrl override the cloud''s API host' {
+        Connect-QgDefender -Cloud gcc-high -Simulator $script:Sim -BaseUrl $script:Sim.Url -Authority $script:Sim.Authority | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'signs in with a PEM certificate and key file' {
+        Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.crt') `
+            -PrivateKeyPath (Join-Path $script:Data 'app.key') | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'signs in with one PEM file holding both, with RS256' {
+        Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.pem') -AssertionAlgorithm RS256 | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'signs in with a PFX file and its password' {
+        Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.pfx') `
+            -CertificatePassword (New-TestSecret 'quotagate') | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'resolves a relative certificate path from the current location' {
+        Push-Location $script:Data
+        try {
+            Connect-QgDefender @script:CertParams -CertificatePath ./app.pem | Out-Null
+        } finally {
+            Pop-Location
+        }
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'refuses a key that is not the certificate''s with the library''s message' {
+        $err = { Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.crt') `
+                -PrivateKeyPath (Join-Path $script:Data 'other.key') } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::InvalidArgument)
+        $err.Exception.Message | Should -BeLike '*does not belong*'
+    }
+
+    It 'refuses a wrong PFX password without showing it' {
+        $err = { Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.pfx') `
+                -CertificatePassword (New-TestSecret 'not-the-password') } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::InvalidArgument)
+        $err.Exception.Message | Should -Not -BeLike '*not-the-password*'
+    }
+
+    It 'refuses a password with PEM files and a key file with a PFX' {
+        { Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.pem') -CertificatePassword (New-TestSecret 'x') } |
+            Should -Throw '*-CertificatePassword*'
+        { Connect-QgDefender @script:CertParams -CertificatePath (Join-Path $script:Data 'app.pfx') -PrivateKeyPath (Join-Path $script:Data 'app.key') } |
+            Should -Throw '*-PrivateKeyPath*'
+    }
+
+    It 'takes tokens from a script block returning a hashtable' {
+        $script:ProviderCalls = 0
+        $sim = $script:Sim
+        Connect-QgDefender -BaseUrl $sim.Url -TenantId $sim.TenantId -ClientId $sim.ClientId -TokenProvider {
+            $script:ProviderCalls++
+            @{ AccessToken = $script:Sim.IssueToken($script:Sim.ClientId); ExpiresIn = 3599 }
+        } | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+        [System.GC]::Collect()
+        [System.GC]::WaitForPendingFinalizers()
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+        $script:ProviderCalls | Should -Be 1
+    }
+
+    It 'takes tokens from a script block returning token and seconds' {
+        $sim = $script:Sim
+        Connect-QgDefender -BaseUrl $sim.Url -TokenProvider { $script:Sim.IssueToken($script:Sim.ClientId), 3599 } | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'takes a SecureString token with an ExpiresOn date' {
+        $sim = $script:Sim
+        Connect-QgDefender -BaseUrl $sim.Url -TokenProvider {
+            [pscustomobject]@{
+                Token     = ConvertTo-SecureString -String $script:Sim.IssueToken($script:Sim.ClientId) -AsPlainText -Force
+                ExpiresOn = [datetimeoffset]::UtcNow.AddHours(1)
+            }
+        } | Out-Null
+        (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'turns an error of the token provider into an authentication error with its message' {
+        Connect-QgDefender -BaseUrl $script:Sim.Url -TokenProvider { throw 'the vault is sealed' } | Out-Null
+        $err = { Invoke-QgRequest /api/machines } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Auth)
+        $err.Exception.Message | Should -BeLike '*the vault is sealed*'
+    }
+
+    It 'explains what a token provider must return' {
+        Connect-QgDefender -BaseUrl $script:Sim.Url -TokenProvider { 'just a token' } | Out-Null
+        $err = { Invoke-QgRequest /api/machines } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Auth)
+        $err.Exception.Message | Should -BeLike '*ExpiresIn*'
+    }
+}
+
 Describe 'Invoke-QgRequest' {
     BeforeAll {
         Connect-QgDefender -Simulator $script:Sim | Out-Null
