@@ -33,6 +33,8 @@ def header_functions() -> List[str]:
     """The names of the functions the header declares (comments removed first)."""
     code = re.sub(r"/\*.*?\*/", "", header_text(), flags=re.S)
     code = re.sub(r"//[^\n]*", "", code)
+    # Callback types (typedef qg_result (*qg_token_fn)(...)) are not functions.
+    code = re.sub(r"\btypedef\b[^;]*;", "", code)
     return re.findall(r"\b(qg_\w+)\s*\(", code)
 
 

@@ -4,7 +4,10 @@ collecting 429s; tokens, retries and paging are the library's work."""
 from __future__ import annotations
 
 import json as _json
-from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p
+import math
+import numbers
+import os
+from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p, memmove
 from typing import (
     Any,
     Callable,
@@ -20,10 +23,22 @@ from typing import (
 )
 
 from . import _convert
-from ._errors import DETAIL_FIELDS, Error, HTTPError, error_from
+from ._errors import DETAIL_FIELDS, AuthError, Error, HTTPError, error_from
 from ._handle import NativeHandle
 from ._limiter import Limiter, Rate
-from ._native import QG_DONE, QG_OK, borrowed_bytes, lib, read_text, take_string
+from ._native import (
+    QG_ASSERTION_PS256,
+    QG_ASSERTION_RS256,
+    QG_DONE,
+    QG_ERR_AUTH,
+    QG_ERR_BUFFER_TOO_SMALL,
+    QG_OK,
+    TOKEN_FN,
+    borrowed_bytes,
+    lib,
+    read_text,
+    take_string,
+)
 from ._runner import Shared, runner
 
 #: ``(method or None for any, path pattern, [(calls, seconds), ...])``, e.g.
@@ -33,6 +48,15 @@ Route = Tuple[Optional[str], str, Sequence[Rate]]
 Params = Union[Mapping[str, Any], Sequence[Tuple[str, Any]]]
 #: A raw body: bytes as they are, str as UTF-8.
 Body = Union[bytes, bytearray, str]
+#: A certificate or key file: a path (str or os.PathLike), or PEM text.
+PathOrPem = Union[str, "os.PathLike[str]"]
+#: A token provider: returns ``(access_token, expires_in_seconds)``.
+TokenProvider = Callable[[], Tuple[str, Union[int, float]]]
+
+#: The names ``cloud=`` takes (case-insensitive); the library checks them.
+CLOUDS = ("commercial", "us", "eu", "uk", "au", "swa", "ina", "aea", "gcc", "gcc-high", "dod")
+#: The values ``assertion_algorithm=`` takes.
+ASSERTION_ALGORITHMS = {"PS256": QG_ASSERTION_PS256, "RS256": QG_ASSERTION_RS256}
 
 DEFAULT_BASE_URL = "https://api.securitycenter.microsoft.com"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
@@ -151,8 +175,24 @@ class Response:
 class Client(NativeHandle):
     """A client of the Defender for Endpoint API that stays inside its quotas.
 
-    Give either ``tenant_id``, ``client_id`` and ``client_secret`` (an app registration:
-    the library gets and refreshes the tokens) or ``access_token``.
+    Give ``tenant_id`` and ``client_id`` with ``client_secret`` or ``certificate`` (an
+    app registration: the library gets and refreshes the tokens), or ``access_token``
+    (a fixed token), or ``token_provider`` (a function that hands out tokens).
+
+    :param cloud: the cloud by name: ``"commercial"`` (the default), a commercial region
+        (``"us"``, ``"eu"``, ``"uk"``, ``"au"``, ``"swa"``, ``"ina"``, ``"aea"``) or a US
+        government cloud (``"gcc"``, ``"gcc-high"``, ``"dod"``); it sets the login
+        authority, the API base URL and the token scope, which ``authority``,
+        ``base_url``, ``scope`` and ``resource`` override.
+    :param certificate: certificate credentials: a ``.pfx``/``.p12`` file (opened with
+        ``password``), or a PEM file (with ``private_key``, a PEM key file, unless it
+        holds the key as well), or PEM text (``private_key`` then PEM text too).
+    :param assertion_algorithm: how certificate assertions are signed, ``"PS256"``
+        (the default) or ``"RS256"``.
+    :param token_provider: a function of no arguments returning
+        ``(access_token, expires_in_seconds)``; the client calls it when it needs a
+        token, from whichever thread sends a call, one call at a time. It must not use
+        this client. An exception from it fails that call with :class:`AuthError`.
 
     :param rates: the default quota of every endpoint, ``[(calls, seconds), ...]``
         (the library's default: 100 per 60 s and 1500 per hour).
@@ -179,8 +219,14 @@ class Client(NativeHandle):
         client_secret: Optional[str] = None,
         *,
         access_token: Optional[str] = None,
-        base_url: str = DEFAULT_BASE_URL,
-        authority: str = DEFAULT_AUTHORITY,
+        base_url: Optional[str] = None,
+        authority: Optional[str] = None,
+        cloud: Optional[str] = None,
+        certificate: Optional[PathOrPem] = None,
+        private_key: Optional[PathOrPem] = None,
+        password: Optional[str] = None,
+        assertion_algorithm: Optional[str] = None,
+        token_provider: Optional[TokenProvider] = None,
         rates: Optional[Sequence[Rate]] = None,
         routes: Optional[Sequence[Route]] = None,
         limiter: Optional[Limiter] = None,
@@ -195,18 +241,55 @@ class Client(NativeHandle):
         margin: Optional[Union[int, float]] = None,
     ) -> None:
         super().__init__()
+        self._cloud = cloud
+        if base_url is None and cloud is None:
+            base_url = DEFAULT_BASE_URL
+        if authority is None and cloud is None:
+            authority = DEFAULT_AUTHORITY
         self._base_url = base_url
-        self._auth = "access token" if access_token is not None else "client secret"
+        if token_provider is not None:
+            self._auth = "token provider"
+        elif certificate is not None:
+            self._auth = "certificate"
+        elif access_token is not None:
+            self._auth = "access token"
+        else:
+            self._auth = "client secret"
         self._tenant_id = tenant_id
-        self._secrets = tuple(s for s in (client_secret, access_token) if isinstance(s, str) and s)
+        pem_key = private_key if _is_pem(certificate) else None
+        self._secrets = tuple(
+            s
+            for s in (client_secret, access_token, password, pem_key)
+            if isinstance(s, str) and s
+        )
+        self._token_provider: Optional[_TokenCallback] = None
         settings: List[Tuple[Callable[..., int], Tuple[Any, ...]]] = []
 
         def add(fn: Callable[..., int], *args: Any) -> None:
             settings.append((fn, args))
 
-        add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
-        add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
+        # The cloud first: base_url, authority, scope and resource override its parts.
+        if cloud is not None:
+            add(lib.qg_client_builder_set_cloud, _convert.text(cloud, "cloud"))
+        if base_url is not None:
+            add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
+        if authority is not None:
+            add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
         # Which credentials are enough, and what they may contain, the library decides.
+        if certificate is not None:
+            add(*_certificate_setting(certificate, private_key, password))
+        elif private_key is not None or password is not None:
+            raise ValueError("private_key and password go with certificate")
+        if assertion_algorithm is not None:
+            add(lib.qg_client_builder_set_assertion_algorithm, _algorithm(assertion_algorithm))
+        if token_provider is not None:
+            if not callable(token_provider):
+                kind = type(token_provider).__name__
+                raise TypeError(f"token_provider must be callable, not {kind}")
+            # The callback object must live as long as the native client: kept on self,
+            # whose native memory is freed only when self is collected.
+            self._token_provider = _TokenCallback(token_provider)
+            add(lib.qg_client_builder_set_token_provider, self._token_provider.native, None)
         if access_token is not None:
             add(lib.qg_client_builder_set_access_token, _secret(access_token, "access_token"))
         for value, name, setter in (
@@ -272,8 +355,9 @@ class Client(NativeHandle):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
+        where = repr(self._base_url) if self._base_url is not None else f"cloud={self._cloud!r}"
         tenant = f" tenant_id={self._tenant_id!r}" if self._tenant_id else ""
-        return f"<quotagate.Client {self._base_url!r}{tenant} auth={self._auth} {state}>"
+        return f"<quotagate.Client {where}{tenant} auth={self._auth} {state}>"
 
     # -- errors ---------------------------------------------------------------------
 
@@ -284,7 +368,12 @@ class Client(NativeHandle):
 
     def _failure(self, code: int) -> Error:
         """The exception for a failed client call; call on the thread that failed."""
-        return error_from(code, with_details=True, redact=self._redact)
+        error = error_from(code, with_details=True, redact=self._redact)
+        provider = self._token_provider
+        if isinstance(error, AuthError) and provider is not None and provider.failure is not None:
+            # The provider's own exception, for the traceback; the library never saw it.
+            error.__cause__ = provider.failure
+        return error
 
     def _check(self, code: int) -> None:
         if code != QG_OK:
@@ -536,6 +625,134 @@ class _Prepared:
                     self.content_type = value
             header_list = [(n, v) for n, v in header_list if n.lower() != b"content-type"]
         self.headers = header_list
+
+
+def _is_pem(value: Any) -> bool:
+    return isinstance(value, str) and "-----BEGIN" in value
+
+
+def _path(value: Any, name: str) -> bytes:
+    """A file path (str or os.PathLike of str) as UTF-8 for the library."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return _convert.text(value, name)
+
+
+def _certificate_setting(
+    certificate: Any, private_key: Any, password: Any
+) -> Tuple[Callable[..., int], bytes, Optional[bytes]]:
+    """The builder call for ``certificate=``: PEM text, a PFX file or PEM files."""
+    if _is_pem(certificate):
+        if password is not None:
+            raise ValueError("password goes with a .pfx or .p12 certificate, not PEM text")
+        key = None if private_key is None else _secret(private_key, "private_key")
+        return lib.qg_client_builder_set_certificate_pem, _secret(certificate, "certificate"), key
+    path = _path(certificate, "certificate")
+    if os.path.splitext(os.fsdecode(path))[1].lower() in (".pfx", ".p12"):
+        if private_key is not None:
+            raise ValueError("a .pfx or .p12 certificate holds its key: give no private_key")
+        pw = None if password is None else _secret(password, "password")
+        return lib.qg_client_builder_set_certificate_pfx_file, path, pw
+    if password is not None:
+        raise ValueError("password goes with a .pfx or .p12 certificate; PEM keys are unencrypted")
+    key_path = None if private_key is None else _path(private_key, "private_key")
+    return lib.qg_client_builder_set_certificate_pem_files, path, key_path
+
+
+def _algorithm(value: Any) -> int:
+    if not isinstance(value, str):
+        raise TypeError(f"assertion_algorithm must be a str, not {type(value).__name__}")
+    try:
+        return ASSERTION_ALGORITHMS[value.upper()]
+    except KeyError:
+        names = ", ".join(ASSERTION_ALGORITHMS)
+        raise ValueError(f"assertion_algorithm must be one of {names}, not {value!r}") from None
+
+
+class _TokenCallback:
+    """Wraps a Python token provider as a ``qg_token_fn``.
+
+    The library calls :attr:`native` from its threads (ctypes takes the GIL), one call
+    at a time per client. Nothing may propagate into C: every exception becomes a
+    failure return with a description that names only the exception's type, so no
+    token can reach an error text or a log; the exception itself is kept in
+    :attr:`failure` and chained to the :class:`AuthError` the call raises.
+    """
+
+    def __init__(self, fn: TokenProvider) -> None:
+        self._fn = fn
+        self.failure: Optional[BaseException] = None
+        # A token too long for the library's buffer, kept for the call that follows at
+        # once with a larger one, so that the provider is asked once per token.
+        self._pending: Optional[Tuple[bytes, int]] = None
+        self.native = TOKEN_FN(self._call)
+
+    def _call(
+        self,
+        _user_data: Optional[int],
+        buf: Optional[int],
+        buf_len: int,
+        written: Any,
+        expires_in_ms: Any,
+    ) -> int:
+        try:
+            pending, self._pending = self._pending, None
+            if pending is not None and len(pending[0]) <= buf_len:
+                token, ms = pending
+            else:
+                token, ms = _token_result(self._fn())
+            if len(token) > buf_len:
+                self._pending = (token, ms)
+                written[0] = len(token)
+                return QG_ERR_BUFFER_TOO_SMALL
+            if not buf:
+                raise ValueError("the library passed no token buffer")
+            memmove(buf, token, len(token))
+            written[0] = len(token)
+            expires_in_ms[0] = ms
+            self.failure = None
+            return QG_OK
+        except BaseException as e:  # noqa: B036 - never unwind into C
+            try:
+                self.failure = e
+                note = f"the token provider raised {type(e).__name__}".encode("utf-8")
+                n = min(len(note), buf_len)
+                if buf and n:
+                    memmove(buf, note, n)
+                written[0] = n
+            except BaseException:  # pragma: no cover - nothing left to report with
+                pass
+            return QG_ERR_AUTH
+
+
+def _token_result(value: Any) -> Tuple[bytes, int]:
+    """A provider's ``(token, expires_in_seconds)`` as UTF-8 bytes and milliseconds.
+    The messages never quote the token."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError("the token provider must return (access_token, expires_in_seconds)")
+    token, expires = value
+    if not isinstance(token, str):
+        raise TypeError(f"the access token must be a str, not {type(token).__name__}")
+    if not token:
+        raise ValueError("the access token is empty")
+    if isinstance(expires, bool) or not isinstance(expires, numbers.Real):
+        raise TypeError(f"expires_in_seconds must be a number, not {type(expires).__name__}")
+    seconds = float(expires)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("expires_in_seconds must be above 0")
+    ms = max(1, min(int(seconds * 1000.0), _convert.U64_MAX))
+    data = token.encode("utf-8")
+    if len(data) > _MAX_TOKEN_BYTES:
+        raise ValueError("the access token is longer than 1 MiB")
+    return data, ms
+
+
+#: The largest token the library takes from a provider.
+_MAX_TOKEN_BYTES = 1 << 20
 
 
 def _secret(value: Any, name: str) -> bytes:

@@ -83,6 +83,14 @@ QG_DETAIL_RETRY_AFTER_MS = 5
 QG_DETAIL_ATTEMPTS = 6
 QG_DETAIL_SUMMARY = 7
 
+# Algorithms of qg_client_builder_set_assertion_algorithm.
+QG_ASSERTION_PS256 = 0
+QG_ASSERTION_RS256 = 1
+
+# Policies of qg_client_builder_set_hunting_budget_policy.
+QG_HUNTING_BUDGET_WAIT = 0
+QG_HUNTING_BUDGET_FAIL = 1
+
 # Log levels of qg_set_logger.
 QG_LOG_ERROR = 1
 QG_LOG_WARN = 2
@@ -107,6 +115,11 @@ QG_SIM_RETRY_AFTER_NONE = 5
 
 #: ``void (*qg_log_fn)(uint32_t level, const char *message, void *user_data)``
 LOG_FN = CFUNCTYPE(None, c_uint32, c_char_p, c_void_p)
+
+#: ``qg_result (*qg_token_fn)(void *user_data, char *token_buf, size_t token_len,
+#: size_t *token_written, uint64_t *expires_in_ms)``; the buffer is a plain address
+#: (c_void_p) so that the callback writes into the library's memory itself.
+TOKEN_FN = CFUNCTYPE(c_uint32, c_void_p, c_void_p, c_size_t, POINTER(c_size_t), POINTER(c_uint64))
 
 # Shorthands for the table. Handles are opaque: c_void_p in, POINTER(c_void_p) out.
 _R = c_uint32  # qg_result
@@ -160,6 +173,12 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_set_tenant_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_secret", _R, [_H, _S]),
+    ("qg_client_builder_set_cloud", _R, [_H, _S]),
+    ("qg_client_builder_set_certificate_pem_files", _R, [_H, _S, _S]),
+    ("qg_client_builder_set_certificate_pem", _R, [_H, _S, _S]),
+    ("qg_client_builder_set_certificate_pfx_file", _R, [_H, _S, _S]),
+    ("qg_client_builder_set_assertion_algorithm", _R, [_H, c_uint32]),
+    ("qg_client_builder_set_token_provider", _R, [_H, TOKEN_FN, c_void_p]),
     ("qg_client_builder_set_access_token", _R, [_H, _S]),
     ("qg_client_builder_set_scope", _R, [_H, _S]),
     ("qg_client_builder_set_resource", _R, [_H, _S]),
@@ -172,6 +191,9 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_set_margin_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_add_default_rate", _R, [_H, c_uint32, c_uint64]),
     ("qg_client_builder_add_route", _R, [_H, _S, _S, c_uint32, c_uint64]),
+    ("qg_client_builder_set_max_in_flight", _R, [_H, _S, _S, c_uint32]),
+    ("qg_client_builder_set_hunting_budget_ms", _R, [_H, c_uint64, c_uint64]),
+    ("qg_client_builder_set_hunting_budget_policy", _R, [_H, c_uint32]),
     ("qg_client_builder_set_limiter", _R, [_H, _H]),
     ("qg_client_builder_build", _R, [_H, _OUT]),
     ("qg_client_builder_free", None, [_H]),
@@ -208,9 +230,12 @@ SIGNATURES: List[Signature] = [
     ("qg_sim_config_set_token_lifetime_ms", _R, [_H, c_uint64]),
     ("qg_sim_config_set_faults", _R, [_H, c_double, c_double, c_uint64]),
     ("qg_sim_config_set_retry_after_style", _R, [_H, c_uint32]),
+    ("qg_sim_config_add_certificate_client", _R, [_H, _S, _S]),
+    ("qg_sim_config_set_live_response_delay_ms", _R, [_H, c_uint64]),
     ("qg_sim_config_free", None, [_H]),
     ("qg_sim_start", _R, [_H, c_uint16, _OUT]),
     ("qg_sim_info", _R, [_H, c_uint32, *_TEXT]),
+    ("qg_sim_issue_token", _R, [_H, _S, *_TEXT]),
     ("qg_sim_log_json", _R, [_H, _OUT]),
     ("qg_sim_stats_json", _R, [_H, _OUT]),
     ("qg_sim_stop", _R, [_H]),

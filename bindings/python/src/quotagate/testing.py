@@ -17,14 +17,18 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from ctypes import byref, c_void_p
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+import os
+import ctypes
+from ctypes import byref, c_size_t, c_void_p
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _convert
-from ._errors import check
+from ._errors import check, error_from
 from ._handle import NativeHandle
 from ._limiter import Rate
 from ._native import (
+    QG_ERR_BUFFER_TOO_SMALL,
+    QG_OK,
     QG_SIM_AUTHORITY,
     QG_SIM_CLIENT_ID,
     QG_SIM_CLIENT_SECRET,
@@ -74,6 +78,10 @@ class Simulator(NativeHandle):
     :param reset_rate: share of calls whose connection is reset.
     :param latency: seconds added to every answer.
     :param port: TCP port on 127.0.0.1 (0: any free one).
+    :param certificate_clients: applications that sign in with a certificate,
+        ``{client_id: certificate}`` where the certificate is a PEM file's path or PEM
+        text; the main ``client_id`` may be one of them.
+    :param live_response_delay: seconds (simulated) that live response calls take.
     :param retry_after: how 429 answers tell the wait, one of
         :data:`RETRY_AFTER_STYLES` (``"seconds"``, ``"http-date"``, ``"ms"``,
         ``"x-ms"``, ``"body-only"``, ``"none"``).
@@ -98,6 +106,8 @@ class Simulator(NativeHandle):
         *,
         limits: Optional[Mapping[str, Sequence[Rate]]] = None,
         retry_after: str = "seconds",
+        certificate_clients: Optional[Mapping[str, Union[str, "os.PathLike[str]"]]] = None,
+        live_response_delay: Union[int, float] = 0.0,
     ) -> None:
         super().__init__()
         class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
@@ -123,6 +133,14 @@ class Simulator(NativeHandle):
         resets = _fraction(reset_rate, "reset_rate", at_most_one=True)
         latency_ms = _convert.seconds_to_ms(latency, "latency")
         port = _convert.integer(port, "port", 0, 65535)
+        live_response_ms = _convert.seconds_to_ms(live_response_delay, "live_response_delay")
+        certificates: List[Tuple[bytes, bytes]] = []
+        if certificate_clients is not None:
+            if not isinstance(certificate_clients, Mapping):
+                raise TypeError("certificate_clients must be a mapping of client id to certificate")
+            for client_id, cert in certificate_clients.items():
+                key = _convert.text(client_id, "certificate_clients key")
+                certificates.append((key, _certificate_pem(cert, f"certificate_clients[{client_id!r}]")))
         if not isinstance(retry_after, str):
             raise TypeError(f"retry_after must be a str, not {type(retry_after).__name__}")
         if retry_after not in RETRY_AFTER_STYLES:
@@ -143,6 +161,10 @@ class Simulator(NativeHandle):
             check(lib.qg_sim_config_set_faults(config, errors, resets, latency_ms))
             style = RETRY_AFTER_STYLES[retry_after]
             check(lib.qg_sim_config_set_retry_after_style(config, style))
+            for client_id_bytes, pem in certificates:
+                check(lib.qg_sim_config_add_certificate_client(config, client_id_bytes, pem))
+            if live_response_ms:
+                check(lib.qg_sim_config_set_live_response_delay_ms(config, live_response_ms))
             sim = c_void_p()
             check(lib.qg_sim_start(config, port, byref(sim)))
         finally:
@@ -174,6 +196,25 @@ class Simulator(NativeHandle):
         """Stops the simulator; calling it again does nothing."""
         self.close()
 
+    def issue_token(self, client_id: Optional[str] = None) -> str:
+        """A bearer token the simulator accepts for ``client_id`` (default: the main
+        client id), valid for the token lifetime from now, without a token request: for
+        tests of ``token_provider``."""
+        name = self.client_id if client_id is None else client_id
+        key = _convert.text(name, "client_id")
+        sim = self._handle()
+        written = c_size_t(0)
+        size = 4096
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            rc = lib.qg_sim_issue_token(sim, key, buf, size, byref(written))
+            if rc == QG_OK:
+                return buf.raw[: written.value].decode("utf-8")
+            if rc == QG_ERR_BUFFER_TOO_SMALL and written.value + 1 > size:
+                size = written.value + 1
+                continue
+            raise error_from(rc)
+
     def requests(self) -> List[Dict[str, Any]]:
         """Every request the simulator answered, in order: dicts with ``at_ms``,
         ``method``, ``path``, ``status``, ``class``, ``client_id`` and ``reset``."""
@@ -189,6 +230,21 @@ class Simulator(NativeHandle):
         check(lib.qg_sim_stats_json(self._handle(), byref(out)))
         result: Dict[str, Any] = json.loads(take_string(out))
         return result
+
+
+def _certificate_pem(value: Any, name: str) -> bytes:
+    """A certificate given as PEM text, or read from the PEM file at a path."""
+    if isinstance(value, str) and "-----BEGIN" in value:
+        return _convert.text(value, name)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a path or PEM text, not {type(value).__name__}")
+    with open(value, "rb") as f:
+        data = f.read()
+    if b"\0" in data:
+        raise ValueError(f"{name}: {value} is not a PEM file")
+    return data
 
 
 def _fraction(value: Any, name: str, *, positive: bool = False, at_most_one: bool = False) -> float:
