@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import threading
 from ctypes import c_void_p
 from types import TracebackType
@@ -13,7 +14,7 @@ from ._native import QG_ERR_CLOSED
 _Self = TypeVar("_Self", bound="NativeHandle")
 
 
-class NativeHandle:
+class NativeHandle(abc.ABC):
     """Owns one native handle: :meth:`close` is idempotent and thread-safe, the object
     is a context manager, and ``__del__`` closes it when the program forgot to.
 
@@ -44,9 +45,10 @@ class NativeHandle:
     def _native_close(self, ptr: c_void_p) -> None:
         """Releases what the handle holds (threads, sockets, waiters); it stays valid."""
 
+    @abc.abstractmethod
     def _native_free(self, ptr: c_void_p) -> None:
-        """Frees the handle's memory; never called twice."""
-        raise NotImplementedError
+        """Frees the handle's memory; never called twice. Each kind of handle calls its
+        own free function."""
 
     def _handle(self) -> c_void_p:
         """The live handle, or :class:`ClosedError` once closed."""
