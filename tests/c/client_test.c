@@ -1384,7 +1384,7 @@ static void test_quota_kept_by_many_threads(void)
     qg_client_builder *b = sim_builder(s);
     /* 10 per 500 ms like the server, with a margin for the time between admission here
      * and the server's count (thread scheduling; much longer under valgrind). */
-    const uint64_t margin_ms = UNDER_VALGRIND() ? 1000 : 100;
+    const uint64_t margin_ms = UNDER_VALGRIND() ? 1000 : 250;
     CHECK_OK(qg_client_builder_add_default_rate(b, 10, 500));
     CHECK_OK(qg_client_builder_set_margin_ms(b, margin_ms));
     const qg_client *c = build(b);
