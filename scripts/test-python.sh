@@ -36,7 +36,7 @@ QUOTAGATE_TEST_INSTALLED=1 "$py" -m pytest -q -p no:cacheprovider \
   "$root/bindings/python/tests" "$@"
 
 echo "== examples against the simulator"
-for example in "$root"/bindings/python/examples/*.py; do
+for example in "$root"/bindings/python/examples/[!_]*.py; do
   echo "-- ${example#"$root"/}"
   "$py" "$example"
 done

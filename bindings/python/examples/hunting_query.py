@@ -11,29 +11,14 @@ starts the local simulator:
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 
 import quotagate
-from quotagate import Client
-from quotagate.testing import Simulator
+
+from _connect import connect
+
 
 DEFAULT_QUERY = "DeviceInfo | summarize arg_max(Timestamp, *) by DeviceId | take 10"
-
-
-def connect(stack: contextlib.ExitStack) -> Client:
-    """A client for the real tenant when credentials are set, else for a simulator."""
-    env = [os.environ.get(f"QUOTAGATE_{n}") for n in ("TENANT_ID", "CLIENT_ID", "CLIENT_SECRET")]
-    if all(env):
-        tenant_id, client_id, secret = env
-        return stack.enter_context(Client(tenant_id, client_id, secret))
-    sim = stack.enter_context(Simulator())
-    print(f"(no QUOTAGATE_* credentials: using the simulator at {sim.url})", file=sys.stderr)
-    return stack.enter_context(
-        Client(sim.tenant_id, sim.client_id, sim.client_secret,
-               base_url=sim.url, authority=sim.authority,
-               timeout=5)  # seconds per attempt: the simulator is local
-    )  # fmt: skip
 
 
 def main() -> int:

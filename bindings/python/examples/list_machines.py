@@ -11,35 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections import Counter
 
-from quotagate import Client, Limiter
-from quotagate.testing import Simulator
-
-
-def connect(stack: contextlib.ExitStack) -> Client:
-    """A client for the real tenant when credentials are set, else for a simulator."""
-    env = [os.environ.get(f"QUOTAGATE_{n}") for n in ("TENANT_ID", "CLIENT_ID", "CLIENT_SECRET")]
-    if all(env):
-        tenant_id, client_id, secret = env
-        return stack.enter_context(Client(tenant_id, client_id, secret))
-    scale = 0.01  # the simulator's minute lasts 0.6 s; the client's quotas shrink alike
-    sim = stack.enter_context(Simulator(time_scale=scale))
-    print(f"(no QUOTAGATE_* credentials: using the simulator at {sim.url})", file=sys.stderr)
-    rates = [(100, 60 * scale), (1500, 3600 * scale)]
-    # At this scale the time between admission here and the count in the simulator is a
-    # noticeable part of a window: 50 ms of margin absorb it.
-    limiter = Limiter(rates, margin=0.05)
-    return stack.enter_context(
-        Client(
-            sim.tenant_id, sim.client_id, sim.client_secret,
-            base_url=sim.url, authority=sim.authority,
-            rates=rates, limiter=limiter,
-            timeout=5,  # seconds per attempt: the simulator is local
-        )
-    )  # fmt: skip
+from _connect import connect
 
 
 def main() -> int:
@@ -47,7 +22,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=100, help="machines per page")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        client = connect(stack)
+        client = connect(stack, time_scale=0.01)
         platforms: Counter[str] = Counter()
         for n, machine in enumerate(client.paginate("/api/machines", {"$top": args.top}), 1):
             platforms[machine.get("osPlatform") or "unknown"] += 1
