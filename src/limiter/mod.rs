@@ -25,6 +25,7 @@
 
 mod bucket;
 mod clock;
+pub mod store;
 mod window;
 
 pub use bucket::{BucketStats, WindowUsage};

@@ -1,0 +1,1 @@
+//! The shared bucket of the module documentation, in Rust (used by the file store).

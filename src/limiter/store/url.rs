@@ -1,0 +1,246 @@
+//! Store URLs: `file:///var/lib/quotagate/tenant.q`, `redis://host:6379/0?prefix=qg`.
+
+use super::{Store, StoreError, StoreErrorKind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a limiter does when its store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnUnavailable {
+    /// Retry (with growing pauses) until the call's deadline, then fail. Never admits
+    /// without the store. The default.
+    #[default]
+    Wait,
+    /// Fail the call at once.
+    Fail,
+}
+
+/// Settings of a Redis store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// The URL for the `redis` crate (`redis://` or `rediss://`, password included),
+    /// without quotagate's own query parameters.
+    pub url: String,
+    /// The prefix of every key (`prefix=`, default `quotagate`).
+    pub prefix: String,
+    /// Connections kept open for reuse (`pool=`, default 8).
+    pub pool: usize,
+    /// Connect, read and write timeout (`timeout_ms=`, default 2000).
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("pool", &self.pool)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Which store, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A state file shared by the processes of one host.
+    File(PathBuf),
+    /// A Redis server shared by many hosts.
+    Redis(RedisSettings),
+}
+
+/// A parsed store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The store.
+    pub kind: StoreKind,
+    /// What to do when it cannot be reached (`on_unavailable=wait|fail`).
+    pub on_unavailable: OnUnavailable,
+}
+
+fn invalid(message: String) -> StoreError {
+    StoreError::new(StoreErrorKind::Invalid, message)
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, StoreError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| invalid(format!("bad percent escape in store path {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid(format!("store path {s:?} is not UTF-8")))
+}
+
+impl StoreConfig {
+    /// Parses a store URL:
+    ///
+    /// - `file:///absolute/path` (on Windows `file:///C:/path`); `%xx` escapes are decoded.
+    /// - `redis://[user:password@]host[:port][/db][?prefix=p&pool=n&timeout_ms=n]`, or
+    ///   `rediss://` for TLS.
+    ///
+    /// Both take `on_unavailable=wait` (the default) or `on_unavailable=fail`.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let url = url.trim();
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut on_unavailable = OnUnavailable::default();
+        let mut prefix = "quotagate".to_string();
+        let mut pool = 8usize;
+        let mut timeout = Duration::from_secs(2);
+        let mut passthrough = Vec::new();
+        let is_redis = base.starts_with("redis://") || base.starts_with("rediss://");
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "on_unavailable" => {
+                    on_unavailable = match v {
+                        "wait" => OnUnavailable::Wait,
+                        "fail" => OnUnavailable::Fail,
+                        _ => {
+                            return Err(invalid(format!(
+                                "on_unavailable must be wait or fail, not {v:?}"
+                            )));
+                        }
+                    }
+                }
+                "prefix" if is_redis => {
+                    if v.is_empty() || v.contains(char::is_whitespace) {
+                        return Err(invalid(format!("a bad Redis key prefix: {v:?}")));
+                    }
+                    prefix = v.to_string();
+                }
+                "pool" if is_redis => {
+                    pool = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1024).contains(n))
+                        .ok_or_else(|| invalid(format!("pool must be 1 to 1024, not {v:?}")))?;
+                }
+                "timeout_ms" if is_redis => {
+                    let ms: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        invalid(format!("timeout_ms must be a positive number, not {v:?}"))
+                    })?;
+                    timeout = Duration::from_millis(ms);
+                }
+                // Parameters of the redis crate itself (protocol=resp3, ...) pass through.
+                _ if is_redis => passthrough.push(pair),
+                _ => return Err(invalid(format!("unknown store URL parameter {k:?}"))),
+            }
+        }
+        let kind = if let Some(path) = base.strip_prefix("file://") {
+            let path = percent_decode(path)?;
+            // file:///C:/x on Windows names C:/x.
+            let path = if cfg!(windows) && path.len() > 2 && path.as_bytes()[2] == b':' {
+                path[1..].to_string()
+            } else {
+                path
+            };
+            if path.is_empty() || !std::path::Path::new(&path).is_absolute() {
+                return Err(invalid(format!(
+                    "a file store needs an absolute path (file:///dir/name), not {url:?}"
+                )));
+            }
+            StoreKind::File(PathBuf::from(path))
+        } else if is_redis {
+            let mut url = base.to_string();
+            if !passthrough.is_empty() {
+                url.push('?');
+                url.push_str(&passthrough.join("&"));
+            }
+            StoreKind::Redis(RedisSettings {
+                url,
+                prefix,
+                pool,
+                timeout,
+            })
+        } else {
+            return Err(invalid(format!(
+                "a store URL starts with file://, redis:// or rediss://, not {:?}",
+                redact(url)
+            )));
+        };
+        Ok(Self {
+            kind,
+            on_unavailable,
+        })
+    }
+
+    /// Opens the store.
+    pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        match &self.kind {
+            StoreKind::File(path) => Ok(Arc::new(super::file::FileStore::open(path)?)),
+            #[cfg(feature = "redis")]
+            StoreKind::Redis(settings) => Ok(Arc::new(super::redis::RedisStore::open(settings)?)),
+            #[cfg(not(feature = "redis"))]
+            StoreKind::Redis(_) => Err(invalid(
+                "this build of quotagate has no Redis store (the `redis` feature is off)".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_file_urls() {
+        let c = StoreConfig::parse("file:///var/lib/quotagate/tenant%20a.q").unwrap();
+        assert_eq!(
+            c.kind,
+            StoreKind::File(PathBuf::from("/var/lib/quotagate/tenant a.q"))
+        );
+        assert_eq!(c.on_unavailable, OnUnavailable::Wait);
+        assert!(StoreConfig::parse("file://relative/x").is_err());
+        assert!(StoreConfig::parse("file:///x?prefix=a").is_err());
+        assert!(StoreConfig::parse("file:///x?on_unavailable=maybe").is_err());
+        assert!(StoreConfig::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn parses_redis_urls_and_keeps_passwords_out_of_messages() {
+        let c = StoreConfig::parse(
+            "rediss://user:s3cret@cache:6380/2?prefix=qg&pool=3&timeout_ms=500&protocol=resp3&on_unavailable=fail",
+        )
+        .unwrap();
+        let StoreKind::Redis(r) = &c.kind else {
+            panic!("not redis")
+        };
+        assert_eq!(r.url, "rediss://user:s3cret@cache:6380/2?protocol=resp3");
+        assert_eq!(r.prefix, "qg");
+        assert_eq!(r.pool, 3);
+        assert_eq!(r.timeout, Duration::from_millis(500));
+        assert_eq!(c.on_unavailable, OnUnavailable::Fail);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0".to_string());
+        let e = StoreConfig::parse("mysql://root:pw@h").unwrap_err();
+        assert!(!e.message.contains("pw@"), "{}", e.message);
+        assert!(StoreConfig::parse("redis://h?pool=0").is_err());
+    }
+}
