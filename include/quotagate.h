@@ -478,6 +478,13 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 #define QG_ERR_NOT_WAITING 206
 
 /**
+ * The shared quota store failed: unreachable until the deadline (or at once with
+ * `on_unavailable=fail`), a damaged or newer-format state file, or wrong settings. No call
+ * was admitted without it.
+ */
+#define QG_ERR_STORE 207
+
+/**
  * The server answered with an error status (paging; `qg_client_send` returns `QG_OK` for
  * every answer). `qg_last_error_detail` gives the server's details.
  */
@@ -633,6 +640,16 @@ qg_result qg_client_builder_set_scope(qg_client_builder *b, const char *scope);
  * Asks v1 tokens for this resource instead of a v2 scope. No NULL.
  */
 qg_result qg_client_builder_set_resource(qg_client_builder *b, const char *resource);
+
+/**
+ * Shares the client's quotas with every process that opens the same store:
+ * `file:///path/to/state.q` (one host) or `redis://host:6379/0?prefix=qg` (many hosts);
+ * see `qg_limiter_builder_set_store` for the URL's parameters. A malformed URL fails
+ * here with `QG_ERR_INVALID_ARGUMENT`; `qg_client_builder_build` opens the store and
+ * fails with `QG_ERR_STORE` when it cannot. Not together with
+ * `qg_client_builder_set_limiter`. NULL goes back to memory. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_store(qg_client_builder *b, const char *url);
 
 /**
  * Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
@@ -983,6 +1000,23 @@ qg_result qg_limiter_builder_set_margin(qg_limiter_builder *b, uint64_t margin_m
  * `b` must not be NULL.
  */
 qg_result qg_limiter_builder_set_max_buckets(qg_limiter_builder *b, size_t max_buckets);
+
+/**
+ * Keeps every bucket in a store shared with every process that opens it, instead of
+ * in this process's memory:
+ *
+ * - `file:///var/lib/quotagate/tenant.q`: a state file shared by the processes of one
+ *   host (created if missing; C, Python and PowerShell processes may mix);
+ * - `redis://[:password@]host[:port][/db][?prefix=qg]`, or `rediss://` for TLS: a Redis
+ *   server shared by many hosts.
+ *
+ * Both take `on_unavailable=wait` (the default: retry until the call's deadline, then
+ * fail with `QG_ERR_STORE`) or `on_unavailable=fail` (fail at once). A malformed URL
+ * fails here with `QG_ERR_INVALID_ARGUMENT`; the store is opened by
+ * `qg_limiter_builder_build`, which fails with `QG_ERR_STORE` when it cannot be. NULL
+ * goes back to memory. `b` must not be NULL.
+ */
+qg_result qg_limiter_builder_set_store(qg_limiter_builder *b, const char *url);
 
 /**
  * Builds a limiter from the builder's settings. The builder is not consumed: free it

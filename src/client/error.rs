@@ -136,6 +136,9 @@ pub enum Error {
     Closed,
     /// An argument can never work.
     InvalidArgument(String),
+    /// The shared quota store failed (unreachable past the call's deadline, damaged or
+    /// misconfigured). The call was not sent.
+    Store(crate::limiter::store::StoreError),
 }
 
 impl Error {
@@ -183,6 +186,7 @@ impl std::fmt::Display for Error {
             Error::Cancelled => f.write_str("the request was cancelled"),
             Error::Closed => f.write_str("the client is closed"),
             Error::InvalidArgument(m) => f.write_str(m),
+            Error::Store(e) => write!(f, "the quota store failed: {e}"),
         }
     }
 }

@@ -242,6 +242,16 @@ impl Cancel {
     }
 }
 
+/// A store URL, which may carry a Redis password: its `Debug` shows it redacted.
+#[derive(Clone)]
+struct StoreUrl(String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&limiter::store::redact(&self.0))
+    }
+}
+
 /// Configures a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
@@ -267,6 +277,7 @@ pub struct ClientBuilder {
     default_rates: Option<Vec<Rate>>,
     margin: Duration,
     limiter: Option<Limiter>,
+    store: Option<StoreUrl>,
     hunting_budget: HuntingBudget,
 }
 
@@ -295,6 +306,7 @@ impl Default for ClientBuilder {
             default_rates: None,
             margin: Duration::ZERO,
             limiter: None,
+            store: None,
             hunting_budget: HuntingBudget::default(),
         }
     }
@@ -542,6 +554,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Shares the quotas with every process that opens the same store:
+    /// `file:///path/to/state.q` (one host) or `redis://host:6379/0?prefix=qg` (many
+    /// hosts); see [`LimiterBuilder::store`](crate::limiter::LimiterBuilder::store). The
+    /// client builds its limiter over that store. Not together with [`Self::limiter`].
+    pub fn store(mut self, url: &str) -> Self {
+        self.store = Some(StoreUrl(url.to_string()));
+        self
+    }
+
+    /// Keeps the client's quotas in memory again (the default).
+    pub fn no_store(mut self) -> Self {
+        self.store = None;
+        self
+    }
+
     /// Shares a limiter (and so the quotas) with other clients.
     pub fn limiter(mut self, l: Limiter) -> Self {
         self.limiter = Some(l);
@@ -645,13 +672,25 @@ impl ClientBuilder {
             Some(p) => Some(ureq::Proxy::new(p).map_err(|_| bad("the proxy URL is not valid"))?),
             None => None,
         };
-        let limiter = match &self.limiter {
-            Some(l) => l.clone(),
-            None => Limiter::builder()
-                .rates(routes.default_rates().iter().copied())
-                .margin(self.margin)
-                .build()
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        let limiter = match (&self.limiter, &self.store) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "give the client either a limiter or a store, not both (a shared limiter has its store already)",
+                ));
+            }
+            (Some(l), None) => l.clone(),
+            (None, store) => {
+                let mut b = Limiter::builder()
+                    .rates(routes.default_rates().iter().copied())
+                    .margin(self.margin);
+                if let Some(StoreUrl(url)) = store {
+                    b = b.store(url);
+                }
+                b.build().map_err(|e| match e {
+                    limiter::Error::Store(e) => Error::Store(e),
+                    e => Error::InvalidArgument(e.to_string()),
+                })?
+            }
         };
         let (tenant, app) = match &credentials {
             Credentials::ClientSecret {
@@ -1117,6 +1156,7 @@ impl Client {
             limiter::Error::Timeout => throttled(last),
             limiter::Error::Cancelled => Error::Cancelled,
             limiter::Error::Closed => Error::Closed,
+            limiter::Error::Store(e) => Error::Store(e),
             other => Error::InvalidArgument(other.to_string()),
         };
         match s.limiter.try_acquire(key, 1) {
@@ -1177,9 +1217,10 @@ impl Client {
                 };
                 if let Some(p) = pause {
                     log::info!("429 on {key}: pausing the bucket for {} ms", p.as_millis());
-                    s.limiter
-                        .pause(key, p)
-                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                    s.limiter.pause(key, p).map_err(|e| match e {
+                        limiter::Error::Store(e) => Error::Store(e),
+                        e => Error::InvalidArgument(e.to_string()),
+                    })?;
                 }
                 // The pause lives in the bucket; the call waits for it in the queue.
                 Ok(Step::Retry { wait: None })

@@ -422,6 +422,29 @@ pub extern "C" fn qg_client_builder_set_resource(
     ffi_boundary! { set_string(b, resource, "resource", |x, v| x.resource(v)) }
 }
 
+/// Shares the client's quotas with every process that opens the same store:
+/// `file:///path/to/state.q` (one host) or `redis://host:6379/0?prefix=qg` (many hosts);
+/// see `qg_limiter_builder_set_store` for the URL's parameters. A malformed URL fails
+/// here with `QG_ERR_INVALID_ARGUMENT`; `qg_client_builder_build` opens the store and
+/// fails with `QG_ERR_STORE` when it cannot. Not together with
+/// `qg_client_builder_set_limiter`. NULL goes back to memory. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_store(
+    b: *mut qg_client_builder,
+    url: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let url = unsafe { opt_str(url, "url") }?;
+        let b = builder(b)?;
+        let next = std::mem::take(&mut b.builder);
+        b.builder = match url {
+            Some(u) => next.store(super::limiter::checked_store_url(u)?),
+            None => next.no_store(),
+        };
+        Ok(())
+    }
+}
+
 /// Sets a proxy URL; NULL goes back to the environment (`HTTPS_PROXY`, `ALL_PROXY`,
 /// `NO_PROXY`), which is the default. `b` must not be NULL.
 #[unsafe(no_mangle)]

@@ -46,6 +46,10 @@ pub const QG_ERR_TOO_MANY_BUCKETS: qg_result = 204;
 pub const QG_PENDING: qg_result = 205;
 /// `qg_ticket_cancel`: the ticket was no longer waiting (admitted, timed out, cancelled).
 pub const QG_ERR_NOT_WAITING: qg_result = 206;
+/// The shared quota store failed: unreachable until the deadline (or at once with
+/// `on_unavailable=fail`), a damaged or newer-format state file, or wrong settings. No call
+/// was admitted without it.
+pub const QG_ERR_STORE: qg_result = 207;
 
 // 3xx: the client.
 /// The server answered with an error status (paging; `qg_client_send` returns `QG_OK` for
@@ -118,6 +122,7 @@ impl From<limiter::Error> for FfiError {
             limiter::Error::Closed => QG_ERR_CLOSED,
             limiter::Error::TooManyBuckets { .. } => QG_ERR_TOO_MANY_BUCKETS,
             limiter::Error::InvalidArgument(_) => QG_ERR_INVALID_ARGUMENT,
+            limiter::Error::Store(_) => QG_ERR_STORE,
         };
         Self::new(code, e.to_string())
     }
@@ -136,6 +141,7 @@ impl From<client::Error> for FfiError {
             E::Cancelled => QG_ERR_CANCELLED,
             E::Closed => QG_ERR_CLOSED,
             E::InvalidArgument(_) => QG_ERR_INVALID_ARGUMENT,
+            E::Store(_) => QG_ERR_STORE,
         };
         Self {
             code,
@@ -290,6 +296,7 @@ pub extern "C" fn qg_result_str(code: qg_result) -> *const c_char {
         QG_ERR_TOO_MANY_BUCKETS => b"the limiter holds its maximum number of buckets\0",
         QG_PENDING => b"still waiting: the ticket keeps its place\0",
         QG_ERR_NOT_WAITING => b"the ticket is no longer waiting\0",
+        QG_ERR_STORE => b"the shared quota store failed\0",
         QG_ERR_NOT_FOUND => b"not found\0",
         QG_DONE => b"no more pages or items\0",
         QG_ERR_HTTP_STATUS => b"the server answered with an error status\0",

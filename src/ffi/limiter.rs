@@ -142,6 +142,42 @@ pub extern "C" fn qg_limiter_builder_set_max_buckets(
     }
 }
 
+/// Keeps every bucket in a store shared with every process that opens it, instead of
+/// in this process's memory:
+///
+/// - `file:///var/lib/quotagate/tenant.q`: a state file shared by the processes of one
+///   host (created if missing; C, Python and PowerShell processes may mix);
+/// - `redis://[:password@]host[:port][/db][?prefix=qg]`, or `rediss://` for TLS: a Redis
+///   server shared by many hosts.
+///
+/// Both take `on_unavailable=wait` (the default: retry until the call's deadline, then
+/// fail with `QG_ERR_STORE`) or `on_unavailable=fail` (fail at once). A malformed URL
+/// fails here with `QG_ERR_INVALID_ARGUMENT`; the store is opened by
+/// `qg_limiter_builder_build`, which fails with `QG_ERR_STORE` when it cannot be. NULL
+/// goes back to memory. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_builder_set_store(
+    b: *mut qg_limiter_builder,
+    url: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let b = unsafe { try_mut(b, "builder") }?;
+        let url = unsafe { opt_str(url, "url") }?;
+        let next = std::mem::take(&mut b.builder);
+        b.builder = match url {
+            Some(u) => next.store(checked_store_url(u)?),
+            None => next.no_store(),
+        };
+        Ok(())
+    }
+}
+
+/// `url` if it is a well-formed store URL; the store itself is opened at build time.
+pub(super) fn checked_store_url(url: &str) -> Result<&str, FfiError> {
+    crate::limiter::store::StoreConfig::parse(url).map_err(|e| FfiError::invalid(e.message))?;
+    Ok(url)
+}
+
 /// Builds a limiter from the builder's settings. The builder is not consumed: free it
 /// with `qg_limiter_builder_free`, or build again. On success `*out` receives a limiter
 /// that the caller frees with `qg_limiter_free`. Fails with `QG_ERR_INVALID_ARGUMENT`

@@ -25,6 +25,7 @@
 
 mod bucket;
 mod clock;
+mod shared;
 pub mod store;
 mod window;
 
@@ -65,6 +66,8 @@ pub enum Error {
     },
     /// An argument can never work (zero cost, cost above a rate, no rates, ...).
     InvalidArgument(String),
+    /// The shared store failed (unreachable past the deadline, damaged, misconfigured).
+    Store(store::StoreError),
 }
 
 impl std::fmt::Display for Error {
@@ -87,6 +90,7 @@ impl std::fmt::Display for Error {
                 )
             }
             Error::InvalidArgument(m) => f.write_str(m),
+            Error::Store(e) => write!(f, "the quota store failed: {e}"),
         }
     }
 }
@@ -100,6 +104,14 @@ pub struct LimiterBuilder {
     margin: Duration,
     max_buckets: usize,
     clock: Option<Arc<dyn Clock>>,
+    store: Option<StoreSetting>,
+}
+
+/// The store a builder was given: a URL to open at build time, or an open store.
+#[derive(Clone)]
+enum StoreSetting {
+    Url(String),
+    Open(Arc<dyn store::Store>, store::OnUnavailable),
 }
 
 impl std::fmt::Debug for LimiterBuilder {
@@ -108,6 +120,13 @@ impl std::fmt::Debug for LimiterBuilder {
             .field("rates", &self.rates)
             .field("margin", &self.margin)
             .field("max_buckets", &self.max_buckets)
+            .field(
+                "store",
+                &self.store.as_ref().map(|s| match s {
+                    StoreSetting::Url(u) => store::redact(u),
+                    StoreSetting::Open(s, _) => s.location(),
+                }),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +138,7 @@ impl Default for LimiterBuilder {
             margin: Duration::ZERO,
             max_buckets: DEFAULT_MAX_BUCKETS,
             clock: None,
+            store: None,
         }
     }
 }
@@ -155,6 +175,32 @@ impl LimiterBuilder {
         self
     }
 
+    /// Keeps every bucket in the store that `url` names, shared with every process that
+    /// opens the same store: `file:///path/to/state.q` (the processes of one host) or
+    /// `redis://[:password@]host[:port][/db][?prefix=p]` and `rediss://` (many hosts).
+    /// See [`store::StoreConfig::parse`] for every parameter. The store is opened by
+    /// [`build`](Self::build). Without a store, buckets live in this process's memory.
+    pub fn store(mut self, url: &str) -> Self {
+        self.store = Some(StoreSetting::Url(url.to_string()));
+        self
+    }
+
+    /// Keeps the buckets in memory again (the default).
+    pub fn no_store(mut self) -> Self {
+        self.store = None;
+        self
+    }
+
+    /// Keeps every bucket in an open store; see [`store`](Self::store).
+    pub fn store_handle(
+        mut self,
+        store: Arc<dyn store::Store>,
+        on_unavailable: store::OnUnavailable,
+    ) -> Self {
+        self.store = Some(StoreSetting::Open(store, on_unavailable));
+        self
+    }
+
     /// The rates added so far.
     pub fn configured_rates(&self) -> &[Rate] {
         &self.rates
@@ -172,7 +218,27 @@ impl LimiterBuilder {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(MonotonicClock::new()));
+        let shared = match &self.store {
+            None => None,
+            Some(setting) => {
+                let (store, on_unavailable) = match setting {
+                    StoreSetting::Url(url) => {
+                        let config = store::StoreConfig::parse(url).map_err(Error::Store)?;
+                        (config.open().map_err(Error::Store)?, config.on_unavailable)
+                    }
+                    StoreSetting::Open(s, o) => (s.clone(), *o),
+                };
+                Some(Arc::new(shared::Shared::new(
+                    store,
+                    on_unavailable,
+                    self.rates.clone(),
+                    self.margin,
+                    self.max_buckets,
+                )))
+            }
+        };
         let inner = Arc::new(Inner {
+            shared,
             clock: clock.clone(),
             default_rates: self.rates.clone(),
             margin: self.margin,
@@ -199,6 +265,8 @@ fn validate_rates(rates: &[Rate]) -> Result<(), Error> {
 }
 
 struct Inner {
+    /// The store's side, when buckets live in a store rather than here.
+    shared: Option<Arc<shared::Shared>>,
     clock: Arc<dyn Clock>,
     default_rates: Vec<Rate>,
     margin: Duration,
@@ -234,6 +302,7 @@ impl std::fmt::Debug for Limiter {
             .field("rates", &self.inner.default_rates)
             .field("margin", &self.inner.margin)
             .field("buckets", &self.inner.buckets.read().len())
+            .field("store", &self.store_location())
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -272,6 +341,12 @@ impl Limiter {
     /// True once [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Where the buckets are shared (a path, or a Redis URL without its password); `None`
+    /// for a limiter that keeps them in memory.
+    pub fn store_location(&self) -> Option<String> {
+        self.inner.shared.as_ref().map(|s| s.location())
     }
 
     fn new_bucket(&self, rates: &[Rate]) -> Arc<Bucket> {
@@ -334,6 +409,9 @@ impl Limiter {
     /// already admitted stay counted under the new rates.
     pub fn set_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
         validate_rates(rates)?;
+        if let Some(shared) = &self.inner.shared {
+            return shared.set_rates(key, rates);
+        }
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -363,6 +441,9 @@ impl Limiter {
 
     /// Gives `key` the rates `rates` only if the bucket does not exist yet.
     pub fn ensure_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
+        if let Some(shared) = &self.inner.shared {
+            return validate_rates(rates).and_then(|()| shared.ensure_rates(key, rates));
+        }
         if self.inner.buckets.read().contains_key(key) {
             return Ok(());
         }
@@ -378,6 +459,9 @@ impl Limiter {
 
     /// The rates that apply to `key` now (the defaults for a bucket not yet created).
     pub fn rates(&self, key: &str) -> Vec<Rate> {
+        if let Some(shared) = &self.inner.shared {
+            return shared.rates(key);
+        }
         let map = self.inner.buckets.read();
         match map.get(key) {
             Some(b) => {
@@ -419,6 +503,9 @@ impl Limiter {
     /// call is queued before it; never waits. On refusal, reports the wait it would need.
     #[inline]
     pub fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
+        if let Some(shared) = &self.inner.shared {
+            return shared.try_acquire(key, cost);
+        }
         self.with_bucket(key, |st, now| {
             let cost = Self::check_cost(st, cost)?;
             if !st.queue.is_empty() {
@@ -447,6 +534,9 @@ impl Limiter {
     /// How long a call of `cost` units would wait now (behind the queue, if any), without
     /// taking anything: zero when `try_acquire` would admit it.
     pub fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
+        if let Some(shared) = &self.inner.shared {
+            return shared.wait_time(key, cost);
+        }
         self.with_bucket(key, |st, now| {
             let cost = Self::check_cost(st, cost)?;
             if !st.queue.is_empty() {
@@ -466,6 +556,12 @@ impl Limiter {
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Admitted, Error> {
+        if self.inner.shared.is_some() {
+            // Every waiter of a store takes its place in the store's queue.
+            let ticket = self.enqueue(key, cost, timeout)?;
+            ticket.wait(None)?;
+            return ticket.admitted().ok_or(Error::Closed);
+        }
         let admitted_at = self.with_bucket(key, |st, now| {
             let cost = Self::check_cost(st, cost)?;
             let free = st.queue.is_empty() && st.ready_at(now, cost) <= now;
@@ -494,6 +590,12 @@ impl Limiter {
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Ticket, Error> {
+        if let Some(shared) = &self.inner.shared {
+            return Ok(Ticket {
+                limiter: self.clone(),
+                kind: TicketKind::Shared(shared.enqueue(key, cost, timeout, self.now())?),
+            });
+        }
         let bucket = self.bucket(key)?;
         let waiter = {
             let mut st = bucket.state.lock();
@@ -507,14 +609,16 @@ impl Limiter {
         };
         Ok(Ticket {
             limiter: self.clone(),
-            bucket,
-            waiter,
+            kind: TicketKind::Local { bucket, waiter },
         })
     }
 
     /// Makes every caller of `key` wait until `duration` from now. A later pause extends
     /// the current one; a shorter one never shortens it.
     pub fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
+        if let Some(shared) = &self.inner.shared {
+            return shared.pause(key, duration);
+        }
         self.with_bucket(key, |st, now| {
             if st.closed {
                 return Err(Error::Closed);
@@ -529,20 +633,38 @@ impl Limiter {
     /// The statistics of `key`'s bucket. A bucket not created yet reports zeros and the
     /// windows of the default rates.
     pub fn stats(&self, key: &str) -> BucketStats {
+        match self.try_stats(key) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("no statistics of {key} from the quota store: {e}");
+                BucketStats::default()
+            }
+        }
+    }
+
+    /// The statistics of `key`'s bucket, or why the store could not give them. Never
+    /// fails for a limiter without a store.
+    pub fn try_stats(&self, key: &str) -> Result<BucketStats, Error> {
+        if let Some(shared) = &self.inner.shared {
+            return shared.stats(key);
+        }
         let now = self.now();
         let bucket = self.inner.buckets.read().get(key).cloned();
-        match bucket {
+        Ok(match bucket {
             Some(b) => b.state.lock().snapshot(now),
             None => BucketState::fresh(SlidingLog::new(
                 &self.inner.default_rates,
                 self.inner.margin,
             ))
             .snapshot(now),
-        }
+        })
     }
 
     /// The keys of the buckets that exist now.
     pub fn keys(&self) -> Vec<String> {
+        if let Some(shared) = &self.inner.shared {
+            return shared.keys();
+        }
         self.inner
             .buckets
             .read()
@@ -554,6 +676,9 @@ impl Limiter {
     /// Drops the buckets with nothing in their windows, nobody waiting and no pause.
     /// Returns how many were dropped.
     pub fn purge_idle(&self) -> usize {
+        if let Some(shared) = &self.inner.shared {
+            return shared.purge_idle();
+        }
         let now = self.now();
         let mut map = self.inner.buckets.write();
         let before = map.len();
@@ -565,6 +690,9 @@ impl Limiter {
     /// fail the same way. Clones share the closed state.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        if let Some(shared) = &self.inner.shared {
+            shared.close();
+        }
         let map = self.inner.buckets.write();
         for b in map.values() {
             b.state.lock().close();
@@ -577,15 +705,24 @@ impl Limiter {
 /// up its place.
 pub struct Ticket {
     limiter: Limiter,
-    bucket: Arc<Bucket>,
-    waiter: Arc<Waiter>,
+    kind: TicketKind,
+}
+
+enum TicketKind {
+    /// A place in a bucket of this process.
+    Local {
+        bucket: Arc<Bucket>,
+        waiter: Arc<Waiter>,
+    },
+    /// A place in a store's queue.
+    Shared(shared::SharedTicket),
 }
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ticket")
-            .field("cost", &self.waiter.cost)
-            .field("state", &self.waiter.state())
+            .field("cost", &self.cost())
+            .field("state", &self.state())
             .finish()
     }
 }
@@ -600,8 +737,15 @@ pub enum Wait {
 }
 
 impl Ticket {
-    fn outcome(&self) -> Option<Result<Wait, Error>> {
-        match self.waiter.state() {
+    fn state(&self) -> WaiterState {
+        match &self.kind {
+            TicketKind::Local { waiter, .. } => waiter.state(),
+            TicketKind::Shared(t) => t.state(),
+        }
+    }
+
+    fn outcome(waiter: &Waiter) -> Option<Result<Wait, Error>> {
+        match waiter.state() {
             WaiterState::Waiting => None,
             WaiterState::Admitted => Some(Ok(Wait::Admitted)),
             WaiterState::TimedOut => Some(Err(Error::Timeout)),
@@ -613,20 +757,24 @@ impl Ticket {
     /// Waits until admitted, for at most `slice` of real time (`None`: as long as it
     /// takes). Returns [`Wait::Pending`] when the slice ran out with the place kept.
     pub fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
+        let (bucket, waiter) = match &self.kind {
+            TicketKind::Local { bucket, waiter } => (bucket, waiter),
+            TicketKind::Shared(t) => return t.wait(slice),
+        };
         let started = Instant::now();
         let clock = &self.limiter.inner.clock;
-        let mut st: MutexGuard<'_, BucketState> = self.bucket.state.lock();
-        self.waiter.active.fetch_add(1, Ordering::Relaxed);
+        let mut st: MutexGuard<'_, BucketState> = bucket.state.lock();
+        waiter.active.fetch_add(1, Ordering::Relaxed);
         let result = loop {
             let now = st.clock(clock.now());
             let head_at = st.pump(now);
-            if let Some(done) = self.outcome() {
+            if let Some(done) = Self::outcome(waiter) {
                 break done;
             }
             // The timer (the first waiter with a thread on it) sleeps until the head's
             // instant; the others until their deadline, or until woken as the new timer.
-            let is_timer = st.timer().is_some_and(|t| Arc::ptr_eq(t, &self.waiter));
-            let deadline = self.waiter.deadline.map(|d| d.saturating_add(1));
+            let is_timer = st.timer().is_some_and(|t| Arc::ptr_eq(t, waiter));
+            let deadline = waiter.deadline.map(|d| d.saturating_add(1));
             let target = match (is_timer.then_some(head_at).flatten(), deadline) {
                 (Some(a), Some(d)) => Some(a.min(d)),
                 (a, d) => a.or(d),
@@ -641,12 +789,12 @@ impl Ticket {
             }
             match sleep {
                 Some(d) => {
-                    self.waiter.wake.wait_for(&mut st, d);
+                    waiter.wake.wait_for(&mut st, d);
                 }
-                None => self.waiter.wake.wait(&mut st),
+                None => waiter.wake.wait(&mut st),
             }
         };
-        self.waiter.active.fetch_sub(1, Ordering::Relaxed);
+        waiter.active.fetch_sub(1, Ordering::Relaxed);
         // If this thread kept the head's time, hand that job to the next waiting thread.
         st.kick();
         result
@@ -661,33 +809,44 @@ impl Ticket {
     /// [`Error::Cancelled`]. Returns false if the ticket was no longer waiting (already
     /// admitted, timed out, cancelled or closed): an admitted call keeps its permit.
     pub fn cancel(&self) -> bool {
-        let mut st = self.bucket.state.lock();
-        let now = st.clock(self.limiter.now());
-        st.cancel(&self.waiter, now)
+        match &self.kind {
+            TicketKind::Local { bucket, waiter } => {
+                let mut st = bucket.state.lock();
+                let now = st.clock(self.limiter.now());
+                st.cancel(waiter, now)
+            }
+            TicketKind::Shared(t) => t.cancel(),
+        }
     }
 
     /// The admission, once admitted.
     pub fn admitted(&self) -> Option<Admitted> {
-        (self.waiter.state() == WaiterState::Admitted).then(|| Admitted {
-            at: self.waiter.admitted_at(),
-            waited: Duration::from_nanos(
-                self.waiter
-                    .admitted_at()
-                    .saturating_sub(self.waiter.enqueued),
-            ),
+        let waiter = match &self.kind {
+            TicketKind::Local { waiter, .. } => waiter,
+            TicketKind::Shared(t) => return t.admitted(),
+        };
+        (waiter.state() == WaiterState::Admitted).then(|| Admitted {
+            at: waiter.admitted_at(),
+            waited: Duration::from_nanos(waiter.admitted_at().saturating_sub(waiter.enqueued)),
         })
     }
 
     /// The cost of the call this ticket waits for.
     pub fn cost(&self) -> u32 {
-        self.waiter.cost as u32
+        match &self.kind {
+            TicketKind::Local { waiter, .. } => waiter.cost as u32,
+            TicketKind::Shared(t) => t.cost(),
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.waiter.state() == WaiterState::Waiting {
-            self.cancel();
+        // A shared ticket gives up its place in its own drop.
+        if let TicketKind::Local { waiter, .. } = &self.kind {
+            if waiter.state() == WaiterState::Waiting {
+                self.cancel();
+            }
         }
     }
 }

@@ -523,11 +523,10 @@ proptest! {
             for (t, s, c, deadline) in &tickets {
                 if let Some(a) = t.admitted() {
                     if seen_admitted.insert(*s) {
-                        let at = t.waiter.admitted_at();
+                        let at = a.at;
                         prop_assert!(deadline.is_none_or(|d| at <= d), "admitted after its deadline");
                         admissions.push((at, u64::from(*c)));
                         admitted_seqs.push(*s);
-                        let _ = a;
                     }
                 }
             }
@@ -537,14 +536,14 @@ proptest! {
             clock.advance(Duration::from_millis(50));
             for (t, s, c, _) in &tickets {
                 let _ = t.poll();
-                if t.admitted().is_some() && seen_admitted.insert(*s) {
-                    admissions.push((t.waiter.admitted_at(), u64::from(*c)));
+                if let Some(a) = t.admitted().filter(|_| seen_admitted.insert(*s)) {
+                    admissions.push((a.at, u64::from(*c)));
                     admitted_seqs.push(*s);
                 }
             }
         }
         for (t, _, _, deadline) in &tickets {
-            let st = t.waiter.state();
+            let st = t.state();
             if deadline.is_none() {
                 prop_assert!(st == WaiterState::Admitted || st == WaiterState::Cancelled, "{st:?}");
             }

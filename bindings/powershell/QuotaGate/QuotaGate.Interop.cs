@@ -39,6 +39,7 @@ namespace QuotaGate.Interop
         public const uint TooManyBuckets = 204;
         public const uint Pending = 205;
         public const uint NotWaiting = 206;
+        public const uint Store = 207;
         public const uint HttpStatus = 300;
         public const uint Transport = 301;
         public const uint Throttled = 302;
@@ -657,6 +658,9 @@ namespace QuotaGate.Interop
         public static extern uint qg_limiter_builder_set_margin(LimiterBuilderHandle b, ulong marginMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_max_buckets(LimiterBuilderHandle b, UIntPtr maxBuckets);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern uint qg_limiter_builder_set_store(LimiterBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_build(LimiterBuilderHandle b, out LimiterHandle limiter);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -741,6 +745,9 @@ namespace QuotaGate.Interop
         public static extern uint qg_client_builder_set_connect_timeout_ms(ClientBuilderHandle b, ulong ms);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_proxy(ClientBuilderHandle b, byte[] proxyUrl);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern uint qg_client_builder_set_store(ClientBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_max_body_bytes(ClientBuilderHandle b, ulong n);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -1018,6 +1025,13 @@ namespace QuotaGate.Interop
         /// <paramref name="maxBuckets"/> caps the buckets held at once (0: the library's default).
         /// </summary>
         public Limiter(Rate[] rates, ulong marginMs, ulong maxBuckets)
+            : this(rates, marginMs, maxBuckets, null)
+        {
+        }
+
+        /// <summary>A limiter whose buckets live in a shared store when <paramref name="store"/>
+        /// is a store URL (file:///path or redis://host:6379/0?prefix=qg); in memory when null.</summary>
+        public Limiter(Rate[] rates, ulong marginMs, ulong maxBuckets, string store)
         {
             if (rates == null)
             {
@@ -1042,6 +1056,10 @@ namespace QuotaGate.Interop
                 if (maxBuckets > 0)
                 {
                     Native.Check(NativeMethods.qg_limiter_builder_set_max_buckets(builder, new UIntPtr(maxBuckets)));
+                }
+                if (!string.IsNullOrEmpty(store))
+                {
+                    Native.Check(NativeMethods.qg_limiter_builder_set_store(builder, Utf8.Encode(store, "store")));
                 }
                 Native.Check(NativeMethods.qg_limiter_builder_build(builder, out handle));
             }
@@ -1542,6 +1560,8 @@ namespace QuotaGate.Interop
         public ulong? TimeoutMs { get; set; }
         public ulong? ConnectTimeoutMs { get; set; }
         public string Proxy { get; set; }
+        /// <summary>A store URL that shares the quotas with other processes (file:// or redis://).</summary>
+        public string Store { get; set; }
         public ulong? MaxBodyBytes { get; set; }
         public uint? MaxAttempts { get; set; }
         public ulong? MaxQuotaWaitMs { get; set; }
@@ -1796,6 +1816,7 @@ namespace QuotaGate.Interop
                 SetText(b, NativeMethods.qg_client_builder_set_scope, options.Scope, "Scope");
                 SetText(b, NativeMethods.qg_client_builder_set_resource, options.Resource, "Resource");
                 SetText(b, NativeMethods.qg_client_builder_set_proxy, options.Proxy, "Proxy");
+                SetText(b, NativeMethods.qg_client_builder_set_store, options.Store, "Store");
                 if (options.TimeoutMs.HasValue)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_timeout_ms(b, options.TimeoutMs.Value));

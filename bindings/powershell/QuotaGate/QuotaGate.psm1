@@ -367,6 +367,11 @@ A limiter from New-QgLimiter to share quotas with other clients in this process.
 .PARAMETER Proxy
 A proxy URL. Default: HTTPS_PROXY, ALL_PROXY and NO_PROXY from the environment.
 
+.PARAMETER Store
+Shares the quotas with every process (and host) that opens the same store:
+'file:///var/lib/quotagate/tenant.q' for parallel jobs and scheduled scripts on one
+machine, 'redis://host:6379/0?prefix=qg' for collectors on several. Not with -Limiter.
+
 .EXAMPLE
 $secret = Read-Host -AsSecureString 'Client secret'
 Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -475,7 +480,10 @@ function Connect-QgDefender {
 
         [QuotaGate.Interop.Limiter]$Limiter,
 
-        [string]$Proxy
+        [string]$Proxy,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Store
     )
     $options = [QuotaGate.Interop.ClientOptions]::new()
     switch ($PSCmdlet.ParameterSetName) {
@@ -540,6 +548,7 @@ function Connect-QgDefender {
     if ($PSBoundParameters.ContainsKey('MaxAttempts')) { $options.MaxAttempts = [uint32]$MaxAttempts }
     if ($PSBoundParameters.ContainsKey('MaxQuotaWaitSec')) { $options.MaxQuotaWaitMs = [uint64]$MaxQuotaWaitSec * 1000 }
     if ($PSBoundParameters.ContainsKey('Proxy')) { $options.Proxy = $Proxy }
+    if ($PSBoundParameters.ContainsKey('Store')) { $options.Store = $Store }
     if ($Limiter) { $options.Limiter = $Limiter }
     try {
         $client = [QuotaGate.Interop.Client]::new($options)
@@ -834,6 +843,14 @@ here and the server's count.
 .PARAMETER MaxBuckets
 The most keys held at once (idle ones are dropped first). Default: 65536.
 
+.PARAMETER Store
+Shares every bucket with all processes that open the same store, instead of keeping
+them in this session: 'file:///var/lib/quotagate/tenant.q' (the processes of one host;
+on Windows 'file:///C:/ProgramData/quotagate/tenant.q') or
+'redis://host:6379/0?prefix=qg' (many hosts; 'rediss://' for TLS). Add
+'on_unavailable=fail' to fail at once when the store cannot be reached; by default a
+call waits and retries until its deadline.
+
 .EXAMPLE
 $limiter = New-QgLimiter -Rate 100,60
 
@@ -842,6 +859,9 @@ $limiter = New-QgLimiter -Rate (100,60),(1500,3600) -MarginMs 250
 
 .EXAMPLE
 $limiter = New-QgLimiter -Rate '45/1m','1500/1h'
+
+.EXAMPLE
+$limiter = New-QgLimiter -Rate 100,60 -Store 'file:///var/lib/quotagate/tenant.q'
 
 .OUTPUTS
 QuotaGate.Interop.Limiter
@@ -857,12 +877,15 @@ function New-QgLimiter {
         [long]$MarginMs = 0,
 
         [ValidateRange('NonNegative')]
-        [long]$MaxBuckets = 0
+        [long]$MaxBuckets = 0,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Store
     )
     try {
         $rates = [QuotaGate.Interop.Rate[]]@(ConvertTo-QgRate $Rate)
         if ($PSCmdlet.ShouldProcess(($rates -join ', '), 'Create limiter')) {
-            [QuotaGate.Interop.Limiter]::new($rates, [uint64]$MarginMs, [uint64]$MaxBuckets)
+            [QuotaGate.Interop.Limiter]::new($rates, [uint64]$MarginMs, [uint64]$MaxBuckets, $Store)
         }
     } catch {
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Rate))

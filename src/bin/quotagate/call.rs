@@ -26,7 +26,8 @@ Exit codes:
   2  usage or configuration error, including missing credentials
   3  still throttled when the quota budget (--max-wait, --max-attempts) ran out
   4  transport failure or timeout
-  5  no access token (credentials refused, token endpoint unreachable)";
+  5  no access token (credentials refused, token endpoint unreachable)
+  6  the shared quota store (--store) failed";
 
 const METHODS: [&str; 5] = ["GET", "POST", "PATCH", "PUT", "DELETE"];
 
@@ -75,6 +76,12 @@ pub struct Args {
     /// Attempts per call, the first included.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: u32,
+
+    /// Shares the quotas with every process that opens this store, so that a loop of
+    /// `call` processes waits its turn across all of them: file:///path/state.q (one
+    /// host) or redis://host:6379/0?prefix=qg (many hosts).
+    #[arg(long, env = "QUOTAGATE_STORE", value_name = "URL")]
+    store: Option<String>,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -166,9 +173,16 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .timeout(Duration::from_secs_f64(args.timeout))
         .connect_timeout(Duration::from_secs_f64(args.timeout.min(10.0)))
         .max_quota_wait(Duration::from_secs_f64(args.max_wait))
-        .max_attempts(args.max_attempts)
-        .build()
-        .map_err(|e| Failure::usage(e.to_string()))?;
+        .max_attempts(args.max_attempts);
+    let client = match &args.store {
+        Some(url) => client.store(url),
+        None => client,
+    }
+    .build()
+    .map_err(|e| match e {
+        e @ quotagate::client::Error::Store(_) => Failure::from(e),
+        e => Failure::usage(e.to_string()),
+    })?;
     let result = if args.all {
         all_pages(&client, &request, args.array)
     } else {

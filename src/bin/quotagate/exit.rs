@@ -12,6 +12,8 @@ pub const THROTTLED: u8 = 3;
 pub const TRANSPORT: u8 = 4;
 /// No access token could be obtained.
 pub const AUTH: u8 = 5;
+/// The shared quota store failed (unreachable, damaged, misconfigured).
+pub const STORE: u8 = 6;
 
 /// Why a command failed: the message for stderr and the exit code.
 #[derive(Debug)]
@@ -40,6 +42,7 @@ pub fn code_of(e: &Error) -> u8 {
         Error::Throttled(_) => THROTTLED,
         Error::Auth(..) => AUTH,
         Error::InvalidArgument(_) => USAGE,
+        Error::Store(_) => STORE,
         Error::Transport(..)
         | Error::Timeout(..)
         | Error::BodyTooLarge(_)

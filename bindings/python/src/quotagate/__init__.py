@@ -20,6 +20,7 @@ from ._errors import (
     HTTPError,
     InvalidArgumentError,
     NativeIOError,
+    StoreError,
     ThrottledError,
     TimeoutError,
     TooManyBucketsError,
@@ -47,6 +48,7 @@ __all__ = [
     "Rate",
     "Response",
     "Route",
+    "StoreError",
     "ThrottledError",
     "TimeoutError",
     "TooManyBucketsError",
@@ -72,8 +74,8 @@ def library_path() -> str:
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
     AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, HTTPError,
-    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, ThrottledError, TimeoutError,
-    TooManyBucketsError, TransportError,
+    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
+    TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__
 del _cls

@@ -205,6 +205,9 @@ class Client(NativeHandle):
     :param margin: seconds that widen every window of the client's own limiter, to absorb
         the latency between admission and the server's count (not with ``limiter``).
     :param proxy: proxy URL (default: from ``HTTPS_PROXY``/``NO_PROXY``).
+    :param store: share the quotas with every process that opens the same store,
+        ``"file:///path/to/state.q"`` or ``"redis://host:6379/0?prefix=qg"`` (see
+        :class:`Limiter`; not with ``limiter``).
 
     Use one client from any number of threads. Blocking calls are interruptible by
     Ctrl+C in the main thread.
@@ -239,6 +242,7 @@ class Client(NativeHandle):
         connect_timeout: Optional[Union[int, float]] = None,
         max_body_bytes: Optional[int] = None,
         margin: Optional[Union[int, float]] = None,
+        store: Optional[str] = None,
     ) -> None:
         super().__init__()
         self._cloud = cloud
@@ -311,6 +315,8 @@ class Client(NativeHandle):
             add(lib.qg_client_builder_set_connect_timeout_ms, ms)
         if proxy is not None:
             add(lib.qg_client_builder_set_proxy, _convert.text(proxy, "proxy"))
+        if store is not None:
+            add(lib.qg_client_builder_set_store, _convert.text(store, "store"))
         if max_body_bytes is not None:
             n = _convert.integer(max_body_bytes, "max_body_bytes", 1, _convert.U64_MAX)
             add(lib.qg_client_builder_set_max_body_bytes, n)

@@ -70,6 +70,12 @@ class TooManyBucketsError(Error):
     """The limiter holds its maximum number of buckets, none of them idle."""
 
 
+class StoreError(Error):
+    """The shared quota store failed: unreachable until the call's deadline (at once with
+    ``on_unavailable=fail``), a damaged or newer-format state file, or wrong settings.
+    No call was admitted without it."""
+
+
 class _HTTPDetails(Error):
     """Typed views of :attr:`Error.details` for failures that involve an HTTP answer."""
 
@@ -151,6 +157,7 @@ _CLASSES: Dict[int, Type[Error]] = {
     _native.QG_ERR_CANCELLED: CancelledError,
     _native.QG_ERR_CLOSED: ClosedError,
     _native.QG_ERR_TOO_MANY_BUCKETS: TooManyBucketsError,
+    _native.QG_ERR_STORE: StoreError,
     _native.QG_ERR_HTTP_STATUS: HTTPError,
     _native.QG_ERR_TRANSPORT: TransportError,
     _native.QG_ERR_THROTTLED: ThrottledError,

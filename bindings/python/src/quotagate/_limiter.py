@@ -71,6 +71,12 @@ class Limiter(NativeHandle):
     :param margin: seconds added to every window, to absorb the latency between the
         admission here and the server's count.
     :param max_buckets: the most buckets held at once (idle ones are dropped to make room).
+    :param store: share every bucket with all processes that open the same store:
+        ``"file:///var/lib/quotagate/tenant.q"`` (the processes of one host) or
+        ``"redis://host:6379/0?prefix=qg"`` (many hosts; ``rediss://`` for TLS). Both
+        take ``on_unavailable=wait|fail``. ``None`` keeps the buckets in this process.
+        A malformed URL raises :class:`~quotagate.InvalidArgumentError`, a store that
+        cannot be opened :class:`~quotagate.StoreError`.
 
     Use it from any number of threads. ``close()`` wakes every waiter with
     :class:`~quotagate.ClosedError`; it is also a context manager.
@@ -84,9 +90,11 @@ class Limiter(NativeHandle):
         *,
         margin: Union[int, float] = 0.0,
         max_buckets: Optional[int] = None,
+        store: Optional[str] = None,
     ) -> None:
         super().__init__()
         native_rates = _convert.rates(rates)
+        store_url = None if store is None else _convert.text(store, "store")
         margin_ms = _convert.seconds_to_ms(margin, "margin")
         if max_buckets is not None:
             max_buckets = _convert.integer(max_buckets, "max_buckets", 1, 2**63 - 1)
@@ -98,6 +106,8 @@ class Limiter(NativeHandle):
             check(lib.qg_limiter_builder_set_margin(builder, margin_ms))
             if max_buckets is not None:
                 check(lib.qg_limiter_builder_set_max_buckets(builder, max_buckets))
+            if store_url is not None:
+                check(lib.qg_limiter_builder_set_store(builder, store_url))
             limiter = c_void_p()
             check(lib.qg_limiter_builder_build(builder, byref(limiter)))
         finally:

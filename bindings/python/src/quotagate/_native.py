@@ -53,6 +53,7 @@ QG_ERR_CLOSED = 203
 QG_ERR_TOO_MANY_BUCKETS = 204
 QG_PENDING = 205
 QG_ERR_NOT_WAITING = 206
+QG_ERR_STORE = 207
 QG_ERR_HTTP_STATUS = 300
 QG_ERR_TRANSPORT = 301
 QG_ERR_THROTTLED = 302
@@ -148,6 +149,7 @@ SIGNATURES: List[Signature] = [
     ("qg_limiter_builder_add_rate", _R, [_H, c_uint32, c_uint64]),
     ("qg_limiter_builder_set_margin", _R, [_H, c_uint64]),
     ("qg_limiter_builder_set_max_buckets", _R, [_H, c_size_t]),
+    ("qg_limiter_builder_set_store", _R, [_H, _S]),
     ("qg_limiter_builder_build", _R, [_H, _OUT]),
     ("qg_limiter_builder_free", None, [_H]),
     ("qg_limiter_acquire", _R, [_H, _S, c_uint32, c_int64]),
@@ -185,6 +187,7 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_set_timeout_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_set_connect_timeout_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_set_proxy", _R, [_H, _S]),
+    ("qg_client_builder_set_store", _R, [_H, _S]),
     ("qg_client_builder_set_max_body_bytes", _R, [_H, c_uint64]),
     ("qg_client_builder_set_max_attempts", _R, [_H, c_uint32]),
     ("qg_client_builder_set_max_quota_wait_ms", _R, [_H, c_uint64]),

@@ -1,0 +1,495 @@
+//! The limiter over a [`Store`]: buckets shared by every process that opens the store.
+//!
+//! The store keeps each bucket's log, pause and FIFO queue; this side keeps only what is
+//! local to the process: the rates it applies to each key, its statistics, and its
+//! waiting threads. Every thread that waits takes a place of its own in the store's queue,
+//! so the order is FIFO across all threads of all processes, and it sleeps until its own
+//! due instant (at most [`REPOLL`](super::store::REPOLL)), or until a cancel or close
+//! wakes it. When the store cannot be reached, the [`OnUnavailable`] setting decides:
+//! retry with growing pauses until the call's deadline, or fail at once. A call is never
+//! admitted without the store.
+
+use super::bucket::{BucketStats, WaiterState, WindowUsage};
+use super::clock::nanos;
+use super::store::{OnUnavailable, Place, Store, StoreError, StoreErrorKind, Verdict, Window};
+use super::{Admitted, Error, Rate, Wait};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The first pause after a failed store call; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct KeyState {
+    rates: Vec<Rate>,
+    windows: Vec<Window>,
+    own: bool,
+    stats: BucketStats,
+}
+
+/// The process-local side of a limiter whose buckets live in a store.
+pub(crate) struct Shared {
+    store: Arc<dyn Store>,
+    on_unavailable: OnUnavailable,
+    default_rates: Vec<Rate>,
+    margin: Duration,
+    max_buckets: usize,
+    keys: RwLock<HashMap<Box<str>, Arc<Mutex<KeyState>>, foldhash::fast::RandomState>>,
+    closed: AtomicBool,
+    /// Wakes sleeping tickets on cancel and close; each re-checks its own state.
+    bell: (Mutex<u64>, Condvar),
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store.location())
+            .field("on_unavailable", &self.on_unavailable)
+            .finish_non_exhaustive()
+    }
+}
+
+fn windows(rates: &[Rate], margin: Duration) -> Vec<Window> {
+    rates
+        .iter()
+        .map(|r| Window {
+            calls: u64::from(r.calls),
+            window_ns: nanos(r.window).saturating_add(nanos(margin)),
+        })
+        .collect()
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        on_unavailable: OnUnavailable,
+        default_rates: Vec<Rate>,
+        margin: Duration,
+        max_buckets: usize,
+    ) -> Self {
+        Self {
+            store,
+            on_unavailable,
+            default_rates,
+            margin,
+            max_buckets,
+            keys: RwLock::new(HashMap::default()),
+            closed: AtomicBool::new(false),
+            bell: (Mutex::new(0), Condvar::new()),
+        }
+    }
+
+    pub(crate) fn location(&self) -> String {
+        self.store.location()
+    }
+
+    fn store_error(&self, e: StoreError) -> Error {
+        Error::Store(e)
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn key(&self, key: &str) -> Result<Arc<Mutex<KeyState>>, Error> {
+        if let Some(k) = self.keys.read().get(key) {
+            return Ok(k.clone());
+        }
+        self.insert(key, &self.default_rates, false)
+    }
+
+    fn insert(&self, key: &str, rates: &[Rate], own: bool) -> Result<Arc<Mutex<KeyState>>, Error> {
+        let mut map = self.keys.write();
+        if let Some(k) = map.get(key) {
+            return Ok(k.clone());
+        }
+        if map.len() >= self.max_buckets {
+            map.retain(|_, k| Arc::strong_count(k) > 1 || k.lock().own);
+            if map.len() >= self.max_buckets {
+                return Err(Error::TooManyBuckets {
+                    limit: self.max_buckets,
+                });
+            }
+        }
+        let state = Arc::new(Mutex::new(KeyState {
+            rates: rates.to_vec(),
+            windows: windows(rates, self.margin),
+            own,
+            stats: BucketStats::default(),
+        }));
+        map.insert(key.into(), state.clone());
+        Ok(state)
+    }
+
+    /// The key's windows after checking the cost against them.
+    fn windows_for(
+        &self,
+        key: &str,
+        cost: u32,
+    ) -> Result<(Arc<Mutex<KeyState>>, Vec<Window>), Error> {
+        self.check_open()?;
+        let k = self.key(key)?;
+        let windows = k.lock().windows.clone();
+        if cost == 0 {
+            return Err(Error::InvalidArgument(
+                "a call costs at least 1 unit".into(),
+            ));
+        }
+        let max = windows.iter().map(|w| w.calls).min().unwrap_or(0);
+        if u64::from(cost) > max {
+            return Err(Error::InvalidArgument(format!(
+                "a cost of {cost} exceeds the smallest rate of the bucket ({max} calls) and could never be admitted"
+            )));
+        }
+        Ok((k, windows))
+    }
+
+    pub(crate) fn set_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
+        self.check_open()?;
+        let k = self.insert(key, rates, true)?;
+        let mut k = k.lock();
+        k.rates = rates.to_vec();
+        k.windows = windows(rates, self.margin);
+        k.own = true;
+        drop(k);
+        // Waiters recompute their due instants under the new rates.
+        self.ring();
+        Ok(())
+    }
+
+    pub(crate) fn ensure_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
+        if self.keys.read().contains_key(key) {
+            return Ok(());
+        }
+        self.insert(key, rates, rates != self.default_rates.as_slice())
+            .map(drop)
+    }
+
+    pub(crate) fn rates(&self, key: &str) -> Vec<Rate> {
+        match self.keys.read().get(key) {
+            Some(k) => k.lock().rates.clone(),
+            None => self.default_rates.clone(),
+        }
+    }
+
+    pub(crate) fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
+        let (k, windows) = self.windows_for(key, cost)?;
+        match self.store.poll(key, &windows, u64::from(cost), Place::Try) {
+            Ok(Verdict::Admitted) => {
+                count_admission(&mut k.lock().stats, u64::from(cost), Duration::ZERO);
+                Ok(())
+            }
+            Ok(Verdict::Wait(wait)) => {
+                k.lock().stats.refusals += 1;
+                Err(Error::WouldBlock { wait })
+            }
+            Err(e) => Err(self.store_error(e)),
+        }
+    }
+
+    pub(crate) fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
+        let (_, windows) = self.windows_for(key, cost)?;
+        match self.store.poll(key, &windows, u64::from(cost), Place::Peek) {
+            Ok(Verdict::Wait(wait)) => Ok(wait),
+            Ok(Verdict::Admitted) => Ok(Duration::ZERO),
+            Err(e) => Err(self.store_error(e)),
+        }
+    }
+
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+        now: super::Nanos,
+    ) -> Result<SharedTicket, Error> {
+        let (k, _) = self.windows_for(key, cost)?;
+        let started = Instant::now();
+        let ticket = SharedTicket {
+            shared: self.clone(),
+            key: key.into(),
+            state: k,
+            id: super::store::waiter_id(),
+            cost,
+            started,
+            started_at: now,
+            deadline: timeout.map(|t| started + t),
+            outcome: Mutex::new((WaiterState::Waiting, None)),
+        };
+        // Take the place now: the queue's order is the order of arrival.
+        ticket.wait(Some(Duration::ZERO))?;
+        Ok(ticket)
+    }
+
+    pub(crate) fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
+        self.check_open()?;
+        let k = self.key(key)?;
+        self.store
+            .pause(key, duration)
+            .map_err(|e| self.store_error(e))?;
+        k.lock().stats.pauses += 1;
+        self.ring();
+        Ok(())
+    }
+
+    pub(crate) fn stats(&self, key: &str) -> Result<BucketStats, Error> {
+        let (stats, windows) = match self.keys.read().get(key) {
+            Some(k) => {
+                let k = k.lock();
+                (k.stats.clone(), k.windows.clone())
+            }
+            None => (
+                BucketStats::default(),
+                windows(&self.default_rates, self.margin),
+            ),
+        };
+        let usage = self
+            .store
+            .usage(key, &windows)
+            .map_err(|e| self.store_error(e))?;
+        Ok(BucketStats {
+            paused_for_ns: nanos(usage.paused_for),
+            queued: usage.queued,
+            windows: windows
+                .iter()
+                .zip(usage.used.iter().chain(std::iter::repeat(&0)))
+                .map(|(w, used)| WindowUsage {
+                    used: *used,
+                    calls: w.calls,
+                    window_ns: w.window_ns,
+                })
+                .collect(),
+            ..stats
+        })
+    }
+
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.keys.read().keys().map(|k| k.to_string()).collect()
+    }
+
+    /// Forgets the local state of keys without rates of their own and without a thread
+    /// on them; the buckets themselves live on in the store.
+    pub(crate) fn purge_idle(&self) -> usize {
+        let mut map = self.keys.write();
+        let before = map.len();
+        map.retain(|_, k| Arc::strong_count(k) > 1 || k.lock().own);
+        before - map.len()
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ring();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn ring(&self) {
+        let (m, cv) = &self.bell;
+        *m.lock() += 1;
+        cv.notify_all();
+    }
+
+    /// Sleeps until `until`, or until the bell rings.
+    fn sleep(&self, until: Instant) {
+        let (m, cv) = &self.bell;
+        let mut g = m.lock();
+        let rung = *g;
+        while *g == rung {
+            if cv.wait_until(&mut g, until).timed_out() {
+                break;
+            }
+        }
+    }
+}
+
+fn count_admission(s: &mut BucketStats, cost: u64, waited: Duration) {
+    s.admitted_calls += 1;
+    s.admitted_units += cost;
+    if !waited.is_zero() {
+        let w = nanos(waited);
+        s.waited_calls += 1;
+        s.total_wait_ns = s.total_wait_ns.saturating_add(w);
+        s.longest_wait_ns = s.longest_wait_ns.max(w);
+    }
+}
+
+/// A place in a store's queue.
+pub(crate) struct SharedTicket {
+    shared: Arc<Shared>,
+    key: Box<str>,
+    state: Arc<Mutex<KeyState>>,
+    id: u64,
+    cost: u32,
+    started: Instant,
+    started_at: super::Nanos,
+    deadline: Option<Instant>,
+    /// The state, and once admitted the admission.
+    outcome: Mutex<(WaiterState, Option<Admitted>)>,
+}
+
+impl std::fmt::Debug for SharedTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTicket")
+            .field("key", &self.key)
+            .field("cost", &self.cost)
+            .field("state", &self.outcome.lock().0)
+            .finish()
+    }
+}
+
+impl SharedTicket {
+    pub(crate) fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    pub(crate) fn state(&self) -> WaiterState {
+        self.outcome.lock().0
+    }
+
+    pub(crate) fn admitted(&self) -> Option<Admitted> {
+        self.outcome.lock().1
+    }
+
+    fn result(state: WaiterState) -> Option<Result<Wait, Error>> {
+        match state {
+            WaiterState::Waiting => None,
+            WaiterState::Admitted => Some(Ok(Wait::Admitted)),
+            WaiterState::TimedOut => Some(Err(Error::Timeout)),
+            WaiterState::Cancelled => Some(Err(Error::Cancelled)),
+            WaiterState::Closed => Some(Err(Error::Closed)),
+        }
+    }
+
+    /// Ends the wait in `state` unless it already ended; gives up the place in the store.
+    fn finish(&self, state: WaiterState) -> bool {
+        self.end(state, true)
+    }
+
+    /// [`finish`](Self::finish), counting a timeout or cancellation only when `count`.
+    fn end(&self, state: WaiterState, count: bool) -> bool {
+        {
+            let mut o = self.outcome.lock();
+            if o.0 != WaiterState::Waiting {
+                return false;
+            }
+            o.0 = state;
+        }
+        if count {
+            let mut k = self.state.lock();
+            match state {
+                WaiterState::TimedOut => k.stats.timeouts += 1,
+                WaiterState::Cancelled => k.stats.cancellations += 1,
+                _ => {}
+            }
+        }
+        if let Err(e) = self.shared.store.leave(&self.key, self.id) {
+            // The lease ends the place within LEASE after its due instant anyway.
+            log::warn!("could not give up a place in the shared queue: {e}");
+        }
+        self.shared.ring();
+        true
+    }
+
+    /// Waits until admitted, for at most `slice` of real time (`None`: as long as it
+    /// takes).
+    pub(crate) fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
+        let slice_end = slice.map(|s| Instant::now() + s);
+        let mut retry = RETRY_FIRST;
+        loop {
+            if self.shared.is_closed() {
+                self.finish(WaiterState::Closed);
+            }
+            if let Some(done) = Self::result(self.state()) {
+                return done;
+            }
+            let now = Instant::now();
+            if self.deadline.is_some_and(|d| now >= d) {
+                self.finish(WaiterState::TimedOut);
+                continue;
+            }
+            let windows = self.state.lock().windows.clone();
+            let next = match self.shared.store.poll(
+                &self.key,
+                &windows,
+                u64::from(self.cost),
+                Place::Queue { id: self.id },
+            ) {
+                Ok(Verdict::Admitted) => {
+                    let waited = self.started.elapsed();
+                    let admitted = Admitted {
+                        at: self.started_at.saturating_add(nanos(waited)),
+                        waited,
+                    };
+                    {
+                        let mut o = self.outcome.lock();
+                        if o.0 != WaiterState::Waiting {
+                            // Cancelled meanwhile: the units are spent, the call is not made.
+                            continue;
+                        }
+                        *o = (WaiterState::Admitted, Some(admitted));
+                    }
+                    count_admission(&mut self.state.lock().stats, u64::from(self.cost), waited);
+                    return Ok(Wait::Admitted);
+                }
+                Ok(Verdict::Wait(wait)) => {
+                    retry = RETRY_FIRST;
+                    if self.deadline.is_some_and(|d| now + wait > d) {
+                        // The deadline cannot be met: fail now rather than at the deadline.
+                        self.finish(WaiterState::TimedOut);
+                        continue;
+                    }
+                    now + wait.min(super::store::REPOLL)
+                }
+                Err(e) => {
+                    let fatal = e.kind != StoreErrorKind::Unavailable
+                        || self.shared.on_unavailable == OnUnavailable::Fail
+                        || self.deadline.is_some_and(|d| now + retry > d);
+                    if fatal {
+                        // The failure, not "cancelled", is what the caller needs to see.
+                        self.end(WaiterState::Cancelled, false);
+                        return Err(self.shared.store_error(e));
+                    }
+                    log::warn!(
+                        "the quota store is unavailable, retrying in {} ms: {e}",
+                        retry.as_millis()
+                    );
+                    let at = now + retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    at
+                }
+            };
+            let mut until = next;
+            if let Some(d) = self.deadline {
+                until = until.min(d);
+            }
+            if let Some(end) = slice_end {
+                if now >= end {
+                    return Ok(Wait::Pending);
+                }
+                until = until.min(end);
+            }
+            self.shared.sleep(until);
+        }
+    }
+
+    /// Gives up the place; false if the wait had already ended.
+    pub(crate) fn cancel(&self) -> bool {
+        self.finish(WaiterState::Cancelled)
+    }
+}
+
+impl Drop for SharedTicket {
+    fn drop(&mut self) {
+        self.finish(WaiterState::Cancelled);
+    }
+}

@@ -1,0 +1,337 @@
+//! One quota shared by several processes through a store: the file store (one host) and
+//! Redis (many hosts). Worker processes are this test binary itself, started with
+//! `--ignored --exact <worker>` and their orders in the environment.
+//!
+//! The Redis tests need `QUOTAGATE_TEST_REDIS_URL` (scripts/test starts a server and sets
+//! it); without it they print a line and pass, except under `CI=true`, where they fail.
+
+use quotagate::client::{Client, Request, RetryPolicy};
+use quotagate::limiter::{Error, Limiter, Rate};
+use quotagate::sim::{SimConfig, Simulator};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A fresh state-file path of its own for a test.
+fn state_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("quotagate-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.q"));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+fn file_url(name: &str) -> String {
+    format!("file://{}", state_file(name).display())
+}
+
+/// The test Redis server's URL with a prefix of the test's own, or None (and a line
+/// saying so) when there is none; under CI a missing server is a failure.
+fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("QUOTAGATE_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            Some(format!(
+                "{url}{sep}prefix=qgtest-{test}-{}-{}",
+                std::process::id(),
+                Instant::now().elapsed().as_nanos()
+            ))
+        }
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run the Redis tests: set QUOTAGATE_TEST_REDIS_URL"
+            );
+            eprintln!("skipped {test}: QUOTAGATE_TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+/// Starts this test binary as a worker running `entry` with `env`.
+fn spawn_worker(entry: &str, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        entry,
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("worker needs {name}"))
+}
+
+fn env_u64(name: &str) -> u64 {
+    env(name).parse().unwrap()
+}
+
+/// The simulator's quotas and the client's rates: the same, as in production.
+const LIMITS: &[(u32, f64)] = &[(8, 0.5), (20, 2.0)];
+
+fn rates() -> Vec<Rate> {
+    LIMITS
+        .iter()
+        .map(|(calls, secs)| Rate::new(*calls, Duration::from_secs_f64(*secs)))
+        .collect()
+}
+
+/// A worker: `QG_THREADS` threads each send `QG_CALLS` GETs through a client whose
+/// quotas live in `QG_STORE`. Prints the client's 429 count.
+#[test]
+#[ignore = "a worker process of the shared-store tests"]
+fn client_worker() {
+    let client = Client::builder()
+        .base_url(&env("QG_SIM_URL"))
+        .authority(&env("QG_SIM_AUTHORITY"))
+        .tenant_id(&env("QG_TENANT"))
+        .client_id(&env("QG_CLIENT"))
+        .client_secret(env("QG_SECRET"))
+        .default_rates(rates())
+        .margin(ms(100))
+        .store(&env("QG_STORE"))
+        .timeout(Duration::from_secs(10))
+        .retry_policy(RetryPolicy {
+            max_attempts: 10,
+            max_quota_wait: Duration::from_secs(60),
+            base_backoff: ms(20),
+            max_backoff: ms(200),
+        })
+        .build()
+        .unwrap();
+    let calls = env_u64("QG_CALLS");
+    let handles: Vec<_> = (0..env_u64("QG_THREADS"))
+        .map(|_| {
+            let c = client.clone();
+            thread::spawn(move || {
+                for _ in 0..calls {
+                    let r = c.send(&Request::get("/api/machines?$top=1")).unwrap();
+                    assert_eq!(r.status(), 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    println!("throttled={}", client.stats().throttled);
+}
+
+/// Four processes with three threads each against the simulator, through `store`: the
+/// simulator never answers 429 and no window ever went over its limit as it saw it.
+fn four_processes_share_one_quota(store: &str) {
+    let sim = Simulator::start(SimConfig::default().limits("default", LIMITS)).unwrap();
+    let env = [
+        ("QG_SIM_URL", sim.url()),
+        ("QG_SIM_AUTHORITY", sim.authority()),
+        ("QG_TENANT", sim.tenant_id().to_string()),
+        ("QG_CLIENT", sim.client_id().to_string()),
+        ("QG_SECRET", sim.client_secret().to_string()),
+        ("QG_STORE", store.to_string()),
+        ("QG_THREADS", "3".into()),
+        ("QG_CALLS", "4".into()),
+    ];
+    let started = Instant::now();
+    let workers: Vec<Child> = (0..4)
+        .map(|_| spawn_worker("client_worker", &env))
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "a worker failed: {text}");
+        assert!(text.contains("throttled=0"), "a worker saw a 429: {text}");
+    }
+    let st = sim.stats();
+    assert_eq!(st.throttled, 0, "{:?}", st.by_status);
+    assert!(st.exceeded().is_empty(), "{:?}", st.max_in_window);
+    assert_eq!(st.by_status.get(&200).copied().unwrap_or(0), 48);
+    // 48 calls at 20 per 2 s take more than 4 s: the processes did not each count alone.
+    assert!(started.elapsed() >= ms(4000), "{:?}", started.elapsed());
+}
+
+#[test]
+fn four_processes_share_one_quota_through_a_state_file() {
+    four_processes_share_one_quota(&file_url("four-processes"));
+}
+
+#[test]
+fn four_processes_share_one_quota_through_redis() {
+    if let Some(url) = redis_url("four-processes") {
+        four_processes_share_one_quota(&url);
+    }
+}
+
+/// A worker that takes permits from `QG_STORE` (2 per 400 ms) as fast as it may,
+/// printing the wall-clock instant (ns since the epoch) of each, until killed or until
+/// `QG_CALLS` permits.
+#[test]
+#[ignore = "a worker process of the shared-store tests"]
+fn limiter_worker() {
+    let limiter = Limiter::builder()
+        .rate(Rate::new(2, ms(400)))
+        .store(&env("QG_STORE"))
+        .build()
+        .unwrap();
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for _ in 0..env_u64("QG_CALLS") {
+        limiter.acquire("k", 1, None).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        writeln!(out, "admitted {now}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// The admission instants a limiter worker printed.
+fn admissions(out: &[u8]) -> Vec<u128> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("admitted "))
+        .map(|t| t.parse().unwrap())
+        .collect()
+}
+
+/// No more than `calls` admissions in any `window` (with a little slack for the time
+/// between admission and printing).
+fn assert_window(mut all: Vec<u128>, calls: usize, window: Duration) {
+    all.sort_unstable();
+    let w = window.as_nanos() - ms(20).as_nanos();
+    for (i, t) in all.iter().enumerate() {
+        let inside = all[i..].iter().take_while(|u| **u < t + w).count();
+        assert!(inside <= calls, "{inside} admissions within {window:?}");
+    }
+}
+
+/// Workers killed with SIGKILL while they wait and while they work on the state never
+/// wedge the others, and the window holds across all of them.
+fn killed_workers_never_wedge_the_others(store: &str) {
+    let env = |calls: u64| {
+        [
+            ("QG_STORE", store.to_string()),
+            ("QG_CALLS", calls.to_string()),
+        ]
+    };
+    // Victims: they take permits and wait in the queue, and die at random points.
+    let mut victims: Vec<Child> = (0..3)
+        .map(|_| spawn_worker("limiter_worker", &env(1000)))
+        .collect();
+    let survivor = spawn_worker("limiter_worker", &env(6));
+    for (i, v) in victims.iter_mut().enumerate() {
+        thread::sleep(ms(150 + 170 * i as u64));
+        v.kill().unwrap(); // SIGKILL on Unix
+    }
+    let mut seen = Vec::new();
+    for v in victims {
+        seen.extend(admissions(&v.wait_with_output().unwrap().stdout));
+    }
+    let started = Instant::now();
+    let out = survivor.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let mine = admissions(&out.stdout);
+    assert_eq!(mine.len(), 6);
+    // 6 permits at 2 per 400 ms, plus at most a lease for each dead waiter's place.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    seen.extend(mine);
+    assert_window(seen, 2, ms(400));
+}
+
+#[test]
+fn killed_workers_never_wedge_the_others_on_a_state_file() {
+    let url = file_url("killed");
+    killed_workers_never_wedge_the_others(&url);
+    // The state the killed processes left is still readable and still counts.
+    let limiter = Limiter::builder()
+        .rate(Rate::new(2, ms(400)))
+        .store(&url)
+        .build()
+        .unwrap();
+    limiter
+        .acquire("k", 1, Some(Duration::from_secs(2)))
+        .unwrap();
+}
+
+#[test]
+fn killed_workers_never_wedge_the_others_on_redis() {
+    if let Some(url) = redis_url("killed") {
+        killed_workers_never_wedge_the_others(&url);
+    }
+}
+
+#[test]
+fn a_restarted_script_does_not_spend_the_quota_again() {
+    let url = file_url("restart");
+    let build = || {
+        Limiter::builder()
+            .rate(Rate::new(5, Duration::from_secs(60)))
+            .store(&url)
+            .build()
+            .unwrap()
+    };
+    let first = build();
+    for _ in 0..5 {
+        first.try_acquire("k", 1).unwrap();
+    }
+    drop(first);
+    let again = build();
+    match again.try_acquire("k", 1) {
+        Err(Error::WouldBlock { wait }) => assert!(wait > Duration::from_secs(50), "{wait:?}"),
+        other => panic!("the restarted limiter admitted again: {other:?}"),
+    }
+}
+
+#[test]
+fn a_damaged_state_file_is_a_clear_error_never_an_admission() {
+    let path = state_file("damaged");
+    let url = format!("file://{}", path.display());
+    let limiter = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_secs(60)))
+        .store(&url)
+        .build()
+        .unwrap();
+    limiter.try_acquire("k", 1).unwrap();
+    drop(limiter);
+    let len = std::fs::metadata(&path).unwrap().len();
+    // Truncated.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    let outcome = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_secs(60)))
+        .store(&url)
+        .build()
+        .and_then(|l| l.try_acquire("k", 1));
+    match outcome {
+        Err(Error::Store(e)) => {
+            assert!(e.message.contains(&path.display().to_string()), "{e}");
+        }
+        other => panic!("a truncated state file gave {other:?}"),
+    }
+    // Overwritten with garbage.
+    std::fs::write(&path, vec![0x5a; len as usize]).unwrap();
+    let outcome = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_secs(60)))
+        .store(&url)
+        .build()
+        .and_then(|l| l.try_acquire("k", 1));
+    assert!(matches!(outcome, Err(Error::Store(_))), "{outcome:?}");
+}
