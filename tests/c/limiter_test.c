@@ -1042,6 +1042,74 @@ static void test_max_buckets(void)
     qg_limiter_free(l);
 }
 
+/* Builds a limiter of one rate over the store `url` (NULL: in memory) into *out. */
+static qg_result build_with_store(const char *url, uint32_t calls, uint64_t window_ms,
+                                  const qg_limiter **out)
+{
+    qg_limiter_builder *b = NULL;
+    CHECK_OK(qg_limiter_builder_new(&b));
+    CHECK_OK(qg_limiter_builder_add_rate(b, calls, window_ms));
+    qg_result rc = qg_limiter_builder_set_store(b, url);
+    if (rc == QG_OK) {
+        rc = qg_limiter_builder_build(b, out);
+    }
+    qg_limiter_builder_free(b);
+    return rc;
+}
+
+static void test_store(void)
+{
+    char path[256], url[300], msg[512];
+    snprintf(path, sizeof path, "/tmp/qg-c-store-%ld.q", (long)time(NULL) ^ (long)clock());
+    remove(path);
+    snprintf(url, sizeof url, "file://%s", path);
+    const qg_limiter *a = NULL, *b = NULL, *bad = NULL;
+    CHECK_OK(build_with_store(url, 2, 60000, &a));
+    CHECK_OK(build_with_store(url, 2, 60000, &b));
+    CHECK_OK(qg_limiter_try_acquire(a, "k", 1, NULL));
+    CHECK_OK(qg_limiter_try_acquire(b, "k", 1, NULL));
+    uint64_t wait = 0;
+    CHECK_RC(qg_limiter_try_acquire(a, "k", 1, &wait), QG_ERR_WOULD_BLOCK);
+    CHECK_U64(wait, >, 50000);
+    uint64_t used = 0, c = 0, w = 0;
+    CHECK(window_of(b, "k", 0, &used, &c, &w) == 0);
+    CHECK_U64(used, ==, 2); /* b counts a's call */
+    qg_limiter_free(a);
+    qg_limiter_free(b);
+
+    /* A malformed URL fails at the setter, with the library's message. */
+    CHECK_RC(build_with_store("ftp://x/y", 1, 1000, &bad), QG_ERR_INVALID_ARGUMENT);
+    last_error_text(msg, sizeof msg);
+    CHECK_MSG(strstr(msg, "file://, redis:// or rediss://") != NULL, "message: %s", msg);
+    CHECK_RC(build_with_store("file://relative", 1, 1000, &bad), QG_ERR_INVALID_ARGUMENT);
+    CHECK(bad == NULL);
+    /* NULL goes back to memory. */
+    CHECK_OK(build_with_store(NULL, 1, 1000, &bad));
+    CHECK_OK(qg_limiter_try_acquire(bad, "k", 1, NULL));
+    qg_limiter_free(bad);
+    bad = NULL;
+    CHECK_RC(qg_limiter_builder_set_store(NULL, url), QG_ERR_NULL_ARGUMENT);
+
+    /* A damaged state file: QG_ERR_STORE naming the file, never an admission. */
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        for (int i = 0; i < 300; i++) {
+            fputc('x', f);
+        }
+        fclose(f);
+    }
+    qg_result rc = build_with_store(url, 1, 1000, &bad);
+    if (rc == QG_OK) {
+        rc = qg_limiter_try_acquire(bad, "k", 1, NULL);
+        qg_limiter_free(bad);
+    }
+    CHECK_RC(rc, QG_ERR_STORE);
+    last_error_text(msg, sizeof msg);
+    CHECK_MSG(strstr(msg, path) != NULL, "message: %s", msg);
+    remove(path);
+}
+
 static void test_close(void)
 {
     const qg_limiter *l = make_simple(1, 1000);
@@ -1366,6 +1434,7 @@ static const struct test g_tests[] = {
     {"stats", test_stats},
     {"max_buckets", test_max_buckets},
     {"close", test_close},
+    {"store", test_store},
     {"threads_keep_every_window", test_threads_keep_every_window},
     {"ticket_behind_an_idle_head_is_admitted", test_ticket_behind_an_idle_head_is_admitted},
     {"try_acquire_after_the_queue_drains", test_try_acquire_after_the_queue_drains},

@@ -230,6 +230,44 @@ namespace QuotaGate.Interop.Tests
                 }
             });
 
+            Test("store: two limiters on one state file share the bucket; bad URLs fail with the library's message", () =>
+            {
+                string path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "qg-interop-" + Process.GetCurrentProcess().Id + ".q");
+                System.IO.File.Delete(path);
+                string url = new Uri(path).AbsoluteUri;
+                try
+                {
+                    using (var a = new Limiter(new[] { new Rate(2, 60000) }, 0, 0, url))
+                    using (var b = new Limiter(new[] { new Rate(2, 60000) }, 0, 0, url))
+                    {
+                        ulong wait;
+                        Assert.True(a.TryAcquire("k", 1, out wait), "first from a");
+                        Assert.True(b.TryAcquire("k", 1, out wait), "second from b");
+                        Assert.True(!a.TryAcquire("k", 1, out wait), "the shared bucket is full");
+                        Assert.True(wait > 50000, "the wait of the shared window: " + wait);
+                        Assert.Equal(2UL, b.GetStatistics("k").Windows[0].Used, "b sees a's call");
+                    }
+                    var e = Assert.Throws<QuotaGateException>(() => new Limiter(new[] { new Rate(1, 1000) }, 0, 0, "ftp://x/y"), "unknown scheme");
+                    Assert.Equal(ResultCode.InvalidArgument, e.Code, "code");
+                    Assert.True(e.Message.Contains("file://, redis:// or rediss://"), e.Message);
+                    System.IO.File.WriteAllBytes(path, Encoding.ASCII.GetBytes(new string('x', 300)));
+                    var damaged = Assert.Throws<QuotaGateException>(() =>
+                    {
+                        using (var l = new Limiter(new[] { new Rate(1, 1000) }, 0, 0, url))
+                        {
+                            ulong w;
+                            l.TryAcquire("k", 1, out w);
+                        }
+                    }, "a damaged state file");
+                    Assert.Equal(ResultCode.Store, damaged.Code, "code");
+                    Assert.True(damaged.Message.Contains(path), damaged.Message);
+                }
+                finally
+                {
+                    System.IO.File.Delete(path);
+                }
+            });
+
             Test("limiter: acquire waits for the window, with costs and stats", () =>
             {
                 using (var l = NewLimiter(new Rate(4, 300)))
