@@ -493,3 +493,188 @@ impl Drop for SharedTicket {
         self.finish(WaiterState::Cancelled);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::{Usage, Verdict};
+    use super::*;
+    use crate::limiter::Limiter;
+    use std::sync::atomic::AtomicU32;
+
+    /// A store that answers every poll with `answer` (admitting once `admit_after` polls
+    /// were answered) and counts the calls it saw.
+    #[derive(Debug)]
+    struct Scripted {
+        answer: Mutex<Result<Verdict, StoreError>>,
+        admit_after: u32,
+        polls: AtomicU32,
+        leaves: AtomicU32,
+    }
+
+    impl Scripted {
+        fn new(answer: Result<Verdict, StoreError>, admit_after: u32) -> Arc<Self> {
+            Arc::new(Self {
+                answer: Mutex::new(answer),
+                admit_after,
+                polls: AtomicU32::new(0),
+                leaves: AtomicU32::new(0),
+            })
+        }
+    }
+
+    impl Store for Scripted {
+        fn poll(&self, _: &str, _: &[Window], _: u64, _: Place) -> Result<Verdict, StoreError> {
+            let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+            if n > self.admit_after {
+                return Ok(Verdict::Admitted);
+            }
+            self.answer.lock().clone()
+        }
+        fn leave(&self, _: &str, _: u64) -> Result<(), StoreError> {
+            self.leaves.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn pause(&self, _: &str, _: Duration) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn usage(&self, _: &str, w: &[Window]) -> Result<Usage, StoreError> {
+            Ok(Usage {
+                used: vec![0; w.len()],
+                ..Usage::default()
+            })
+        }
+        fn location(&self) -> String {
+            "scripted".into()
+        }
+    }
+
+    fn down() -> Result<Verdict, StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "connection refused",
+        ))
+    }
+
+    fn limiter(store: Arc<Scripted>, on: OnUnavailable) -> Limiter {
+        Limiter::builder()
+            .rate(Rate::new(10, Duration::from_secs(1)))
+            .store_handle(store, on)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_unreachable_store_fails_at_once_with_fail() {
+        let store = Scripted::new(down(), u32::MAX);
+        let l = limiter(store.clone(), OnUnavailable::Fail);
+        let started = Instant::now();
+        let e = l.acquire("k", 1, None).unwrap_err();
+        assert!(matches!(&e, Error::Store(s) if s.kind == StoreErrorKind::Unavailable));
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(matches!(l.try_acquire("k", 1), Err(Error::Store(_))));
+        assert_eq!(l.stats("k").admitted_calls, 0);
+    }
+
+    #[test]
+    fn an_unreachable_store_is_retried_until_the_deadline_and_never_bypassed() {
+        let store = Scripted::new(down(), u32::MAX);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        let started = Instant::now();
+        let e = l
+            .acquire("k", 1, Some(Duration::from_millis(400)))
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, Error::Store(_)), "{e:?}");
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // 50, 100, 200 ms pauses: several tries within the deadline.
+        assert!(store.polls.load(Ordering::SeqCst) >= 3);
+        assert_eq!(l.stats("k").admitted_calls, 0);
+        // try_acquire never waits for the store.
+        assert!(matches!(l.try_acquire("k", 1), Err(Error::Store(_))));
+    }
+
+    #[test]
+    fn a_store_that_comes_back_admits_the_waiting_call() {
+        let store = Scripted::new(down(), 3);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        let a = l.acquire("k", 1, Some(Duration::from_secs(5))).unwrap();
+        assert!(a.waited >= Duration::from_millis(100), "{a:?}");
+        assert_eq!(store.polls.load(Ordering::SeqCst), 4);
+        let st = l.stats("k");
+        assert_eq!((st.admitted_calls, st.waited_calls), (1, 1));
+    }
+
+    #[test]
+    fn an_unmeetable_deadline_fails_at_once_and_gives_up_the_place() {
+        let store = Scripted::new(Ok(Verdict::Wait(Duration::from_secs(30))), u32::MAX);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        let started = Instant::now();
+        assert_eq!(
+            l.acquire("k", 1, Some(Duration::from_secs(1))),
+            Err(Error::Timeout)
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(store.leaves.load(Ordering::SeqCst), 1);
+        assert_eq!(l.stats("k").timeouts, 1);
+    }
+
+    #[test]
+    fn cancel_close_and_drop_end_waits_at_once_and_leave_the_queue() {
+        let store = Scripted::new(Ok(Verdict::Wait(Duration::from_secs(30))), u32::MAX);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        let ticket = Arc::new(l.enqueue("k", 1, None).unwrap());
+        let waiter = {
+            let t = ticket.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                (t.wait(None), started.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(ticket.cancel());
+        assert!(!ticket.cancel(), "a second cancel finds nothing to do");
+        let (r, took) = waiter.join().unwrap();
+        assert_eq!(r, Err(Error::Cancelled));
+        assert!(took < Duration::from_millis(600), "{took:?}");
+        assert_eq!(store.leaves.load(Ordering::SeqCst), 1);
+
+        drop(l.enqueue("k", 1, None).unwrap());
+        assert_eq!(
+            store.leaves.load(Ordering::SeqCst),
+            2,
+            "drop gives up the place"
+        );
+
+        let waiter = {
+            let l = l.clone();
+            std::thread::spawn(move || l.acquire("k", 1, None))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        l.close();
+        assert_eq!(waiter.join().unwrap(), Err(Error::Closed));
+        assert_eq!(l.try_acquire("k", 1), Err(Error::Closed));
+        assert_eq!(l.stats("k").cancellations, 2, "the cancel and the drop");
+    }
+
+    #[test]
+    fn costs_are_checked_against_the_rates_before_the_store_is_asked() {
+        let store = Scripted::new(Ok(Verdict::Admitted), 0);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        assert!(matches!(
+            l.try_acquire("k", 0),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            l.try_acquire("k", 11),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(store.polls.load(Ordering::SeqCst), 0);
+        l.set_rates("k", &[Rate::new(20, Duration::from_secs(1))])
+            .unwrap();
+        l.try_acquire("k", 11).unwrap();
+        assert_eq!(l.rates("k"), vec![Rate::new(20, Duration::from_secs(1))]);
+        assert_eq!(l.store_location().as_deref(), Some("scripted"));
+    }
+}
