@@ -1137,7 +1137,9 @@ qg_result qg_limiter_set_rates(const qg_limiter *l,
 /**
  * Takes a snapshot of the statistics of `key`'s bucket (zeros, with the default rates'
  * windows, for a bucket not used yet). On success `*out` receives a snapshot that the
- * caller frees with `qg_bucket_stats_free`. `l` and `out` must not be NULL. Thread-safe.
+ * caller frees with `qg_bucket_stats_free`. With a store, the windows, pause and queue
+ * are the store's (all processes'), the counters this process's own; `QG_ERR_STORE`
+ * when the store cannot answer. `l` and `out` must not be NULL. Thread-safe.
  */
 qg_result qg_limiter_stats(const qg_limiter *l, const char *key, qg_bucket_stats **out);
 

@@ -407,7 +407,9 @@ pub extern "C" fn qg_limiter_set_rates(
 
 /// Takes a snapshot of the statistics of `key`'s bucket (zeros, with the default rates'
 /// windows, for a bucket not used yet). On success `*out` receives a snapshot that the
-/// caller frees with `qg_bucket_stats_free`. `l` and `out` must not be NULL. Thread-safe.
+/// caller frees with `qg_bucket_stats_free`. With a store, the windows, pause and queue
+/// are the store's (all processes'), the counters this process's own; `QG_ERR_STORE`
+/// when the store cannot answer. `l` and `out` must not be NULL. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_limiter_stats(
     l: *const qg_limiter,
@@ -418,7 +420,7 @@ pub extern "C" fn qg_limiter_stats(
         let l = unsafe { try_ref(l, "limiter") }?;
         let key = unsafe { self::key(key) }?;
         let out = OutPtr::new(out, "out")?;
-        out.write(to_box(qg_bucket_stats { stats: l.limiter.stats(key) }));
+        out.write(to_box(qg_bucket_stats { stats: l.limiter.try_stats(key)? }));
         Ok(())
     }
 }

@@ -631,7 +631,9 @@ impl Limiter {
     }
 
     /// The statistics of `key`'s bucket. A bucket not created yet reports zeros and the
-    /// windows of the default rates.
+    /// windows of the default rates. With a store, the windows, the pause and the queue
+    /// are the store's (every process's), the counters this process's own; when the store
+    /// cannot answer, this logs a warning and reports zeros (see [`try_stats`](Self::try_stats)).
     pub fn stats(&self, key: &str) -> BucketStats {
         match self.try_stats(key) {
             Ok(s) => s,
