@@ -634,8 +634,30 @@ impl Inner {
             if let Some((_, e)) = &entry
                 && rec_len <= e.rec_cap
             {
-                // In place, through the journal.
-                writes.push((e.rec_off, record.clone()));
+                // In place, through the journal: only the 64-byte blocks that change, so
+                // that a call costs the units it logs rather than the whole ring.
+                let old = &self.map()[e.rec_off as usize..(e.rec_off + rec_len) as usize];
+                let mut span: Option<(usize, usize)> = None;
+                for (i, (new, old)) in record.chunks(64).zip(old.chunks(64)).enumerate() {
+                    let (from, to) = (i * 64, i * 64 + new.len());
+                    if new == old {
+                        continue;
+                    }
+                    span = match span {
+                        Some((start, end)) if end == from => Some((start, to)),
+                        Some((start, end)) => {
+                            writes.push((e.rec_off + start as u64, record[start..end].to_vec()));
+                            Some((from, to))
+                        }
+                        None => Some((from, to)),
+                    };
+                }
+                if let Some((start, end)) = span {
+                    writes.push((e.rec_off + start as u64, record[start..end].to_vec()));
+                }
+                if writes.is_empty() {
+                    return Ok(());
+                }
                 return self.commit(&writes, used);
             }
             // A new place: beyond `used`, written directly (nothing live is there).
