@@ -1,1 +1,552 @@
 //! The shared bucket of the module documentation, in Rust (used by the file store).
+//!
+//! [`Bucket`] is the whole state of one shared bucket: the unit log (a ring of instants),
+//! the pause, the leased FIFO queue and the latest instant the bucket used. It does no I/O:
+//! the file store decodes a bucket from its record ([`Bucket::decode`]), applies one
+//! operation with the store's `now` and encodes it back ([`Bucket::encode`]) when the
+//! operation changed it ([`Bucket::changed`]).
+//!
+//! The arithmetic is the one of the in-memory sliding log: a call of cost `c` fits a rate
+//! (`calls`, `window`) at instant `t` when the `(calls - c + 1)`-th newest logged unit `u`,
+//! if the ring holds one, satisfies `u + window <= t`; and nothing fits before the pause
+//! ends. Instants are nanoseconds of the store's clock.
+
+use super::{LEASE, Place, REPOLL, Usage, Verdict, Window};
+use crate::limiter::clock::{Nanos, nanos};
+use std::time::Duration;
+
+/// One waiter of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waiter {
+    /// The waiter's id, unique across processes and hosts.
+    pub(crate) id: u64,
+    /// The units the waiter's call costs.
+    pub(crate) cost: u64,
+    /// The instant after which the waiter loses its place unless it polls again.
+    pub(crate) expiry: Nanos,
+}
+
+/// The state of one shared bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    /// The latest instant an operation used; the bucket's clock never goes back before it.
+    pub(crate) last_now: Nanos,
+    /// Nothing is admitted before this instant.
+    pub(crate) pause_until: Nanos,
+    /// How many units were ever logged: the sequence number of the next unit.
+    pub(crate) next: u64,
+    /// `ring[seq % ring.len()]` is the instant of unit `seq`, for the newest
+    /// `min(next, ring.len())` units.
+    pub(crate) ring: Vec<Nanos>,
+    /// The waiters, first in line first.
+    pub(crate) queue: Vec<Waiter>,
+    /// Whether an operation changed anything worth storing since the flag was cleared.
+    changed: bool,
+}
+
+/// Bytes of the fixed part of an encoded bucket.
+pub(crate) const FIXED_LEN: usize = 5 * 8;
+/// Bytes of one encoded waiter.
+pub(crate) const WAITER_LEN: usize = 3 * 8;
+
+fn duration(ns: Nanos) -> Duration {
+    Duration::from_nanos(ns)
+}
+
+impl Bucket {
+    /// An empty bucket whose ring holds `ring` units (at least one).
+    pub(crate) fn new(ring: usize) -> Self {
+        Self {
+            ring: vec![0; ring.max(1)],
+            changed: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether an operation changed the bucket since [`clear_changed`](Self::clear_changed).
+    pub(crate) fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Forgets earlier changes (after the bucket was stored).
+    pub(crate) fn clear_changed(&mut self) {
+        self.changed = false;
+    }
+
+    /// Bytes that [`encode`](Self::encode) writes.
+    pub(crate) fn encoded_len(&self) -> usize {
+        FIXED_LEN + self.ring.len() * 8 + self.queue.len() * WAITER_LEN
+    }
+
+    /// Writes the bucket into `out`, which holds [`encoded_len`](Self::encoded_len) bytes.
+    pub(crate) fn encode(&self, out: &mut [u8]) {
+        let mut words = out.chunks_exact_mut(8);
+        let mut put = |v: u64| {
+            if let Some(w) = words.next() {
+                w.copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        put(self.last_now);
+        put(self.pause_until);
+        put(self.next);
+        put(self.ring.len() as u64);
+        put(self.queue.len() as u64);
+        for &t in &self.ring {
+            put(t);
+        }
+        for w in &self.queue {
+            put(w.id);
+            put(w.cost);
+            put(w.expiry);
+        }
+    }
+
+    /// Reads a bucket that [`encode`](Self::encode) wrote, reusing this one's buffers.
+    /// `None` when the sizes do not add up.
+    pub(crate) fn decode(&mut self, bytes: &[u8]) -> Option<()> {
+        let word = |i: usize| -> Option<u64> {
+            let b = bytes.get(i * 8..i * 8 + 8)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let ring = usize::try_from(word(3)?).ok()?;
+        let queue = usize::try_from(word(4)?).ok()?;
+        let len = ring
+            .checked_mul(8)?
+            .checked_add(queue.checked_mul(WAITER_LEN)?)?
+            .checked_add(FIXED_LEN)?;
+        if len != bytes.len() || ring == 0 {
+            return None;
+        }
+        self.last_now = word(0)?;
+        self.pause_until = word(1)?;
+        self.next = word(2)?;
+        self.ring.clear();
+        self.ring
+            .extend((0..ring).map(|i| word(5 + i).unwrap_or(0)));
+        let base = 5 + ring;
+        self.queue.clear();
+        self.queue.extend((0..queue).map(|i| Waiter {
+            id: word(base + 3 * i).unwrap_or(0),
+            cost: word(base + 3 * i + 1).unwrap_or(0),
+            expiry: word(base + 3 * i + 2).unwrap_or(0),
+        }));
+        self.changed = false;
+        Some(())
+    }
+
+    /// Starts an operation: clamps `now` to the bucket's clock and drops expired waiters.
+    fn begin(&mut self, now: Nanos) -> Nanos {
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        let before = self.queue.len();
+        self.queue.retain(|w| w.expiry >= now);
+        if self.queue.len() != before {
+            self.changed = true;
+        }
+        now
+    }
+
+    /// Grows the ring to hold the largest `calls` of `windows`, keeping the newest units.
+    fn fit_ring(&mut self, windows: &[Window]) {
+        let need = windows.iter().map(|w| w.calls).max().unwrap_or(1).max(1);
+        let need = usize::try_from(need).unwrap_or(usize::MAX);
+        if need <= self.ring.len() {
+            return;
+        }
+        let held = self.held();
+        let mut ring = vec![0; need];
+        for seq in self.next - held..self.next {
+            ring[(seq % need as u64) as usize] = self.ring[(seq % self.ring.len() as u64) as usize];
+        }
+        self.ring = ring;
+        self.changed = true;
+    }
+
+    /// Units whose instants the ring holds.
+    fn held(&self) -> u64 {
+        self.next.min(self.ring.len() as u64)
+    }
+
+    /// The instant of the `k`-th newest logged unit (`k >= 1`), if the ring holds it.
+    fn newest(&self, k: u64) -> Option<Nanos> {
+        if k == 0 || k > self.held() {
+            return None;
+        }
+        let seq = self.next - k;
+        Some(self.ring[(seq % self.ring.len() as u64) as usize])
+    }
+
+    /// The earliest instant at or after `at` at which `cost` units fit every window, with
+    /// `extra` (instant, units) logged after the ring's units, oldest first.
+    fn fit(&self, at: Nanos, windows: &[Window], cost: u64, extra: &[(Nanos, u64)]) -> Nanos {
+        let mut at = at;
+        for w in windows {
+            if cost > w.calls {
+                return Nanos::MAX;
+            }
+            // The (calls - cost + 1)-th newest unit must have left the window.
+            let mut k = w.calls - cost + 1;
+            let mut unit = None;
+            for &(t, units) in extra.iter().rev() {
+                if k <= units {
+                    unit = Some(t);
+                    break;
+                }
+                k -= units;
+            }
+            if unit.is_none() {
+                unit = self.newest(k);
+            }
+            if let Some(u) = unit {
+                at = at.max(u.saturating_add(w.window_ns));
+            }
+        }
+        at
+    }
+
+    /// The due instant of a call of `cost` behind the first `ahead` waiters: each of them
+    /// is admitted in order at its own earliest instant on a copy of the log, then the call.
+    fn due(&self, now: Nanos, windows: &[Window], ahead: usize, cost: u64) -> Nanos {
+        let mut at = now.max(self.pause_until);
+        let mut extra = Vec::new();
+        for w in &self.queue[..ahead] {
+            at = self.fit(at, windows, w.cost, &extra);
+            if at == Nanos::MAX {
+                return at;
+            }
+            if w.cost > 0 {
+                extra.push((at, w.cost));
+            }
+        }
+        self.fit(at, windows, cost, &extra)
+    }
+
+    /// Logs `cost` units admitted at `now`.
+    fn log(&mut self, now: Nanos, cost: u64) {
+        let len = self.ring.len() as u64;
+        let written = cost.min(len);
+        self.next += cost - written;
+        for _ in 0..written {
+            self.ring[(self.next % len) as usize] = now;
+            self.next += 1;
+        }
+        self.changed = true;
+    }
+
+    /// Asks for the admission of `cost` units under `windows` at `now` (see
+    /// [`Place`](super::Place)).
+    pub(crate) fn poll(
+        &mut self,
+        now: Nanos,
+        windows: &[Window],
+        cost: u64,
+        place: Place,
+    ) -> Verdict {
+        let now = self.begin(now);
+        self.fit_ring(windows);
+        match place {
+            Place::Try | Place::Peek => {
+                let due = self.due(now, windows, self.queue.len(), cost);
+                if due > now {
+                    Verdict::Wait(duration(due - now))
+                } else if place == Place::Peek {
+                    Verdict::Wait(Duration::ZERO)
+                } else {
+                    self.log(now, cost);
+                    Verdict::Admitted
+                }
+            }
+            Place::Queue { id } => {
+                let pos = match self.queue.iter().position(|w| w.id == id) {
+                    Some(pos) => {
+                        self.queue[pos].cost = cost;
+                        pos
+                    }
+                    None => {
+                        self.queue.push(Waiter {
+                            id,
+                            cost,
+                            expiry: now,
+                        });
+                        self.queue.len() - 1
+                    }
+                };
+                self.changed = true;
+                let due = self.due(now, windows, pos, cost);
+                if due <= now {
+                    self.queue.remove(pos);
+                    self.log(now, cost);
+                    Verdict::Admitted
+                } else {
+                    self.queue[pos].expiry = due.saturating_add(nanos(LEASE));
+                    Verdict::Wait(duration(due - now).min(REPOLL))
+                }
+            }
+        }
+    }
+
+    /// Gives up the place of waiter `id`, if it has one.
+    pub(crate) fn leave(&mut self, now: Nanos, id: u64) {
+        self.begin(now);
+        let before = self.queue.len();
+        self.queue.retain(|w| w.id != id);
+        if self.queue.len() != before {
+            self.changed = true;
+        }
+    }
+
+    /// Pauses the bucket until `d` after `now`, unless it is already paused longer.
+    pub(crate) fn pause(&mut self, now: Nanos, d: Duration) {
+        let now = self.begin(now);
+        let until = now.saturating_add(nanos(d));
+        if until > self.pause_until {
+            self.pause_until = until;
+            self.changed = true;
+        }
+    }
+
+    /// The use of `windows` at `now`, the pause and the live queue.
+    pub(crate) fn usage(&mut self, now: Nanos, windows: &[Window]) -> Usage {
+        let now = self.begin(now);
+        let used = windows
+            .iter()
+            .map(|w| {
+                let mut n = 0;
+                while let Some(u) = self.newest(n + 1) {
+                    if u.saturating_add(w.window_ns) <= now {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+            .collect();
+        Usage {
+            used,
+            paused_for: duration(self.pause_until.saturating_sub(now)),
+            queued: self.queue.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn win(calls: u64, ms: u64) -> Window {
+        Window {
+            calls,
+            window_ns: ms * MS,
+        }
+    }
+
+    fn wait_ms(v: Verdict) -> u64 {
+        match v {
+            Verdict::Wait(d) => d.as_millis() as u64,
+            Verdict::Admitted => panic!("admitted"),
+        }
+    }
+
+    #[test]
+    fn try_admits_up_to_calls_then_waits_for_the_oldest_unit() {
+        let w = [win(3, 100)];
+        let mut b = Bucket::new(3);
+        for t in [0, 10, 20] {
+            assert_eq!(b.poll(t * MS, &w, 1, Place::Try), Verdict::Admitted);
+        }
+        assert_eq!(wait_ms(b.poll(30 * MS, &w, 1, Place::Try)), 70);
+        assert_eq!(wait_ms(b.poll(30 * MS, &w, 2, Place::Peek)), 80);
+        assert_eq!(
+            b.poll(100 * MS, &w, 1, Place::Peek),
+            Verdict::Wait(Duration::ZERO)
+        );
+        assert_eq!(b.poll(100 * MS, &w, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.usage(100 * MS, &w).used, vec![3]);
+        assert_eq!(b.usage(105 * MS, &[win(3, 10)]).used, vec![1]);
+    }
+
+    #[test]
+    fn queue_is_fifo_with_due_instants_by_simulation() {
+        let w = [win(1, 100)];
+        let mut b = Bucket::new(1);
+        assert_eq!(b.poll(0, &w, 1, Place::Try), Verdict::Admitted);
+        // A is due at 100, B at 200, C at 300; the REPOLL cap applies to long waits.
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 1 })), 100);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 })), 200);
+        assert_eq!(
+            b.poll(0, &w, 1, Place::Queue { id: 3 }),
+            Verdict::Wait(Duration::from_millis(300))
+        );
+        let long = [win(1, 2000)];
+        assert_eq!(
+            b.poll(0, &long, 1, Place::Queue { id: 3 }),
+            Verdict::Wait(REPOLL)
+        );
+        // A newcomer lines up behind everyone, even with Try.
+        assert_eq!(wait_ms(b.poll(50 * MS, &w, 1, Place::Try)), 350);
+        // B cannot pass A, and A is admitted at its due instant.
+        assert_eq!(
+            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 2 })),
+            100
+        );
+        assert_eq!(
+            b.poll(100 * MS, &w, 1, Place::Queue { id: 1 }),
+            Verdict::Admitted
+        );
+        assert_eq!(b.usage(100 * MS, &w).queued, 2);
+        assert_eq!(wait_ms(b.poll(150 * MS, &w, 1, Place::Queue { id: 2 })), 50);
+        assert_eq!(
+            b.poll(200 * MS, &w, 1, Place::Queue { id: 2 }),
+            Verdict::Admitted
+        );
+        // C leaves; the queue is empty and a Try waits only for the window.
+        b.leave(200 * MS, 3);
+        b.leave(200 * MS, 42);
+        assert_eq!(b.usage(200 * MS, &w).queued, 0);
+        assert_eq!(wait_ms(b.poll(250 * MS, &w, 1, Place::Try)), 50);
+    }
+
+    #[test]
+    fn a_dead_waiter_loses_its_place_after_its_lease() {
+        let w = [win(1, 100)];
+        let mut b = Bucket::new(1);
+        b.poll(0, &w, 1, Place::Try);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 7 })), 100);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 8 })), 200);
+        // Waiter 7 never comes back; its lease runs to 100 ms + LEASE.
+        let lease = nanos(LEASE);
+        let at = 100 * MS + lease;
+        assert_eq!(b.usage(at, &w).queued, 2, "the lease holds up to its end");
+        assert_eq!(b.usage(at + 1, &w).queued, 1, "then the place is lost");
+        assert_eq!(
+            b.poll(at + 1, &w, 1, Place::Queue { id: 8 }),
+            Verdict::Admitted
+        );
+    }
+
+    #[test]
+    fn pauses_only_extend_and_hold_everything() {
+        let w = [win(10, 100)];
+        let mut b = Bucket::new(10);
+        b.pause(0, Duration::from_millis(500));
+        b.pause(0, Duration::from_millis(200));
+        assert_eq!(wait_ms(b.poll(100 * MS, &w, 1, Place::Try)), 400);
+        assert_eq!(
+            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 1 })),
+            400
+        );
+        let u = b.usage(100 * MS, &w);
+        assert_eq!(u.paused_for, Duration::from_millis(400));
+        assert_eq!(
+            b.poll(500 * MS, &w, 1, Place::Queue { id: 1 }),
+            Verdict::Admitted
+        );
+        assert_eq!(b.poll(500 * MS, &w, 1, Place::Try), Verdict::Admitted);
+    }
+
+    #[test]
+    fn the_clock_never_goes_back() {
+        let w = [win(1, 100)];
+        let mut b = Bucket::new(1);
+        assert_eq!(b.poll(1000 * MS, &w, 1, Place::Try), Verdict::Admitted);
+        // An earlier instant is read as the latest one used.
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Try)), 100);
+        assert_eq!(b.last_now, 1000 * MS);
+    }
+
+    #[test]
+    fn the_ring_grows_for_larger_rates_and_keeps_the_newest_units() {
+        let mut b = Bucket::new(1);
+        let small = [win(2, 1000)];
+        assert_eq!(b.poll(0, &small, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.ring.len(), 2);
+        assert_eq!(b.poll(MS, &small, 1, Place::Try), Verdict::Admitted);
+        assert!(matches!(
+            b.poll(2 * MS, &small, 1, Place::Try),
+            Verdict::Wait(_)
+        ));
+        let big = [win(5, 1000)];
+        for t in 3..6 {
+            assert_eq!(b.poll(t * MS, &big, 1, Place::Try), Verdict::Admitted);
+        }
+        assert_eq!(b.ring.len(), 5);
+        assert_eq!(wait_ms(b.poll(6 * MS, &big, 1, Place::Try)), 994);
+        assert_eq!(b.usage(6 * MS, &big).used, vec![5]);
+        // The units stay in order across growth.
+        assert_eq!(b.newest(5), Some(0));
+        assert_eq!(b.newest(1), Some(5 * MS));
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let w = [win(3, 100)];
+        let mut b = Bucket::new(3);
+        b.poll(0, &w, 2, Place::Try);
+        b.poll(MS, &w, 2, Place::Queue { id: 9 });
+        b.pause(MS, Duration::from_millis(5));
+        let mut bytes = vec![0; b.encoded_len()];
+        b.encode(&mut bytes);
+        let mut c = Bucket::new(1);
+        c.decode(&bytes).unwrap();
+        b.clear_changed();
+        assert_eq!(b, c);
+        assert!(c.decode(&bytes[..bytes.len() - 8]).is_none());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Try(u64),
+        Queue(u64, u64),
+        Leave(u64),
+        Pause(u64),
+    }
+
+    fn op() -> impl Strategy<Value = (u64, Op)> {
+        let op = prop_oneof![
+            (1..3u64).prop_map(Op::Try),
+            (0..4u64, 1..3u64).prop_map(|(id, c)| Op::Queue(id, c)),
+            (0..4u64).prop_map(Op::Leave),
+            (0..50u64).prop_map(Op::Pause),
+        ];
+        (0..40u64, op)
+    }
+
+    proptest! {
+        #[test]
+        fn no_window_ever_holds_more_than_its_calls(
+            calls in 2..6u64,
+            ms in 10..200u64,
+            long_calls in 6..12u64,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let windows = [win(calls, ms), win(long_calls, ms * 4)];
+            let mut b = Bucket::new(1);
+            let mut now = 0;
+            let mut admitted: Vec<Nanos> = Vec::new();
+            for (step, op) in ops {
+                now += step * MS / 4;
+                let v = match op {
+                    Op::Try(c) => (b.poll(now, &windows, c, Place::Try), c),
+                    Op::Queue(id, c) => (b.poll(now, &windows, c, Place::Queue { id }), c),
+                    Op::Leave(id) => { b.leave(now, id); continue; }
+                    Op::Pause(p) => { b.pause(now, Duration::from_millis(p)); continue; }
+                };
+                if let (Verdict::Admitted, c) = v {
+                    admitted.extend(std::iter::repeat_n(now, c as usize));
+                }
+                for w in &windows {
+                    let inside = admitted.iter().filter(|&&u| u + w.window_ns > now).count();
+                    prop_assert!(inside as u64 <= w.calls, "{} units in {:?}", inside, w);
+                }
+                let usage = b.usage(now, &windows);
+                for (w, used) in windows.iter().zip(&usage.used) {
+                    let inside = admitted.iter().filter(|&&u| u + w.window_ns > now).count();
+                    prop_assert_eq!(*used, inside as u64);
+                }
+            }
+        }
+    }
+}
