@@ -38,7 +38,8 @@
 //! - [`Place::Try`]: admitted at once if it fits behind the queue now; never queued.
 //! - [`Place::Peek`]: like `Try` but never admits (the wait a call would have).
 //! - [`Place::Queue`]: takes (or keeps) a place under its id; admitted when due, else told
-//!   how long to wait. Every poll renews the lease to `due + LEASE`.
+//!   how long until its due instant (in full, so that a deadline that cannot be met fails
+//!   at once). Every poll renews the lease to `due + LEASE`.
 //!
 //! A waiter polls again at its due instant, or after [`REPOLL`] at the latest, so that it
 //! notices when calls ahead of it left the queue.

@@ -11,7 +11,7 @@
 //! if the ring holds one, satisfies `u + window <= t`; and nothing fits before the pause
 //! ends. Instants are nanoseconds of the store's clock.
 
-use super::{LEASE, Place, REPOLL, Usage, Verdict, Window};
+use super::{LEASE, Place, Usage, Verdict, Window};
 use crate::limiter::clock::{Nanos, nanos};
 use std::time::Duration;
 
@@ -279,7 +279,7 @@ impl Bucket {
                     Verdict::Admitted
                 } else {
                     self.queue[pos].expiry = due.saturating_add(nanos(LEASE));
-                    Verdict::Wait(duration(due - now).min(REPOLL))
+                    Verdict::Wait(duration(due - now))
                 }
             }
         }
@@ -373,7 +373,8 @@ mod tests {
         let w = [win(1, 100)];
         let mut b = Bucket::new(1);
         assert_eq!(b.poll(0, &w, 1, Place::Try), Verdict::Admitted);
-        // A is due at 100, B at 200, C at 300; the REPOLL cap applies to long waits.
+        // A is due at 100, B at 200, C at 300; long waits are told in full (the waiter
+        // caps its own sleep), so that a deadline that cannot be met fails at once.
         assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 1 })), 100);
         assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 })), 200);
         assert_eq!(
@@ -383,7 +384,7 @@ mod tests {
         let long = [win(1, 2000)];
         assert_eq!(
             b.poll(0, &long, 1, Place::Queue { id: 3 }),
-            Verdict::Wait(REPOLL)
+            Verdict::Wait(Duration::from_millis(6000))
         );
         // A newcomer lines up behind everyone, even with Try.
         assert_eq!(wait_ms(b.poll(50 * MS, &w, 1, Place::Try)), 350);
