@@ -161,7 +161,7 @@ static void test_result_str(void)
         }
     }
     CHECK(strcmp(qg_result_str(QG_OK), "success") == 0);
-    static const qg_result unknown[] = {1, 99, 106, 199, 207, 299, 305, 401, 0xFFFFFFFFu};
+    static const qg_result unknown[] = {1, 99, 106, 199, 208, 299, 305, 401, 0xFFFFFFFFu};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *s = qg_result_str(unknown[i]);
         CHECK_MSG(s != NULL && strcmp(s, "unknown result code") == 0, "qg_result_str(%" PRIu32 ") = \"%s\"",
