@@ -658,8 +658,7 @@ namespace QuotaGate.Interop
         public static extern uint qg_limiter_builder_set_margin(LimiterBuilderHandle b, ulong marginMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_max_buckets(LimiterBuilderHandle b, UIntPtr maxBuckets);
-
-        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_store(LimiterBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_build(LimiterBuilderHandle b, out LimiterHandle limiter);
@@ -745,8 +744,7 @@ namespace QuotaGate.Interop
         public static extern uint qg_client_builder_set_connect_timeout_ms(ClientBuilderHandle b, ulong ms);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_proxy(ClientBuilderHandle b, byte[] proxyUrl);
-
-        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_store(ClientBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_max_body_bytes(ClientBuilderHandle b, ulong n);

@@ -99,6 +99,19 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
         (Invoke-QgRequest /api/machines -Query @{ '$top' = 2 }).value.Count | Should -Be 2
     }
 
+    It 'shares its quotas through -Store' {
+        $path = Join-Path ([System.IO.Path]::GetTempPath()) "qg-pester-client-$PID.q"
+        Remove-Item $path -ErrorAction SilentlyContinue
+        try {
+            Connect-QgDefender -Simulator $script:Sim -Store ([System.Uri]$path).AbsoluteUri | Out-Null
+            (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+            Disconnect-QgDefender
+            (Get-Item $path).Length | Should -BeGreaterThan 0
+        } finally {
+            Remove-Item $path -ErrorAction SilentlyContinue
+        }
+    }
+
     It 'connects with a credential' {
         $credential = [pscredential]::new($script:Sim.ClientId, $script:Sim.ClientSecret)
         Connect-QgDefender -TenantId $script:Sim.TenantId -Credential $credential -BaseUrl $script:Sim.Url -Authority $script:Sim.Authority | Out-Null
@@ -406,6 +419,29 @@ Describe 'New-QgLimiter' {
         $err = { New-QgLimiter -Rate 0, 60 } | Should -Throw -PassThru
         $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::InvalidArgument)
         $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
+    It 'shares buckets with every limiter on the same -Store' {
+        $path = Join-Path ([System.IO.Path]::GetTempPath()) "qg-pester-$PID.q"
+        Remove-Item $path -ErrorAction SilentlyContinue
+        $url = ([System.Uri]$path).AbsoluteUri
+        try {
+            $a = New-QgLimiter -Rate 2, 60 -Store $url
+            $b = New-QgLimiter -Rate 2, 60 -Store $url
+            Test-QgLimiter $a 'k' | Should -BeTrue
+            Test-QgLimiter $b 'k' | Should -BeTrue
+            Test-QgLimiter $a 'k' | Should -BeFalse
+            (Get-QgStatistics -Limiter $b -Key 'k').Windows[0].Used | Should -Be 2
+            $a.Dispose(); $b.Dispose()
+        } finally {
+            Remove-Item $path -ErrorAction SilentlyContinue
+        }
+    }
+
+    It 'rejects a bad -Store URL with the library''s message' {
+        $err = { New-QgLimiter -Rate 1, 60 -Store 'ftp://x/y' } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::InvalidArgument)
+        $err.Exception.Message | Should -BeLike '*file://, redis:// or rediss://*'
     }
 }
 

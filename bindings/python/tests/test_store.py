@@ -112,7 +112,7 @@ def test_a_client_takes_a_store_but_not_with_a_limiter(
         authority=sim.authority,
     )
     with quotagate.Client(**creds, store=state_url) as c:
-        assert c.get("/api/machines").status == 200
+        assert c.get("/api/machines").status_code == 200
     with Limiter([(1, 1)]) as lim:
         with pytest.raises(quotagate.InvalidArgumentError, match="not both"):
             quotagate.Client(**creds, limiter=lim, store=state_url)
