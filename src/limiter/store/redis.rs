@@ -256,7 +256,8 @@ impl RedisStore {
             None => (self.connect()?, false),
         };
         let result = match f(&mut con) {
-            Err(e) if from_pool && (e.is_connection_dropped() || e.is_io_error()) => {
+            // A timeout is no sign of a dead connection: the script may still be running.
+            Err(e) if from_pool && !e.is_timeout() && e.is_connection_dropped() => {
                 con = self.connect()?;
                 f(&mut con)
             }
