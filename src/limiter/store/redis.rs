@@ -977,6 +977,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_connection_closed_by_the_server_is_replaced() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("stale"));
+        let w = [rate(100, 1000)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        let id: i64 = {
+            let mut idle = store.idle.lock();
+            assert_eq!(idle.len(), 1);
+            redis::cmd("CLIENT").arg("ID").query(&mut idle[0]).unwrap()
+        };
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .exec(&mut con)
+            .unwrap();
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![2]);
+    }
+
+    #[test]
     fn idle_buckets_expire() {
         let Some(url) = server_url() else { return };
         let prefix = unique("ttl");
