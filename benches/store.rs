@@ -73,7 +73,13 @@ fn main() {
         (5, 2_000_000, 10_000)
     };
     let command: Vec<String> = std::env::args().collect();
-    println!("command: {}", command.join(" "));
+    let url = std::env::var("QUOTAGATE_TEST_REDIS_URL").unwrap_or_default();
+    println!(
+        "command: QUOTAGATE_TEST_REDIS_URL={} cargo bench --bench store{}",
+        quotagate::limiter::store::redact(&url),
+        if quick { " -- --quick" } else { "" }
+    );
+    println!("binary:  {}", command.join(" "));
     let tag = format!("qgbench-{}", std::process::id());
     let mut rows: Vec<(String, f64, u64)> = Vec::new();
 
@@ -97,8 +103,8 @@ fn main() {
     }
     let _ = std::fs::remove_file(&path);
 
-    match std::env::var("QUOTAGATE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
+    match Some(url).filter(|u| !u.is_empty()) {
+        Some(url) => {
             let settings = redis_settings(&url, &tag);
             match RedisStore::open(&settings) {
                 Ok(store) => {

@@ -24,7 +24,7 @@
 //!   brings a larger rate grows it, a generous rate that is never reached costs nothing.
 //!
 //! After every write, both keys get a time to live of the largest window, pause or lease
-//! ahead plus [`LEASE`](super::LEASE) and a second, so idle buckets vanish on their own.
+//! ahead plus [`LEASE`] and a second, so idle buckets vanish on their own.
 //!
 //! # The clock
 //!
@@ -56,7 +56,7 @@
 //! - [`Corrupt`](StoreErrorKind::Corrupt): the script found the bucket's keys damaged or of
 //!   another format (or of another type), or the reply made no sense.
 //!
-//! Messages name the server with its password redacted ([`redact`](super::redact)), and
+//! Messages name the server with its password redacted ([`redact`]), and
 //! any trace of the password is scrubbed from the `redis` crate's text as well; `Debug`
 //! shows no password either.
 //!
