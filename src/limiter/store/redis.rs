@@ -23,6 +23,10 @@
 //!   that a window with more `calls` than the ring holds still counts: a caller that
 //!   brings a larger rate grows it, a generous rate that is never reached costs nothing.
 //!
+//! A poll reads the hash, `TIME` and one ring entry per window and queued call it
+//! simulates; with `n` waiters queued it costs O(n × (n + windows)) steps on the server,
+//! all inside one script run. `usage` finds each window's oldest unit by binary search.
+//!
 //! After every write, both keys get a time to live of the largest window, pause or lease
 //! ahead plus [`LEASE`] and a second, so idle buckets vanish on their own.
 //!
@@ -52,7 +56,9 @@
 //!   `LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, `OOM` and cluster redirections: retrying
 //!   may help.
 //! - [`Invalid`](StoreErrorKind::Invalid): a URL the `redis` crate rejects, a wrong user or
-//!   password (`WRONGPASS`, `NOAUTH`), missing permissions (`NOPERM`).
+//!   password (`WRONGPASS`, `NOAUTH`), missing permissions (`NOPERM`), `protocol=resp3`
+//!   against a server without RESP3, and a poll without windows or with a cost above a
+//!   window's `calls`.
 //! - [`Corrupt`](StoreErrorKind::Corrupt): the script found the bucket's keys damaged or of
 //!   another format (or of another type), or the reply made no sense.
 //!
@@ -159,7 +165,9 @@ fn kind_of(e: &RedisError) -> StoreErrorKind {
         return Corrupt;
     }
     match e.kind() {
-        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => Invalid,
+        ErrorKind::AuthenticationFailed
+        | ErrorKind::InvalidClientConfig
+        | ErrorKind::RESP3NotSupported => Invalid,
         ErrorKind::Server(ServerErrorKind::NoPerm) => Invalid,
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
