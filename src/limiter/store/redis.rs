@@ -672,22 +672,22 @@ mod tests {
         );
         // The first waiter needs both slots: due when the newest unit leaves.
         let w1 = wait_of(store.poll("b", &w, 2, Place::Queue { id: 1 }).unwrap());
-        assert!(near(w1, 400, 60), "{w1:?}");
+        assert!(near(w1, 400, 150), "{w1:?}");
         // The second lines up behind it: due a window after the first.
         let w2 = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
-        assert!(near(w2, 800, 60), "{w2:?}");
+        assert!(near(w2, 800, 150), "{w2:?}");
         // A newcomer never jumps the queue.
         let t = wait_of(store.poll("b", &w, 1, Place::Try).unwrap());
-        assert!(near(t, 800, 60), "{t:?}");
+        assert!(near(t, 800, 150), "{t:?}");
         std::thread::sleep(w1 + Duration::from_millis(10));
         let again = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
-        assert!(near(again, 400, 60), "the second still waits: {again:?}");
+        assert!(near(again, 400, 150), "the second still waits: {again:?}");
         assert_eq!(
             store.poll("b", &w, 2, Place::Queue { id: 1 }).unwrap(),
             Verdict::Admitted
         );
         let w2 = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
-        assert!(near(w2, 400, 60), "{w2:?}");
+        assert!(near(w2, 400, 150), "{w2:?}");
         std::thread::sleep(w2 + Duration::from_millis(10));
         assert_eq!(
             store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap(),
@@ -730,7 +730,7 @@ mod tests {
             Verdict::Admitted
         );
         let p = wait_of(store.poll("b", &w, 1, Place::Peek).unwrap());
-        assert!(near(p, 500, 60), "{p:?}");
+        assert!(near(p, 500, 150), "{p:?}");
         assert_eq!(store.usage("b", &w).unwrap().used, vec![1]);
     }
 
@@ -743,9 +743,9 @@ mod tests {
         a.pause("b", Duration::from_millis(300)).unwrap();
         a.pause("b", Duration::from_millis(100)).unwrap();
         let t = wait_of(b.poll("b", &w, 1, Place::Try).unwrap());
-        assert!(near(t, 300, 60), "{t:?}");
+        assert!(near(t, 300, 150), "{t:?}");
         let u = b.usage("b", &w).unwrap();
-        assert!(near(u.paused_for, 300, 60), "{u:?}");
+        assert!(near(u.paused_for, 300, 150), "{u:?}");
         std::thread::sleep(t + Duration::from_millis(10));
         assert_eq!(b.poll("b", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
         assert_eq!(a.usage("b", &w).unwrap().paused_for, Duration::ZERO);
@@ -763,7 +763,7 @@ mod tests {
         let first = wait_of(store.poll("b", &w, 1, Place::Queue { id: 11 }).unwrap());
         let second = wait_of(store.poll("b", &w, 1, Place::Queue { id: 12 }).unwrap());
         assert!(
-            near(first, 300, 60) && near(second, 600, 60),
+            near(first, 300, 150) && near(second, 600, 150),
             "{first:?} {second:?}"
         );
         assert_eq!(store.usage("b", &w).unwrap().queued, 2);
@@ -771,7 +771,7 @@ mod tests {
         store.leave("b", 999).unwrap();
         assert_eq!(store.usage("b", &w).unwrap().queued, 1);
         let moved = wait_of(store.poll("b", &w, 1, Place::Queue { id: 12 }).unwrap());
-        assert!(near(moved, 300, 60), "{moved:?}");
+        assert!(near(moved, 300, 150), "{moved:?}");
     }
 
     #[test]
@@ -786,7 +786,7 @@ mod tests {
         );
         // Waiter 1 takes its place and never polls again.
         let first = wait_of(store.poll("b", &w, 1, Place::Queue { id: 21 }).unwrap());
-        assert!(near(first, 200, 60), "{first:?}");
+        assert!(near(first, 200, 150), "{first:?}");
         let admitted_at = loop {
             match store.poll("b", &w, 1, Place::Queue { id: 22 }).unwrap() {
                 Verdict::Admitted => break start.elapsed(),
@@ -1033,6 +1033,19 @@ mod tests {
             let lease = LEASE.as_millis() as i64;
             assert!(ttl > lease && ttl <= 100 + lease + 1000, "{suffix}: {ttl}");
         }
+    }
+
+    #[test]
+    fn impossible_polls_are_invalid() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("invalid"));
+        let e = store.poll("b", &[], 1, Place::Try).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        let e = store
+            .poll("b", &[rate(2, 100)], 3, Place::Queue { id: 5 })
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        assert_eq!(store.usage("b", &[rate(2, 100)]).unwrap().queued, 0);
     }
 
     #[test]
