@@ -1,42 +1,1058 @@
 //! The Redis store: buckets shared by many hosts.
+//!
+//! Every operation on a bucket is one Lua script (`redis.lua`, sent with `EVALSHA` and
+//! loaded on `NOSCRIPT` by [`redis::Script`]) that applies the shared-bucket rules of the
+//! [store module](super) atomically on the server; processes and hosts never hold a lock
+//! across a round trip, and one poll costs one round trip.
+//!
+//! # Data model
+//!
+//! A bucket `b` under the key prefix `p` (`prefix=` of the store URL) is two keys that share
+//! the hash tag `{p:b}`, so that they live in one cluster slot:
+//!
+//! - `{p:b}:s`, a hash: `v` (the format, 1), `next` (units ever logged: the sequence number
+//!   of the next unit), `cap` (ring entries), `from` (the oldest sequence number the ring
+//!   still holds after a growth), `last` (the latest instant the bucket used), `pause`
+//!   (paused until), `win` (the largest window any caller used) and `queue`, the FIFO of
+//!   waiters as `id,cost,lease_expiry;` entries (ids as decimal strings: Lua numbers are
+//!   doubles, ids are 64-bit).
+//! - `{p:b}:r`, the ring: a string of `cap` entries of 8 bytes (the instant of a unit as a
+//!   little-endian double); the unit with sequence number `s` is at entry `s % cap`, so
+//!   `GETRANGE` reads the k-th newest unit in O(1). The ring starts with 64 entries and
+//!   doubles (keeping the units it holds, in order) whenever logging would overwrite a unit
+//!   that a window with more `calls` than the ring holds still counts: a caller that
+//!   brings a larger rate grows it, a generous rate that is never reached costs nothing.
+//!
+//! A poll reads the hash, `TIME` and one ring entry per window and queued call it
+//! simulates; with `n` waiters queued it costs O(n × (n + windows)) steps on the server,
+//! all inside one script run. `usage` finds each window's oldest unit by binary search.
+//!
+//! After every write, both keys get a time to live of the largest window, pause or lease
+//! ahead plus [`LEASE`] and a second, so idle buckets vanish on their own.
+//!
+//! # The clock
+//!
+//! The script reads the server's `TIME` (allowed in scripts since Redis 5 replicates their
+//! effects) in **microseconds**: about 2^51 today, exact in Lua's doubles, unlike
+//! nanoseconds. The instant is clamped to the bucket's `last`, so a bucket's clock never
+//! goes back (a server whose clock is set back, a replica promoted with a slower clock).
+//! Windows are passed in microseconds rounded up, so rounding never admits more; waits come
+//! back in microseconds.
+//!
+//! # Connections
+//!
+//! The store keeps up to `pool=` idle [`redis::Connection`]s (a mutex around a vector) and
+//! opens another one when all are in use. Connects, reads and writes time out after
+//! `timeout_ms=`. A connection that failed is dropped, never returned. When a pooled
+//! connection turns out to be dead (the server restarted or closed it while idle), the
+//! operation is retried once on a fresh connection: at worst a script that ran but whose
+//! reply was lost runs twice, which logs units twice but never admits more than the rates.
+//! [`RedisStore::open`] connects, authenticates and loads the script once, so that a bad
+//! URL or password fails early.
+//!
+//! # Errors
+//!
+//! - [`Unavailable`](StoreErrorKind::Unavailable): connection refused, timeouts, I/O,
+//!   `LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, `OOM` and cluster redirections: retrying
+//!   may help.
+//! - [`Invalid`](StoreErrorKind::Invalid): a URL the `redis` crate rejects, a wrong user or
+//!   password (`WRONGPASS`, `NOAUTH`), missing permissions (`NOPERM`), `protocol=resp3`
+//!   against a server without RESP3, and a poll without windows or with a cost above a
+//!   window's `calls`.
+//! - [`Corrupt`](StoreErrorKind::Corrupt): the script found the bucket's keys damaged or of
+//!   another format (or of another type), or the reply made no sense.
+//!
+//! Messages name the server with its password redacted ([`redact`]), and
+//! any trace of the password is scrubbed from the `redis` crate's text as well; `Debug`
+//! shows no password either.
+//!
+//! # Restarts
+//!
+//! A Redis restart keeps the quota only if the server persists every write: AOF with
+//! `appendonly yes` and `appendfsync always`. With `everysec` a crash may lose the last
+//! second of admissions, and without persistence a restarted server forgets the log, so
+//! the processes may admit a whole window's quota again at once.
 
-use super::{Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window};
+use super::url::{RedisSettings, redact};
+use super::{LEASE, Place, REPOLL, Store, StoreError, StoreErrorKind, Usage, Verdict, Window};
 
+use parking_lot::Mutex;
+use redis::{Connection, ErrorKind, RedisError, ServerErrorKind};
+use std::fmt;
 use std::time::Duration;
 
+/// The script behind every operation.
+const SCRIPT: &str = include_str!("redis.lua");
+
+/// The largest number passed to the script: integers up to 2^53 are exact in Lua.
+const LUA_MAX: u64 = 1 << 52;
+
 /// Buckets in a Redis server shared by many hosts.
-#[derive(Debug)]
 pub struct RedisStore {
+    client: redis::Client,
+    idle: Mutex<Vec<Connection>>,
+    pool: usize,
+    timeout: Duration,
+    prefix: String,
+    /// The URL without its password, for messages.
     location: String,
+    /// The password (raw and decoded), scrubbed from every message.
+    secrets: Vec<String>,
+    script: redis::Script,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("location", &self.location)
+            .field("prefix", &self.prefix)
+            .field("pool", &self.pool)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The password of `url` as written and percent-decoded, if it has one.
+fn secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return Vec::new();
+    };
+    let userinfo = &authority[..at];
+    let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+    if password.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![password.to_string()];
+    let mut decoded = Vec::new();
+    let bytes = password.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match password
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            Some(b) => {
+                decoded.push(b);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    if let Ok(d) = String::from_utf8(decoded)
+        && d != password
+        && !d.is_empty()
+    {
+        out.push(d);
+    }
+    out
+}
+
+/// How a failure of the `redis` crate or the server maps to a store error kind.
+fn kind_of(e: &RedisError) -> StoreErrorKind {
+    use StoreErrorKind::*;
+    if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() {
+        return Unavailable;
+    }
+    if e.code() == Some("QGCORRUPT") {
+        return Corrupt;
+    }
+    match e.kind() {
+        ErrorKind::AuthenticationFailed
+        | ErrorKind::InvalidClientConfig
+        | ErrorKind::RESP3NotSupported => Invalid,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => Invalid,
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask
+            | ServerErrorKind::CrossSlot,
+        ) => Unavailable,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => Corrupt,
+        // Lua errors on damaged data (wrong key types, bad entries) come back as ERR.
+        ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            if e.detail()
+                .is_some_and(|d| d.contains("max number of clients"))
+            {
+                Unavailable
+            } else {
+                Corrupt
+            }
+        }
+        _ => match e.code() {
+            Some("NOAUTH" | "WRONGPASS") => Invalid,
+            Some("WRONGTYPE") => Corrupt,
+            Some("BUSY" | "OOM" | "LOADING" | "MISCONF" | "NOREPLICAS") => Unavailable,
+            _ => Unavailable,
+        },
+    }
 }
 
 impl RedisStore {
-    /// Opens (creating if needed) the Redis server of `settings`.
-    pub fn open(settings: &super::url::RedisSettings) -> Result<Self, StoreError> {
-        Err(StoreError::new(
-            StoreErrorKind::Invalid,
+    /// Opens the Redis server of `settings`: connects once, authenticates and loads the
+    /// script, so that a bad URL or password fails here ([`StoreErrorKind::Invalid`]); a
+    /// server that cannot be reached now is [`StoreErrorKind::Unavailable`].
+    pub fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let location = redact(&settings.url);
+        let secrets = secrets(&settings.url);
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
+            let mut message = format!("a bad Redis store URL {location}: {e}");
+            for s in &secrets {
+                message = message.replace(s.as_str(), "***");
+            }
+            StoreError::new(StoreErrorKind::Invalid, message)
+        })?;
+        let store = Self {
+            client,
+            idle: Mutex::new(Vec::new()),
+            pool: settings.pool.max(1),
+            timeout: settings.timeout,
+            prefix: settings.prefix.clone(),
+            location,
+            secrets,
+            script: redis::Script::new(SCRIPT),
+        };
+        let mut con = store.connect()?;
+        redis::cmd("PING")
+            .query::<()>(&mut con)
+            .and_then(|()| store.script.load(&mut con).map(drop))
+            .map_err(|e| store.error("cannot use", &e))?;
+        store.idle.lock().push(con);
+        Ok(store)
+    }
+
+    fn error(&self, what: &str, e: &RedisError) -> StoreError {
+        let mut message = format!("the Redis store {}: {what}: {e}", self.location);
+        for s in &self.secrets {
+            message = message.replace(s.as_str(), "***");
+        }
+        StoreError::new(kind_of(e), message)
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(|e| self.error("cannot connect", &e))?;
+        con.set_read_timeout(Some(self.timeout))
+            .and_then(|()| con.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| self.error("cannot set timeouts", &e))?;
+        Ok(con)
+    }
+
+    /// Runs `f` on a pooled (or new) connection; a pooled connection found dead is replaced
+    /// by a new one once.
+    fn with_connection<T>(
+        &self,
+        what: &str,
+        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().pop();
+        let (mut con, from_pool) = match pooled {
+            Some(c) => (c, true),
+            None => (self.connect()?, false),
+        };
+        let result = match f(&mut con) {
+            // A timeout is no sign of a dead connection: the script may still be running.
+            Err(e) if from_pool && !e.is_timeout() && e.is_connection_dropped() => {
+                con = self.connect()?;
+                f(&mut con)
+            }
+            other => other,
+        };
+        match result {
+            Ok(v) => {
+                let mut idle = self.idle.lock();
+                if idle.len() < self.pool {
+                    idle.push(con);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(self.error(what, &e)),
+        }
+    }
+
+    /// Runs the script for `op` on bucket `key`.
+    fn run(
+        &self,
+        what: &str,
+        key: &str,
+        op: Op<'_>,
+        windows: &[Window],
+    ) -> Result<Vec<i64>, StoreError> {
+        let Op {
+            name: op,
+            cost,
+            id,
+            pause,
+        } = op;
+        let tag = format!("{{{}:{}}}", self.prefix, key);
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let mut inv = self.script.prepare_invoke();
+        inv.key(format!("{tag}:s"))
+            .key(format!("{tag}:r"))
+            .arg(op)
+            .arg(cost.min(LUA_MAX))
+            .arg(id.to_string())
+            .arg(micros(LEASE))
+            .arg(micros(REPOLL))
+            .arg(micros(pause).min(LUA_MAX));
+        for w in windows {
+            inv.arg(w.calls.min(LUA_MAX))
+                .arg(w.window_ns.div_ceil(1000).min(LUA_MAX));
+        }
+        self.with_connection(what, |con| inv.invoke::<Vec<i64>>(con))
+    }
+
+    fn corrupt(&self, key: &str, reply: &[i64]) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Corrupt,
             format!(
-                "the Redis store {} is not available",
-                super::url::redact(&settings.url)
+                "the Redis store {}: bucket {key:?}: an unexpected reply {reply:?}",
+                self.location
             ),
-        ))
+        )
+    }
+
+    fn check(&self, key: &str, windows: &[Window], cost: u64) -> Result<(), StoreError> {
+        if windows.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                format!("bucket {key:?}: a poll needs at least one window"),
+            ));
+        }
+        if let Some(w) = windows.iter().find(|w| w.calls < cost || w.window_ns == 0) {
+            return Err(StoreError::new(
+                StoreErrorKind::Invalid,
+                format!(
+                    "bucket {key:?}: a call of cost {cost} never fits {} calls in {} ns",
+                    w.calls, w.window_ns
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
+/// One operation of the script: its name, the call's cost, the waiter's id (0 for none)
+/// and the pause to set.
+#[derive(Clone, Copy)]
+struct Op<'a> {
+    name: &'a str,
+    cost: u64,
+    id: u64,
+    pause: Duration,
+}
+
+impl<'a> Op<'a> {
+    fn new(name: &'a str) -> Self {
+        Op {
+            name,
+            cost: 0,
+            id: 0,
+            pause: Duration::ZERO,
+        }
+    }
+}
+
+fn micros(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
 impl Store for RedisStore {
-    fn poll(&self, _: &str, _: &[Window], _: u64, _: Place) -> Result<Verdict, StoreError> {
-        unreachable!()
+    fn poll(
+        &self,
+        key: &str,
+        windows: &[Window],
+        cost: u64,
+        place: Place,
+    ) -> Result<Verdict, StoreError> {
+        self.check(key, windows, cost)?;
+        let (op, id) = match place {
+            Place::Try => ("try", 0),
+            Place::Peek => ("peek", 0),
+            Place::Queue { id } => ("queue", id),
+        };
+        let reply = self.run(
+            "cannot poll",
+            key,
+            Op {
+                cost,
+                id,
+                ..Op::new(op)
+            },
+            windows,
+        )?;
+        match reply[..] {
+            [1] if place != Place::Peek => Ok(Verdict::Admitted),
+            [0, wait] if wait >= 0 => Ok(Verdict::Wait(micros(wait))),
+            _ => Err(self.corrupt(key, &reply)),
+        }
     }
-    fn leave(&self, _: &str, _: u64) -> Result<(), StoreError> {
-        unreachable!()
+
+    fn leave(&self, key: &str, id: u64) -> Result<(), StoreError> {
+        self.run(
+            "cannot leave",
+            key,
+            Op {
+                id,
+                ..Op::new("leave")
+            },
+            &[],
+        )
+        .map(drop)
     }
-    fn pause(&self, _: &str, _: Duration) -> Result<(), StoreError> {
-        unreachable!()
+
+    fn pause(&self, key: &str, duration: Duration) -> Result<(), StoreError> {
+        self.run(
+            "cannot pause",
+            key,
+            Op {
+                pause: duration,
+                ..Op::new("pause")
+            },
+            &[],
+        )
+        .map(drop)
     }
-    fn usage(&self, _: &str, _: &[Window]) -> Result<Usage, StoreError> {
-        unreachable!()
+
+    fn usage(&self, key: &str, windows: &[Window]) -> Result<Usage, StoreError> {
+        let reply = self.run("cannot read", key, Op::new("usage"), windows)?;
+        match reply[..] {
+            [paused, queued, ref used @ ..]
+                if used.len() == windows.len() && paused >= 0 && queued >= 0 =>
+            {
+                Ok(Usage {
+                    used: used.iter().map(|&u| u.max(0) as u64).collect(),
+                    paused_for: micros(paused),
+                    queued: queued as u64,
+                })
+            }
+            _ => Err(self.corrupt(key, &reply)),
+        }
     }
+
     fn location(&self) -> String {
         self.location.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    const MS: u64 = 1_000_000;
+
+    /// The test server's URL, or `None` (with a visible line) when there is none; CI must
+    /// run these tests.
+    fn server_url() -> Option<String> {
+        match std::env::var("QUOTAGATE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("CI must run the Redis store tests: set QUOTAGATE_TEST_REDIS_URL");
+                }
+                println!("skipped: QUOTAGATE_TEST_REDIS_URL not set");
+                None
+            }
+        }
+    }
+
+    /// A prefix no other test (or earlier run) uses.
+    fn unique(name: &str) -> String {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!(
+            "qgtest-{name}-{}-{t}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn settings(url: &str, prefix: &str, timeout_ms: u64) -> RedisSettings {
+        RedisSettings {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            pool: 4,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    fn open(url: &str, prefix: &str) -> RedisStore {
+        RedisStore::open(&settings(url, prefix, 2000)).unwrap()
+    }
+
+    fn rate(calls: u64, ms: u64) -> Window {
+        Window {
+            calls,
+            window_ns: ms * MS,
+        }
+    }
+
+    fn wait_of(v: Verdict) -> Duration {
+        match v {
+            Verdict::Wait(d) => d,
+            Verdict::Admitted => panic!("admitted, expected a wait"),
+        }
+    }
+
+    fn near(d: Duration, ms: u64, slack_ms: u64) -> bool {
+        let d = d.as_millis() as u64;
+        d + slack_ms >= ms && d <= ms + 5
+    }
+
+    /// The instants (µs) the ring holds for `key`, oldest first, read straight from Redis.
+    fn logged(url: &str, prefix: &str, key: &str) -> Vec<f64> {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let tag = format!("{{{prefix}:{key}}}");
+        let (next, cap, from): (u64, u64, u64) = redis::cmd("HMGET")
+            .arg(format!("{tag}:s"))
+            .arg("next")
+            .arg("cap")
+            .arg("from")
+            .query::<(Option<u64>, Option<u64>, Option<u64>)>(&mut con)
+            .map(|(a, b, c)| (a.unwrap_or(0), b.unwrap_or(0), c.unwrap_or(0)))
+            .unwrap();
+        let ring: Vec<u8> = redis::cmd("GET")
+            .arg(format!("{tag}:r"))
+            .query::<Option<Vec<u8>>>(&mut con)
+            .unwrap()
+            .unwrap_or_default();
+        let lo = from.max(next.saturating_sub(cap));
+        (lo..next)
+            .map(|s| {
+                let i = ((s % cap) * 8) as usize;
+                f64::from_le_bytes(ring[i..i + 8].try_into().unwrap())
+            })
+            .collect()
+    }
+
+    /// A redis-server of the test's own, in `dir`, on `port`.
+    struct Server {
+        port: u16,
+    }
+
+    impl Server {
+        fn start(port: u16, dir: &Path, extra: &[&str]) -> Server {
+            let status = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--daemonize",
+                    "yes",
+                    "--save",
+                    "",
+                ])
+                .arg("--dir")
+                .arg(dir)
+                .args(extra)
+                .stdout(Stdio::null())
+                .status()
+                .expect("redis-server runs");
+            assert!(status.success());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Server { port }
+        }
+
+        fn stop(&self, auth: &[&str]) {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(auth)
+                .arg("shutdown")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                assert!(Instant::now() < deadline, "redis-server did not stop");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(unique(name));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_window_holds_across_threads_and_instances() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("window");
+        let stores = [Arc::new(open(&url, &prefix)), Arc::new(open(&url, &prefix))];
+        let windows = [rate(5, 300), rate(8, 1000)];
+        let admitted = Arc::new(AtomicU64::new(0));
+        let end = Instant::now() + Duration::from_millis(1300);
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let store = stores[i % 2].clone();
+                let admitted = admitted.clone();
+                std::thread::spawn(move || {
+                    while Instant::now() < end {
+                        let cost = 1 + (i as u64 % 2);
+                        match store.poll("b", &windows, cost, Place::Try).unwrap() {
+                            Verdict::Admitted => {
+                                admitted.fetch_add(cost, Ordering::Relaxed);
+                            }
+                            Verdict::Wait(d) => std::thread::sleep(d.min(Duration::from_millis(3))),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let log = logged(&url, &prefix, "b");
+        let total = admitted.load(Ordering::Relaxed);
+        assert_eq!(log.len() as u64, total, "every admitted unit is logged");
+        assert!(total >= 8, "the rates admitted {total} units only");
+        for w in windows {
+            let calls = w.calls as usize;
+            let us = (w.window_ns / 1000) as f64;
+            for i in calls..log.len() {
+                assert!(
+                    log[i] - log[i - calls] >= us,
+                    "{} units within {} µs: {:?}",
+                    calls + 1,
+                    us,
+                    &log[i - calls..=i]
+                );
+            }
+        }
+        let usage = stores[0].usage("b", &windows).unwrap();
+        assert!(usage.used[0] <= 5 && usage.used[1] <= 8, "{usage:?}");
+    }
+
+    #[test]
+    fn waiters_are_admitted_in_order_at_their_due_instants() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("fifo"));
+        let w = [rate(2, 400)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        // The first waiter needs both slots: due when the newest unit leaves.
+        let w1 = wait_of(store.poll("b", &w, 2, Place::Queue { id: 1 }).unwrap());
+        assert!(near(w1, 400, 150), "{w1:?}");
+        // The second lines up behind it: due a window after the first.
+        let w2 = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
+        assert!(near(w2, 800, 150), "{w2:?}");
+        // A newcomer never jumps the queue.
+        let t = wait_of(store.poll("b", &w, 1, Place::Try).unwrap());
+        assert!(near(t, 800, 150), "{t:?}");
+        std::thread::sleep(w1 + Duration::from_millis(10));
+        let again = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
+        assert!(near(again, 400, 150), "the second still waits: {again:?}");
+        assert_eq!(
+            store.poll("b", &w, 2, Place::Queue { id: 1 }).unwrap(),
+            Verdict::Admitted
+        );
+        let w2 = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
+        assert!(near(w2, 400, 150), "{w2:?}");
+        std::thread::sleep(w2 + Duration::from_millis(10));
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap(),
+            Verdict::Admitted
+        );
+        let u = store.usage("b", &w).unwrap();
+        // The first waiter's units left the window when the second became due.
+        assert_eq!((u.used[0], u.queued), (1, 0), "{u:?}");
+    }
+
+    #[test]
+    fn waits_are_capped_by_repoll() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("repoll"));
+        let w = [rate(1, 3000)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        let q = wait_of(store.poll("b", &w, 1, Place::Queue { id: 9 }).unwrap());
+        assert_eq!(q, REPOLL);
+        let t = wait_of(store.poll("b", &w, 1, Place::Try).unwrap());
+        assert!(near(t, 6000, 100), "Try reports the whole wait: {t:?}");
+    }
+
+    #[test]
+    fn peek_never_admits() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("peek"));
+        let w = [rate(1, 500)];
+        for _ in 0..3 {
+            assert_eq!(
+                store.poll("b", &w, 1, Place::Peek).unwrap(),
+                Verdict::Wait(Duration::ZERO)
+            );
+        }
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![0]);
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        let p = wait_of(store.poll("b", &w, 1, Place::Peek).unwrap());
+        assert!(near(p, 500, 150), "{p:?}");
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![1]);
+    }
+
+    #[test]
+    fn a_pause_is_shared_and_only_extends() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("pause");
+        let (a, b) = (open(&url, &prefix), open(&url, &prefix));
+        let w = [rate(10, 1000)];
+        a.pause("b", Duration::from_millis(300)).unwrap();
+        a.pause("b", Duration::from_millis(100)).unwrap();
+        let t = wait_of(b.poll("b", &w, 1, Place::Try).unwrap());
+        assert!(near(t, 300, 150), "{t:?}");
+        let u = b.usage("b", &w).unwrap();
+        assert!(near(u.paused_for, 300, 150), "{u:?}");
+        std::thread::sleep(t + Duration::from_millis(10));
+        assert_eq!(b.poll("b", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
+        assert_eq!(a.usage("b", &w).unwrap().paused_for, Duration::ZERO);
+    }
+
+    #[test]
+    fn leaving_frees_the_place() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("leave"));
+        let w = [rate(1, 300)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        let first = wait_of(store.poll("b", &w, 1, Place::Queue { id: 11 }).unwrap());
+        let second = wait_of(store.poll("b", &w, 1, Place::Queue { id: 12 }).unwrap());
+        assert!(
+            near(first, 300, 150) && near(second, 600, 150),
+            "{first:?} {second:?}"
+        );
+        assert_eq!(store.usage("b", &w).unwrap().queued, 2);
+        store.leave("b", 11).unwrap();
+        store.leave("b", 999).unwrap();
+        assert_eq!(store.usage("b", &w).unwrap().queued, 1);
+        let moved = wait_of(store.poll("b", &w, 1, Place::Queue { id: 12 }).unwrap());
+        assert!(near(moved, 300, 150), "{moved:?}");
+    }
+
+    #[test]
+    fn a_dead_waiter_loses_its_place_after_its_lease() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("lease"));
+        let w = [rate(1, 200)];
+        let start = Instant::now();
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        // Waiter 1 takes its place and never polls again.
+        let first = wait_of(store.poll("b", &w, 1, Place::Queue { id: 21 }).unwrap());
+        assert!(near(first, 200, 150), "{first:?}");
+        let admitted_at = loop {
+            match store.poll("b", &w, 1, Place::Queue { id: 22 }).unwrap() {
+                Verdict::Admitted => break start.elapsed(),
+                Verdict::Wait(d) => std::thread::sleep(d.min(Duration::from_millis(100))),
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "waiter 2 starves");
+        };
+        assert!(
+            admitted_at >= Duration::from_millis(200) + LEASE - Duration::from_millis(50),
+            "waiter 2 went ahead of a live lease at {admitted_at:?}"
+        );
+        assert!(
+            admitted_at <= Duration::from_millis(200) + LEASE + Duration::from_millis(300),
+            "the dead waiter kept its place too long: {admitted_at:?}"
+        );
+        assert_eq!(store.usage("b", &w).unwrap().queued, 0);
+    }
+
+    #[test]
+    fn the_ring_grows_and_keeps_its_units() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("ring");
+        let store = open(&url, &prefix);
+        let small = [rate(10, 5000)];
+        for _ in 0..10 {
+            assert_eq!(
+                store.poll("b", &small, 1, Place::Try).unwrap(),
+                Verdict::Admitted
+            );
+        }
+        assert!(matches!(
+            store.poll("b", &small, 1, Place::Try).unwrap(),
+            Verdict::Wait(_)
+        ));
+        // A caller with a larger rate: the ten units count, the ring grows past 64.
+        let large = [rate(200, 5000), rate(1000, 6000)];
+        let mut admitted = 0;
+        while let Verdict::Admitted = store.poll("b", &large, 3, Place::Try).unwrap() {
+            admitted += 3;
+            assert!(admitted <= 200);
+        }
+        assert_eq!(admitted, 189, "190 units fit beside the ten");
+        assert_eq!(store.usage("b", &large).unwrap().used, vec![199, 199]);
+        let log = logged(&url, &prefix, "b");
+        assert_eq!(log.len(), 199, "the ring holds every unit");
+        assert!(log.windows(2).all(|p| p[0] <= p[1]), "in order");
+        assert_eq!(store.usage("b", &small).unwrap().used, vec![199]);
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        let Some(_) = server_url() else { return };
+        let dir = temp_dir("auth");
+        let port = free_port();
+        let server = Server::start(port, &dir, &["--requirepass", "Right-Pw-71"]);
+        let wrong = format!("redis://:Wr0ng-Pw-52@127.0.0.1:{port}/0");
+        let e = RedisStore::open(&settings(&wrong, "qg", 1000)).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        assert!(!e.message.contains("Wr0ng-Pw-52"), "{e}");
+        assert!(e.message.contains("127.0.0.1"), "{e}");
+        let none = format!("redis://127.0.0.1:{port}/0");
+        let e = RedisStore::open(&settings(&none, "qg", 1000)).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        let right = format!("redis://:Right-Pw-71@127.0.0.1:{port}/0");
+        let store = RedisStore::open(&settings(&right, "qg", 1000)).unwrap();
+        assert!(!format!("{store:?}").contains("Right-Pw-71"));
+        assert!(!store.location().contains("Right-Pw-71"));
+        assert_eq!(
+            store.poll("b", &[rate(1, 1000)], 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        server.stop(&["-a", "Right-Pw-71", "--no-auth-warning"]);
+        let e = store
+            .poll("b", &[rate(1, 1000)], 1, Place::Try)
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        assert!(!e.message.contains("Right-Pw-71"), "{e}");
+        let e = RedisStore::open(&settings("redis://:p%40ss@[::1", "qg", 1000)).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        assert!(
+            !e.message.contains("p%40ss") && !e.message.contains("p@ss"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn damaged_buckets_are_corrupt() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("corrupt");
+        let store = open(&url, &prefix);
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("HSET")
+            .arg(format!("{{{prefix}:b}}:s"))
+            .arg("v")
+            .arg("1")
+            .arg("next")
+            .arg("x")
+            .exec(&mut con)
+            .unwrap();
+        let e = store.poll("b", &[rate(1, 100)], 1, Place::Try).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+        redis::cmd("SET")
+            .arg(format!("{{{prefix}:c}}:s"))
+            .arg("x")
+            .exec(&mut con)
+            .unwrap();
+        let e = store.usage("c", &[rate(1, 100)]).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+        // The store still works after the errors.
+        assert_eq!(
+            store.poll("d", &[rate(1, 100)], 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_unavailable_within_the_timeout() {
+        let Some(_) = server_url() else { return };
+        let port = free_port();
+        let start = Instant::now();
+        let e = RedisStore::open(&settings(
+            &format!("redis://:pw-123@127.0.0.1:{port}"),
+            "qg",
+            500,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        assert!(!e.message.contains("pw-123"), "{e}");
+        assert!(start.elapsed() < Duration::from_millis(1500));
+        // A server that accepts connections but never answers: the read timeout bounds the
+        // wait.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let start = Instant::now();
+        let e = RedisStore::open(&settings(&format!("redis://127.0.0.1:{port}"), "qg", 300))
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(silent);
+    }
+
+    #[test]
+    fn the_log_survives_a_restart_with_persistence() {
+        let Some(_) = server_url() else { return };
+        let dir = temp_dir("restart");
+        let port = free_port();
+        let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+        let server = Server::start(port, &dir, &aof);
+        let url = format!("redis://127.0.0.1:{port}");
+        let store = open(&url, "qg");
+        let w = [rate(3, 2000)];
+        for _ in 0..3 {
+            assert_eq!(
+                store.poll("b", &w, 1, Place::Try).unwrap(),
+                Verdict::Admitted
+            );
+        }
+        let start = Instant::now();
+        server.stop(&[]);
+        let e = store.poll("b", &w, 1, Place::Try).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        let server = Server::start(port, &dir, &aof);
+        let verdict = loop {
+            match store.poll("b", &w, 1, Place::Try) {
+                Ok(v) => break v,
+                Err(e) if e.kind == StoreErrorKind::Unavailable => {
+                    assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(
+            start.elapsed() < Duration::from_millis(1800),
+            "the restart took too long to test: {:?}",
+            start.elapsed()
+        );
+        let wait = wait_of(verdict);
+        assert!(wait > Duration::ZERO, "no over-admission after the restart");
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![3]);
+        std::thread::sleep(wait + Duration::from_millis(10));
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        server.stop(&[]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_pooled_connection_closed_by_the_server_is_replaced() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("stale"));
+        let w = [rate(100, 1000)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        let id: i64 = {
+            let mut idle = store.idle.lock();
+            assert_eq!(idle.len(), 1);
+            redis::cmd("CLIENT").arg("ID").query(&mut idle[0]).unwrap()
+        };
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .exec(&mut con)
+            .unwrap();
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try).unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![2]);
+    }
+
+    #[test]
+    fn idle_buckets_expire() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("ttl");
+        let store = open(&url, &prefix);
+        store.poll("b", &[rate(1, 100)], 1, Place::Try).unwrap();
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        for suffix in ["s", "r"] {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(format!("{{{prefix}:b}}:{suffix}"))
+                .query(&mut con)
+                .unwrap();
+            let lease = LEASE.as_millis() as i64;
+            assert!(ttl > lease && ttl <= 100 + lease + 1000, "{suffix}: {ttl}");
+        }
+    }
+
+    #[test]
+    fn impossible_polls_are_invalid() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("invalid"));
+        let e = store.poll("b", &[], 1, Place::Try).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        let e = store
+            .poll("b", &[rate(2, 100)], 3, Place::Queue { id: 5 })
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        assert_eq!(store.usage("b", &[rate(2, 100)]).unwrap().queued, 0);
+    }
+
+    #[test]
+    fn secrets_are_found_raw_and_decoded() {
+        assert_eq!(secrets("redis://:p%40ss@h:1/0"), vec!["p%40ss", "p@ss"]);
+        assert_eq!(secrets("rediss://user:pw@h"), vec!["pw"]);
+        assert!(secrets("redis://h:1/0").is_empty());
+        assert!(secrets("redis://user@h").len() == 1);
     }
 }

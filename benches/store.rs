@@ -1,0 +1,144 @@
+//! The cost of a permitted acquire on a shared bucket, side by side in one run: the
+//! in-memory limiter, the file store, the Redis store, and a plain Redis `INCR` round trip
+//! on the same kind of connection as the floor that no Redis store can go below.
+//!
+//! Run: `QUOTAGATE_TEST_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench store`
+//! (add `-- --quick` for a short run). Prints nanoseconds per call, the median of several
+//! rounds, one thread. Without the variable the Redis rows are skipped.
+
+use quotagate::limiter::store::file::FileStore;
+use quotagate::limiter::store::redis::RedisStore;
+use quotagate::limiter::store::{Place, RedisSettings, Store, StoreConfig, StoreKind, Window};
+use quotagate::limiter::{Limiter, Rate};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Rates that a benchmark never reaches: the measured path is always "admitted".
+const CALLS: u32 = 2_000_000_000;
+
+fn windows() -> [Window; 2] {
+    [
+        Window {
+            calls: u64::from(CALLS),
+            window_ns: 60_000_000_000,
+        },
+        Window {
+            calls: u64::from(CALLS),
+            window_ns: 3_600_000_000_000,
+        },
+    ]
+}
+
+/// Runs `f` `iters` times per round; returns the median ns per call.
+fn measure(rounds: usize, iters: u64, mut f: impl FnMut()) -> f64 {
+    let mut samples: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    samples[samples.len() / 2]
+}
+
+fn store_case(store: &dyn Store, key: &str, rounds: usize, iters: u64) -> f64 {
+    let w = windows();
+    measure(rounds, iters, || {
+        let v = store.poll(black_box(key), &w, 1, Place::Try).unwrap();
+        assert_eq!(v, quotagate::limiter::store::Verdict::Admitted);
+    })
+}
+
+fn redis_settings(url: &str, prefix: &str) -> RedisSettings {
+    match StoreConfig::parse(url) {
+        Ok(StoreConfig {
+            kind: StoreKind::Redis(mut s),
+            ..
+        }) => {
+            s.prefix = prefix.to_string();
+            s
+        }
+        _ => panic!("QUOTAGATE_TEST_REDIS_URL is not a redis:// URL"),
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, mem_iters, io_iters) = if quick {
+        (3, 200_000, 2_000)
+    } else {
+        (5, 2_000_000, 10_000)
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let url = std::env::var("QUOTAGATE_TEST_REDIS_URL").unwrap_or_default();
+    println!(
+        "command: QUOTAGATE_TEST_REDIS_URL={} cargo bench --bench store{}",
+        quotagate::limiter::store::redact(&url),
+        if quick { " -- --quick" } else { "" }
+    );
+    println!("binary:  {}", command.join(" "));
+    let tag = format!("qgbench-{}", std::process::id());
+    let mut rows: Vec<(String, f64, u64)> = Vec::new();
+
+    let limiter = Limiter::builder()
+        .rate(Rate::new(CALLS, Duration::from_secs(60)))
+        .rate(Rate::new(CALLS, Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    let ns = measure(rounds, mem_iters, || {
+        limiter.try_acquire(black_box("machines"), 1).unwrap();
+    });
+    rows.push(("in-memory Limiter::try_acquire".into(), ns, mem_iters));
+
+    let path = std::env::temp_dir().join(format!("{tag}.q"));
+    match FileStore::open(&path) {
+        Ok(store) => {
+            let ns = store_case(&store, "machines", rounds, io_iters);
+            rows.push(("file store poll(Try)".into(), ns, io_iters));
+        }
+        Err(e) => println!("file store: unavailable ({e})"),
+    }
+    let _ = std::fs::remove_file(&path);
+
+    match Some(url).filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let settings = redis_settings(&url, &tag);
+            match RedisStore::open(&settings) {
+                Ok(store) => {
+                    let ns = store_case(&store, "machines", rounds, io_iters);
+                    rows.push(("redis store poll(Try)".into(), ns, io_iters));
+                }
+                Err(e) => println!("redis store: unavailable ({e})"),
+            }
+            let connected = redis::Client::open(settings.url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(settings.timeout))
+                .and_then(|c| {
+                    c.set_read_timeout(Some(settings.timeout))?;
+                    c.set_write_timeout(Some(settings.timeout))?;
+                    Ok(c)
+                });
+            match connected {
+                Ok(mut con) => {
+                    let key = format!("{{{tag}}}:incr");
+                    let ns = measure(rounds, io_iters, || {
+                        let n: i64 = redis::cmd("INCR").arg(&key).query(&mut con).unwrap();
+                        black_box(n);
+                    });
+                    let _ = redis::cmd("DEL").arg(&key).exec(&mut con);
+                    rows.push(("redis INCR round trip (floor)".into(), ns, io_iters));
+                }
+                Err(e) => println!("redis INCR: unavailable ({})", e.category()),
+            }
+        }
+        _ => println!("redis: skipped: QUOTAGATE_TEST_REDIS_URL not set"),
+    }
+
+    println!("permitted acquire, one bucket, one thread, median of {rounds} rounds");
+    println!("{:<34} {:>12} {:>10}", "", "ns/acquire", "calls/round");
+    for (name, ns, iters) in &rows {
+        println!("{name:<34} {ns:>12.0} {iters:>10}");
+    }
+}

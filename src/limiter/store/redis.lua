@@ -1,0 +1,278 @@
+-- quotagate's shared bucket in Redis: one atomic script for every operation.
+--
+-- KEYS[1]  the bucket's state hash: v (format), next (units logged), cap (ring entries),
+--          from (oldest sequence number the ring still holds), last (latest instant used),
+--          pause (paused until), win (largest window seen), queue ("id,cost,expiry;" ...)
+-- KEYS[2]  the ring: cap entries of 8 bytes (a little-endian double, an instant in
+--          microseconds); the unit with sequence number s lives at entry s % cap.
+-- ARGV     op (try|peek|queue|leave|pause|usage), cost, id (decimal, "0" for none),
+--          lease_us, repoll_us, pause_us, then (calls, window_us) pairs.
+--
+-- Every instant is in microseconds of the server's TIME, clamped so that a bucket's clock
+-- never goes back. Integers stay below 2^53, so Lua's doubles hold them exactly.
+-- Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, used...}; else {1}.
+
+local S, R = KEYS[1], KEYS[2]
+local FORMAT = 1
+local W = 8
+local INITIAL_RING = 64
+local MARGIN_US = 1000000
+
+local function corrupt(what)
+  error({err = 'QGCORRUPT bucket ' .. S .. ': ' .. what})
+end
+
+local function num(v, what)
+  local n = tonumber(v)
+  if n == nil or n < 0 or n ~= math.floor(n) then
+    corrupt('bad ' .. what)
+  end
+  return n
+end
+
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local op = ARGV[1]
+local cost = num(ARGV[2], 'cost')
+local id = ARGV[3]
+local lease = num(ARGV[4], 'lease')
+local repoll = num(ARGV[5], 'repoll')
+local pause_for = num(ARGV[6], 'pause')
+local wins = {}
+local maxwin = 0
+for i = 7, #ARGV - 1, 2 do
+  local w = {calls = num(ARGV[i], 'calls'), win = num(ARGV[i + 1], 'window')}
+  wins[#wins + 1] = w
+  if w.win > maxwin then maxwin = w.win end
+end
+
+-- The state.
+local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue')
+local nxt, cap, from, last, paused, win, qtext = 0, 0, 0, 0, 0, 0, ''
+if h[1] then
+  if tonumber(h[1]) ~= FORMAT then
+    corrupt('format ' .. tostring(h[1]) .. ' is not ' .. FORMAT)
+  end
+  nxt = num(h[2], 'next')
+  cap = num(h[3], 'cap')
+  from = num(h[4], 'from')
+  last = num(h[5], 'last')
+  paused = num(h[6], 'pause')
+  win = num(h[7], 'win')
+  qtext = h[8] or ''
+  if redis.call('STRLEN', R) ~= cap * W then
+    corrupt('the ring does not hold ' .. cap .. ' entries')
+  end
+end
+
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+if now < last then now = last end
+
+local queue = {}
+for qid, qcost, qexp in string.gmatch(qtext, '(%d+),(%d+),(%d+);') do
+  queue[#queue + 1] = {id = qid, cost = tonumber(qcost), exp = tonumber(qexp)}
+end
+
+local dirty = false
+
+-- Leases that have expired are dropped first.
+do
+  local live = {}
+  for _, e in ipairs(queue) do
+    if e.exp > now then live[#live + 1] = e end
+  end
+  if #live ~= #queue then
+    queue = live
+    dirty = true
+  end
+end
+
+-- The ring.
+local function held_from()
+  return math.max(from, nxt - cap)
+end
+
+local function unit(seq)
+  local i = (seq % cap) * W
+  local s = redis.call('GETRANGE', R, i, i + W - 1)
+  if #s ~= W then corrupt('a short ring entry') end
+  return (struct.unpack('<d', s))
+end
+
+-- The k-th newest unit (k >= 1) of the log followed by the simulated admissions `sim`
+-- ({instant, units} oldest first), or nil when there is none.
+local function kth_newest(k, sim)
+  for j = #sim, 1, -1 do
+    local e = sim[j]
+    if k <= e[2] then return e[1] end
+    k = k - e[2]
+  end
+  if k > nxt - held_from() then return nil end
+  return unit(nxt - k)
+end
+
+-- The earliest instant at or after t at which c units fit every window.
+local function earliest(t, c, sim)
+  local at = t
+  for _, w in ipairs(wins) do
+    local k = w.calls - c + 1
+    if k >= 1 then
+      local u = kth_newest(k, sim)
+      if u and u + w.win > at then at = u + w.win end
+    end
+  end
+  return at
+end
+
+-- The due instant of a call of cost c behind the first n queued calls.
+local function due_behind(n, c)
+  local sim = {}
+  local t = math.max(now, paused)
+  for i = 1, n do
+    local qc = queue[i].cost
+    t = earliest(t, qc, sim)
+    sim[#sim + 1] = {t, qc}
+  end
+  return earliest(t, c, sim)
+end
+
+local function relayout(newcap)
+  local lo = held_from()
+  local old = ''
+  if cap > 0 then old = redis.call('GET', R) or '' end
+  redis.call('SET', R, string.rep('\0', newcap * W))
+  local s = lo
+  while s < nxt do
+    local oi = s % cap
+    local ni = s % newcap
+    local n = math.min(nxt - s, cap - oi, newcap - ni)
+    redis.call('SETRANGE', R, ni * W, string.sub(old, oi * W + 1, (oi + n) * W))
+    s = s + n
+  end
+  cap = newcap
+  from = lo
+end
+
+-- Grows the ring (doubling) until logging c more units drops no unit that some window
+-- with more calls than the ring holds still counts.
+local function make_room(c)
+  if cap == 0 then relayout(INITIAL_RING) end
+  while true do
+    local grow = false
+    for _, w in ipairs(wins) do
+      if w.calls > cap then
+        local k = cap - c + 1
+        if k < 1 then
+          grow = true
+        else
+          local u = kth_newest(k, {})
+          if u and u + w.win > now then grow = true end
+        end
+      end
+    end
+    if not grow then return end
+    relayout(cap * 2)
+  end
+end
+
+local function log(c)
+  if c == 0 then return end
+  make_room(c)
+  local packed = struct.pack('<d', now)
+  local s = nxt
+  local stop = nxt + c
+  while s < stop do
+    local i = s % cap
+    local n = math.min(stop - s, cap - i)
+    redis.call('SETRANGE', R, i * W, string.rep(packed, n))
+    s = s + n
+  end
+  nxt = stop
+  dirty = true
+end
+
+local function save()
+  if not dirty then return end
+  if maxwin > win then win = maxwin end
+  local parts = {}
+  local keep = win
+  for i, e in ipairs(queue) do
+    parts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.exp) .. ';'
+    if e.exp - now > keep then keep = e.exp - now end
+  end
+  if paused - now > keep then keep = paused - now end
+  redis.call('HSET', S, 'v', FORMAT, 'next', int(nxt), 'cap', int(cap), 'from', int(from),
+    'last', int(now), 'pause', int(paused), 'win', int(win), 'queue', table.concat(parts))
+  local ttl = int(math.ceil((keep + lease + MARGIN_US) / 1000))
+  redis.call('PEXPIRE', S, ttl)
+  if cap > 0 then redis.call('PEXPIRE', R, ttl) end
+end
+
+local reply
+if op == 'try' or op == 'peek' then
+  local due = due_behind(#queue, cost)
+  if due <= now then
+    if op == 'try' then
+      log(cost)
+      reply = {1}
+    else
+      reply = {0, 0}
+    end
+  else
+    reply = {0, due - now}
+  end
+elseif op == 'queue' then
+  local at = nil
+  for i, e in ipairs(queue) do
+    if e.id == id then at = i break end
+  end
+  if at == nil then
+    queue[#queue + 1] = {id = id, cost = cost, exp = 0}
+    at = #queue
+  end
+  queue[at].cost = cost
+  local due = due_behind(at - 1, cost)
+  if due <= now then
+    table.remove(queue, at)
+    log(cost)
+    reply = {1}
+  else
+    queue[at].exp = due + lease
+    reply = {0, math.min(due - now, repoll)}
+  end
+  dirty = true
+elseif op == 'leave' then
+  for i, e in ipairs(queue) do
+    if e.id == id then
+      table.remove(queue, i)
+      dirty = true
+      break
+    end
+  end
+  reply = {1}
+elseif op == 'pause' then
+  if now + pause_for > paused then
+    paused = now + pause_for
+    dirty = true
+  end
+  reply = {1}
+elseif op == 'usage' then
+  reply = {math.max(paused - now, 0), #queue}
+  for _, w in ipairs(wins) do
+    -- Instants only grow along the log: find the oldest held unit inside the window.
+    local lo, hi = held_from(), nxt
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if unit(mid) + w.win > now then hi = mid else lo = mid + 1 end
+    end
+    reply[#reply + 1] = nxt - lo
+  end
+else
+  error({err = 'ERR quotagate: unknown operation ' .. tostring(op)})
+end
+
+save()
+return reply
