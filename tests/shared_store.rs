@@ -146,7 +146,7 @@ fn client_worker() {
 
 /// Four processes with three threads each against the simulator, through `store`: the
 /// simulator never answers 429 and no window ever went over its limit as it saw it.
-fn four_processes_share_one_quota(store: &str) {
+fn four_processes_share_one_quota(store: &str, mut midway: Option<&mut dyn FnMut(())>) {
     let sim = Simulator::start(SimConfig::default().limits("default", LIMITS)).unwrap();
     let env = [
         ("QG_SIM_URL", sim.url()),
@@ -162,6 +162,12 @@ fn four_processes_share_one_quota(store: &str) {
     let workers: Vec<Child> = (0..4)
         .map(|_| spawn_worker("client_worker", &env))
         .collect();
+    if let Some(f) = midway.as_mut() {
+        // Early in the run, while the first calls are still inside the 2 s window: a
+        // restart that forgot them would let the workers send more at once.
+        thread::sleep(ms(800));
+        f(());
+    }
     for w in workers {
         let out = finish_within(w, Duration::from_secs(120));
         let text = String::from_utf8_lossy(&out.stdout);
@@ -179,14 +185,110 @@ fn four_processes_share_one_quota(store: &str) {
 
 #[test]
 fn four_processes_share_one_quota_through_a_state_file() {
-    four_processes_share_one_quota(&file_url("four-processes"));
+    four_processes_share_one_quota(&file_url("four-processes"), None);
 }
 
 #[test]
 fn four_processes_share_one_quota_through_redis() {
     if let Some(url) = redis_url("four-processes") {
-        four_processes_share_one_quota(&url);
+        four_processes_share_one_quota(&url, None);
     }
+}
+
+/// A Redis server of the test's own, with the persistence that keeps a quota across a
+/// restart (`appendonly yes`, `appendfsync always`).
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(persistent: bool) -> Option<Self> {
+        // Only where the shared Redis tests run (scripts/test, CI): they need the server.
+        redis_url("own-redis")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = state_file(&format!("redis-{persistent}")).with_extension("d");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = OwnRedis {
+            port,
+            dir,
+            persistent,
+            child: None,
+        };
+        r.up();
+        Some(r)
+    }
+
+    fn up(&mut self) {
+        let aof = if self.persistent { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", aof, "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            thread::sleep(ms(10));
+        }
+    }
+
+    /// Shuts the server down as an operator would, then starts it again after `down` on
+    /// the same port and directory.
+    fn restart(&mut self, down: Duration) {
+        // redis-cli's own exit status says little here (the server closes the connection
+        // as it goes); the server's exit is what counts.
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        if let Some(mut c) = self.child.take() {
+            assert!(
+                c.wait().unwrap().success(),
+                "redis-server did not shut down cleanly"
+            );
+        }
+        thread::sleep(down);
+        self.up();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0?prefix=qgrestart", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn four_processes_ride_out_a_redis_restart_without_a_429() {
+    let Some(mut redis) = OwnRedis::start(true) else {
+        return;
+    };
+    let url = redis.url();
+    four_processes_share_one_quota(&url, Some(&mut |_| redis.restart(ms(100))));
 }
 
 /// A worker that takes permits from `QG_STORE` (2 per 400 ms) as fast as it may (waiting

@@ -3,13 +3,13 @@
 //! Without a store, a [`Limiter`](super::Limiter) keeps every bucket in its own memory. With
 //! one, every bucket lives in the store, and every process that opens the same store shares
 //! it: the window invariant (never more than `calls` units in any `window`) holds across all
-//! of them. Two stores exist: [`file`] (processes on one host share a memory-mapped state
-//! file) and [`redis`] (processes on many hosts share a Redis server).
+//! of them. Two stores exist: [`file`](mod@file) (processes on one host share a memory-mapped state
+//! file) and [`redis`](mod@redis) (processes on many hosts share a Redis server).
 //!
 //! # The shared bucket
 //!
 //! Both stores keep, per bucket key, the same state and apply the same rules; the file store
-//! in Rust ([`model`]) and the Redis store in one Lua script that mirrors it.
+//! in Rust (`model.rs`) and the Redis store in one Lua script that mirrors it.
 //!
 //! - **The log.** The instant of every admitted unit, oldest first, in a ring that holds at
 //!   least the largest `calls` of any rate a caller has used on the bucket. A call of cost

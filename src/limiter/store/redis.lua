@@ -6,7 +6,7 @@
 -- KEYS[2]  the ring: cap entries of 8 bytes (a little-endian double, an instant in
 --          microseconds); the unit with sequence number s lives at entry s % cap.
 -- ARGV     op (try|peek|queue|leave|pause|usage), cost, id (decimal, "0" for none),
---          lease_us, repoll_us, pause_us, then (calls, window_us) pairs.
+--          lease_us, pause_us, then (calls, window_us) pairs.
 --
 -- Every instant is in microseconds of the server's TIME, clamped so that a bucket's clock
 -- never goes back. Integers stay below 2^53, so Lua's doubles hold them exactly.
@@ -38,11 +38,10 @@ local op = ARGV[1]
 local cost = num(ARGV[2], 'cost')
 local id = ARGV[3]
 local lease = num(ARGV[4], 'lease')
-local repoll = num(ARGV[5], 'repoll')
-local pause_for = num(ARGV[6], 'pause')
+local pause_for = num(ARGV[5], 'pause')
 local wins = {}
 local maxwin = 0
-for i = 7, #ARGV - 1, 2 do
+for i = 6, #ARGV - 1, 2 do
   local w = {calls = num(ARGV[i], 'calls'), win = num(ARGV[i + 1], 'window')}
   wins[#wins + 1] = w
   if w.win > maxwin then maxwin = w.win end
@@ -241,7 +240,7 @@ elseif op == 'queue' then
     reply = {1}
   else
     queue[at].exp = due + lease
-    reply = {0, math.min(due - now, repoll)}
+    reply = {0, due - now}
   end
   dirty = true
 elseif op == 'leave' then

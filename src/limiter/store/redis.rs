@@ -74,7 +74,7 @@
 //! the processes may admit a whole window's quota again at once.
 
 use super::url::{RedisSettings, redact};
-use super::{LEASE, Place, REPOLL, Store, StoreError, StoreErrorKind, Usage, Verdict, Window};
+use super::{LEASE, Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window};
 
 use parking_lot::Mutex;
 use redis::{Connection, ErrorKind, RedisError, ServerErrorKind};
@@ -306,7 +306,6 @@ impl RedisStore {
             .arg(cost.min(LUA_MAX))
             .arg(id.to_string())
             .arg(micros(LEASE))
-            .arg(micros(REPOLL))
             .arg(micros(pause).min(LUA_MAX));
         for w in windows {
             inv.arg(w.calls.min(LUA_MAX))
@@ -699,16 +698,18 @@ mod tests {
     }
 
     #[test]
-    fn waits_are_capped_by_repoll() {
+    fn queued_waits_are_told_in_full() {
         let Some(url) = server_url() else { return };
-        let store = open(&url, &unique("repoll"));
+        let store = open(&url, &unique("full-wait"));
         let w = [rate(1, 3000)];
         assert_eq!(
             store.poll("b", &w, 1, Place::Try).unwrap(),
             Verdict::Admitted
         );
+        // The waiter caps its own sleep; the store tells the whole wait, so that a
+        // deadline that cannot be met fails at once.
         let q = wait_of(store.poll("b", &w, 1, Place::Queue { id: 9 }).unwrap());
-        assert_eq!(q, REPOLL);
+        assert!(near(q, 3000, 100), "{q:?}");
         let t = wait_of(store.poll("b", &w, 1, Place::Try).unwrap());
         assert!(near(t, 6000, 100), "Try reports the whole wait: {t:?}");
     }
