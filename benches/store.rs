@@ -13,20 +13,22 @@ use quotagate::limiter::{Limiter, Rate};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Rates that a benchmark never reaches: the measured path is always "admitted".
-const CALLS: u32 = 2_000_000_000;
+/// The Defender API's call counts (100 and 1,500) over windows so short that no call of
+/// the benchmark is ever refused: the measured path is always "admitted", while the logs
+/// keep the size they have in production (rings of 1,500 units).
+const RATES: [(u32, Duration); 2] = [
+    (100, Duration::from_micros(1)),
+    (1500, Duration::from_micros(10)),
+];
 
-fn windows() -> [Window; 2] {
-    [
-        Window {
-            calls: u64::from(CALLS),
-            window_ns: 60_000_000_000,
-        },
-        Window {
-            calls: u64::from(CALLS),
-            window_ns: 3_600_000_000_000,
-        },
-    ]
+fn windows() -> Vec<Window> {
+    RATES
+        .iter()
+        .map(|(calls, window)| Window {
+            calls: u64::from(*calls),
+            window_ns: window.as_nanos() as u64,
+        })
+        .collect()
 }
 
 /// Runs `f` `iters` times per round; returns the median ns per call.
@@ -84,8 +86,11 @@ fn main() {
     let mut rows: Vec<(String, f64, u64)> = Vec::new();
 
     let limiter = Limiter::builder()
-        .rate(Rate::new(CALLS, Duration::from_secs(60)))
-        .rate(Rate::new(CALLS, Duration::from_secs(3600)))
+        .rates(
+            RATES
+                .iter()
+                .map(|(calls, window)| Rate::new(*calls, *window)),
+        )
         .build()
         .unwrap();
     let ns = measure(rounds, mem_iters, || {
