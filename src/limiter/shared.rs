@@ -223,6 +223,11 @@ impl Shared {
             started_at: now,
             deadline: timeout.map(|t| started + t),
             outcome: Mutex::new((WaiterState::Waiting, None)),
+            plan: Mutex::new(Plan {
+                next: None,
+                bell: 0,
+                retry: RETRY_FIRST,
+            }),
         };
         // Take the place now: the queue's order is the order of arrival.
         ticket.wait(Some(Duration::ZERO))?;
@@ -299,11 +304,15 @@ impl Shared {
         cv.notify_all();
     }
 
-    /// Sleeps until `until`, or until the bell rings.
-    fn sleep(&self, until: Instant) {
+    /// How often the bell has rung.
+    fn bell_count(&self) -> u64 {
+        *self.bell.0.lock()
+    }
+
+    /// Sleeps until `until`, or until the bell rings after it had rung `rung` times.
+    fn sleep(&self, until: Instant, rung: u64) {
         let (m, cv) = &self.bell;
         let mut g = m.lock();
-        let rung = *g;
         while *g == rung {
             if cv.wait_until(&mut g, until).timed_out() {
                 break;
@@ -335,6 +344,20 @@ pub(crate) struct SharedTicket {
     deadline: Option<Instant>,
     /// The state, and once admitted the admission.
     outcome: Mutex<(WaiterState, Option<Admitted>)>,
+    /// When to ask the store again, kept across slices of the wait.
+    plan: Mutex<Plan>,
+}
+
+/// A waiting ticket's next poll of the store.
+#[derive(Debug)]
+struct Plan {
+    /// The instant of the next poll (the due instant, or a retry after a failure).
+    next: Option<Instant>,
+    /// The bell's count when `next` was planned: a ring (cancel, pause, new rates, close)
+    /// makes the ticket ask again at once.
+    bell: u64,
+    /// The pause before the next retry of an unreachable store.
+    retry: Duration,
 }
 
 impl std::fmt::Debug for SharedTicket {
@@ -404,7 +427,6 @@ impl SharedTicket {
     /// takes).
     pub(crate) fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
         let slice_end = slice.map(|s| Instant::now() + s);
-        let mut retry = RETRY_FIRST;
         loop {
             if self.shared.is_closed() {
                 self.finish(WaiterState::Closed);
@@ -417,56 +439,25 @@ impl SharedTicket {
                 self.finish(WaiterState::TimedOut);
                 continue;
             }
-            let windows = self.state.lock().windows.clone();
-            let next = match self.shared.store.poll(
-                &self.key,
-                &windows,
-                u64::from(self.cost),
-                Place::Queue { id: self.id },
-            ) {
-                Ok(Verdict::Admitted) => {
-                    let waited = self.started.elapsed();
-                    let admitted = Admitted {
-                        at: self.started_at.saturating_add(nanos(waited)),
-                        waited,
-                    };
-                    {
-                        let mut o = self.outcome.lock();
-                        if o.0 != WaiterState::Waiting {
-                            // Cancelled meanwhile: the units are spent, the call is not made.
-                            continue;
-                        }
-                        *o = (WaiterState::Admitted, Some(admitted));
+            // Read before the poll: a bell rung after it must not be slept through.
+            let bell = self.shared.bell_count();
+            let planned = {
+                let p = self.plan.lock();
+                p.next.filter(|t| p.bell == bell && now < *t)
+            };
+            let next = match planned {
+                // Not due yet, and nothing changed since the last poll: the store is not
+                // asked again before the due instant (another slice of the same wait).
+                Some(t) => t,
+                None => match self.poll_once(now)? {
+                    Some(t) => {
+                        let mut p = self.plan.lock();
+                        p.next = Some(t);
+                        p.bell = bell;
+                        t
                     }
-                    count_admission(&mut self.state.lock().stats, u64::from(self.cost), waited);
-                    return Ok(Wait::Admitted);
-                }
-                Ok(Verdict::Wait(wait)) => {
-                    retry = RETRY_FIRST;
-                    if self.deadline.is_some_and(|d| now + wait > d) {
-                        // The deadline cannot be met: fail now rather than at the deadline.
-                        self.finish(WaiterState::TimedOut);
-                        continue;
-                    }
-                    now + wait.min(super::store::REPOLL)
-                }
-                Err(e) => {
-                    let fatal = e.kind != StoreErrorKind::Unavailable
-                        || self.shared.on_unavailable == OnUnavailable::Fail
-                        || self.deadline.is_some_and(|d| now + retry > d);
-                    if fatal {
-                        // The failure, not "cancelled", is what the caller needs to see.
-                        self.end(WaiterState::Cancelled, false);
-                        return Err(self.shared.store_error(e));
-                    }
-                    log::warn!(
-                        "the quota store is unavailable, retrying in {} ms: {e}",
-                        retry.as_millis()
-                    );
-                    let at = now + retry;
-                    retry = (retry * 2).min(RETRY_MAX);
-                    at
-                }
+                    None => continue,
+                },
             };
             let mut until = next;
             if let Some(d) = self.deadline {
@@ -478,7 +469,62 @@ impl SharedTicket {
                 }
                 until = until.min(end);
             }
-            self.shared.sleep(until);
+            self.shared.sleep(until, bell);
+        }
+    }
+
+    /// Asks the store once. Returns when to ask again, or `None` when the wait ended
+    /// (admitted, timed out, cancelled meanwhile); fails when the store does.
+    fn poll_once(&self, now: Instant) -> Result<Option<Instant>, Error> {
+        let windows = self.state.lock().windows.clone();
+        let verdict = self.shared.store.poll(
+            &self.key,
+            &windows,
+            u64::from(self.cost),
+            Place::Queue { id: self.id },
+        );
+        match verdict {
+            Ok(Verdict::Admitted) => {
+                let waited = self.started.elapsed();
+                let admitted = Admitted {
+                    at: self.started_at.saturating_add(nanos(waited)),
+                    waited,
+                };
+                let mut o = self.outcome.lock();
+                // Cancelled meanwhile: the units are spent, the call is not made.
+                if o.0 == WaiterState::Waiting {
+                    *o = (WaiterState::Admitted, Some(admitted));
+                    drop(o);
+                    count_admission(&mut self.state.lock().stats, u64::from(self.cost), waited);
+                }
+                Ok(None)
+            }
+            Ok(Verdict::Wait(wait)) => {
+                self.plan.lock().retry = RETRY_FIRST;
+                if self.deadline.is_some_and(|d| now + wait > d) {
+                    // The deadline cannot be met: fail now rather than at the deadline.
+                    self.finish(WaiterState::TimedOut);
+                    return Ok(None);
+                }
+                Ok(Some(now + wait.min(super::store::REPOLL)))
+            }
+            Err(e) => {
+                let retry = self.plan.lock().retry;
+                let fatal = e.kind != StoreErrorKind::Unavailable
+                    || self.shared.on_unavailable == OnUnavailable::Fail
+                    || self.deadline.is_some_and(|d| now + retry > d);
+                if fatal {
+                    // The failure, not "cancelled", is what the caller needs to see.
+                    self.end(WaiterState::Cancelled, false);
+                    return Err(self.shared.store_error(e));
+                }
+                log::warn!(
+                    "the quota store is unavailable, retrying in {} ms: {e}",
+                    retry.as_millis()
+                );
+                self.plan.lock().retry = (retry * 2).min(RETRY_MAX);
+                Ok(Some(now + retry))
+            }
         }
     }
 
@@ -656,6 +702,38 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), Err(Error::Closed));
         assert_eq!(l.try_acquire("k", 1), Err(Error::Closed));
         assert_eq!(l.stats("k").cancellations, 2, "the cancel and the drop");
+    }
+
+    #[test]
+    fn slices_of_a_wait_ask_the_store_only_when_due() {
+        let store = Scripted::new(Ok(Verdict::Wait(Duration::from_millis(300))), 2);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        let ticket = l.enqueue("k", 1, None).unwrap();
+        assert_eq!(
+            store.polls.load(Ordering::SeqCst),
+            1,
+            "the place is taken at once"
+        );
+        // Slices of 20 ms, as a binding that watches for Ctrl+C takes them.
+        let started = Instant::now();
+        let mut slices = 0;
+        while ticket.wait(Some(Duration::from_millis(20))) == Ok(Wait::Pending) {
+            slices += 1;
+        }
+        assert!(ticket.admitted().is_some());
+        assert!(slices >= 10, "{slices} slices");
+        // One poll when the first due instant came, one at the second: not one a slice.
+        assert_eq!(store.polls.load(Ordering::SeqCst), 3);
+        assert!(started.elapsed() >= Duration::from_millis(550));
+        // A ring of the bell (a pause here) makes a waiter ask again at once.
+        let store = Scripted::new(Ok(Verdict::Wait(Duration::from_secs(30))), u32::MAX);
+        let l = limiter(store.clone(), OnUnavailable::Wait);
+        let ticket = l.enqueue("k", 1, None).unwrap();
+        assert_eq!(ticket.poll(), Ok(Wait::Pending));
+        assert_eq!(store.polls.load(Ordering::SeqCst), 1);
+        l.pause("k", Duration::from_secs(1)).unwrap();
+        assert_eq!(ticket.poll(), Ok(Wait::Pending));
+        assert_eq!(store.polls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
