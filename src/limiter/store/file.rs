@@ -3,10 +3,12 @@
 //! Every process that opens the same path shares every bucket in the file. Each operation
 //! takes the file's exclusive lock (`flock` on Unix, `LockFileEx` on Windows, through
 //! `fs4`), works on the shared mapping and releases the lock: one lock and unlock per call.
-//! The operating system drops the lock of a process that dies, even by `kill -9`. Threads of
-//! one process share a [`FileStore`] through its mutex (a lock held by an open file is not
-//! exclusive between threads that use that same open file); two `FileStore`s opened on the
-//! same path in one process exclude each other like two processes.
+//! The operating system drops the lock of a process that dies, even by `kill -9`. On
+//! Windows, which refuses to extend a file while any process maps it, the mapping is made
+//! after taking the lock and dropped before releasing it; elsewhere it stays between calls.
+//! Threads of one process share a [`FileStore`] through its mutex (a lock held by an open
+//! file is not exclusive between threads that use that same open file); two `FileStore`s
+//! opened on the same path in one process exclude each other like two processes.
 //!
 //! The rules of each bucket are those of the [module documentation](super) and live in
 //! `model`; fairness comes from the shared FIFO queue of each bucket, which every process
@@ -280,6 +282,13 @@ impl Inner {
     ) -> Result<R, StoreError> {
         FileExt::lock(&self.file).map_err(|e| self.io("lock", e))?;
         let result = f(self);
+        // Windows refuses to extend a file that any process maps (ERROR_USER_MAPPED_FILE),
+        // so there the mapping lives only while the lock is held: whoever grows the file
+        // under the lock then finds no view of it open anywhere.
+        #[cfg(windows)]
+        {
+            self.map = None;
+        }
         let unlocked = FileExt::unlock(&self.file);
         let result = result?;
         unlocked.map_err(|e| self.io("unlock", e))?;
@@ -346,6 +355,11 @@ impl Inner {
         if on_disk < len {
             let grown = len.max(on_disk.saturating_mul(2)).max(INITIAL_LEN);
             let grown = grown.div_ceil(INITIAL_LEN) * INITIAL_LEN;
+            // Our own view too must be closed before Windows lets the file grow.
+            #[cfg(windows)]
+            {
+                self.map = None;
+            }
             self.file.set_len(grown).map_err(|e| self.io("extend", e))?;
         }
         self.remap()
