@@ -933,11 +933,18 @@ mod tests {
         );
     }
 
+    /// The file's bytes as the store sees them (on Windows the store maps the file only
+    /// while it holds the lock, so this maps it again).
+    fn snapshot(s: &FileStore) -> Vec<u8> {
+        let mut inner = s.inner.lock();
+        inner.remap().unwrap();
+        inner.map().to_vec()
+    }
+
     fn file_with_a_bucket(dir: &TempDir) -> u64 {
         let s = FileStore::open(&dir.file()).unwrap();
         s.poll("k", &[win(5, 60_000)], 1, Place::Try).unwrap();
-        let inner = s.inner.lock();
-        get_u64(inner.map(), H_USED)
+        get_u64(&snapshot(&s), H_USED)
     }
 
     #[test]
@@ -1002,15 +1009,15 @@ mod tests {
         assert_eq!(s.poll("k", &w, 2, Place::Try).unwrap(), Verdict::Admitted);
         let copy = dir.0.join("copy.q");
         {
-            let inner = s.inner.lock();
-            assert_eq!(inner.map()[H_FLAG], 1, "the journal is valid, not applied");
-            std::fs::write(&copy, inner.map()).unwrap();
+            let bytes = snapshot(&s);
+            assert_eq!(bytes[H_FLAG], 1, "the journal is valid, not applied");
+            std::fs::write(&copy, bytes).unwrap();
         }
         drop(s);
         // The record itself still holds the old state; the journal the new one.
         let other = FileStore::open(&copy).unwrap();
         assert_eq!(other.usage("k", &w).unwrap().used, vec![3]);
-        assert_eq!(other.inner.lock().map()[H_FLAG], 0);
+        assert_eq!(snapshot(&other)[H_FLAG], 0);
         let again = FileStore::open(&copy).unwrap();
         assert_eq!(again.usage("k", &w).unwrap().used, vec![3]);
         // A damaged journal is refused, never skipped.
@@ -1019,7 +1026,7 @@ mod tests {
         s.poll("k", &w, 1, Place::Try).unwrap();
         s.inner.lock().crash_after_journal = true;
         s.poll("k", &w, 1, Place::Try).unwrap();
-        let bytes = s.inner.lock().map().to_vec();
+        let bytes = snapshot(&s);
         drop(s);
         let j = get_u64(&bytes, H_JOURNAL) as usize;
         let mut bytes = bytes;

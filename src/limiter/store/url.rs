@@ -211,11 +211,20 @@ mod tests {
 
     #[test]
     fn parses_file_urls() {
-        let c = StoreConfig::parse("file:///var/lib/quotagate/tenant%20a.q").unwrap();
-        assert_eq!(
-            c.kind,
-            StoreKind::File(PathBuf::from("/var/lib/quotagate/tenant a.q"))
-        );
+        // An absolute path is rooted at a drive on Windows, at / elsewhere.
+        let (url, path) = if cfg!(windows) {
+            (
+                "file:///C:/ProgramData/quotagate/tenant%20a.q",
+                "C:/ProgramData/quotagate/tenant a.q",
+            )
+        } else {
+            (
+                "file:///var/lib/quotagate/tenant%20a.q",
+                "/var/lib/quotagate/tenant a.q",
+            )
+        };
+        let c = StoreConfig::parse(url).unwrap();
+        assert_eq!(c.kind, StoreKind::File(PathBuf::from(path)));
         assert_eq!(c.on_unavailable, OnUnavailable::Wait);
         assert!(StoreConfig::parse("file://relative/x").is_err());
         assert!(StoreConfig::parse("file:///x?prefix=a").is_err());
