@@ -22,6 +22,10 @@ fi
 
 unset QUOTAGATE_LIBRARY QUOTAGATE_TENANT_ID QUOTAGATE_CLIENT_ID QUOTAGATE_CLIENT_SECRET
 
+# A Rust process for the tests that share a quota store between languages.
+cargo build --quiet --bin quotagate
+export QUOTAGATE_TEST_CLI=$root/target/debug/quotagate
+
 echo "== pyflakes and mypy --strict"
 "$py" -m pyflakes bindings/python/src bindings/python/tests bindings/python/examples bindings/python/benchmarks
 "$py" -m mypy --strict --no-error-summary bindings/python/src/quotagate

@@ -116,3 +116,54 @@ def test_a_client_takes_a_store_but_not_with_a_limiter(
     with Limiter([(1, 1)]) as lim:
         with pytest.raises(quotagate.InvalidArgumentError, match="not both"):
             quotagate.Client(**creds, limiter=lim, store=state_url)
+
+
+@requires_client
+def test_a_python_process_and_a_rust_process_share_one_state_file(
+    sim: "quotagate.testing.Simulator", state_url: str, tmp_path: Path
+) -> None:
+    cli = os.environ.get("QUOTAGATE_TEST_CLI", "")
+    if not cli:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the cross-language store test: set QUOTAGATE_TEST_CLI")
+        pytest.skip("QUOTAGATE_TEST_CLI (the quotagate command) is not set")
+    env = dict(
+        os.environ,
+        QUOTAGATE_TENANT_ID=sim.tenant_id,
+        QUOTAGATE_CLIENT_ID=sim.client_id,
+        QUOTAGATE_CLIENT_SECRET=sim.client_secret,
+        QUOTAGATE_BASE_URL=sim.url,
+        QUOTAGATE_AUTHORITY=sim.authority,
+    )
+
+    def call(store: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, "call", "GET", "/api/machines", "--query", "$top=1"]
+            + ["--store", store, "--max-wait", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    # This process spends the minute's 100 calls of the published limit...
+    with quotagate.Client(
+        tenant_id=sim.tenant_id,
+        client_id=sim.client_id,
+        client_secret=sim.client_secret,
+        base_url=sim.url,
+        authority=sim.authority,
+        store=state_url,
+    ) as client:
+        for _ in range(100):
+            assert client.get("/api/machines", params={"$top": "1"}).status_code == 200
+    # ...so the Rust process on the same state file does not send a 101st: it gives up
+    # after its second of waiting (exit code 3), and the server saw no 429.
+    shared = call(state_url)
+    assert shared.returncode == 3, shared.stderr
+    assert "quota would not admit" in shared.stderr
+    assert sim.stats()["throttled"] == 0
+    # One on a state file of its own counts alone, sends, and collects the 429.
+    alone = call((tmp_path / "other.q").as_uri())
+    assert alone.returncode == 3, alone.stderr
+    assert sim.stats()["throttled"] >= 1
