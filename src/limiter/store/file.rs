@@ -69,7 +69,7 @@
 //! length (which only grows). Foreign writers of the file are out of scope.
 
 use super::model::Bucket;
-use super::{Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window};
+use super::{Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window, check_windows};
 use crate::limiter::clock::Nanos;
 use fs4::FileExt;
 use memmap2::MmapMut;
@@ -243,35 +243,6 @@ impl FileStore {
         let inner = &mut *guard;
         inner.locked(|inner| inner.run(key, op))
     }
-}
-
-fn check_windows(path: &Path, windows: &[Window], cost: Option<u64>) -> Result<(), StoreError> {
-    let invalid = |m: String| {
-        Err(StoreError::new(
-            StoreErrorKind::Invalid,
-            format!("file store {}: {m}", path.display()),
-        ))
-    };
-    if windows.is_empty() {
-        return invalid("a call needs at least one rate".into());
-    }
-    for w in windows {
-        if w.calls == 0 || w.calls > MAX_CALLS {
-            return invalid(format!(
-                "a rate's calls must lie in 1..={MAX_CALLS}, not {}",
-                w.calls
-            ));
-        }
-        if let Some(cost) = cost
-            && cost > w.calls
-        {
-            return invalid(format!(
-                "a call of cost {cost} never fits a rate of {} calls",
-                w.calls
-            ));
-        }
-    }
-    Ok(())
 }
 
 impl Inner {
@@ -759,7 +730,7 @@ impl Store for FileStore {
         cost: u64,
         place: Place,
     ) -> Result<Verdict, StoreError> {
-        check_windows(&self.path, windows, Some(cost))?;
+        check_windows(&self.path.display(), windows, Some(cost), MAX_CALLS)?;
         self.with_bucket(key, |b, now| b.poll(now, windows, cost, place))
     }
 
@@ -772,7 +743,7 @@ impl Store for FileStore {
     }
 
     fn usage(&self, key: &str, windows: &[Window]) -> Result<Usage, StoreError> {
-        check_windows(&self.path, windows, None)?;
+        check_windows(&self.path.display(), windows, None, MAX_CALLS)?;
         self.with_bucket(key, |b, now| b.usage(now, windows))
     }
 

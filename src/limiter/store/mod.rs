@@ -171,6 +171,43 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn location(&self) -> String;
 }
 
+/// Checks what a caller passes to store `location`: at least one window, each with 1 to
+/// `max_calls` calls and a length above zero, and a `cost` (when given) that fits every
+/// window. Both stores apply it, so that neither can be led to admit what never fits.
+pub(crate) fn check_windows(
+    location: &dyn fmt::Display,
+    windows: &[Window],
+    cost: Option<u64>,
+    max_calls: u64,
+) -> Result<(), StoreError> {
+    let invalid = |m: String| {
+        Err(StoreError::new(
+            StoreErrorKind::Invalid,
+            format!("store {location}: {m}"),
+        ))
+    };
+    if windows.is_empty() {
+        return invalid("a call needs at least one rate".into());
+    }
+    for w in windows {
+        if w.calls == 0 || w.calls > max_calls || w.window_ns == 0 {
+            return invalid(format!(
+                "a rate needs 1 to {max_calls} calls in a window above zero, not {} calls in {} ns",
+                w.calls, w.window_ns
+            ));
+        }
+        if let Some(cost) = cost
+            && cost > w.calls
+        {
+            return invalid(format!(
+                "a call of cost {cost} never fits a rate of {} calls",
+                w.calls
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Opens the store that `url` names (see [`StoreConfig::parse`]).
 pub fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     StoreConfig::parse(url)?.open()

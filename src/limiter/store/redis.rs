@@ -74,7 +74,9 @@
 //! the processes may admit a whole window's quota again at once.
 
 use super::url::{RedisSettings, redact};
-use super::{LEASE, Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window};
+use super::{
+    LEASE, Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window, check_windows,
+};
 
 use parking_lot::Mutex;
 use redis::{Connection, ErrorKind, RedisError, ServerErrorKind};
@@ -323,25 +325,6 @@ impl RedisStore {
             ),
         )
     }
-
-    fn check(&self, key: &str, windows: &[Window], cost: u64) -> Result<(), StoreError> {
-        if windows.is_empty() {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                format!("bucket {key:?}: a poll needs at least one window"),
-            ));
-        }
-        if let Some(w) = windows.iter().find(|w| w.calls < cost || w.window_ns == 0) {
-            return Err(StoreError::new(
-                StoreErrorKind::Invalid,
-                format!(
-                    "bucket {key:?}: a call of cost {cost} never fits {} calls in {} ns",
-                    w.calls, w.window_ns
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// One operation of the script: its name, the call's cost, the waiter's id (0 for none)
@@ -377,7 +360,7 @@ impl Store for RedisStore {
         cost: u64,
         place: Place,
     ) -> Result<Verdict, StoreError> {
-        self.check(key, windows, cost)?;
+        check_windows(&self.location, windows, Some(cost), LUA_MAX)?;
         let (op, id) = match place {
             Place::Try => ("try", 0),
             Place::Peek => ("peek", 0),
