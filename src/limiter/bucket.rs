@@ -106,6 +106,20 @@ pub struct BucketStats {
     pub windows: Vec<WindowUsage>,
 }
 
+impl BucketStats {
+    /// Counts an admitted call of `cost` units that waited `waited` nanoseconds.
+    #[inline]
+    pub(crate) fn record_admission(&mut self, cost: u64, waited: Nanos) {
+        self.admitted_calls += 1;
+        self.admitted_units += cost;
+        if waited > 0 {
+            self.waited_calls += 1;
+            self.total_wait_ns = self.total_wait_ns.saturating_add(waited);
+            self.longest_wait_ns = self.longest_wait_ns.max(waited);
+        }
+    }
+}
+
 /// How full one rate's window is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowUsage {
@@ -179,14 +193,7 @@ impl BucketState {
     #[inline]
     pub(crate) fn admit(&mut self, now: Nanos, cost: u64, waited: Nanos) {
         self.log.push(now, cost);
-        let s = &mut self.stats;
-        s.admitted_calls += 1;
-        s.admitted_units += cost;
-        if waited > 0 {
-            s.waited_calls += 1;
-            s.total_wait_ns = s.total_wait_ns.saturating_add(waited);
-            s.longest_wait_ns = s.longest_wait_ns.max(waited);
-        }
+        self.stats.record_admission(cost, waited);
     }
 
     /// Moves the queue forward at `now`; see the module documentation.

@@ -729,6 +729,17 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
+/// How a wait in `state` ended, or `None` while it goes on.
+fn outcome(state: WaiterState) -> Option<Result<Wait, Error>> {
+    match state {
+        WaiterState::Waiting => None,
+        WaiterState::Admitted => Some(Ok(Wait::Admitted)),
+        WaiterState::TimedOut => Some(Err(Error::Timeout)),
+        WaiterState::Cancelled => Some(Err(Error::Cancelled)),
+        WaiterState::Closed => Some(Err(Error::Closed)),
+    }
+}
+
 /// What a slice of waiting ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -746,16 +757,6 @@ impl Ticket {
         }
     }
 
-    fn outcome(waiter: &Waiter) -> Option<Result<Wait, Error>> {
-        match waiter.state() {
-            WaiterState::Waiting => None,
-            WaiterState::Admitted => Some(Ok(Wait::Admitted)),
-            WaiterState::TimedOut => Some(Err(Error::Timeout)),
-            WaiterState::Cancelled => Some(Err(Error::Cancelled)),
-            WaiterState::Closed => Some(Err(Error::Closed)),
-        }
-    }
-
     /// Waits until admitted, for at most `slice` of real time (`None`: as long as it
     /// takes). Returns [`Wait::Pending`] when the slice ran out with the place kept.
     pub fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
@@ -770,7 +771,7 @@ impl Ticket {
         let result = loop {
             let now = st.clock(clock.now());
             let head_at = st.pump(now);
-            if let Some(done) = Self::outcome(waiter) {
+            if let Some(done) = outcome(waiter.state()) {
                 break done;
             }
             // The timer (the first waiter with a thread on it) sleeps until the head's

@@ -11,7 +11,7 @@
 
 use super::bucket::{BucketStats, WaiterState, WindowUsage};
 use super::clock::nanos;
-use super::store::{OnUnavailable, Place, Store, StoreError, StoreErrorKind, Verdict, Window};
+use super::store::{OnUnavailable, Place, Store, StoreErrorKind, Verdict, Window};
 use super::{Admitted, Error, Rate, Wait};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -85,10 +85,6 @@ impl Shared {
 
     pub(crate) fn location(&self) -> String {
         self.store.location()
-    }
-
-    fn store_error(&self, e: StoreError) -> Error {
-        Error::Store(e)
     }
 
     fn check_open(&self) -> Result<(), Error> {
@@ -184,14 +180,14 @@ impl Shared {
         let (k, windows) = self.windows_for(key, cost)?;
         match self.store.poll(key, &windows, u64::from(cost), Place::Try) {
             Ok(Verdict::Admitted) => {
-                count_admission(&mut k.lock().stats, u64::from(cost), Duration::ZERO);
+                k.lock().stats.record_admission(u64::from(cost), 0);
                 Ok(())
             }
             Ok(Verdict::Wait(wait)) => {
                 k.lock().stats.refusals += 1;
                 Err(Error::WouldBlock { wait })
             }
-            Err(e) => Err(self.store_error(e)),
+            Err(e) => Err(Error::Store(e)),
         }
     }
 
@@ -200,7 +196,7 @@ impl Shared {
         match self.store.poll(key, &windows, u64::from(cost), Place::Peek) {
             Ok(Verdict::Wait(wait)) => Ok(wait),
             Ok(Verdict::Admitted) => Ok(Duration::ZERO),
-            Err(e) => Err(self.store_error(e)),
+            Err(e) => Err(Error::Store(e)),
         }
     }
 
@@ -237,9 +233,7 @@ impl Shared {
     pub(crate) fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
         self.check_open()?;
         let k = self.key(key)?;
-        self.store
-            .pause(key, duration)
-            .map_err(|e| self.store_error(e))?;
+        self.store.pause(key, duration).map_err(Error::Store)?;
         k.lock().stats.pauses += 1;
         self.ring();
         Ok(())
@@ -256,10 +250,7 @@ impl Shared {
                 windows(&self.default_rates, self.margin),
             ),
         };
-        let usage = self
-            .store
-            .usage(key, &windows)
-            .map_err(|e| self.store_error(e))?;
+        let usage = self.store.usage(key, &windows).map_err(Error::Store)?;
         Ok(BucketStats {
             paused_for_ns: nanos(usage.paused_for),
             queued: usage.queued,
@@ -321,17 +312,6 @@ impl Shared {
     }
 }
 
-fn count_admission(s: &mut BucketStats, cost: u64, waited: Duration) {
-    s.admitted_calls += 1;
-    s.admitted_units += cost;
-    if !waited.is_zero() {
-        let w = nanos(waited);
-        s.waited_calls += 1;
-        s.total_wait_ns = s.total_wait_ns.saturating_add(w);
-        s.longest_wait_ns = s.longest_wait_ns.max(w);
-    }
-}
-
 /// A place in a store's queue.
 pub(crate) struct SharedTicket {
     shared: Arc<Shared>,
@@ -383,16 +363,6 @@ impl SharedTicket {
         self.outcome.lock().1
     }
 
-    fn result(state: WaiterState) -> Option<Result<Wait, Error>> {
-        match state {
-            WaiterState::Waiting => None,
-            WaiterState::Admitted => Some(Ok(Wait::Admitted)),
-            WaiterState::TimedOut => Some(Err(Error::Timeout)),
-            WaiterState::Cancelled => Some(Err(Error::Cancelled)),
-            WaiterState::Closed => Some(Err(Error::Closed)),
-        }
-    }
-
     /// Ends the wait in `state` unless it already ended; gives up the place in the store.
     fn finish(&self, state: WaiterState) -> bool {
         self.end(state, true)
@@ -431,7 +401,7 @@ impl SharedTicket {
             if self.shared.is_closed() {
                 self.finish(WaiterState::Closed);
             }
-            if let Some(done) = Self::result(self.state()) {
+            if let Some(done) = super::outcome(self.state()) {
                 return done;
             }
             let now = Instant::now();
@@ -495,7 +465,10 @@ impl SharedTicket {
                 if o.0 == WaiterState::Waiting {
                     *o = (WaiterState::Admitted, Some(admitted));
                     drop(o);
-                    count_admission(&mut self.state.lock().stats, u64::from(self.cost), waited);
+                    self.state
+                        .lock()
+                        .stats
+                        .record_admission(u64::from(self.cost), nanos(waited));
                 }
                 Ok(None)
             }
@@ -516,7 +489,7 @@ impl SharedTicket {
                 if fatal {
                     // The failure, not "cancelled", is what the caller needs to see.
                     self.end(WaiterState::Cancelled, false);
-                    return Err(self.shared.store_error(e));
+                    return Err(Error::Store(e));
                 }
                 log::warn!(
                     "the quota store is unavailable, retrying in {} ms: {e}",
@@ -542,7 +515,7 @@ impl Drop for SharedTicket {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::{Usage, Verdict};
+    use super::super::store::{StoreError, Usage, Verdict};
     use super::*;
     use crate::limiter::Limiter;
     use std::sync::atomic::AtomicU32;
