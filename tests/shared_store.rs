@@ -39,7 +39,11 @@ fn redis_url(test: &str) -> Option<String> {
             Some(format!(
                 "{url}{sep}prefix=qgtest-{test}-{}-{}",
                 std::process::id(),
-                Instant::now().elapsed().as_nanos()
+                // The wall clock tells runs apart: a prefix never meets an older run's keys.
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
             ))
         }
         _ => {
@@ -146,7 +150,7 @@ fn client_worker() {
 
 /// Four processes with three threads each against the simulator, through `store`: the
 /// simulator never answers 429 and no window ever went over its limit as it saw it.
-fn four_processes_share_one_quota(store: &str, mut midway: Option<&mut dyn FnMut(())>) {
+fn four_processes_share_one_quota(store: &str, midway: Option<&mut dyn FnMut()>) {
     let sim = Simulator::start(SimConfig::default().limits("default", LIMITS)).unwrap();
     let env = [
         ("QG_SIM_URL", sim.url()),
@@ -162,11 +166,11 @@ fn four_processes_share_one_quota(store: &str, mut midway: Option<&mut dyn FnMut
     let workers: Vec<Child> = (0..4)
         .map(|_| spawn_worker("client_worker", &env))
         .collect();
-    if let Some(f) = midway.as_mut() {
+    if let Some(f) = midway {
         // Early in the run, while the first calls are still inside the 2 s window: a
         // restart that forgot them would let the workers send more at once.
         thread::sleep(ms(800));
-        f(());
+        f();
     }
     for w in workers {
         let out = finish_within(w, Duration::from_secs(120));
@@ -288,7 +292,7 @@ fn four_processes_ride_out_a_redis_restart_without_a_429() {
         return;
     };
     let url = redis.url();
-    four_processes_share_one_quota(&url, Some(&mut |_| redis.restart(ms(100))));
+    four_processes_share_one_quota(&url, Some(&mut || redis.restart(ms(100))));
 }
 
 /// A worker that takes permits from `QG_STORE` (2 per 400 ms) as fast as it may (waiting

@@ -26,6 +26,14 @@ mod serve;
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Parses a flag that takes a positive, finite number (seconds, a time scale).
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number, got {s:?}")),
+    }
+}
+
 const ABOUT: &str = "Keeps scripts inside the Microsoft Defender for Endpoint API quotas.";
 
 const EXAMPLES: &str = "\

@@ -242,6 +242,14 @@ impl Cancel {
     }
 }
 
+/// A limiter failure as the client reports it: the store's own, or a wrong argument.
+fn limiter_failure(e: limiter::Error) -> Error {
+    match e {
+        limiter::Error::Store(e) => Error::Store(e),
+        e => Error::InvalidArgument(e.to_string()),
+    }
+}
+
 /// A store URL, which may carry a Redis password: its `Debug` shows it redacted.
 #[derive(Clone)]
 struct StoreUrl(String);
@@ -686,10 +694,7 @@ impl ClientBuilder {
                 if let Some(StoreUrl(url)) = store {
                     b = b.store(url);
                 }
-                b.build().map_err(|e| match e {
-                    limiter::Error::Store(e) => Error::Store(e),
-                    e => Error::InvalidArgument(e.to_string()),
-                })?
+                b.build().map_err(limiter_failure)?
             }
         };
         let (tenant, app) = match &credentials {
@@ -1156,8 +1161,7 @@ impl Client {
             limiter::Error::Timeout => throttled(last),
             limiter::Error::Cancelled => Error::Cancelled,
             limiter::Error::Closed => Error::Closed,
-            limiter::Error::Store(e) => Error::Store(e),
-            other => Error::InvalidArgument(other.to_string()),
+            other => limiter_failure(other),
         };
         match s.limiter.try_acquire(key, 1) {
             Ok(()) => return Ok(()),
@@ -1217,10 +1221,7 @@ impl Client {
                 };
                 if let Some(p) = pause {
                     log::info!("429 on {key}: pausing the bucket for {} ms", p.as_millis());
-                    s.limiter.pause(key, p).map_err(|e| match e {
-                        limiter::Error::Store(e) => Error::Store(e),
-                        e => Error::InvalidArgument(e.to_string()),
-                    })?;
+                    s.limiter.pause(key, p).map_err(limiter_failure)?;
                 }
                 // The pause lives in the bucket; the call waits for it in the queue.
                 Ok(Step::Retry { wait: None })

@@ -66,11 +66,11 @@ pub struct Args {
     authority: String,
 
     /// The time limit of one HTTP exchange, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = positive)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = crate::positive)]
     timeout: f64,
 
     /// The longest the call may wait for quota in all (queue, 429 pauses), in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 900.0, value_parser = positive)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 900.0, value_parser = crate::positive)]
     max_wait: f64,
 
     /// Attempts per call, the first included.
@@ -82,13 +82,6 @@ pub struct Args {
     /// host) or redis://host:6379/0?prefix=qg (many hosts).
     #[arg(long, env = "QUOTAGATE_STORE", value_name = "URL")]
     store: Option<String>,
-}
-
-fn positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
-    }
 }
 
 fn method(s: &str) -> Result<String, String> {

@@ -49,7 +49,7 @@ pub struct Args {
     threads: u16,
 
     /// Real seconds per API second: 0.01 makes a 60 s window last 600 ms.
-    #[arg(long, default_value_t = 0.01, value_parser = positive)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::positive)]
     time_scale: f64,
 
     /// Machines per page when listing ($top).
@@ -69,13 +69,6 @@ pub struct Args {
     /// Print the summary as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
-}
-
-fn positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("expected a positive number, got {s:?}")),
-    }
 }
 
 /// The client's side of the run.

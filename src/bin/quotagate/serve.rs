@@ -38,7 +38,7 @@ pub struct Args {
     alerts: usize,
 
     /// Real seconds per API second: 0.01 makes a 60 s window last 600 ms.
-    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::positive)]
     time_scale: f64,
 
     /// A limit of the default class, in API seconds; repeat for several windows
@@ -70,13 +70,6 @@ pub struct Args {
     /// Print the facts, and at the end the figures, as JSON (one object per line).
     #[arg(long)]
     json: bool,
-}
-
-fn positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("expected a positive number, got {s:?}")),
-    }
 }
 
 fn share(s: &str) -> Result<f64, String> {
