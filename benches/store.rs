@@ -49,7 +49,7 @@ fn measure(rounds: usize, iters: u64, mut f: impl FnMut()) -> f64 {
 fn store_case(store: &dyn Store, key: &str, rounds: usize, iters: u64) -> f64 {
     let w = windows();
     measure(rounds, iters, || {
-        let v = store.poll(black_box(key), &w, 1, Place::Try).unwrap();
+        let v = store.poll(black_box(key), &w, 1, Place::Try, None).unwrap();
         assert_eq!(v, quotagate::limiter::store::Verdict::Admitted);
     })
 }

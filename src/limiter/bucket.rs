@@ -1,4 +1,11 @@
-//! One bucket: its sliding log, its pause, its FIFO queue of waiters and its statistics.
+//! One bucket: its sliding log, its units in flight, its pause, its FIFO queue of waiters
+//! and its statistics.
+//!
+//! A call admitted as a *hold* keeps its units in flight until it ends (its answer came
+//! back, it failed, or it was given up); then they are logged at that end instant. Every
+//! window check counts the units in flight as well as the logged ones. A hold whose lease
+//! runs out before it ends is logged at the lease's end, so that a holder that never
+//! comes back delays the others by at most one lease.
 //!
 //! All state changes happen in [`BucketState::pump`], under the bucket's lock: it admits
 //! waiters from the front of the queue while the log admits them, times out the head when
@@ -40,6 +47,10 @@ impl WaiterState {
 #[derive(Debug)]
 pub(crate) struct Waiter {
     pub(crate) cost: u64,
+    /// For a hold: its lease. The waiter's units stay in flight once admitted.
+    pub(crate) lease: Option<Nanos>,
+    /// The id of the hold made on admission (with `lease`).
+    hold: std::sync::atomic::AtomicU64,
     pub(crate) enqueued: Nanos,
     pub(crate) deadline: Option<Nanos>,
     /// Written only under the bucket's lock; atomic so that readers need no `unsafe`.
@@ -52,9 +63,16 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    pub(crate) fn new(cost: u64, enqueued: Nanos, deadline: Option<Nanos>) -> Self {
+    pub(crate) fn new(
+        cost: u64,
+        enqueued: Nanos,
+        deadline: Option<Nanos>,
+        lease: Option<Nanos>,
+    ) -> Self {
         Self {
             cost,
+            lease,
+            hold: std::sync::atomic::AtomicU64::new(0),
             enqueued,
             deadline,
             state: AtomicU8::new(WaiterState::Waiting as u8),
@@ -75,6 +93,22 @@ impl Waiter {
     pub(crate) fn admitted_at(&self) -> Nanos {
         self.admitted_at.load(Ordering::Acquire)
     }
+
+    /// The id of the hold its admission made (0 for a plain admission or before it).
+    pub(crate) fn hold_id(&self) -> u64 {
+        self.hold.load(Ordering::Acquire)
+    }
+}
+
+/// Units admitted and not yet ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    id: u64,
+    cost: u64,
+    /// The admission instant: the earliest instant the units may be logged at.
+    since: Nanos,
+    /// The instant the lease runs out; the units are then logged at it.
+    expiry: Nanos,
 }
 
 /// Counters of one bucket since it was created.
@@ -102,6 +136,10 @@ pub struct BucketStats {
     pub paused_for_ns: u64,
     /// Calls waiting in the queue now.
     pub queued: u64,
+    /// Units admitted as holds and not yet ended (counted in every window).
+    pub in_flight: u64,
+    /// Holds whose lease ran out before they ended (their units were logged then).
+    pub expired_holds: u64,
     /// Use of each rate's window now, in the order the rates were given.
     pub windows: Vec<WindowUsage>,
 }
@@ -134,6 +172,14 @@ pub struct WindowUsage {
 #[derive(Debug)]
 pub(crate) struct BucketState {
     pub(crate) log: SlidingLog,
+    /// Holds not yet ended, in order of admission.
+    holds: Vec<Held>,
+    /// The sum of the costs in `holds`.
+    in_flight: u64,
+    /// The earliest lease expiry in `holds` (`Nanos::MAX` when none).
+    next_expiry: Nanos,
+    /// The id of the last hold made.
+    last_hold: u64,
     pub(crate) paused_until: Nanos,
     pub(crate) queue: VecDeque<Arc<Waiter>>,
     pub(crate) closed: bool,
@@ -173,6 +219,10 @@ impl BucketState {
     pub(crate) fn fresh(log: SlidingLog) -> Self {
         BucketState {
             log,
+            holds: Vec::new(),
+            in_flight: 0,
+            next_expiry: Nanos::MAX,
+            last_hold: 0,
             paused_until: 0,
             queue: VecDeque::new(),
             closed: false,
@@ -182,11 +232,17 @@ impl BucketState {
         }
     }
 
-    /// The instant at which a call of `cost` could be admitted if it were at the head.
+    /// The instant at which a call of `cost` could be admitted if it were at the head: a
+    /// lower bound while units in flight stand in the way (see [`SlidingLog::earliest`]).
     #[inline]
     pub(crate) fn ready_at(&mut self, now: Nanos, cost: u64) -> Nanos {
+        if self.next_expiry <= now {
+            self.expire_holds(now);
+        }
         self.log.expire(now);
-        self.log.earliest(now, cost).max(self.paused_until)
+        self.log
+            .earliest(now, cost, self.in_flight)
+            .max(self.paused_until)
     }
 
     /// Logs an admission and counts it.
@@ -194,6 +250,71 @@ impl BucketState {
     pub(crate) fn admit(&mut self, now: Nanos, cost: u64, waited: Nanos) {
         self.log.push(now, cost);
         self.stats.record_admission(cost, waited);
+    }
+
+    /// Admits a call as a hold with `lease`, counts it, and returns the hold's id.
+    pub(crate) fn admit_held(&mut self, now: Nanos, cost: u64, lease: Nanos, waited: Nanos) -> u64 {
+        self.last_hold += 1;
+        let expiry = now.saturating_add(lease);
+        self.holds.push(Held {
+            id: self.last_hold,
+            cost,
+            since: now,
+            expiry,
+        });
+        self.in_flight += cost;
+        self.next_expiry = self.next_expiry.min(expiry);
+        self.stats.record_admission(cost, waited);
+        self.last_hold
+    }
+
+    /// Ends hold `id`: its units are logged at `at`, kept within its admission and `now`.
+    /// Returns false when the hold had already ended (its lease ran out).
+    pub(crate) fn end_hold(&mut self, id: u64, at: Nanos, now: Nanos) -> bool {
+        let Some(i) = self.holds.iter().position(|h| h.id == id) else {
+            return false;
+        };
+        let h = self.holds.remove(i);
+        self.in_flight -= h.cost;
+        self.log.push(at.clamp(h.since, now), h.cost);
+        if h.expiry == self.next_expiry {
+            self.next_expiry = self
+                .holds
+                .iter()
+                .map(|h| h.expiry)
+                .min()
+                .unwrap_or(Nanos::MAX);
+        }
+        true
+    }
+
+    /// Logs the holds whose lease ran out by `now` at their lease's end, oldest first.
+    #[cold]
+    fn expire_holds(&mut self, now: Nanos) {
+        let mut expired: Vec<Held> = Vec::new();
+        self.holds.retain(|h| {
+            let live = h.expiry > now;
+            if !live {
+                expired.push(*h);
+            }
+            live
+        });
+        expired.sort_by_key(|h| h.expiry);
+        for h in expired {
+            log::warn!(
+                "a hold of {} units was not ended within its lease; counting it from the lease's end",
+                h.cost
+            );
+            self.in_flight -= h.cost;
+            self.log.push(h.expiry, h.cost);
+            self.stats.expired_holds += 1;
+        }
+        self.next_expiry = self
+            .holds
+            .iter()
+            .map(|h| h.expiry)
+            .min()
+            .unwrap_or(Nanos::MAX);
     }
 
     /// Moves the queue forward at `now`; see the module documentation.
@@ -225,7 +346,14 @@ impl BucketState {
             let at = self.ready_at(now, head.cost);
             if at <= now {
                 self.queue.pop_front();
-                self.admit(now, head.cost, now.saturating_sub(head.enqueued));
+                let waited = now.saturating_sub(head.enqueued);
+                match head.lease {
+                    Some(lease) => {
+                        let id = self.admit_held(now, head.cost, lease, waited);
+                        head.hold.store(id, Ordering::Release);
+                    }
+                    None => self.admit(now, head.cost, waited),
+                }
                 head.admitted_at.store(now, Ordering::Release);
                 head.set_state(WaiterState::Admitted);
                 head.wake.notify_one();
@@ -290,12 +418,16 @@ impl BucketState {
     }
 
     /// The instant at which a new call of `cost` could be admitted behind the queue,
-    /// assuming every queued call is admitted as early as it can be.
+    /// assuming every queued call is admitted as early as it can be and every unit in
+    /// flight ends now (a lower bound while units are in flight).
     pub(crate) fn ready_at_behind_queue(&mut self, now: Nanos, cost: u64) -> Nanos {
         if self.queue.is_empty() {
             return self.ready_at(now, cost);
         }
+        // Brings the log and the holds to `now`.
+        self.ready_at(now, 1);
         let mut log = self.log.clone();
+        log.push(now, self.in_flight);
         let mut t = now.max(self.paused_until);
         for w in self
             .queue
@@ -304,7 +436,7 @@ impl BucketState {
             .chain(std::iter::once(cost))
         {
             log.expire(t);
-            t = log.earliest(t, w);
+            t = log.earliest(t, w, 0);
             log.expire(t);
             log.push(t, w);
         }
@@ -312,8 +444,9 @@ impl BucketState {
     }
 
     pub(crate) fn snapshot(&mut self, now: Nanos) -> BucketStats {
-        self.log.expire(now);
+        self.ready_at(now, 1);
         let mut s = self.stats.clone();
+        s.in_flight = self.in_flight;
         s.paused_for_ns = self.paused_until.saturating_sub(now);
         s.queued = self.queue.len() as u64;
         s.windows = self
@@ -330,7 +463,11 @@ impl BucketState {
 
     /// Nothing in any window, nobody waiting, no pause: the bucket can be forgotten.
     pub(crate) fn is_idle(&mut self, now: Nanos) -> bool {
-        self.log.expire(now);
-        !self.own_rates && self.queue.is_empty() && self.paused_until <= now && self.log.is_idle()
+        self.ready_at(now, 1);
+        !self.own_rates
+            && self.queue.is_empty()
+            && self.holds.is_empty()
+            && self.paused_until <= now
+            && self.log.is_idle()
     }
 }

@@ -45,6 +45,13 @@ use window::SlidingLog;
 /// The default limit on the number of buckets one limiter holds.
 pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
 
+/// The lease of a hold when none is given: long enough for any HTTP exchange the client
+/// allows by default (its attempt timeout is 5 minutes).
+pub const DEFAULT_HOLD_LEASE: Duration = Duration::from_secs(330);
+
+/// The longest lease a hold may have.
+pub const MAX_HOLD_LEASE: Duration = Duration::from_secs(3600);
+
 /// Why a limiter call did not admit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -102,6 +109,7 @@ impl std::error::Error for Error {}
 pub struct LimiterBuilder {
     rates: Vec<Rate>,
     margin: Duration,
+    hold_lease: Duration,
     max_buckets: usize,
     clock: Option<Arc<dyn Clock>>,
     store: Option<StoreSetting>,
@@ -119,6 +127,7 @@ impl std::fmt::Debug for LimiterBuilder {
         f.debug_struct("LimiterBuilder")
             .field("rates", &self.rates)
             .field("margin", &self.margin)
+            .field("hold_lease", &self.hold_lease)
             .field("max_buckets", &self.max_buckets)
             .field(
                 "store",
@@ -136,6 +145,7 @@ impl Default for LimiterBuilder {
         Self {
             rates: Vec::new(),
             margin: Duration::ZERO,
+            hold_lease: DEFAULT_HOLD_LEASE,
             max_buckets: DEFAULT_MAX_BUCKETS,
             clock: None,
             store: None,
@@ -156,10 +166,19 @@ impl LimiterBuilder {
         self
     }
 
-    /// Widens every window by `margin`, to absorb the latency between admission here
-    /// and the server's count.
+    /// Widens every window by `margin` (zero by default). Holds already count a call until
+    /// its answer, which is exact as the server sees it; a margin is for servers whose
+    /// clocks run differently from ours.
     pub fn margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
+        self
+    }
+
+    /// The lease of a hold made without one of its own (see [`Limiter::hold`]): a hold
+    /// not ended within it is counted from the lease's end. Default
+    /// [`DEFAULT_HOLD_LEASE`]; at most [`MAX_HOLD_LEASE`].
+    pub fn hold_lease(mut self, lease: Duration) -> Self {
+        self.hold_lease = lease;
         self
     }
 
@@ -209,6 +228,7 @@ impl LimiterBuilder {
     /// Builds a limiter. Fails when no rate was given or a rate is invalid.
     pub fn build(&self) -> Result<Limiter, Error> {
         validate_rates(&self.rates)?;
+        check_lease(self.hold_lease)?;
         if self.max_buckets == 0 {
             return Err(Error::InvalidArgument(
                 "max_buckets must be at least 1".into(),
@@ -242,6 +262,7 @@ impl LimiterBuilder {
             clock: clock.clone(),
             default_rates: self.rates.clone(),
             margin: self.margin,
+            hold_lease: self.hold_lease,
             max_buckets: self.max_buckets,
             buckets: RwLock::new(BucketMap::default()),
             closed: AtomicBool::new(false),
@@ -250,6 +271,17 @@ impl LimiterBuilder {
         clock.subscribe(weak);
         Ok(Limiter { inner })
     }
+}
+
+fn check_lease(lease: Duration) -> Result<(), Error> {
+    if lease.is_zero() || lease > MAX_HOLD_LEASE {
+        return Err(Error::InvalidArgument(format!(
+            "a hold's lease must be longer than zero and at most {} s, not {} ms",
+            MAX_HOLD_LEASE.as_secs(),
+            lease.as_millis()
+        )));
+    }
+    Ok(())
 }
 
 fn validate_rates(rates: &[Rate]) -> Result<(), Error> {
@@ -270,6 +302,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     default_rates: Vec<Rate>,
     margin: Duration,
+    hold_lease: Duration,
     max_buckets: usize,
     buckets: RwLock<BucketMap>,
     closed: AtomicBool,
@@ -501,30 +534,67 @@ impl Limiter {
 
     /// Admits a call of `cost` units now if every window of the bucket allows it and no
     /// call is queued before it; never waits. On refusal, reports the wait it would need.
+    /// The units are logged now: see [`try_hold`](Self::try_hold) for a call that has an end.
     #[inline]
     pub fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
         if let Some(shared) = &self.inner.shared {
-            return shared.try_acquire(key, cost);
+            return shared.try_admit(key, cost, None).map(drop);
         }
+        self.try_admit_local(key, cost, None, true).map(drop)
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), but the units stay in flight until the
+    /// returned [`Hold`] ends, and are counted from that instant on.
+    pub fn try_hold(&self, key: &str, cost: u32) -> Result<Hold, Error> {
+        self.try_hold_with_lease(key, cost, self.inner.hold_lease)
+    }
+
+    fn try_hold_with_lease(&self, key: &str, cost: u32, lease: Duration) -> Result<Hold, Error> {
+        check_lease(lease)?;
+        if let Some(shared) = &self.inner.shared {
+            let id = shared.try_admit(key, cost, Some(lease))?;
+            return Ok(self.shared_hold(shared, key, cost, id, self.now(), Duration::ZERO));
+        }
+        let (at, id) = self.try_admit_local(key, cost, Some(nanos(lease)), true)?;
+        let bucket = self.bucket(key)?;
+        Ok(self.local_hold(bucket, id, cost, at, Duration::ZERO))
+    }
+
+    /// Admits at once when the bucket allows it (as a hold with `lease`, else logged now):
+    /// the admission instant and the hold's id. Otherwise `WouldBlock` with the wait,
+    /// counted as a refusal when `count_refusal`.
+    #[inline]
+    fn try_admit_local(
+        &self,
+        key: &str,
+        cost: u32,
+        lease: Option<Nanos>,
+        count_refusal: bool,
+    ) -> Result<(Nanos, u64), Error> {
         self.with_bucket(key, |st, now| {
             let cost = Self::check_cost(st, cost)?;
             if !st.queue.is_empty() {
                 // Calls whose time has come leave the queue first.
                 st.pump(now);
             }
-            if st.queue.is_empty() {
-                let at = st.ready_at(now, cost);
-                if at <= now {
-                    st.admit(now, cost, 0);
-                    return Ok(());
-                }
-                st.stats.refusals += 1;
-                return Err(Error::WouldBlock {
-                    wait: Duration::from_nanos(at - now),
-                });
+            let at = if st.queue.is_empty() {
+                st.ready_at(now, cost)
+            } else {
+                st.ready_at_behind_queue(now, cost)
+            };
+            if st.queue.is_empty() && at <= now {
+                let id = match lease {
+                    Some(lease) => st.admit_held(now, cost, lease, 0),
+                    None => {
+                        st.admit(now, cost, 0);
+                        0
+                    }
+                };
+                return Ok((now, id));
             }
-            let at = st.ready_at_behind_queue(now, cost);
-            st.stats.refusals += 1;
+            if count_refusal {
+                st.stats.refusals += 1;
+            }
             Err(Error::WouldBlock {
                 wait: Duration::from_nanos(at.saturating_sub(now)),
             })
@@ -549,36 +619,107 @@ impl Limiter {
     }
 
     /// Waits in FIFO order until the bucket admits a call of `cost` units, or until
-    /// `timeout` (`None`: no deadline). A deadline that cannot be met fails at once.
+    /// `timeout` (`None`: no deadline). A deadline that cannot be met fails at once. The
+    /// units are logged at admission: see [`hold`](Self::hold) for a call that has an end.
     pub fn acquire(
         &self,
         key: &str,
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Admitted, Error> {
-        if self.inner.shared.is_some() {
-            // Every waiter of a store takes its place in the store's queue.
-            let ticket = self.enqueue(key, cost, timeout)?;
-            ticket.wait(None)?;
-            return ticket.admitted().ok_or(Error::Closed);
-        }
-        let admitted_at = self.with_bucket(key, |st, now| {
-            let cost = Self::check_cost(st, cost)?;
-            let free = st.queue.is_empty() && st.ready_at(now, cost) <= now;
-            if free {
-                st.admit(now, cost, 0);
+        if self.inner.shared.is_none() {
+            match self.try_admit_local(key, cost, None, false) {
+                Ok((at, _)) => {
+                    return Ok(Admitted {
+                        at,
+                        waited: Duration::ZERO,
+                    });
+                }
+                Err(Error::WouldBlock { .. }) => {}
+                Err(e) => return Err(e),
             }
-            Ok::<_, Error>(free.then_some(now))
-        })??;
-        if let Some(at) = admitted_at {
-            return Ok(Admitted {
-                at,
-                waited: Duration::ZERO,
-            });
         }
+        // Every waiter of a store takes its place in the store's queue.
         let ticket = self.enqueue(key, cost, timeout)?;
         ticket.wait(None)?;
         ticket.admitted().ok_or(Error::Closed)
+    }
+
+    /// Waits like [`acquire`](Self::acquire), but admits the call as a [`Hold`]: its units
+    /// count in every window from admission on, *in flight*, and are logged at the
+    /// instant the hold ends (finished or dropped), when the call's answer has come back.
+    ///
+    /// A server counts a call when it arrives, somewhere between our send and its answer.
+    /// A unit logged at its answer therefore leaves our window no earlier than it leaves
+    /// the server's, whatever the network's delays: configured like the server, the
+    /// limiter never lets through a call that the server would refuse. A hold not ended
+    /// within the limiter's lease (see [`LimiterBuilder::hold_lease`]) is counted from the
+    /// lease's end.
+    pub fn hold(&self, key: &str, cost: u32, timeout: Option<Duration>) -> Result<Hold, Error> {
+        self.hold_with_lease(key, cost, timeout, self.inner.hold_lease)
+    }
+
+    /// [`hold`](Self::hold) with a lease of its own (at most [`MAX_HOLD_LEASE`]).
+    pub fn hold_with_lease(
+        &self,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+        lease: Duration,
+    ) -> Result<Hold, Error> {
+        check_lease(lease)?;
+        if self.inner.shared.is_none() {
+            match self.try_admit_local(key, cost, Some(nanos(lease)), false) {
+                Ok((at, id)) => {
+                    let bucket = self.bucket(key)?;
+                    return Ok(self.local_hold(bucket, id, cost, at, Duration::ZERO));
+                }
+                Err(Error::WouldBlock { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let ticket = self.enqueue_hold(key, cost, timeout, Some(lease))?;
+        ticket.wait(None)?;
+        ticket.hold()
+    }
+
+    fn local_hold(
+        &self,
+        bucket: Arc<Bucket>,
+        id: u64,
+        cost: u32,
+        at: Nanos,
+        waited: Duration,
+    ) -> Hold {
+        Hold {
+            limiter: self.clone(),
+            kind: HoldKind::Local { bucket, id },
+            cost,
+            admitted: Admitted { at, waited },
+            ended: false,
+        }
+    }
+
+    fn shared_hold(
+        &self,
+        shared: &Arc<shared::Shared>,
+        key: &str,
+        cost: u32,
+        id: u64,
+        at: Nanos,
+        waited: Duration,
+    ) -> Hold {
+        Hold {
+            limiter: self.clone(),
+            kind: HoldKind::Shared {
+                shared: shared.clone(),
+                key: key.into(),
+                id,
+            },
+            cost,
+            admitted: Admitted { at, waited },
+            ended: false,
+        }
     }
 
     /// Takes a place in the bucket's queue for a call of `cost` units, with an optional
@@ -590,10 +731,36 @@ impl Limiter {
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Ticket, Error> {
+        self.enqueue_with(key, cost, timeout, None)
+    }
+
+    /// [`enqueue`](Self::enqueue) for a hold: once the ticket is admitted, take the
+    /// [`Hold`] with [`Ticket::hold`] (a ticket dropped first ends the hold at once).
+    /// `lease`: the hold's lease (`None`: the limiter's).
+    pub fn enqueue_hold(
+        &self,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+        lease: Option<Duration>,
+    ) -> Result<Ticket, Error> {
+        let lease = lease.unwrap_or(self.inner.hold_lease);
+        check_lease(lease)?;
+        self.enqueue_with(key, cost, timeout, Some(lease))
+    }
+
+    fn enqueue_with(
+        &self,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+        lease: Option<Duration>,
+    ) -> Result<Ticket, Error> {
         if let Some(shared) = &self.inner.shared {
             return Ok(Ticket {
                 limiter: self.clone(),
-                kind: TicketKind::Shared(shared.enqueue(key, cost, timeout, self.now())?),
+                kind: TicketKind::Shared(shared.enqueue(key, cost, timeout, self.now(), lease)?),
+                hold_taken: AtomicBool::new(false),
             });
         }
         let bucket = self.bucket(key)?;
@@ -602,7 +769,7 @@ impl Limiter {
             let now = st.clock(self.now());
             let deadline = timeout.map(|t| now.saturating_add(nanos(t)));
             let cost = Self::check_cost(&st, cost)?;
-            let waiter = Arc::new(Waiter::new(cost, now, deadline));
+            let waiter = Arc::new(Waiter::new(cost, now, deadline, lease.map(nanos)));
             st.queue.push_back(waiter.clone());
             st.pump(now);
             waiter
@@ -610,6 +777,7 @@ impl Limiter {
         Ok(Ticket {
             limiter: self.clone(),
             kind: TicketKind::Local { bucket, waiter },
+            hold_taken: AtomicBool::new(false),
         })
     }
 
@@ -708,6 +876,8 @@ impl Limiter {
 pub struct Ticket {
     limiter: Limiter,
     kind: TicketKind,
+    /// Whether [`Ticket::hold`] handed out the hold of an admitted hold ticket.
+    hold_taken: AtomicBool,
 }
 
 enum TicketKind {
@@ -841,16 +1011,167 @@ impl Ticket {
             TicketKind::Shared(t) => t.cost(),
         }
     }
+
+    /// Whether the ticket waits for a hold (made by [`Limiter::enqueue_hold`]).
+    pub fn is_hold(&self) -> bool {
+        match &self.kind {
+            TicketKind::Local { waiter, .. } => waiter.lease.is_some(),
+            TicketKind::Shared(t) => t.is_hold(),
+        }
+    }
+
+    /// The hold of an admitted hold ticket, once: its units count from the instant it
+    /// ends. Fails with `InvalidArgument` for a plain ticket, one not admitted yet, or
+    /// one whose hold was already taken.
+    pub fn hold(&self) -> Result<Hold, Error> {
+        let admitted = match (self.is_hold(), self.admitted()) {
+            (true, Some(a)) => a,
+            (false, _) => {
+                return Err(Error::InvalidArgument(
+                    "the ticket is not for a hold".into(),
+                ));
+            }
+            (true, None) => {
+                return Err(Error::InvalidArgument(
+                    "the ticket is not admitted yet".into(),
+                ));
+            }
+        };
+        if self.hold_taken.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidArgument(
+                "the ticket's hold was already taken".into(),
+            ));
+        }
+        let cost = self.cost();
+        Ok(match &self.kind {
+            TicketKind::Local { bucket, waiter } => self.limiter.local_hold(
+                bucket.clone(),
+                waiter.hold_id(),
+                cost,
+                admitted.at,
+                admitted.waited,
+            ),
+            TicketKind::Shared(t) => {
+                let shared = self
+                    .limiter
+                    .inner
+                    .shared
+                    .as_ref()
+                    .expect("a shared ticket belongs to a limiter with a store");
+                self.limiter.shared_hold(
+                    shared,
+                    t.key(),
+                    cost,
+                    t.id(),
+                    admitted.at,
+                    admitted.waited,
+                )
+            }
+        })
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // A shared ticket gives up its place in its own drop.
+        // An admitted hold nobody took ends now; a waiting ticket gives up its place (a
+        // shared ticket in its own drop).
+        if self.is_hold() && self.admitted().is_some() && !*self.hold_taken.get_mut() {
+            drop(self.hold());
+            return;
+        }
         if let TicketKind::Local { waiter, .. } = &self.kind {
             if waiter.state() == WaiterState::Waiting {
                 self.cancel();
             }
         }
+    }
+}
+
+/// A call admitted by [`Limiter::hold`]: its units count in every window of its bucket
+/// from admission on, in flight, and are logged at the instant the hold ends
+/// ([`finish`](Self::finish), [`finish_at`](Self::finish_at) or drop). Safe to send to
+/// another thread.
+pub struct Hold {
+    limiter: Limiter,
+    kind: HoldKind,
+    cost: u32,
+    admitted: Admitted,
+    ended: bool,
+}
+
+enum HoldKind {
+    Local {
+        bucket: Arc<Bucket>,
+        id: u64,
+    },
+    Shared {
+        shared: Arc<shared::Shared>,
+        key: Box<str>,
+        id: u64,
+    },
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("cost", &self.cost)
+            .field("admitted", &self.admitted)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl Hold {
+    /// The admission.
+    pub fn admitted(&self) -> Admitted {
+        self.admitted
+    }
+
+    /// The units held.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// Ends the hold now: its units count from now on.
+    pub fn finish(mut self) {
+        let now = self.limiter.now();
+        self.end(now);
+    }
+
+    /// Ends the hold with its units counted from `at` (an instant of the limiter's clock,
+    /// see [`Limiter::now`]), kept between its admission and now. For a call whose server
+    /// certainly counted it by `at` (a safe bound earlier than its answer), so that its
+    /// units leave the windows sooner.
+    pub fn finish_at(mut self, at: Nanos) {
+        self.end(at);
+    }
+
+    fn end(&mut self, at: Nanos) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        match &self.kind {
+            HoldKind::Local { bucket, id } => {
+                let mut st = bucket.state.lock();
+                let now = st.clock(self.limiter.now());
+                if st.end_hold(*id, at, now) {
+                    st.pump(now);
+                    // The head's instant may be earlier now: its timer recomputes it.
+                    st.kick();
+                }
+            }
+            HoldKind::Shared { shared, key, id } => {
+                let ago = Duration::from_nanos(self.limiter.now().saturating_sub(at));
+                shared.release(key, *id, ago);
+            }
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let now = self.limiter.now();
+        self.end(now);
     }
 }
 

@@ -11,7 +11,7 @@
 
 use super::bucket::{BucketStats, WaiterState, WindowUsage};
 use super::clock::nanos;
-use super::store::{OnUnavailable, Place, Store, StoreErrorKind, Verdict, Window};
+use super::store::{HoldLease, OnUnavailable, Place, Store, StoreErrorKind, Verdict, Window};
 use super::{Admitted, Error, Rate, Wait};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -176,12 +176,26 @@ impl Shared {
         }
     }
 
-    pub(crate) fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
+    /// Admits a call at once if it fits behind the queue: logged, or held with `lease`
+    /// (then the hold's id is returned; 0 otherwise).
+    pub(crate) fn try_admit(
+        &self,
+        key: &str,
+        cost: u32,
+        lease: Option<Duration>,
+    ) -> Result<u64, Error> {
         let (k, windows) = self.windows_for(key, cost)?;
-        match self.store.poll(key, &windows, u64::from(cost), Place::Try) {
+        let hold = lease.map(|duration| HoldLease {
+            id: super::store::waiter_id(),
+            duration,
+        });
+        match self
+            .store
+            .poll(key, &windows, u64::from(cost), Place::Try, hold)
+        {
             Ok(Verdict::Admitted) => {
                 k.lock().stats.record_admission(u64::from(cost), 0);
-                Ok(())
+                Ok(hold.map_or(0, |h| h.id))
             }
             Ok(Verdict::Wait(wait)) => {
                 k.lock().stats.refusals += 1;
@@ -193,7 +207,10 @@ impl Shared {
 
     pub(crate) fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
         let (_, windows) = self.windows_for(key, cost)?;
-        match self.store.poll(key, &windows, u64::from(cost), Place::Peek) {
+        match self
+            .store
+            .poll(key, &windows, u64::from(cost), Place::Peek, None)
+        {
             Ok(Verdict::Wait(wait)) => Ok(wait),
             Ok(Verdict::Admitted) => Ok(Duration::ZERO),
             Err(e) => Err(Error::Store(e)),
@@ -206,6 +223,7 @@ impl Shared {
         cost: u32,
         timeout: Option<Duration>,
         now: super::Nanos,
+        lease: Option<Duration>,
     ) -> Result<SharedTicket, Error> {
         let (k, _) = self.windows_for(key, cost)?;
         let started = Instant::now();
@@ -215,6 +233,7 @@ impl Shared {
             state: k,
             id: super::store::waiter_id(),
             cost,
+            lease,
             started,
             started_at: now,
             deadline: timeout.map(|t| started + t),
@@ -228,6 +247,20 @@ impl Shared {
         // Take the place now: the queue's order is the order of arrival.
         ticket.wait(Some(Duration::ZERO))?;
         Ok(ticket)
+    }
+
+    /// Ends hold `id` of `key` with its units counted from `ago` before now. A store that
+    /// fails is logged: the hold's lease ends it anyway.
+    pub(crate) fn release(&self, key: &str, id: u64, ago: Duration) {
+        let windows = match self.keys.read().get(key) {
+            Some(k) => k.lock().windows.clone(),
+            None => windows(&self.default_rates, self.margin),
+        };
+        if let Err(e) = self.store.release(key, &windows, id, ago) {
+            log::warn!("could not end a hold in the quota store (its lease will): {e}");
+        }
+        // Waiters recompute their due instants now that the units have an end.
+        self.ring();
     }
 
     pub(crate) fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
@@ -254,6 +287,7 @@ impl Shared {
         Ok(BucketStats {
             paused_for_ns: nanos(usage.paused_for),
             queued: usage.queued,
+            in_flight: usage.in_flight,
             windows: windows
                 .iter()
                 .zip(usage.used.iter().chain(std::iter::repeat(&0)))
@@ -319,6 +353,8 @@ pub(crate) struct SharedTicket {
     state: Arc<Mutex<KeyState>>,
     id: u64,
     cost: u32,
+    /// For a hold: its lease (the hold's id is the ticket's).
+    lease: Option<Duration>,
     started: Instant,
     started_at: super::Nanos,
     deadline: Option<Instant>,
@@ -353,6 +389,19 @@ impl std::fmt::Debug for SharedTicket {
 impl SharedTicket {
     pub(crate) fn cost(&self) -> u32 {
         self.cost
+    }
+
+    pub(crate) fn is_hold(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The ticket's id: its place in the store's queue, and its hold once admitted.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub(crate) fn state(&self) -> WaiterState {
@@ -452,6 +501,10 @@ impl SharedTicket {
             &windows,
             u64::from(self.cost),
             Place::Queue { id: self.id },
+            self.lease.map(|duration| HoldLease {
+                id: self.id,
+                duration,
+            }),
         );
         match verdict {
             Ok(Verdict::Admitted) => {
@@ -542,7 +595,14 @@ mod tests {
     }
 
     impl Store for Scripted {
-        fn poll(&self, _: &str, _: &[Window], _: u64, _: Place) -> Result<Verdict, StoreError> {
+        fn poll(
+            &self,
+            _: &str,
+            _: &[Window],
+            _: u64,
+            _: Place,
+            _: Option<HoldLease>,
+        ) -> Result<Verdict, StoreError> {
             let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
             if n > self.admit_after {
                 return Ok(Verdict::Admitted);
@@ -551,6 +611,9 @@ mod tests {
         }
         fn leave(&self, _: &str, _: u64) -> Result<(), StoreError> {
             self.leaves.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn release(&self, _: &str, _: &[Window], _: u64, _: Duration) -> Result<(), StoreError> {
             Ok(())
         }
         fn pause(&self, _: &str, _: Duration) -> Result<(), StoreError> {

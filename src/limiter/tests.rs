@@ -562,3 +562,333 @@ proptest! {
         assert_windows(&admissions, &rates);
     }
 }
+
+// ---- holds: units count in flight until their end, then from their end ----
+
+fn manual_with_lease(rates: &[(u32, u64)], lease_ms: u64) -> (Limiter, ManualClock) {
+    let clock = ManualClock::new();
+    let mut b = Limiter::builder()
+        .clock(Arc::new(clock.clone()))
+        .hold_lease(Duration::from_millis(lease_ms));
+    for &(c, ms) in rates {
+        b = b.rate(Rate::new(c, Duration::from_millis(ms)));
+    }
+    (b.build().unwrap(), clock)
+}
+
+#[test]
+fn a_hold_counts_in_flight_and_then_from_its_end() {
+    let (l, clock) = manual(&[(2, 100)]);
+    let a = l.try_hold("k", 1).unwrap();
+    let b = l.hold("k", 1, Some(Duration::ZERO)).unwrap();
+    assert_eq!(l.stats("k").in_flight, 2);
+    // Nothing fits while both are in flight, and the wait is a lower bound: one window.
+    assert_eq!(
+        l.try_acquire("k", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_millis(100)
+        })
+    );
+    clock.advance(Duration::from_millis(40));
+    a.finish();
+    clock.advance(Duration::from_millis(30));
+    // The unit ended at 40 counts until 140, however early it was admitted.
+    assert_eq!(
+        l.try_acquire("k", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_millis(70)
+        })
+    );
+    drop(b);
+    let s = l.stats("k");
+    assert_eq!((s.in_flight, s.windows[0].used), (0, 2));
+    clock.advance(Duration::from_millis(70));
+    l.try_acquire("k", 1).unwrap();
+    clock.advance(Duration::from_millis(20));
+    assert!(
+        l.try_acquire("k", 1).is_err(),
+        "the unit ended at 70 counts until 170"
+    );
+    clock.advance(Duration::from_millis(10));
+    l.try_acquire("k", 1).unwrap();
+}
+
+#[test]
+fn a_waiter_behind_a_hold_is_woken_when_it_ends() {
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let h = l.try_hold("k", 1).unwrap();
+    let l2 = l.clone();
+    let started = Instant::now();
+    let waiter = thread::spawn(move || l2.acquire("k", 1, Some(Duration::from_secs(5))));
+    thread::sleep(Duration::from_millis(150));
+    // Ended after 150 ms: the waiter is admitted 100 ms later, not 100 ms after admission.
+    h.finish();
+    waiter.join().unwrap().unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(245) && waited < Duration::from_millis(1000),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn a_deadline_behind_holds_fails_at_once_when_a_window_cannot_pass_in_time() {
+    let (l, _clock) = manual(&[(1, 100)]);
+    let _h = l.try_hold("k", 1).unwrap();
+    // The hold ends at the earliest now, and its unit then counts for a window.
+    assert_eq!(
+        l.acquire("k", 1, Some(Duration::from_millis(50))),
+        Err(Error::Timeout)
+    );
+    assert_eq!(l.stats("k").timeouts, 1);
+}
+
+#[test]
+fn finish_at_counts_from_an_earlier_instant_within_the_hold() {
+    let (l, clock) = manual(&[(1, 100)]);
+    clock.advance(Duration::from_millis(10));
+    let h = l.try_hold("k", 1).unwrap();
+    clock.advance(Duration::from_millis(500));
+    // A server that certainly counted the call by 30 lets the slot free at 130.
+    h.finish_at(30 * MS);
+    assert_eq!(l.try_acquire("k", 1), Ok(()));
+    assert!(
+        matches!(l.try_hold("k", 1), Err(Error::WouldBlock { .. })),
+        "the plain admission at 510 counts"
+    );
+    clock.advance(Duration::from_millis(100));
+    let h = l.try_hold("k", 1).unwrap();
+    // An instant before the admission is read as the admission.
+    h.finish_at(0);
+    assert!(l.try_acquire("k", 1).is_err());
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(l.try_acquire("k", 1), Ok(()));
+}
+
+#[test]
+fn a_hold_past_its_lease_is_counted_from_the_lease_end() {
+    let (l, clock) = manual_with_lease(&[(1, 100)], 300);
+    let h = l.try_hold("k", 1).unwrap();
+    clock.advance(Duration::from_millis(350));
+    // Counted from 300 until 400, even though it never ended.
+    assert!(l.try_acquire("k", 1).is_err());
+    let s = l.stats("k");
+    assert_eq!((s.in_flight, s.expired_holds), (0, 1));
+    clock.advance(Duration::from_millis(50));
+    l.try_acquire("k", 1).unwrap();
+    // Its late end changes nothing.
+    h.finish();
+    assert_eq!(l.stats("k").windows[0].used, 1);
+    assert!(matches!(
+        l.hold_with_lease("k", 1, None, Duration::ZERO),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        l.hold_with_lease("k", 1, None, MAX_HOLD_LEASE + Duration::from_secs(1)),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn hold_tickets_wait_in_fifo_order_and_hand_out_their_hold_once() {
+    let (l, clock) = manual(&[(1, 100)]);
+    l.try_acquire("k", 1).unwrap();
+    let a = l.enqueue_hold("k", 1, None, None).unwrap();
+    let plain = l.enqueue("k", 1, None).unwrap();
+    assert!(a.is_hold() && !plain.is_hold());
+    assert!(
+        matches!(a.hold(), Err(Error::InvalidArgument(_))),
+        "not admitted yet"
+    );
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(a.poll(), Ok(Wait::Admitted));
+    let h = a.hold().unwrap();
+    assert!(
+        matches!(a.hold(), Err(Error::InvalidArgument(_))),
+        "taken once"
+    );
+    assert!(matches!(plain.hold(), Err(Error::InvalidArgument(_))));
+    clock.advance(Duration::from_millis(500));
+    assert_eq!(
+        plain.poll(),
+        Ok(Wait::Pending),
+        "the hold is still in flight"
+    );
+    h.finish();
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(plain.poll(), Ok(Wait::Admitted));
+    // An admitted hold ticket dropped before its hold was taken ends the hold.
+    clock.advance(Duration::from_millis(100));
+    let t = l.enqueue_hold("k", 1, None, None).unwrap();
+    assert_eq!(t.poll(), Ok(Wait::Admitted));
+    assert_eq!(l.stats("k").in_flight, 1);
+    drop(t);
+    assert_eq!(l.stats("k").in_flight, 0);
+}
+
+#[derive(Debug, Clone)]
+enum HoldOp {
+    Try(u32),
+    TryHold(u32),
+    EnqueueHold(u32, Option<u64>),
+    Poll(usize),
+    Cancel(usize),
+    Finish(usize, u64),
+    Pause(u64),
+    Advance(u64),
+}
+
+fn hold_op() -> impl Strategy<Value = HoldOp> {
+    prop_oneof![
+        2 => (1u32..3).prop_map(HoldOp::Try),
+        3 => (1u32..3).prop_map(HoldOp::TryHold),
+        3 => (1u32..3, proptest::option::of(0u64..400)).prop_map(|(c, d)| HoldOp::EnqueueHold(c, d)),
+        3 => (0usize..64).prop_map(HoldOp::Poll),
+        1 => (0usize..64).prop_map(HoldOp::Cancel),
+        4 => (0usize..64, 0u64..200).prop_map(|(i, back)| HoldOp::Finish(i, back)),
+        1 => (0u64..150).prop_map(HoldOp::Pause),
+        4 => (0u64..120).prop_map(HoldOp::Advance),
+    ]
+}
+
+/// A hold the schedule made: its cost, admission and lease's end, and once ended the
+/// instant its units count from (the latest instant the server may have counted it).
+struct Held {
+    hold: Option<Hold>,
+    cost: u64,
+    since: u64,
+    expiry: u64,
+    end: Option<u64>,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Random schedules of plain calls and of holds that end at random later instants (or
+    /// never, until their lease): at every step, the units that ended inside any window,
+    /// by their end instants, plus every unit in flight, stay within the rate; tickets are
+    /// admitted in FIFO order; nothing is lost or counted twice.
+    #[test]
+    fn schedules_of_holds_keep_every_window_from_end_instants(
+        ops in proptest::collection::vec(hold_op(), 1..150)
+    ) {
+        let rates = [(4u32, 100u64), (7, 300)];
+        let lease = 700;
+        let (l, clock) = manual_with_lease(&rates, lease);
+        let mut tickets: Vec<(Ticket, u64, u32)> = Vec::new();
+        let mut holds: Vec<Held> = Vec::new();
+        let mut plain: Vec<(u64, u64)> = Vec::new();
+        let mut admitted_seqs: Vec<u64> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut admitted_units = 0u64;
+        for (seq, op) in ops.into_iter().enumerate() {
+            let seq = seq as u64;
+            let now = l.now();
+            match op {
+                HoldOp::Try(c) if l.try_acquire("k", c).is_ok() => {
+                    plain.push((now, u64::from(c)));
+                    admitted_units += u64::from(c);
+                }
+                HoldOp::TryHold(c) => {
+                    if let Ok(h) = l.try_hold("k", c) {
+                        admitted_units += u64::from(c);
+                        holds.push(Held {
+                            hold: Some(h),
+                            cost: u64::from(c),
+                            since: now,
+                            expiry: now + lease * MS,
+                            end: None,
+                        });
+                    }
+                }
+                HoldOp::EnqueueHold(c, d) => {
+                    let t = l.enqueue_hold("k", c, d.map(Duration::from_millis), None).unwrap();
+                    tickets.push((t, seq, c));
+                }
+                HoldOp::Poll(i) if !tickets.is_empty() => { let _ = tickets[i % tickets.len()].0.poll(); }
+                HoldOp::Cancel(i) if !tickets.is_empty() => { tickets[i % tickets.len()].0.cancel(); }
+                HoldOp::Finish(i, back) if !holds.is_empty() => {
+                    let n = holds.len();
+                    let h = &mut holds[i % n];
+                    if let Some(hold) = h.hold.take() {
+                        let at = now.saturating_sub(back * MS);
+                        hold.finish_at(at);
+                        if h.end.is_none() {
+                            h.end = Some(at.clamp(h.since, now));
+                        }
+                    }
+                }
+                HoldOp::Pause(ms) => l.pause("k", Duration::from_millis(ms)).unwrap(),
+                HoldOp::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+                _ => {}
+            }
+            let now = l.now();
+            for (t, s, c) in &tickets {
+                if let Some(a) = t.admitted() {
+                    if seen.insert(*s) {
+                        admitted_seqs.push(*s);
+                        admitted_units += u64::from(*c);
+                        holds.push(Held {
+                            hold: Some(t.hold().unwrap()),
+                            cost: u64::from(*c),
+                            since: a.at,
+                            expiry: a.at + lease * MS,
+                            end: None,
+                        });
+                    }
+                }
+            }
+            // Holds not ended within their lease end at its end.
+            for h in &mut holds {
+                if h.end.is_none() && h.expiry <= now {
+                    h.end = Some(h.expiry);
+                }
+            }
+            let in_flight: u64 = holds.iter().filter(|h| h.end.is_none()).map(|h| h.cost).sum();
+            prop_assert_eq!(l.stats("k").in_flight, in_flight);
+            for &(calls, window_ms) in &rates {
+                let w = window_ms * MS;
+                let ended: u64 = plain
+                    .iter()
+                    .map(|&(t, c)| (t, c))
+                    .chain(holds.iter().filter_map(|h| h.end.map(|e| (e, h.cost))))
+                    .filter(|&(t, _)| t + w > now)
+                    .map(|(_, c)| c)
+                    .sum();
+                prop_assert!(
+                    ended + in_flight <= u64::from(calls),
+                    "{} ended and {} in flight in {}/{}ms at {}", ended, in_flight, calls, window_ms, now
+                );
+            }
+        }
+        // Drain: every hold ends, and every ticket without a deadline is then admitted.
+        for h in &mut holds {
+            if let Some(hold) = h.hold.take() {
+                hold.finish();
+            }
+        }
+        for _ in 0..300 {
+            clock.advance(Duration::from_millis(50));
+            for (t, s, c) in &tickets {
+                let _ = t.poll();
+                if t.admitted().is_some() && seen.insert(*s) {
+                    admitted_seqs.push(*s);
+                    admitted_units += u64::from(*c);
+                    t.hold().unwrap().finish();
+                }
+            }
+        }
+        for (t, _, _) in &tickets {
+            prop_assert!(t.state() != WaiterState::Waiting);
+        }
+        let mut sorted = admitted_seqs.clone();
+        sorted.sort();
+        prop_assert_eq!(&admitted_seqs, &sorted);
+        let s = l.stats("k");
+        prop_assert_eq!(s.admitted_units, admitted_units);
+        prop_assert_eq!(s.in_flight, 0);
+    }
+}

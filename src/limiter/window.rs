@@ -74,6 +74,9 @@ pub(crate) struct SlidingLog {
     valid_from: u64,
     /// The smallest `calls` of all rates, checked on every call.
     max_cost: u64,
+    /// The latest instant logged: units are logged in order, so that cursors only move
+    /// forward (a unit logged at an earlier instant is logged at this one instead).
+    last: Nanos,
 }
 
 impl SlidingLog {
@@ -96,6 +99,7 @@ impl SlidingLog {
             next: 0,
             valid_from: 0,
             max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
+            last: 0,
         }
     }
 
@@ -147,30 +151,42 @@ impl SlidingLog {
         }
     }
 
-    /// The earliest instant at or after `now` at which `cost` more units fit every rate.
-    /// Call [`expire`](Self::expire) with `now` first.
+    /// The earliest instant at or after `now` at which `cost` more units fit every rate,
+    /// with `in_flight` units admitted but not logged yet. Units in flight will be logged
+    /// at their end, at `now` or later, after every unit logged now: while one of them
+    /// must leave a window first, the answer is the lower bound `now + window` (as if they
+    /// all ended now), and the caller learns more when they end. Call
+    /// [`expire`](Self::expire) with `now` first.
     #[inline]
-    pub(crate) fn earliest(&self, now: Nanos, cost: u64) -> Nanos {
+    pub(crate) fn earliest(&self, now: Nanos, cost: u64, in_flight: u64) -> Nanos {
         let mut at = now;
         for r in &self.rates {
-            let used = self.next - r.cursor;
-            let excess = (used + cost).saturating_sub(r.calls);
-            if excess > 0 {
-                // The `excess` oldest units in the window must leave it first.
-                let leaving = self.at(r.cursor + excess - 1);
-                at = at.max(leaving.saturating_add(r.window));
+            let logged = self.next - r.cursor;
+            let excess = (logged + in_flight + cost).saturating_sub(r.calls);
+            if excess == 0 {
+                continue;
             }
+            let leaving = if excess <= logged {
+                // The `excess` oldest logged units must leave the window first.
+                self.at(r.cursor + excess - 1)
+            } else {
+                now
+            };
+            at = at.max(leaving.saturating_add(r.window));
         }
         at
     }
 
-    /// Logs `cost` units admitted at `now`. The caller has checked that they fit.
+    /// Logs `cost` units at `now` (or at the latest instant logged, if that is later).
+    /// The caller has checked that they fit.
     #[inline]
     pub(crate) fn push(&mut self, now: Nanos, cost: u64) {
         let needed = self.retained() + cost;
         if needed > self.mask + 1 {
             self.grow(needed);
         }
+        let now = now.max(self.last);
+        self.last = now;
         for _ in 0..cost {
             let i = (self.next & self.mask) as usize;
             self.ring[i] = now;
@@ -231,14 +247,14 @@ mod tests {
         let mut l = log(&[(3, 100)]);
         for t in [0, 10 * MS, 20 * MS] {
             l.expire(t);
-            assert_eq!(l.earliest(t, 1), t);
+            assert_eq!(l.earliest(t, 1, 0), t);
             l.push(t, 1);
         }
         l.expire(30 * MS);
-        assert_eq!(l.earliest(30 * MS, 1), 100 * MS);
-        assert_eq!(l.earliest(30 * MS, 2), 110 * MS);
+        assert_eq!(l.earliest(30 * MS, 1, 0), 100 * MS);
+        assert_eq!(l.earliest(30 * MS, 2, 0), 110 * MS);
         l.expire(100 * MS);
-        assert_eq!(l.earliest(100 * MS, 1), 100 * MS);
+        assert_eq!(l.earliest(100 * MS, 1, 0), 100 * MS);
     }
 
     #[test]
@@ -248,7 +264,7 @@ mod tests {
         let mut admitted = 0;
         while admitted < 6 {
             l.expire(t);
-            t = l.earliest(t, 1);
+            t = l.earliest(t, 1, 0);
             l.expire(t);
             l.push(t, 1);
             admitted += 1;
@@ -256,7 +272,7 @@ mod tests {
         assert_eq!(t, 100 * MS, "the sixth unit waits for the short window");
         l.expire(t);
         assert_eq!(
-            l.earliest(t, 1),
+            l.earliest(t, 1, 0),
             1000 * MS,
             "the seventh waits for the long one"
         );
@@ -270,7 +286,7 @@ mod tests {
         );
         l.push(0, 1);
         l.expire(110 * MS);
-        assert_eq!(l.earliest(110 * MS, 1), 120 * MS);
+        assert_eq!(l.earliest(110 * MS, 1, 0), 120 * MS);
     }
 
     #[test]
@@ -290,7 +306,31 @@ mod tests {
             3,
             "the ring of the new rate holds its limit"
         );
-        assert_eq!(smaller.earliest(5 * MS, 1), 102 * MS);
+        assert_eq!(smaller.earliest(5 * MS, 1, 0), 102 * MS);
+    }
+
+    #[test]
+    fn units_in_flight_count_in_every_window_and_end_after_the_logged_ones() {
+        let mut l = log(&[(3, 100)]);
+        l.push(0, 1);
+        l.expire(10 * MS);
+        // One logged, one in flight: a third fits now, a fourth waits for the logged one.
+        assert_eq!(l.earliest(10 * MS, 1, 1), 10 * MS);
+        assert_eq!(l.earliest(10 * MS, 2, 1), 100 * MS);
+        // Two in flight and a cost of 2: one of those in flight must leave first, and it
+        // cannot leave before a window after now.
+        assert_eq!(l.earliest(10 * MS, 2, 2), 110 * MS);
+        // A unit logged at an earlier instant than one already logged takes the later one.
+        l.push(50 * MS, 1);
+        l.push(20 * MS, 1);
+        l.expire(60 * MS);
+        assert_eq!(l.earliest(60 * MS, 1, 0), 100 * MS);
+        l.expire(100 * MS);
+        assert_eq!(
+            l.earliest(100 * MS, 2, 0),
+            150 * MS,
+            "both later units left at 150"
+        );
     }
 
     #[test]
@@ -314,7 +354,7 @@ mod tests {
         );
         for i in 0..1000 {
             l.expire(i * 1000);
-            assert_eq!(l.earliest(i * 1000, 1), i * 1000);
+            assert_eq!(l.earliest(i * 1000, 1, 0), i * 1000);
             l.push(i * 1000, 1);
         }
         assert_eq!(l.ring.len(), 1024);

@@ -14,7 +14,7 @@
 //! `model`; fairness comes from the shared FIFO queue of each bucket, which every process
 //! sees, so a waiter of one process is never passed by a newcomer of another.
 //!
-//! # Format (version 1, little-endian)
+//! # Format (version 2, little-endian)
 //!
 //! - **Header** (bytes 0..128): magic `QGSTATE\0`, the format version (`u32`), a CRC-32 of
 //!   bytes 16..56, then the directory's offset, its capacity and its entry count, and
@@ -24,12 +24,13 @@
 //!   capacity (`u64`), the key's length (`u16`), a CRC-32 of the entry, then the key (at
 //!   most [`MAX_KEY`] bytes of UTF-8).
 //! - **Records**: per bucket, a CRC-32 and the length of the data (`u32` each), then the
-//!   encoded bucket: its clock, pause, unit count, ring and queue.
+//!   encoded bucket: its clock, pause, unit count, ring, queue and holds.
 //! - Beyond `used`: free space, where new records, directories and the journal go.
 //!
 //! A file that is shorter than `used`, whose magic, sizes or CRCs do not add up, is
 //! refused with [`StoreErrorKind::Corrupt`]: a damaged file is never reset, since forgetting
-//! admitted calls would over-admit. A newer format version is refused the same way. An
+//! admitted calls would over-admit. Another format version is refused the same way (a file
+//! of version 1, which had no holds, holds at most the last window's use: delete it). An
 //! empty file (or one left all zeros by a crash while it was being created) is initialised.
 //!
 //! Buckets are added, and records outgrow their space, by writing the new record or
@@ -69,7 +70,9 @@
 //! length (which only grows). Foreign writers of the file are out of scope.
 
 use super::model::Bucket;
-use super::{Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window, check_windows};
+use super::{
+    HoldLease, Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window, check_windows,
+};
 use crate::limiter::clock::Nanos;
 use fs4::FileExt;
 use memmap2::MmapMut;
@@ -87,7 +90,7 @@ pub const MAX_KEY: usize = 255;
 pub const MAX_CALLS: u64 = 1 << 20;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 8] = b"QGSTATE\0";
 const JOURNAL_MAGIC: &[u8; 8] = b"QGJOURNL";
@@ -377,8 +380,13 @@ impl Inner {
                 StoreErrorKind::Corrupt,
                 format!(
                     "the state file {} has format version {version}, but this build of \
-                     quotagate supports version {FORMAT_VERSION} only",
-                    self.path.display()
+                     quotagate supports version {FORMAT_VERSION} only{}",
+                    self.path.display(),
+                    if version < FORMAT_VERSION {
+                        " (it holds only the quota's recent use: delete it to start afresh)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -729,9 +737,20 @@ impl Store for FileStore {
         windows: &[Window],
         cost: u64,
         place: Place,
+        hold: Option<HoldLease>,
     ) -> Result<Verdict, StoreError> {
         check_windows(&self.path.display(), windows, Some(cost), MAX_CALLS)?;
-        self.with_bucket(key, |b, now| b.poll(now, windows, cost, place))
+        self.with_bucket(key, |b, now| b.poll(now, windows, cost, place, hold))
+    }
+
+    fn release(
+        &self,
+        key: &str,
+        _windows: &[Window],
+        id: u64,
+        ago: Duration,
+    ) -> Result<(), StoreError> {
+        self.with_bucket(key, |b, now| b.release(now, id, ago))
     }
 
     fn leave(&self, key: &str, id: u64) -> Result<(), StoreError> {
@@ -796,7 +815,7 @@ mod tests {
 
     fn corrupt_message(path: &Path) -> String {
         let e = FileStore::open(path).and_then(|s| {
-            s.poll("k", &[win(1, 1000)], 1, Place::Try)?;
+            s.poll("k", &[win(1, 1000)], 1, Place::Try, None)?;
             Ok(())
         });
         let e = e.expect_err("a damaged file must be refused");
@@ -816,20 +835,29 @@ mod tests {
         let a = FileStore::open(&dir.file()).unwrap();
         let b = FileStore::open(&dir.file()).unwrap();
         let w = [win(2, 60_000)];
-        assert_eq!(a.poll("t", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
-        assert_eq!(b.poll("t", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
+        assert_eq!(
+            a.poll("t", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(
+            b.poll("t", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
         assert!(matches!(
-            a.poll("t", &w, 1, Place::Try).unwrap(),
+            a.poll("t", &w, 1, Place::Try, None).unwrap(),
             Verdict::Wait(_)
         ));
         assert!(
-            matches!(b.poll("t", &w, 1, Place::Peek).unwrap(), Verdict::Wait(d) if d > Duration::ZERO)
+            matches!(b.poll("t", &w, 1, Place::Peek, None).unwrap(), Verdict::Wait(d) if d > Duration::ZERO)
         );
         assert_eq!(b.usage("t", &w).unwrap().used, vec![2]);
         // Other keys are other buckets; a waiter of one instance is seen by the other.
-        assert_eq!(b.poll("u", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
+        assert_eq!(
+            b.poll("u", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
         assert!(matches!(
-            a.poll("t", &w, 1, Place::Queue { id: 5 }).unwrap(),
+            a.poll("t", &w, 1, Place::Queue { id: 5 }, None).unwrap(),
             Verdict::Wait(_)
         ));
         assert_eq!(b.usage("t", &w).unwrap().queued, 1);
@@ -848,14 +876,15 @@ mod tests {
         for i in 0..100 {
             let key = format!("bucket-{i}");
             assert_eq!(
-                a.poll(&key, &[win(1 + i, 60_000)], 1, Place::Try).unwrap(),
+                a.poll(&key, &[win(1 + i, 60_000)], 1, Place::Try, None)
+                    .unwrap(),
                 Verdict::Admitted
             );
         }
         let big = [win(2000, 60_000)];
         for _ in 0..300 {
             assert_eq!(
-                b.poll("big", &big, 1, Place::Try).unwrap(),
+                b.poll("big", &big, 1, Place::Try, None).unwrap(),
                 Verdict::Admitted
             );
         }
@@ -866,11 +895,13 @@ mod tests {
         assert_eq!(a.usage("big", &big).unwrap().used, vec![300]);
         let long = "k".repeat(MAX_KEY + 1);
         assert_eq!(
-            a.poll(&long, &big, 1, Place::Try).unwrap_err().kind,
+            a.poll(&long, &big, 1, Place::Try, None).unwrap_err().kind,
             StoreErrorKind::Invalid
         );
         assert_eq!(
-            a.poll("x", &[win(1, 10)], 2, Place::Try).unwrap_err().kind,
+            a.poll("x", &[win(1, 10)], 2, Place::Try, None)
+                .unwrap_err()
+                .kind,
             StoreErrorKind::Invalid
         );
     }
@@ -882,13 +913,16 @@ mod tests {
         {
             let s = FileStore::open(&dir.file()).unwrap();
             for _ in 0..3 {
-                assert_eq!(s.poll("k", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
+                assert_eq!(
+                    s.poll("k", &w, 1, Place::Try, None).unwrap(),
+                    Verdict::Admitted
+                );
             }
         }
         let s = FileStore::open(&dir.file()).unwrap();
         assert_eq!(s.usage("k", &w).unwrap().used, vec![3]);
         assert!(matches!(
-            s.poll("k", &w, 1, Place::Try).unwrap(),
+            s.poll("k", &w, 1, Place::Try, None).unwrap(),
             Verdict::Wait(_)
         ));
     }
@@ -899,7 +933,7 @@ mod tests {
         File::create(dir.file()).unwrap();
         let s = FileStore::open(&dir.file()).unwrap();
         assert_eq!(
-            s.poll("k", &[win(1, 10)], 1, Place::Try).unwrap(),
+            s.poll("k", &[win(1, 10)], 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
     }
@@ -914,7 +948,7 @@ mod tests {
 
     fn file_with_a_bucket(dir: &TempDir) -> u64 {
         let s = FileStore::open(&dir.file()).unwrap();
-        s.poll("k", &[win(5, 60_000)], 1, Place::Try).unwrap();
+        s.poll("k", &[win(5, 60_000)], 1, Place::Try, None).unwrap();
         get_u64(&snapshot(&s), H_USED)
     }
 
@@ -975,9 +1009,15 @@ mod tests {
         let dir = TempDir::new("journal");
         let w = [win(5, 60_000)];
         let s = FileStore::open(&dir.file()).unwrap();
-        assert_eq!(s.poll("k", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
+        assert_eq!(
+            s.poll("k", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
         s.inner.lock().crash_after_journal = true;
-        assert_eq!(s.poll("k", &w, 2, Place::Try).unwrap(), Verdict::Admitted);
+        assert_eq!(
+            s.poll("k", &w, 2, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
         let copy = dir.0.join("copy.q");
         {
             let bytes = snapshot(&s);
@@ -994,9 +1034,9 @@ mod tests {
         // A damaged journal is refused, never skipped.
         let dir2 = TempDir::new("journal-bad");
         let s = FileStore::open(&dir2.file()).unwrap();
-        s.poll("k", &w, 1, Place::Try).unwrap();
+        s.poll("k", &w, 1, Place::Try, None).unwrap();
         s.inner.lock().crash_after_journal = true;
-        s.poll("k", &w, 1, Place::Try).unwrap();
+        s.poll("k", &w, 1, Place::Try, None).unwrap();
         let bytes = snapshot(&s);
         drop(s);
         let j = get_u64(&bytes, H_JOURNAL) as usize;
@@ -1028,7 +1068,7 @@ mod tests {
                     } else {
                         Place::Try
                     };
-                    match s.poll("shared", &w, 1, place).unwrap() {
+                    match s.poll("shared", &w, 1, place, None).unwrap() {
                         Verdict::Admitted => {
                             admitted.fetch_add(1, Ordering::Relaxed);
                             let used = s.usage("shared", &w).unwrap().used[0];

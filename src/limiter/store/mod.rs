@@ -17,6 +17,13 @@
 //!   lie in `(t - window, t]`: that is, when the `(calls - c + 1)`-th newest unit `u`, if the
 //!   log has one, satisfies `u + window <= t`. Each caller passes its own rates with every
 //!   call (windows already widened by the limiter's margin).
+//! - **The holds.** Calls admitted and not yet ended, each with its id, its cost, its
+//!   admission instant and the instant its lease runs out. Their units count in every
+//!   window as if logged at the current instant (they will be logged at their end, which
+//!   is now or later): a hold that ends is logged at its end instant (at the latest unit
+//!   already logged, if that is later, since the log is kept in order), and a hold whose
+//!   lease ran out is logged at the lease's end, so that a process killed mid-call delays
+//!   the others by at most one lease.
 //! - **The pause.** An instant before which nothing is admitted; a pause only ever extends it.
 //! - **The queue.** A FIFO of waiting calls, each with a 64-bit id that is unique across
 //!   processes and hosts, its cost and the instant its lease expires. Entries whose lease has
@@ -40,6 +47,10 @@
 //! - [`Place::Queue`]: takes (or keeps) a place under its id; admitted when due, else told
 //!   how long until its due instant (in full, so that a deadline that cannot be met fails
 //!   at once). Every poll renews the lease to `due + LEASE`.
+//!
+//! A poll with a [`HoldLease`] admits the call as a hold under the lease's id instead of
+//! logging it; [`Store::release`] ends it. While holds stand in the way, due instants are
+//! lower bounds (as if every hold ended now), and waiters learn more when they poll again.
 //!
 //! A waiter polls again at its due instant, or after [`REPOLL`] at the latest, so that it
 //! notices when calls ahead of it left the queue.
@@ -85,6 +96,16 @@ pub enum Place {
     },
 }
 
+/// Makes a poll admit its call as a hold: the units stay in flight under `id` until
+/// [`Store::release`] ends them or `duration` passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLease {
+    /// The hold's id, unique across processes and hosts (a waiter's own id will do).
+    pub id: u64,
+    /// How long the hold may stay in flight before it is counted from its lease's end.
+    pub duration: Duration,
+}
+
 /// The answer to a poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -104,6 +125,8 @@ pub struct Usage {
     pub paused_for: Duration,
     /// Calls queued now (live leases only).
     pub queued: u64,
+    /// Units held in flight now (live leases only).
+    pub in_flight: u64,
 }
 
 /// Why a store could not answer.
@@ -147,14 +170,27 @@ impl std::error::Error for StoreError {}
 /// A place where buckets are shared. Implementations are safe to call from many threads.
 pub trait Store: Send + Sync + fmt::Debug {
     /// Asks for the admission of `cost` units on bucket `key` under `windows` (non-empty,
-    /// every `calls >= cost`). See the module documentation for the rules.
+    /// every `calls >= cost`), as a hold when `hold` is given. See the module
+    /// documentation for the rules.
     fn poll(
         &self,
         key: &str,
         windows: &[Window],
         cost: u64,
         place: Place,
+        hold: Option<HoldLease>,
     ) -> Result<Verdict, StoreError>;
+
+    /// Ends hold `id` of bucket `key` (polled under `windows`): its units are logged at
+    /// `ago` before the store's now (no earlier than its admission). Unknown ids (ended,
+    /// or expired and logged) are ignored.
+    fn release(
+        &self,
+        key: &str,
+        windows: &[Window],
+        id: u64,
+        ago: Duration,
+    ) -> Result<(), StoreError>;
 
     /// Gives up the place of waiter `id` (cancelled, timed out, dropped). Unknown ids are
     /// ignored.

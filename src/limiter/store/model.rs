@@ -1,7 +1,8 @@
 //! The shared bucket of the module documentation, in Rust (used by the file store).
 //!
 //! [`Bucket`] is the whole state of one shared bucket: the unit log (a ring of instants),
-//! the pause, the leased FIFO queue and the latest instant the bucket used. It does no I/O:
+//! the holds in flight, the pause, the leased FIFO queue and the latest instant the
+//! bucket used. It does no I/O:
 //! the file store decodes a bucket from its record ([`Bucket::decode`]), applies one
 //! operation with the store's `now` and encodes it back ([`Bucket::encode`]) when the
 //! operation changed it ([`Bucket::changed`]).
@@ -9,9 +10,10 @@
 //! The arithmetic is the one of the in-memory sliding log: a call of cost `c` fits a rate
 //! (`calls`, `window`) at instant `t` when the `(calls - c + 1)`-th newest logged unit `u`,
 //! if the ring holds one, satisfies `u + window <= t`; and nothing fits before the pause
-//! ends. Instants are nanoseconds of the store's clock.
+//! ends. Units in flight count as the newest units, logged at the current instant.
+//! Instants are nanoseconds of the store's clock.
 
-use super::{LEASE, Place, Usage, Verdict, Window};
+use super::{HoldLease, LEASE, Place, Usage, Verdict, Window};
 use crate::limiter::clock::{Nanos, nanos};
 use std::time::Duration;
 
@@ -23,6 +25,19 @@ pub(crate) struct Waiter {
     /// The units the waiter's call costs.
     pub(crate) cost: u64,
     /// The instant after which the waiter loses its place unless it polls again.
+    pub(crate) expiry: Nanos,
+}
+
+/// Units admitted as a hold and not yet ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The hold's id, unique across processes and hosts.
+    pub(crate) id: u64,
+    /// The units held.
+    pub(crate) cost: u64,
+    /// The admission instant: the earliest instant the units may be logged at.
+    pub(crate) since: Nanos,
+    /// The instant the lease runs out; the units are then logged at it.
     pub(crate) expiry: Nanos,
 }
 
@@ -40,14 +55,18 @@ pub(crate) struct Bucket {
     pub(crate) ring: Vec<Nanos>,
     /// The waiters, first in line first.
     pub(crate) queue: Vec<Waiter>,
+    /// The holds in flight, in order of admission.
+    pub(crate) holds: Vec<Held>,
     /// Whether an operation changed anything worth storing since the flag was cleared.
     changed: bool,
 }
 
 /// Bytes of the fixed part of an encoded bucket.
-pub(crate) const FIXED_LEN: usize = 5 * 8;
+pub(crate) const FIXED_LEN: usize = 6 * 8;
 /// Bytes of one encoded waiter.
 pub(crate) const WAITER_LEN: usize = 3 * 8;
+/// Bytes of one encoded hold.
+pub(crate) const HELD_LEN: usize = 4 * 8;
 
 fn duration(ns: Nanos) -> Duration {
     Duration::from_nanos(ns)
@@ -75,7 +94,10 @@ impl Bucket {
 
     /// Bytes that [`encode`](Self::encode) writes.
     pub(crate) fn encoded_len(&self) -> usize {
-        FIXED_LEN + self.ring.len() * 8 + self.queue.len() * WAITER_LEN
+        FIXED_LEN
+            + self.ring.len() * 8
+            + self.queue.len() * WAITER_LEN
+            + self.holds.len() * HELD_LEN
     }
 
     /// Writes the bucket into `out`, which holds [`encoded_len`](Self::encoded_len) bytes.
@@ -91,6 +113,7 @@ impl Bucket {
         put(self.next);
         put(self.ring.len() as u64);
         put(self.queue.len() as u64);
+        put(self.holds.len() as u64);
         for &t in &self.ring {
             put(t);
         }
@@ -98,6 +121,12 @@ impl Bucket {
             put(w.id);
             put(w.cost);
             put(w.expiry);
+        }
+        for h in &self.holds {
+            put(h.id);
+            put(h.cost);
+            put(h.since);
+            put(h.expiry);
         }
     }
 
@@ -110,9 +139,11 @@ impl Bucket {
         };
         let ring = usize::try_from(word(3)?).ok()?;
         let queue = usize::try_from(word(4)?).ok()?;
+        let holds = usize::try_from(word(5)?).ok()?;
         let len = ring
             .checked_mul(8)?
             .checked_add(queue.checked_mul(WAITER_LEN)?)?
+            .checked_add(holds.checked_mul(HELD_LEN)?)?
             .checked_add(FIXED_LEN)?;
         if len != bytes.len() || ring == 0 {
             return None;
@@ -122,19 +153,28 @@ impl Bucket {
         self.next = word(2)?;
         self.ring.clear();
         self.ring
-            .extend((0..ring).map(|i| word(5 + i).unwrap_or(0)));
-        let base = 5 + ring;
+            .extend((0..ring).map(|i| word(6 + i).unwrap_or(0)));
+        let base = 6 + ring;
         self.queue.clear();
         self.queue.extend((0..queue).map(|i| Waiter {
             id: word(base + 3 * i).unwrap_or(0),
             cost: word(base + 3 * i + 1).unwrap_or(0),
             expiry: word(base + 3 * i + 2).unwrap_or(0),
         }));
+        let base = base + 3 * queue;
+        self.holds.clear();
+        self.holds.extend((0..holds).map(|i| Held {
+            id: word(base + 4 * i).unwrap_or(0),
+            cost: word(base + 4 * i + 1).unwrap_or(0),
+            since: word(base + 4 * i + 2).unwrap_or(0),
+            expiry: word(base + 4 * i + 3).unwrap_or(0),
+        }));
         self.changed = false;
         Some(())
     }
 
-    /// Starts an operation: clamps `now` to the bucket's clock and drops expired waiters.
+    /// Starts an operation: clamps `now` to the bucket's clock, drops expired waiters and
+    /// logs the holds whose lease ran out at their lease's end.
     fn begin(&mut self, now: Nanos) -> Nanos {
         let now = now.max(self.last_now);
         self.last_now = now;
@@ -143,7 +183,25 @@ impl Bucket {
         if self.queue.len() != before {
             self.changed = true;
         }
+        if self.holds.iter().any(|h| h.expiry <= now) {
+            let mut expired: Vec<Held> = self
+                .holds
+                .iter()
+                .filter(|h| h.expiry <= now)
+                .copied()
+                .collect();
+            self.holds.retain(|h| h.expiry > now);
+            expired.sort_by_key(|h| h.expiry);
+            for h in expired {
+                self.log(h.expiry, h.cost);
+            }
+        }
         now
+    }
+
+    /// Units held in flight.
+    fn in_flight(&self) -> u64 {
+        self.holds.iter().map(|h| h.cost).sum()
     }
 
     /// Grows the ring to hold the largest `calls` of `windows`, keeping the newest units.
@@ -206,9 +264,14 @@ impl Bucket {
 
     /// The due instant of a call of `cost` behind the first `ahead` waiters: each of them
     /// is admitted in order at its own earliest instant on a copy of the log, then the call.
+    /// Units in flight count as logged now, after every logged unit (a lower bound).
     fn due(&self, now: Nanos, windows: &[Window], ahead: usize, cost: u64) -> Nanos {
         let mut at = now.max(self.pause_until);
         let mut extra = Vec::new();
+        let in_flight = self.in_flight();
+        if in_flight > 0 {
+            extra.push((now, in_flight));
+        }
         for w in &self.queue[..ahead] {
             at = self.fit(at, windows, w.cost, &extra);
             if at == Nanos::MAX {
@@ -221,8 +284,10 @@ impl Bucket {
         self.fit(at, windows, cost, &extra)
     }
 
-    /// Logs `cost` units admitted at `now`.
-    fn log(&mut self, now: Nanos, cost: u64) {
+    /// Logs `cost` units at `at`, or at the newest logged unit's instant if that is later:
+    /// the ring stays in order.
+    fn log(&mut self, at: Nanos, cost: u64) {
+        let now = self.newest(1).map_or(at, |newest| newest.max(at));
         let len = self.ring.len() as u64;
         let written = cost.min(len);
         self.next += cost - written;
@@ -233,14 +298,43 @@ impl Bucket {
         self.changed = true;
     }
 
+    /// Admits `cost` units at `now`: logged, or held under `hold`.
+    fn admit(&mut self, now: Nanos, cost: u64, hold: Option<HoldLease>) {
+        match hold {
+            None => self.log(now, cost),
+            Some(h) => {
+                // An id admitted twice keeps one hold: the newer admission replaces it.
+                self.release(now, h.id, Duration::ZERO);
+                self.holds.push(Held {
+                    id: h.id,
+                    cost,
+                    since: now,
+                    expiry: now.saturating_add(nanos(h.duration)),
+                });
+                self.changed = true;
+            }
+        }
+    }
+
+    /// Ends hold `id`: its units are logged `ago` before `now`, no earlier than its
+    /// admission. Unknown ids are ignored.
+    pub(crate) fn release(&mut self, now: Nanos, id: u64, ago: Duration) {
+        let now = self.begin(now);
+        if let Some(i) = self.holds.iter().position(|h| h.id == id) {
+            let h = self.holds.remove(i);
+            self.log(now.saturating_sub(nanos(ago)).max(h.since), h.cost);
+        }
+    }
+
     /// Asks for the admission of `cost` units under `windows` at `now` (see
-    /// [`Place`](super::Place)).
+    /// [`Place`](super::Place)), as a hold when `hold` is given.
     pub(crate) fn poll(
         &mut self,
         now: Nanos,
         windows: &[Window],
         cost: u64,
         place: Place,
+        hold: Option<HoldLease>,
     ) -> Verdict {
         let now = self.begin(now);
         self.fit_ring(windows);
@@ -252,7 +346,7 @@ impl Bucket {
                 } else if place == Place::Peek {
                     Verdict::Wait(Duration::ZERO)
                 } else {
-                    self.log(now, cost);
+                    self.admit(now, cost, hold);
                     Verdict::Admitted
                 }
             }
@@ -275,7 +369,7 @@ impl Bucket {
                 let due = self.due(now, windows, pos, cost);
                 if due <= now {
                     self.queue.remove(pos);
-                    self.log(now, cost);
+                    self.admit(now, cost, hold);
                     Verdict::Admitted
                 } else {
                     self.queue[pos].expiry = due.saturating_add(nanos(LEASE));
@@ -325,6 +419,7 @@ impl Bucket {
             used,
             paused_for: duration(self.pause_until.saturating_sub(now)),
             queued: self.queue.len() as u64,
+            in_flight: self.in_flight(),
         }
     }
 }
@@ -355,15 +450,15 @@ mod tests {
         let w = [win(3, 100)];
         let mut b = Bucket::new(3);
         for t in [0, 10, 20] {
-            assert_eq!(b.poll(t * MS, &w, 1, Place::Try), Verdict::Admitted);
+            assert_eq!(b.poll(t * MS, &w, 1, Place::Try, None), Verdict::Admitted);
         }
-        assert_eq!(wait_ms(b.poll(30 * MS, &w, 1, Place::Try)), 70);
-        assert_eq!(wait_ms(b.poll(30 * MS, &w, 2, Place::Peek)), 80);
+        assert_eq!(wait_ms(b.poll(30 * MS, &w, 1, Place::Try, None)), 70);
+        assert_eq!(wait_ms(b.poll(30 * MS, &w, 2, Place::Peek, None)), 80);
         assert_eq!(
-            b.poll(100 * MS, &w, 1, Place::Peek),
+            b.poll(100 * MS, &w, 1, Place::Peek, None),
             Verdict::Wait(Duration::ZERO)
         );
-        assert_eq!(b.poll(100 * MS, &w, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.poll(100 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
         assert_eq!(b.usage(100 * MS, &w).used, vec![3]);
         assert_eq!(b.usage(105 * MS, &[win(3, 10)]).used, vec![1]);
     }
@@ -372,58 +467,61 @@ mod tests {
     fn queue_is_fifo_with_due_instants_by_simulation() {
         let w = [win(1, 100)];
         let mut b = Bucket::new(1);
-        assert_eq!(b.poll(0, &w, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.poll(0, &w, 1, Place::Try, None), Verdict::Admitted);
         // A is due at 100, B at 200, C at 300; long waits are told in full (the waiter
         // caps its own sleep), so that a deadline that cannot be met fails at once.
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 1 })), 100);
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 })), 200);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 1 }, None)), 100);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 }, None)), 200);
         assert_eq!(
-            b.poll(0, &w, 1, Place::Queue { id: 3 }),
+            b.poll(0, &w, 1, Place::Queue { id: 3 }, None),
             Verdict::Wait(Duration::from_millis(300))
         );
         let long = [win(1, 2000)];
         assert_eq!(
-            b.poll(0, &long, 1, Place::Queue { id: 3 }),
+            b.poll(0, &long, 1, Place::Queue { id: 3 }, None),
             Verdict::Wait(Duration::from_millis(6000))
         );
         // A newcomer lines up behind everyone, even with Try.
-        assert_eq!(wait_ms(b.poll(50 * MS, &w, 1, Place::Try)), 350);
+        assert_eq!(wait_ms(b.poll(50 * MS, &w, 1, Place::Try, None)), 350);
         // B cannot pass A, and A is admitted at its due instant.
         assert_eq!(
-            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 2 })),
+            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 2 }, None)),
             100
         );
         assert_eq!(
-            b.poll(100 * MS, &w, 1, Place::Queue { id: 1 }),
+            b.poll(100 * MS, &w, 1, Place::Queue { id: 1 }, None),
             Verdict::Admitted
         );
         assert_eq!(b.usage(100 * MS, &w).queued, 2);
-        assert_eq!(wait_ms(b.poll(150 * MS, &w, 1, Place::Queue { id: 2 })), 50);
         assert_eq!(
-            b.poll(200 * MS, &w, 1, Place::Queue { id: 2 }),
+            wait_ms(b.poll(150 * MS, &w, 1, Place::Queue { id: 2 }, None)),
+            50
+        );
+        assert_eq!(
+            b.poll(200 * MS, &w, 1, Place::Queue { id: 2 }, None),
             Verdict::Admitted
         );
         // C leaves; the queue is empty and a Try waits only for the window.
         b.leave(200 * MS, 3);
         b.leave(200 * MS, 42);
         assert_eq!(b.usage(200 * MS, &w).queued, 0);
-        assert_eq!(wait_ms(b.poll(250 * MS, &w, 1, Place::Try)), 50);
+        assert_eq!(wait_ms(b.poll(250 * MS, &w, 1, Place::Try, None)), 50);
     }
 
     #[test]
     fn a_dead_waiter_loses_its_place_after_its_lease() {
         let w = [win(1, 100)];
         let mut b = Bucket::new(1);
-        b.poll(0, &w, 1, Place::Try);
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 7 })), 100);
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 8 })), 200);
+        b.poll(0, &w, 1, Place::Try, None);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 7 }, None)), 100);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 8 }, None)), 200);
         // Waiter 7 never comes back; its lease runs to 100 ms + LEASE.
         let lease = nanos(LEASE);
         let at = 100 * MS + lease;
         assert_eq!(b.usage(at, &w).queued, 2, "the lease holds up to its end");
         assert_eq!(b.usage(at + 1, &w).queued, 1, "then the place is lost");
         assert_eq!(
-            b.poll(at + 1, &w, 1, Place::Queue { id: 8 }),
+            b.poll(at + 1, &w, 1, Place::Queue { id: 8 }, None),
             Verdict::Admitted
         );
     }
@@ -434,27 +532,30 @@ mod tests {
         let mut b = Bucket::new(10);
         b.pause(0, Duration::from_millis(500));
         b.pause(0, Duration::from_millis(200));
-        assert_eq!(wait_ms(b.poll(100 * MS, &w, 1, Place::Try)), 400);
+        assert_eq!(wait_ms(b.poll(100 * MS, &w, 1, Place::Try, None)), 400);
         assert_eq!(
-            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 1 })),
+            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 1 }, None)),
             400
         );
         let u = b.usage(100 * MS, &w);
         assert_eq!(u.paused_for, Duration::from_millis(400));
         assert_eq!(
-            b.poll(500 * MS, &w, 1, Place::Queue { id: 1 }),
+            b.poll(500 * MS, &w, 1, Place::Queue { id: 1 }, None),
             Verdict::Admitted
         );
-        assert_eq!(b.poll(500 * MS, &w, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.poll(500 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
     }
 
     #[test]
     fn the_clock_never_goes_back() {
         let w = [win(1, 100)];
         let mut b = Bucket::new(1);
-        assert_eq!(b.poll(1000 * MS, &w, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(
+            b.poll(1000 * MS, &w, 1, Place::Try, None),
+            Verdict::Admitted
+        );
         // An earlier instant is read as the latest one used.
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Try)), 100);
+        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Try, None)), 100);
         assert_eq!(b.last_now, 1000 * MS);
     }
 
@@ -462,19 +563,19 @@ mod tests {
     fn the_ring_grows_for_larger_rates_and_keeps_the_newest_units() {
         let mut b = Bucket::new(1);
         let small = [win(2, 1000)];
-        assert_eq!(b.poll(0, &small, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.poll(0, &small, 1, Place::Try, None), Verdict::Admitted);
         assert_eq!(b.ring.len(), 2);
-        assert_eq!(b.poll(MS, &small, 1, Place::Try), Verdict::Admitted);
+        assert_eq!(b.poll(MS, &small, 1, Place::Try, None), Verdict::Admitted);
         assert!(matches!(
-            b.poll(2 * MS, &small, 1, Place::Try),
+            b.poll(2 * MS, &small, 1, Place::Try, None),
             Verdict::Wait(_)
         ));
         let big = [win(5, 1000)];
         for t in 3..6 {
-            assert_eq!(b.poll(t * MS, &big, 1, Place::Try), Verdict::Admitted);
+            assert_eq!(b.poll(t * MS, &big, 1, Place::Try, None), Verdict::Admitted);
         }
         assert_eq!(b.ring.len(), 5);
-        assert_eq!(wait_ms(b.poll(6 * MS, &big, 1, Place::Try)), 994);
+        assert_eq!(wait_ms(b.poll(6 * MS, &big, 1, Place::Try, None)), 994);
         assert_eq!(b.usage(6 * MS, &big).used, vec![5]);
         // The units stay in order across growth.
         assert_eq!(b.newest(5), Some(0));
@@ -485,8 +586,8 @@ mod tests {
     fn encoding_round_trips() {
         let w = [win(3, 100)];
         let mut b = Bucket::new(3);
-        b.poll(0, &w, 2, Place::Try);
-        b.poll(MS, &w, 2, Place::Queue { id: 9 });
+        b.poll(0, &w, 2, Place::Try, None);
+        b.poll(MS, &w, 2, Place::Queue { id: 9 }, None);
         b.pause(MS, Duration::from_millis(5));
         let mut bytes = vec![0; b.encoded_len()];
         b.encode(&mut bytes);
@@ -497,12 +598,121 @@ mod tests {
         assert!(c.decode(&bytes[..bytes.len() - 8]).is_none());
     }
 
+    fn lease(id: u64, ms: u64) -> Option<HoldLease> {
+        Some(HoldLease {
+            id,
+            duration: Duration::from_millis(ms),
+        })
+    }
+
+    #[test]
+    fn holds_count_until_they_end_and_then_from_their_end() {
+        let w = [win(2, 100)];
+        let mut b = Bucket::new(2);
+        assert_eq!(
+            b.poll(0, &w, 1, Place::Try, lease(1, 1000)),
+            Verdict::Admitted
+        );
+        assert_eq!(
+            b.poll(0, &w, 1, Place::Try, lease(2, 1000)),
+            Verdict::Admitted
+        );
+        // Both in flight: nothing fits, and the wait is a lower bound of one window.
+        assert_eq!(wait_ms(b.poll(30 * MS, &w, 1, Place::Try, None)), 100);
+        assert_eq!(b.usage(30 * MS, &w).in_flight, 2);
+        assert_eq!(b.usage(30 * MS, &w).used, vec![0]);
+        // The first ends at 50: its unit counts from 50 until 150.
+        b.release(50 * MS, 1, Duration::ZERO);
+        assert_eq!(wait_ms(b.poll(60 * MS, &w, 1, Place::Try, None)), 90);
+        b.release(70 * MS, 2, Duration::from_millis(10));
+        assert_eq!(b.usage(70 * MS, &w).used, vec![2]);
+        assert_eq!(wait_ms(b.poll(70 * MS, &w, 1, Place::Try, None)), 80);
+        // Unknown and ended ids are ignored.
+        b.release(70 * MS, 2, Duration::ZERO);
+        b.release(70 * MS, 99, Duration::ZERO);
+        assert_eq!(b.usage(70 * MS, &w).used, vec![2]);
+        assert_eq!(b.poll(150 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
+    }
+
+    #[test]
+    fn a_hold_ended_ago_counts_from_then_but_never_before_its_admission_or_a_logged_unit() {
+        let w = [win(3, 100)];
+        let mut b = Bucket::new(3);
+        assert_eq!(
+            b.poll(10 * MS, &w, 1, Place::Try, lease(1, 1000)),
+            Verdict::Admitted
+        );
+        // Ended at 200 with 500 ms ago: counted from its admission at 10.
+        b.release(200 * MS, 1, Duration::from_millis(500));
+        assert_eq!(b.newest(1), Some(10 * MS));
+        assert_eq!(b.poll(200 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
+        assert_eq!(
+            b.poll(200 * MS, &w, 1, Place::Try, lease(2, 1000)),
+            Verdict::Admitted
+        );
+        // Ended "at 150", before the unit logged at 200: logged at 200, in order.
+        b.release(210 * MS, 2, Duration::from_millis(60));
+        assert_eq!(b.newest(1), Some(200 * MS));
+        assert_eq!(b.newest(2), Some(200 * MS));
+    }
+
+    #[test]
+    fn a_hold_whose_lease_runs_out_is_logged_at_the_lease_end() {
+        let w = [win(1, 100)];
+        let mut b = Bucket::new(1);
+        assert_eq!(
+            b.poll(0, &w, 1, Place::Try, lease(5, 300)),
+            Verdict::Admitted
+        );
+        // The holder died: the hold is logged at its lease's end, 300, and counts in
+        // (300, 400], so a call fits from 400 on.
+        assert_eq!(b.usage(350 * MS, &w).used, vec![1]);
+        assert_eq!(b.usage(350 * MS, &w).in_flight, 0);
+        assert_eq!(b.poll(400 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
+        // Its late release changes nothing.
+        b.release(410 * MS, 5, Duration::ZERO);
+        assert_eq!(b.usage(410 * MS, &w).used, vec![1]);
+    }
+
+    #[test]
+    fn a_queued_hold_is_admitted_in_order_and_holds_its_units() {
+        let w = [win(1, 100)];
+        let mut b = Bucket::new(1);
+        assert_eq!(
+            b.poll(0, &w, 1, Place::Try, lease(1, 1000)),
+            Verdict::Admitted
+        );
+        assert_eq!(
+            wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 }, lease(2, 1000))),
+            100
+        );
+        b.release(40 * MS, 1, Duration::ZERO);
+        assert_eq!(
+            wait_ms(b.poll(40 * MS, &w, 1, Place::Queue { id: 2 }, lease(2, 1000))),
+            100
+        );
+        assert_eq!(
+            b.poll(140 * MS, &w, 1, Place::Queue { id: 2 }, lease(2, 1000)),
+            Verdict::Admitted
+        );
+        assert_eq!(b.usage(140 * MS, &w).in_flight, 1);
+        let mut bytes = vec![0; b.encoded_len()];
+        b.encode(&mut bytes);
+        let mut c = Bucket::new(1);
+        c.decode(&bytes).unwrap();
+        b.clear_changed();
+        assert_eq!(b, c, "holds survive encoding");
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Try(u64),
         Queue(u64, u64),
         Leave(u64),
         Pause(u64),
+        TryHold(u64, u64),
+        QueueHold(u64, u64),
+        Release(u64, u64),
     }
 
     fn op() -> impl Strategy<Value = (u64, Op)> {
@@ -511,6 +721,9 @@ mod tests {
             (0..4u64, 1..3u64).prop_map(|(id, c)| Op::Queue(id, c)),
             (0..4u64).prop_map(Op::Leave),
             (0..50u64).prop_map(Op::Pause),
+            (10..14u64, 1..3u64).prop_map(|(id, c)| Op::TryHold(id, c)),
+            (4..8u64, 1..3u64).prop_map(|(id, c)| Op::QueueHold(id, c)),
+            (4..14u64, 0..30u64).prop_map(|(id, ago)| Op::Release(id, ago)),
         ];
         (0..40u64, op)
     }
@@ -524,28 +737,70 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..200),
         ) {
             let windows = [win(calls, ms), win(long_calls, ms * 4)];
+            let lease_ms = ms * 2;
             let mut b = Bucket::new(1);
             let mut now = 0;
-            let mut admitted: Vec<Nanos> = Vec::new();
+            // Every unit by the instant its call ended (admission for plain calls), as the
+            // server may have counted it then at the latest; and the holds in flight.
+            let mut ended: Vec<Nanos> = Vec::new();
+            let mut held: std::collections::HashMap<u64, (u64, Nanos, Nanos)> = Default::default();
             for (step, op) in ops {
                 now += step * MS / 4;
-                let v = match op {
-                    Op::Try(c) => (b.poll(now, &windows, c, Place::Try), c),
-                    Op::Queue(id, c) => (b.poll(now, &windows, c, Place::Queue { id }), c),
+                // Holds whose lease ran out end at the lease's end.
+                held.retain(|_, &mut (c, _, expiry)| {
+                    if expiry <= now {
+                        ended.extend(std::iter::repeat_n(expiry, c as usize));
+                    }
+                    expiry > now
+                });
+                let (v, c, hold) = match op {
+                    Op::Try(c) => (b.poll(now, &windows, c, Place::Try, None), c, None),
+                    Op::Queue(id, c) => (b.poll(now, &windows, c, Place::Queue { id }, None), c, None),
+                    Op::TryHold(id, c) => {
+                        (b.poll(now, &windows, c, Place::Try, lease(id, lease_ms)), c, Some(id))
+                    }
+                    Op::QueueHold(id, c) => (
+                        b.poll(now, &windows, c, Place::Queue { id }, lease(id, lease_ms)),
+                        c,
+                        Some(id),
+                    ),
+                    Op::Release(id, ago) => {
+                        b.release(now, id, Duration::from_millis(ago));
+                        if let Some((c, since, _)) = held.remove(&id) {
+                            let at = now.saturating_sub(ago * MS).max(since);
+                            ended.extend(std::iter::repeat_n(at, c as usize));
+                        }
+                        continue;
+                    }
                     Op::Leave(id) => { b.leave(now, id); continue; }
                     Op::Pause(p) => { b.pause(now, Duration::from_millis(p)); continue; }
                 };
-                if let (Verdict::Admitted, c) = v {
-                    admitted.extend(std::iter::repeat_n(now, c as usize));
+                if v == Verdict::Admitted {
+                    match hold {
+                        Some(id) => {
+                            // A hold admitted again under its id replaces the old one.
+                            if let Some((c, since, _)) = held.remove(&id) {
+                                ended.extend(std::iter::repeat_n(now.max(since), c as usize));
+                            }
+                            held.insert(id, (c, now, now + lease_ms * MS));
+                        }
+                        None => ended.extend(std::iter::repeat_n(now, c as usize)),
+                    }
                 }
+                let in_flight: u64 = held.values().map(|h| h.0).sum();
                 for w in &windows {
-                    let inside = admitted.iter().filter(|&&u| u + w.window_ns > now).count();
-                    prop_assert!(inside as u64 <= w.calls, "{} units in {:?}", inside, w);
+                    let inside = ended.iter().filter(|&&u| u + w.window_ns > now).count() as u64;
+                    prop_assert!(
+                        inside + in_flight <= w.calls,
+                        "{} units ended and {} in flight in {:?}", inside, in_flight, w
+                    );
                 }
                 let usage = b.usage(now, &windows);
+                prop_assert_eq!(usage.in_flight, in_flight);
                 for (w, used) in windows.iter().zip(&usage.used) {
-                    let inside = admitted.iter().filter(|&&u| u + w.window_ns > now).count();
-                    prop_assert_eq!(*used, inside as u64);
+                    let inside = ended.iter().filter(|&&u| u + w.window_ns > now).count() as u64;
+                    // The store logs an ended hold no earlier than the newest logged unit.
+                    prop_assert!(*used >= inside, "{} logged, {} ended in {:?}", used, inside, w);
                 }
             }
         }

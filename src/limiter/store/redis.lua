@@ -2,18 +2,25 @@
 --
 -- KEYS[1]  the bucket's state hash: v (format), next (units logged), cap (ring entries),
 --          from (oldest sequence number the ring still holds), last (latest instant used),
---          pause (paused until), win (largest window seen), queue ("id,cost,expiry;" ...)
+--          pause (paused until), win (largest window seen), queue ("id,cost,expiry;" ...),
+--          held (the holds in flight: "id,cost,since,expiry;" ...)
 -- KEYS[2]  the ring: cap entries of 8 bytes (a little-endian double, an instant in
 --          microseconds); the unit with sequence number s lives at entry s % cap.
--- ARGV     op (try|peek|queue|leave|pause|usage), cost, id (decimal, "0" for none),
---          lease_us, pause_us, then (calls, window_us) pairs.
+-- ARGV     op (try|peek|queue|try_hold|queue_hold|release|leave|pause|usage), cost,
+--          id (decimal, "0" for none), lease_us (a waiter's), extra_us (the pause of
+--          pause, the hold's lease of try_hold and queue_hold, how long ago a released
+--          hold ended for release), then (calls, window_us) pairs.
 --
 -- Every instant is in microseconds of the server's TIME, clamped so that a bucket's clock
 -- never goes back. Integers stay below 2^53, so Lua's doubles hold them exactly.
--- Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, used...}; else {1}.
+-- Units held in flight count as the newest units, logged now; a hold is logged at its end
+-- (release) or at its lease's end, never before the newest unit logged (the ring stays in
+-- order). Format 1 (no holds) is read as format 2 without holds.
+-- Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
+-- used...}; else {1}.
 
 local S, R = KEYS[1], KEYS[2]
-local FORMAT = 1
+local FORMAT = 2
 local W = 8
 local INITIAL_RING = 64
 local MARGIN_US = 1000000
@@ -38,7 +45,7 @@ local op = ARGV[1]
 local cost = num(ARGV[2], 'cost')
 local id = ARGV[3]
 local lease = num(ARGV[4], 'lease')
-local pause_for = num(ARGV[5], 'pause')
+local extra = num(ARGV[5], 'extra')
 local wins = {}
 local maxwin = 0
 for i = 6, #ARGV - 1, 2 do
@@ -48,10 +55,11 @@ for i = 6, #ARGV - 1, 2 do
 end
 
 -- The state.
-local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue')
-local nxt, cap, from, last, paused, win, qtext = 0, 0, 0, 0, 0, 0, ''
+local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue',
+  'held')
+local nxt, cap, from, last, paused, win, qtext, htext = 0, 0, 0, 0, 0, 0, '', ''
 if h[1] then
-  if tonumber(h[1]) ~= FORMAT then
+  if tonumber(h[1]) ~= FORMAT and tonumber(h[1]) ~= 1 then
     corrupt('format ' .. tostring(h[1]) .. ' is not ' .. FORMAT)
   end
   nxt = num(h[2], 'next')
@@ -61,6 +69,7 @@ if h[1] then
   paused = num(h[6], 'pause')
   win = num(h[7], 'win')
   qtext = h[8] or ''
+  htext = h[9] or ''
   if redis.call('STRLEN', R) ~= cap * W then
     corrupt('the ring does not hold ' .. cap .. ' entries')
   end
@@ -74,6 +83,15 @@ local queue = {}
 for qid, qcost, qexp in string.gmatch(qtext, '(%d+),(%d+),(%d+);') do
   queue[#queue + 1] = {id = qid, cost = tonumber(qcost), exp = tonumber(qexp)}
 end
+
+local holds = {}
+for hid, hcost, hsince, hexp in string.gmatch(htext, '(%d+),(%d+),(%d+),(%d+);') do
+  holds[#holds + 1] = {id = hid, cost = tonumber(hcost), since = tonumber(hsince),
+    exp = tonumber(hexp)}
+end
+
+local in_flight = 0
+for _, e in ipairs(holds) do in_flight = in_flight + e.cost end
 
 local dirty = false
 
@@ -127,8 +145,10 @@ local function earliest(t, c, sim)
 end
 
 -- The due instant of a call of cost c behind the first n queued calls.
+-- Units in flight count as logged now, after every logged unit (a lower bound).
 local function due_behind(n, c)
   local sim = {}
+  if in_flight > 0 then sim[1] = {now, in_flight} end
   local t = math.max(now, paused)
   for i = 1, n do
     local qc = queue[i].cost
@@ -177,10 +197,15 @@ local function make_room(c)
   end
 end
 
-local function log(c)
+-- Logs c units at instant t, or at the newest logged unit's instant if that is later.
+local function log_at(t, c)
   if c == 0 then return end
   make_room(c)
-  local packed = struct.pack('<d', now)
+  if nxt > held_from() then
+    local newest = unit(nxt - 1)
+    if newest > t then t = newest end
+  end
+  local packed = struct.pack('<d', t)
   local s = nxt
   local stop = nxt + c
   while s < stop do
@@ -190,6 +215,51 @@ local function log(c)
     s = s + n
   end
   nxt = stop
+  dirty = true
+end
+
+local function log(c)
+  log_at(now, c)
+end
+
+-- Holds whose lease ran out are logged at the lease's end, oldest first (by an operation
+-- that brings the windows, which decide how far the ring must grow).
+if #wins > 0 then
+  local live, expired = {}, {}
+  for _, e in ipairs(holds) do
+    if e.exp > now then live[#live + 1] = e else expired[#expired + 1] = e end
+  end
+  if #expired > 0 then
+    table.sort(expired, function(a, b) return a.exp < b.exp end)
+    holds = live
+    for _, e in ipairs(expired) do
+      in_flight = in_flight - e.cost
+      log_at(e.exp, e.cost)
+    end
+  end
+end
+
+-- Ends hold hid: its units are logged ago_us before now, no earlier than its admission.
+local function release(hid, ago_us)
+  for i, e in ipairs(holds) do
+    if e.id == hid then
+      table.remove(holds, i)
+      in_flight = in_flight - e.cost
+      log_at(math.max(now - ago_us, e.since), e.cost)
+      return
+    end
+  end
+end
+
+-- Admits c units now: logged, or held under hid with a lease of hold_us.
+local function admit(c, hid, hold_us)
+  if hid == nil then
+    log(c)
+    return
+  end
+  release(hid, 0)
+  holds[#holds + 1] = {id = hid, cost = c, since = now, exp = now + hold_us}
+  in_flight = in_flight + c
   dirty = true
 end
 
@@ -203,19 +273,27 @@ local function save()
     if e.exp - now > keep then keep = e.exp - now end
   end
   if paused - now > keep then keep = paused - now end
+  local hparts = {}
+  for i, e in ipairs(holds) do
+    hparts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.since) .. ',' .. int(e.exp) .. ';'
+    if e.exp - now + win > keep then keep = e.exp - now + win end
+  end
   redis.call('HSET', S, 'v', FORMAT, 'next', int(nxt), 'cap', int(cap), 'from', int(from),
-    'last', int(now), 'pause', int(paused), 'win', int(win), 'queue', table.concat(parts))
+    'last', int(now), 'pause', int(paused), 'win', int(win), 'queue', table.concat(parts),
+    'held', table.concat(hparts))
   local ttl = int(math.ceil((keep + lease + MARGIN_US) / 1000))
   redis.call('PEXPIRE', S, ttl)
   if cap > 0 then redis.call('PEXPIRE', R, ttl) end
 end
 
 local reply
-if op == 'try' or op == 'peek' then
+local hold_id = nil
+if op == 'try_hold' or op == 'queue_hold' then hold_id = id end
+if op == 'try' or op == 'peek' or op == 'try_hold' then
   local due = due_behind(#queue, cost)
   if due <= now then
-    if op == 'try' then
-      log(cost)
+    if op ~= 'peek' then
+      admit(cost, hold_id, extra)
       reply = {1}
     else
       reply = {0, 0}
@@ -223,7 +301,7 @@ if op == 'try' or op == 'peek' then
   else
     reply = {0, due - now}
   end
-elseif op == 'queue' then
+elseif op == 'queue' or op == 'queue_hold' then
   local at = nil
   for i, e in ipairs(queue) do
     if e.id == id then at = i break end
@@ -236,7 +314,7 @@ elseif op == 'queue' then
   local due = due_behind(at - 1, cost)
   if due <= now then
     table.remove(queue, at)
-    log(cost)
+    admit(cost, hold_id, extra)
     reply = {1}
   else
     queue[at].exp = due + lease
@@ -252,14 +330,17 @@ elseif op == 'leave' then
     end
   end
   reply = {1}
+elseif op == 'release' then
+  release(id, extra)
+  reply = {1}
 elseif op == 'pause' then
-  if now + pause_for > paused then
-    paused = now + pause_for
+  if now + extra > paused then
+    paused = now + extra
     dirty = true
   end
   reply = {1}
 elseif op == 'usage' then
-  reply = {math.max(paused - now, 0), #queue}
+  reply = {math.max(paused - now, 0), #queue, in_flight}
   for _, w in ipairs(wins) do
     -- Instants only grow along the log: find the oldest held unit inside the window.
     local lo, hi = held_from(), nxt

@@ -10,12 +10,13 @@
 //! A bucket `b` under the key prefix `p` (`prefix=` of the store URL) is two keys that share
 //! the hash tag `{p:b}`, so that they live in one cluster slot:
 //!
-//! - `{p:b}:s`, a hash: `v` (the format, 1), `next` (units ever logged: the sequence number
+//! - `{p:b}:s`, a hash: `v` (the format, 2; 1 had no holds), `next` (units ever logged: the sequence number
 //!   of the next unit), `cap` (ring entries), `from` (the oldest sequence number the ring
 //!   still holds after a growth), `last` (the latest instant the bucket used), `pause`
 //!   (paused until), `win` (the largest window any caller used) and `queue`, the FIFO of
 //!   waiters as `id,cost,lease_expiry;` entries (ids as decimal strings: Lua numbers are
-//!   doubles, ids are 64-bit).
+//!   doubles, ids are 64-bit), and `held`, the holds in flight as
+//!   `id,cost,admitted,lease_expiry;` entries.
 //! - `{p:b}:r`, the ring: a string of `cap` entries of 8 bytes (the instant of a unit as a
 //!   little-endian double); the unit with sequence number `s` is at entry `s % cap`, so
 //!   `GETRANGE` reads the k-th newest unit in O(1). The ring starts with 64 entries and
@@ -75,7 +76,8 @@
 
 use super::url::{RedisSettings, redact};
 use super::{
-    LEASE, Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window, check_windows,
+    HoldLease, LEASE, Place, Store, StoreError, StoreErrorKind, Usage, Verdict, Window,
+    check_windows,
 };
 
 use parking_lot::Mutex;
@@ -297,7 +299,7 @@ impl RedisStore {
             name: op,
             cost,
             id,
-            pause,
+            extra,
         } = op;
         let tag = format!("{{{}:{}}}", self.prefix, key);
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
@@ -308,7 +310,7 @@ impl RedisStore {
             .arg(cost.min(LUA_MAX))
             .arg(id.to_string())
             .arg(micros(LEASE))
-            .arg(micros(pause).min(LUA_MAX));
+            .arg(micros(extra).min(LUA_MAX));
         for w in windows {
             inv.arg(w.calls.min(LUA_MAX))
                 .arg(w.window_ns.div_ceil(1000).min(LUA_MAX));
@@ -327,14 +329,14 @@ impl RedisStore {
     }
 }
 
-/// One operation of the script: its name, the call's cost, the waiter's id (0 for none)
-/// and the pause to set.
+/// One operation of the script: its name, the call's cost, the waiter's or hold's id (0
+/// for none) and a duration (the pause to set, a hold's lease, how long ago a hold ended).
 #[derive(Clone, Copy)]
 struct Op<'a> {
     name: &'a str,
     cost: u64,
     id: u64,
-    pause: Duration,
+    extra: Duration,
 }
 
 impl<'a> Op<'a> {
@@ -343,7 +345,7 @@ impl<'a> Op<'a> {
             name,
             cost: 0,
             id: 0,
-            pause: Duration::ZERO,
+            extra: Duration::ZERO,
         }
     }
 }
@@ -359,12 +361,16 @@ impl Store for RedisStore {
         windows: &[Window],
         cost: u64,
         place: Place,
+        hold: Option<HoldLease>,
     ) -> Result<Verdict, StoreError> {
         check_windows(&self.location, windows, Some(cost), LUA_MAX)?;
-        let (op, id) = match place {
-            Place::Try => ("try", 0),
-            Place::Peek => ("peek", 0),
-            Place::Queue { id } => ("queue", id),
+        let (op, id) = match (place, hold) {
+            (Place::Try, None) => ("try", 0),
+            (Place::Try, Some(h)) => ("try_hold", h.id),
+            (Place::Peek, _) => ("peek", 0),
+            (Place::Queue { id }, None) => ("queue", id),
+            // The queue knows the waiter by its id, the hold by the same id.
+            (Place::Queue { id }, Some(_)) => ("queue_hold", id),
         };
         let reply = self.run(
             "cannot poll",
@@ -372,6 +378,7 @@ impl Store for RedisStore {
             Op {
                 cost,
                 id,
+                extra: hold.map_or(Duration::ZERO, |h| h.duration),
                 ..Op::new(op)
             },
             windows,
@@ -396,12 +403,33 @@ impl Store for RedisStore {
         .map(drop)
     }
 
+    fn release(
+        &self,
+        key: &str,
+        windows: &[Window],
+        id: u64,
+        ago: Duration,
+    ) -> Result<(), StoreError> {
+        check_windows(&self.location, windows, None, LUA_MAX)?;
+        self.run(
+            "cannot release",
+            key,
+            Op {
+                id,
+                extra: ago,
+                ..Op::new("release")
+            },
+            windows,
+        )
+        .map(drop)
+    }
+
     fn pause(&self, key: &str, duration: Duration) -> Result<(), StoreError> {
         self.run(
             "cannot pause",
             key,
             Op {
-                pause: duration,
+                extra: duration,
                 ..Op::new("pause")
             },
             &[],
@@ -412,13 +440,14 @@ impl Store for RedisStore {
     fn usage(&self, key: &str, windows: &[Window]) -> Result<Usage, StoreError> {
         let reply = self.run("cannot read", key, Op::new("usage"), windows)?;
         match reply[..] {
-            [paused, queued, ref used @ ..]
-                if used.len() == windows.len() && paused >= 0 && queued >= 0 =>
+            [paused, queued, in_flight, ref used @ ..]
+                if used.len() == windows.len() && paused >= 0 && queued >= 0 && in_flight >= 0 =>
             {
                 Ok(Usage {
                     used: used.iter().map(|&u| u.max(0) as u64).collect(),
                     paused_for: micros(paused),
                     queued: queued as u64,
+                    in_flight: in_flight as u64,
                 })
             }
             _ => Err(self.corrupt(key, &reply)),
@@ -605,7 +634,7 @@ mod tests {
                 std::thread::spawn(move || {
                     while Instant::now() < end {
                         let cost = 1 + (i as u64 % 2);
-                        match store.poll("b", &windows, cost, Place::Try).unwrap() {
+                        match store.poll("b", &windows, cost, Place::Try, None).unwrap() {
                             Verdict::Admitted => {
                                 admitted.fetch_add(cost, Ordering::Relaxed);
                             }
@@ -639,40 +668,175 @@ mod tests {
         assert!(usage.used[0] <= 5 && usage.used[1] <= 8, "{usage:?}");
     }
 
+    fn hold(id: u64, ms: u64) -> Option<HoldLease> {
+        Some(HoldLease {
+            id,
+            duration: Duration::from_millis(ms),
+        })
+    }
+
+    #[test]
+    fn holds_count_in_flight_until_released_and_then_from_their_end() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("holds"));
+        let w = [rate(2, 400)];
+        for id in [11, 12] {
+            assert_eq!(
+                store
+                    .poll("b", &w, 1, Place::Try, hold(id, 60_000))
+                    .unwrap(),
+                Verdict::Admitted
+            );
+        }
+        let u = store.usage("b", &w).unwrap();
+        assert_eq!((u.in_flight, u.used[0]), (2, 0), "{u:?}");
+        // Both in flight: the wait is the lower bound of one window from now.
+        let t = wait_of(store.poll("b", &w, 1, Place::Try, None).unwrap());
+        assert!(near(t, 400, 100), "{t:?}");
+        // A queued hold waits behind them and holds its units once admitted.
+        let q = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 13 }, hold(13, 60_000))
+                .unwrap(),
+        );
+        assert!(near(q, 400, 100), "{q:?}");
+        store.release("b", &w, 11, Duration::ZERO).unwrap();
+        store.release("b", &w, 11, Duration::ZERO).unwrap();
+        store.release("b", &w, 99, Duration::ZERO).unwrap();
+        let u = store.usage("b", &w).unwrap();
+        assert_eq!(
+            (u.in_flight, u.used[0]),
+            (1, 1),
+            "a second release changes nothing: {u:?}"
+        );
+        // Ended "a minute ago": counted from its admission, not before.
+        store.release("b", &w, 12, Duration::from_secs(60)).unwrap();
+        let u = store.usage("b", &w).unwrap();
+        assert_eq!((u.in_flight, u.used[0]), (0, 2), "{u:?}");
+        std::thread::sleep(Duration::from_millis(420));
+        assert_eq!(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 13 }, hold(13, 60_000))
+                .unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(store.usage("b", &w).unwrap().in_flight, 1);
+    }
+
+    #[test]
+    fn a_hold_whose_lease_runs_out_is_logged_at_the_lease_end() {
+        let Some(url) = server_url() else { return };
+        let store = open(&url, &unique("lease"));
+        let w = [rate(1, 300)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, hold(7, 200)).unwrap(),
+            Verdict::Admitted
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        // Logged at the lease's end (200 ms), so it counts until 500 ms.
+        let u = store.usage("b", &w).unwrap();
+        assert_eq!((u.in_flight, u.used[0]), (0, 1), "{u:?}");
+        let t = wait_of(store.poll("b", &w, 1, Place::Try, None).unwrap());
+        assert!(near(t, 250, 100), "{t:?}");
+        std::thread::sleep(t + Duration::from_millis(10));
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+    }
+
+    #[test]
+    fn a_bucket_of_format_1_is_read_as_one_without_holds() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("format1");
+        let store = open(&url, &prefix);
+        let w = [rate(3, 60_000)];
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let key = format!("{{{prefix}:b}}:s");
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg("v")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("HDEL")
+            .arg(&key)
+            .arg("held")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, hold(1, 60_000)).unwrap(),
+            Verdict::Admitted
+        );
+        let u = store.usage("b", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (1, 1), "{u:?}");
+        let v: i64 = redis::cmd("HGET")
+            .arg(&key)
+            .arg("v")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(v, 2, "written back as format 2");
+    }
+
     #[test]
     fn waiters_are_admitted_in_order_at_their_due_instants() {
         let Some(url) = server_url() else { return };
         let store = open(&url, &unique("fifo"));
         let w = [rate(2, 400)];
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         // The first waiter needs both slots: due when the newest unit leaves.
-        let w1 = wait_of(store.poll("b", &w, 2, Place::Queue { id: 1 }).unwrap());
+        let w1 = wait_of(
+            store
+                .poll("b", &w, 2, Place::Queue { id: 1 }, None)
+                .unwrap(),
+        );
         assert!(near(w1, 400, 150), "{w1:?}");
         // The second lines up behind it: due a window after the first.
-        let w2 = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
+        let w2 = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 2 }, None)
+                .unwrap(),
+        );
         assert!(near(w2, 800, 150), "{w2:?}");
         // A newcomer never jumps the queue.
-        let t = wait_of(store.poll("b", &w, 1, Place::Try).unwrap());
+        let t = wait_of(store.poll("b", &w, 1, Place::Try, None).unwrap());
         assert!(near(t, 800, 150), "{t:?}");
         std::thread::sleep(w1 + Duration::from_millis(10));
-        let again = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
+        let again = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 2 }, None)
+                .unwrap(),
+        );
         assert!(near(again, 400, 150), "the second still waits: {again:?}");
         assert_eq!(
-            store.poll("b", &w, 2, Place::Queue { id: 1 }).unwrap(),
+            store
+                .poll("b", &w, 2, Place::Queue { id: 1 }, None)
+                .unwrap(),
             Verdict::Admitted
         );
-        let w2 = wait_of(store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap());
+        let w2 = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 2 }, None)
+                .unwrap(),
+        );
         assert!(near(w2, 400, 150), "{w2:?}");
         std::thread::sleep(w2 + Duration::from_millis(10));
         assert_eq!(
-            store.poll("b", &w, 1, Place::Queue { id: 2 }).unwrap(),
+            store
+                .poll("b", &w, 1, Place::Queue { id: 2 }, None)
+                .unwrap(),
             Verdict::Admitted
         );
         let u = store.usage("b", &w).unwrap();
@@ -686,14 +850,18 @@ mod tests {
         let store = open(&url, &unique("full-wait"));
         let w = [rate(1, 3000)];
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         // The waiter caps its own sleep; the store tells the whole wait, so that a
         // deadline that cannot be met fails at once.
-        let q = wait_of(store.poll("b", &w, 1, Place::Queue { id: 9 }).unwrap());
+        let q = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 9 }, None)
+                .unwrap(),
+        );
         assert!(near(q, 3000, 100), "{q:?}");
-        let t = wait_of(store.poll("b", &w, 1, Place::Try).unwrap());
+        let t = wait_of(store.poll("b", &w, 1, Place::Try, None).unwrap());
         assert!(near(t, 6000, 100), "Try reports the whole wait: {t:?}");
     }
 
@@ -704,16 +872,16 @@ mod tests {
         let w = [rate(1, 500)];
         for _ in 0..3 {
             assert_eq!(
-                store.poll("b", &w, 1, Place::Peek).unwrap(),
+                store.poll("b", &w, 1, Place::Peek, None).unwrap(),
                 Verdict::Wait(Duration::ZERO)
             );
         }
         assert_eq!(store.usage("b", &w).unwrap().used, vec![0]);
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
-        let p = wait_of(store.poll("b", &w, 1, Place::Peek).unwrap());
+        let p = wait_of(store.poll("b", &w, 1, Place::Peek, None).unwrap());
         assert!(near(p, 500, 150), "{p:?}");
         assert_eq!(store.usage("b", &w).unwrap().used, vec![1]);
     }
@@ -726,12 +894,15 @@ mod tests {
         let w = [rate(10, 1000)];
         a.pause("b", Duration::from_millis(300)).unwrap();
         a.pause("b", Duration::from_millis(100)).unwrap();
-        let t = wait_of(b.poll("b", &w, 1, Place::Try).unwrap());
+        let t = wait_of(b.poll("b", &w, 1, Place::Try, None).unwrap());
         assert!(near(t, 300, 150), "{t:?}");
         let u = b.usage("b", &w).unwrap();
         assert!(near(u.paused_for, 300, 150), "{u:?}");
         std::thread::sleep(t + Duration::from_millis(10));
-        assert_eq!(b.poll("b", &w, 1, Place::Try).unwrap(), Verdict::Admitted);
+        assert_eq!(
+            b.poll("b", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
         assert_eq!(a.usage("b", &w).unwrap().paused_for, Duration::ZERO);
     }
 
@@ -741,11 +912,19 @@ mod tests {
         let store = open(&url, &unique("leave"));
         let w = [rate(1, 300)];
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
-        let first = wait_of(store.poll("b", &w, 1, Place::Queue { id: 11 }).unwrap());
-        let second = wait_of(store.poll("b", &w, 1, Place::Queue { id: 12 }).unwrap());
+        let first = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 11 }, None)
+                .unwrap(),
+        );
+        let second = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 12 }, None)
+                .unwrap(),
+        );
         assert!(
             near(first, 300, 150) && near(second, 600, 150),
             "{first:?} {second:?}"
@@ -754,7 +933,11 @@ mod tests {
         store.leave("b", 11).unwrap();
         store.leave("b", 999).unwrap();
         assert_eq!(store.usage("b", &w).unwrap().queued, 1);
-        let moved = wait_of(store.poll("b", &w, 1, Place::Queue { id: 12 }).unwrap());
+        let moved = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 12 }, None)
+                .unwrap(),
+        );
         assert!(near(moved, 300, 150), "{moved:?}");
     }
 
@@ -765,14 +948,21 @@ mod tests {
         let w = [rate(1, 200)];
         let start = Instant::now();
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         // Waiter 1 takes its place and never polls again.
-        let first = wait_of(store.poll("b", &w, 1, Place::Queue { id: 21 }).unwrap());
+        let first = wait_of(
+            store
+                .poll("b", &w, 1, Place::Queue { id: 21 }, None)
+                .unwrap(),
+        );
         assert!(near(first, 200, 150), "{first:?}");
         let admitted_at = loop {
-            match store.poll("b", &w, 1, Place::Queue { id: 22 }).unwrap() {
+            match store
+                .poll("b", &w, 1, Place::Queue { id: 22 }, None)
+                .unwrap()
+            {
                 Verdict::Admitted => break start.elapsed(),
                 Verdict::Wait(d) => std::thread::sleep(d.min(Duration::from_millis(100))),
             }
@@ -797,18 +987,18 @@ mod tests {
         let small = [rate(10, 5000)];
         for _ in 0..10 {
             assert_eq!(
-                store.poll("b", &small, 1, Place::Try).unwrap(),
+                store.poll("b", &small, 1, Place::Try, None).unwrap(),
                 Verdict::Admitted
             );
         }
         assert!(matches!(
-            store.poll("b", &small, 1, Place::Try).unwrap(),
+            store.poll("b", &small, 1, Place::Try, None).unwrap(),
             Verdict::Wait(_)
         ));
         // A caller with a larger rate: the ten units count, the ring grows past 64.
         let large = [rate(200, 5000), rate(1000, 6000)];
         let mut admitted = 0;
-        while let Verdict::Admitted = store.poll("b", &large, 3, Place::Try).unwrap() {
+        while let Verdict::Admitted = store.poll("b", &large, 3, Place::Try, None).unwrap() {
             admitted += 3;
             assert!(admitted <= 200);
         }
@@ -839,12 +1029,14 @@ mod tests {
         assert!(!format!("{store:?}").contains("Right-Pw-71"));
         assert!(!store.location().contains("Right-Pw-71"));
         assert_eq!(
-            store.poll("b", &[rate(1, 1000)], 1, Place::Try).unwrap(),
+            store
+                .poll("b", &[rate(1, 1000)], 1, Place::Try, None)
+                .unwrap(),
             Verdict::Admitted
         );
         server.stop(&["-a", "Right-Pw-71", "--no-auth-warning"]);
         let e = store
-            .poll("b", &[rate(1, 1000)], 1, Place::Try)
+            .poll("b", &[rate(1, 1000)], 1, Place::Try, None)
             .unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
         assert!(!e.message.contains("Right-Pw-71"), "{e}");
@@ -874,7 +1066,9 @@ mod tests {
             .arg("x")
             .exec(&mut con)
             .unwrap();
-        let e = store.poll("b", &[rate(1, 100)], 1, Place::Try).unwrap_err();
+        let e = store
+            .poll("b", &[rate(1, 100)], 1, Place::Try, None)
+            .unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
         redis::cmd("SET")
             .arg(format!("{{{prefix}:c}}:s"))
@@ -885,7 +1079,9 @@ mod tests {
         assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
         // The store still works after the errors.
         assert_eq!(
-            store.poll("d", &[rate(1, 100)], 1, Place::Try).unwrap(),
+            store
+                .poll("d", &[rate(1, 100)], 1, Place::Try, None)
+                .unwrap(),
             Verdict::Admitted
         );
     }
@@ -932,17 +1128,17 @@ mod tests {
         let w = [rate(3, 2000)];
         for _ in 0..3 {
             assert_eq!(
-                store.poll("b", &w, 1, Place::Try).unwrap(),
+                store.poll("b", &w, 1, Place::Try, None).unwrap(),
                 Verdict::Admitted
             );
         }
         let start = Instant::now();
         server.stop(&[]);
-        let e = store.poll("b", &w, 1, Place::Try).unwrap_err();
+        let e = store.poll("b", &w, 1, Place::Try, None).unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
         let server = Server::start(port, &dir, &aof);
         let verdict = loop {
-            match store.poll("b", &w, 1, Place::Try) {
+            match store.poll("b", &w, 1, Place::Try, None) {
                 Ok(v) => break v,
                 Err(e) if e.kind == StoreErrorKind::Unavailable => {
                     assert!(start.elapsed() < Duration::from_secs(5), "{e}");
@@ -961,7 +1157,7 @@ mod tests {
         assert_eq!(store.usage("b", &w).unwrap().used, vec![3]);
         std::thread::sleep(wait + Duration::from_millis(10));
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         server.stop(&[]);
@@ -974,7 +1170,7 @@ mod tests {
         let store = open(&url, &unique("stale"));
         let w = [rate(100, 1000)];
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         let id: i64 = {
@@ -993,7 +1189,7 @@ mod tests {
             .exec(&mut con)
             .unwrap();
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try).unwrap(),
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
         assert_eq!(store.usage("b", &w).unwrap().used, vec![2]);
@@ -1004,7 +1200,9 @@ mod tests {
         let Some(url) = server_url() else { return };
         let prefix = unique("ttl");
         let store = open(&url, &prefix);
-        store.poll("b", &[rate(1, 100)], 1, Place::Try).unwrap();
+        store
+            .poll("b", &[rate(1, 100)], 1, Place::Try, None)
+            .unwrap();
         let mut con = redis::Client::open(url.as_str())
             .unwrap()
             .get_connection()
@@ -1023,10 +1221,10 @@ mod tests {
     fn impossible_polls_are_invalid() {
         let Some(url) = server_url() else { return };
         let store = open(&url, &unique("invalid"));
-        let e = store.poll("b", &[], 1, Place::Try).unwrap_err();
+        let e = store.poll("b", &[], 1, Place::Try, None).unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         let e = store
-            .poll("b", &[rate(2, 100)], 3, Place::Queue { id: 5 })
+            .poll("b", &[rate(2, 100)], 3, Place::Queue { id: 5 }, None)
             .unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         assert_eq!(store.usage("b", &[rate(2, 100)]).unwrap().queued, 0);
