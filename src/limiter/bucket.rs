@@ -278,14 +278,18 @@ impl BucketState {
         self.in_flight -= h.cost;
         self.log.push(at.clamp(h.since, now), h.cost);
         if h.expiry == self.next_expiry {
-            self.next_expiry = self
-                .holds
-                .iter()
-                .map(|h| h.expiry)
-                .min()
-                .unwrap_or(Nanos::MAX);
+            self.find_next_expiry();
         }
         true
+    }
+
+    fn find_next_expiry(&mut self) {
+        self.next_expiry = self
+            .holds
+            .iter()
+            .map(|h| h.expiry)
+            .min()
+            .unwrap_or(Nanos::MAX);
     }
 
     /// Logs the holds whose lease ran out by `now` at their lease's end, oldest first.
@@ -309,12 +313,7 @@ impl BucketState {
             self.log.push(h.expiry, h.cost);
             self.stats.expired_holds += 1;
         }
-        self.next_expiry = self
-            .holds
-            .iter()
-            .map(|h| h.expiry)
-            .min()
-            .unwrap_or(Nanos::MAX);
+        self.find_next_expiry();
     }
 
     /// Moves the queue forward at `now`; see the module documentation.
