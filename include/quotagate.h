@@ -344,7 +344,9 @@ typedef struct qg_sim qg_sim;
 /**
  * The simulator's settings before it starts.
  *
- * Methods: `qg_sim_config_new`, `qg_sim_config_set_*`, `qg_sim_config_free`.
+ * Methods: `qg_sim_config_new`, `qg_sim_config_set_*` (machines, limit, time scale,
+ * token lifetime, faults, inbound jitter, Retry-After style, live response delay),
+ * `qg_sim_config_add_certificate_client`, `qg_sim_config_free`.
  *
  * Owned by the caller; not for use by several threads at once.
  */
@@ -1252,12 +1254,25 @@ qg_result qg_sim_config_set_token_lifetime_ms(qg_sim_config *c, uint64_t ms);
 /**
  * Injects faults into API calls: the share (0 to 1) answered 503, the share processed
  * and then answered by closing the connection, and real latency added to each answer.
+ * Leaves the inbound jitter (`qg_sim_config_set_inbound_jitter_ms`) as it was.
  * `c` must not be NULL.
  */
 qg_result qg_sim_config_set_faults(qg_sim_config *c,
                                    double error_503_rate,
                                    double reset_rate,
                                    uint64_t latency_ms);
+
+/**
+ * Sets the most real time, in milliseconds, that a request waits on its way in before
+ * the simulator decides and counts it, as a real server counts a call when it arrives:
+ * each request (token requests included) waits a delay drawn uniformly from 0 to
+ * `jitter_ms`, so a call sent exactly one window after another can arrive inside the
+ * same window. The delays come from a seeded generator: every run replays the same
+ * ones, and they change no fault draw. Default 0 (no delay); at most 10000 (10 s),
+ * above which it returns `QG_ERR_INVALID_ARGUMENT` and changes nothing. Independent of
+ * `qg_sim_config_set_faults`. `c` must not be NULL.
+ */
+qg_result qg_sim_config_set_inbound_jitter_ms(qg_sim_config *c, uint64_t jitter_ms);
 
 /**
  * Chooses how 429 answers tell the wait (a `QG_SIM_RETRY_AFTER_*` value).
@@ -1298,9 +1313,11 @@ qg_result qg_sim_issue_token(const qg_sim *s,
 
 /**
  * Writes the log of every request received as a JSON array to `*out` (free with
- * `qg_string_free`): objects with `at_ms` (since start), `method`, `path` (as received),
- * `status`, `class`, `client_id` (or null), `reset`, `counted` and `retry_after_ms`
- * (or null). `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
+ * `qg_string_free`): objects with `at_ms` (since start, when the call was counted),
+ * `inbound_delay_ms` (the delay it waited before, see
+ * `qg_sim_config_set_inbound_jitter_ms`), `method`, `path` (as received), `status`,
+ * `class`, `client_id` (or null), `reset`, `counted` and `retry_after_ms` (or null).
+ * `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
  */
 qg_result qg_sim_log_json(const qg_sim *s, char **out);
 

@@ -332,6 +332,8 @@ fn bad_flags_exit_2_with_usage() {
         &["demo", "--time-scale", "-1"],
         &["sim", "--limit", "100"],
         &["sim", "--error-rate", "2"],
+        &["sim", "--inbound-jitter-ms", "10001"],
+        &["sim", "--inbound-jitter-ms", "-1"],
         &["frobnicate"],
     ] {
         let r = run(args, &[]);
@@ -370,6 +372,8 @@ fn sim_serves_until_stopped_then_prints_its_figures() {
             "20",
             "--time-scale",
             "0.01",
+            "--inbound-jitter-ms",
+            "20",
         ],
         &[],
     )

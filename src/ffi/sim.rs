@@ -13,7 +13,9 @@ use std::time::Duration;
 
 /// The simulator's settings before it starts.
 ///
-/// Methods: `qg_sim_config_new`, `qg_sim_config_set_*`, `qg_sim_config_free`.
+/// Methods: `qg_sim_config_new`, `qg_sim_config_set_*` (machines, limit, time scale,
+/// token lifetime, faults, inbound jitter, Retry-After style, live response delay),
+/// `qg_sim_config_add_certificate_client`, `qg_sim_config_free`.
 ///
 /// Owned by the caller; not for use by several threads at once.
 pub struct qg_sim_config {
@@ -168,6 +170,7 @@ pub extern "C" fn qg_sim_config_set_token_lifetime_ms(c: *mut qg_sim_config, ms:
 
 /// Injects faults into API calls: the share (0 to 1) answered 503, the share processed
 /// and then answered by closing the connection, and real latency added to each answer.
+/// Leaves the inbound jitter (`qg_sim_config_set_inbound_jitter_ms`) as it was.
 /// `c` must not be NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_sim_config_set_faults(
@@ -181,12 +184,38 @@ pub extern "C" fn qg_sim_config_set_faults(
         if !share(error_503_rate) || !share(reset_rate) {
             return Err(FfiError::invalid("fault rates are shares from 0 to 1"));
         }
-        edit(c, |x| x.faults(Faults {
-            error_503_rate,
-            reset_rate,
-            latency: Duration::from_millis(latency_ms),
-            ..Faults::default()
-        }))
+        edit(c, |x| {
+            let inbound_jitter = x.faults.inbound_jitter;
+            x.faults(Faults {
+                error_503_rate,
+                reset_rate,
+                latency: Duration::from_millis(latency_ms),
+                inbound_jitter,
+                ..Faults::default()
+            })
+        })
+    }
+}
+
+/// Sets the most real time, in milliseconds, that a request waits on its way in before
+/// the simulator decides and counts it, as a real server counts a call when it arrives:
+/// each request (token requests included) waits a delay drawn uniformly from 0 to
+/// `jitter_ms`, so a call sent exactly one window after another can arrive inside the
+/// same window. The delays come from a seeded generator: every run replays the same
+/// ones, and they change no fault draw. Default 0 (no delay); at most 10000 (10 s),
+/// above which it returns `QG_ERR_INVALID_ARGUMENT` and changes nothing. Independent of
+/// `qg_sim_config_set_faults`. `c` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_sim_config_set_inbound_jitter_ms(
+    c: *mut qg_sim_config,
+    jitter_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        let c = config(c)?;
+        let next = c.config.clone().inbound_jitter(Duration::from_millis(jitter_ms));
+        next.faults.validate().map_err(FfiError::invalid)?;
+        c.config = next;
+        Ok(())
     }
 }
 
@@ -304,9 +333,11 @@ pub extern "C" fn qg_sim_issue_token(
 }
 
 /// Writes the log of every request received as a JSON array to `*out` (free with
-/// `qg_string_free`): objects with `at_ms` (since start), `method`, `path` (as received),
-/// `status`, `class`, `client_id` (or null), `reset`, `counted` and `retry_after_ms`
-/// (or null). `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
+/// `qg_string_free`): objects with `at_ms` (since start, when the call was counted),
+/// `inbound_delay_ms` (the delay it waited before, see
+/// `qg_sim_config_set_inbound_jitter_ms`), `method`, `path` (as received), `status`,
+/// `class`, `client_id` (or null), `reset`, `counted` and `retry_after_ms` (or null).
+/// `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_sim_log_json(s: *const qg_sim, out: *mut *mut c_char) -> qg_result {
     ffi_boundary! {
@@ -314,6 +345,7 @@ pub extern "C" fn qg_sim_log_json(s: *const qg_sim, out: *mut *mut c_char) -> qg
         let entries = with_sim(s, |sim| sim.log())?;
         let list: Vec<_> = entries.iter().map(|e| json!({
             "at_ms": e.instant.as_secs_f64() * 1000.0,
+            "inbound_delay_ms": e.inbound_delay.as_secs_f64() * 1000.0,
             "method": e.method,
             "path": e.path,
             "status": e.status,
@@ -374,4 +406,41 @@ pub extern "C" fn qg_sim_stop(s: *const qg_sim) -> qg_result {
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_sim_free(s: *const qg_sim) {
     super::boundary::run_void(|| unsafe { free_box(s.cast_mut()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::error::{QG_ERR_INVALID_ARGUMENT, QG_ERR_NULL_ARGUMENT, QG_OK};
+
+    #[test]
+    fn inbound_jitter_is_checked_and_outlives_set_faults() {
+        let mut c = std::ptr::null_mut();
+        assert_eq!(qg_sim_config_new(&mut c), QG_OK);
+        let jitter = |c: *mut qg_sim_config| unsafe { (*c).config.faults.inbound_jitter };
+        assert_eq!(qg_sim_config_set_inbound_jitter_ms(c, 40), QG_OK);
+        assert_eq!(qg_sim_config_set_faults(c, 0.1, 0.2, 5), QG_OK);
+        assert_eq!(jitter(c), Duration::from_millis(40));
+        assert_eq!(
+            unsafe { (*c).config.faults.latency },
+            Duration::from_millis(5)
+        );
+        // Refused above the maximum, and the setting stays as it was.
+        assert_eq!(
+            qg_sim_config_set_inbound_jitter_ms(c, 10_001),
+            QG_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            qg_sim_config_set_inbound_jitter_ms(c, u64::MAX),
+            QG_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(jitter(c), Duration::from_millis(40));
+        assert_eq!(qg_sim_config_set_inbound_jitter_ms(c, 10_000), QG_OK);
+        assert_eq!(jitter(c), crate::sim::MAX_INBOUND_JITTER);
+        assert_eq!(
+            qg_sim_config_set_inbound_jitter_ms(std::ptr::null_mut(), 1),
+            QG_ERR_NULL_ARGUMENT
+        );
+        qg_sim_config_free(c);
+    }
 }

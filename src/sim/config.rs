@@ -129,7 +129,12 @@ pub enum RetryAfterStyle {
     None,
 }
 
-/// Failures injected into API calls (and into token requests if `token_endpoint`).
+/// The largest [`Faults::inbound_jitter`]: a delay on the way in longer than this is a
+/// configuration mistake, not a network.
+pub const MAX_INBOUND_JITTER: Duration = Duration::from_secs(10);
+
+/// Failures injected into API calls (and into token requests if `token_endpoint`), and
+/// the network's delays, which every request suffers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Faults {
     /// Share of requests answered 503 `ServiceUnavailable` before any quota counting (0..1).
@@ -139,6 +144,15 @@ pub struct Faults {
     pub reset_rate: f64,
     /// Real time added before each answer (and before each reset).
     pub latency: Duration,
+    /// The most real time a request spends on its way in: each request, token requests
+    /// included, waits a delay drawn uniformly from `0..=inbound_jitter` after it was
+    /// read and before the call is decided and counted, as a real server counts a call
+    /// when it arrives. So a call sent exactly one window after another can arrive
+    /// inside the same window. Delays come from their own generator seeded by
+    /// [`SimConfig::seed`] (the n-th request read gets the n-th delay), so turning them
+    /// on changes no fault draw. At most [`MAX_INBOUND_JITTER`]; zero (the default)
+    /// draws nothing.
+    pub inbound_jitter: Duration,
     /// Whether the token endpoints suffer the 503s and resets too.
     pub token_endpoint: bool,
 }
@@ -149,6 +163,7 @@ impl Default for Faults {
             error_503_rate: 0.0,
             reset_rate: 0.0,
             latency: Duration::ZERO,
+            inbound_jitter: Duration::ZERO,
             token_endpoint: false,
         }
     }
@@ -163,6 +178,12 @@ impl Faults {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be within 0..=1, got {rate}"));
             }
+        }
+        if self.inbound_jitter > MAX_INBOUND_JITTER {
+            return Err(format!(
+                "inbound_jitter must be at most {MAX_INBOUND_JITTER:?}, got {:?}",
+                self.inbound_jitter
+            ));
         }
         Ok(())
     }
@@ -216,7 +237,8 @@ pub struct SimConfig {
     pub retry_after_style: RetryAfterStyle,
     /// Injected failures.
     pub faults: Faults,
-    /// Seed of the fault draws (and of generated ids), for reproducible runs.
+    /// Seed of the fault draws, the inbound delays and the generated ids, for
+    /// reproducible runs.
     pub seed: u64,
     /// The largest page (`$top` is capped to it; it is also the default page).
     pub page_size_max: usize,
@@ -369,7 +391,14 @@ impl SimConfig {
         self
     }
 
-    /// Sets the seed of the fault draws.
+    /// Sets the most real time a request waits on its way in, before it is counted (see
+    /// [`Faults::inbound_jitter`]; at most [`MAX_INBOUND_JITTER`]).
+    pub fn inbound_jitter(mut self, jitter: Duration) -> Self {
+        self.faults.inbound_jitter = jitter;
+        self
+    }
+
+    /// Sets the seed of the fault draws and inbound delays.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

@@ -8,8 +8,12 @@ use std::time::Duration;
 /// One request the simulator received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
-    /// When it was decided, since the simulator started (real time).
+    /// When it was decided and counted, since the simulator started (real time): after
+    /// its inbound delay.
     pub instant: Duration,
+    /// The delay it waited on its way in, before it was decided (zero without
+    /// [`Faults::inbound_jitter`](super::Faults::inbound_jitter)).
+    pub inbound_delay: Duration,
     /// The HTTP method.
     pub method: String,
     /// The request target as received: the path and the raw query, not re-encoded.

@@ -6,9 +6,10 @@
 //! and `@odata.nextLink`), one machine, isolate, tags, advanced hunting and alert batch
 //! updates. It enforces the published quotas per (application, endpoint class) with
 //! its own rolling windows (written apart from [`crate::limiter`], which it serves to
-//! check), answers 429s the way the real service does, and can inject 503s, resets and
-//! latency. A `time_scale` shrinks every window and lifetime so that tests run in
-//! milliseconds; 429 messages and `Retry-After` hints are in real (scaled) time.
+//! check), answers 429s the way the real service does, and can inject 503s, resets,
+//! latency and a varying inbound delay. A `time_scale` shrinks every window and lifetime
+//! so that tests run in milliseconds; 429 messages and `Retry-After` hints are in real
+//! (scaled) time.
 //!
 //! | method, path | class | answer |
 //! |---|---|---|
@@ -24,12 +25,15 @@
 //!
 //! Rules the tests rely on:
 //!
-//! - A call is counted at the instant it is decided, once its request has been read. Only
+//! - A call is counted at the instant it is decided, once its request has been read and
+//!   its inbound delay ([`Faults::inbound_jitter`], none by default) has passed. Only
 //!   admitted calls count: 429s, 503s and 401s use no quota (the real service is said
 //!   to count throttled calls too).
 //! - Faults are drawn per API call (token requests only if [`Faults::token_endpoint`]):
 //!   a 503 comes before authentication and quota; a reset comes after the call was
 //!   counted and processed, so an isolation that was reset was applied.
+//! - Inbound delays are drawn per request, token requests included, from a generator of
+//!   their own, and only while [`Faults::inbound_jitter`] is above zero.
 //! - [`Simulator::stats`] recomputes the peaks per window from the log, apart from the
 //!   admission decisions.
 //!
@@ -54,7 +58,8 @@ mod tests;
 
 pub use config::{
     CLASS_BATCH_UPDATE_ALERTS, CLASS_DEFAULT, CLASS_HUNTING, CLASS_LIVE_RESPONSE, CLASS_TOKEN,
-    CLASS_UNROUTED, Faults, Limit, Limits, RetryAfterStyle, SimConfig, WindowKind,
+    CLASS_UNROUTED, Faults, Limit, Limits, MAX_INBOUND_JITTER, RetryAfterStyle, SimConfig,
+    WindowKind,
 };
 pub use log::{LogEntry, SimStats, WindowPeak};
 
@@ -250,8 +255,9 @@ impl Simulator {
     }
 
     /// Stops serving: the port closes, open keep-alive connections are shut down (a
-    /// pending hunting delay or latency is cut short, its call gets no answer) and every
-    /// thread of the simulator has ended when this returns.
+    /// pending hunting delay or latency is cut short, its call gets no answer; a request
+    /// still in its inbound delay is never counted) and every thread of the simulator has
+    /// ended when this returns.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -281,14 +287,23 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
-/// Decides the answer to one request, waits its delay, and says how to send it.
+/// Waits the request's inbound delay, decides the answer, waits its delay, and says how
+/// to send it.
 fn handle(inner: &Inner, request: &http::Request) -> net::Action {
+    // The call is counted when it arrives, so the network's delay comes first.
+    let inbound_delay = inner.core.inbound_delay();
+    inner.sleep(inbound_delay);
+    if inner.stopping() {
+        // Cut short by stop: never counted.
+        return net::Action::Reset;
+    }
     let out = inner.core.process(&Incoming {
         method: &request.method,
         url: &request.target,
         authorization: request.header("Authorization"),
         client_request_id: request.header("client-request-id"),
         body: &request.body,
+        inbound_delay,
     });
     inner.sleep(out.delay);
     if let Some(class) = out.in_flight {

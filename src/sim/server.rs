@@ -27,6 +27,8 @@ pub(crate) struct Incoming<'a> {
     pub authorization: Option<&'a str>,
     pub client_request_id: Option<&'a str>,
     pub body: &'a [u8],
+    /// The delay it waited on its way in ([`Core::inbound_delay`]), for the log.
+    pub inbound_delay: Duration,
 }
 
 /// What a worker should do with the connection.
@@ -168,6 +170,8 @@ pub(crate) struct State {
     pub log: Vec<LogEntry>,
     pub actions: HashMap<(String, String), u64>,
     fault_rng: fastrand::Rng,
+    /// Apart from `fault_rng`, so that inbound delays change no fault draw.
+    jitter_rng: fastrand::Rng,
     id_rng: fastrand::Rng,
     quota: QuotaBook,
     tokens: HashMap<String, Token>,
@@ -207,6 +211,7 @@ impl Core {
             log: Vec::new(),
             actions: HashMap::new(),
             fault_rng: fastrand::Rng::with_seed(config.seed),
+            jitter_rng: fastrand::Rng::with_seed(data::mix(config.seed ^ 0x171)),
             id_rng: fastrand::Rng::with_seed(data::mix(config.seed ^ 0x1d5)),
             quota: QuotaBook::new(start),
             tokens: HashMap::new(),
@@ -227,6 +232,19 @@ impl Core {
             base_url,
             state: Mutex::new(state),
         }
+    }
+
+    /// Draws the delay of a request on its way in, uniform in `0..=inbound_jitter`; draws
+    /// nothing when the jitter is zero.
+    pub fn inbound_delay(&self) -> Duration {
+        let mut st = self.state.lock();
+        let jitter = st.live.faults.inbound_jitter;
+        if jitter.is_zero() {
+            return Duration::ZERO;
+        }
+        // Validated to at most MAX_INBOUND_JITTER, so the nanoseconds fit.
+        let most = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(st.jitter_rng.u64(0..=most))
     }
 
     /// Decides the answer to one request, counts it, and logs it.
@@ -257,6 +275,7 @@ impl Core {
 
         let mut entry = LogEntry {
             instant: now - self.start,
+            inbound_delay: rq.inbound_delay,
             method: rq.method.to_owned(),
             path: rq.url.to_owned(),
             status: 0,

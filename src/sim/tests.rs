@@ -923,6 +923,273 @@ fn invalid_configurations_are_refused() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     let err = Simulator::start(SimConfig::default().reset_rate(1.5)).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let too_long = MAX_INBOUND_JITTER + Duration::from_nanos(1);
+    let err = Simulator::start(SimConfig::default().inbound_jitter(too_long)).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("inbound_jitter"), "{err}");
+    let sim = start(SimConfig::default().inbound_jitter(MAX_INBOUND_JITTER));
+    let faults = Faults {
+        inbound_jitter: too_long,
+        ..Faults::default()
+    };
+    assert!(sim.set_faults(faults).is_err());
+    assert_eq!(
+        sim.current_config().faults.inbound_jitter,
+        MAX_INBOUND_JITTER
+    );
+}
+
+/// Sends `n` calls one after another, each once the previous one is answered; returns
+/// when each was sent, since the simulator started, and the simulator's log.
+fn timed_calls(sim: &Simulator, n: usize) -> (Vec<Duration>, Vec<LogEntry>) {
+    let agent = agent();
+    let token = sim.issue_token(sim.client_id());
+    let url = format!("{}/api/machines?$top=1", sim.url());
+    let sent = (0..n)
+        .map(|_| {
+            let at = sim.inner.core.start.elapsed();
+            assert_eq!(get(&agent, &url, &token).status, 200);
+            at
+        })
+        .collect();
+    (sent, sim.log())
+}
+
+fn inbound_delays(log: &[LogEntry]) -> Vec<Duration> {
+    log.iter().map(|e| e.inbound_delay).collect()
+}
+
+#[test]
+fn calls_are_counted_after_an_inbound_delay_that_varies_and_replays_with_the_seed() {
+    const JITTER: Duration = Duration::from_millis(200);
+    // What reading, parsing and waking add on top of the delay, on a loaded machine.
+    const SLACK: Duration = Duration::from_millis(100);
+    let run = |seed| {
+        let sim = start(SimConfig::default().inbound_jitter(JITTER).seed(seed));
+        timed_calls(&sim, 10)
+    };
+    let ((sent, log), again, other) = thread::scope(|s| {
+        let again = s.spawn(|| run(11));
+        let other = s.spawn(|| run(12));
+        (run(11), again.join().unwrap(), other.join().unwrap())
+    });
+    assert_eq!(log.len(), sent.len());
+    let mut lags = Vec::new();
+    for (at, entry) in sent.iter().zip(&log) {
+        assert!(entry.counted && entry.inbound_delay <= JITTER, "{entry:?}");
+        let lag = entry
+            .instant
+            .checked_sub(*at)
+            .expect("counted after it was sent");
+        assert!(
+            lag >= entry.inbound_delay && lag < entry.inbound_delay + SLACK,
+            "counted {lag:?} after it was sent, with an inbound delay of {:?}",
+            entry.inbound_delay
+        );
+        lags.push(lag);
+    }
+    let spread = |v: &[Duration]| *v.iter().max().unwrap() - *v.iter().min().unwrap();
+    assert!(spread(&lags) > JITTER / 2, "the lags vary: {lags:?}");
+    let delays = inbound_delays(&log);
+    assert_eq!(
+        delays.iter().collect::<HashSet<_>>().len(),
+        delays.len(),
+        "{delays:?}"
+    );
+    assert_eq!(
+        delays,
+        inbound_delays(&again.1),
+        "the same seed, the same delays"
+    );
+    assert_ne!(delays, inbound_delays(&other.1));
+}
+
+#[test]
+fn without_inbound_jitter_nothing_is_drawn_and_faults_replay_as_before() {
+    let statuses = |jitter| {
+        let sim = start(
+            SimConfig::default()
+                .error_503_rate(0.5)
+                .seed(7)
+                .inbound_jitter(jitter),
+        );
+        let agent = agent();
+        let token = sim.issue_token(sim.client_id());
+        let url = format!("{}/api/machines?$top=1", sim.url());
+        let statuses: Vec<u16> = (0..20).map(|_| get(&agent, &url, &token).status).collect();
+        (statuses, sim.log())
+    };
+    let (plain, plain_log) = statuses(Duration::ZERO);
+    let (jittered, jittered_log) = statuses(Duration::from_millis(10));
+    assert_eq!(plain, jittered, "the delays use no fault draw");
+    assert!(plain.contains(&503) && plain.contains(&200));
+    assert!(plain_log.iter().all(|e| e.inbound_delay.is_zero()));
+    assert!(jittered_log.iter().any(|e| !e.inbound_delay.is_zero()));
+
+    // Calls made without jitter draw no delay: turned on later, the delays are those
+    // of a simulator that had it from the start.
+    let jitter = Duration::from_millis(20);
+    let late = start(SimConfig::default().seed(9));
+    timed_calls(&late, 3);
+    late.set_faults(Faults {
+        inbound_jitter: jitter,
+        ..Faults::default()
+    })
+    .unwrap();
+    let (_, log) = timed_calls(&late, 4);
+    let from_start = start(SimConfig::default().seed(9).inbound_jitter(jitter));
+    let (_, first) = timed_calls(&from_start, 4);
+    assert_eq!(inbound_delays(&log[3..]), inbound_delays(&first));
+}
+
+#[test]
+fn stop_cuts_an_inbound_delay_short_and_the_call_is_never_counted() {
+    // Seed 3 draws a first delay of several seconds.
+    let mut sim = start(
+        SimConfig::default()
+            .inbound_jitter(MAX_INBOUND_JITTER)
+            .seed(3),
+    );
+    let token = sim.issue_token(sim.client_id());
+    let url = format!("{}/api/machines?$top=1", sim.url());
+    let call = thread::spawn(move || get_result(&agent(), &url, &token).map(|r| r.status()));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !call.is_finished() && sim.log().is_empty(),
+        "still on its way in"
+    );
+    let began = Instant::now();
+    sim.shutdown();
+    let took = began.elapsed();
+    assert!(took < Duration::from_millis(500), "stop took {took:?}");
+    assert!(call.join().unwrap().is_err(), "no answer");
+    assert!(sim.log().is_empty(), "never counted");
+}
+
+/// The most of `instants` inside one window `(t - window, t]`.
+fn most_in_one_window(instants: &[Instant], window: Duration) -> usize {
+    let mut sorted = instants.to_vec();
+    sorted.sort_unstable();
+    (0..sorted.len())
+        .map(|last| {
+            let first = sorted[..=last].partition_point(|&t| t + window <= sorted[last]);
+            last + 1 - first
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// One call of [`pace_by_send_instants`].
+struct Paced {
+    sent: Instant,
+    /// From the send to the instant the simulator decided the call.
+    lag: Duration,
+    status: u16,
+}
+
+/// A client that keeps `calls` per window by its own clock, as a limiter that logs a
+/// call when it admits it: `calls` threads, each sending once per `period`, every send
+/// at least `period` after the thread's previous one, for `rounds` rounds.
+fn pace_by_send_instants(
+    sim: &Simulator,
+    calls: usize,
+    period: Duration,
+    rounds: u32,
+) -> Vec<Paced> {
+    let token = sim.issue_token(sim.client_id());
+    let base = sim.url();
+    let jitter = sim.current_config().faults.inbound_jitter;
+    let first = Instant::now() + jitter + Duration::from_millis(100);
+    let sent: Vec<(String, Instant, u16)> = thread::scope(|s| {
+        let threads: Vec<_> = (0..calls)
+            .map(|slot| {
+                let (token, base) = (&token, &base);
+                s.spawn(move || {
+                    let agent = agent();
+                    // Opens the thread's connection with a call that is never counted.
+                    assert_eq!(get(&agent, &format!("{base}/warm-up"), token).status, 404);
+                    let mut next = first;
+                    let mut out = Vec::new();
+                    for round in 1..=rounds {
+                        thread::sleep(next.saturating_duration_since(Instant::now()));
+                        let path = format!("/api/machines?$top=1&call={slot}-{round}");
+                        let at = Instant::now();
+                        let status = get(&agent, &format!("{base}{path}"), token).status;
+                        out.push((path, at, status));
+                        next = (first + period * round).max(at + period);
+                    }
+                    out
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    let log = sim.log();
+    let start = sim.inner.core.start;
+    sent.into_iter()
+        .map(|(path, sent, status)| {
+            let entry = log.iter().find(|e| e.path == path).expect("logged");
+            let lag = entry
+                .instant
+                .checked_sub(sent - start)
+                .expect("decided after it was sent");
+            Paced { sent, lag, status }
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_that_paces_by_its_send_instants_meets_429s_when_arrivals_vary() {
+    const CALLS: u32 = 5;
+    // 25 API seconds at 0.01: a window of 250 ms. The client waits a margin more.
+    let window = Duration::from_millis(250);
+    let margin = Duration::from_millis(30);
+    let run = |jitter| {
+        let sim = start(
+            SimConfig::default()
+                .time_scale(0.01)
+                .limits(CLASS_DEFAULT, &[(CALLS, 25.0)])
+                .inbound_jitter(jitter)
+                .seed(5),
+        );
+        let calls = pace_by_send_instants(&sim, CALLS as usize, window + margin, 10);
+        (calls, sim.stats())
+    };
+    let (jittered, steady) = thread::scope(|s| {
+        let jittered = s.spawn(|| run(window));
+        let steady = run(Duration::ZERO);
+        (jittered.join().unwrap(), steady)
+    });
+    let refused = |calls: &[Paced]| calls.iter().filter(|c| c.status == 429).count();
+    for (calls, stats) in [&jittered, &steady] {
+        assert!(calls.iter().all(|c| c.status == 200 || c.status == 429));
+        let sent: Vec<Instant> = calls.iter().map(|c| c.sent).collect();
+        assert!(most_in_one_window(&sent, window + margin) <= CALLS as usize);
+        assert!(stats.exceeded().is_empty(), "{stats:?}");
+    }
+    // Decided within the margin of their sends, calls reach the server at the client's
+    // own pace: a 429 needs a call that the way in held back longer than the margin. So
+    // without jitter there is none, unless the machine is so loaded that loopback itself
+    // is a network whose delay varies that much.
+    for c in steady.0.iter().filter(|c| c.status == 429) {
+        let decided = |c: &Paced| c.sent + c.lag;
+        let held_back = steady.0.iter().any(|other| {
+            let t = decided(other);
+            let counted = other.status == 200 || std::ptr::eq(other, c);
+            counted && t <= decided(c) && t + window > decided(c) && other.lag >= margin
+        });
+        assert!(
+            held_back,
+            "refused although every call in its window was decided within {margin:?} of its send"
+        );
+    }
+    assert!(
+        refused(&jittered.0) > 0,
+        "arrivals that vary by up to a window turn the same pace into 429s"
+    );
 }
 
 mod assertions {

@@ -357,6 +357,7 @@ static void test_sim_api(void)
     CHECK_RC(qg_sim_config_set_token_lifetime_ms(NULL, 1000), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_sim_config_set_faults(NULL, 0, 0, 0), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_sim_config_set_retry_after_style(NULL, QG_SIM_RETRY_AFTER_SECONDS), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_sim_config_set_inbound_jitter_ms(NULL, 0), QG_ERR_NULL_ARGUMENT);
 
     /* Bad values. */
     CHECK_RC(qg_sim_config_set_limit(c, NULL, 0, 1.0), QG_ERR_INVALID_ARGUMENT);
@@ -379,6 +380,10 @@ static void test_sim_api(void)
     CHECK_RC(qg_sim_config_set_faults(c, 0, NAN, 0), QG_ERR_INVALID_ARGUMENT);
     CHECK_RC(qg_sim_config_set_retry_after_style(c, 6), QG_ERR_INVALID_ARGUMENT);
     CHECK_RC(qg_sim_config_set_retry_after_style(c, 0xFFFFFFFFu), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_sim_config_set_inbound_jitter_ms(c, 10001), QG_ERR_INVALID_ARGUMENT);
+    last_error_text(buf, sizeof buf);
+    CHECK_MSG(contains(buf, "inbound_jitter"), "the setting is named: \"%s\"", buf);
+    CHECK_RC(qg_sim_config_set_inbound_jitter_ms(c, UINT64_MAX), QG_ERR_INVALID_ARGUMENT);
 
     /* Good values, every Retry-After style among them. */
     CHECK_OK(qg_sim_config_set_machines(c, 7));
@@ -389,6 +394,8 @@ static void test_sim_api(void)
     CHECK_OK(qg_sim_config_set_faults(c, 0.0, 0.0, 0));
     CHECK_OK(qg_sim_config_set_faults(c, 1.0, 1.0, 0));
     CHECK_OK(qg_sim_config_set_faults(c, 0.0, 0.0, 0));
+    CHECK_OK(qg_sim_config_set_inbound_jitter_ms(c, 10000));
+    CHECK_OK(qg_sim_config_set_inbound_jitter_ms(c, 0));
     const uint32_t styles[] = {QG_SIM_RETRY_AFTER_HTTP_DATE, QG_SIM_RETRY_AFTER_MS, QG_SIM_RETRY_AFTER_X_MS,
                                QG_SIM_RETRY_AFTER_BODY_ONLY, QG_SIM_RETRY_AFTER_NONE,
                                QG_SIM_RETRY_AFTER_SECONDS};

@@ -825,6 +825,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_set_faults(SimConfigHandle c, double error503Rate, double resetRate, ulong latencyMs);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_sim_config_set_inbound_jitter_ms(SimConfigHandle c, ulong jitterMs);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_set_retry_after_style(SimConfigHandle c, uint style);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_add_certificate_client(SimConfigHandle c, byte[] clientId, byte[] certificatePem);
@@ -2148,6 +2150,8 @@ namespace QuotaGate.Interop
         public double Error503Rate { get; set; }
         public double ResetRate { get; set; }
         public ulong LatencyMs { get; set; }
+        /// <summary>The most real ms a request waits on its way in, before it is counted (at most 10000).</summary>
+        public ulong? InboundJitterMs { get; set; }
         public RetryAfterStyle? RetryAfterStyle { get; set; }
         /// <summary>Applications that sign in with a certificate: client id to PEM certificate text.</summary>
         public Dictionary<string, string> CertificateClients { get; private set; }
@@ -2189,6 +2193,10 @@ namespace QuotaGate.Interop
                 if (options.Error503Rate > 0 || options.ResetRate > 0 || options.LatencyMs > 0)
                 {
                     Native.Check(NativeMethods.qg_sim_config_set_faults(c, options.Error503Rate, options.ResetRate, options.LatencyMs));
+                }
+                if (options.InboundJitterMs.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_sim_config_set_inbound_jitter_ms(c, options.InboundJitterMs.Value));
                 }
                 if (options.RetryAfterStyle.HasValue)
                 {

@@ -1175,6 +1175,12 @@ The share of calls whose connection is reset after processing (0 to 1).
 .PARAMETER LatencyMs
 Added latency per call.
 
+.PARAMETER InboundJitterMs
+The most milliseconds a request waits on its way in, before the simulator counts it
+(0 to 10000): each request, token requests included, waits a delay drawn uniformly from
+0 to this, as a real server counts a call when it arrives. A call sent exactly one window
+after another can then arrive inside the same window. Every run draws the same delays.
+
 .PARAMETER RetryAfterStyle
 How 429 answers say when to come back: Seconds (Retry-After, the default), HttpDate,
 Milliseconds (retry-after-ms), XMsMilliseconds (x-ms-retry-after-ms), BodyOnly (the
@@ -1188,6 +1194,9 @@ $sim = Start-QgSimulator -Machines 500 -TimeScale 0.01
 
 .EXAMPLE
 $sim = Start-QgSimulator -Limit @{ default = (5,1) } -ErrorRate 0.05 -RetryAfterStyle HttpDate
+
+.EXAMPLE
+$sim = Start-QgSimulator -Limit @{ default = (5,1) } -InboundJitterMs 200
 
 .OUTPUTS
 QuotaGate.Interop.Simulator
@@ -1216,6 +1225,9 @@ function Start-QgSimulator {
         [ValidateRange(0, 600000)]
         [int]$LatencyMs = 0,
 
+        [ValidateRange('NonNegative')]
+        [int]$InboundJitterMs,
+
         [QuotaGate.Interop.RetryAfterStyle]$RetryAfterStyle,
 
         [ValidateRange(0, 65535)]
@@ -1229,6 +1241,7 @@ function Start-QgSimulator {
         $options.Error503Rate = $ErrorRate
         $options.ResetRate = $ResetRate
         $options.LatencyMs = [uint64]$LatencyMs
+        if ($PSBoundParameters.ContainsKey('InboundJitterMs')) { $options.InboundJitterMs = [uint64]$InboundJitterMs }
         $options.Port = [uint16]$Port
         if ($PSBoundParameters.ContainsKey('RetryAfterStyle')) { $options.RetryAfterStyle = $RetryAfterStyle }
         if ($Limit) {

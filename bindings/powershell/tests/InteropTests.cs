@@ -962,6 +962,7 @@ namespace QuotaGate.Interop.Tests
             CredentialTests();
             Test("simulator: a client within the quota gets no 429; one above it is paused and retried", SimulatorThrottling);
             Test("simulator: a 429 past the attempt budget is QG_ERR_THROTTLED with Retry-After and attempts", SimulatorThrottledDetails);
+            Test("simulator: inbound jitter delays every request before it is counted; above 10 s it is refused", SimulatorInboundJitter);
             Test("simulator: bad settings fail with the library's message", () =>
             {
                 SimConfigHandle c;
@@ -1294,6 +1295,47 @@ namespace QuotaGate.Interop.Tests
                     Assert.Equal(1, e.Attempts, "attempts detail");
                     Assert.True(e.ServerCode != null && e.ServerMessage != null, "server code and message: " + e.ServerCode + " / " + e.ServerMessage);
                 }
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorInboundJitter()
+        {
+            SimConfigHandle c;
+            Native.Check(NativeMethods.qg_sim_config_new(out c));
+            using (c)
+            {
+                Assert.Fails(ResultCode.InvalidArgument, "inbound_jitter must be at most 10s",
+                    () => Native.Check(NativeMethods.qg_sim_config_set_inbound_jitter_ms(c, 10001)), "just above 10 s");
+                Assert.Fails(ResultCode.InvalidArgument, "inbound_jitter",
+                    () => Native.Check(NativeMethods.qg_sim_config_set_inbound_jitter_ms(c, ulong.MaxValue)), "the largest value");
+                Native.Check(NativeMethods.qg_sim_config_set_inbound_jitter_ms(c, 10000));
+                Native.Check(NativeMethods.qg_sim_config_set_inbound_jitter_ms(c, 0));
+                Assert.Fails(ResultCode.NullArgument, "",
+                    () => Native.Check(NativeMethods.qg_sim_config_set_inbound_jitter_ms(new SimConfigHandle(), 1)), "NULL settings");
+            }
+            Assert.Fails(ResultCode.InvalidArgument, "inbound_jitter", () =>
+            {
+                using (new Simulator(new SimulatorOptions { InboundJitterMs = 10001 }))
+                {
+                }
+            }, "through SimulatorOptions");
+
+            using (var sim = new Simulator(new SimulatorOptions { Machines = 3, InboundJitterMs = 50 }))
+            using (var client = new Client(SimClient(sim)))
+            {
+                for (int i = 0; i < 4; i++)
+                {
+                    Assert.Equal(200, client.Send("GET", "/api/machines", null, CancellationToken.None).Status, "call " + i);
+                }
+                string log = sim.LogJson();
+                List<double> delays = Regex.Matches(log, "\"inbound_delay_ms\":([-+0-9.eE]+)").Cast<Match>()
+                    .Select(m => double.Parse(m.Groups[1].Value, System.Globalization.NumberStyles.Float,
+                        System.Globalization.CultureInfo.InvariantCulture))
+                    .ToList();
+                Assert.Equal(5, delays.Count, "the token request and four calls: " + log);
+                Assert.True(delays.All(d => d >= 0 && d <= 50), "each within 0..50 ms: " + log);
+                Assert.Equal(delays.Count, delays.Distinct().Count(), "each its own delay: " + log);
             }
         }
 

@@ -590,4 +590,22 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
     It 'starts nothing with -WhatIf' {
         Start-QgSimulator -WhatIf | Should -BeNullOrEmpty
     }
+
+    It 'delays every request on its way in with -InboundJitterMs, and refuses more than 10 s' {
+        $sim = Start-QgSimulator -Machines 3 -InboundJitterMs 50
+        $client = Connect-QgDefender -Simulator $sim
+        try {
+            1..3 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client | Out-Null }
+            $delays = @((ConvertFrom-Json $sim.LogJson()) | ForEach-Object { $_.inbound_delay_ms })
+            $delays.Count | Should -Be 4 # the token request waits too
+            $delays | ForEach-Object { $_ | Should -BeLessOrEqual 50 }
+            @($delays | Sort-Object -Unique).Count | Should -Be 4
+        } finally {
+            Disconnect-QgDefender -Client $client
+            $sim | Stop-QgSimulator
+            Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+        { Start-QgSimulator -InboundJitterMs 10001 } | Should -Throw '*inbound_jitter*'
+        { Start-QgSimulator -InboundJitterMs -1 } | Should -Throw
+    }
 }

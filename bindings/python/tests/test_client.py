@@ -297,6 +297,16 @@ def test_simulator_log_and_stats(sim: Simulator) -> None:
     assert stats["requests"] >= 1 and "by_status" in stats
 
 
+def test_inbound_jitter_delays_every_request_before_it_is_counted() -> None:
+    with Simulator(inbound_jitter=0.05) as sim, make_client(sim) as client:
+        for _ in range(5):
+            client.get("/api/machines", params={"$top": 1})
+        delays = [e["inbound_delay_ms"] for e in sim.requests()]
+    assert len(delays) == 6, delays  # the token request waits too
+    assert all(0 <= d <= 50 for d in delays), delays
+    assert len(set(delays)) == len(delays), delays
+
+
 def test_a_closed_client_raises_closed_error(sim: Simulator) -> None:
     client = make_client(sim)
     client.close()

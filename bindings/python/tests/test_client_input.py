@@ -113,6 +113,10 @@ def test_bad_paging_arguments(client: Client) -> None:
         ({"error_rate": 1.5}, ValueError),
         ({"reset_rate": -0.1}, ValueError),
         ({"latency": -1}, ValueError),
+        ({"inbound_jitter": -0.1}, ValueError),
+        ({"inbound_jitter": math.inf}, ValueError),
+        ({"inbound_jitter": "0.1"}, TypeError),
+        ({"inbound_jitter": 10.001}, quotagate.InvalidArgumentError),
         ({"port": 70000}, ValueError),
         ({"limits": [("hunting", [(1, 1)])]}, TypeError),
         ({"limits": {"hunting": [(0, 1)]}}, ValueError),
@@ -125,6 +129,15 @@ def test_bad_simulator_arguments(kwargs: Dict[str, Any], error: type) -> None:
 
     with pytest.raises(error):
         Simulator(**kwargs)
+
+
+@pytest.mark.skipif("qg_sim_start" in lib.missing, reason="no simulator ABI")
+def test_the_library_names_an_inbound_jitter_above_its_maximum() -> None:
+    from quotagate.testing import Simulator
+
+    with pytest.raises(quotagate.InvalidArgumentError, match="inbound_jitter must be at most 10s"):
+        Simulator(inbound_jitter=11)
+    Simulator(inbound_jitter=10).close()
 
 
 @pytest.mark.skipif("qg_sim_start" in lib.missing, reason="no simulator ABI")

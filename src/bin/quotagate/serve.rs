@@ -2,7 +2,7 @@
 
 use crate::exit::Failure;
 use crate::report::{ServerFigures, thousands};
-use quotagate::sim::{CLASS_DEFAULT, CLASS_HUNTING, SimConfig, Simulator};
+use quotagate::sim::{CLASS_DEFAULT, CLASS_HUNTING, MAX_INBOUND_JITTER, SimConfig, Simulator};
 use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
@@ -17,6 +17,7 @@ Examples:
   quotagate sim
   quotagate sim --port 8080 --time-scale 0.1 --limit 20/60 --limit 300/3600
   quotagate sim --error-rate 0.05 --latency-ms 30 --json
+  quotagate sim --time-scale 0.01 --limit 10/60 --inbound-jitter-ms 200
 
   # in another shell, with the facts it printed:
   QUOTAGATE_TENANT_ID=... QUOTAGATE_CLIENT_ID=... QUOTAGATE_CLIENT_SECRET=... \\
@@ -63,6 +64,13 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
 
+    /// The most real milliseconds a request waits on its way in, before it is counted:
+    /// each request (token requests too) waits a delay drawn uniformly from 0 to this,
+    /// the same delays on every run, so a call sent exactly one window after another
+    /// can arrive inside the same window (at most 10000).
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = inbound_jitter_ms)]
+    inbound_jitter_ms: u64,
+
     /// Token lifetime (`expires_in`), in API seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 3599)]
     token_lifetime: u64,
@@ -76,6 +84,15 @@ fn share(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("expected a number from 0 to 1, got {s:?}")),
+    }
+}
+
+/// Milliseconds from 0 to the simulator's maximum inbound jitter.
+fn inbound_jitter_ms(s: &str) -> Result<u64, String> {
+    let most = MAX_INBOUND_JITTER.as_millis();
+    match s.parse::<u64>() {
+        Ok(ms) if u128::from(ms) <= most => Ok(ms),
+        _ => Err(format!("expected milliseconds from 0 to {most}, got {s:?}")),
     }
 }
 
@@ -101,6 +118,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .error_503_rate(args.error_rate)
         .reset_rate(args.reset_rate)
         .latency(Duration::from_millis(args.latency_ms))
+        .inbound_jitter(Duration::from_millis(args.inbound_jitter_ms))
         .token_lifetime(Duration::from_secs(args.token_lifetime));
     if !args.limits.is_empty() {
         config = config.limits(CLASS_DEFAULT, &args.limits);

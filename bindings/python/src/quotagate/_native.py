@@ -232,6 +232,7 @@ SIGNATURES: List[Signature] = [
     ("qg_sim_config_set_time_scale", _R, [_H, c_double]),
     ("qg_sim_config_set_token_lifetime_ms", _R, [_H, c_uint64]),
     ("qg_sim_config_set_faults", _R, [_H, c_double, c_double, c_uint64]),
+    ("qg_sim_config_set_inbound_jitter_ms", _R, [_H, c_uint64]),
     ("qg_sim_config_set_retry_after_style", _R, [_H, c_uint32]),
     ("qg_sim_config_add_certificate_client", _R, [_H, _S, _S]),
     ("qg_sim_config_set_live_response_delay_ms", _R, [_H, c_uint64]),

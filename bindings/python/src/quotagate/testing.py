@@ -77,6 +77,13 @@ class Simulator(NativeHandle):
     :param error_rate: share of calls answered with 503.
     :param reset_rate: share of calls whose connection is reset.
     :param latency: seconds added to every answer.
+    :param inbound_jitter: the most seconds (real time, at most 10) a request waits on
+        its way in, before it is counted: each request, token requests included, waits a
+        delay drawn uniformly from 0 to ``inbound_jitter``, as a real server counts a call
+        when it arrives. So a call sent exactly one window after another can arrive
+        inside the same window, and a client that paces by its send instants meets
+        429s. Every run draws the same delays; ``requests()`` shows each one as
+        ``inbound_delay_ms``.
     :param port: TCP port on 127.0.0.1 (0: any free one).
     :param certificate_clients: applications that sign in with a certificate,
         ``{client_id: certificate}`` where the certificate is a PEM file's path or PEM
@@ -108,6 +115,7 @@ class Simulator(NativeHandle):
         retry_after: str = "seconds",
         certificate_clients: Optional[Mapping[str, Union[str, "os.PathLike[str]"]]] = None,
         live_response_delay: Union[int, float] = 0.0,
+        inbound_jitter: Union[int, float] = 0.0,
     ) -> None:
         super().__init__()
         class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
@@ -132,6 +140,7 @@ class Simulator(NativeHandle):
         errors = _fraction(error_rate, "error_rate", at_most_one=True)
         resets = _fraction(reset_rate, "reset_rate", at_most_one=True)
         latency_ms = _convert.seconds_to_ms(latency, "latency")
+        inbound_jitter_ms = _convert.seconds_to_ms(inbound_jitter, "inbound_jitter")
         port = _convert.integer(port, "port", 0, 65535)
         live_response_ms = _convert.seconds_to_ms(live_response_delay, "live_response_delay")
         certificates: List[Tuple[bytes, bytes]] = []
@@ -159,6 +168,7 @@ class Simulator(NativeHandle):
             if lifetime_ms is not None:
                 check(lib.qg_sim_config_set_token_lifetime_ms(config, lifetime_ms))
             check(lib.qg_sim_config_set_faults(config, errors, resets, latency_ms))
+            check(lib.qg_sim_config_set_inbound_jitter_ms(config, inbound_jitter_ms))
             style = RETRY_AFTER_STYLES[retry_after]
             check(lib.qg_sim_config_set_retry_after_style(config, style))
             for client_id_bytes, pem in certificates:
@@ -216,8 +226,10 @@ class Simulator(NativeHandle):
             raise error_from(rc)
 
     def requests(self) -> List[Dict[str, Any]]:
-        """Every request the simulator answered, in order: dicts with ``at_ms``,
-        ``method``, ``path``, ``status``, ``class``, ``client_id`` and ``reset``."""
+        """Every request the simulator answered, in the order decided: dicts with
+        ``at_ms`` (when it was counted, since the start), ``inbound_delay_ms`` (what it
+        waited on its way in), ``method``, ``path``, ``status``, ``class``,
+        ``client_id``, ``reset``, ``counted`` and ``retry_after_ms``."""
         out = c_void_p()
         check(lib.qg_sim_log_json(self._handle(), byref(out)))
         result: List[Dict[str, Any]] = json.loads(take_string(out))
