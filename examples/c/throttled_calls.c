@@ -24,7 +24,7 @@ static int fail(const char *what, qg_result rc)
 
 int main(void)
 {
-    const qg_sim *sim = NULL;
+    qg_sim *sim = NULL;
     char url[256] = "", tenant[128] = "", client_id[128] = "", secret[128] = "";
     size_t n = 0;
     const char *env_tenant = getenv("QUOTAGATE_TENANT_ID");
@@ -56,7 +56,7 @@ int main(void)
         qg_client_builder_add_default_rate(b, 100, 600);
         qg_client_builder_add_default_rate(b, 1500, 36000);
     }
-    const qg_client *client = NULL;
+    qg_client *client = NULL;
     rc = qg_client_builder_build(b, &client);
     qg_client_builder_free(b);
     if (rc != QG_OK) return fail("qg_client_builder_build", rc);
