@@ -23,9 +23,12 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=QUOTAGATE_UPDATE_HEADER");
-    // A SONAME lets loaders (Mono's among them) map the library by name once it is loaded.
+    // The soname carries the ABI's major version (0 while the ABI may still change, see
+    // docs/abi.md): a program asks for the ABI it was linked against, and two majors
+    // install side by side. scripts/install makes the links the loader and linker need.
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libquotagate.so");
+        let major = env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libquotagate.so.{major}");
     }
 
     let built: Vec<&str> = FEATURES
