@@ -28,9 +28,9 @@ unsafe extern "C" {
     ) -> u32;
     fn qg_limiter_builder_new(out: *mut *mut u8) -> u32;
     fn qg_limiter_builder_add_rate(b: *mut u8, calls: u32, window_ms: u64) -> u32;
-    fn qg_limiter_builder_build(b: *const u8, out: *mut *const QgLimiter) -> u32;
+    fn qg_limiter_builder_build(b: *const u8, out: *mut *mut QgLimiter) -> u32;
     fn qg_limiter_builder_free(b: *mut u8);
-    fn qg_limiter_free(l: *const QgLimiter);
+    fn qg_limiter_free(l: *mut QgLimiter);
 }
 
 /// Builds one case's closure afresh for every round.
@@ -47,7 +47,7 @@ fn quotagate_limiter() -> Limiter {
         .unwrap()
 }
 
-struct CLimiter(*const QgLimiter);
+struct CLimiter(*mut QgLimiter);
 unsafe impl Send for CLimiter {}
 unsafe impl Sync for CLimiter {}
 impl Drop for CLimiter {
@@ -62,7 +62,7 @@ fn c_limiter() -> CLimiter {
         assert_eq!(qg_limiter_builder_new(&mut b), 0);
         assert_eq!(qg_limiter_builder_add_rate(b, CALLS, 60_000), 0);
         assert_eq!(qg_limiter_builder_add_rate(b, CALLS, 3_600_000), 0);
-        let mut l = std::ptr::null();
+        let mut l = std::ptr::null_mut();
         assert_eq!(qg_limiter_builder_build(b, &mut l), 0);
         qg_limiter_builder_free(b);
         CLimiter(l)

@@ -9,6 +9,11 @@
  * - After a failure, qg_last_error_message() gives the calling thread's error text.
  * - Strings are NUL-terminated UTF-8. Handles are created by *_new / *_build and released
  *   by the matching *_free, which accepts NULL; never free a handle twice.
+ * - Handles are handed out as plain `qg_x *`. A function that only reads a handle, or
+ *   that threads may call on it at once (limiters, clients, tickets, simulators), takes
+ *   `const qg_x *`, which a `qg_x *` converts to without a cast in C and C++; setters
+ *   and every *_free take `qg_x *`.
+ * - Pass QG_VERSION_NUMBER to qg_version_compatible() once at start-up (docs/abi.md).
  * - No panic crosses this boundary: an internal fault returns QG_ERR_PANIC.
  */
 
@@ -18,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The version of this header; compare with qg_version_number() at run time. */
+/* The version of this header; pass QG_VERSION_NUMBER to qg_version_compatible(). */
 #define QG_VERSION_MAJOR 0
 #define QG_VERSION_MINOR 1
 #define QG_VERSION_PATCH 0
@@ -26,16 +31,16 @@
 #define QG_VERSION_NUMBER ((QG_VERSION_MAJOR * 1000000) + (QG_VERSION_MINOR * 1000) + QG_VERSION_PATCH)
 #define QG_VERSION_STRING "0.1.0"
 
+/* The optional parts this library was built with; declarations that need one are
+   inside #if defined(QG_FEATURE_...). qg_features() tells the same at run time. */
+#define QG_FEATURE_SIM 1
+#define QG_FEATURE_PFX 1
+#define QG_FEATURE_REDIS 1
 
-/**
- * The default limit of one answer's body: 256 MiB (hunting results reach 124 MB).
- */
-#define DEFAULT_MAX_BODY (256 << 20)
+#ifdef __cplusplus
+extern "C" {
+#endif
 
-/**
- * The published limit of live response sessions under way at once.
- */
-#define LIVE_RESPONSE_SESSIONS 25
 
 /**
  * `qg_client_builder_set_assertion_algorithm`: sign client assertions with PS256
@@ -103,6 +108,23 @@
  * (HTTP 404 ResourceNotFound): ... [target ...]", for bindings to show as is.
  */
 #define QG_DETAIL_SUMMARY 7
+
+/**
+ * Bit of `qg_features`: the local simulator (`qg_sim_*`, macro `QG_FEATURE_SIM`).
+ */
+#define QG_FEATURE_BIT_SIM 1
+
+/**
+ * Bit of `qg_features`: certificates from PKCS#12/PFX files
+ * (`qg_client_builder_set_certificate_pfx_file`, macro `QG_FEATURE_PFX`).
+ */
+#define QG_FEATURE_BIT_PFX 2
+
+/**
+ * Bit of `qg_features`: the Redis store (`redis://` and `rediss://` store URLs, macro
+ * `QG_FEATURE_REDIS`).
+ */
+#define QG_FEATURE_BIT_REDIS 4
 
 /**
  * Field of `qg_bucket_stats_get`: calls admitted.
@@ -184,60 +206,82 @@
  */
 #define QG_LOG_TRACE 5
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Field of `qg_sim_info`: the API's base URL, such as "http://127.0.0.1:40123".
  */
 #define QG_SIM_URL 0
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Field of `qg_sim_info`: the login authority (the same origin).
  */
 #define QG_SIM_AUTHORITY 1
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Field of `qg_sim_info`: the tenant id it accepts.
  */
 #define QG_SIM_TENANT_ID 2
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Field of `qg_sim_info`: the client id it accepts.
  */
 #define QG_SIM_CLIENT_ID 3
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Field of `qg_sim_info`: the client secret it accepts (a test value, not a secret).
  */
 #define QG_SIM_CLIENT_SECRET 4
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Retry-After style of `qg_sim_config_set_retry_after_style`: whole seconds (default).
  */
 #define QG_SIM_RETRY_AFTER_SECONDS 0
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Retry-After style: an HTTP-date.
  */
 #define QG_SIM_RETRY_AFTER_HTTP_DATE 1
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Retry-After style: only `retry-after-ms`.
  */
 #define QG_SIM_RETRY_AFTER_MS 2
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Retry-After style: only `x-ms-retry-after-ms`.
  */
 #define QG_SIM_RETRY_AFTER_X_MS 3
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Retry-After style: no header; the body's message states the limit.
  */
 #define QG_SIM_RETRY_AFTER_BODY_ONLY 4
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Retry-After style: no hint at all.
  */
 #define QG_SIM_RETRY_AFTER_NONE 5
+#endif
 
 /**
  * A snapshot of one bucket's statistics, taken by `qg_limiter_stats`.
@@ -331,6 +375,7 @@ typedef struct qg_request qg_request;
  */
 typedef struct qg_response qg_response;
 
+#if defined(QG_FEATURE_SIM)
 /**
  * A running simulator on a loopback port.
  *
@@ -340,7 +385,9 @@ typedef struct qg_response qg_response;
  * Safe to use from any number of threads at once. `qg_sim_free` stops it.
  */
 typedef struct qg_sim qg_sim;
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * The simulator's settings before it starts.
  *
@@ -351,6 +398,7 @@ typedef struct qg_sim qg_sim;
  * Owned by the caller; not for use by several threads at once.
  */
 typedef struct qg_sim_config qg_sim_config;
+#endif
 
 /**
  * A place in a bucket's queue, taken by `qg_limiter_enqueue`, so that a caller can wait
@@ -445,6 +493,12 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 #define QG_DONE 105
 
 /**
+ * `qg_version_compatible`: the library does not serve a caller built against that
+ * header version (another ABI series, or a library older than the header).
+ */
+#define QG_ERR_VERSION_MISMATCH 106
+
+/**
  * The deadline passed, or could not be met, before the quota admitted the call.
  */
 #define QG_ERR_TIMEOUT 200
@@ -517,10 +571,6 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
  * The simulator could not start (the port is taken, ...).
  */
 #define QG_ERR_IO 400
-
-#ifdef __cplusplus
-extern "C" {
-#endif // __cplusplus
 
 /**
  * Creates a client builder with the defaults: the commercial MDE API, the commercial
@@ -766,7 +816,7 @@ qg_result qg_client_builder_set_limiter(qg_client_builder *b, const qg_limiter *
  * the caller frees with `qg_client_free`. Fails with `QG_ERR_INVALID_ARGUMENT` when
  * credentials are missing or a URL is invalid. `b` and `out` must not be NULL.
  */
-qg_result qg_client_builder_build(const qg_client_builder *b, const qg_client **out);
+qg_result qg_client_builder_build(const qg_client_builder *b, qg_client **out);
 
 /**
  * Frees a client builder and wipes the secret it holds. NULL does nothing; never free
@@ -941,7 +991,7 @@ qg_result qg_client_close(const qg_client *c);
  * Releases the caller's reference to the client. NULL does nothing; never free the same
  * handle twice, nor while another thread still uses it.
  */
-void qg_client_free(const qg_client *c);
+void qg_client_free(qg_client *c);
 
 /**
  * Copies the text of the calling thread's last failure into `buf` as a NUL-terminated
@@ -975,6 +1025,23 @@ qg_result qg_last_error_detail(uint32_t field, char *buf, size_t len, size_t *wr
  * gives "unknown result code"). The string lives as long as the library is loaded.
  */
 const char *qg_result_str(qg_result code);
+
+/**
+ * The optional parts this library was built with: an OR of `QG_FEATURE_BIT_*`.
+ *
+ * A part that is missing is missing whole: its functions are not exported (the header
+ * declares them only where its `QG_FEATURE_*` macro is defined), or, for a part reached
+ * through an existing function (a PFX file, a `redis://` store), that function fails
+ * with a message that names the feature. Thread-safe.
+ */
+uint32_t qg_features(void);
+
+/**
+ * The name of one `QG_FEATURE_BIT_*` bit as a static NUL-terminated string ("sim", "pfx",
+ * "redis"), whether or not it is built in; NULL for any other value. Bindings list the
+ * parts by calling it for each bit of `qg_features()`. Thread-safe.
+ */
+const char *qg_feature_name(uint32_t bit);
 
 /**
  * Creates a builder with no rates, no margin and the default bucket limit (65536).
@@ -1026,7 +1093,7 @@ qg_result qg_limiter_builder_set_store(qg_limiter_builder *b, const char *url);
  * that the caller frees with `qg_limiter_free`. Fails with `QG_ERR_INVALID_ARGUMENT`
  * when no rate was added. `b` and `out` must not be NULL.
  */
-qg_result qg_limiter_builder_build(const qg_limiter_builder *b, const qg_limiter **out);
+qg_result qg_limiter_builder_build(const qg_limiter_builder *b, qg_limiter **out);
 
 /**
  * Frees a builder. NULL does nothing; never free the same builder twice.
@@ -1155,7 +1222,7 @@ qg_result qg_limiter_close(const qg_limiter *l);
  * Releases the caller's reference to the limiter. NULL does nothing; never free the same
  * handle twice. Waiters are not woken: close first if threads may still wait on it.
  */
-void qg_limiter_free(const qg_limiter *l);
+void qg_limiter_free(qg_limiter *l);
 
 /**
  * Reads one counter of a snapshot (`field`: one of the `QG_STAT_*` constants) into
@@ -1196,18 +1263,23 @@ void qg_bucket_stats_free(qg_bucket_stats *s);
  */
 qg_result qg_set_logger(qg_log_fn callback, uint32_t max_level, void *user_data);
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Creates simulator settings with the defaults: 250 machines, the published limits
  * (100/min + 1,500/h; hunting 45/min + 1,500/h), real time, tokens for 3599 s, no
  * faults. On success `*out` receives settings to free with `qg_sim_config_free`.
  */
 qg_result qg_sim_config_new(qg_sim_config **out);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Sets how many machines the simulated tenant has. `c` must not be NULL.
  */
 qg_result qg_sim_config_set_machines(qg_sim_config *c, uint32_t n);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Limits the endpoint class `endpoint_class` (NULL: "default"; also "hunting",
  * "batch_update_alerts", "token") to `calls` per `window_seconds` of API time. The first
@@ -1218,13 +1290,17 @@ qg_result qg_sim_config_set_limit(qg_sim_config *c,
                                   const char *endpoint_class,
                                   uint32_t calls,
                                   double window_seconds);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Scales time: 0.01 makes a 60 s window last 600 ms of real time (token lifetimes and
  * simulated delays scale too). Above 0. `c` must not be NULL.
  */
 qg_result qg_sim_config_set_time_scale(qg_sim_config *c, double scale);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Registers a certificate (PEM text, NUL-terminated) for the application `client_id`:
  * token requests with a client assertion signed by its key are then accepted while the
@@ -1237,20 +1313,26 @@ qg_result qg_sim_config_set_time_scale(qg_sim_config *c, double scale);
 qg_result qg_sim_config_add_certificate_client(qg_sim_config *c,
                                                const char *client_id,
                                                const char *certificate_pem);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Sets how long `POST /api/machines/{id}/runliveresponse` takes to answer, in
  * milliseconds of API time (default 0); `max_in_flight` in `qg_sim_stats_json` shows
  * how many such calls the simulator held at once. `c` must not be NULL.
  */
 qg_result qg_sim_config_set_live_response_delay_ms(qg_sim_config *c, uint64_t ms);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Sets how long issued tokens live, in milliseconds of API time (above 0).
  * `c` must not be NULL.
  */
 qg_result qg_sim_config_set_token_lifetime_ms(qg_sim_config *c, uint64_t ms);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Injects faults into API calls: the share (0 to 1) answered 503, the share processed
  * and then answered by closing the connection, and real latency added to each answer.
@@ -1261,7 +1343,9 @@ qg_result qg_sim_config_set_faults(qg_sim_config *c,
                                    double error_503_rate,
                                    double reset_rate,
                                    uint64_t latency_ms);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Sets the most real time, in milliseconds, that a request waits on its way in before
  * the simulator decides and counts it, as a real server counts a call when it arrives:
@@ -1273,32 +1357,42 @@ qg_result qg_sim_config_set_faults(qg_sim_config *c,
  * `qg_sim_config_set_faults`. `c` must not be NULL.
  */
 qg_result qg_sim_config_set_inbound_jitter_ms(qg_sim_config *c, uint64_t jitter_ms);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Chooses how 429 answers tell the wait (a `QG_SIM_RETRY_AFTER_*` value).
  * `c` must not be NULL.
  */
 qg_result qg_sim_config_set_retry_after_style(qg_sim_config *c, uint32_t style);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Frees simulator settings. NULL does nothing; never free the same settings twice.
  */
 void qg_sim_config_free(qg_sim_config *c);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Starts a simulator with the settings `c` (not consumed) on 127.0.0.1:`port` (0: any
  * free port). On success `*out` receives a running simulator to free with
  * `qg_sim_free`. `QG_ERR_IO` when the port cannot be bound. No NULL.
  */
-qg_result qg_sim_start(const qg_sim_config *c, uint16_t port, const qg_sim **out);
+qg_result qg_sim_start(const qg_sim_config *c, uint16_t port, qg_sim **out);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Copies one fact of the running simulator (a `QG_SIM_*` field) into `buf`, with the
  * conventions of `qg_last_error_message`; `QG_ERR_CLOSED` once stopped. `s` and
  * `written` must not be NULL.
  */
 qg_result qg_sim_info(const qg_sim *s, uint32_t field, char *buf, size_t len, size_t *written);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Issues a bearer token for `client_id` without a token request (for tests of token
  * providers), valid for the configured token lifetime from now, and copies it into
@@ -1310,7 +1404,9 @@ qg_result qg_sim_issue_token(const qg_sim *s,
                              char *buf,
                              size_t len,
                              size_t *written);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Writes the log of every request received as a JSON array to `*out` (free with
  * `qg_string_free`): objects with `at_ms` (since start, when the call was counted),
@@ -1320,7 +1416,9 @@ qg_result qg_sim_issue_token(const qg_sim *s,
  * `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
  */
 qg_result qg_sim_log_json(const qg_sim *s, char **out);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Writes the simulator's figures as a JSON object to `*out` (free with
  * `qg_string_free`): `requests`, `throttled`, `token_requests`, `resets`, `errors_503`,
@@ -1330,18 +1428,23 @@ qg_result qg_sim_log_json(const qg_sim *s, char **out);
  * `QG_ERR_CLOSED` once stopped. No NULL. Thread-safe.
  */
 qg_result qg_sim_stats_json(const qg_sim *s, char **out);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Stops the simulator: it closes its port and connections. Later calls on it give
  * `QG_ERR_CLOSED`; stopping twice is fine. The handle stays valid until `qg_sim_free`.
  */
 qg_result qg_sim_stop(const qg_sim *s);
+#endif
 
+#if defined(QG_FEATURE_SIM)
 /**
  * Stops (if running) and frees a simulator. NULL does nothing; never free the same
  * handle twice.
  */
-void qg_sim_free(const qg_sim *s);
+void qg_sim_free(qg_sim *s);
+#endif
 
 /**
  * Frees a string returned by the library through a `char **` out-parameter
@@ -1357,13 +1460,24 @@ void qg_string_free(char *s);
 const char *qg_version(void);
 
 /**
- * The library's version as major * 1000000 + minor * 1000 + patch, to compare with
- * `QG_VERSION_NUMBER` from the header the caller was compiled with. Thread-safe.
+ * The library's version as major * 1000000 + minor * 1000 + patch. To decide whether
+ * it serves a caller, pass `QG_VERSION_NUMBER` to `qg_version_compatible` rather than
+ * comparing the two numbers for equality. Thread-safe.
  */
 uint32_t qg_version_number(void);
 
+/**
+ * Checks that this library serves a caller compiled against the header of version
+ * `header_version`; pass `QG_VERSION_NUMBER`. Call it once at start-up: a library from
+ * another ABI series, or older than the header (it may lack what the header declares),
+ * gives `QG_ERR_VERSION_MISMATCH` with the two versions in the last error text.
+ * Returns `QG_OK` otherwise. Bindings pass the header version they were written
+ * against. Thread-safe.
+ */
+qg_result qg_version_compatible(uint32_t header_version);
+
 #ifdef __cplusplus
-}  // extern "C"
-#endif  // __cplusplus
+}  /* extern "C" */
+#endif
 
 #endif  /* QUOTAGATE_H */

@@ -3,7 +3,8 @@
 # (tests/c/limiter_test.c; tests/c/client_test.c and tests/c/credentials_test.c against
 # the library's simulator) linked statically, under AddressSanitizer and
 # UndefinedBehaviorSanitizer, and under valgrind; links them against the shared library;
-# and compiles the header as C++ (tests/c/header_cpp_test.cpp).
+# compiles the header as C++ (tests/c/header_cpp_test.cpp); and compiles and runs
+# tests/c/header_std_test.c in every C and C++ standard from C89 and C++98 on.
 #
 # Usage: scripts/test-c.sh        (honours CARGO_TARGET_DIR; binaries go to <target>/c-tests)
 # Needs: cargo, cc, c++ (gcc/g++), valgrind.
@@ -128,6 +129,12 @@ if [[ -n "$missing" ]]; then
 else
     echo "---> all $(echo "$declared" | wc -l) functions of the header are exported"
 fi
+# A program asks the loader for the library's soname, libquotagate.so.0 (docs/abi.md); in
+# the build tree that is a link to make, as README.md says (scripts/install makes it).
+soname=$(readelf -d "$LIB_DIR/libquotagate.so" | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
+if [[ ${soname:?libquotagate.so has no soname} != libquotagate.so ]]; then
+    ln -sfn libquotagate.so "$LIB_DIR/$soname"
+fi
 for t in "${C_TESTS[@]}"; do
     cc "${CFLAGS[@]}" "tests/c/$t.c" -L "$LIB_DIR" -lquotagate \
         -Wl,-rpath,"$(cd "$LIB_DIR" && pwd)" "${LIBS[@]}" -o "$OUT/${t}_shared"
@@ -163,6 +170,18 @@ run "C credentials tests (valgrind)" "${VALGRIND[@]}" --show-possibly-lost=no \
 section "C++: the header compiles as C++17 and links"
 c++ "${CXXFLAGS[@]}" tests/c/header_cpp_test.cpp "$STATIC_LIB" "${LIBS[@]}" -o "$OUT/header_cpp_test"
 run "C++ header test" "$OUT/header_cpp_test"
+
+section "The header in every standard: C89 to C17, C++98 to C++20, -pedantic -Werror"
+for std in c89 c99 c11 c17; do
+    cc "-std=$std" -Wall -Wextra -pedantic -Werror -Iinclude tests/c/header_std_test.c \
+        "$STATIC_LIB" "${LIBS[@]}" -o "$OUT/header_$std"
+    run "header as $std" "$OUT/header_$std"
+done
+for std in c++98 c++11 c++14 c++17 c++20; do
+    c++ "-std=$std" -Wall -Wextra -pedantic -Werror -Iinclude -x c++ tests/c/header_std_test.c \
+        -x none "$STATIC_LIB" "${LIBS[@]}" -o "$OUT/header_$std"
+    run "header as $std" "$OUT/header_$std"
+done
 
 section "Summary ($((SECONDS - started)) s)"
 if ((${#failed[@]} > 0)); then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests the Python binding the way users get it: installs bindings/python with pip into
-# a venv (which runs `cargo build --release` through the package's build hook), then
+# a venv (which runs `cargo rustc --release` through the package's build hook: the
+# release build of scripts/install, fresh when test-install.sh ran first), then
 # type-checks the package, runs the tests from outside the source tree (so the
 # installed package and its own copy of the library are what is tested), and runs the
 # examples once against the local simulator.

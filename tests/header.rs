@@ -1,5 +1,6 @@
-//! The committed C header must be what cbindgen generates from the sources now, and its
-//! version macros must match Cargo.toml.
+//! The committed C header must be what cbindgen generates from the sources now, its
+//! version macros must match Cargo.toml, it must declare nothing outside the `qg_`/`QG_`
+//! prefix, and the header of each build must define the feature macros of that build.
 
 use std::path::Path;
 
@@ -8,9 +9,16 @@ fn committed() -> String {
         .expect("include/quotagate.h exists")
 }
 
+/// The header build.rs generated for this build's features (the one scripts/install installs).
+fn this_build() -> String {
+    std::fs::read_to_string(concat!(env!("OUT_DIR"), "/quotagate.h"))
+        .expect("build.rs generated the header")
+}
+
 #[test]
 fn committed_header_is_fresh() {
-    let fresh = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/quotagate.h"))
+    // The committed header is that of a build with every optional part.
+    let fresh = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/quotagate.default.h"))
         .expect("build.rs generated the header");
     assert!(
         committed() == fresh,
@@ -82,4 +90,186 @@ fn every_exported_function_is_declared() {
         "an exported function is not written out plainly"
     );
     assert_eq!(declared, exported);
+}
+
+/// The header without its comments, and its lines.
+fn code(header: &str) -> String {
+    let mut out = String::new();
+    let mut rest = header;
+    while let Some(start) = rest.find("/*") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("*/").expect("comments are closed") + start + 2;
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    assert!(!out.contains("//"), "a `//` comment, which C89 rejects");
+    out
+}
+
+fn identifiers(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        .collect()
+}
+
+/// Every name the header declares at file scope: macros, typedefs, struct tags,
+/// functions. (Parameter names have prototype scope and declare nothing.)
+fn declared_names(header: &str) -> Vec<String> {
+    let code = code(header);
+    let mut names = Vec::new();
+    let mut declarations = String::new();
+    for line in code.lines() {
+        let line = line.trim();
+        if let Some(directive) = line.strip_prefix('#') {
+            let words = identifiers(directive);
+            if words.first() == Some(&"define") {
+                names.push(words[1].to_string());
+            }
+        } else {
+            declarations.push_str(line);
+            declarations.push(' ');
+        }
+    }
+    let declarations = declarations.replace("extern \"C\" {", "").replace('}', "");
+    assert!(
+        !declarations.contains('{'),
+        "a struct, union or enum body: teach this test to read its members"
+    );
+    for declaration in declarations
+        .split(';')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let words = identifiers(declaration);
+        for pair in words.windows(2) {
+            if ["struct", "union", "enum"].contains(&pair[0]) {
+                names.push(pair[1].to_string());
+            }
+        }
+        let name = if let Some(pointer) = declaration.find("(*") {
+            // typedef qg_result (*qg_token_fn)(...)
+            identifiers(&declaration[pointer..])[0]
+        } else if let Some(paren) = declaration.find('(') {
+            // a function: the last name before its parameters
+            *identifiers(&declaration[..paren])
+                .last()
+                .expect("a function name")
+        } else {
+            // typedef uint32_t qg_result; typedef struct qg_limiter qg_limiter;
+            *words.last().expect("a declared name")
+        };
+        names.push(name.to_string());
+    }
+    names
+}
+
+#[test]
+fn the_header_declares_only_prefixed_names() {
+    for header in [committed(), this_build()] {
+        let names = declared_names(&header);
+        assert!(names.len() > 100, "found only {names:?}");
+        for required in [
+            "QUOTAGATE_H",
+            "QG_OK",
+            "qg_result",
+            "qg_limiter",
+            "qg_token_fn",
+            "qg_features",
+        ] {
+            assert!(
+                names.iter().any(|n| n == required),
+                "{required} was not found"
+            );
+        }
+        let unprefixed: Vec<&String> = names
+            .iter()
+            .filter(|n| !(n.starts_with("qg_") || n.starts_with("QG_") || *n == "QUOTAGATE_H"))
+            .collect();
+        assert!(
+            unprefixed.is_empty(),
+            "names outside the qg_/QG_ prefix: {unprefixed:?}"
+        );
+    }
+}
+
+#[test]
+fn names_outside_the_prefix_are_found() {
+    let header = "#ifndef QUOTAGATE_H\n#define DEFAULT_MAX_BODY (256 << 20)\n/* a comment */\n\
+                  typedef struct limiter limiter;\ntypedef int (*callback)(void *user_data);\n\
+                  int make(limiter **out);\n";
+    assert_eq!(
+        declared_names(header),
+        ["DEFAULT_MAX_BODY", "limiter", "limiter", "callback", "make"]
+    );
+}
+
+/// The optional parts the header knows: each `QG_FEATURE_BIT_X` names feature "x".
+fn known_features() -> Vec<String> {
+    committed()
+        .lines()
+        .filter_map(|l| l.strip_prefix("#define QG_FEATURE_BIT_"))
+        .map(|rest| rest.split(' ').next().unwrap().to_lowercase())
+        .collect()
+}
+
+#[test]
+fn each_header_defines_the_features_of_its_build() {
+    let features = known_features();
+    assert_eq!(features, ["sim", "pfx", "redis"]);
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let defaults = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("default = "))
+        .expect("Cargo.toml has default features");
+    for feature in &features {
+        let define = format!("#define QG_FEATURE_{} 1", feature.to_uppercase());
+        let built = match feature.as_str() {
+            "sim" => cfg!(feature = "sim"),
+            "pfx" => cfg!(feature = "pfx"),
+            "redis" => cfg!(feature = "redis"),
+            other => panic!("a new feature {other}: add it here"),
+        };
+        // The committed header is a default build's, which has every optional part.
+        assert!(
+            defaults.contains(&format!("\"{feature}\"")),
+            "{feature} is not a default"
+        );
+        assert!(
+            committed().contains(&define),
+            "{define} is missing from include/quotagate.h"
+        );
+        assert_eq!(
+            this_build().contains(&define),
+            built,
+            "{define} in this build's header"
+        );
+    }
+}
+
+/// Every function of src/ffi/sim.rs is declared only where the simulator is built in.
+#[test]
+fn simulator_declarations_are_gated() {
+    let header = committed();
+    let sim = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi/sim.rs"))
+        .unwrap();
+    let mut gated = 0;
+    for line in sim.lines() {
+        let Some(rest) = line.strip_prefix("pub extern \"C\" fn ") else {
+            continue;
+        };
+        let name = format!("{}(", rest.split('(').next().unwrap());
+        let at = header
+            .find(&name)
+            .unwrap_or_else(|| panic!("{name} is not declared"));
+        let open = header[..at]
+            .rfind("#if defined(QG_FEATURE_SIM)")
+            .expect("a gate");
+        assert!(
+            !header[open..at].contains("#endif"),
+            "{name} is outside the gate"
+        );
+        gated += 1;
+    }
+    assert!(gated > 10, "found only {gated} simulator functions");
 }

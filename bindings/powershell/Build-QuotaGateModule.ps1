@@ -6,7 +6,8 @@ Stages the QuotaGate module with a freshly built libquotagate, ready to import o
 .DESCRIPTION
 Builds the library in release mode with cargo (unless -NoBuild), then copies the module
 (QuotaGate.psd1, QuotaGate.psm1, QuotaGate.Interop.cs) to <OutputPath>/QuotaGate and the
-library to <OutputPath>/QuotaGate/runtimes/<rid>/native/, where the module looks first.
+library, stripped (unless cross-built), to <OutputPath>/QuotaGate/runtimes/<rid>/native/,
+where the module looks first.
 Run it once per platform (or with -Target for a cross build) into the same OutputPath to
 gather several runtimes in one module, then Import-Module or Publish-Module the folder.
 
@@ -110,6 +111,15 @@ foreach ($name in 'QuotaGate.psd1', 'QuotaGate.psm1', 'QuotaGate.Interop.cs') {
     Copy-Item -LiteralPath (Join-Path $source $name) -Destination $module -Force
 }
 Copy-Item -LiteralPath $built -Destination $native -Force
+# The module ships the library stripped, as scripts/install and the Python wheel do
+# (33 MB to 5 MB). A cross build keeps its symbols: this host's strip may not read it.
+if (-not $Target -and -not $IsWindows) {
+    $stripArgs = if ($IsMacOS) { @('-x') } else { @('--strip-unneeded') }
+    & strip @stripArgs (Join-Path $native $file)
+    if ($LASTEXITCODE -ne 0) {
+        throw "strip failed with exit code $LASTEXITCODE."
+    }
+}
 
 $manifest = Test-ModuleManifest -Path (Join-Path $module 'QuotaGate.psd1')
 Write-Verbose "Staged QuotaGate $($manifest.Version) with $RuntimeIdentifier/$file in $module."

@@ -678,13 +678,13 @@ pub extern "C" fn qg_client_builder_set_limiter(
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_builder_build(
     b: *const qg_client_builder,
-    out: *mut *const qg_client,
+    out: *mut *mut qg_client,
 ) -> qg_result {
     ffi_boundary! {
         let b = unsafe { try_ref(b, "builder") }?;
         let out = OutPtr::new(out, "out")?;
         let client = b.builder.build()?;
-        out.write(to_box(qg_client { client }).cast_const());
+        out.write(to_box(qg_client { client }));
         Ok(())
     }
 }
@@ -1050,8 +1050,8 @@ pub extern "C" fn qg_client_close(c: *const qg_client) -> qg_result {
 /// Releases the caller's reference to the client. NULL does nothing; never free the same
 /// handle twice, nor while another thread still uses it.
 #[unsafe(no_mangle)]
-pub extern "C" fn qg_client_free(c: *const qg_client) {
-    super::boundary::run_void(|| unsafe { free_box(c.cast_mut()) })
+pub extern "C" fn qg_client_free(c: *mut qg_client) {
+    super::boundary::run_void(|| unsafe { free_box(c) })
 }
 
 #[cfg(test)]
@@ -1081,7 +1081,7 @@ mod tests {
     }
 
     pub(crate) fn build(b: *mut qg_client_builder) -> Client {
-        let mut c = std::ptr::null();
+        let mut c = std::ptr::null_mut();
         assert_eq!(
             qg_client_builder_build(b, &mut c),
             QG_OK,

@@ -30,6 +30,9 @@ pub const QG_ERR_PANIC: qg_result = 103;
 pub const QG_ERR_NOT_FOUND: qg_result = 104;
 /// Paging: there are no more pages or items. Not a failure.
 pub const QG_DONE: qg_result = 105;
+/// `qg_version_compatible`: the library does not serve a caller built against that
+/// header version (another ABI series, or a library older than the header).
+pub const QG_ERR_VERSION_MISMATCH: qg_result = 106;
 
 // 2xx: the limiter.
 /// The deadline passed, or could not be met, before the quota admitted the call.
@@ -299,6 +302,7 @@ pub extern "C" fn qg_result_str(code: qg_result) -> *const c_char {
         QG_ERR_STORE => b"the shared quota store failed\0",
         QG_ERR_NOT_FOUND => b"not found\0",
         QG_DONE => b"no more pages or items\0",
+        QG_ERR_VERSION_MISMATCH => b"the library does not serve this header version\0",
         QG_ERR_HTTP_STATUS => b"the server answered with an error status\0",
         QG_ERR_TRANSPORT => b"the connection failed or the outcome is unknown\0",
         QG_ERR_THROTTLED => b"still throttled when the quota budget ran out\0",

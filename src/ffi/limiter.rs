@@ -185,13 +185,13 @@ pub(super) fn checked_store_url(url: &str) -> Result<&str, FfiError> {
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_limiter_builder_build(
     b: *const qg_limiter_builder,
-    out: *mut *const qg_limiter,
+    out: *mut *mut qg_limiter,
 ) -> qg_result {
     ffi_boundary! {
         let b = unsafe { try_ref(b, "builder") }?;
         let out = OutPtr::new(out, "out")?;
         let limiter = b.builder.build()?;
-        out.write(to_box(qg_limiter { limiter }).cast_const());
+        out.write(to_box(qg_limiter { limiter }));
         Ok(())
     }
 }
@@ -438,8 +438,8 @@ pub extern "C" fn qg_limiter_close(l: *const qg_limiter) -> qg_result {
 /// Releases the caller's reference to the limiter. NULL does nothing; never free the same
 /// handle twice. Waiters are not woken: close first if threads may still wait on it.
 #[unsafe(no_mangle)]
-pub extern "C" fn qg_limiter_free(l: *const qg_limiter) {
-    super::boundary::run_void(|| unsafe { free_box(l.cast_mut()) })
+pub extern "C" fn qg_limiter_free(l: *mut qg_limiter) {
+    super::boundary::run_void(|| unsafe { free_box(l) })
 }
 
 /// Reads one counter of a snapshot (`field`: one of the `QG_STAT_*` constants) into

@@ -3,7 +3,7 @@
 //! Every exported function is a plain `extern "C" fn` whose body runs inside the panic
 //! boundary of [`boundary`]; each C object has its own file. The shared plumbing lives in
 //! `boundary.rs` (panics, pointers, strings), `error.rs` (result codes, last error) and
-//! `string.rs` (strings handed to C).
+//! `string.rs` (strings handed to C); `version.rs` and `features.rs` describe the library.
 
 #![allow(non_camel_case_types)]
 
@@ -11,6 +11,7 @@
 mod boundary;
 mod client;
 mod error;
+mod features;
 mod limiter;
 mod log;
 #[cfg(feature = "sim")]

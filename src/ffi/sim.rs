@@ -253,7 +253,7 @@ pub extern "C" fn qg_sim_config_free(c: *mut qg_sim_config) {
 pub extern "C" fn qg_sim_start(
     c: *const qg_sim_config,
     port: u16,
-    out: *mut *const qg_sim,
+    out: *mut *mut qg_sim,
 ) -> qg_result {
     ffi_boundary! {
         let c = unsafe { try_ref(c, "config") }?;
@@ -272,7 +272,7 @@ pub extern "C" fn qg_sim_start(
             client_secret: sim.client_secret().to_string(),
             sim: Mutex::new(Some(sim)),
         };
-        out.write(to_box(handle).cast_const());
+        out.write(to_box(handle));
         Ok(())
     }
 }
@@ -404,8 +404,8 @@ pub extern "C" fn qg_sim_stop(s: *const qg_sim) -> qg_result {
 /// Stops (if running) and frees a simulator. NULL does nothing; never free the same
 /// handle twice.
 #[unsafe(no_mangle)]
-pub extern "C" fn qg_sim_free(s: *const qg_sim) {
-    super::boundary::run_void(|| unsafe { free_box(s.cast_mut()) })
+pub extern "C" fn qg_sim_free(s: *mut qg_sim) {
+    super::boundary::run_void(|| unsafe { free_box(s) })
 }
 
 #[cfg(test)]

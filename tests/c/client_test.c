@@ -98,9 +98,9 @@ static qg_sim_config *sim_config(uint32_t machines)
 }
 
 /* Starts a simulator on a free port and frees the settings. NULL on failure. */
-static const qg_sim *start_sim(qg_sim_config *c)
+static qg_sim *start_sim(qg_sim_config *c)
 {
-    const qg_sim *s = NULL;
+    qg_sim *s = NULL;
     if (c == NULL) {
         return NULL;
     }
@@ -110,7 +110,7 @@ static const qg_sim *start_sim(qg_sim_config *c)
 }
 
 /* One field of the simulator's info into buf ("" on failure). */
-static const char *sim_text(const qg_sim *s, uint32_t field, char *buf, size_t len)
+static const char *sim_text(qg_sim *s, uint32_t field, char *buf, size_t len)
 {
     size_t written = 0;
     buf[0] = '\0';
@@ -119,7 +119,7 @@ static const char *sim_text(const qg_sim *s, uint32_t field, char *buf, size_t l
 }
 
 /* The simulator's request log as JSON (free with qg_string_free); NULL on failure. */
-static char *sim_log(const qg_sim *s)
+static char *sim_log(qg_sim *s)
 {
     char *log = NULL;
     CHECK_OK(qg_sim_log_json(s, &log));
@@ -127,7 +127,7 @@ static char *sim_log(const qg_sim *s)
 }
 
 /* The simulator's figures as JSON (free with qg_string_free); NULL on failure. */
-static char *sim_stats(const qg_sim *s)
+static char *sim_stats(qg_sim *s)
 {
     char *st = NULL;
     CHECK_OK(qg_sim_stats_json(s, &st));
@@ -135,7 +135,7 @@ static char *sim_stats(const qg_sim *s)
 }
 
 /* One number of the simulator's figures; -1 when it cannot be read. */
-static long sim_stat(const qg_sim *s, const char *key)
+static long sim_stat(qg_sim *s, const char *key)
 {
     char *st = sim_stats(s);
     long v = json_int(st, key);
@@ -144,7 +144,7 @@ static long sim_stat(const qg_sim *s, const char *key)
 }
 
 /* Like sim_stat without counting a check, for polling loops. */
-static long sim_stat_polled(const qg_sim *s, const char *key)
+static long sim_stat_polled(qg_sim *s, const char *key)
 {
     char *st = NULL;
     long v = qg_sim_stats_json(s, &st) == QG_OK ? json_int(st, key) : -1;
@@ -153,7 +153,7 @@ static long sim_stat_polled(const qg_sim *s, const char *key)
 }
 
 /* How many requests the simulator's log has whose path contains `needle`. */
-static int sim_log_count(const qg_sim *s, const char *needle)
+static int sim_log_count(qg_sim *s, const char *needle)
 {
     char *log = sim_log(s);
     int n = count_of(log, needle);
@@ -163,7 +163,7 @@ static int sim_log_count(const qg_sim *s, const char *needle)
 
 /* A builder with the short timeouts, pointed at the simulator with its credentials
  * (unless `s` is NULL). */
-static qg_client_builder *sim_builder(const qg_sim *s)
+static qg_client_builder *sim_builder(qg_sim *s)
 {
     char url[256], tenant[256], client[256], secret[256];
     qg_client_builder *b = NULL;
@@ -185,9 +185,9 @@ static qg_client_builder *sim_builder(const qg_sim *s)
 }
 
 /* Builds a client and frees the builder. NULL on failure. */
-static const qg_client *build(qg_client_builder *b)
+static qg_client *build(qg_client_builder *b)
 {
-    const qg_client *c = NULL;
+    qg_client *c = NULL;
     if (b == NULL) {
         return NULL;
     }
@@ -196,7 +196,7 @@ static const qg_client *build(qg_client_builder *b)
     return c;
 }
 
-static const qg_client *sim_client(const qg_sim *s) { return build(sim_builder(s)); }
+static qg_client *sim_client(qg_sim *s) { return build(sim_builder(s)); }
 
 static qg_request *new_request(const char *method, const char *path)
 {
@@ -206,7 +206,7 @@ static qg_request *new_request(const char *method, const char *path)
 }
 
 /* Sends `r`; the response, or NULL (with the code in *rc when rc is not NULL). */
-static qg_response *send_request(const qg_client *c, const qg_request *r, qg_result *rc)
+static qg_response *send_request(qg_client *c, const qg_request *r, qg_result *rc)
 {
     qg_response *resp = NULL;
     qg_result code = (c != NULL && r != NULL) ? qg_client_send(c, r, &resp) : QG_ERR_NULL_ARGUMENT;
@@ -217,7 +217,7 @@ static qg_response *send_request(const qg_client *c, const qg_request *r, qg_res
 }
 
 /* Sends a request of `method` to `path` with an optional JSON body; the status, or 0. */
-static unsigned send_simple(const qg_client *c, const char *method, const char *path, const char *json)
+static unsigned send_simple(qg_client *c, const char *method, const char *path, const char *json)
 {
     qg_request *r = new_request(method, path);
     unsigned status = 0;
@@ -238,7 +238,7 @@ static unsigned send_simple(const qg_client *c, const char *method, const char *
 }
 
 /* The code of sending a request of `method` to `path` (the response is freed). */
-static qg_result send_rc(const qg_client *c, const char *method, const char *path)
+static qg_result send_rc(qg_client *c, const char *method, const char *path)
 {
     qg_request *r = new_request(method, path);
     qg_result rc = QG_OK;
@@ -303,7 +303,7 @@ static const char *last_detail(uint32_t field, char *buf, size_t len)
 }
 
 /* The id of the simulated machine at `index` in list order, into buf (40 characters). */
-static const char *machine_id(const qg_client *c, unsigned index, char *buf, size_t len)
+static const char *machine_id(qg_client *c, unsigned index, char *buf, size_t len)
 {
     char path[64];
     buf[0] = '\0';
@@ -321,14 +321,14 @@ static const char *machine_id(const qg_client *c, unsigned index, char *buf, siz
 }
 
 /* The statistics of a client as JSON (free with qg_string_free). */
-static char *client_stats(const qg_client *c)
+static char *client_stats(qg_client *c)
 {
     char *st = NULL;
     CHECK_OK(qg_client_stats_json(c, &st));
     return st;
 }
 
-static long client_stat(const qg_client *c, const char *key)
+static long client_stat(qg_client *c, const char *key)
 {
     char *st = client_stats(c);
     long v = json_int(st, key);
@@ -342,7 +342,7 @@ static long client_stat(const qg_client *c, const char *key)
 static void test_sim_api(void)
 {
     qg_sim_config *c = SENTINEL;
-    const qg_sim *s = SENTINEL;
+    qg_sim *s = SENTINEL;
     char buf[256], url[256];
     size_t written = 0;
 
@@ -442,7 +442,7 @@ static void test_sim_api(void)
     CHECK_RC(qg_sim_info(s, 0xFFFFFFFFu, buf, sizeof buf, &written), QG_ERR_INVALID_ARGUMENT);
 
     /* A taken port cannot be bound; the settings are not consumed by a start. */
-    const qg_sim *second = SENTINEL;
+    qg_sim *second = SENTINEL;
     CHECK_RC(qg_sim_start(c, (uint16_t)port, &second), QG_ERR_IO);
     CHECK(second == SENTINEL);
     qg_sim_config_free(c);
@@ -464,7 +464,7 @@ static void test_sim_api(void)
     CHECK_RC(qg_sim_stats_json(s, NULL), QG_ERR_NULL_ARGUMENT);
 
     /* One call: a token request and one API request, both logged with their fields. */
-    const qg_client *client = sim_client(s);
+    qg_client *client = sim_client(s);
     CHECK_U64(send_simple(client, "GET", "/api/machines?$top=2", NULL), ==, 200);
     log = sim_log(s);
     CHECK_MSG(log != NULL && count_of(log, "\"at_ms\":") == 2 && contains(log, "\"path\":\"/api/machines?$top=2\"") &&
@@ -498,7 +498,7 @@ static void test_sim_api(void)
     CHECK_OK(qg_client_builder_set_base_url(b, url));
     CHECK_OK(qg_client_builder_set_access_token(b, "any-token"));
     CHECK_OK(qg_client_builder_set_max_attempts(b, 1));
-    const qg_client *late = build(b);
+    qg_client *late = build(b);
     CHECK_RC(send_rc(late, "GET", "/api/machines"), QG_ERR_TRANSPORT);
     qg_client_free(late);
 
@@ -518,8 +518,8 @@ static void test_short_token_lifetime(void)
 {
     qg_sim_config *cfg = sim_config(3);
     CHECK_OK(qg_sim_config_set_token_lifetime_ms(cfg, 500));
-    const qg_sim *s = start_sim(cfg);
-    const qg_client *c = sim_client(s);
+    qg_sim *s = start_sim(cfg);
+    qg_client *c = sim_client(s);
     CHECK_RC(send_rc(c, "GET", "/api/machines?$top=1"), QG_OK);
     qg_client_free(c);
     qg_sim_free(s);
@@ -529,7 +529,7 @@ static void test_short_token_lifetime(void)
 static void test_builder_arguments(void)
 {
     qg_client_builder *b = SENTINEL;
-    const qg_client *c = SENTINEL;
+    qg_client *c = SENTINEL;
     char err[512];
 
     CHECK_RC(qg_client_builder_new(NULL), QG_ERR_NULL_ARGUMENT);
@@ -657,7 +657,7 @@ static void test_builder_arguments(void)
     if (c != SENTINEL) {
         qg_client_free(c);
     }
-    const qg_client *again = NULL;
+    qg_client *again = NULL;
     CHECK_OK(qg_client_builder_build(b, &again));
     qg_client_free(again);
 
@@ -711,13 +711,13 @@ static void test_builder_arguments(void)
 /* The setters change what the client does, seen from the simulator. */
 static void test_builder_settings_take_effect(void)
 {
-    const qg_sim *s = start_sim(sim_config(5));
+    qg_sim *s = start_sim(sim_config(5));
     char url[256], err[512];
     sim_text(s, QG_SIM_URL, url, sizeof url);
 
     /* One builder, reused: two clients, then a third after more changes. */
     qg_client_builder *b = sim_builder(s);
-    const qg_client *c1 = NULL, *c2 = NULL, *c3 = NULL;
+    qg_client *c1 = NULL, *c2 = NULL, *c3 = NULL;
     CHECK_OK(qg_client_builder_build(b, &c1));
     CHECK_OK(qg_client_builder_build(b, &c2));
     CHECK_U64(send_simple(c1, "GET", "/api/machines?$top=1", NULL), ==, 200);
@@ -749,7 +749,7 @@ static void test_builder_settings_take_effect(void)
     CHECK_OK(qg_client_builder_set_max_quota_wait_ms(rb, 300));
     CHECK_OK(qg_client_builder_add_route(rb, "GET", "/api/alerts", 5, 10000));
     CHECK_OK(qg_client_builder_add_route(rb, "get", "/API/Alerts", 1, 10000));
-    const qg_client *routed = build(rb);
+    qg_client *routed = build(rb);
     CHECK_U64(send_simple(routed, "GET", "/api/alerts?$top=1", NULL), ==, 200);
     CHECK_RC(send_rc(routed, "GET", "/api/alerts?$top=1"), QG_ERR_THROTTLED);
     qg_client_free(routed);
@@ -759,7 +759,7 @@ static void test_builder_settings_take_effect(void)
     CHECK_OK(qg_client_builder_set_max_quota_wait_ms(db, 300));
     CHECK_OK(qg_client_builder_add_default_rate(db, 100, 60000));
     CHECK_OK(qg_client_builder_add_default_rate(db, 1, 10000));
-    const qg_client *defaults = build(db);
+    qg_client *defaults = build(db);
     CHECK_U64(send_simple(defaults, "GET", "/api/machines?$top=1", NULL), ==, 200);
     CHECK_RC(send_rc(defaults, "GET", "/api/machines?$top=1"), QG_ERR_THROTTLED);
     char *dst = client_stats(defaults);
@@ -774,11 +774,11 @@ static void test_builder_settings_take_effect(void)
     char scope[300];
     snprintf(scope, sizeof scope, "%s/.default", url);
     CHECK_OK(qg_client_builder_set_scope(sb, scope));
-    const qg_client *scoped = NULL;
+    qg_client *scoped = NULL;
     CHECK_OK(qg_client_builder_build(sb, &scoped));
     CHECK_U64(send_simple(scoped, "GET", "/api/machines?$top=1", NULL), ==, 200);
     CHECK_OK(qg_client_builder_set_scope(sb, "api://no-default-suffix"));
-    const qg_client *badscope = NULL;
+    qg_client *badscope = NULL;
     CHECK_OK(qg_client_builder_build(sb, &badscope));
     CHECK_RC(send_rc(badscope, "GET", "/api/machines?$top=1"), QG_ERR_AUTH);
     last_error_text(err, sizeof err);
@@ -789,7 +789,7 @@ static void test_builder_settings_take_effect(void)
     /* A v1 resource goes to the v1 token endpoint. */
     CHECK_U64(sim_log_count(s, "/oauth2/token\""), ==, 0);
     CHECK_OK(qg_client_builder_set_resource(sb, "https://api.securitycenter.microsoft.com"));
-    const qg_client *v1 = build(sb);
+    qg_client *v1 = build(sb);
     CHECK_U64(send_simple(v1, "GET", "/api/machines?$top=1", NULL), ==, 200);
     CHECK_U64(sim_log_count(s, "/oauth2/token\""), ==, 1);
     qg_client_free(v1);
@@ -799,7 +799,7 @@ static void test_builder_settings_take_effect(void)
     qg_client_builder *tb = sim_builder(NULL);
     CHECK_OK(qg_client_builder_set_base_url(tb, url));
     CHECK_OK(qg_client_builder_set_access_token(tb, "not-a-token-of-the-simulator"));
-    const qg_client *fixed = build(tb);
+    qg_client *fixed = build(tb);
     long tokens = sim_stat(s, "token_requests");
     CHECK_U64(send_simple(fixed, "GET", "/api/machines?$top=1", NULL), ==, 401);
     CHECK_U64(sim_stat(s, "token_requests"), ==, tokens);
@@ -810,14 +810,14 @@ static void test_builder_settings_take_effect(void)
     qg_client_builder *pb = sim_builder(s);
     CHECK_OK(qg_client_builder_set_max_attempts(pb, 1));
     CHECK_OK(qg_client_builder_set_proxy(pb, "http://127.0.0.1:9"));
-    const qg_client *proxied = NULL;
+    qg_client *proxied = NULL;
     CHECK_OK(qg_client_builder_build(pb, &proxied));
     long requests = sim_stat(s, "requests");
     qg_result rc = send_rc(proxied, "GET", "/api/machines?$top=1");
     CHECK_MSG(rc == QG_ERR_AUTH || rc == QG_ERR_TRANSPORT, "through a dead proxy: %s", qg_result_str(rc));
     CHECK_U64(sim_stat(s, "requests"), ==, requests);
     CHECK_OK(qg_client_builder_set_proxy(pb, NULL));
-    const qg_client *direct = build(pb);
+    qg_client *direct = build(pb);
     CHECK_U64(send_simple(direct, "GET", "/api/machines?$top=1", NULL), ==, 200);
     qg_client_free(proxied);
     qg_client_free(direct);
@@ -830,7 +830,7 @@ static void test_builder_settings_take_effect(void)
 }
 
 /* The bucket key of a client's only bucket, from its statistics; 0 on success. */
-static int only_bucket_key(const qg_client *c, char *buf, size_t len)
+static int only_bucket_key(qg_client *c, char *buf, size_t len)
 {
     char *st = client_stats(c);
     const char *p = st ? strstr(st, "\"buckets\":{\"") : NULL;
@@ -851,9 +851,9 @@ static int only_bucket_key(const qg_client *c, char *buf, size_t len)
 /* Two clients and direct limiter calls share one qg_limiter. */
 static void test_shared_limiter(void)
 {
-    const qg_sim *s = start_sim(sim_config(5));
+    qg_sim *s = start_sim(sim_config(5));
     qg_limiter_builder *lb = NULL;
-    const qg_limiter *l = NULL;
+    qg_limiter *l = NULL;
     CHECK_OK(qg_limiter_builder_new(&lb));
     CHECK_OK(qg_limiter_builder_add_rate(lb, 3, 10000));
     CHECK_OK(qg_limiter_builder_build(lb, &l));
@@ -863,7 +863,7 @@ static void test_shared_limiter(void)
     CHECK_OK(qg_client_builder_add_default_rate(b, 3, 10000));
     CHECK_OK(qg_client_builder_set_max_quota_wait_ms(b, 300));
     CHECK_OK(qg_client_builder_set_limiter(b, l));
-    const qg_client *a = NULL, *c = NULL;
+    qg_client *a = NULL, *c = NULL;
     CHECK_OK(qg_client_builder_build(b, &a));
     CHECK_OK(qg_client_builder_build(b, &c));
     qg_client_builder_free(b);
@@ -872,7 +872,7 @@ static void test_shared_limiter(void)
     qg_client_builder *ob = sim_builder(s);
     CHECK_OK(qg_client_builder_add_default_rate(ob, 3, 10000));
     CHECK_OK(qg_client_builder_set_max_quota_wait_ms(ob, 300));
-    const qg_client *own = build(ob);
+    qg_client *own = build(ob);
 
     CHECK_U64(send_simple(a, "GET", "/api/machines?$top=1", NULL), ==, 200);
     char key[512] = "";
@@ -959,8 +959,8 @@ static void test_requests(void)
     qg_request_free(NULL);
 
     /* Query encoding, seen in the paths the simulator received. */
-    const qg_sim *s = start_sim(sim_config(9));
-    const qg_client *c = sim_client(s);
+    qg_sim *s = start_sim(sim_config(9));
+    qg_client *c = sim_client(s);
     char url[256];
     sim_text(s, QG_SIM_URL, url, sizeof url);
     r = new_request("GET", "/api/machines");
@@ -1063,8 +1063,8 @@ static void test_requests(void)
 /* GET and POST, and every qg_response_* getter, on answers of 200, 201, 400 and 404. */
 static void test_send_and_responses(void)
 {
-    const qg_sim *s = start_sim(sim_config(9));
-    const qg_client *c = sim_client(s);
+    qg_sim *s = start_sim(sim_config(9));
+    qg_client *c = sim_client(s);
     char id[64], path[160], buf[512];
     machine_id(c, 2, id, sizeof id);
     CHECK_U64(strlen(id), ==, 40);
@@ -1311,7 +1311,7 @@ static void test_send_and_responses(void)
 }
 
 struct hammer {
-    const qg_client *client;
+    qg_client *client;
     int calls;
     int ok;
     qg_result rc;
@@ -1346,7 +1346,7 @@ static void *hammer_main(void *arg)
 }
 
 /* Runs `threads` threads of `calls` GETs each on one client; returns the calls that got a 200. */
-static int hammer(const qg_client *c, int threads, int calls)
+static int hammer(qg_client *c, int threads, int calls)
 {
     struct hammer h[16];
     pthread_t t[16];
@@ -1368,7 +1368,7 @@ static int hammer(const qg_client *c, int threads, int calls)
 }
 
 /* The peak of the first window of `class` in the simulator's figures; -1 if absent. */
-static long sim_peak(const qg_sim *s, const char *class)
+static long sim_peak(qg_sim *s, const char *class)
 {
     char *st = sim_stats(s);
     char pattern[64];
@@ -1387,14 +1387,14 @@ static void test_quota_kept_by_many_threads(void)
 {
     qg_sim_config *cfg = sim_config(5);
     CHECK_OK(qg_sim_config_set_limit(cfg, NULL, 10, 0.5));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
     /* 10 per 500 ms like the server, with a margin for the time between admission here
      * and the server's count (thread scheduling; much longer under valgrind). */
     const uint64_t margin_ms = UNDER_VALGRIND() ? 2000 : 250;
     CHECK_OK(qg_client_builder_add_default_rate(b, 10, 500));
     CHECK_OK(qg_client_builder_set_margin_ms(b, margin_ms));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
 
     /* One call first: the token, and code paths that valgrind translates once, would
      * otherwise delay the first calls of the burst far more than the later ones. */
@@ -1435,10 +1435,10 @@ static void test_stricter_server_costs_few_429s(void)
     qg_sim_config *cfg = sim_config(5);
     CHECK_OK(qg_sim_config_set_limit(cfg, NULL, 5, 0.5));
     CHECK_OK(qg_sim_config_set_retry_after_style(cfg, QG_SIM_RETRY_AFTER_BODY_ONLY));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_add_default_rate(b, 50, 500));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
 
     int ok = 0;
     for (int i = 0; i < 12; i++) {
@@ -1465,10 +1465,10 @@ static void test_throttled_details(void)
 {
     qg_sim_config *cfg = sim_config(3);
     CHECK_OK(qg_sim_config_set_limit(cfg, NULL, 1, 10.0));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_set_max_attempts(b, 1));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     char buf[512];
 
     CHECK_U64(send_simple(c, "GET", "/api/machines?$top=1", NULL), ==, 200);
@@ -1496,8 +1496,8 @@ static void test_throttled_details(void)
 /* qg_client_pages, qg_pages_next and qg_pages_next_item. */
 static void test_paging(void)
 {
-    const qg_sim *s = start_sim(sim_config(23));
-    const qg_client *c = sim_client(s);
+    qg_sim *s = start_sim(sim_config(23));
+    qg_client *c = sim_client(s);
     char buf[256];
 
     qg_request *first = new_request("GET", "/api/machines");
@@ -1620,10 +1620,10 @@ static void test_gets_survive_503s(void)
     qg_sim_config *cfg = sim_config(5);
     CHECK_OK(qg_sim_config_set_limit(cfg, NULL, 100000, 60.0));
     CHECK_OK(qg_sim_config_set_faults(cfg, 0.3, 0.0, 0));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_add_default_rate(b, 100000, 60000));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
 
     /* One thread: the simulator draws its faults in the order of the calls from a fixed
      * seed, so the same calls meet the same 503s on every run. */
@@ -1648,18 +1648,18 @@ static void test_ambiguous_post_is_not_repeated(void)
 {
     /* The machine's id first, from a simulator without faults (ids depend on the index only). */
     char id[64], path[160], buf[512];
-    const qg_sim *plain = start_sim(sim_config(3));
-    const qg_client *pc = sim_client(plain);
+    qg_sim *plain = start_sim(sim_config(3));
+    qg_client *pc = sim_client(plain);
     machine_id(pc, 1, id, sizeof id);
     qg_client_free(pc);
     qg_sim_free(plain);
 
     qg_sim_config *cfg = sim_config(3);
     CHECK_OK(qg_sim_config_set_faults(cfg, 0.0, 1.0, 0));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_set_max_attempts(b, 2));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
 
     snprintf(path, sizeof path, "/api/machines/%s/isolate", id);
     qg_request *r = new_request("POST", path);
@@ -1689,13 +1689,13 @@ static void test_ambiguous_post_is_not_repeated(void)
 /* An answer over the body limit fails with QG_ERR_BODY_TOO_LARGE. */
 static void test_body_limit(void)
 {
-    const qg_sim *s = start_sim(sim_config(9));
+    qg_sim *s = start_sim(sim_config(9));
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_set_max_body_bytes(b, 100));
-    const qg_client *small = NULL;
+    qg_client *small = NULL;
     CHECK_OK(qg_client_builder_build(b, &small));
     CHECK_OK(qg_client_builder_set_max_body_bytes(b, 1u << 20));
-    const qg_client *big = build(b);
+    qg_client *big = build(b);
 
     qg_response *resp = SENTINEL;
     qg_request *r = new_request("GET", "/api/machines?$top=5");
@@ -1725,11 +1725,11 @@ static void test_slow_server_times_out(void)
 {
     qg_sim_config *cfg = sim_config(3);
     CHECK_OK(qg_sim_config_set_faults(cfg, 0.0, 0.0, 300));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_set_timeout_ms(b, 100));
     CHECK_OK(qg_client_builder_set_max_attempts(b, 2));
-    const qg_client *impatient = build(b);
+    qg_client *impatient = build(b);
 
     double t0 = now_ms();
     qg_result rc = send_rc(impatient, "GET", "/api/machines?$top=1");
@@ -1739,7 +1739,7 @@ static void test_slow_server_times_out(void)
     last_error_text(err, sizeof err);
     CHECK_MSG(contains(err, "imeout") || contains(err, "timed out"), "the timeout is named: \"%s\"", err);
 
-    const qg_client *patient = sim_client(s);
+    qg_client *patient = sim_client(s);
     CHECK_U64(send_simple(patient, "GET", "/api/machines?$top=1", NULL), ==, 200);
 
     qg_client_free(impatient);
@@ -1748,7 +1748,7 @@ static void test_slow_server_times_out(void)
 }
 
 struct blocked_send {
-    const qg_client *client;
+    qg_client *client;
     const qg_request *request;
     qg_result rc;
     double returned_at;
@@ -1770,10 +1770,10 @@ static void *blocked_send_main(void *arg)
  * request is cancelled, or when the client is closed, from another thread. */
 static void test_cancel_and_close_while_waiting(void)
 {
-    const qg_sim *s = start_sim(sim_config(3));
+    qg_sim *s = start_sim(sim_config(3));
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_add_default_rate(b, 1, 10000));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     CHECK_U64(send_simple(c, "GET", "/api/machines?$top=1", NULL), ==, 200);
 
     /* Cancel. */
@@ -1847,8 +1847,8 @@ static void test_cancel_during_backoff(void)
 {
     qg_sim_config *cfg = sim_config(3);
     CHECK_OK(qg_sim_config_set_faults(cfg, 1.0, 0.0, 0));
-    const qg_sim *s = start_sim(cfg);
-    const qg_client *c = sim_client(s);
+    qg_sim *s = start_sim(cfg);
+    qg_client *c = sim_client(s);
     qg_request *r = new_request("GET", "/api/machines?$top=1");
     struct blocked_send bs = {c, r, QG_OK, 0, ""};
     pthread_t t;
@@ -1880,18 +1880,18 @@ static void test_cancel_during_backoff(void)
 static void test_cancel_and_close_while_fetching_the_token(void)
 {
     char id[64], path[160];
-    const qg_sim *plain = start_sim(sim_config(3));
-    const qg_client *pc = sim_client(plain);
+    qg_sim *plain = start_sim(sim_config(3));
+    qg_client *pc = sim_client(plain);
     machine_id(pc, 0, id, sizeof id);
     qg_client_free(pc);
     qg_sim_free(plain);
 
     qg_sim_config *cfg = sim_config(3);
     CHECK_OK(qg_sim_config_set_faults(cfg, 0.0, 0.0, 300));
-    const qg_sim *s = start_sim(cfg);
+    qg_sim *s = start_sim(cfg);
 
     /* Cancel: the isolation is cancelled while its client fetches the token. */
-    const qg_client *c = sim_client(s);
+    qg_client *c = sim_client(s);
     snprintf(path, sizeof path, "/api/machines/%s/isolate", id);
     qg_request *r = new_request("POST", path);
     const char *isolate = "{\"Comment\":\"cancelled\",\"IsolationType\":\"Full\"}";
@@ -1934,8 +1934,8 @@ static void test_cancel_and_close_while_fetching_the_token(void)
 /* qg_client_stats_json and qg_string_free. */
 static void test_client_stats(void)
 {
-    const qg_sim *s = start_sim(sim_config(3));
-    const qg_client *c = sim_client(s);
+    qg_sim *s = start_sim(sim_config(3));
+    qg_client *c = sim_client(s);
     char *st = SENTINEL;
     CHECK_RC(qg_client_stats_json(NULL, &st), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_stats_json(c, NULL), QG_ERR_NULL_ARGUMENT);
@@ -2011,8 +2011,8 @@ static void test_logger(void)
 
     /* A client whose quota (1 call per 150 ms) is also taken by direct limiter calls, so
      * that a call can be made to wait however slowly the test runs. */
-    const qg_sim *s = start_sim(sim_config(3));
-    const qg_limiter *l = NULL;
+    qg_sim *s = start_sim(sim_config(3));
+    qg_limiter *l = NULL;
     qg_limiter_builder *lb = NULL;
     CHECK_OK(qg_limiter_builder_new(&lb));
     CHECK_OK(qg_limiter_builder_add_rate(lb, 1, 150));
@@ -2021,7 +2021,7 @@ static void test_logger(void)
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_add_default_rate(b, 1, 150));
     CHECK_OK(qg_client_builder_set_limiter(b, l));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     CHECK_U64(send_simple(c, "GET", "/api/machines?$top=1", NULL), ==, 200);
     char key[512] = "";
     CHECK(only_bucket_key(c, key, sizeof key) == 0);
@@ -2059,11 +2059,11 @@ static void test_logger(void)
 static void test_secret_never_shown(void)
 {
     static struct log_sink sink;
-    const qg_sim *s = start_sim(sim_config(3));
+    qg_sim *s = start_sim(sim_config(3));
     qg_client_builder *b = sim_builder(s);
     CHECK_OK(qg_client_builder_set_client_secret(b, g_secret));
     CHECK_OK(qg_client_builder_set_max_attempts(b, 2));
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
 
     reset_sink(&sink, QG_LOG_TRACE);
     CHECK_OK(qg_set_logger(log_to_sink, QG_LOG_TRACE, &sink));

@@ -61,10 +61,10 @@ static char *read_file(const char *path)
 
 /* A simulator that knows tests/data/app.crt for "cert-app", with live response calls
  * that take `live_ms`. */
-static const qg_sim *start_sim(uint64_t live_ms)
+static qg_sim *start_sim(uint64_t live_ms)
 {
     qg_sim_config *cfg = NULL;
-    const qg_sim *sim = NULL;
+    qg_sim *sim = NULL;
     char *pem = read_file("tests/data/app.crt");
     CHECK(pem != NULL);
     CHECK_RC(qg_sim_config_new(&cfg), QG_OK);
@@ -78,7 +78,7 @@ static const qg_sim *start_sim(uint64_t live_ms)
 }
 
 /* A builder pointed at the simulator, with a 3 s limit per exchange. */
-static qg_client_builder *sim_builder(const qg_sim *sim)
+static qg_client_builder *sim_builder(qg_sim *sim)
 {
     char url[256] = "";
     size_t n = 0;
@@ -92,7 +92,7 @@ static qg_client_builder *sim_builder(const qg_sim *sim)
 }
 
 /* Sends one request and returns its status (0 on failure). */
-static uint16_t send_status(const qg_client *c, const char *method, const char *path,
+static uint16_t send_status(qg_client *c, const char *method, const char *path,
                             const char *json)
 {
     qg_request *r = NULL;
@@ -108,9 +108,9 @@ static uint16_t send_status(const qg_client *c, const char *method, const char *
     return status;
 }
 
-static const qg_client *build(qg_client_builder *b)
+static qg_client *build(qg_client_builder *b)
 {
-    const qg_client *c = NULL;
+    qg_client *c = NULL;
     CHECK_RC(qg_client_builder_build(b, &c), QG_OK);
     qg_client_builder_free(b);
     return c;
@@ -131,12 +131,12 @@ static void test_clouds(void)
     CHECK(strstr(err, "gcc-high") != NULL && strstr(err, "dod") != NULL);
     CHECK_RC(qg_client_builder_set_cloud(b, NULL), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_access_token(b, "t"), QG_OK);
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     qg_client_free(c);
 }
 
 struct token_source {
-    const qg_sim *sim;
+    qg_sim *sim;
     atomic_int calls;
     atomic_int asked_for_more;
 };
@@ -180,7 +180,7 @@ static qg_result refuse_token(void *user_data, char *buf, size_t len, size_t *wr
 
 static void *get_machines(void *arg)
 {
-    const qg_client *c = arg;
+    qg_client *c = arg;
     for (int i = 0; i < 5; i++) {
         CHECK(send_status(c, "GET", "/api/machines?$top=1", NULL) == 200);
     }
@@ -189,13 +189,13 @@ static void *get_machines(void *arg)
 
 static void test_token_provider(void)
 {
-    const qg_sim *sim = start_sim(0);
+    qg_sim *sim = start_sim(0);
     if (!sim) return;
     struct token_source src = {.sim = sim};
     qg_client_builder *b = sim_builder(sim);
     CHECK_RC(qg_client_builder_set_token_provider(b, give_token, &src), QG_OK);
     CHECK_RC(qg_client_builder_set_token_provider(b, NULL, &src), QG_ERR_NULL_ARGUMENT);
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     pthread_t threads[4];
     for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, get_machines, (void *)c);
     for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
@@ -222,7 +222,7 @@ static void test_token_provider(void)
 
 static void test_certificates(void)
 {
-    const qg_sim *sim = start_sim(0);
+    qg_sim *sim = start_sim(0);
     if (!sim) return;
     char tenant[128] = "";
     size_t n = 0;
@@ -244,7 +244,7 @@ static void test_certificates(void)
                                                                 "quotagate"),
                      QG_OK);
         }
-        const qg_client *c = build(b);
+        qg_client *c = build(b);
         CHECK(send_status(c, "GET", "/api/machines?$top=1", NULL) == 200);
         qg_client_free(c);
     }
@@ -263,7 +263,7 @@ static void test_certificates(void)
     CHECK_RC(qg_client_builder_set_certificate_pem_files(b, "tests/data/other.crt",
                                                          "tests/data/other.key"),
              QG_OK);
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     qg_request *r = NULL;
     qg_response *resp = NULL;
     CHECK_RC(qg_request_new("GET", "/api/machines", &r), QG_OK);
@@ -274,7 +274,7 @@ static void test_certificates(void)
 }
 
 struct live_call {
-    const qg_client *client;
+    qg_client *client;
     char path[256];
 };
 
@@ -287,7 +287,7 @@ static void *live_response(void *arg)
 }
 
 /* The id of the first machine, read from the list (0 on failure). */
-static int first_machine_id(const qg_client *c, char *id, size_t len)
+static int first_machine_id(qg_client *c, char *id, size_t len)
 {
     qg_request *r = NULL;
     qg_response *resp = NULL;
@@ -316,7 +316,7 @@ static int first_machine_id(const qg_client *c, char *id, size_t len)
 
 static void test_max_in_flight(void)
 {
-    const qg_sim *sim = start_sim(300);
+    qg_sim *sim = start_sim(300);
     if (!sim) return;
     char tenant[128] = "", id[128] = "", secret[128] = "";
     size_t n = 0;
@@ -332,7 +332,7 @@ static void test_max_in_flight(void)
     CHECK_RC(qg_client_builder_set_max_in_flight(b, "POST", pattern, 2), QG_OK);
     CHECK_RC(qg_client_builder_set_max_in_flight(b, "POST", "relative", 2),
              QG_ERR_INVALID_ARGUMENT);
-    const qg_client *c = build(b);
+    qg_client *c = build(b);
     struct live_call call = {.client = c};
     char machine[128] = "";
     CHECK(first_machine_id(c, machine, sizeof machine));

@@ -56,7 +56,7 @@ int main()
     CHECK(qg_limiter_builder_set_margin(builder.p, 50) == QG_OK);
     CHECK(qg_limiter_builder_set_max_buckets(builder.p, 8) == QG_OK);
 
-    Owned<const qg_limiter, qg_limiter_free> limiter;
+    Owned<qg_limiter, qg_limiter_free> limiter;
     CHECK(qg_limiter_builder_build(builder.p, &limiter.p) == QG_OK);
     CHECK(limiter.p != nullptr);
     if (limiter.p == nullptr) {

@@ -16,7 +16,7 @@
 static void *leak_a_limiter(void *arg)
 {
     qg_limiter_builder *b = NULL;
-    const qg_limiter *l = NULL;
+    qg_limiter *l = NULL;
     (void)arg;
     if (qg_limiter_builder_new(&b) != QG_OK || qg_limiter_builder_add_rate(b, 1, 1000) != QG_OK ||
         qg_limiter_builder_build(b, &l) != QG_OK || qg_limiter_try_acquire(l, "k", 1, NULL) != QG_OK) {

@@ -20,11 +20,11 @@ static char g_sentinel_object;
 #define SENTINEL ((void *)&g_sentinel_object)
 
 /* A limiter with `n` rates; margin and max_buckets are set when not 0. NULL on failure. */
-static const qg_limiter *make_limiter(size_t n, const uint32_t *calls, const uint64_t *windows,
+static qg_limiter *make_limiter(size_t n, const uint32_t *calls, const uint64_t *windows,
                                       uint64_t margin_ms, size_t max_buckets)
 {
     qg_limiter_builder *b = NULL;
-    const qg_limiter *l = NULL;
+    qg_limiter *l = NULL;
     CHECK_OK(qg_limiter_builder_new(&b));
     if (b == NULL) {
         return NULL;
@@ -43,13 +43,13 @@ static const qg_limiter *make_limiter(size_t n, const uint32_t *calls, const uin
     return l;
 }
 
-static const qg_limiter *make_simple(uint32_t calls, uint64_t window_ms)
+static qg_limiter *make_simple(uint32_t calls, uint64_t window_ms)
 {
     return make_limiter(1, &calls, &window_ms, 0, 0);
 }
 
 /* One statistics field of `key`'s bucket; UINT64_MAX when it cannot be read. */
-static uint64_t stat_of(const qg_limiter *l, const char *key, uint32_t field)
+static uint64_t stat_of(qg_limiter *l, const char *key, uint32_t field)
 {
     qg_bucket_stats *s = NULL;
     uint64_t v = UINT64_MAX;
@@ -62,7 +62,7 @@ static uint64_t stat_of(const qg_limiter *l, const char *key, uint32_t field)
 }
 
 /* Window `index` of `key`'s bucket; returns 0 on success. */
-static int window_of(const qg_limiter *l, const char *key, size_t index, uint64_t *used,
+static int window_of(qg_limiter *l, const char *key, size_t index, uint64_t *used,
                      uint64_t *calls, uint64_t *window_ms)
 {
     qg_bucket_stats *s = NULL;
@@ -75,7 +75,7 @@ static int window_of(const qg_limiter *l, const char *key, size_t index, uint64_
 }
 
 /* Waits (bounded) until `n` calls are queued in `key`'s bucket; polls without counting checks. */
-static int wait_until_queued(const qg_limiter *l, const char *key, uint64_t n)
+static int wait_until_queued(qg_limiter *l, const char *key, uint64_t n)
 {
     double start = now_ms();
     while (now_ms() - start < 3000) {
@@ -95,7 +95,7 @@ static int wait_until_queued(const qg_limiter *l, const char *key, uint64_t n)
 
 /* A thread that blocks in qg_limiter_acquire or qg_ticket_wait and records the outcome. */
 struct blocked_call {
-    const qg_limiter *limiter;
+    qg_limiter *limiter;
     const char *key;
     const qg_ticket *ticket; /* when set, waits on the ticket instead of acquiring */
     int64_t timeout_ms;
@@ -135,6 +135,16 @@ static void test_version(void)
     CHECK_U64(minor, ==, QG_VERSION_MINOR);
     CHECK_U64(patch, ==, QG_VERSION_PATCH);
     CHECK(qg_version() == v); /* static: the same string every time */
+
+    /* The library decides compatibility: its own header, yes; a newer header (it may
+       declare more) or another series, no, with a message naming both versions. */
+    CHECK_OK(qg_version_compatible(QG_VERSION_NUMBER));
+    CHECK_RC(qg_version_compatible(QG_VERSION_NUMBER + 1), QG_ERR_VERSION_MISMATCH);
+    CHECK_RC(qg_version_compatible(QG_VERSION_NUMBER + 1000000), QG_ERR_VERSION_MISMATCH);
+    char err[256];
+    size_t written = 0;
+    CHECK_OK(qg_last_error_message(err, sizeof err, &written));
+    CHECK_MSG(strstr(err, QG_VERSION_STRING) != NULL, "the message names the library: \"%s\"", err);
 }
 
 static void test_result_str(void)
@@ -143,7 +153,7 @@ static void test_result_str(void)
         QG_OK,          QG_ERR_NULL_ARGUMENT, QG_ERR_INVALID_ARGUMENT, QG_ERR_BUFFER_TOO_SMALL,
         QG_ERR_PANIC,   QG_ERR_TIMEOUT,       QG_ERR_WOULD_BLOCK,      QG_ERR_CANCELLED,
         QG_ERR_CLOSED,  QG_ERR_TOO_MANY_BUCKETS, QG_PENDING,          QG_ERR_NOT_WAITING, QG_ERR_STORE,
-        QG_ERR_NOT_FOUND, QG_DONE, QG_ERR_HTTP_STATUS, QG_ERR_TRANSPORT, QG_ERR_THROTTLED,
+        QG_ERR_NOT_FOUND, QG_DONE, QG_ERR_VERSION_MISMATCH, QG_ERR_HTTP_STATUS, QG_ERR_TRANSPORT, QG_ERR_THROTTLED,
         QG_ERR_AUTH,    QG_ERR_BODY_TOO_LARGE, QG_ERR_IO,
     };
     const size_t n = sizeof codes / sizeof codes[0];
@@ -161,7 +171,7 @@ static void test_result_str(void)
         }
     }
     CHECK(strcmp(qg_result_str(QG_OK), "success") == 0);
-    static const qg_result unknown[] = {1, 99, 106, 199, 208, 299, 305, 401, 0xFFFFFFFFu};
+    static const qg_result unknown[] = {1, 99, 107, 199, 208, 299, 305, 401, 0xFFFFFFFFu};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *s = qg_result_str(unknown[i]);
         CHECK_MSG(s != NULL && strcmp(s, "unknown result code") == 0, "qg_result_str(%" PRIu32 ") = \"%s\"",
@@ -286,7 +296,7 @@ static void test_builder(void)
     CHECK(b != NULL && b != SENTINEL);
 
     /* Without rates a build fails and leaves *out alone. */
-    const qg_limiter *l = SENTINEL;
+    qg_limiter *l = SENTINEL;
     CHECK_RC(qg_limiter_builder_build(b, &l), QG_ERR_INVALID_ARGUMENT);
     CHECK(l == SENTINEL);
 
@@ -302,7 +312,7 @@ static void test_builder(void)
     CHECK_OK(qg_limiter_builder_add_rate(b, 1, 1000));
     CHECK_OK(qg_limiter_builder_set_margin(b, 0));
     CHECK_OK(qg_limiter_builder_set_max_buckets(b, 16));
-    const qg_limiter *l1 = NULL, *l2 = NULL;
+    qg_limiter *l1 = NULL, *l2 = NULL;
     CHECK_OK(qg_limiter_builder_build(b, &l1));
     CHECK_OK(qg_limiter_builder_add_rate(b, 3, 5000));
     CHECK_OK(qg_limiter_builder_build(b, &l2));
@@ -352,7 +362,7 @@ static void test_builder(void)
 
 static void test_null_arguments(void)
 {
-    const qg_limiter *l = make_simple(5, 1000);
+    qg_limiter *l = make_simple(5, 1000);
     qg_limiter_builder *b = NULL;
     qg_ticket *t = NULL;
     qg_bucket_stats *s = NULL;
@@ -365,7 +375,7 @@ static void test_null_arguments(void)
     CHECK_RC(qg_limiter_builder_add_rate(NULL, 1, 100), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_limiter_builder_set_margin(NULL, 10), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_limiter_builder_set_max_buckets(NULL, 10), QG_ERR_NULL_ARGUMENT);
-    const qg_limiter *out = SENTINEL;
+    qg_limiter *out = SENTINEL;
     CHECK_RC(qg_limiter_builder_build(NULL, &out), QG_ERR_NULL_ARGUMENT);
     CHECK(out == SENTINEL);
     CHECK_OK(qg_limiter_builder_new(&b));
@@ -432,7 +442,7 @@ static void test_bad_values(void)
 {
     const uint32_t calls[] = {5, 3};
     const uint64_t windows[] = {100, 1000};
-    const qg_limiter *l = make_limiter(2, calls, windows, 0, 0);
+    qg_limiter *l = make_limiter(2, calls, windows, 0, 0);
     static const char *const bad_keys[] = {"\xff", "ok\xfe", "\xc0\xaf", "\xed\xa0\x80"};
     qg_ticket *t = SENTINEL;
     qg_bucket_stats *s = SENTINEL;
@@ -487,7 +497,7 @@ static void test_bad_values(void)
 
 static void test_null_key_is_the_default_bucket(void)
 {
-    const qg_limiter *l = make_simple(1, 1000);
+    qg_limiter *l = make_simple(1, 1000);
     CHECK_OK(qg_limiter_acquire(l, NULL, 1, 0));
     CHECK_RC(qg_limiter_try_acquire(l, NULL, 1, NULL), QG_ERR_WOULD_BLOCK);
     CHECK_U64(stat_of(l, NULL, QG_STAT_ADMITTED_CALLS), ==, 1);
@@ -517,7 +527,7 @@ static void test_null_key_is_the_default_bucket(void)
 
 static void test_try_acquire(void)
 {
-    const qg_limiter *l = make_simple(2, 200);
+    qg_limiter *l = make_simple(2, 200);
     uint64_t wait = 12345;
     double t0 = now_ms();
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, &wait));
@@ -544,7 +554,7 @@ static void test_try_acquire(void)
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, &wait));
 
     /* Behind a queue the wait counts the queued calls (a lower bound). */
-    const qg_limiter *q = make_simple(1, 100);
+    qg_limiter *q = make_simple(1, 100);
     qg_ticket *t = NULL;
     t0 = now_ms();
     CHECK_OK(qg_limiter_try_acquire(q, "k", 1, NULL));
@@ -560,7 +570,7 @@ static void test_try_acquire(void)
 
 static void test_acquire(void)
 {
-    const qg_limiter *l = make_simple(1, 150);
+    qg_limiter *l = make_simple(1, 150);
     double t0 = now_ms();
     CHECK_OK(qg_limiter_acquire(l, "k", 1, -1)); /* free: no wait */
     CHECK_DBL(now_ms() - t0, <, 100);
@@ -603,7 +613,7 @@ static void test_acquire(void)
 
 static void test_enqueue_and_wait_in_slices(void)
 {
-    const qg_limiter *l = make_simple(1, 200);
+    qg_limiter *l = make_simple(1, 200);
     qg_ticket *t = SENTINEL;
 
     /* A free bucket admits the ticket at once. */
@@ -652,7 +662,7 @@ static void test_enqueue_and_wait_in_slices(void)
 
 static void test_ticket_cancel_from_another_thread(void)
 {
-    const qg_limiter *l = make_simple(1, 250);
+    qg_limiter *l = make_simple(1, 250);
     qg_ticket *t = NULL, *next = NULL;
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
     double t0 = now_ms();
@@ -690,7 +700,7 @@ static void test_ticket_cancel_from_another_thread(void)
 
 static void test_ticket_free_gives_up_the_place(void)
 {
-    const qg_limiter *l = make_simple(1, 200);
+    qg_limiter *l = make_simple(1, 200);
     qg_ticket *first = NULL, *second = NULL;
     double t0 = now_ms();
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
@@ -713,7 +723,7 @@ static void test_ticket_free_gives_up_the_place(void)
 
 static void test_ticket_outlives_its_limiter_handle(void)
 {
-    const qg_limiter *l = make_simple(1, 100);
+    qg_limiter *l = make_simple(1, 100);
     qg_ticket *t = NULL;
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
     CHECK_OK(qg_limiter_enqueue(l, "k", 1, 2000, &t));
@@ -729,7 +739,7 @@ static void test_fifo_order_across_threads(void)
      * 1 call per 8 s: nobody is admitted while the threads take their places. Their
      * deadline of 9 s can be met, so they queue rather than time out at once.
      */
-    const qg_limiter *l = make_simple(1, 8000);
+    qg_limiter *l = make_simple(1, 8000);
     const uint32_t one[] = {1};
     const uint64_t tenth[] = {100};
     struct blocked_call c[N];
@@ -770,7 +780,7 @@ static void test_fifo_order_across_threads(void)
 
 static void test_pause(void)
 {
-    const qg_limiter *l = make_simple(10, 100);
+    qg_limiter *l = make_simple(10, 100);
     double t0 = now_ms();
     CHECK_OK(qg_limiter_pause(l, "p", 150));
     CHECK_OK(qg_limiter_pause(l, "p", 50)); /* a shorter pause never shortens it */
@@ -809,7 +819,7 @@ static void test_pause(void)
 
 static void test_set_rates(void)
 {
-    const qg_limiter *l = make_simple(10, 1000);
+    qg_limiter *l = make_simple(10, 1000);
     const uint32_t calls[] = {2, 5};
     const uint64_t windows[] = {500, 1000};
     uint64_t used = 0, c = 0, w = 0;
@@ -890,7 +900,7 @@ static void test_set_rates(void)
 
 static void test_stats(void)
 {
-    const qg_limiter *l = make_simple(2, 200);
+    qg_limiter *l = make_simple(2, 200);
     qg_bucket_stats *s = SENTINEL;
     uint64_t v = 0;
     size_t n = 0;
@@ -992,7 +1002,7 @@ static void test_stats(void)
     /* Several windows come in the order the rates were given. */
     const uint32_t mc[] = {20, 50, 7};
     const uint64_t mw[] = {100, 500, 60};
-    const qg_limiter *m = make_limiter(3, mc, mw, 0, 0);
+    qg_limiter *m = make_limiter(3, mc, mw, 0, 0);
     CHECK_OK(qg_limiter_try_acquire(m, "k", 2, NULL));
     CHECK_OK(qg_limiter_stats(m, "k", &s));
     CHECK_OK(qg_bucket_stats_window_count(s, &n));
@@ -1012,7 +1022,7 @@ static void test_max_buckets(void)
 {
     const uint32_t calls[] = {1};
     const uint64_t windows[] = {80};
-    const qg_limiter *l = make_limiter(1, calls, windows, 0, 2);
+    qg_limiter *l = make_limiter(1, calls, windows, 0, 2);
     qg_ticket *t = SENTINEL;
     const uint32_t rc_calls[] = {5};
     const uint64_t rc_windows[] = {50};
@@ -1044,7 +1054,7 @@ static void test_max_buckets(void)
 
 /* Builds a limiter of one rate over the store `url` (NULL: in memory) into *out. */
 static qg_result build_with_store(const char *url, uint32_t calls, uint64_t window_ms,
-                                  const qg_limiter **out)
+                                  qg_limiter **out)
 {
     qg_limiter_builder *b = NULL;
     CHECK_OK(qg_limiter_builder_new(&b));
@@ -1063,7 +1073,7 @@ static void test_store(void)
     snprintf(path, sizeof path, "/tmp/qg-c-store-%ld.q", (long)time(NULL) ^ (long)clock());
     remove(path);
     snprintf(url, sizeof url, "file://%s", path);
-    const qg_limiter *a = NULL, *b = NULL, *bad = NULL;
+    qg_limiter *a = NULL, *b = NULL, *bad = NULL;
     CHECK_OK(build_with_store(url, 2, 60000, &a));
     CHECK_OK(build_with_store(url, 2, 60000, &b));
     CHECK_OK(qg_limiter_try_acquire(a, "k", 1, NULL));
@@ -1112,7 +1122,7 @@ static void test_store(void)
 
 static void test_close(void)
 {
-    const qg_limiter *l = make_simple(1, 1000);
+    qg_limiter *l = make_simple(1, 1000);
     qg_ticket *t = NULL;
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
 
@@ -1161,7 +1171,7 @@ static void test_close(void)
 enum { STRESS_THREADS = 8, STRESS_CALLS = 10 };
 
 struct stress_thread {
-    const qg_limiter *limiter;
+    qg_limiter *limiter;
     uint32_t cost;
     int ok;
     int failed;
@@ -1188,7 +1198,7 @@ static void test_threads_keep_every_window(void)
 {
     const uint32_t calls[] = {20, 50};
     const uint64_t windows[] = {100, 500};
-    const qg_limiter *l = make_limiter(2, calls, windows, 0, 0);
+    qg_limiter *l = make_limiter(2, calls, windows, 0, 0);
     struct stress_thread st[STRESS_THREADS];
     pthread_t th[STRESS_THREADS];
     uint64_t units = 0;
@@ -1259,7 +1269,7 @@ static void test_threads_keep_every_window(void)
  */
 static void test_ticket_behind_an_idle_head_is_admitted(void)
 {
-    const qg_limiter *l = make_simple(1, 100);
+    qg_limiter *l = make_simple(1, 100);
     qg_ticket *first = NULL, *second = NULL;
     double t0 = now_ms();
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
@@ -1282,7 +1292,7 @@ static void test_ticket_behind_an_idle_head_is_admitted(void)
  */
 static void test_wait_time(void)
 {
-    const qg_limiter *l = make_simple(2, 200);
+    qg_limiter *l = make_simple(2, 200);
     uint64_t wait = 12345;
     CHECK_OK(qg_limiter_wait_time(l, "k", 1, &wait));
     CHECK_U64(wait, ==, 0);
@@ -1299,7 +1309,7 @@ static void test_wait_time(void)
 
 static void test_try_acquire_after_the_queue_drains(void)
 {
-    const qg_limiter *l = make_simple(2, 100);
+    qg_limiter *l = make_simple(2, 100);
     qg_ticket *t = NULL;
     uint64_t wait = 42;
     CHECK_OK(qg_limiter_try_acquire(l, "k", 2, NULL));
@@ -1322,7 +1332,7 @@ static void test_try_acquire_after_the_queue_drains(void)
  */
 static void test_new_rates_wake_the_head(void)
 {
-    const qg_limiter *l = make_simple(1, 1000);
+    qg_limiter *l = make_simple(1, 1000);
     const uint32_t one[] = {1};
     const uint64_t shorter[] = {300};
     struct blocked_call c;
@@ -1351,7 +1361,7 @@ static void test_new_rates_wake_the_head(void)
  */
 static void test_set_rates_after_close(void)
 {
-    const qg_limiter *l = make_simple(2, 100);
+    qg_limiter *l = make_simple(2, 100);
     const uint32_t calls[] = {1};
     const uint64_t windows[] = {100};
     CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL));
@@ -1371,7 +1381,7 @@ static void test_own_rates_survive_the_bucket_limit(void)
 {
     const uint32_t calls[] = {5};
     const uint64_t windows[] = {100};
-    const qg_limiter *l = make_limiter(1, calls, windows, 0, 2);
+    qg_limiter *l = make_limiter(1, calls, windows, 0, 2);
     const uint32_t own_calls[] = {1};
     const uint64_t own_windows[] = {10000};
     uint64_t used = 0, c = 0, w = 0;
@@ -1392,7 +1402,7 @@ static void test_own_rates_survive_the_bucket_limit(void)
  */
 static void test_stats_do_not_change_set_rates(void)
 {
-    const qg_limiter *l = make_simple(1, 100);
+    qg_limiter *l = make_simple(1, 100);
     const uint32_t calls[] = {1};
     const uint64_t windows[] = {1000};
     uint64_t wx = 0, wy = 0;

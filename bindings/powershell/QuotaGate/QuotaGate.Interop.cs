@@ -32,6 +32,7 @@ namespace QuotaGate.Interop
         public const uint Panic = 103;
         public const uint NotFound = 104;
         public const uint Done = 105;
+        public const uint VersionMismatch = 106;
         public const uint Timeout = 200;
         public const uint WouldBlock = 201;
         public const uint Cancelled = 202;
@@ -406,23 +407,54 @@ namespace QuotaGate.Interop
         [MethodImpl(MethodImplOptions.NoInlining)]
         static void CheckVersion()
         {
-            uint actual = NativeMethods.qg_version_number();
-            if (!Compatible(ExpectedVersionNumber, actual))
+            // The library decides whether it serves this header version (docs/abi.md).
+            uint rc;
+            try
+            {
+                rc = NativeMethods.qg_version_compatible(ExpectedVersionNumber);
+            }
+            catch (EntryPointNotFoundException)
             {
                 throw new InvalidOperationException(
-                    "libquotagate at '" + loadedPath + "' is version " + Version + " (" + actual +
-                    "), which this module (written for " + ExpectedVersionNumber + ") cannot use");
+                    "libquotagate at '" + loadedPath + "' is version " + Version +
+                    ", older than this module can use (written for " + ExpectedVersionNumber + ")");
+            }
+            if (rc != ResultCode.Ok)
+            {
+                throw new InvalidOperationException(LastErrorMessage() + " (library at '" + loadedPath + "')");
             }
         }
 
-        /// <summary>Before 1.0 a minor version may break the ABI; from 1.0 only a major one.</summary>
-        static bool Compatible(uint expected, uint actual)
+        /// <summary>The optional parts the loaded library was built with ("sim", "pfx", "redis").</summary>
+        public static string[] Features
         {
-            if (expected < 1000000)
+            get
             {
-                return actual / 1000 == expected / 1000;
+                uint mask = NativeMethods.qg_features();
+                var names = new List<string>();
+                for (int shift = 0; shift < 32; shift++)
+                {
+                    uint bit = 1u << shift;
+                    IntPtr name = (mask & bit) != 0 ? NativeMethods.qg_feature_name(bit) : IntPtr.Zero;
+                    if (name != IntPtr.Zero)
+                    {
+                        names.Add(Utf8.FromCString(name));
+                    }
+                }
+                return names.ToArray();
             }
-            return actual / 1000000 == expected / 1000000 && actual >= expected;
+        }
+
+        /// <summary>Throws NotSupportedException, naming the feature, when the library lacks it.</summary>
+        public static void RequireFeature(string feature, string what)
+        {
+            string[] built = Features;
+            if (Array.IndexOf(built, feature) < 0)
+            {
+                throw new NotSupportedException(
+                    what + " needs the feature '" + feature + "', which the library at '" + loadedPath +
+                    "' was built without (it has: " + (built.Length == 0 ? "none" : string.Join(", ", built)) + ")");
+            }
         }
 
         /// <summary>The loaded library's version string, e.g. "0.1.0".</summary>
@@ -644,6 +676,12 @@ namespace QuotaGate.Interop
         public static extern IntPtr qg_version();
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_version_number();
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_version_compatible(uint headerVersion);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_features();
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern IntPtr qg_feature_name(uint bit);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern void qg_string_free(IntPtr s);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -2174,6 +2212,7 @@ namespace QuotaGate.Interop
             {
                 throw new ArgumentNullException("options");
             }
+            Native.RequireFeature("sim", "the simulator");
             SimConfigHandle c;
             Native.Check(NativeMethods.qg_sim_config_new(out c));
             using (c)

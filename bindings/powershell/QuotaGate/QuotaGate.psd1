@@ -20,6 +20,7 @@
         'Get-QgStatistics'
         'Start-QgSimulator'
         'Stop-QgSimulator'
+        'Get-QgLibrary'
     )
     CmdletsToExport      = @()
     VariablesToExport    = @()

@@ -123,6 +123,7 @@ function ConvertTo-QgErrorRecord {
         $category = if ($exception -is [System.ArgumentException]) { 'InvalidArgument' }
         elseif ($exception -is [System.OperationCanceledException]) { 'OperationStopped' }
         elseif ($exception -is [System.InvalidOperationException]) { 'InvalidOperation' }
+        elseif ($exception -is [System.NotSupportedException]) { 'NotImplemented' }
         else { 'NotSpecified' }
         return [System.Management.Automation.ErrorRecord]::new($exception, "QuotaGate.$($exception.GetType().Name)", $category, $Target)
     }
@@ -1311,6 +1312,33 @@ function Stop-QgSimulator {
     }
 }
 
+<#
+.SYNOPSIS
+Shows the loaded libquotagate: its path, version and optional parts.
+
+.DESCRIPTION
+Returns the path the module loaded libquotagate from, its version, and the optional parts
+it was built with: 'sim' (Start-QgSimulator), 'pfx' (-CertificatePath with a .pfx file)
+and 'redis' (redis:// and rediss:// stores). A cmdlet that needs a missing part fails
+with an error that names it.
+
+.EXAMPLE
+(Get-QgLibrary).Features -contains 'redis'
+
+.OUTPUTS
+PSCustomObject with Path, Version and Features.
+#>
+function Get-QgLibrary {
+    [CmdletBinding()]
+    [OutputType([pscustomobject])]
+    param()
+    [pscustomobject]@{
+        Path     = [QuotaGate.Interop.Native]::LibraryPath
+        Version  = [QuotaGate.Interop.Native]::Version
+        Features = [QuotaGate.Interop.Native]::Features
+    }
+}
+
 Export-ModuleMember -Function @(
     'Connect-QgDefender'
     'Disconnect-QgDefender'
@@ -1323,4 +1351,5 @@ Export-ModuleMember -Function @(
     'Get-QgStatistics'
     'Start-QgSimulator'
     'Stop-QgSimulator'
+    'Get-QgLibrary'
 )

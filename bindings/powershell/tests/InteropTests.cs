@@ -134,6 +134,8 @@ namespace QuotaGate.Interop.Tests
                 return 1;
             }
             Test("loading: Native.Load binds the DllImports to the given file", LoadsTheLibrary);
+            Test("loading: the library decides which header versions it serves", VersionCompatibility);
+            Test("features: the optional parts are listed, a missing one is a clear error", Features);
             LimiterTests();
             if (HasClientAbi())
             {
@@ -166,6 +168,29 @@ namespace QuotaGate.Interop.Tests
             Assert.Equal("success", ResultCode.Describe(ResultCode.Ok), "qg_result_str(QG_OK)");
             Assert.Equal("the limiter or client is closed", ResultCode.Describe(ResultCode.Closed), "qg_result_str(QG_ERR_CLOSED)");
             Assert.Equal("unknown result code", ResultCode.Describe(9999), "qg_result_str(9999)");
+        }
+
+        static void VersionCompatibility()
+        {
+            uint written = Native.ExpectedVersionNumber;
+            Assert.Equal(ResultCode.Ok, NativeMethods.qg_version_compatible(written), "the module's own header version");
+            foreach (uint other in new[] { written + 1000000, written + 1000, written + 1 })
+            {
+                Assert.Equal(ResultCode.VersionMismatch, NativeMethods.qg_version_compatible(other), "header " + other);
+                Assert.True(Native.LastErrorMessage().Contains("cannot serve a caller built against"),
+                    "the library's message: " + Native.LastErrorMessage());
+            }
+        }
+
+        static void Features()
+        {
+            // The tests run against a default build, which has every optional part.
+            Assert.Equal("pfx,redis,sim", string.Join(",", Native.Features.OrderBy(f => f)), "Native.Features");
+            Native.RequireFeature("sim", "the simulator");
+            var e = Assert.Throws<NotSupportedException>(() => Native.RequireFeature("nonexistent", "this call"),
+                "a feature the library lacks");
+            Assert.True(e.Message.Contains("needs the feature 'nonexistent'") && e.Message.Contains("it has: "),
+                "the message names the feature and what the library has: " + e.Message);
         }
 
         static Limiter NewLimiter(params Rate[] rates)

@@ -66,6 +66,13 @@ Describe 'The module' {
         }
     }
 
+    It 'shows the loaded library, its version and its features' {
+        $library = Get-QgLibrary
+        $library.Version | Should -Be '0.1.0'
+        $library.Path | Should -Not -BeNullOrEmpty
+        ($library.Features | Sort-Object) | Should -Be @('pfx', 'redis', 'sim')
+    }
+
     It 'names every path it tried when the library is missing' {
         $pwsh = (Get-Process -Id $PID).Path
         $script = "`$env:QUOTAGATE_LIBRARY = '/nonexistent/libquotagate-test.so'; Import-Module '$script:ModuleManifest'"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,9 +39,41 @@ def test_every_header_function_is_declared_and_exported() -> None:
 
 def test_constants_match_the_header() -> None:
     for name, value in header_defines().items():
-        if name.startswith("QG_VERSION"):
+        # QG_FEATURE_SIM and the like are for C's #if; the package asks at run time.
+        if name.startswith("QG_VERSION") or re.fullmatch(r"QG_FEATURE_[A-Z]+", name):
             continue
         assert getattr(_native, name) == value, name
+
+
+def test_the_library_checks_the_version_the_package_was_written_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _native._check_version()  # what the import did
+    written_for = _native.HEADER_VERSION_NUMBER
+    # A library of another series, or older than the package, is refused with the
+    # library's own message.
+    for header in (written_for + 1_000_000, written_for + 1000, written_for + 1):
+        monkeypatch.setattr(_native, "HEADER_VERSION_NUMBER", header)
+        with pytest.raises(ImportError, match="cannot serve a caller built against"):
+            _native._check_version()
+
+
+def test_features_name_what_the_library_was_built_with() -> None:
+    # scripts/test-python.sh builds the library with its default features: all of them.
+    assert quotagate.features() == {"sim", "pfx", "redis"}
+    assert _native.lib.qg_features() == (
+        _native.QG_FEATURE_BIT_SIM | _native.QG_FEATURE_BIT_PFX | _native.QG_FEATURE_BIT_REDIS
+    )
+
+
+def test_a_missing_feature_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quotagate.testing import Simulator
+
+    monkeypatch.setattr(_native, "features", lambda: frozenset({"pfx"}))
+    with pytest.raises(quotagate.FeatureError, match="needs the feature 'sim'") as caught:
+        Simulator()
+    assert "it has: pfx" in str(caught.value)
+    assert isinstance(caught.value, quotagate.Error)
 
 
 def test_a_function_outside_the_table_cannot_be_called() -> None:

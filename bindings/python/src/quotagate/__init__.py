@@ -10,6 +10,8 @@ The work is done by the native library ``libquotagate``; this package only trans
 
 from __future__ import annotations
 
+from typing import FrozenSet
+
 from ._client import Client, Headers, Response, Route
 from ._errors import (
     AuthError,
@@ -17,6 +19,7 @@ from ._errors import (
     CancelledError,
     ClosedError,
     Error,
+    FeatureError,
     HTTPError,
     InvalidArgumentError,
     NativeIOError,
@@ -29,6 +32,7 @@ from ._errors import (
 from ._limiter import Limiter, Rate
 from ._logging import TRACE, set_log_level
 from ._logging import _install as _install_logging
+from ._native import features as _features
 from ._native import lib as _lib
 from ._version import __version__
 
@@ -40,6 +44,7 @@ __all__ = [
     "Client",
     "ClosedError",
     "Error",
+    "FeatureError",
     "HTTPError",
     "Headers",
     "InvalidArgumentError",
@@ -54,6 +59,7 @@ __all__ = [
     "TooManyBucketsError",
     "TransportError",
     "TRACE",
+    "features",
     "library_path",
     "library_version",
     "set_log_level",
@@ -61,7 +67,8 @@ __all__ = [
 
 
 def library_version() -> str:
-    """The version of the loaded native library (equal to :data:`__version__`)."""
+    """The version of the loaded native library: of the same ABI series as
+    :data:`__version__` and not older, which the library itself checked at import."""
     version: bytes = _lib.qg_version()
     return version.decode("ascii")
 
@@ -71,9 +78,17 @@ def library_path() -> str:
     return str(_lib.path)
 
 
+def features() -> FrozenSet[str]:
+    """The optional parts the loaded library was built with, by name: ``"sim"`` (the
+    simulator of :mod:`quotagate.testing`), ``"pfx"`` (certificates from PFX files),
+    ``"redis"`` (``redis://`` stores). A call that needs a missing part raises
+    :class:`FeatureError` or an error whose message names the feature."""
+    return _features()
+
+
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
-    AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, HTTPError,
+    AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, FeatureError, HTTPError,
     Headers, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip

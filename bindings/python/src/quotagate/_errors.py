@@ -21,6 +21,8 @@ __all__ = [
     "TransportError",
     "BodyTooLargeError",
     "NativeIOError",
+    "FeatureError",
+    "require_feature",
 ]
 
 
@@ -141,6 +143,22 @@ class BodyTooLargeError(TransportError):
 class NativeIOError(Error, builtins.OSError):
     """An input/output operation of the library failed, such as starting the simulator
     on a port that is taken (also the builtin :class:`OSError`)."""
+
+
+class FeatureError(Error):
+    """The loaded library was built without an optional part that the call needs
+    (see :func:`quotagate.features`)."""
+
+
+def require_feature(name: str, what: str) -> None:
+    """Raises :class:`FeatureError` unless the loaded library has the feature ``name``."""
+    built = _native.features()
+    if name not in built:
+        raise FeatureError(
+            f"{what} needs the feature {name!r}, which the library at {lib.path} was built "
+            f"without (it has: {', '.join(sorted(built)) or 'none'}); use a build of "
+            f"libquotagate with the feature (cargo build --release --features {name})"
+        )
 
 
 def _int(text: Optional[str]) -> Optional[int]:

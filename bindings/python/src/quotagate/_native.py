@@ -31,7 +31,7 @@ from ctypes import (
     c_void_p,
 )
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from ._version import __version__
 
@@ -46,6 +46,7 @@ QG_ERR_BUFFER_TOO_SMALL = 102
 QG_ERR_PANIC = 103
 QG_ERR_NOT_FOUND = 104
 QG_DONE = 105
+QG_ERR_VERSION_MISMATCH = 106
 QG_ERR_TIMEOUT = 200
 QG_ERR_WOULD_BLOCK = 201
 QG_ERR_CANCELLED = 202
@@ -60,6 +61,11 @@ QG_ERR_THROTTLED = 302
 QG_ERR_AUTH = 303
 QG_ERR_BODY_TOO_LARGE = 304
 QG_ERR_IO = 400
+
+# Bits of qg_features.
+QG_FEATURE_BIT_SIM = 1
+QG_FEATURE_BIT_PFX = 2
+QG_FEATURE_BIT_REDIS = 4
 
 # Fields of qg_bucket_stats_get.
 QG_STAT_ADMITTED_CALLS = 0
@@ -142,6 +148,9 @@ SIGNATURES: List[Signature] = [
     ("qg_result_str", c_char_p, [_R]),
     ("qg_version", c_char_p, []),
     ("qg_version_number", c_uint32, []),
+    ("qg_version_compatible", _R, [c_uint32]),
+    ("qg_features", c_uint32, []),
+    ("qg_feature_name", c_char_p, [c_uint32]),
     ("qg_string_free", None, [c_void_p]),
     ("qg_set_logger", _R, [LOG_FN, c_uint32, c_void_p]),
     # limiter
@@ -343,14 +352,42 @@ def _missing(name: str, path: Path) -> Callable[..., Any]:
     return stub
 
 
+def _version_number(version: str) -> int:
+    major, minor, patch = (int(part) for part in version.split(".")[:3])
+    return major * 1_000_000 + minor * 1000 + patch
+
+
+#: The header version this package was written against (its own version, which the
+#: build keeps equal to the crate's): what it passes to qg_version_compatible.
+HEADER_VERSION_NUMBER = _version_number(__version__)
+
 lib = NativeLibrary(*_load())
 
-_library_version = lib.qg_version().decode("ascii", "replace")
-if _library_version != __version__:
-    raise ImportError(
-        f"quotagate {__version__} found library version {_library_version} at {lib.path}; "
-        "reinstall the package so that both come from the same build"
-    )
+
+def _check_version() -> None:
+    """The library decides whether it serves this package (docs/abi.md)."""
+    found = lib.qg_version().decode("ascii", "replace")
+    if "qg_version_compatible" in lib.missing:
+        raise ImportError(
+            f"quotagate {__version__} cannot use the older library {found} at {lib.path}; "
+            "reinstall the package so that both come from the same build"
+        )
+    if lib.qg_version_compatible(HEADER_VERSION_NUMBER) != QG_OK:
+        raise ImportError(
+            f"{last_error_message()} (library at {lib.path}, Python package {__version__}); "
+            "reinstall the package so that both come from the same build"
+        )
+
+
+def features() -> FrozenSet[str]:
+    """The names of the optional parts the loaded library was built with."""
+    mask: int = lib.qg_features()
+    names = set()
+    for shift in range(32):
+        name = lib.qg_feature_name(1 << shift) if mask & (1 << shift) else None
+        if name:
+            names.add(name.decode("ascii"))
+    return frozenset(names)
 
 
 def result_str(code: int) -> str:
@@ -395,3 +432,6 @@ def borrowed_bytes(p: c_void_p, n: int) -> bytes:
     if n == 0 or not p.value:
         return b""
     return ctypes.string_at(p.value, n)
+
+
+_check_version()

@@ -23,7 +23,7 @@ from ctypes import byref, c_size_t, c_void_p
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _convert
-from ._errors import check, error_from
+from ._errors import check, error_from, require_feature
 from ._handle import NativeHandle
 from ._limiter import Rate
 from ._native import (
@@ -118,6 +118,7 @@ class Simulator(NativeHandle):
         inbound_jitter: Union[int, float] = 0.0,
     ) -> None:
         super().__init__()
+        require_feature("sim", "quotagate.testing.Simulator")
         class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
         if limit is not None or window is not None:
             calls = _DEFAULT_LIMIT if limit is None else limit
