@@ -43,6 +43,7 @@ mod response;
 mod retry;
 mod routes;
 mod secret;
+mod transit;
 
 pub use auth::{Credentials, TokenProvider};
 pub use certificate::{CertificateCredential, SignatureAlgorithm};
@@ -55,7 +56,7 @@ pub use retry::{RetryPolicy, quota_from_message, retry_after};
 pub use routes::{DEFAULT_CLASS, LIVE_RESPONSE_SESSIONS, Route, RouteTable, default_rates};
 pub use secret::Secret;
 
-use crate::limiter::{self, Limiter, Rate, Wait};
+use crate::limiter::{self, Limiter, Nanos, Rate, Wait};
 use auth::Auth;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeSet, HashMap};
@@ -71,6 +72,9 @@ pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_MAX_BODY: u64 = 256 << 20;
 /// How long a waiting call sleeps at most before it checks for cancellation.
 const SLICE: Duration = Duration::from_millis(50);
+
+/// Added to an attempt's timeouts for the lease of its quota hold.
+const HOLD_SLACK: Duration = Duration::from_secs(30);
 
 /// A request: method, path (or absolute URL on the API host), query, headers and body.
 /// Cloning keeps the same cancellation handle.
@@ -747,6 +751,9 @@ impl ClientBuilder {
                 hunting: Mutex::new(hunting::Ledger::new(&self.hunting_budget)),
                 hunting_policy: self.hunting_budget.policy,
                 origin_instant: Instant::now(),
+                hold_lease: (self.timeout + self.connect_timeout + HOLD_SLACK)
+                    .min(limiter::MAX_HOLD_LEASE),
+                transit: Mutex::new(transit::Transit::default()),
             }),
         })
     }
@@ -783,6 +790,10 @@ pub(crate) struct ClientShared {
     hunting: Mutex<hunting::Ledger>,
     hunting_policy: HuntingBudgetPolicy,
     origin_instant: Instant,
+    /// How long an attempt may hold its quota units: its timeouts and some slack.
+    hold_lease: Duration,
+    /// Round trips of recent quick answers: the bound on a request's transit.
+    transit: Mutex<transit::Transit>,
 }
 
 /// A thread-safe client of the Defender APIs. Clones share everything (connections,
@@ -982,7 +993,8 @@ impl Client {
             // quota's admission and the call the server counts; after a long wait the
             // second look finds the cached token (or refreshes it if it came due).
             s.auth.token(s, &req.cancel)?;
-            self.wait_for_quota(&key, budget_end, &req.cancel, &last, attempt)?;
+            // The attempt's units count from its admission until its answer (the hold).
+            let hold = self.wait_for_quota(&key, budget_end, &req.cancel, &last, attempt)?;
             let token = s.auth.token(s, &req.cancel)?;
             // A token fetch can take a while: a call cancelled or closed meanwhile is not sent.
             req.cancel.check(s)?;
@@ -1000,10 +1012,11 @@ impl Client {
                 headers.push(("accept".into(), "application/json".into()));
             }
             s.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let sent_at = Instant::now();
             if attempt > 1 {
                 s.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
+            let sent_at = Instant::now();
+            let sent_at_clock = s.limiter.now();
             let result = http::exchange(
                 &s.agent,
                 &req.method,
@@ -1013,6 +1026,7 @@ impl Client {
                 s.max_body,
             );
             drop(headers);
+            self.end_hold(hold, hunting, sent_at.elapsed(), sent_at_clock);
             let step = match result {
                 Ok(r) => self.on_answer(
                     req,
@@ -1141,8 +1155,34 @@ impl Client {
             })
     }
 
+    /// Ends an attempt's hold when its exchange ended, `took` after its send. The server
+    /// counted the call by then; for a call it works on for long (a hunting query), it
+    /// certainly counted it within the learned transit bound after the send, which frees
+    /// the slot sooner. Quick answers teach that bound.
+    fn end_hold(&self, hold: limiter::Hold, long_work: bool, took: Duration, sent_at: Nanos) {
+        let mut transit = self.shared.transit.lock();
+        if !long_work {
+            transit.record(took);
+            drop(transit);
+            hold.finish();
+            return;
+        }
+        match transit.bound() {
+            Some(bound) if bound < took => {
+                drop(transit);
+                hold.finish_at(
+                    sent_at.saturating_add(u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX)),
+                );
+            }
+            _ => {
+                drop(transit);
+                hold.finish();
+            }
+        }
+    }
+
     /// Waits in the bucket's FIFO queue until admitted, in slices so that cancel and close
-    /// are noticed.
+    /// are noticed. The admission is a hold: it counts until the attempt ends.
     fn wait_for_quota(
         &self,
         key: &str,
@@ -1150,7 +1190,7 @@ impl Client {
         cancel: &Cancel,
         last: &ErrorDetails,
         attempt: u32,
-    ) -> Result<(), Error> {
+    ) -> Result<limiter::Hold, Error> {
         let s = &*self.shared;
         let throttled = |last: &ErrorDetails| {
             let mut d = last.clone();
@@ -1163,8 +1203,8 @@ impl Client {
             limiter::Error::Closed => Error::Closed,
             other => limiter_failure(other),
         };
-        match s.limiter.try_acquire(key, 1) {
-            Ok(()) => return Ok(()),
+        match s.limiter.try_hold_with_lease(key, 1, s.hold_lease) {
+            Ok(hold) => return Ok(hold),
             Err(limiter::Error::WouldBlock { wait }) => {
                 log::debug!("waiting about {} ms for quota on {key}", wait.as_millis());
             }
@@ -1173,15 +1213,17 @@ impl Client {
         let remaining = budget_end.saturating_duration_since(Instant::now());
         let ticket = s
             .limiter
-            .enqueue(key, 1, Some(remaining))
+            .enqueue_hold(key, 1, Some(remaining), Some(s.hold_lease))
             .map_err(|e| limiter_error(e, last))?;
         loop {
             match ticket.wait(Some(SLICE)) {
                 Ok(Wait::Admitted) => {
-                    if let Some(a) = ticket.admitted() {
-                        log::debug!("admitted on {key} after {} ms", a.waited.as_millis());
-                    }
-                    return Ok(());
+                    let hold = ticket.hold().map_err(|e| limiter_error(e, last))?;
+                    log::debug!(
+                        "admitted on {key} after {} ms",
+                        hold.admitted().waited.as_millis()
+                    );
+                    return Ok(hold);
                 }
                 Ok(Wait::Pending) => cancel.check(s)?,
                 Err(e) => return Err(limiter_error(e, last)),

@@ -549,7 +549,13 @@ impl Limiter {
         self.try_hold_with_lease(key, cost, self.inner.hold_lease)
     }
 
-    fn try_hold_with_lease(&self, key: &str, cost: u32, lease: Duration) -> Result<Hold, Error> {
+    /// [`try_hold`](Self::try_hold) with a lease of its own (at most [`MAX_HOLD_LEASE`]).
+    pub fn try_hold_with_lease(
+        &self,
+        key: &str,
+        cost: u32,
+        lease: Duration,
+    ) -> Result<Hold, Error> {
         check_lease(lease)?;
         if let Some(shared) = &self.inner.shared {
             let id = shared.try_admit(key, cost, Some(lease))?;
