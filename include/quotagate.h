@@ -182,6 +182,18 @@ extern "C" {
 #define QG_STAT_QUEUED 10
 
 /**
+ * Field of `qg_bucket_stats_get`: units held in flight (admitted as holds, not released)
+ * at the snapshot; they count in every window.
+ */
+#define QG_STAT_IN_FLIGHT 11
+
+/**
+ * Field of `qg_bucket_stats_get`: holds not released within their lease (counted from
+ * the lease's end). Kept by this process, like the other counters.
+ */
+#define QG_STAT_EXPIRED_HOLDS 12
+
+/**
  * Log level: failures.
  */
 #define QG_LOG_ERROR 1
@@ -318,10 +330,27 @@ typedef struct qg_client qg_client;
 typedef struct qg_client_builder qg_client_builder;
 
 /**
+ * A call admitted by `qg_limiter_hold` (or `qg_limiter_try_hold`, or taken from an
+ * admitted hold ticket with `qg_ticket_take_hold`): its units count in every window of
+ * its bucket from admission on, in flight, and from the instant it is released on. Make
+ * the call between the two, and release the hold when its answer has come back (or it
+ * failed): a server counts a call when it arrives, between the send and the answer, so
+ * a slot freed one window after the answer never collides with the server's count.
+ *
+ * Methods: `qg_hold_release`.
+ *
+ * Owned by the caller, who releases it once with `qg_hold_release`. It may be released
+ * from another thread than the one that took it. A hold never released counts from its
+ * lease's end (`qg_limiter_builder_set_hold_lease_ms`).
+ */
+typedef struct qg_hold qg_hold;
+
+/**
  * A thread-safe limiter of calls by key: exact rolling windows, several at once, FIFO
  * waiting with deadlines, pauses, cancellable waits.
  *
- * Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_enqueue`,
+ * Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_hold`,
+ * `qg_limiter_try_hold`, `qg_limiter_enqueue_hold`, `qg_limiter_enqueue`,
  * `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`, `qg_limiter_close`,
  * `qg_limiter_free`.
  *
@@ -334,7 +363,8 @@ typedef struct qg_limiter qg_limiter;
  * Configures a limiter before it is built.
  *
  * Methods: `qg_limiter_builder_new`, `qg_limiter_builder_add_rate`,
- * `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_max_buckets`,
+ * `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_hold_lease_ms`,
+ * `qg_limiter_builder_set_max_buckets`,
  * `qg_limiter_builder_build`, `qg_limiter_builder_free`.
  *
  * Owned by the caller, who frees it with `qg_limiter_builder_free`. Not for use by
@@ -404,7 +434,7 @@ typedef struct qg_sim_config qg_sim_config;
  * A place in a bucket's queue, taken by `qg_limiter_enqueue`, so that a caller can wait
  * in short slices (and react to Ctrl+C in between) without losing its turn.
  *
- * Methods: `qg_ticket_wait`, `qg_ticket_cancel`, `qg_ticket_free`.
+ * Methods: `qg_ticket_wait`, `qg_ticket_cancel`, `qg_ticket_take_hold`, `qg_ticket_free`.
  *
  * One thread may wait on it while another cancels it. `qg_ticket_free` must not run
  * while another thread still uses the ticket.
@@ -1058,10 +1088,21 @@ qg_result qg_limiter_builder_new(qg_limiter_builder **out);
 qg_result qg_limiter_builder_add_rate(qg_limiter_builder *b, uint32_t calls, uint64_t window_ms);
 
 /**
- * Widens every window by `margin_ms` milliseconds, to absorb the latency between
- * admission here and the server's count. `b` must not be NULL.
+ * Widens every window by `margin_ms` milliseconds (0 by default). Holds
+ * (`qg_limiter_hold`) already count a call until its answer, which is exact as the
+ * server sees it; a margin is for servers whose clocks run differently. `b` must not be
+ * NULL.
  */
 qg_result qg_limiter_builder_set_margin(qg_limiter_builder *b, uint64_t margin_ms);
+
+/**
+ * Sets the lease of holds (`qg_limiter_hold`): a hold not released within `lease_ms`
+ * milliseconds counts from the lease's end, so that a caller that never releases (or a
+ * process that dies holding units of a shared store) delays the others by one lease at
+ * most. 1 to 3600000 (`QG_ERR_INVALID_ARGUMENT` otherwise, at build time); 330000 by
+ * default. `b` must not be NULL.
+ */
+qg_result qg_limiter_builder_set_hold_lease_ms(qg_limiter_builder *b, uint64_t lease_ms);
 
 /**
  * Sets the most buckets the limiter holds at once (at least 1); idle buckets are dropped
@@ -1156,6 +1197,64 @@ qg_result qg_limiter_enqueue(const qg_limiter *l,
                              uint32_t cost,
                              int64_t timeout_ms,
                              qg_ticket **out);
+
+/**
+ * Waits in FIFO order, like `qg_limiter_acquire`, until the bucket of `key` admits a
+ * call of `cost` units, and admits it as a hold: on success `*out` receives a hold whose
+ * units count in every window from now on, in flight, and from the instant
+ * `qg_hold_release` releases it. Make the call, then release the hold once its answer
+ * has come back or it failed.
+ *
+ * `key`, `cost` and `timeout_ms`: as in `qg_limiter_acquire`. `l` and `out` must not be
+ * NULL. Blocks the calling thread; for waits in slices use `qg_limiter_enqueue_hold`.
+ * Thread-safe.
+ */
+qg_result qg_limiter_hold(const qg_limiter *l,
+                          const char *key,
+                          uint32_t cost,
+                          int64_t timeout_ms,
+                          qg_hold **out);
+
+/**
+ * Admits a call of `cost` units as a hold now if the bucket allows it and nobody waits
+ * before it; never blocks. On `QG_OK`, `*out` receives the hold (see `qg_limiter_hold`)
+ * and `*wait_ms` 0; on `QG_ERR_WOULD_BLOCK`, `*wait_ms` receives the wait the call would
+ * need (a lower bound while units are in flight) and `*out` is left alone. `wait_ms` may
+ * be NULL; `l` and `out` must not be. `key` and `cost`: as in `qg_limiter_acquire`.
+ * Thread-safe.
+ */
+qg_result qg_limiter_try_hold(const qg_limiter *l,
+                              const char *key,
+                              uint32_t cost,
+                              uint64_t *wait_ms,
+                              qg_hold **out);
+
+/**
+ * Takes a place in the queue of `key`'s bucket for a hold of `cost` units, like
+ * `qg_limiter_enqueue`: wait on the ticket in slices with `qg_ticket_wait`, then take
+ * the hold with `qg_ticket_take_hold`. Freeing an admitted ticket whose hold was not
+ * taken releases the hold at once. `l` and `out` must not be NULL. Thread-safe.
+ */
+qg_result qg_limiter_enqueue_hold(const qg_limiter *l,
+                                  const char *key,
+                                  uint32_t cost,
+                                  int64_t timeout_ms,
+                                  qg_ticket **out);
+
+/**
+ * Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
+ * `*out` receives the hold, which the caller releases with `qg_hold_release`. Fails with
+ * `QG_ERR_INVALID_ARGUMENT` for a ticket made by `qg_limiter_enqueue`, one not admitted
+ * yet, or one whose hold was already taken. `t` and `out` must not be NULL.
+ */
+qg_result qg_ticket_take_hold(const qg_ticket *t, qg_hold **out);
+
+/**
+ * Releases a hold: its units count in every window from now on, no longer in flight,
+ * and `h` is freed. Call it when the held call's answer has come back or it failed.
+ * NULL does nothing; never release the same hold twice.
+ */
+void qg_hold_release(qg_hold *h);
 
 /**
  * Waits for the ticket's admission for at most `slice_ms` milliseconds (< 0: as long as

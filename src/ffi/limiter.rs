@@ -2,14 +2,15 @@
 
 use super::boundary::{OutPtr, ceil_ms, free_box, opt_str, timeout_ms, to_box, try_mut, try_ref};
 use super::error::{FfiError, QG_ERR_NOT_WAITING, QG_PENDING, qg_result};
-use crate::limiter::{BucketStats, Limiter, LimiterBuilder, Rate, Ticket, Wait};
+use crate::limiter::{BucketStats, Hold, Limiter, LimiterBuilder, Rate, Ticket, Wait};
 use std::ffi::c_char;
 use std::time::Duration;
 
 /// Configures a limiter before it is built.
 ///
 /// Methods: `qg_limiter_builder_new`, `qg_limiter_builder_add_rate`,
-/// `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_max_buckets`,
+/// `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_hold_lease_ms`,
+/// `qg_limiter_builder_set_max_buckets`,
 /// `qg_limiter_builder_build`, `qg_limiter_builder_free`.
 ///
 /// Owned by the caller, who frees it with `qg_limiter_builder_free`. Not for use by
@@ -21,7 +22,8 @@ pub struct qg_limiter_builder {
 /// A thread-safe limiter of calls by key: exact rolling windows, several at once, FIFO
 /// waiting with deadlines, pauses, cancellable waits.
 ///
-/// Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_enqueue`,
+/// Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_hold`,
+/// `qg_limiter_try_hold`, `qg_limiter_enqueue_hold`, `qg_limiter_enqueue`,
 /// `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`, `qg_limiter_close`,
 /// `qg_limiter_free`.
 ///
@@ -34,12 +36,29 @@ pub struct qg_limiter {
 /// A place in a bucket's queue, taken by `qg_limiter_enqueue`, so that a caller can wait
 /// in short slices (and react to Ctrl+C in between) without losing its turn.
 ///
-/// Methods: `qg_ticket_wait`, `qg_ticket_cancel`, `qg_ticket_free`.
+/// Methods: `qg_ticket_wait`, `qg_ticket_cancel`, `qg_ticket_take_hold`, `qg_ticket_free`.
 ///
 /// One thread may wait on it while another cancels it. `qg_ticket_free` must not run
 /// while another thread still uses the ticket.
 pub struct qg_ticket {
     ticket: Ticket,
+}
+
+/// A call admitted by `qg_limiter_hold` (or `qg_limiter_try_hold`, or taken from an
+/// admitted hold ticket with `qg_ticket_take_hold`): its units count in every window of
+/// its bucket from admission on, in flight, and from the instant it is released on. Make
+/// the call between the two, and release the hold when its answer has come back (or it
+/// failed): a server counts a call when it arrives, between the send and the answer, so
+/// a slot freed one window after the answer never collides with the server's count.
+///
+/// Methods: `qg_hold_release`.
+///
+/// Owned by the caller, who releases it once with `qg_hold_release`. It may be released
+/// from another thread than the one that took it. A hold never released counts from its
+/// lease's end (`qg_limiter_builder_set_hold_lease_ms`).
+pub struct qg_hold {
+    /// Released by its drop, when `qg_hold_release` frees the handle.
+    _hold: Hold,
 }
 
 /// A snapshot of one bucket's statistics, taken by `qg_limiter_stats`.
@@ -74,6 +93,12 @@ pub const QG_STAT_PAUSES: u32 = 8;
 pub const QG_STAT_PAUSED_FOR_MS: u32 = 9;
 /// Field of `qg_bucket_stats_get`: calls waiting in the queue at the snapshot.
 pub const QG_STAT_QUEUED: u32 = 10;
+/// Field of `qg_bucket_stats_get`: units held in flight (admitted as holds, not released)
+/// at the snapshot; they count in every window.
+pub const QG_STAT_IN_FLIGHT: u32 = 11;
+/// Field of `qg_bucket_stats_get`: holds not released within their lease (counted from
+/// the lease's end). Kept by this process, like the other counters.
+pub const QG_STAT_EXPIRED_HOLDS: u32 = 12;
 
 fn rate(calls: u32, window_ms: u64) -> Result<Rate, FfiError> {
     let r = Rate::new(calls, Duration::from_millis(window_ms));
@@ -110,8 +135,10 @@ pub extern "C" fn qg_limiter_builder_add_rate(
     }
 }
 
-/// Widens every window by `margin_ms` milliseconds, to absorb the latency between
-/// admission here and the server's count. `b` must not be NULL.
+/// Widens every window by `margin_ms` milliseconds (0 by default). Holds
+/// (`qg_limiter_hold`) already count a call until its answer, which is exact as the
+/// server sees it; a margin is for servers whose clocks run differently. `b` must not be
+/// NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_limiter_builder_set_margin(
     b: *mut qg_limiter_builder,
@@ -120,6 +147,23 @@ pub extern "C" fn qg_limiter_builder_set_margin(
     ffi_boundary! {
         let b = unsafe { try_mut(b, "builder") }?;
         b.builder = std::mem::take(&mut b.builder).margin(Duration::from_millis(margin_ms));
+        Ok(())
+    }
+}
+
+/// Sets the lease of holds (`qg_limiter_hold`): a hold not released within `lease_ms`
+/// milliseconds counts from the lease's end, so that a caller that never releases (or a
+/// process that dies holding units of a shared store) delays the others by one lease at
+/// most. 1 to 3600000 (`QG_ERR_INVALID_ARGUMENT` otherwise, at build time); 330000 by
+/// default. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_builder_set_hold_lease_ms(
+    b: *mut qg_limiter_builder,
+    lease_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        let b = unsafe { try_mut(b, "builder") }?;
+        b.builder = std::mem::take(&mut b.builder).hold_lease(Duration::from_millis(lease_ms));
         Ok(())
     }
 }
@@ -308,6 +352,112 @@ pub extern "C" fn qg_limiter_enqueue(
     }
 }
 
+/// Waits in FIFO order, like `qg_limiter_acquire`, until the bucket of `key` admits a
+/// call of `cost` units, and admits it as a hold: on success `*out` receives a hold whose
+/// units count in every window from now on, in flight, and from the instant
+/// `qg_hold_release` releases it. Make the call, then release the hold once its answer
+/// has come back or it failed.
+///
+/// `key`, `cost` and `timeout_ms`: as in `qg_limiter_acquire`. `l` and `out` must not be
+/// NULL. Blocks the calling thread; for waits in slices use `qg_limiter_enqueue_hold`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_hold(
+    l: *const qg_limiter,
+    key: *const c_char,
+    cost: u32,
+    timeout_ms: i64,
+    out: *mut *mut qg_hold,
+) -> qg_result {
+    ffi_boundary! {
+        let l = unsafe { try_ref(l, "limiter") }?;
+        let key = unsafe { self::key(key) }?;
+        let out = OutPtr::new(out, "out")?;
+        let hold = l.limiter.hold(key, cost, super::boundary::timeout_ms(timeout_ms))?;
+        out.write(to_box(qg_hold { _hold: hold }));
+        Ok(())
+    }
+}
+
+/// Admits a call of `cost` units as a hold now if the bucket allows it and nobody waits
+/// before it; never blocks. On `QG_OK`, `*out` receives the hold (see `qg_limiter_hold`)
+/// and `*wait_ms` 0; on `QG_ERR_WOULD_BLOCK`, `*wait_ms` receives the wait the call would
+/// need (a lower bound while units are in flight) and `*out` is left alone. `wait_ms` may
+/// be NULL; `l` and `out` must not be. `key` and `cost`: as in `qg_limiter_acquire`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_try_hold(
+    l: *const qg_limiter,
+    key: *const c_char,
+    cost: u32,
+    wait_ms: *mut u64,
+    out: *mut *mut qg_hold,
+) -> qg_result {
+    ffi_boundary! {
+        let l = unsafe { try_ref(l, "limiter") }?;
+        let key = unsafe { self::key(key) }?;
+        let out = OutPtr::new(out, "out")?;
+        let wait_out = OutPtr::optional(wait_ms);
+        match l.limiter.try_hold(key, cost) {
+            Ok(hold) => {
+                if let Some(w) = wait_out { w.write(0) }
+                out.write(to_box(qg_hold { _hold: hold }));
+                Ok(())
+            }
+            Err(crate::limiter::Error::WouldBlock { wait }) => {
+                if let Some(w) = wait_out { w.write(ceil_ms(wait)) }
+                Err(crate::limiter::Error::WouldBlock { wait }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Takes a place in the queue of `key`'s bucket for a hold of `cost` units, like
+/// `qg_limiter_enqueue`: wait on the ticket in slices with `qg_ticket_wait`, then take
+/// the hold with `qg_ticket_take_hold`. Freeing an admitted ticket whose hold was not
+/// taken releases the hold at once. `l` and `out` must not be NULL. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_enqueue_hold(
+    l: *const qg_limiter,
+    key: *const c_char,
+    cost: u32,
+    timeout_ms: i64,
+    out: *mut *mut qg_ticket,
+) -> qg_result {
+    ffi_boundary! {
+        let l = unsafe { try_ref(l, "limiter") }?;
+        let key = unsafe { self::key(key) }?;
+        let out = OutPtr::new(out, "out")?;
+        let ticket = l.limiter.enqueue_hold(key, cost, super::boundary::timeout_ms(timeout_ms), None)?;
+        out.write(to_box(qg_ticket { ticket }));
+        Ok(())
+    }
+}
+
+/// Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
+/// `*out` receives the hold, which the caller releases with `qg_hold_release`. Fails with
+/// `QG_ERR_INVALID_ARGUMENT` for a ticket made by `qg_limiter_enqueue`, one not admitted
+/// yet, or one whose hold was already taken. `t` and `out` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_ticket_take_hold(t: *const qg_ticket, out: *mut *mut qg_hold) -> qg_result {
+    ffi_boundary! {
+        let t = unsafe { try_ref(t, "ticket") }?;
+        let out = OutPtr::new(out, "out")?;
+        let hold = t.ticket.hold()?;
+        out.write(to_box(qg_hold { _hold: hold }));
+        Ok(())
+    }
+}
+
+/// Releases a hold: its units count in every window from now on, no longer in flight,
+/// and `h` is freed. Call it when the held call's answer has come back or it failed.
+/// NULL does nothing; never release the same hold twice.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_hold_release(h: *mut qg_hold) {
+    super::boundary::run_void(|| unsafe { free_box(h) })
+}
+
 /// Waits for the ticket's admission for at most `slice_ms` milliseconds (< 0: as long as
 /// it takes; 0: only checks).
 ///
@@ -466,6 +616,8 @@ pub extern "C" fn qg_bucket_stats_get(
             QG_STAT_PAUSES => s.pauses,
             QG_STAT_PAUSED_FOR_MS => ceil_ms(Duration::from_nanos(s.paused_for_ns)),
             QG_STAT_QUEUED => s.queued,
+            QG_STAT_IN_FLIGHT => s.in_flight,
+            QG_STAT_EXPIRED_HOLDS => s.expired_holds,
             other => return Err(FfiError::invalid(format!("unknown statistics field {other}"))),
         };
         out.write(v);

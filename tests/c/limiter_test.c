@@ -1284,6 +1284,98 @@ static void test_ticket_behind_an_idle_head_is_admitted(void)
 }
 
 /*
+ * Holds: the units count in flight from admission and from the release on; a ticket made
+ * by qg_limiter_enqueue_hold hands its hold out once; a hold never released counts from
+ * its lease's end; bad calls are refused without side effects.
+ */
+static void test_hold(void)
+{
+    qg_limiter *l = make_simple(2, 200);
+    qg_hold *a = NULL, *b = NULL, *c = SENTINEL;
+    uint64_t wait = 42;
+    double t0 = now_ms();
+    CHECK_OK(qg_limiter_hold(l, "k", 1, 0, &a));
+    CHECK_OK(qg_limiter_try_hold(l, "k", 1, &wait, &b));
+    CHECK_U64(wait, ==, 0);
+    CHECK_U64(stat_of(l, "k", QG_STAT_IN_FLIGHT), ==, 2);
+    /* Both in flight: nothing fits, the wait is a lower bound of one window. */
+    CHECK_RC(qg_limiter_try_hold(l, "k", 1, &wait, &c), QG_ERR_WOULD_BLOCK);
+    CHECK(c == SENTINEL);
+    CHECK_U64(wait, >=, 150);
+    CHECK_RC(qg_limiter_acquire(l, "k", 1, 50), QG_ERR_TIMEOUT);
+    sleep_ms(100);
+    qg_hold_release(a);
+    CHECK_U64(stat_of(l, "k", QG_STAT_IN_FLIGHT), ==, 1);
+    /* Released 100 ms after admission: it counts until 200 ms after its release. */
+    CHECK_RC(qg_limiter_try_acquire(l, "k", 1, &wait), QG_ERR_WOULD_BLOCK);
+    CHECK_U64(wait, >=, 150);
+    qg_hold_release(b);
+    qg_hold_release(NULL);
+    CHECK_OK(qg_limiter_acquire(l, "k", 2, 2000));
+    CHECK_DBL(now_ms() - t0, >=, 295);
+
+    /* A hold ticket, waited on in slices. */
+    qg_limiter *q = make_simple(1, 100);
+    qg_ticket *t = NULL, *plain = NULL;
+    qg_hold *h = SENTINEL;
+    CHECK_OK(qg_limiter_try_acquire(q, "k", 1, NULL));
+    CHECK_OK(qg_limiter_enqueue_hold(q, "k", 1, -1, &t));
+    CHECK_RC(qg_ticket_take_hold(t, &h), QG_ERR_INVALID_ARGUMENT);
+    CHECK(h == SENTINEL);
+    qg_result rc;
+    while ((rc = qg_ticket_wait(t, 20)) == QG_PENDING) {
+    }
+    CHECK_OK(rc);
+    CHECK_OK(qg_ticket_take_hold(t, &h));
+    CHECK_RC(qg_ticket_take_hold(t, &c), QG_ERR_INVALID_ARGUMENT);
+    CHECK_U64(stat_of(q, "k", QG_STAT_IN_FLIGHT), ==, 1);
+    qg_ticket_free(t);
+    CHECK_U64(stat_of(q, "k", QG_STAT_IN_FLIGHT), ==, 1); /* the hold outlives its ticket */
+    CHECK_OK(qg_limiter_enqueue(q, "k", 1, -1, &plain));
+    CHECK_RC(qg_ticket_wait(plain, 200), QG_PENDING);     /* still in flight */
+    qg_hold_release(h);
+    CHECK_OK(qg_ticket_wait(plain, 1000));
+    CHECK_RC(qg_ticket_take_hold(plain, &c), QG_ERR_INVALID_ARGUMENT);
+    qg_ticket_free(plain);
+    /* An admitted hold ticket freed before its hold was taken releases it. */
+    sleep_ms(110);
+    CHECK_OK(qg_limiter_enqueue_hold(q, "k", 1, -1, &t));
+    CHECK_OK(qg_ticket_wait(t, 0));
+    CHECK_U64(stat_of(q, "k", QG_STAT_IN_FLIGHT), ==, 1);
+    qg_ticket_free(t);
+    CHECK_U64(stat_of(q, "k", QG_STAT_IN_FLIGHT), ==, 0);
+
+    /* NULLs and bad costs. */
+    CHECK_RC(qg_limiter_hold(NULL, "k", 1, 0, &c), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_limiter_hold(q, "k", 1, 0, NULL), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_limiter_hold(q, "k", 0, 0, &c), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_limiter_try_hold(q, "k", 5, NULL, &c), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_ticket_take_hold(NULL, &c), QG_ERR_NULL_ARGUMENT);
+    CHECK(c == SENTINEL);
+    qg_limiter_free(q);
+
+    /* A hold never released counts from its lease's end. */
+    qg_limiter_builder *bld = NULL;
+    qg_limiter *leased = NULL;
+    CHECK_OK(qg_limiter_builder_new(&bld));
+    CHECK_OK(qg_limiter_builder_add_rate(bld, 1, 100));
+    CHECK_OK(qg_limiter_builder_set_hold_lease_ms(bld, 150));
+    CHECK_OK(qg_limiter_builder_build(bld, &leased));
+    CHECK_OK(qg_limiter_builder_set_hold_lease_ms(bld, 0));
+    CHECK_RC(qg_limiter_builder_build(bld, &l), QG_ERR_INVALID_ARGUMENT);
+    qg_limiter_builder_free(bld);
+    qg_hold *forgotten = NULL;
+    t0 = now_ms();
+    CHECK_OK(qg_limiter_hold(leased, "k", 1, 0, &forgotten));
+    CHECK_OK(qg_limiter_acquire(leased, "k", 1, 2000));
+    CHECK_DBL(now_ms() - t0, >=, 245);
+    CHECK_U64(stat_of(leased, "k", QG_STAT_EXPIRED_HOLDS), ==, 1);
+    qg_hold_release(forgotten); /* late: changes nothing, frees the handle */
+    qg_limiter_free(leased);
+    qg_limiter_free(l);
+}
+
+/*
  * qg_limiter_try_acquire once the queued call before it has come due: 2 calls / 100 ms,
  * two units at 0 ms, a ticket queued for 1 unit (due at 100 ms) that nobody waits on; at
  * 150 ms the ticket is admitted and one more unit fits, so try_acquire returns QG_OK.
@@ -1448,6 +1540,7 @@ static const struct test g_tests[] = {
     {"threads_keep_every_window", test_threads_keep_every_window},
     {"ticket_behind_an_idle_head_is_admitted", test_ticket_behind_an_idle_head_is_admitted},
     {"try_acquire_after_the_queue_drains", test_try_acquire_after_the_queue_drains},
+    {"hold", test_hold},
     {"new_rates_wake_the_head", test_new_rates_wake_the_head},
     {"set_rates_after_close", test_set_rates_after_close},
     {"own_rates_survive_the_bucket_limit", test_own_rates_survive_the_bucket_limit},
