@@ -166,6 +166,8 @@ def test_stats_has_every_field() -> None:
             "pauses",
             "paused_for",
             "queued",
+            "in_flight",
+            "expired_holds",
             "windows",
         }
 

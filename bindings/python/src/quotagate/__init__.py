@@ -29,7 +29,7 @@ from ._errors import (
     TooManyBucketsError,
     TransportError,
 )
-from ._limiter import Limiter, Rate
+from ._limiter import Hold, Limiter, Rate
 from ._logging import TRACE, set_log_level
 from ._logging import _install as _install_logging
 from ._native import features as _features
@@ -47,6 +47,7 @@ __all__ = [
     "FeatureError",
     "HTTPError",
     "Headers",
+    "Hold",
     "InvalidArgumentError",
     "Limiter",
     "NativeIOError",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _convert
 from ._errors import check, error_from
@@ -16,6 +17,8 @@ from ._native import (
     QG_STAT_ADMITTED_CALLS,
     QG_STAT_ADMITTED_UNITS,
     QG_STAT_CANCELLATIONS,
+    QG_STAT_EXPIRED_HOLDS,
+    QG_STAT_IN_FLIGHT,
     QG_STAT_LONGEST_WAIT_US,
     QG_STAT_PAUSED_FOR_MS,
     QG_STAT_PAUSES,
@@ -49,6 +52,8 @@ _STAT_FIELDS: List[Tuple[int, str, Optional[float]]] = [
     (QG_STAT_PAUSES, "pauses", None),
     (QG_STAT_PAUSED_FOR_MS, "paused_for", 1e3),
     (QG_STAT_QUEUED, "queued", None),
+    (QG_STAT_IN_FLIGHT, "in_flight", None),
+    (QG_STAT_EXPIRED_HOLDS, "expired_holds", None),
 ]
 
 _try_acquire = lib.qg_limiter_try_acquire
@@ -68,8 +73,13 @@ class Limiter(NativeHandle):
     must wait queue in FIFO order.
 
     :param rates: the default rates of every bucket, e.g. ``[(100, 60), (1500, 3600)]``.
-    :param margin: seconds added to every window, to absorb the latency between the
-        admission here and the server's count.
+    :param margin: seconds added to every window (0 by default). :meth:`hold` already
+        counts a call until its answer, which is exact as the server sees it; a margin is
+        for servers whose clocks run differently.
+    :param hold_lease: seconds a :meth:`hold` may stay unreleased before its units count
+        from the lease's end (330 by default, at most 3600), so that a caller that never
+        releases, or a process that dies holding units of a shared store, delays the
+        others by one lease at most.
     :param max_buckets: the most buckets held at once (idle ones are dropped to make room).
     :param store: share every bucket with all processes that open the same store:
         ``"file:///var/lib/quotagate/tenant.q"`` (the processes of one host) or
@@ -91,11 +101,13 @@ class Limiter(NativeHandle):
         margin: Union[int, float] = 0.0,
         max_buckets: Optional[int] = None,
         store: Optional[str] = None,
+        hold_lease: Optional[Union[int, float]] = None,
     ) -> None:
         super().__init__()
         native_rates = _convert.rates(rates)
         store_url = None if store is None else _convert.text(store, "store")
         margin_ms = _convert.seconds_to_ms(margin, "margin")
+        lease_ms = None if hold_lease is None else _convert.seconds_to_ms(hold_lease, "hold_lease")
         if max_buckets is not None:
             max_buckets = _convert.integer(max_buckets, "max_buckets", 1, 2**63 - 1)
         builder = c_void_p()
@@ -104,6 +116,8 @@ class Limiter(NativeHandle):
             for calls, window_ms in native_rates:
                 check(lib.qg_limiter_builder_add_rate(builder, calls, window_ms))
             check(lib.qg_limiter_builder_set_margin(builder, margin_ms))
+            if lease_ms is not None:
+                check(lib.qg_limiter_builder_set_hold_lease_ms(builder, lease_ms))
             if max_buckets is not None:
                 check(lib.qg_limiter_builder_set_max_buckets(builder, max_buckets))
             if store_url is not None:
@@ -186,11 +200,23 @@ class Limiter(NativeHandle):
         :class:`KeyboardInterrupt` within about 50 ms, and the place in the queue is
         given up without disturbing the order of the others.
         """
+        self._wait(lib.qg_limiter_enqueue, key, cost, timeout, None)
+
+    def _wait(
+        self,
+        enqueue: Any,
+        key: str,
+        cost: int,
+        timeout: Optional[Union[int, float]],
+        take: Optional[Any],
+    ) -> Optional[c_void_p]:
+        """Takes a place with ``enqueue`` and waits in slices until admitted; then runs
+        ``take(ticket)`` (to take a hold) before the ticket is freed."""
         k = self._key(key)
         cost = _convert.cost(cost)
         deadline_ms = _convert.timeout_ms(timeout)
         ticket = c_void_p()
-        rc = lib.qg_limiter_enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
+        rc = enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
         if rc != QG_OK:
             raise error_from(rc)
         main = threading.current_thread() is _main_thread
@@ -201,14 +227,45 @@ class Limiter(NativeHandle):
                 if rc == QG_PENDING:
                     continue
                 if rc == QG_OK:
-                    return
+                    return None if take is None else take(ticket)
                 raise error_from(rc)
         except BaseException:
-            # Leave the queue (QG_ERR_NOT_WAITING if admitted meanwhile: nothing to undo).
+            # Leave the queue (QG_ERR_NOT_WAITING if admitted meanwhile: freeing the
+            # ticket then releases an untaken hold).
             lib.qg_ticket_cancel(ticket)
             raise
         finally:
             lib.qg_ticket_free(ticket)
+
+    def hold(
+        self, key: str = "", cost: int = 1, timeout: Optional[Union[int, float]] = None
+    ) -> "Hold":
+        """A context manager that admits a call as a *hold*: it waits on enter, like
+        :meth:`acquire`, and the call's units count in every window from admission on,
+        in flight, and from the instant it exits on::
+
+            with limiter.hold("machines", timeout=30):
+                requests.get(url, headers=headers)
+
+        A server counts a call when it arrives, between the send and the answer; a slot
+        that frees one window after the answer therefore never meets the server's count,
+        whatever the network's delays. Make the call inside the block. The block may also
+        end with :meth:`Hold.release`.
+
+        :raises quotagate.TimeoutError: on enter, the deadline passed or cannot be met.
+        :raises quotagate.ClosedError: on enter, the limiter is or gets closed.
+        """
+        return Hold(self, key, cost, timeout)
+
+    def _take_hold(self, key: str, cost: int, timeout: Optional[Union[int, float]]) -> c_void_p:
+        def take(ticket: c_void_p) -> c_void_p:
+            hold = c_void_p()
+            check(lib.qg_ticket_take_hold(ticket, byref(hold)))
+            return hold
+
+        hold = self._wait(lib.qg_limiter_enqueue_hold, key, cost, timeout, take)
+        assert hold is not None
+        return hold
 
     def pause(self, key: str, seconds: Union[int, float]) -> None:
         """Makes every caller of ``key``'s bucket wait ``seconds`` from now. A longer
@@ -232,7 +289,8 @@ class Limiter(NativeHandle):
 
         Counts: ``admitted_calls``, ``admitted_units``, ``waited_calls``, ``timeouts``,
         ``cancellations``, ``refusals`` (try_acquire refused), ``pauses``, ``queued``
-        (waiting now). Seconds (float): ``total_wait``, ``longest_wait`` (of admitted
+        (waiting now), ``in_flight`` (units of holds not yet released, counted in every
+        window), ``expired_holds`` (holds not released within their lease). Seconds (float): ``total_wait``, ``longest_wait`` (of admitted
         calls), ``paused_for`` (pause left). ``windows``: one dict per rate, in order,
         with ``used`` (units inside the window now), ``calls`` and ``window`` (seconds,
         margin included).
@@ -263,3 +321,69 @@ class Limiter(NativeHandle):
             return result
         finally:
             lib.qg_bucket_stats_free(snapshot)
+
+
+class Hold:
+    """A call admitted by :meth:`Limiter.hold`: a context manager whose units count in
+    flight from ``__enter__`` and from its exit (or :meth:`release`) on.
+
+    Not reusable: enter it once. A hold that is never released counts from its lease's
+    end; one that is garbage-collected unreleased is released then.
+    """
+
+    __slots__ = ("_limiter", "_key", "_cost", "_timeout", "_ptr", "_entered")
+
+    def __init__(
+        self, limiter: Limiter, key: str, cost: int, timeout: Optional[Union[int, float]]
+    ) -> None:
+        self._limiter = limiter
+        self._key = key
+        self._cost = cost
+        self._timeout = timeout
+        self._ptr: Optional[c_void_p] = None
+        self._entered = False
+
+    def __enter__(self) -> "Hold":
+        if self._entered:
+            raise RuntimeError("a quotagate hold is entered once; call limiter.hold() again")
+        self._entered = True
+        self._ptr = self._limiter._take_hold(self._key, self._cost, self._timeout)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        """True between admission and release."""
+        return self._ptr is not None
+
+    def release(self) -> None:
+        """Ends the hold now: its units count from now on. Idempotent."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            lib.qg_hold_release(ptr)
+
+    def __copy__(self) -> "Hold":
+        raise TypeError("a quotagate hold cannot be copied: it is released once")
+
+    def __deepcopy__(self, memo: Any) -> "Hold":
+        return self.__copy__()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a quotagate hold cannot be pickled: it belongs to this process")
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: the library may be gone
+            pass
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else ("released" if self._entered else "waiting to enter")
+        return f"<quotagate.Hold key={self._key!r} cost={self._cost} {state}>"

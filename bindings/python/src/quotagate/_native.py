@@ -79,6 +79,8 @@ QG_STAT_REFUSALS = 7
 QG_STAT_PAUSES = 8
 QG_STAT_PAUSED_FOR_MS = 9
 QG_STAT_QUEUED = 10
+QG_STAT_IN_FLIGHT = 11
+QG_STAT_EXPIRED_HOLDS = 12
 
 # Fields of qg_last_error_detail and qg_response_error_detail.
 QG_DETAIL_HTTP_STATUS = 0
@@ -157,6 +159,7 @@ SIGNATURES: List[Signature] = [
     ("qg_limiter_builder_new", _R, [_OUT]),
     ("qg_limiter_builder_add_rate", _R, [_H, c_uint32, c_uint64]),
     ("qg_limiter_builder_set_margin", _R, [_H, c_uint64]),
+    ("qg_limiter_builder_set_hold_lease_ms", _R, [_H, c_uint64]),
     ("qg_limiter_builder_set_max_buckets", _R, [_H, c_size_t]),
     ("qg_limiter_builder_set_store", _R, [_H, _S]),
     ("qg_limiter_builder_build", _R, [_H, _OUT]),
@@ -168,6 +171,11 @@ SIGNATURES: List[Signature] = [
     ("qg_ticket_wait", _R, [_H, c_int64]),
     ("qg_ticket_cancel", _R, [_H]),
     ("qg_ticket_free", None, [_H]),
+    ("qg_limiter_hold", _R, [_H, _S, c_uint32, c_int64, _OUT]),
+    ("qg_limiter_try_hold", _R, [_H, _S, c_uint32, _PU64, _OUT]),
+    ("qg_limiter_enqueue_hold", _R, [_H, _S, c_uint32, c_int64, _OUT]),
+    ("qg_ticket_take_hold", _R, [_H, _OUT]),
+    ("qg_hold_release", None, [_H]),
     ("qg_limiter_pause", _R, [_H, _S, c_uint64]),
     ("qg_limiter_set_rates", _R, [_H, _S, POINTER(c_uint32), _PU64, c_size_t]),
     ("qg_limiter_stats", _R, [_H, _S, _OUT]),
