@@ -69,6 +69,8 @@ namespace QuotaGate.Interop
         public const uint Pauses = 8;
         public const uint PausedForMs = 9;
         public const uint Queued = 10;
+        public const uint InFlight = 11;
+        public const uint ExpiredHolds = 12;
     }
 
     /// <summary>Fields of an HTTP error's details (QG_DETAIL_*).</summary>
@@ -606,6 +608,11 @@ namespace QuotaGate.Interop
         protected override bool ReleaseHandle() { NativeMethods.qg_ticket_free(handle); return true; }
     }
 
+    public sealed class HoldHandle : QgHandle
+    {
+        protected override bool ReleaseHandle() { NativeMethods.qg_hold_release(handle); return true; }
+    }
+
     public sealed class BucketStatsHandle : QgHandle
     {
         protected override bool ReleaseHandle() { NativeMethods.qg_bucket_stats_free(handle); return true; }
@@ -695,6 +702,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_margin(LimiterBuilderHandle b, ulong marginMs);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_limiter_builder_set_hold_lease_ms(LimiterBuilderHandle b, ulong leaseMs);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_max_buckets(LimiterBuilderHandle b, UIntPtr maxBuckets);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_store(LimiterBuilderHandle b, byte[] url);
@@ -710,6 +719,8 @@ namespace QuotaGate.Interop
         public static extern uint qg_limiter_try_acquire(LimiterHandle l, byte[] key, uint cost, out ulong waitMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_enqueue(LimiterHandle l, byte[] key, uint cost, long timeoutMs, out TicketHandle ticket);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_limiter_enqueue_hold(LimiterHandle l, byte[] key, uint cost, long timeoutMs, out TicketHandle ticket);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_pause(LimiterHandle l, byte[] key, ulong durationMs);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -727,7 +738,13 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_ticket_cancel(TicketHandle t);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_ticket_take_hold(TicketHandle t, out HoldHandle hold);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern void qg_ticket_free(IntPtr t);
+
+        // hold
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern void qg_hold_release(IntPtr h);
 
         // bucket statistics
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -950,6 +967,10 @@ namespace QuotaGate.Interop
         public ulong Pauses { get; internal set; }
         public ulong PausedForMs { get; internal set; }
         public ulong Queued { get; internal set; }
+        /// <summary>Units of holds not yet released; they count in every window.</summary>
+        public ulong InFlight { get; internal set; }
+        /// <summary>Holds not released within their lease (counted from the lease's end).</summary>
+        public ulong ExpiredHolds { get; internal set; }
         public WindowUsage[] Windows { get; internal set; }
 
         internal static BucketStatistics Read(BucketStatsHandle s, string key)
@@ -974,6 +995,8 @@ namespace QuotaGate.Interop
                 Pauses = get(StatField.Pauses),
                 PausedForMs = get(StatField.PausedForMs),
                 Queued = get(StatField.Queued),
+                InFlight = get(StatField.InFlight),
+                ExpiredHolds = get(StatField.ExpiredHolds),
             };
             UIntPtr count;
             Native.Check(NativeMethods.qg_bucket_stats_window_count(s, out count));
@@ -1032,7 +1055,53 @@ namespace QuotaGate.Interop
             return true;
         }
 
-        /// <summary>Frees the ticket, giving up its place if it was not admitted.</summary>
+        /// <summary>
+        /// The hold of an admitted ticket from <see cref="Limiter.EnqueueHold"/>, once; throws
+        /// for a plain ticket, one not admitted yet, or one whose hold was taken.
+        /// </summary>
+        public Hold TakeHold()
+        {
+            HoldHandle h;
+            Native.Check(NativeMethods.qg_ticket_take_hold(handle, out h));
+            return new Hold(h);
+        }
+
+        /// <summary>Frees the ticket, giving up its place if it was not admitted (and
+        /// releasing an admitted hold that was not taken).</summary>
+        public void Dispose()
+        {
+            handle.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A call admitted by <see cref="Limiter.Hold(string, uint, long, CancellationToken)"/>:
+    /// its units count in every window from admission on, in flight, and from
+    /// <see cref="Release"/> (or Dispose) on. Make the call in between and release it when
+    /// the answer has come back: a server counts a call when it arrives, so a slot freed one
+    /// window after the answer never meets the server's count.
+    /// </summary>
+    public sealed class Hold : IDisposable
+    {
+        readonly HoldHandle handle;
+
+        internal Hold(HoldHandle handle)
+        {
+            this.handle = handle;
+        }
+
+        /// <summary>True until released.</summary>
+        public bool IsHeld
+        {
+            get { return !handle.IsClosed; }
+        }
+
+        /// <summary>Ends the hold now: its units count from now on. Idempotent.</summary>
+        public void Release()
+        {
+            handle.Dispose();
+        }
+
         public void Dispose()
         {
             handle.Dispose();
@@ -1070,6 +1139,13 @@ namespace QuotaGate.Interop
         /// <summary>A limiter whose buckets live in a shared store when <paramref name="store"/>
         /// is a store URL (file:///path or redis://host:6379/0?prefix=qg); in memory when null.</summary>
         public Limiter(Rate[] rates, ulong marginMs, ulong maxBuckets, string store)
+            : this(rates, marginMs, maxBuckets, store, 0)
+        {
+        }
+
+        /// <summary>As above; <paramref name="holdLeaseMs"/> bounds how long a hold may stay
+        /// unreleased before it counts from the lease's end (0: the library's default).</summary>
+        public Limiter(Rate[] rates, ulong marginMs, ulong maxBuckets, string store, ulong holdLeaseMs)
         {
             if (rates == null)
             {
@@ -1094,6 +1170,10 @@ namespace QuotaGate.Interop
                 if (maxBuckets > 0)
                 {
                     Native.Check(NativeMethods.qg_limiter_builder_set_max_buckets(builder, new UIntPtr(maxBuckets)));
+                }
+                if (holdLeaseMs > 0)
+                {
+                    Native.Check(NativeMethods.qg_limiter_builder_set_hold_lease_ms(builder, holdLeaseMs));
                 }
                 if (!string.IsNullOrEmpty(store))
                 {
@@ -1138,6 +1218,51 @@ namespace QuotaGate.Interop
         {
             token.ThrowIfCancellationRequested();
             using (Ticket ticket = Enqueue(key, cost, timeoutMs))
+            {
+                WaitAdmitted(ticket, shouldStop, token);
+            }
+        }
+
+        /// <summary>
+        /// Waits in FIFO order, in slices like <see cref="Acquire(string, uint, long, Func{bool})"/>,
+        /// and admits the call as a hold: its units count until the hold is released.
+        /// </summary>
+        public Hold Hold(string key, uint cost, long timeoutMs, Func<bool> shouldStop)
+        {
+            return HoldCore(key, cost, timeoutMs, shouldStop, CancellationToken.None);
+        }
+
+        /// <summary>Waits like <see cref="Hold(string, uint, long, Func{bool})"/> until admitted
+        /// or until <paramref name="token"/> is cancelled.</summary>
+        public Hold Hold(string key, uint cost, long timeoutMs, CancellationToken token)
+        {
+            return HoldCore(key, cost, timeoutMs, null, token);
+        }
+
+        Hold HoldCore(string key, uint cost, long timeoutMs, Func<bool> shouldStop, CancellationToken token)
+        {
+            token.ThrowIfCancellationRequested();
+            Ticket ticket = EnqueueHold(key, cost, timeoutMs);
+            using (ticket)
+            {
+                WaitAdmitted(ticket, shouldStop, token);
+                return ticket.TakeHold();
+            }
+        }
+
+        /// <summary>Takes a place in the queue for a hold without waiting; wait on the ticket
+        /// in slices, then take the hold with <see cref="Ticket.TakeHold"/>.</summary>
+        public Ticket EnqueueHold(string key, uint cost, long timeoutMs)
+        {
+            TicketHandle t;
+            Native.Check(NativeMethods.qg_limiter_enqueue_hold(handle, Utf8.Encode(key, "key"), cost, timeoutMs, out t));
+            return new Ticket(t);
+        }
+
+        /// <summary>Waits on <paramref name="ticket"/> in slices until admitted; the caller
+        /// disposes it.</summary>
+        static void WaitAdmitted(Ticket ticket, Func<bool> shouldStop, CancellationToken token)
+        {
             using (token.Register(() => CancelQuietly(ticket)))
             {
                 while (true)

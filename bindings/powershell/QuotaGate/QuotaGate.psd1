@@ -15,6 +15,7 @@
         'Invoke-QgHunting'
         'New-QgLimiter'
         'Wait-QgLimiter'
+        'Invoke-QgLimited'
         'Test-QgLimiter'
         'Suspend-QgLimiter'
         'Get-QgStatistics'

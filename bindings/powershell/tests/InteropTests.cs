@@ -347,6 +347,63 @@ namespace QuotaGate.Interop.Tests
                 }
             });
 
+            Test("limiter: a hold counts in flight until released, then from its release", () =>
+            {
+                using (var l = NewLimiter(new Rate(2, 300)))
+                {
+                    var sw = Stopwatch.StartNew();
+                    var h = l.Hold("k", 1, 0, () => false);
+                    Assert.True(h.IsHeld, "held");
+                    Assert.Equal(1UL, l.GetStatistics("k").InFlight, "in flight");
+                    Assert.True(l.TryAcquire("k", 1), "a second call fits");
+                    Assert.True(!l.TryAcquire("k", 1), "the hold counts in the window");
+                    Thread.Sleep(350);
+                    Assert.True(l.TryAcquire("k", 1), "the plain call left the window");
+                    Assert.True(!l.TryAcquire("k", 1), "the hold still counts after a whole window");
+                    h.Release();
+                    h.Release();
+                    Assert.True(!h.IsHeld, "released");
+                    var s = l.GetStatistics("k");
+                    Assert.Equal(0UL, s.InFlight, "no longer in flight");
+                    Assert.Equal(2UL, s.Windows[0].Used, "counted from its release");
+                    // A hold ticket, in slices; a hold that cannot be admitted in time fails.
+                    using (var t = l.EnqueueHold("k", 1, 5000))
+                    {
+                        Assert.Throws<QuotaGateException>(() => t.TakeHold(), "not admitted yet");
+                        while (!t.Wait(50))
+                        {
+                            Assert.True(sw.ElapsedMilliseconds < 3000, "admitted within the window");
+                        }
+                        using (var h2 = t.TakeHold())
+                        {
+                            Assert.Equal(1UL, l.GetStatistics("k").InFlight, "the ticket's hold");
+                            Assert.Throws<QuotaGateException>(() => t.TakeHold(), "taken once");
+                        }
+                    }
+                    Assert.Equal(0UL, l.GetStatistics("k").InFlight, "disposed: released");
+                }
+                using (var full = NewLimiter(new Rate(1, 60000)))
+                {
+                    Assert.True(full.TryAcquire("k", 1), "fill the bucket");
+                    Assert.Fails(ResultCode.Timeout, "deadline", () => full.Hold("k", 1, 10, () => false), "unmeetable deadline");
+                    using (var cts = new CancellationTokenSource())
+                    {
+                        cts.CancelAfter(100);
+                        Assert.Throws<OperationCanceledException>(() => full.Hold("k", 1, -1, cts.Token), "cancelled hold");
+                    }
+                    Assert.Equal(0UL, full.GetStatistics("k").Queued, "no waiter left behind");
+                    Assert.Equal(0UL, full.GetStatistics("k").InFlight, "nothing held");
+                }
+                using (var leased = new Limiter(new[] { new Rate(1, 200) }, 0, 0, null, 150))
+                {
+                    var forgotten = leased.Hold("k", 1, 0, () => false);
+                    Thread.Sleep(200);
+                    Assert.Equal(1UL, leased.GetStatistics("k").ExpiredHolds, "expired at its lease");
+                    Assert.Equal(0UL, leased.GetStatistics("k").InFlight, "no longer in flight");
+                    forgotten.Dispose();
+                }
+            });
+
             Test("limiter: shouldStop gives up the place within a slice (Ctrl+C)", () =>
             {
                 using (var l = NewLimiter(new Rate(1, 60000)))

@@ -452,6 +452,64 @@ Describe 'New-QgLimiter' {
     }
 }
 
+Describe 'Invoke-QgLimited' {
+    It 'counts the call from admission until the block returns, then from its end' {
+        $limiter = New-QgLimiter -Rate '2/300ms'
+        $inside = Invoke-QgLimited -Limiter $limiter -Key 'k' {
+            (Get-QgStatistics -Limiter $limiter -Key 'k').InFlight
+            Test-QgLimiter -Limiter $limiter -Key 'k'
+            Test-QgLimiter -Limiter $limiter -Key 'k'
+            Start-Sleep -Milliseconds 350
+        }
+        $inside | Should -Be @(1, $true, $false)
+        $stats = Get-QgStatistics -Limiter $limiter -Key 'k'
+        $stats.InFlight | Should -Be 0
+        $stats.Windows[0].Used | Should -Be 1
+    }
+
+    It 'runs the block once per pipeline object, each under a hold of its own' {
+        $limiter = New-QgLimiter -Rate '10/1s'
+        $out = 1..3 | Invoke-QgLimited -Limiter $limiter -Key 'k' { $_ * 2 }
+        $out | Should -Be @(2, 4, 6)
+        (Get-QgStatistics -Limiter $limiter -Key 'k').AdmittedCalls | Should -Be 3
+    }
+
+    It 'releases the hold when the block throws' {
+        $limiter = New-QgLimiter -Rate '5/1s'
+        { Invoke-QgLimited -Limiter $limiter -Key 'k' { throw 'the call failed' } } | Should -Throw 'the call failed'
+        (Get-QgStatistics -Limiter $limiter -Key 'k').InFlight | Should -Be 0
+    }
+
+    It 'fails at once when the deadline cannot be met, without running the block' {
+        $limiter = New-QgLimiter -Rate 1, 60
+        Wait-QgLimiter -Limiter $limiter -Key 'k'
+        $script:ran = $false
+        $err = { Invoke-QgLimited -Limiter $limiter -Key 'k' -TimeoutSec 0.5 { $script:ran = $true } } | Should -Throw -PassThru
+        $script:ran | Should -BeFalse
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Timeout)
+    }
+
+    It 'keeps Invoke-RestMethod calls to a jittery server clear of 429s' {
+        $sim = Start-QgSimulator -Machines 5 -Limit @{ default = '5/1s' } -InboundJitterMs 60
+        try {
+            $limiter = New-QgLimiter -Rate '5/1s'
+            $headers = @{ Authorization = "Bearer $($sim.IssueToken($sim.ClientId))" }
+            $codes = 1..20 | Invoke-QgLimited -Limiter $limiter -Key 'machines' {
+                try {
+                    $null = Invoke-RestMethod -Uri "$($sim.Url)/api/machines?`$top=1" -Headers $headers
+                    200
+                } catch {
+                    [int]$_.Exception.Response.StatusCode
+                }
+            }
+            $codes | Where-Object { $_ -eq 429 } | Should -BeNullOrEmpty
+            $codes.Count | Should -Be 20
+        } finally {
+            Stop-QgSimulator -Simulator $sim
+        }
+    }
+}
+
 Describe 'Test-QgLimiter' {
     It 'admits up to the rate, then returns $false with the wait in the verbose stream' {
         $limiter = New-QgLimiter -Rate 2, 60
