@@ -128,6 +128,10 @@ fn demo_json_agrees_with_the_simulators_own_figures() {
     let s = json(&r.stdout);
     assert_eq!(s["ok"], true, "{}", r.stdout);
     let (client, server) = (&s["client"], &s["server"]);
+    // By default the server counts each call after 0-40 ms on its way in, and the client
+    // has no margin: each call counts until its answer.
+    assert_eq!(s["inbound_jitter_ms"], 40);
+    assert_eq!(s["margin_ms"], 0);
     // 5 pages + 120 tags + 3 queries, every one of them seen by the server, none refused.
     assert_eq!(client["pages"], 5);
     assert_eq!(client["tags"], 120);
@@ -158,6 +162,8 @@ fn demo_json_agrees_with_the_simulators_own_figures() {
         .unwrap();
     assert_eq!(default_minute["limit"], 100);
     assert!(default_minute["peak"].as_u64().unwrap() > 0);
+    let run_use = default_minute["run_use"].as_f64().unwrap();
+    assert!(run_use > 0.0 && run_use <= 1.0, "{default_minute}");
     assert!(client["waited_calls"].as_u64().unwrap() > 0, "{client}");
     assert!(client["longest_wait_ms"].as_u64().unwrap() > 0);
     assert!(started.elapsed() < Duration::from_secs(15));

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 pub const EXAMPLES: &str = "\
 The simulator runs in this process with every window shortened by --time-scale
-(0.01: a 60 s window lasts 600 ms, an hour 36 s). The client is configured with the
-published limits, scaled the same way, so it waits its turn instead of collecting 429s.
+(0.01: a 60 s window lasts 600 ms, an hour 36 s), and counts each call when it arrives,
+after 0 to --inbound-jitter-ms on the way in. The client is configured with the
+published limits, scaled the same way and with no margin, so it waits its turn instead
+of collecting 429s: each call counts from its admission until its answer.
 
 Examples:
   quotagate demo
@@ -60,11 +62,16 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     queries: u32,
 
-    /// Milliseconds added to every client-side window, for the time between the client's
-    /// admission of a call and the server's count of it (threads wait for a core on a
-    /// busy machine).
-    #[arg(long, default_value_t = 100)]
+    /// Milliseconds added to every client-side window. None is needed: each call counts
+    /// until its answer, which is exact as the server sees it. A margin is for servers
+    /// whose clocks run differently.
+    #[arg(long, default_value_t = 0)]
     margin_ms: u64,
+
+    /// The simulator's inbound jitter: each request waits 0 to this many (real)
+    /// milliseconds on its way in before the server counts it, as on the internet.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    inbound_jitter_ms: u64,
 
     /// Print the summary as JSON on stdout (progress stays on stderr).
     #[arg(long)]
@@ -100,6 +107,7 @@ struct Summary {
     time_scale: f64,
     page_size: u32,
     margin_ms: u64,
+    inbound_jitter_ms: u64,
     elapsed_ms: u64,
     /// The elapsed time in API time: what the same run takes against the real service.
     api_elapsed_secs: f64,
@@ -197,17 +205,20 @@ fn quota_status(client: &Client, class: &'static str) -> crate::progress::Status
 pub fn run(args: &Args) -> Result<(), Failure> {
     let config = SimConfig::default()
         .machines(args.machines)
-        .time_scale(args.time_scale);
+        .time_scale(args.time_scale)
+        .inbound_jitter(Duration::from_millis(args.inbound_jitter_ms));
     let sim = Simulator::start(config)
         .map_err(|e| Failure::usage(format!("cannot start the simulator: {e}")))?;
     let client = scaled_client(&sim, args.time_scale, Duration::from_millis(args.margin_ms));
     let style = Style::detect();
     let threads = usize::from(args.threads);
     eprintln!(
-        "quotagate demo: {} machines, {threads} threads, time scale {} (a 60 s window lasts {})",
+        "quotagate demo: {} machines, {threads} threads, time scale {} (a 60 s window lasts {}), \
+         0-{} ms on the way in before the server counts a call",
         thousands(args.machines as u64),
         args.time_scale,
-        report::duration(Duration::from_secs_f64(60.0 * args.time_scale))
+        report::duration(Duration::from_secs_f64(60.0 * args.time_scale)),
+        args.inbound_jitter_ms
     );
     let started = Instant::now();
 
@@ -341,6 +352,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         time_scale: args.time_scale,
         page_size: args.page_size,
         margin_ms: args.margin_ms,
+        inbound_jitter_ms: args.inbound_jitter_ms,
         elapsed_ms: elapsed.as_millis() as u64,
         api_elapsed_secs: (elapsed.as_secs_f64() / args.time_scale).round(),
         client: client_figures,
@@ -407,7 +419,10 @@ fn render(s: &Summary) -> String {
     ];
     let mut out = String::from("\n");
     out.push_str(&report::table(&["", "", ""], &[false, true, false], &rows));
-    out.push_str("\nQuota use (the server's count: most calls in one rolling window)\n");
+    out.push_str(
+        "\nQuota use as the server counted it: the most calls in one rolling window, and the \
+         calls as a share of what the limit allowed over the run\n",
+    );
     out.push_str(&s.server.quota_table());
     out.push_str(&format!(
         "\n{}\n",

@@ -37,6 +37,10 @@ pub struct QuotaUse {
     pub window_ms: f64,
     /// The window in API time (before the time scale).
     pub api_window_secs: f64,
+    /// The class's calls the server counted, as a share of what this limit allowed from
+    /// the first of them to the last: `calls / (limit × (span / window + 1))`. Near 1 when
+    /// the limit bound the run and the client used all of it.
+    pub run_use: f64,
 }
 
 impl ServerFigures {
@@ -45,16 +49,22 @@ impl ServerFigures {
         for e in log {
             *by_endpoint.entry(endpoint(&e.method, &e.path)).or_insert(0) += 1;
         }
+        let mut counted: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+        for e in log.iter().filter(|e| e.counted) {
+            counted.entry(&e.class).or_default().push(e.instant);
+        }
         let quota = stats
             .max_in_window
             .iter()
             .flat_map(|(class, peaks)| {
+                let instants = counted.get(class.as_str()).map_or(&[][..], Vec::as_slice);
                 peaks.iter().map(move |p| QuotaUse {
                     class: class.clone(),
                     limit: p.calls,
                     peak: p.peak,
                     window_ms: p.window.as_secs_f64() * 1e3,
                     api_window_secs: round_to(p.window.as_secs_f64() / time_scale, 1e-6),
+                    run_use: run_use(instants, p.calls, p.window),
                 })
             })
             .collect();
@@ -98,12 +108,20 @@ impl ServerFigures {
                     thousands(q.peak),
                     thousands(u64::from(q.limit)),
                     format!("{:.0}%", 100.0 * q.peak as f64 / f64::from(q.limit.max(1))),
+                    format!("{:.1}%", 100.0 * q.run_use),
                 ]
             })
             .collect();
         table(
-            &["class", "window (real)", "peak", "limit", "use"],
-            &[false, false, true, true, true],
+            &[
+                "class",
+                "window (real)",
+                "peak",
+                "limit",
+                "use",
+                "over the run",
+            ],
+            &[false, false, true, true, true, true],
             &rows,
         )
     }
@@ -117,6 +135,16 @@ impl ServerFigures {
             .collect();
         table(&["endpoint", "requests"], &[false, true], &rows)
     }
+}
+
+/// `calls / (limit × (span / window + 1))` for calls counted at `instants`: the share of
+/// what a limit of `limit` per `window` allowed from the first to the last.
+fn run_use(instants: &[Duration], limit: u32, window: Duration) -> f64 {
+    let (Some(first), Some(last)) = (instants.iter().min(), instants.iter().max()) else {
+        return 0.0;
+    };
+    let windows = (*last - *first).as_secs_f64() / window.as_secs_f64() + 1.0;
+    instants.len() as f64 / (f64::from(limit.max(1)) * windows)
 }
 
 /// `METHOD /path` with the query dropped and ids replaced, so that calls group by endpoint.
