@@ -1,6 +1,8 @@
 //! The hot path of the limiter: a permitted `try_acquire` on one bucket, from 1 and 2
 //! threads, in Rust and through the C ABI, side by side with the governor crate's
-//! `check` (direct and keyed) in the same run.
+//! `check` (direct and keyed) in the same run; and the hold path that the client takes
+//! for every attempt (a permitted `try_hold`, then its release), in Rust and through the
+//! C ABI.
 //!
 //! Run: `cargo bench --bench limiter` (add `-- --quick` for a short run).
 //! Prints nanoseconds per call (the median of several rounds) and the ratio to governor's
@@ -31,6 +33,14 @@ unsafe extern "C" {
     fn qg_limiter_builder_build(b: *const u8, out: *mut *mut QgLimiter) -> u32;
     fn qg_limiter_builder_free(b: *mut u8);
     fn qg_limiter_free(l: *mut QgLimiter);
+    fn qg_limiter_try_hold(
+        l: *const QgLimiter,
+        key: *const c_char,
+        cost: u32,
+        wait_ms: *mut u64,
+        out: *mut *mut u8,
+    ) -> u32;
+    fn qg_hold_release(h: *mut u8);
 }
 
 /// Builds one case's closure afresh for every round.
@@ -146,9 +156,33 @@ fn main() {
             })
         }),
     ));
+    cases.push((
+        "quotagate try_hold+finish (Rust)",
+        Box::new(|| {
+            let l = quotagate_limiter();
+            Arc::new(move || {
+                l.try_hold(black_box("machines"), 1).unwrap().finish();
+            })
+        }),
+    ));
+    cases.push((
+        "quotagate hold+release (C ABI)",
+        Box::new(|| {
+            let l = Arc::new(c_limiter());
+            let key = CString::new("machines").unwrap();
+            Arc::new(move || unsafe {
+                let mut h = std::ptr::null_mut();
+                assert_eq!(
+                    qg_limiter_try_hold(l.0, key.as_ptr(), 1, std::ptr::null_mut(), &mut h),
+                    0
+                );
+                qg_hold_release(black_box(h));
+            })
+        }),
+    ));
 
     println!(
-        "permitted try_acquire, one bucket, median of {rounds} rounds of {iters} calls per thread"
+        "permitted try_acquire and try_hold + release, one bucket, median of {rounds} rounds of {iters} calls per thread"
     );
     println!(
         "{:<32} {:>10} {:>10} {:>10} {:>10}",
