@@ -3,6 +3,7 @@
 //! log of instant and duration) and tells how long a new query must wait until enough run
 //! time has left the windows.
 
+use super::bounds::MAX_STATED_RUN_TIME;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -130,7 +131,9 @@ impl Ledger {
     }
 }
 
-/// The execution time an advanced hunting answer states (`Stats.ExecutionTime`, seconds).
+/// The execution time an advanced hunting answer states (`Stats.ExecutionTime`, seconds),
+/// when it is a number of seconds from zero to
+/// [`MAX_STATED_RUN_TIME`](super::MAX_STATED_RUN_TIME); anything else counts as not stated.
 pub(crate) fn stated_execution_time(body: &[u8]) -> Option<Duration> {
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -146,7 +149,15 @@ pub(crate) fn stated_execution_time(body: &[u8]) -> Option<Duration> {
         .ok()?
         .stats?
         .execution_time?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    let stated = Duration::try_from_secs_f64(secs).ok();
+    if stated.is_none_or(|d| d > MAX_STATED_RUN_TIME) {
+        log::warn!(
+            "a hunting answer states a run time of {secs} s, outside 0 to {} s: using the time the exchange took",
+            MAX_STATED_RUN_TIME.as_secs()
+        );
+        return None;
+    }
+    stated
 }
 
 #[cfg(test)]
@@ -205,6 +216,11 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(stated_execution_time(br#"{"results":[]}"#), None);
+        // Stated after the server ran the query: a panic here lost its answer.
+        for huge in ["1e20", "1e19", "3601", "-1", "1e400"] {
+            let body = format!(r#"{{"Results":[],"Stats":{{"ExecutionTime":{huge}}}}}"#);
+            assert_eq!(stated_execution_time(body.as_bytes()), None, "{huge}");
+        }
         assert_eq!(stated_execution_time(b"not json"), None);
     }
 }

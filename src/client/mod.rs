@@ -32,6 +32,7 @@
 //! ```
 
 mod auth;
+mod bounds;
 mod certificate;
 mod cloud;
 mod error;
@@ -45,6 +46,7 @@ mod routes;
 mod secret;
 
 pub use auth::{Credentials, TokenProvider};
+pub use bounds::{MAX_LEARNED_WINDOW, MAX_SERVER_WAIT, MAX_STATED_RUN_TIME, MAX_TOKEN_LIFETIME};
 pub use certificate::{CertificateCredential, SignatureAlgorithm};
 pub use cloud::Cloud;
 pub use error::{Error, ErrorDetails, HUNTING_BUDGET_SPENT};
@@ -227,7 +229,7 @@ impl Cancel {
 
     /// Sleeps `d`, waking early with an error on cancel or close.
     fn sleep(&self, client: &ClientShared, d: Duration) -> Result<(), Error> {
-        let until = Instant::now() + d;
+        let until = bounds::instant_after(Instant::now(), d);
         let mut guard = self.inner.lock.lock();
         loop {
             self.check(client)?;
@@ -957,7 +959,7 @@ impl Client {
             }
         }
         let started = Instant::now();
-        let budget_end = started + s.policy.max_quota_wait;
+        let budget_end = bounds::instant_after(started, s.policy.max_quota_wait);
         // A capped route: hold one of its slots for the whole call, retries included.
         let _slot = match s.routes.find(&req.method, &path) {
             Some(
@@ -1042,7 +1044,7 @@ impl Client {
                         });
                     }
                     if let Some(w) = wait {
-                        if Instant::now() + w > budget_end {
+                        if bounds::instant_after(Instant::now(), w) > budget_end {
                             last.attempts = attempt;
                             return Err(Error::Throttled(Box::new(last)));
                         }
@@ -1083,7 +1085,9 @@ impl Client {
                 d.retry_after = Some(wait);
                 Error::Throttled(Box::new(d))
             };
-            if s.hunting_policy == HuntingBudgetPolicy::Fail || Instant::now() + wait > budget_end {
+            if s.hunting_policy == HuntingBudgetPolicy::Fail
+                || bounds::instant_after(Instant::now(), wait) > budget_end
+            {
                 return Err(spent());
             }
             log::info!(
@@ -1210,7 +1214,7 @@ impl Client {
                 let learned = last
                     .message
                     .as_deref()
-                    .and_then(quota_from_message)
+                    .and_then(retry::learnable_quota)
                     .is_some_and(|(calls, window)| self.learn(key, calls, window));
                 last.retry_after = hint;
                 let pause = match (hint, learned) {
