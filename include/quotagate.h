@@ -530,15 +530,29 @@ qg_result qg_client_builder_new(qg_client_builder **out);
 
 /**
  * Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
- * Copied; `b` and `url` must not be NULL.
+ * Copied; `b` and `url` must not be NULL. `qg_client_builder_build` refuses a URL with a
+ * `user:password@`, and `http://` to a host that is not loopback unless
+ * `qg_client_builder_set_allow_insecure_http` allows it.
  */
 qg_result qg_client_builder_set_base_url(qg_client_builder *b, const char *url);
 
 /**
  * Sets the login authority (default `https://login.microsoftonline.com`).
- * Copied; `b` and `url` must not be NULL.
+ * Copied; `b` and `url` must not be NULL. Checked by `qg_client_builder_build` as the
+ * base URL is.
  */
 qg_result qg_client_builder_set_authority(qg_client_builder *b, const char *url);
+
+/**
+ * Accepts `http://` base URLs and authorities on hosts that are not loopback when `allow`
+ * is 1; 0 (the default) refuses them. Plain HTTP to another host sends the client secret
+ * and every access token unencrypted over the network, so `qg_client_builder_build`
+ * fails with `QG_ERR_INVALID_ARGUMENT` (saying why) unless this is set, for instance
+ * behind a TLS-terminating proxy on a network you trust. `http://` to `localhost`,
+ * 127.0.0.0/8 or `::1` (the simulator) is always accepted. Another value of `allow` gives
+ * `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_allow_insecure_http(qg_client_builder *b, uint32_t allow);
 
 /**
  * Sets the cloud by name: `"commercial"` (the default), the commercial regions

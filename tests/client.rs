@@ -543,3 +543,77 @@ fn clients_can_share_one_limiter() {
     hammer(&b, 2, 3);
     assert_eq!(sim.stats().throttled, 0);
 }
+
+#[test]
+fn plain_http_off_loopback_is_refused_unless_allowed() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let port = sim.addr().port();
+    for (base, authority) in [
+        ("http://api.example.com", "https://login.example.com"),
+        ("https://api.example.com", "http://login.example.com"),
+        ("http://10.0.0.7:8080", "https://login.example.com"),
+    ] {
+        let b = Client::builder()
+            .base_url(base)
+            .authority(authority)
+            .tenant_id("t")
+            .client_id("c")
+            .client_secret("s");
+        let e = b.build().unwrap_err().to_string();
+        assert!(
+            e.contains("is not a loopback host")
+                && e.contains("unencrypted")
+                && e.contains("allow_insecure_http"),
+            "{e}"
+        );
+        assert!(
+            b.allow_insecure_http(true).build().is_ok(),
+            "{base} {authority}"
+        );
+    }
+    // The simulator on loopback, by address or by name, needs no opt-in.
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("http://{host}:{port}");
+        let client = builder(&sim)
+            .base_url(&url)
+            .authority(&url)
+            .build()
+            .unwrap();
+        let r = client.send(&Request::get("/api/machines?$top=1")).unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[test]
+fn user_information_in_urls_is_refused_and_never_printed() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let with_password = sim.url().replace("http://", "http://admin:hunter2@");
+    for (base, authority) in [
+        (with_password.as_str(), sim.authority()),
+        (sim.url().as_str(), with_password.clone()),
+        (
+            "https://us/er:hunter2@api.example.com",
+            "https://login.example.com".to_string(),
+        ),
+    ] {
+        let e = builder(&sim)
+            .base_url(base)
+            .authority(&authority)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user name or password"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("admin"), "{e}");
+    }
+    // A proxy or store may carry credentials; the builder's debug output hides them.
+    let b = builder(&sim)
+        .proxy("http://proxyuser:hunter2@proxy.example:3128")
+        .store("redis://:hun/ter2@cache:6379/0");
+    let shown = format!("{b:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("ter2"),
+        "{shown}"
+    );
+    assert!(shown.contains("***@proxy.example:3128"), "{shown}");
+    assert!(!shown.contains(sim.client_secret()), "{shown}");
+}

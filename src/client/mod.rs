@@ -44,6 +44,7 @@ mod response;
 mod retry;
 mod routes;
 mod secret;
+mod urls;
 
 pub use auth::{Credentials, TokenProvider};
 pub use bounds::{MAX_LEARNED_WINDOW, MAX_SERVER_WAIT, MAX_STATED_RUN_TIME, MAX_TOKEN_LIFETIME};
@@ -64,6 +65,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use urls::RedactedUrl;
 
 /// The commercial Defender for Endpoint API.
 pub const DEFAULT_BASE_URL: &str = "https://api.securitycenter.microsoft.com";
@@ -252,21 +254,12 @@ fn limiter_failure(e: limiter::Error) -> Error {
     }
 }
 
-/// A store URL, which may carry a Redis password: its `Debug` shows it redacted.
-#[derive(Clone)]
-struct StoreUrl(String);
-
-impl std::fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&limiter::store::redact(&self.0))
-    }
-}
-
 /// Configures a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
-    base_url: Option<String>,
-    authority: Option<String>,
+    base_url: Option<RedactedUrl>,
+    authority: Option<RedactedUrl>,
+    allow_insecure_http: bool,
     cloud: Option<Cloud>,
     tenant_id: Option<String>,
     client_id: Option<String>,
@@ -278,7 +271,7 @@ pub struct ClientBuilder {
     resource: Option<String>,
     connect_timeout: Duration,
     timeout: Duration,
-    proxy: Option<String>,
+    proxy: Option<RedactedUrl>,
     user_agent: String,
     max_body: u64,
     policy: RetryPolicy,
@@ -287,7 +280,7 @@ pub struct ClientBuilder {
     default_rates: Option<Vec<Rate>>,
     margin: Duration,
     limiter: Option<Limiter>,
-    store: Option<StoreUrl>,
+    store: Option<RedactedUrl>,
     hunting_budget: HuntingBudget,
 }
 
@@ -296,6 +289,7 @@ impl Default for ClientBuilder {
         Self {
             base_url: None,
             authority: None,
+            allow_insecure_http: false,
             cloud: None,
             tenant_id: None,
             client_id: None,
@@ -326,14 +320,24 @@ impl ClientBuilder {
     /// The API's base URL (default: the cloud's, else the commercial MDE host). It also
     /// picks the built-in route table ([`RouteTable::for_base_url`]).
     pub fn base_url(mut self, url: &str) -> Self {
-        self.base_url = Some(url.trim_end_matches('/').to_string());
+        self.base_url = Some(RedactedUrl(url.trim_end_matches('/').to_string()));
         self
     }
 
     /// The login authority (default: the cloud's, else
     /// `https://login.microsoftonline.com`).
     pub fn authority(mut self, url: &str) -> Self {
-        self.authority = Some(url.trim_end_matches('/').to_string());
+        self.authority = Some(RedactedUrl(url.trim_end_matches('/').to_string()));
+        self
+    }
+
+    /// Accepts `http://` for a base URL or authority that is not a loopback host (default
+    /// false). Plain HTTP to another host sends the client secret and every access token
+    /// unencrypted over the network, so `build` refuses it unless this is set, for
+    /// instance behind a TLS-terminating proxy on a network you trust. `http://` to
+    /// `localhost`, 127.0.0.0/8 or `::1` (the simulator) is always accepted.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
         self
     }
 
@@ -349,7 +353,8 @@ impl ClientBuilder {
     /// The API base URL the client will use.
     pub fn effective_base_url(&self) -> &str {
         self.base_url
-            .as_deref()
+            .as_ref()
+            .map(RedactedUrl::as_str)
             .or(self.cloud.map(Cloud::base_url))
             .unwrap_or(DEFAULT_BASE_URL)
     }
@@ -357,7 +362,8 @@ impl ClientBuilder {
     /// The login authority the client will use.
     pub fn effective_authority(&self) -> &str {
         self.authority
-            .as_deref()
+            .as_ref()
+            .map(RedactedUrl::as_str)
             .or(self.cloud.map(Cloud::authority))
             .unwrap_or(DEFAULT_AUTHORITY)
     }
@@ -448,7 +454,7 @@ impl ClientBuilder {
 
     /// A proxy URL; without one, `HTTPS_PROXY`/`ALL_PROXY` and `NO_PROXY` apply.
     pub fn proxy(mut self, url: &str) -> Self {
-        self.proxy = Some(url.to_string());
+        self.proxy = Some(RedactedUrl(url.to_string()));
         self
     }
 
@@ -569,7 +575,7 @@ impl ClientBuilder {
     /// hosts); see [`LimiterBuilder::store`](crate::limiter::LimiterBuilder::store). The
     /// client builds its limiter over that store. Not together with [`Self::limiter`].
     pub fn store(mut self, url: &str) -> Self {
-        self.store = Some(StoreUrl(url.to_string()));
+        self.store = Some(RedactedUrl(url.to_string()));
         self
     }
 
@@ -590,6 +596,8 @@ impl ClientBuilder {
         let bad = |m: &str| Error::InvalidArgument(m.to_string());
         let base_url = self.effective_base_url().to_string();
         let authority = self.effective_authority();
+        urls::check_endpoint(&base_url, "the base URL", self.allow_insecure_http)?;
+        urls::check_endpoint(authority, "the authority", self.allow_insecure_http)?;
         let base: ureq::http::Uri = base_url
             .parse()
             .map_err(|_| bad("the base URL is not a valid URL"))?;
@@ -679,7 +687,9 @@ impl ClientBuilder {
             }
         }
         let proxy = match &self.proxy {
-            Some(p) => Some(ureq::Proxy::new(p).map_err(|_| bad("the proxy URL is not valid"))?),
+            Some(p) => {
+                Some(ureq::Proxy::new(p.as_str()).map_err(|_| bad("the proxy URL is not valid"))?)
+            }
             None => None,
         };
         let limiter = match (&self.limiter, &self.store) {
@@ -693,8 +703,8 @@ impl ClientBuilder {
                 let mut b = Limiter::builder()
                     .rates(routes.default_rates().iter().copied())
                     .margin(self.margin);
-                if let Some(StoreUrl(url)) = store {
-                    b = b.store(url);
+                if let Some(url) = store {
+                    b = b.store(url.as_str());
                 }
                 b.build().map_err(limiter_failure)?
             }

@@ -119,7 +119,9 @@ fn set_string(
 }
 
 /// Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
-/// Copied; `b` and `url` must not be NULL.
+/// Copied; `b` and `url` must not be NULL. `qg_client_builder_build` refuses a URL with a
+/// `user:password@`, and `http://` to a host that is not loopback unless
+/// `qg_client_builder_set_allow_insecure_http` allows it.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_builder_set_base_url(
     b: *mut qg_client_builder,
@@ -129,13 +131,36 @@ pub extern "C" fn qg_client_builder_set_base_url(
 }
 
 /// Sets the login authority (default `https://login.microsoftonline.com`).
-/// Copied; `b` and `url` must not be NULL.
+/// Copied; `b` and `url` must not be NULL. Checked by `qg_client_builder_build` as the
+/// base URL is.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_builder_set_authority(
     b: *mut qg_client_builder,
     url: *const c_char,
 ) -> qg_result {
     ffi_boundary! { set_string(b, url, "url", |x, v| x.authority(v)) }
+}
+
+/// Accepts `http://` base URLs and authorities on hosts that are not loopback when `allow`
+/// is 1; 0 (the default) refuses them. Plain HTTP to another host sends the client secret
+/// and every access token unencrypted over the network, so `qg_client_builder_build`
+/// fails with `QG_ERR_INVALID_ARGUMENT` (saying why) unless this is set, for instance
+/// behind a TLS-terminating proxy on a network you trust. `http://` to `localhost`,
+/// 127.0.0.0/8 or `::1` (the simulator) is always accepted. Another value of `allow` gives
+/// `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_allow_insecure_http(
+    b: *mut qg_client_builder,
+    allow: u32,
+) -> qg_result {
+    ffi_boundary! {
+        let allow = match allow {
+            0 => false,
+            1 => true,
+            other => return Err(FfiError::invalid(format!("allow must be 0 or 1, not {other}"))),
+        };
+        with_builder(b, |x| x.allow_insecure_http(allow))
+    }
 }
 
 /// Sets the cloud by name: `"commercial"` (the default), the commercial regions

@@ -709,6 +709,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_authority(ClientBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_allow_insecure_http(ClientBuilderHandle b, uint allow);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_tenant_id(ClientBuilderHandle b, byte[] tenantId);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_cloud(ClientBuilderHandle b, byte[] name);
@@ -1547,6 +1549,8 @@ namespace QuotaGate.Interop
 
         public string BaseUrl { get; set; }
         public string Authority { get; set; }
+        /// <summary>Accept http:// to a host that is not loopback (the secret and tokens then cross the network unencrypted).</summary>
+        public bool AllowInsecureHttp { get; set; }
         public string TenantId { get; set; }
         public string ClientId { get; set; }
         public SecureString ClientSecret { get; set; }
@@ -1797,6 +1801,7 @@ namespace QuotaGate.Interop
                 SetText(b, NativeMethods.qg_client_builder_set_cloud, options.Cloud, "Cloud");
                 SetText(b, NativeMethods.qg_client_builder_set_base_url, options.BaseUrl, "BaseUrl");
                 SetText(b, NativeMethods.qg_client_builder_set_authority, options.Authority, "Authority");
+                Native.Check(NativeMethods.qg_client_builder_set_allow_insecure_http(b, options.AllowInsecureHttp ? 1u : 0u));
                 SetText(b, NativeMethods.qg_client_builder_set_tenant_id, options.TenantId, "TenantId");
                 SetText(b, NativeMethods.qg_client_builder_set_client_id, options.ClientId, "ClientId");
                 SetSecret(b, NativeMethods.qg_client_builder_set_client_secret, options.ClientSecret, "ClientSecret");

@@ -63,13 +63,19 @@ fn invalid(message: String) -> StoreError {
     StoreError::new(StoreErrorKind::Invalid, message)
 }
 
-/// `url` with any password replaced by `***`, for messages.
+/// `url` with any user name and password replaced by `***`, for messages: everything from
+/// the scheme's `//` to the last `@`. A password may hold a raw `/`, `?` or `#` (the URL
+/// is then malformed, but its secret still must not show), so the authority is not cut at
+/// them; an `@` later in the URL only hides more than needed.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    if rest.starts_with('/') {
+        // No authority at all (file:///path): nothing to hide.
+        return url.to_string();
+    }
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
         None => url.to_string(),
     }
@@ -248,6 +254,25 @@ mod tests {
         assert_eq!(c.on_unavailable, OnUnavailable::Fail);
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0".to_string());
+        // A raw '/' or '?' in a password once ended the authority early, and the password
+        // was printed in full.
+        for url in [
+            "redis://:pa/ss@h:1/0",
+            "redis://:pa?ss@h:1/0?prefix=q",
+            "rediss://user:p#a/s?s@h:1",
+            "redis://u:p@ss@h:1/0",
+        ] {
+            let shown = redact(url);
+            assert!(
+                shown.starts_with("redis") && shown.contains("***@h:1"),
+                "{shown}"
+            );
+            assert!(!shown.contains("pa") && !shown.contains("ss@"), "{shown}");
+        }
+        let e = StoreConfig::parse("mysql://:pa/ss@h:1/0").unwrap_err();
+        assert!(!e.message.contains("pa/ss"), "{}", e.message);
+        assert_eq!(redact("file:///var/lib/a@b.q"), "file:///var/lib/a@b.q");
+        assert_eq!(redact("redis://cache:6379/0"), "redis://cache:6379/0");
         let e = StoreConfig::parse("mysql://root:pw@h").unwrap_err();
         assert!(!e.message.contains("pw@"), "{}", e.message);
         assert!(StoreConfig::parse("redis://h?pool=0").is_err());

@@ -184,6 +184,12 @@ class Client(NativeHandle):
         government cloud (``"gcc"``, ``"gcc-high"``, ``"dod"``); it sets the login
         authority, the API base URL and the token scope, which ``authority``,
         ``base_url``, ``scope`` and ``resource`` override.
+    :param allow_insecure_http: accept ``http://`` for a ``base_url`` or ``authority``
+        that is not a loopback host (default False). Plain HTTP sends the client secret
+        and every token unencrypted over the network, so the library refuses it unless
+        this is set (for instance behind a TLS-terminating proxy on a network you trust);
+        ``http://`` to ``localhost``, 127.0.0.0/8 or ``::1`` is always accepted. A URL
+        with a ``user:password@`` is always refused.
     :param certificate: certificate credentials: a ``.pfx``/``.p12`` file (opened with
         ``password``), or a PEM file (with ``private_key``, a PEM key file, unless it
         holds the key as well), or PEM text (``private_key`` then PEM text too).
@@ -225,6 +231,7 @@ class Client(NativeHandle):
         base_url: Optional[str] = None,
         authority: Optional[str] = None,
         cloud: Optional[str] = None,
+        allow_insecure_http: bool = False,
         certificate: Optional[PathOrPem] = None,
         private_key: Optional[PathOrPem] = None,
         password: Optional[str] = None,
@@ -279,6 +286,10 @@ class Client(NativeHandle):
             add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
         if authority is not None:
             add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
+        if not isinstance(allow_insecure_http, bool):
+            kind = type(allow_insecure_http).__name__
+            raise TypeError(f"allow_insecure_http must be a bool, not {kind}")
+        add(lib.qg_client_builder_set_allow_insecure_http, int(allow_insecure_http))
         # Which credentials are enough, and what they may contain, the library decides.
         if certificate is not None:
             add(*_certificate_setting(certificate, private_key, password))

@@ -172,6 +172,7 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_new", _R, [_OUT]),
     ("qg_client_builder_set_base_url", _R, [_H, _S]),
     ("qg_client_builder_set_authority", _R, [_H, _S]),
+    ("qg_client_builder_set_allow_insecure_http", _R, [_H, c_uint32]),
     ("qg_client_builder_set_tenant_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_secret", _R, [_H, _S]),
