@@ -383,9 +383,9 @@ typedef uint32_t qg_result;
  * - A token longer than `token_len`: write the needed length to `*token_written` and
  *   return `QG_ERR_BUFFER_TOO_SMALL`; the library calls again at once with a buffer at
  *   least that large (up to 1 MiB).
- * - A failure: return any other code (`QG_ERR_AUTH` fits). The function may first write a
- *   short UTF-8 description into `token_buf` and its length to `*token_written`; the
- *   failed call's last error text then includes it.
+ * - A failure: return any other code (`QG_ERR_AUTH` fits). The call fails with
+ *   `QG_ERR_AUTH`, and the library neither reads nor quotes `token_buf` then (it may hold
+ *   part of a token): keep the reason on your side, or log it.
  *
  * Threads: called from whichever thread sends a call while the cached token is missing,
  * near its end (a fifth of its lifetime early, at most five minutes) or refused by the
@@ -801,7 +801,9 @@ qg_result qg_request_add_query(qg_request *r, const char *name, const char *valu
 
 /**
  * Sets a header, replacing one of the same name (case-insensitive). The client sets
- * `Authorization` itself. No NULL.
+ * `Authorization` itself. A name that is not an RFC 9110 token, or a value with a control
+ * character other than tab, gives `QG_ERR_INVALID_ARGUMENT` here (the wire would refuse
+ * it). No NULL.
  */
 qg_result qg_request_set_header(qg_request *r, const char *name, const char *value);
 

@@ -617,3 +617,59 @@ fn user_information_in_urls_is_refused_and_never_printed() {
     assert!(shown.contains("***@proxy.example:3128"), "{shown}");
     assert!(!shown.contains(sim.client_secret()), "{shown}");
 }
+
+#[test]
+fn requests_the_wire_would_refuse_fail_before_any_quota_is_taken() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).build().unwrap();
+    for (name, value) in [("X(A", "v"), ("X-Test", "a\u{1}b"), ("X-Test", "a\u{7f}b")] {
+        let r = Request::get("/api/machines").header(name, value);
+        match client.send(&r) {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("header"), "{why}"),
+            other => panic!("{name:?}: {value:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        client.send(&Request::new("GE T", "/api/machines")),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A fragment would silently drop the query after it.
+    match client.send(&Request::get("/api/machines#top").query("$top", "1")) {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains('#'), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let stats = client.stats();
+    assert_eq!(stats.requests, 0);
+    assert!(
+        stats.buckets.values().all(|b| b.admitted_calls == 0),
+        "{stats:?}"
+    );
+    assert_eq!(sim.stats().requests, 0);
+}
+
+#[test]
+fn every_spelling_of_the_hunting_path_takes_the_hunting_quota() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).max_attempts(1).build().unwrap();
+    let query = serde_json::json!({"Query": "DeviceInfo | take 1"});
+    for path in [
+        "/api/machines/../advancedqueries/run",
+        "/api//advancedqueries/run",
+        "/api/advancedqueries/%72un",
+    ] {
+        // The simulator does not resolve such paths; what counts is the bucket taken.
+        let _ = client.send(&Request::post(path).json(&query));
+    }
+    let stats = client.stats();
+    let hunting = stats
+        .buckets
+        .iter()
+        .find(|(k, _)| k.ends_with("|hunting"))
+        .map(|(_, b)| b.admitted_calls);
+    assert_eq!(hunting, Some(3), "{:?}", stats.buckets.keys());
+    assert!(
+        stats.buckets.keys().all(|k| !k.ends_with("|default")),
+        "{:?}",
+        stats.buckets.keys()
+    );
+}

@@ -52,7 +52,7 @@ pub fn is_hunting_query(method: &str, path: &str) -> bool {
     if !method.eq_ignore_ascii_case("POST") {
         return false;
     }
-    let p = path.trim_end_matches('/').to_ascii_lowercase();
+    let p = super::routes::normalize_path(path).to_ascii_lowercase();
     p == "/api/advancedqueries/run"
         || p == "/api/advancedhunting/run"
         || p == "/v1.0/security/runhuntingquery"

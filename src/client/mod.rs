@@ -55,8 +55,12 @@ pub use hunting::{HuntingBudget, HuntingBudgetPolicy, is_hunting_query};
 pub use paging::{Items, Pages};
 pub use response::Response;
 pub use retry::{RetryPolicy, quota_from_message, retry_after};
-pub use routes::{DEFAULT_CLASS, LIVE_RESPONSE_SESSIONS, Route, RouteTable, default_rates};
+pub use routes::{
+    DEFAULT_CLASS, LIVE_RESPONSE_SESSIONS, Route, RouteTable, default_rates, normalize_path,
+};
 pub use secret::Secret;
+
+pub(crate) use http::check_header;
 
 use crate::limiter::{self, Limiter, Rate, Wait};
 use auth::Auth;
@@ -920,6 +924,13 @@ impl Client {
     /// so that the token is never sent elsewhere.
     fn resolve(&self, req: &Request) -> Result<(String, String), Error> {
         let s = &self.shared;
+        if req.target.contains('#') {
+            // Everything after it, the query included, would silently stay behind.
+            return Err(Error::InvalidArgument(
+                "a path or URL must not contain '#' (a fragment is never sent; write %23 for the character)"
+                    .into(),
+            ));
+        }
         let mut url = if req.target.starts_with("http://") || req.target.starts_with("https://") {
             let rest = &req.target[s.origin.len().min(req.target.len())..];
             if !req.target.starts_with(&s.origin)
@@ -957,6 +968,7 @@ impl Client {
     /// answer, whatever its status (see [`Response::error_for_status`]).
     pub fn send(&self, req: &Request) -> Result<Response, Error> {
         let s = &*self.shared;
+        http::check_head(&req.method, &req.headers)?;
         let (url, path) = self.resolve(req)?;
         let (key, rates) = self.bucket_key(&req.method, &path);
         s.limiter
@@ -1288,6 +1300,9 @@ impl Client {
             .fetch_add(1, Ordering::Relaxed);
         if let Some(limit) = f.body_too_large {
             return Err(Error::BodyTooLarge(limit));
+        }
+        if f.invalid {
+            return Err(Error::InvalidArgument(f.message));
         }
         let mut d = ErrorDetails {
             attempts: attempt,

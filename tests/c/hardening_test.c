@@ -96,11 +96,31 @@ static void test_user_information_in_urls(void)
     }
 }
 
+/* Header names and values RFC 9110 refuses fail at once, before any quota is taken
+ * (they used to pass here, fail on the wire and be retried as "not sent"). */
+static void test_headers_the_wire_refuses(void)
+{
+    qg_request *r = NULL;
+    CHECK_OK(qg_request_new("GET", "/api/machines", &r));
+    const char *bad_names[] = {"X(A", "X A", "", "X:A", "X\x01"};
+    for (size_t i = 0; i < ARRAY_LEN(bad_names); i++) {
+        CHECK_RC(qg_request_set_header(r, bad_names[i], "v"), QG_ERR_INVALID_ARGUMENT);
+    }
+    const char *bad_values[] = {"a\x01b", "a\x7f", "a\r\nX-Injected: 1", "\x1b[31m"};
+    for (size_t i = 0; i < ARRAY_LEN(bad_values); i++) {
+        CHECK_RC(qg_request_set_header(r, "X-Test", bad_values[i]), QG_ERR_INVALID_ARGUMENT);
+    }
+    CHECK_OK(qg_request_set_header(r, "X-Test", "a b\tc"));
+    CHECK_OK(qg_request_set_header(r, "x!#$%&'*+-.^_`|~9", "Gr\xc3\xbc\xc3\x9f"));
+    qg_request_free(r);
+}
+
 /* ------------------------------------------------------------------- main ---- */
 
 static const struct test g_tests[] = {
     {"plain_http_off_loopback", test_plain_http_off_loopback},
     {"user_information_in_urls", test_user_information_in_urls},
+    {"headers_the_wire_refuses", test_headers_the_wire_refuses},
 };
 
 int main(int argc, char **argv)

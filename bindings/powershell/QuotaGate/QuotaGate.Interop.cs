@@ -113,6 +113,11 @@ namespace QuotaGate.Interop
             Code = code;
         }
 
+        public QuotaGateException(uint code, string message, Exception inner) : base(message, inner)
+        {
+            Code = code;
+        }
+
         /// <summary>The qg_result code (see <see cref="ResultCode"/>).</summary>
         public uint Code { get; private set; }
 
@@ -462,8 +467,9 @@ namespace QuotaGate.Interop
             }
         }
 
-        /// <summary>The exception for a failed call, built from the thread's last error.</summary>
-        public static QuotaGateException Error(uint code, bool withDetails)
+        /// <summary>The exception for a failed call, built from the thread's last error;
+        /// <paramref name="cause"/> (the token provider's exception) adds its message.</summary>
+        public static QuotaGateException Error(uint code, bool withDetails, Exception cause = null)
         {
             // The message first: reading details never replaces it, but be safe.
             string message = LastErrorMessage();
@@ -471,7 +477,12 @@ namespace QuotaGate.Interop
             {
                 message = ResultCode.Describe(code);
             }
-            var e = new QuotaGateException(code, message);
+            if (cause != null)
+            {
+                Exception inner = cause.GetBaseException() ?? cause;
+                message += ": " + (string.IsNullOrEmpty(inner.Message) ? inner.GetType().Name : inner.Message);
+            }
+            var e = new QuotaGateException(code, message, cause);
             if (withDetails)
             {
                 e.SetDetails(LastErrorDetail);
@@ -1353,7 +1364,6 @@ namespace QuotaGate.Interop
         // The library asks again "at once" after BUFFER_TOO_SMALL; a token kept longer than
         // this is fetched anew rather than reused.
         const long PendingMaxAgeMs = 5000;
-        const int MaxReasonBytes = 512;
         static readonly UTF8Encoding StrictUtf8 = new UTF8Encoding(false, true);
 
         readonly Func<Tuple<string, double>> source;
@@ -1410,6 +1420,7 @@ namespace QuotaGate.Interop
                         Marshal.Copy(pending, 0, tokenBuf, pending.Length);
                         WriteSize(tokenWritten, (ulong)pending.Length);
                         Marshal.WriteInt64(expiresInMs, (long)pendingExpiresMs);
+                        LastError = null;
                     }
                     finally
                     {
@@ -1426,8 +1437,9 @@ namespace QuotaGate.Interop
                     {
                         Forget();
                     }
+                    // The library never reads the buffer of a failed call: the reason
+                    // travels on this side, in LastError.
                     LastError = e;
-                    WriteReason(e, tokenBuf, tokenLen, tokenWritten);
                 }
                 catch (Exception)
                 {
@@ -1487,29 +1499,6 @@ namespace QuotaGate.Interop
             {
                 Marshal.WriteInt32(p, (int)value);
             }
-        }
-
-        static void WriteReason(Exception e, IntPtr buf, UIntPtr len, IntPtr written)
-        {
-            if (buf == IntPtr.Zero || written == IntPtr.Zero)
-            {
-                return;
-            }
-            Exception inner = e.GetBaseException() ?? e;
-            string text = inner.Message;
-            if (string.IsNullOrEmpty(text))
-            {
-                text = inner.GetType().Name;
-            }
-            byte[] bytes = new UTF8Encoding(false, false).GetBytes(text);
-            int n = (int)Math.Min((ulong)Math.Min(bytes.Length, MaxReasonBytes), len.ToUInt64());
-            // Cut on a character boundary: never leave half a UTF-8 sequence.
-            while (n > 0 && n < bytes.Length && (bytes[n] & 0xC0) == 0x80)
-            {
-                n--;
-            }
-            Marshal.Copy(bytes, 0, buf, n);
-            WriteSize(written, (ulong)n);
         }
     }
 
@@ -2069,13 +2058,15 @@ namespace QuotaGate.Interop
             }
         }
 
-        static void ThrowClient(uint rc, CancellationToken token)
+        void ThrowClient(uint rc, CancellationToken token)
         {
             if (rc == ResultCode.Ok)
             {
                 return;
             }
-            QuotaGateException e = Native.Error(rc, true);
+            // A failed token provider's reason never passes through the library.
+            Exception cause = rc == ResultCode.Auth && tokenProvider != null ? tokenProvider.LastError : null;
+            QuotaGateException e = Native.Error(rc, true, cause);
             if (rc == ResultCode.Cancelled && token.IsCancellationRequested)
             {
                 throw new OperationCanceledException(e.Message, e, token);

@@ -1187,8 +1187,8 @@ namespace QuotaGate.Interop.Tests
                     Assert.Equal(1, calls, "the source was called once");
                     var failing = new TokenProvider(() => { throw new Exception("ünreachable vault"); });
                     Assert.Equal(ResultCode.Auth, failing.Callback(IntPtr.Zero, small, new UIntPtr(16), written, expires), "failure code");
-                    long n = Marshal.ReadInt64(written);
-                    Assert.True(n > 0 && n <= 16, "the reason is cut to the buffer: " + n);
+                    // The library never reads the buffer of a failed call: the reason stays here.
+                    Assert.True(failing.LastError != null && failing.LastError.Message == "ünreachable vault", "the reason is kept in LastError");
                 }
                 finally
                 {

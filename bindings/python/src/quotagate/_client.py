@@ -389,6 +389,13 @@ class Client(NativeHandle):
         provider = self._token_provider
         if isinstance(error, AuthError) and provider is not None and provider.failure is not None:
             # The provider's own exception, for the traceback; the library never saw it.
+            # Only its type joins the text: its message may quote a token.
+            kind = type(provider.failure).__name__
+            error = AuthError(
+                f"{error}: the token provider raised {kind}",
+                result=error.result,
+                details=error.details,
+            )
             error.__cause__ = provider.failure
         return error
 
@@ -695,9 +702,9 @@ class _TokenCallback:
 
     The library calls :attr:`native` from its threads (ctypes takes the GIL), one call
     at a time per client. Nothing may propagate into C: every exception becomes a
-    failure return with a description that names only the exception's type, so no
-    token can reach an error text or a log; the exception itself is kept in
-    :attr:`failure` and chained to the :class:`AuthError` the call raises.
+    failure return (the library never quotes the buffer of a failed call, so no token can
+    reach an error text or a log); the exception itself is kept in :attr:`failure` and
+    chained to the :class:`AuthError` the call raises.
     """
 
     def __init__(self, fn: TokenProvider) -> None:
@@ -734,15 +741,9 @@ class _TokenCallback:
             self.failure = None
             return QG_OK
         except BaseException as e:  # noqa: B036 - never unwind into C
-            try:
-                self.failure = e
-                note = f"the token provider raised {type(e).__name__}".encode("utf-8")
-                n = min(len(note), buf_len)
-                if buf and n:
-                    memmove(buf, note, n)
-                written[0] = n
-            except BaseException:  # pragma: no cover - nothing left to report with
-                pass
+            # The library never reads the buffer of a failed call; the exception is
+            # chained to the AuthError on this side.
+            self.failure = e
             return QG_ERR_AUTH
 
 
@@ -832,16 +833,11 @@ def _headers(headers: Any) -> List[Tuple[bytes, bytes]]:
         return []
     if not isinstance(headers, Mapping):
         raise TypeError(f"headers must be a mapping, not {type(headers).__name__}")
-    result = []
-    for name, value in headers.items():
-        n = _convert.text(name, "header name")
-        if not name or any(c in name for c in "\r\n:"):
-            raise ValueError(f"invalid header name {name!r}")
-        v = _convert.text(value, f"header {name!r}")
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name!r} must not contain line breaks")
-        result.append((n, v))
-    return result
+    # What a header may hold (RFC 9110) the library decides, before anything is sent.
+    return [
+        (_convert.text(name, "header name"), _convert.text(value, f"header {name!r}"))
+        for name, value in headers.items()
+    ]
 
 
 def _read_response(resp: c_void_p, method: str, path: str) -> Response:
