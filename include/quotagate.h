@@ -33,6 +33,14 @@
 #define DEFAULT_MAX_BODY (256 << 20)
 
 /**
+ * The most pages one paging run follows by default ([`ClientBuilder::max_pages`]): ten
+ * times what the API's largest lists need at their smallest page size.
+ *
+ * [`ClientBuilder::max_pages`]: super::ClientBuilder::max_pages
+ */
+#define DEFAULT_MAX_PAGES 100000
+
+/**
  * The published limit of live response sessions under way at once.
  */
 #define LIVE_RESPONSE_SESSIONS 25
@@ -512,6 +520,12 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 #define QG_ERR_BODY_TOO_LARGE 304
 
 /**
+ * Paging stopped: an `@odata.nextLink` led back to a page already fetched, or the list
+ * had more pages than `qg_client_builder_set_max_pages` allows.
+ */
+#define QG_ERR_PAGING 305
+
+/**
  * The simulator could not start (the port is taken, ...).
  */
 #define QG_ERR_IO 400
@@ -688,6 +702,13 @@ qg_result qg_client_builder_set_connect_timeout_ms(qg_client_builder *b, uint64_
  * the call with `QG_ERR_BODY_TOO_LARGE`. `b` must not be NULL.
  */
 qg_result qg_client_builder_set_max_body_bytes(qg_client_builder *b, uint64_t n);
+
+/**
+ * Sets the most pages one paging run (`qg_client_pages`) follows (default 100000; at
+ * least 1); past it `qg_pages_next` and `qg_pages_next_item` fail with `QG_ERR_PAGING`.
+ * `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_max_pages(qg_client_builder *b, uint64_t n);
 
 /**
  * Sets the attempts per call, the first included (default 8; at least 1).
@@ -916,16 +937,24 @@ qg_result qg_client_pages(const qg_client *c, const qg_request *first, qg_pages 
 /**
  * Fetches the next page: `QG_OK` and a response in `*out` (free with
  * `qg_response_free`), `QG_DONE` after the last page, or a failure as in
- * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`. Blocks like
- * `qg_client_send`. No NULL.
+ * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`, and
+ * `QG_ERR_PAGING` when a next link leads back to a page already fetched or the list has
+ * more pages than `qg_client_builder_set_max_pages` allows. A failure ends the run:
+ * every later call returns the same failure again (with its last error text), never
+ * `QG_DONE`, so a loop that stops at the first result other than `QG_OK` can tell a
+ * complete list (`QG_DONE`) from a partial one. Blocks like `qg_client_send`, and stops
+ * at the request's `qg_request_cancel`. No NULL.
  */
 qg_result qg_pages_next(qg_pages *p, qg_response **out);
 
 /**
  * Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
  * (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
- * Failures as in `qg_pages_next`. Do not mix with `qg_pages_next` on the same pages.
- * No NULL.
+ * Failures as in `qg_pages_next`, and the same failure again on every later call. One
+ * call may fetch several pages when pages hold no items; it stops at the request's
+ * `qg_request_cancel`, and with `QG_ERR_TIMEOUT` once the client's quota-wait budget
+ * (`qg_client_builder_set_max_quota_wait_ms`) has passed between such pages. Do not mix
+ * with `qg_pages_next` on the same pages. No NULL.
  */
 qg_result qg_pages_next_item(qg_pages *p, char **item_json);
 

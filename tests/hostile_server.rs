@@ -376,3 +376,110 @@ fn a_token_provider_that_calls_its_own_client_fails_instead_of_waiting_for_itsel
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(server.api_calls(), 0);
 }
+
+/// A list whose every page holds one item and links to `next(n)` (None: the last page).
+fn list(next: impl Fn(usize) -> Option<String> + Send + Sync + 'static) -> Script {
+    let url = Arc::new(OnceLock::<String>::new());
+    let base = url.clone();
+    let server = api(move |_, n| {
+        let link = next(n)
+            .map(|path| format!(r#","@odata.nextLink":"{}{path}""#, base.get().unwrap()))
+            .unwrap_or_default();
+        Answer::json(200, format!(r#"{{"value":[{n}]{link}}}"#))
+    });
+    url.set(server.url.clone()).unwrap();
+    server
+}
+
+fn paging_error(r: Option<Result<serde_json::Value, Error>>) -> String {
+    match r {
+        Some(Err(Error::Paging(why))) => why,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_next_link_to_the_same_page_ends_with_an_error_not_a_loop() {
+    let server = list(|_| Some("/api/machines".into()));
+    let client = builder(&server).build().unwrap();
+    let mut items = client.items(&Request::get("/api/machines"));
+    assert_eq!(items.next().unwrap().unwrap(), 0);
+    let why = paging_error(items.next());
+    assert!(why.contains("already fetched"), "{why}");
+    assert!(items.next().is_none(), "the run is over");
+    assert!(matches!(items.failure(), Some(Error::Paging(_))));
+    assert_eq!(server.api_calls(), 1);
+}
+
+#[test]
+fn next_links_that_cycle_end_at_the_first_repeat() {
+    // page0 -> a -> b -> c -> a: the first request is the path, the links are absolute.
+    let server = list(|n| Some(["/api/a", "/api/b", "/api/c"][n % 3].into()));
+    let client = builder(&server).build().unwrap();
+    let got: Vec<_> = client
+        .items(&Request::get("/api/machines"))
+        .take(10)
+        .collect();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got[..4].iter().all(Result::is_ok));
+    assert!(matches!(got[4], Err(Error::Paging(_))));
+    assert_eq!(server.api_calls(), 4);
+}
+
+#[test]
+fn the_page_limit_ends_an_endless_list() {
+    let server = list(|n| Some(format!("/api/machines?page={}", n + 1)));
+    let client = builder(&server).max_pages(5).build().unwrap();
+    let got: Vec<_> = client
+        .items(&Request::get("/api/machines"))
+        .take(100)
+        .collect();
+    assert_eq!(got.len(), 6);
+    let why = paging_error(got.into_iter().next_back());
+    assert!(why.contains("more than 5 pages"), "{why}");
+    assert_eq!(server.api_calls(), 5);
+    assert!(builder(&server).max_pages(0).build().is_err());
+}
+
+#[test]
+fn empty_pages_without_end_stop_at_the_calls_budget() {
+    let url = Arc::new(OnceLock::<String>::new());
+    let base = url.clone();
+    let server = api(move |_, n| {
+        thread::sleep(Duration::from_millis(5));
+        let link = format!("{}/api/machines?page={}", base.get().unwrap(), n + 1);
+        Answer::json(200, format!(r#"{{"value":[],"@odata.nextLink":"{link}"}}"#))
+    });
+    url.set(server.url.clone()).unwrap();
+    let client = builder(&server)
+        .max_quota_wait(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut items = client.items(&Request::get("/api/machines"));
+    match items.next() {
+        Some(Err(Error::Timeout(why, _))) => assert!(why.contains("held no items"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(items.next().is_none());
+}
+
+#[test]
+fn a_failed_page_ends_the_run_and_stays_the_reason() {
+    let server = api(|_, n| match n {
+        0 => Answer::json(
+            200,
+            r#"{"value":[1],"@odata.nextLink":"/api/machines?page=2"}"#,
+        ),
+        _ => Answer::json(404, r#"{"error":{"code":"NotFound","message":"gone"}}"#),
+    });
+    let client = builder(&server).build().unwrap();
+    let mut pages = client.pages(&Request::get("/api/machines"));
+    assert!(pages.next_page().unwrap().is_ok());
+    assert!(matches!(pages.next_page(), Some(Err(Error::Http(_)))));
+    // Nothing more is fetched, and the reason stays: a caller can tell a partial list.
+    assert!(pages.next_page().is_none());
+    assert!(matches!(pages.failure(), Some(Error::Http(d)) if d.status == Some(404)));
+    assert_eq!(server.api_calls(), 2);
+}

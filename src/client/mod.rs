@@ -52,7 +52,7 @@ pub use certificate::{CertificateCredential, SignatureAlgorithm};
 pub use cloud::Cloud;
 pub use error::{Error, ErrorDetails, HUNTING_BUDGET_SPENT};
 pub use hunting::{HuntingBudget, HuntingBudgetPolicy, is_hunting_query};
-pub use paging::{Items, Pages};
+pub use paging::{DEFAULT_MAX_PAGES, Items, Pages};
 pub use response::Response;
 pub use retry::{RetryPolicy, quota_from_message, retry_after};
 pub use routes::{
@@ -286,6 +286,7 @@ pub struct ClientBuilder {
     limiter: Option<Limiter>,
     store: Option<RedactedUrl>,
     hunting_budget: HuntingBudget,
+    max_pages: u64,
 }
 
 impl Default for ClientBuilder {
@@ -316,6 +317,7 @@ impl Default for ClientBuilder {
             limiter: None,
             store: None,
             hunting_budget: HuntingBudget::default(),
+            max_pages: DEFAULT_MAX_PAGES,
         }
     }
 }
@@ -589,6 +591,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The most pages one paging run ([`Client::pages`], [`Client::items`]) follows
+    /// (default [`DEFAULT_MAX_PAGES`]); past it the run ends with [`Error::Paging`].
+    pub fn max_pages(mut self, n: u64) -> Self {
+        self.max_pages = n;
+        self
+    }
+
     /// Shares a limiter (and so the quotas) with other clients.
     pub fn limiter(mut self, l: Limiter) -> Self {
         self.limiter = Some(l);
@@ -679,6 +688,9 @@ impl ClientBuilder {
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(bad("timeouts must be longer than zero"));
         }
+        if self.max_pages == 0 {
+            return Err(bad("max_pages must be at least 1"));
+        }
         let routes = self.routes();
         for rates in std::iter::once(routes.default_rates())
             .chain(routes.routes().iter().map(|r| r.rates.as_slice()))
@@ -763,6 +775,7 @@ impl ClientBuilder {
                 hunting: Mutex::new(hunting::Ledger::new(&self.hunting_budget)),
                 hunting_policy: self.hunting_budget.policy,
                 origin_instant: Instant::now(),
+                max_pages: self.max_pages,
             }),
         })
     }
@@ -799,6 +812,7 @@ pub(crate) struct ClientShared {
     hunting: Mutex<hunting::Ledger>,
     hunting_policy: HuntingBudgetPolicy,
     origin_instant: Instant,
+    max_pages: u64,
 }
 
 /// A thread-safe client of the Defender APIs. Clones share everything (connections,

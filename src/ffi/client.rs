@@ -8,11 +8,10 @@ use super::error::{
 use super::limiter::qg_limiter;
 use super::string::to_c_string;
 use crate::client::{
-    CertificateCredential, Client, ClientBuilder, Cloud, HuntingBudgetPolicy, Pages, Request,
+    CertificateCredential, Client, ClientBuilder, Cloud, HuntingBudgetPolicy, Items, Request,
     Response, Route, Secret, SignatureAlgorithm,
 };
 use crate::limiter::Rate;
-use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
@@ -72,8 +71,21 @@ pub struct qg_response {
 ///
 /// Not for use by several threads at once. Free it with `qg_pages_free`.
 pub struct qg_pages {
-    pages: Pages,
-    items: VecDeque<serde_json::Value>,
+    items: Items,
+}
+
+impl qg_pages {
+    /// `next`'s answer, or the failure that ended the run (given again, never `QG_DONE`),
+    /// or `None` after the last page.
+    fn step<T>(
+        &mut self,
+        next: impl FnOnce(&mut Items) -> Option<Result<T, crate::client::Error>>,
+    ) -> Result<Option<T>, FfiError> {
+        if let Some(e) = self.items.failure() {
+            return Err(e.clone().into());
+        }
+        Ok(next(&mut self.items).transpose()?)
+    }
 }
 
 fn builder<'a>(b: *mut qg_client_builder) -> Result<&'a mut qg_client_builder, FfiError> {
@@ -516,6 +528,17 @@ pub extern "C" fn qg_client_builder_set_max_body_bytes(
     n: u64,
 ) -> qg_result {
     ffi_boundary! { with_builder(b, |x| x.max_body(n)) }
+}
+
+/// Sets the most pages one paging run (`qg_client_pages`) follows (default 100000; at
+/// least 1); past it `qg_pages_next` and `qg_pages_next_item` fail with `QG_ERR_PAGING`.
+/// `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_max_pages(b: *mut qg_client_builder, n: u64) -> qg_result {
+    ffi_boundary! {
+        if n == 0 { return Err(FfiError::invalid("max_pages must be at least 1")); }
+        with_builder(b, |x| x.max_pages(n))
+    }
 }
 
 /// Sets the attempts per call, the first included (default 8; at least 1).
@@ -976,15 +999,20 @@ pub extern "C" fn qg_client_pages(
         let c = unsafe { try_ref(c, "client") }?;
         let first = unsafe { try_ref(first, "request") }?;
         let out = OutPtr::new(out, "out")?;
-        out.write(to_box(qg_pages { pages: c.client.pages(&first.request), items: VecDeque::new() }));
+        out.write(to_box(qg_pages { items: c.client.items(&first.request) }));
         Ok(())
     }
 }
 
 /// Fetches the next page: `QG_OK` and a response in `*out` (free with
 /// `qg_response_free`), `QG_DONE` after the last page, or a failure as in
-/// `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`. Blocks like
-/// `qg_client_send`. No NULL.
+/// `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`, and
+/// `QG_ERR_PAGING` when a next link leads back to a page already fetched or the list has
+/// more pages than `qg_client_builder_set_max_pages` allows. A failure ends the run:
+/// every later call returns the same failure again (with its last error text), never
+/// `QG_DONE`, so a loop that stops at the first result other than `QG_OK` can tell a
+/// complete list (`QG_DONE`) from a partial one. Blocks like `qg_client_send`, and stops
+/// at the request's `qg_request_cancel`. No NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_pages_next(p: *mut qg_pages, out: *mut *mut qg_response) -> qg_result {
     let done = std::cell::Cell::new(false);
@@ -992,18 +1020,22 @@ pub extern "C" fn qg_pages_next(p: *mut qg_pages, out: *mut *mut qg_response) ->
     let code = ffi_boundary! {
         let p = unsafe { try_mut(p, "pages") }?;
         let out = OutPtr::new(out, "out")?;
-        match p.pages.next_page() {
-            None => { done_ref.set(true); Ok(()) }
-            Some(r) => { out.write(to_box(qg_response { response: r?.0 })); Ok(()) }
+        match p.step(|items| items.pages_mut().next_page())? {
+            None => done_ref.set(true),
+            Some((response, _)) => out.write(to_box(qg_response { response })),
         }
+        Ok(())
     };
     if done.get() { QG_DONE } else { code }
 }
 
 /// Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
 /// (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
-/// Failures as in `qg_pages_next`. Do not mix with `qg_pages_next` on the same pages.
-/// No NULL.
+/// Failures as in `qg_pages_next`, and the same failure again on every later call. One
+/// call may fetch several pages when pages hold no items; it stops at the request's
+/// `qg_request_cancel`, and with `QG_ERR_TIMEOUT` once the client's quota-wait budget
+/// (`qg_client_builder_set_max_quota_wait_ms`) has passed between such pages. Do not mix
+/// with `qg_pages_next` on the same pages. No NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_pages_next_item(p: *mut qg_pages, item_json: *mut *mut c_char) -> qg_result {
     let done = std::cell::Cell::new(false);
@@ -1011,19 +1043,11 @@ pub extern "C" fn qg_pages_next_item(p: *mut qg_pages, item_json: *mut *mut c_ch
     let code = ffi_boundary! {
         let p = unsafe { try_mut(p, "pages") }?;
         let out = OutPtr::new(item_json, "item_json")?;
-        loop {
-            if let Some(item) = p.items.pop_front() {
-                out.write(to_c_string(item.to_string())?);
-                return Ok(());
-            }
-            match p.pages.next_page() {
-                None => { done_ref.set(true); return Ok(()); }
-                Some(r) => match r?.1.get_mut("value").map(serde_json::Value::take) {
-                    Some(serde_json::Value::Array(items)) => p.items.extend(items),
-                    _ => return Err(FfiError::invalid("a page has no \"value\" array")),
-                },
-            }
+        match p.step(Iterator::next)? {
+            None => done_ref.set(true),
+            Some(item) => out.write(to_c_string(item.to_string())?),
         }
+        Ok(())
     };
     if done.get() { QG_DONE } else { code }
 }

@@ -64,6 +64,9 @@ pub const QG_ERR_THROTTLED: qg_result = 302;
 pub const QG_ERR_AUTH: qg_result = 303;
 /// The answer's body is larger than the configured limit.
 pub const QG_ERR_BODY_TOO_LARGE: qg_result = 304;
+/// Paging stopped: an `@odata.nextLink` led back to a page already fetched, or the list
+/// had more pages than `qg_client_builder_set_max_pages` allows.
+pub const QG_ERR_PAGING: qg_result = 305;
 
 // 4xx: the simulator.
 /// The simulator could not start (the port is taken, ...).
@@ -142,6 +145,7 @@ impl From<client::Error> for FfiError {
             E::Closed => QG_ERR_CLOSED,
             E::InvalidArgument(_) => QG_ERR_INVALID_ARGUMENT,
             E::Store(_) => QG_ERR_STORE,
+            E::Paging(_) => QG_ERR_PAGING,
         };
         Self {
             code,
@@ -304,6 +308,7 @@ pub extern "C" fn qg_result_str(code: qg_result) -> *const c_char {
         QG_ERR_THROTTLED => b"still throttled when the quota budget ran out\0",
         QG_ERR_AUTH => b"no access token could be obtained\0",
         QG_ERR_BODY_TOO_LARGE => b"the answer's body is larger than the limit\0",
+        QG_ERR_PAGING => b"paging stopped: the links loop or the page limit was reached\0",
         QG_ERR_IO => b"an input/output operation failed\0",
         _ => b"unknown result code\0",
     };

@@ -45,6 +45,7 @@ namespace QuotaGate.Interop
         public const uint Throttled = 302;
         public const uint Auth = 303;
         public const uint BodyTooLarge = 304;
+        public const uint Paging = 305;
         public const uint Io = 400;
 
         /// <summary>The library's static description of a code.</summary>

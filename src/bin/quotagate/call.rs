@@ -22,7 +22,7 @@ Examples:
 
 Exit codes:
   0  success
-  1  the server answered with an error status
+  1  the server answered with an error status, or paging could not go on
   2  usage or configuration error, including missing credentials
   3  still throttled when the quota budget (--max-wait, --max-attempts) ran out
   4  transport failure or timeout

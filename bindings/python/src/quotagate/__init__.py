@@ -20,6 +20,7 @@ from ._errors import (
     HTTPError,
     InvalidArgumentError,
     NativeIOError,
+    PagingError,
     StoreError,
     ThrottledError,
     TimeoutError,
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidArgumentError",
     "Limiter",
     "NativeIOError",
+    "PagingError",
     "Rate",
     "Response",
     "Route",
@@ -74,7 +76,8 @@ def library_path() -> str:
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
     AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, HTTPError,
-    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
+    Headers, InvalidArgumentError, Limiter, NativeIOError, PagingError, Response, StoreError,
+    ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__

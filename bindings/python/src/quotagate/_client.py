@@ -211,6 +211,9 @@ class Client(NativeHandle):
     :param margin: seconds that widen every window of the client's own limiter, to absorb
         the latency between admission and the server's count (not with ``limiter``).
     :param proxy: proxy URL (default: from ``HTTPS_PROXY``/``NO_PROXY``).
+    :param max_pages: the most pages one :meth:`paginate` or :meth:`pages` run follows
+        (the library's default: 100,000); past it the run raises :class:`PagingError`, as
+        it does at once when a next link leads back to a page already fetched.
     :param store: share the quotas with every process that opens the same store,
         ``"file:///path/to/state.q"`` or ``"redis://host:6379/0?prefix=qg"`` (see
         :class:`Limiter`; not with ``limiter``).
@@ -250,6 +253,7 @@ class Client(NativeHandle):
         max_body_bytes: Optional[int] = None,
         margin: Optional[Union[int, float]] = None,
         store: Optional[str] = None,
+        max_pages: Optional[int] = None,
     ) -> None:
         super().__init__()
         self._cloud = cloud
@@ -334,6 +338,9 @@ class Client(NativeHandle):
         if max_attempts is not None:
             n = _convert.integer(max_attempts, "max_attempts", 1, _convert.U32_MAX)
             add(lib.qg_client_builder_set_max_attempts, n)
+        if max_pages is not None:
+            n = _convert.integer(max_pages, "max_pages", 1, _convert.U64_MAX)
+            add(lib.qg_client_builder_set_max_pages, n)
         if max_quota_wait is not None:
             ms = _convert.seconds_to_ms(max_quota_wait, "max_quota_wait")
             add(lib.qg_client_builder_set_max_quota_wait_ms, ms)
@@ -497,6 +504,8 @@ class Client(NativeHandle):
         ``@odata.nextLink``; every page goes through the quota.
 
         :raises HTTPError: a page was answered with an error status.
+        :raises PagingError: a next link led back to a page already fetched, or the list
+            had more pages than ``max_pages``.
         """
         prepared = _Prepared("GET", path, params)
         return self._paginate(self._handle(), prepared)

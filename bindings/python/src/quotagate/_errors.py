@@ -20,6 +20,7 @@ __all__ = [
     "AuthError",
     "TransportError",
     "BodyTooLargeError",
+    "PagingError",
     "NativeIOError",
 ]
 
@@ -138,6 +139,11 @@ class BodyTooLargeError(TransportError):
     """The answer's body was larger than the client allows."""
 
 
+class PagingError(Error):
+    """Paging stopped: a ``@odata.nextLink`` led back to a page already fetched (following
+    it would never end), or the list had more pages than the client's ``max_pages``."""
+
+
 class NativeIOError(Error, builtins.OSError):
     """An input/output operation of the library failed, such as starting the simulator
     on a port that is taken (also the builtin :class:`OSError`)."""
@@ -163,6 +169,7 @@ _CLASSES: Dict[int, Type[Error]] = {
     _native.QG_ERR_THROTTLED: ThrottledError,
     _native.QG_ERR_AUTH: AuthError,
     _native.QG_ERR_BODY_TOO_LARGE: BodyTooLargeError,
+    _native.QG_ERR_PAGING: PagingError,
     _native.QG_ERR_IO: NativeIOError,
 }
 

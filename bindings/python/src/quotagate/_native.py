@@ -59,6 +59,7 @@ QG_ERR_TRANSPORT = 301
 QG_ERR_THROTTLED = 302
 QG_ERR_AUTH = 303
 QG_ERR_BODY_TOO_LARGE = 304
+QG_ERR_PAGING = 305
 QG_ERR_IO = 400
 
 # Fields of qg_bucket_stats_get.
@@ -191,6 +192,7 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_set_store", _R, [_H, _S]),
     ("qg_client_builder_set_max_body_bytes", _R, [_H, c_uint64]),
     ("qg_client_builder_set_max_attempts", _R, [_H, c_uint32]),
+    ("qg_client_builder_set_max_pages", _R, [_H, c_uint64]),
     ("qg_client_builder_set_max_quota_wait_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_set_margin_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_add_default_rate", _R, [_H, c_uint32, c_uint64]),
