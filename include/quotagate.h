@@ -398,8 +398,10 @@ typedef uint32_t qg_result;
  * Threads: called from whichever thread sends a call while the cached token is missing,
  * near its end (a fifth of its lifetime early, at most five minutes) or refused by the
  * API (a 401): from any thread over time, but one call at a time per client, never two
- * at once. Other threads keep using the current token or wait meanwhile, so the
- * function must not send calls with the same client. `user_data` is passed as given.
+ * at once. Other threads keep using the current token or wait meanwhile. A call the
+ * function sends with the same client fails at once with `QG_ERR_REENTRANT_CALL`, since
+ * it would wait for the token being fetched; other clients, limiters and the simulator
+ * may be used. `user_data` is passed as given.
  */
 typedef qg_result (*qg_token_fn)(void *user_data,
                                  char *token_buf,
@@ -410,8 +412,10 @@ typedef qg_result (*qg_token_fn)(void *user_data,
 /**
  * A log callback: `level` is one of `QG_LOG_*`, `message` a NUL-terminated UTF-8 string
  * valid only during the call, `user_data` what was given to `qg_set_logger`. It may be
- * called from any thread, at any time until `qg_set_logger(NULL, ...)` returns; it must
- * not call back into the library's logging setup.
+ * called from any thread, at any time until `qg_set_logger(NULL, ...)` returns. It may
+ * call the library, but records logged meanwhile on the same thread are dropped (no
+ * callback runs inside itself), and `qg_set_logger` fails there with
+ * `QG_ERR_REENTRANT_CALL`.
  */
 typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 
@@ -449,6 +453,13 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
  * Paging: there are no more pages or items. Not a failure.
  */
 #define QG_DONE 105
+
+/**
+ * A call from inside one of the library's callbacks would wait for the very call that
+ * runs the callback: a token provider sending with the client it provides tokens for,
+ * a log callback calling `qg_set_logger`. It fails at once instead.
+ */
+#define QG_ERR_REENTRANT_CALL 107
 
 /**
  * The deadline passed, or could not be met, before the quota admitted the call.
@@ -990,8 +1001,10 @@ void qg_client_free(const qg_client *c);
  * Copies the text of the calling thread's last failure into `buf` as a NUL-terminated
  * UTF-8 string, and its length (without the NUL) into `*written`.
  *
- * The text stays until the next failure on the same thread; with no failure yet it is
- * empty. Calling this function never changes it.
+ * The text is meaningful only right after a function returned a failure on this thread:
+ * successful calls do not clear it, so read after a success it still describes an
+ * earlier failure. It stays until the next failure on the same thread; with no failure
+ * yet it is empty. Calling this function never changes it.
  *
  * Returns `QG_OK`; `QG_ERR_NULL_ARGUMENT` when `written` is NULL, or `buf` is NULL while
  * `len` is not 0; `QG_ERR_BUFFER_TOO_SMALL` when `len` cannot hold the text and its NUL:
@@ -1009,7 +1022,8 @@ qg_result qg_last_error_message(char *buf, size_t len, size_t *written);
  * Details exist after client calls that reached the server (HTTP status, the server's
  * code, message and correlation id, request id, Retry-After, attempts); a detail that
  * is unknown gives an empty string. An unknown field gives `QG_ERR_INVALID_ARGUMENT`.
- * Calling this function never changes the last error.
+ * Like the text, the details are meaningful only right after a failure: successful
+ * calls do not clear them. Calling this function never changes the last error.
  */
 qg_result qg_last_error_detail(uint32_t field, char *buf, size_t len, size_t *written);
 
@@ -1234,8 +1248,9 @@ void qg_bucket_stats_free(qg_bucket_stats *s);
  * to `callback` with `user_data`; NULL `callback` stops. Replaces an earlier callback.
  *
  * Returns `QG_ERR_INVALID_ARGUMENT` for an unknown level, or when the process already
- * routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one).
- * Thread-safe.
+ * routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one);
+ * `QG_ERR_REENTRANT_CALL` when called from inside the log callback (it would wait for
+ * that very callback to end). Thread-safe.
  */
 qg_result qg_set_logger(qg_log_fn callback, uint32_t max_level, void *user_data);
 

@@ -354,13 +354,18 @@ fn a_hunting_answer_stating_years_of_run_time_is_still_returned() {
 fn a_token_provider_that_calls_its_own_client_fails_instead_of_waiting_for_itself() {
     let server = api(|_, _| Answer::json(200, r#"{"value":[]}"#));
     let me: Arc<OnceLock<Client>> = Arc::new(OnceLock::new());
-    let inner = me.clone();
+    let nested: Arc<Mutex<Option<Error>>> = Arc::default();
+    let (inner, seen) = (me.clone(), nested.clone());
     let client = builder(&server)
         .token_provider(move || {
             let client = inner.get().expect("set before the first call");
             match client.send(&Request::get("/api/machines")) {
                 Ok(_) => Ok(("nested".into(), Duration::from_secs(60))),
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    let why = e.to_string();
+                    *seen.lock().unwrap() = Some(e);
+                    Err(why)
+                }
             }
         })
         .build()
@@ -374,6 +379,7 @@ fn a_token_provider_that_calls_its_own_client_fails_instead_of_waiting_for_itsel
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(*nested.lock().unwrap(), Some(Error::Reentrant(_))));
     assert_eq!(server.api_calls(), 0);
 }
 

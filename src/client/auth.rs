@@ -201,9 +201,9 @@ impl Auth {
             if self.fetching_on_this_thread() {
                 // The credentials' own source called back into this client: waiting for
                 // itself would never end.
-                return Err(Error::Auth(
-                    "the token provider sent a call with the client it provides tokens for".into(),
-                    Box::default(),
+                return Err(Error::Reentrant(
+                    "the token provider sent a call with the client it provides tokens for, which would wait for that very token"
+                        .into(),
                 ));
             }
             // Another thread is fetching; wait for it, staying responsive to cancel.

@@ -143,6 +143,9 @@ pub enum Error {
     /// list had more pages than the client's limit
     /// ([`ClientBuilder::max_pages`](super::ClientBuilder::max_pages)).
     Paging(String),
+    /// A call from inside the client's own token provider, on the thread that runs it: it
+    /// would wait for the token being fetched. Get the token some other way.
+    Reentrant(String),
 }
 
 impl Error {
@@ -192,6 +195,7 @@ impl std::fmt::Display for Error {
             Error::InvalidArgument(m) => f.write_str(m),
             Error::Store(e) => write!(f, "the quota store failed: {e}"),
             Error::Paging(m) => write!(f, "paging stopped: {m}"),
+            Error::Reentrant(m) => f.write_str(m),
         }
     }
 }

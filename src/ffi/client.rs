@@ -354,8 +354,10 @@ pub extern "C" fn qg_client_builder_set_access_token(
 /// Threads: called from whichever thread sends a call while the cached token is missing,
 /// near its end (a fifth of its lifetime early, at most five minutes) or refused by the
 /// API (a 401): from any thread over time, but one call at a time per client, never two
-/// at once. Other threads keep using the current token or wait meanwhile, so the
-/// function must not send calls with the same client. `user_data` is passed as given.
+/// at once. Other threads keep using the current token or wait meanwhile. A call the
+/// function sends with the same client fails at once with `QG_ERR_REENTRANT_CALL`, since
+/// it would wait for the token being fetched; other clients, limiters and the simulator
+/// may be used. `user_data` is passed as given.
 pub type qg_token_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,

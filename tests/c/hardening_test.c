@@ -437,6 +437,120 @@ static void test_paging_after_a_failure_never_says_done(void)
     qg_sim_free(s);
 }
 
+/* A token provider that sends with its own client used to wait for itself for ever. */
+struct nested_send {
+    const qg_client *client;
+    atomic_int calls;
+    atomic_uint nested_rc;
+};
+
+static qg_result send_from_the_provider(void *user_data, char *buf, size_t len, size_t *written,
+                                        uint64_t *expires_in_ms)
+{
+    struct nested_send *ns = user_data;
+    qg_request *r = NULL;
+    qg_response *resp = NULL;
+    (void)buf;
+    (void)len;
+    (void)written;
+    (void)expires_in_ms;
+    atomic_fetch_add(&ns->calls, 1);
+    /* Other library calls are fine here; a send with this very client is not. */
+    atomic_store(&ns->nested_rc, qg_request_new("GET", "/api/machines", &r));
+    if (r != NULL) {
+        atomic_store(&ns->nested_rc, qg_client_send(ns->client, r, &resp));
+        qg_response_free(resp);
+        qg_request_free(r);
+    }
+    return QG_ERR_AUTH;
+}
+
+static void test_a_token_provider_calling_its_client_fails_at_once(void)
+{
+    struct nested_send ns = {0};
+    char err[512];
+    qg_client_builder *b = NULL;
+    CHECK_OK(qg_client_builder_new(&b));
+    CHECK_OK(qg_client_builder_set_base_url(b, "http://127.0.0.1:9"));
+    CHECK_OK(qg_client_builder_set_token_provider(b, send_from_the_provider, &ns));
+    CHECK_OK(qg_client_builder_build(b, &ns.client));
+    qg_client_builder_free(b);
+    qg_request *r = NULL;
+    qg_response *resp = NULL;
+    CHECK_OK(qg_request_new("GET", "/api/machines", &r));
+    double t0 = now_ms();
+    CHECK_RC(qg_client_send(ns.client, r, &resp), QG_ERR_AUTH);
+    CHECK_DBL(now_ms() - t0, <, 5000.0);
+    CHECK_U64(atomic_load(&ns.calls), ==, 1);
+    CHECK_RC(atomic_load(&ns.nested_rc), QG_ERR_REENTRANT_CALL);
+    CHECK_MSG(strcmp(qg_result_str(QG_ERR_REENTRANT_CALL), "unknown result code") != 0, "described");
+    /* Outside the callback, the same thread may call the library again. */
+    CHECK_RC(qg_client_send(ns.client, r, &resp), QG_ERR_AUTH);
+    last_error(err, sizeof err);
+    CHECK_MSG(contains(err, "the token provider returned"), "%s", err);
+    qg_request_free(r);
+    qg_client_free(ns.client);
+}
+
+/* A log callback that replaces the logger used to deadlock on the logger's own lock. */
+static atomic_uint g_logger_nested_rc;
+static atomic_int g_logger_records;
+
+static void replace_the_logger(uint32_t level, const char *message, void *user_data)
+{
+    (void)level;
+    (void)message;
+    (void)user_data;
+    if (atomic_fetch_add(&g_logger_records, 1) == 0) {
+        atomic_store(&g_logger_nested_rc, qg_set_logger(NULL, 0, NULL));
+    }
+}
+
+static void test_a_log_callback_replacing_the_logger_fails_at_once(void)
+{
+    struct sim_identity id;
+    const qg_sim *s = start_sim(3, 0.0, &id);
+    if (s == NULL) {
+        return;
+    }
+    const qg_client *c = NULL;
+    qg_client_builder *b = sim_builder(&id);
+    CHECK_OK(qg_client_builder_build(b, &c));
+    qg_client_builder_free(b);
+    atomic_store(&g_logger_nested_rc, QG_OK);
+    atomic_store(&g_logger_records, 0);
+    CHECK_OK(qg_set_logger(replace_the_logger, QG_LOG_DEBUG, NULL));
+    qg_request *r = NULL;
+    qg_response *resp = NULL;
+    CHECK_OK(qg_request_new("GET", "/api/machines", &r));
+    double t0 = now_ms();
+    CHECK_OK(qg_client_send(c, r, &resp));
+    CHECK_DBL(now_ms() - t0, <, 5000.0);
+    CHECK(atomic_load(&g_logger_records) > 0);
+    CHECK_RC(atomic_load(&g_logger_nested_rc), QG_ERR_REENTRANT_CALL);
+    CHECK_OK(qg_set_logger(NULL, 0, NULL));
+    qg_response_free(resp);
+    qg_request_free(r);
+    qg_client_free(c);
+    qg_sim_free(s);
+}
+
+/* The header says the last error text is meaningful only right after a failure: a
+ * successful call leaves it as it was. */
+static void test_the_last_error_stays_after_a_success(void)
+{
+    char before[512], after[512];
+    qg_request *r = NULL;
+    CHECK_RC(qg_request_new("", "/api/machines", &r), QG_ERR_INVALID_ARGUMENT);
+    last_error(before, sizeof before);
+    CHECK(before[0] != '\0');
+    CHECK_OK(qg_request_new("GET", "/api/machines", &r));
+    CHECK_OK(qg_request_set_header(r, "X-Test", "ok"));
+    last_error(after, sizeof after);
+    CHECK_MSG(strcmp(before, after) == 0, "\"%s\" became \"%s\"", before, after);
+    qg_request_free(r);
+}
+
 /* ------------------------------------------------------------------- main ---- */
 
 static const struct test g_tests[] = {
@@ -445,6 +559,9 @@ static const struct test g_tests[] = {
     {"headers_the_wire_refuses", test_headers_the_wire_refuses},
     {"paging_loops_end", test_paging_loops_end},
     {"paging_after_a_failure_never_says_done", test_paging_after_a_failure_never_says_done},
+    {"a_token_provider_calling_its_client_fails_at_once", test_a_token_provider_calling_its_client_fails_at_once},
+    {"a_log_callback_replacing_the_logger_fails_at_once", test_a_log_callback_replacing_the_logger_fails_at_once},
+    {"the_last_error_stays_after_a_success", test_the_last_error_stays_after_a_success},
 };
 
 int main(int argc, char **argv)

@@ -144,7 +144,7 @@ static void test_result_str(void)
         QG_ERR_PANIC,   QG_ERR_TIMEOUT,       QG_ERR_WOULD_BLOCK,      QG_ERR_CANCELLED,
         QG_ERR_CLOSED,  QG_ERR_TOO_MANY_BUCKETS, QG_PENDING,          QG_ERR_NOT_WAITING, QG_ERR_STORE,
         QG_ERR_NOT_FOUND, QG_DONE, QG_ERR_HTTP_STATUS, QG_ERR_TRANSPORT, QG_ERR_THROTTLED,
-        QG_ERR_AUTH,    QG_ERR_BODY_TOO_LARGE, QG_ERR_IO, QG_ERR_PAGING,
+        QG_ERR_AUTH,    QG_ERR_BODY_TOO_LARGE, QG_ERR_IO, QG_ERR_PAGING, QG_ERR_REENTRANT_CALL,
     };
     const size_t n = sizeof codes / sizeof codes[0];
     CHECK_U64(QG_OK, ==, 0);
@@ -161,7 +161,7 @@ static void test_result_str(void)
         }
     }
     CHECK(strcmp(qg_result_str(QG_OK), "success") == 0);
-    static const qg_result unknown[] = {1, 99, 106, 199, 208, 299, 306, 401, 0xFFFFFFFFu};
+    static const qg_result unknown[] = {1, 99, 108, 199, 208, 299, 306, 401, 0xFFFFFFFFu};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         const char *s = qg_result_str(unknown[i]);
         CHECK_MSG(s != NULL && strcmp(s, "unknown result code") == 0, "qg_result_str(%" PRIu32 ") = \"%s\"",

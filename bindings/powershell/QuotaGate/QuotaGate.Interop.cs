@@ -32,6 +32,7 @@ namespace QuotaGate.Interop
         public const uint Panic = 103;
         public const uint NotFound = 104;
         public const uint Done = 105;
+        public const uint ReentrantCall = 107;
         public const uint Timeout = 200;
         public const uint WouldBlock = 201;
         public const uint Cancelled = 202;

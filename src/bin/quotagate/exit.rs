@@ -42,7 +42,7 @@ pub fn code_of(e: &Error) -> u8 {
         Error::Http(_) | Error::Paging(_) => HTTP,
         Error::Throttled(_) => THROTTLED,
         Error::Auth(..) => AUTH,
-        Error::InvalidArgument(_) => USAGE,
+        Error::InvalidArgument(_) | Error::Reentrant(_) => USAGE,
         Error::Store(_) => STORE,
         Error::Transport(..)
         | Error::Timeout(..)

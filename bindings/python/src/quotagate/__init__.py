@@ -21,6 +21,7 @@ from ._errors import (
     InvalidArgumentError,
     NativeIOError,
     PagingError,
+    ReentrantCallError,
     StoreError,
     ThrottledError,
     TimeoutError,
@@ -48,6 +49,7 @@ __all__ = [
     "NativeIOError",
     "PagingError",
     "Rate",
+    "ReentrantCallError",
     "Response",
     "Route",
     "StoreError",
@@ -76,8 +78,8 @@ def library_path() -> str:
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
     AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, HTTPError,
-    Headers, InvalidArgumentError, Limiter, NativeIOError, PagingError, Response, StoreError,
-    ThrottledError,
+    Headers, InvalidArgumentError, Limiter, NativeIOError, PagingError, ReentrantCallError,
+    Response, StoreError, ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__

@@ -198,7 +198,9 @@ class Client(NativeHandle):
     :param token_provider: a function of no arguments returning
         ``(access_token, expires_in_seconds)``; the client calls it when it needs a
         token, from whichever thread sends a call, one call at a time. It must not use
-        this client. An exception from it fails that call with :class:`AuthError`.
+        the library (this client, another, a limiter): such a call raises
+        :class:`ReentrantCallError` inside it instead of waiting for itself. An exception
+        from it fails that call with :class:`AuthError`.
 
     :param rates: the default quota of every endpoint, ``[(calls, seconds), ...]``
         (the library's default: 100 per 60 s and 1500 per hour).
@@ -223,6 +225,10 @@ class Client(NativeHandle):
     """
 
     _kind = "client"
+    _share_hint = (
+        "to share a quota between processes, give each process its own "
+        "Client(..., store='file:///path/state.q') (or a redis:// store)"
+    )
 
     def __init__(
         self,
