@@ -479,6 +479,8 @@ fn parse_token(r: &super::Response) -> Result<(Secret, Duration), Error> {
     }
     .filter(|s| *s > 0.0)
     .and_then(|s| bounded_secs(s, MAX_TOKEN_LIFETIME, "a token lifetime"))
+    // A positive number below a nanosecond is no lifetime either.
+    .filter(|d| !d.is_zero())
     .ok_or_else(|| bad("the token endpoint's answer has no valid expires_in"))?;
     Ok((Secret::new(a.access_token), secs))
 }
@@ -486,6 +488,7 @@ fn parse_token(r: &super::Response) -> Result<(Secret, Duration), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn refresh_margin_is_a_fifth_up_to_five_minutes() {
@@ -501,6 +504,42 @@ mod tests {
 
     fn answer(body: &str) -> super::super::Response {
         super::super::Response::new(200, Vec::new(), body.as_bytes().to_vec())
+    }
+
+    fn check_token_answer(body: &[u8]) {
+        let r = super::super::Response::new(200, Vec::new(), body.to_vec());
+        if let Ok((_, lifetime)) = parse_token(&r) {
+            assert!(
+                !lifetime.is_zero() && lifetime <= MAX_TOKEN_LIFETIME,
+                "{lifetime:?} from {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn fuzz_token_answer_corpus() {
+        for (_, body) in crate::fuzz::corpus("token-answer") {
+            check_token_answer(&body);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_token_answers(
+            expires in prop_oneof![
+                "-?[0-9]{1,30}(\\.[0-9]{1,8})?([eE][+-]?[0-9]{1,4})?",
+                "\"[ +-]?[0-9]{0,30}(\\.[0-9]{0,8})?([eE][+-]?[0-9]{1,4})?\"",
+                "\"(NaN|inf|-inf|infinity|1e400)\"",
+                any::<String>().prop_map(|s| serde_json::Value::String(s).to_string()),
+            ],
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            check_token_answer(format!(r#"{{"access_token":"t","expires_in":{expires}}}"#).as_bytes());
+            check_token_answer(&bytes);
+        }
     }
 
     #[test]

@@ -163,6 +163,37 @@ pub(crate) fn stated_execution_time(body: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn check_hunting_answer(body: &[u8]) {
+        if let Some(run) = stated_execution_time(body) {
+            assert!(run <= MAX_STATED_RUN_TIME, "{run:?}");
+            Ledger::new(&HuntingBudget::default()).record(Duration::ZERO, run);
+        }
+        let d = super::super::ErrorDetails::from_answer(400, body, None);
+        let _ = (d.is_result_too_large(), d.is_preempted());
+    }
+
+    #[test]
+    fn fuzz_hunting_answer_corpus() {
+        for (_, body) in crate::fuzz::corpus("hunting-answer") {
+            check_hunting_answer(&body);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_hunting_answers(
+            time in "-?[0-9]{1,30}(\\.[0-9]{1,8})?([eE][+-]?[0-9]{1,4})?",
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let body = format!(r#"{{"Results":[],"Stats":{{"ExecutionTime":{time}}}}}"#);
+            check_hunting_answer(body.as_bytes());
+            check_hunting_answer(&bytes);
+        }
+    }
 
     fn s(n: u64) -> Duration {
         Duration::from_secs(n)

@@ -126,6 +126,7 @@ fn parse_timespan(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn headers<'a>(list: &'a [(&'a str, &'a str)]) -> impl FnMut(&str) -> Option<&'a str> {
         move |name| {
@@ -253,6 +254,69 @@ mod tests {
             learnable_quota("API calls quota exceeded! maximum allowed 45 per 00:01:00"),
             Some((45, Duration::from_secs(60)))
         );
+    }
+
+    /// `retry_after` for one header, with every name it reads.
+    fn each_header_form(value: &str) -> Vec<Option<Duration>> {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        ["Retry-After", "retry-after-ms", "x-ms-retry-after-ms"]
+            .iter()
+            .map(|name| retry_after(headers(&[(name, value)]), now))
+            .collect()
+    }
+
+    fn check_wait(value: &str) {
+        for wait in each_header_form(value).into_iter().flatten() {
+            assert!(wait <= MAX_SERVER_WAIT, "{value:?} gave {wait:?}");
+        }
+    }
+
+    fn check_message(message: &str) {
+        if let Some((calls, window)) = quota_from_message(message) {
+            assert!(calls > 0 && !window.is_zero(), "{message:?}");
+        }
+        if let Some((calls, window)) = learnable_quota(message) {
+            assert!(calls > 0 && window <= MAX_LEARNED_WINDOW, "{message:?}");
+        }
+    }
+
+    #[test]
+    fn fuzz_retry_after_corpus() {
+        for (_, value) in crate::fuzz::corpus_text("retry-after") {
+            check_wait(&value);
+        }
+        for (_, message) in crate::fuzz::corpus_text("throttling-message") {
+            check_message(&message);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_retry_after(value in prop_oneof![
+            any::<String>(),
+            "[ +-]?[0-9]{0,25}(\\.[0-9]{0,12})?([eE][+-]?[0-9]{1,4})?[ ]?",
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<u64>().prop_map(|s| {
+                httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(s % 253_402_300_799))
+            }),
+        ]) {
+            check_wait(&value);
+        }
+
+        #[test]
+        fn fuzz_throttling_messages(
+            calls in prop_oneof![any::<u32>().prop_map(|c| c.to_string()), "[0-9]{0,25}", ".{0,6}"],
+            span in prop_oneof![
+                "[0-9]{0,22}(\\.[0-9]{0,3})?:[0-9]{0,3}:[0-9]{0,3}(\\.[0-9]{0,12})?[.,\"]?",
+                ".{0,30}",
+            ],
+            prefix in ".{0,20}",
+        ) {
+            check_message(&format!("{prefix}maximum allowed {calls} per {span}"));
+            check_message(&format!("{prefix}Maximum Allowed {calls} PER {span} and more"));
+        }
     }
 
     #[test]

@@ -422,6 +422,56 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn check_path(path: &str) {
+        let t = RouteTable::defender();
+        let normal = normalize_path(path);
+        assert!(normal.starts_with('/'), "{path:?} -> {normal:?}");
+        assert!(!normal[1..].contains("//"), "{path:?} -> {normal:?}");
+        assert!(
+            normal.split('/').all(|s| s != "." && s != ".."),
+            "{path:?} -> {normal:?}"
+        );
+        assert_eq!(normalize_path(&normal), normal, "not idempotent: {path:?}");
+        for method in ["GET", "POST", "PATCH"] {
+            assert_eq!(
+                t.lookup(method, path),
+                t.lookup(method, &normal),
+                "{path:?}"
+            );
+            assert_eq!(
+                super::super::is_hunting_query(method, path),
+                super::super::is_hunting_query(method, &normal),
+                "{path:?}"
+            );
+        }
+        Route::new(None, path, "x", Vec::new()).matches("GET", path);
+    }
+
+    #[test]
+    fn fuzz_request_path_corpus() {
+        for (_, path) in crate::fuzz::corpus_text("request-path") {
+            check_path(&path);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_request_paths(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("/"), Just("."), Just(".."), Just("%"), Just("%2E"), Just("%2e"), Just("%2F"),
+                Just("%72"), Just("%7"), Just("api"), Just("advancedqueries"), Just("run"),
+                Just("machines"), Just("runliveresponse"), Just("{id}"), Just("*"), Just("é"),
+            ], 0..24),
+            noise in ".{0,12}",
+        ) {
+            check_path(&parts.concat());
+            check_path(&format!("{}{noise}", parts.concat()));
+        }
+    }
 
     #[test]
     fn requests_find_their_published_limits() {

@@ -214,6 +214,51 @@ impl StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Parsing never panics, and neither the redacted URL nor a parse error shows the
+    /// password of a Redis URL.
+    fn check_store_url(url: &str, password: Option<&str>) {
+        let parsed = StoreConfig::parse(url);
+        let shown = redact(url);
+        if let Some(pw) = password {
+            assert!(!shown.contains(pw), "{url:?} shown as {shown:?}");
+            if let Err(e) = &parsed {
+                assert!(!e.message.contains(pw), "{url:?}: {}", e.message);
+            }
+            if let Ok(c) = &parsed {
+                assert!(!format!("{c:?}").contains(pw), "{url:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_store_url_corpus() {
+        for (_, url) in crate::fuzz::corpus_text("store-url") {
+            check_store_url(&url, None);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_store_urls(
+            url in prop_oneof![
+                any::<String>(),
+                "(file|redis|rediss)://[a-z0-9:/@?#=&%._-]{0,40}",
+            ],
+            scheme in prop_oneof![Just("redis"), Just("rediss")],
+            // Upper case never occurs in the rest of the URL, so a password is told
+            // apart from the host and query that may be shown.
+            password in "[A-Z][A-Z0-9/?#:%=&]{3,20}",
+            rest in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(/[0-9]{0,2})?(\\?[a-z_]{1,10}=[a-z0-9]{0,6})?",
+        ) {
+            check_store_url(&url, None);
+            check_store_url(&format!("{scheme}://:{password}@{rest}"), Some(&password));
+            check_store_url(&format!("{scheme}://user:{password}@{rest}"), Some(&password));
+        }
+    }
 
     #[test]
     fn parses_file_urls() {
