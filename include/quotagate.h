@@ -463,15 +463,17 @@ typedef uint32_t qg_result;
  * - A token longer than `token_len`: write the needed length to `*token_written` and
  *   return `QG_ERR_BUFFER_TOO_SMALL`; the library calls again at once with a buffer at
  *   least that large (up to 1 MiB).
- * - A failure: return any other code (`QG_ERR_AUTH` fits). The function may first write a
- *   short UTF-8 description into `token_buf` and its length to `*token_written`; the
- *   failed call's last error text then includes it.
+ * - A failure: return any other code (`QG_ERR_AUTH` fits). The call fails with
+ *   `QG_ERR_AUTH`, and the library neither reads nor quotes `token_buf` then (it may hold
+ *   part of a token): keep the reason on your side, or log it.
  *
  * Threads: called from whichever thread sends a call while the cached token is missing,
  * near its end (a fifth of its lifetime early, at most five minutes) or refused by the
  * API (a 401): from any thread over time, but one call at a time per client, never two
- * at once. Other threads keep using the current token or wait meanwhile, so the
- * function must not send calls with the same client. `user_data` is passed as given.
+ * at once. Other threads keep using the current token or wait meanwhile. A call the
+ * function sends with the same client fails at once with `QG_ERR_REENTRANT_CALL`, since
+ * it would wait for the token being fetched; other clients, limiters and the simulator
+ * may be used. `user_data` is passed as given.
  */
 typedef qg_result (*qg_token_fn)(void *user_data,
                                  char *token_buf,
@@ -482,8 +484,10 @@ typedef qg_result (*qg_token_fn)(void *user_data,
 /**
  * A log callback: `level` is one of `QG_LOG_*`, `message` a NUL-terminated UTF-8 string
  * valid only during the call, `user_data` what was given to `qg_set_logger`. It may be
- * called from any thread, at any time until `qg_set_logger(NULL, ...)` returns; it must
- * not call back into the library's logging setup.
+ * called from any thread, at any time until `qg_set_logger(NULL, ...)` returns. It may
+ * call the library, but records logged meanwhile on the same thread are dropped (no
+ * callback runs inside itself), and `qg_set_logger` fails there with
+ * `QG_ERR_REENTRANT_CALL`.
  */
 typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 
@@ -527,6 +531,13 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
  * header version (another ABI series, or a library older than the header).
  */
 #define QG_ERR_VERSION_MISMATCH 106
+
+/**
+ * A call from inside one of the library's callbacks would wait for the very call that
+ * runs the callback: a token provider sending with the client it provides tokens for,
+ * a log callback calling `qg_set_logger`. It fails at once instead.
+ */
+#define QG_ERR_REENTRANT_CALL 107
 
 /**
  * The deadline passed, or could not be met, before the quota admitted the call.
@@ -598,6 +609,12 @@ typedef void (*qg_log_fn)(uint32_t level, const char *message, void *user_data);
 #define QG_ERR_BODY_TOO_LARGE 304
 
 /**
+ * Paging stopped: an `@odata.nextLink` led back to a page already fetched, or the list
+ * had more pages than `qg_client_builder_set_max_pages` allows.
+ */
+#define QG_ERR_PAGING 305
+
+/**
  * The simulator could not start (the port is taken, ...).
  */
 #define QG_ERR_IO 400
@@ -612,15 +629,29 @@ qg_result qg_client_builder_new(qg_client_builder **out);
 
 /**
  * Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
- * Copied; `b` and `url` must not be NULL.
+ * Copied; `b` and `url` must not be NULL. `qg_client_builder_build` refuses a URL with a
+ * `user:password@`, and `http://` to a host that is not loopback unless
+ * `qg_client_builder_set_allow_insecure_http` allows it.
  */
 qg_result qg_client_builder_set_base_url(qg_client_builder *b, const char *url);
 
 /**
  * Sets the login authority (default `https://login.microsoftonline.com`).
- * Copied; `b` and `url` must not be NULL.
+ * Copied; `b` and `url` must not be NULL. Checked by `qg_client_builder_build` as the
+ * base URL is.
  */
 qg_result qg_client_builder_set_authority(qg_client_builder *b, const char *url);
+
+/**
+ * Accepts `http://` base URLs and authorities on hosts that are not loopback when `allow`
+ * is 1; 0 (the default) refuses them. Plain HTTP to another host sends the client secret
+ * and every access token unencrypted over the network, so `qg_client_builder_build`
+ * fails with `QG_ERR_INVALID_ARGUMENT` (saying why) unless this is set, for instance
+ * behind a TLS-terminating proxy on a network you trust. `http://` to `localhost`,
+ * 127.0.0.0/8 or `::1` (the simulator) is always accepted. Another value of `allow` gives
+ * `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_allow_insecure_http(qg_client_builder *b, uint32_t allow);
 
 /**
  * Sets the cloud by name: `"commercial"` (the default), the commercial regions
@@ -758,6 +789,13 @@ qg_result qg_client_builder_set_connect_timeout_ms(qg_client_builder *b, uint64_
 qg_result qg_client_builder_set_max_body_bytes(qg_client_builder *b, uint64_t n);
 
 /**
+ * Sets the most pages one paging run (`qg_client_pages`) follows (default 100000; at
+ * least 1); past it `qg_pages_next` and `qg_pages_next_item` fail with `QG_ERR_PAGING`.
+ * `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_max_pages(qg_client_builder *b, uint64_t n);
+
+/**
  * Sets the attempts per call, the first included (default 8; at least 1).
  * `b` must not be NULL.
  */
@@ -869,7 +907,9 @@ qg_result qg_request_add_query(qg_request *r, const char *name, const char *valu
 
 /**
  * Sets a header, replacing one of the same name (case-insensitive). The client sets
- * `Authorization` itself. No NULL.
+ * `Authorization` itself. A name that is not an RFC 9110 token, or a value with a control
+ * character other than tab, gives `QG_ERR_INVALID_ARGUMENT` here (the wire would refuse
+ * it). No NULL.
  */
 qg_result qg_request_set_header(qg_request *r, const char *name, const char *value);
 
@@ -982,16 +1022,24 @@ qg_result qg_client_pages(const qg_client *c, const qg_request *first, qg_pages 
 /**
  * Fetches the next page: `QG_OK` and a response in `*out` (free with
  * `qg_response_free`), `QG_DONE` after the last page, or a failure as in
- * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`. Blocks like
- * `qg_client_send`. No NULL.
+ * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`, and
+ * `QG_ERR_PAGING` when a next link leads back to a page already fetched or the list has
+ * more pages than `qg_client_builder_set_max_pages` allows. A failure ends the run:
+ * every later call returns the same failure again (with its last error text), never
+ * `QG_DONE`, so a loop that stops at the first result other than `QG_OK` can tell a
+ * complete list (`QG_DONE`) from a partial one. Blocks like `qg_client_send`, and stops
+ * at the request's `qg_request_cancel`. No NULL.
  */
 qg_result qg_pages_next(qg_pages *p, qg_response **out);
 
 /**
  * Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
  * (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
- * Failures as in `qg_pages_next`. Do not mix with `qg_pages_next` on the same pages.
- * No NULL.
+ * Failures as in `qg_pages_next`, and the same failure again on every later call. One
+ * call may fetch several pages when pages hold no items; it stops at the request's
+ * `qg_request_cancel`, and with `QG_ERR_TIMEOUT` once the client's quota-wait budget
+ * (`qg_client_builder_set_max_quota_wait_ms`) has passed between such pages. Do not mix
+ * with `qg_pages_next` on the same pages. No NULL.
  */
 qg_result qg_pages_next_item(qg_pages *p, char **item_json);
 
@@ -1027,8 +1075,10 @@ void qg_client_free(qg_client *c);
  * Copies the text of the calling thread's last failure into `buf` as a NUL-terminated
  * UTF-8 string, and its length (without the NUL) into `*written`.
  *
- * The text stays until the next failure on the same thread; with no failure yet it is
- * empty. Calling this function never changes it.
+ * The text is meaningful only right after a function returned a failure on this thread:
+ * successful calls do not clear it, so read after a success it still describes an
+ * earlier failure. It stays until the next failure on the same thread; with no failure
+ * yet it is empty. Calling this function never changes it.
  *
  * Returns `QG_OK`; `QG_ERR_NULL_ARGUMENT` when `written` is NULL, or `buf` is NULL while
  * `len` is not 0; `QG_ERR_BUFFER_TOO_SMALL` when `len` cannot hold the text and its NUL:
@@ -1046,7 +1096,8 @@ qg_result qg_last_error_message(char *buf, size_t len, size_t *written);
  * Details exist after client calls that reached the server (HTTP status, the server's
  * code, message and correlation id, request id, Retry-After, attempts); a detail that
  * is unknown gives an empty string. An unknown field gives `QG_ERR_INVALID_ARGUMENT`.
- * Calling this function never changes the last error.
+ * Like the text, the details are meaningful only right after a failure: successful
+ * calls do not clear them. Calling this function never changes the last error.
  */
 qg_result qg_last_error_detail(uint32_t field, char *buf, size_t len, size_t *written);
 
@@ -1357,8 +1408,9 @@ void qg_bucket_stats_free(qg_bucket_stats *s);
  * to `callback` with `user_data`; NULL `callback` stops. Replaces an earlier callback.
  *
  * Returns `QG_ERR_INVALID_ARGUMENT` for an unknown level, or when the process already
- * routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one).
- * Thread-safe.
+ * routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one);
+ * `QG_ERR_REENTRANT_CALL` when called from inside the log callback (it would wait for
+ * that very callback to end). Thread-safe.
  */
 qg_result qg_set_logger(qg_log_fn callback, uint32_t max_level, void *user_data);
 

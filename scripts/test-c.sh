@@ -85,7 +85,7 @@ cargo build
 mkdir -p "$OUT"
 
 # The C test programs; each prints one closing line "N passed, N failed".
-C_TESTS=(limiter_test client_test)
+C_TESTS=(limiter_test client_test hardening_test)
 
 section "C tests, static library"
 for t in "${C_TESTS[@]}"; do

@@ -21,5 +21,7 @@ pub mod limiter;
 pub mod sim;
 
 mod ffi;
+#[cfg(test)]
+mod fuzz;
 
 pub use limiter::{Limiter, LimiterBuilder, Rate};

@@ -102,6 +102,15 @@ fn call(sim: &Simulator, args: &[&str]) -> Run {
     )
 }
 
+/// A loopback port nobody listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -279,28 +288,52 @@ fn throttled_past_the_budget_exits_3() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// One `call GET /api/machines` to `url` with a fixed token, one attempt, and `extra` flags.
+fn call_once(url: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "call",
+        "GET",
+        "/api/machines",
+        "--base-url",
+        url,
+        "--max-attempts",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, &[("QUOTAGATE_ACCESS_TOKEN", "token")])
+}
+
 #[test]
 fn an_unreachable_api_exits_4() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let r = run(
-        &[
-            "call",
-            "GET",
-            "/api/machines",
-            "--base-url",
-            &url,
-            "--max-attempts",
-            "1",
-        ],
-        &[("QUOTAGATE_ACCESS_TOKEN", "token")],
-    );
+    let r = call_once(&format!("http://127.0.0.1:{}", free_port()), &[]);
     assert_eq!(r.code(), 4, "stderr: {}", r.stderr);
     assert!(r.stderr.contains("transport failure"), "{}", r.stderr);
+}
+
+#[test]
+fn plain_http_off_loopback_needs_allow_insecure_http() {
+    // 0.0.0.0 is not a loopback name, yet connecting to it reaches this host at once.
+    let url = format!("http://0.0.0.0:{}", free_port());
+    let r = call_once(&url, &[]);
+    assert_eq!(r.code(), 2, "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains("refusing http://") && r.stderr.contains("unencrypted"),
+        "{}",
+        r.stderr
+    );
+    let r = call_once(&url, &["--allow-insecure-http"]);
+    assert_eq!(r.code(), 4, "the call was tried: {}", r.stderr);
+}
+
+#[test]
+fn seconds_too_large_for_a_duration_are_a_usage_error() {
+    let r = run(
+        &["call", "GET", "/api/machines", "--timeout", "1e300"],
+        &[("QUOTAGATE_ACCESS_TOKEN", "token")],
+    );
+    assert_eq!(r.code(), 2, "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("--timeout"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
 
 #[test]

@@ -543,3 +543,133 @@ fn clients_can_share_one_limiter() {
     hammer(&b, 2, 3);
     assert_eq!(sim.stats().throttled, 0);
 }
+
+#[test]
+fn plain_http_off_loopback_is_refused_unless_allowed() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let port = sim.addr().port();
+    for (base, authority) in [
+        ("http://api.example.com", "https://login.example.com"),
+        ("https://api.example.com", "http://login.example.com"),
+        ("http://10.0.0.7:8080", "https://login.example.com"),
+    ] {
+        let b = Client::builder()
+            .base_url(base)
+            .authority(authority)
+            .tenant_id("t")
+            .client_id("c")
+            .client_secret("s");
+        let e = b.build().unwrap_err().to_string();
+        assert!(
+            e.contains("is not a loopback host")
+                && e.contains("unencrypted")
+                && e.contains("allow_insecure_http"),
+            "{e}"
+        );
+        assert!(
+            b.allow_insecure_http(true).build().is_ok(),
+            "{base} {authority}"
+        );
+    }
+    // The simulator on loopback, by address or by name, needs no opt-in.
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("http://{host}:{port}");
+        let client = builder(&sim)
+            .base_url(&url)
+            .authority(&url)
+            .build()
+            .unwrap();
+        let r = client.send(&Request::get("/api/machines?$top=1")).unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[test]
+fn user_information_in_urls_is_refused_and_never_printed() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let with_password = sim.url().replace("http://", "http://admin:hunter2@");
+    for (base, authority) in [
+        (with_password.as_str(), sim.authority()),
+        (sim.url().as_str(), with_password.clone()),
+        (
+            "https://us/er:hunter2@api.example.com",
+            "https://login.example.com".to_string(),
+        ),
+    ] {
+        let e = builder(&sim)
+            .base_url(base)
+            .authority(&authority)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("user name or password"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("admin"), "{e}");
+    }
+    // A proxy or store may carry credentials; the builder's debug output hides them.
+    let b = builder(&sim)
+        .proxy("http://proxyuser:hunter2@proxy.example:3128")
+        .store("redis://:hun/ter2@cache:6379/0");
+    let shown = format!("{b:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("ter2"),
+        "{shown}"
+    );
+    assert!(shown.contains("***@proxy.example:3128"), "{shown}");
+    assert!(!shown.contains(sim.client_secret()), "{shown}");
+}
+
+#[test]
+fn requests_the_wire_would_refuse_fail_before_any_quota_is_taken() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).build().unwrap();
+    for (name, value) in [("X(A", "v"), ("X-Test", "a\u{1}b"), ("X-Test", "a\u{7f}b")] {
+        let r = Request::get("/api/machines").header(name, value);
+        match client.send(&r) {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("header"), "{why}"),
+            other => panic!("{name:?}: {value:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        client.send(&Request::new("GE T", "/api/machines")),
+        Err(Error::InvalidArgument(_))
+    ));
+    // A fragment would silently drop the query after it.
+    match client.send(&Request::get("/api/machines#top").query("$top", "1")) {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains('#'), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let stats = client.stats();
+    assert_eq!(stats.requests, 0);
+    assert!(
+        stats.buckets.values().all(|b| b.admitted_calls == 0),
+        "{stats:?}"
+    );
+    assert_eq!(sim.stats().requests, 0);
+}
+
+#[test]
+fn every_spelling_of_the_hunting_path_takes_the_hunting_quota() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).max_attempts(1).build().unwrap();
+    let query = serde_json::json!({"Query": "DeviceInfo | take 1"});
+    for path in [
+        "/api/machines/../advancedqueries/run",
+        "/api//advancedqueries/run",
+        "/api/advancedqueries/%72un",
+    ] {
+        // The simulator does not resolve such paths; what counts is the bucket taken.
+        let _ = client.send(&Request::post(path).json(&query));
+    }
+    let stats = client.stats();
+    let hunting = stats
+        .buckets
+        .iter()
+        .find(|(k, _)| k.ends_with("|hunting"))
+        .map(|(_, b)| b.admitted_calls);
+    assert_eq!(hunting, Some(3), "{:?}", stats.buckets.keys());
+    assert!(
+        stats.buckets.keys().all(|k| !k.ends_with("|default")),
+        "{:?}",
+        stats.buckets.keys()
+    );
+}

@@ -1,6 +1,7 @@
 //! Access tokens: fetched on first use, cached, refreshed before `expires_in` runs out,
 //! one refresh at a time while the other threads keep using the current token or wait.
 
+use super::bounds::{MAX_TOKEN_LIFETIME, at_most, bounded_secs, instant_after};
 use super::certificate::{ASSERTION_TYPE, CertificateCredential};
 use super::error::{Error, ErrorDetails};
 use super::http::{encode, exchange};
@@ -197,23 +198,34 @@ impl Auth {
             if !st.refreshing {
                 break;
             }
+            if self.fetching_on_this_thread() {
+                // The credentials' own source called back into this client: waiting for
+                // itself would never end.
+                return Err(Error::Reentrant(
+                    "the token provider sent a call with the client it provides tokens for, which would wait for that very token"
+                        .into(),
+                ));
+            }
             // Another thread is fetching; wait for it, staying responsive to cancel.
             self.refreshed.wait_for(&mut st, Duration::from_millis(50));
             cancel.check(client)?;
         }
-        st.refreshing = true;
-        drop(st);
+        // Cleared on every way out of the fetch, unwinding included, so that a failed
+        // refresh fails only the calls that waited for it.
+        let refresh = Refresh::start(self, st);
         let fetched = self.fetch(client, cancel);
-        let mut st = self.state.lock();
-        st.refreshing = false;
-        self.refreshed.notify_all();
+        let mut st = refresh.finish();
         let (value, lifetime) = fetched?;
+        let lifetime = at_most(lifetime, MAX_TOKEN_LIFETIME, "a token lifetime");
         st.generation += 1;
         let now = Instant::now();
+        let expires_at = instant_after(now, lifetime);
         let token = Arc::new(Token {
             value,
-            refresh_at: now + lifetime - refresh_margin(lifetime),
-            expires_at: now + lifetime,
+            refresh_at: expires_at
+                .checked_sub(refresh_margin(lifetime))
+                .unwrap_or(now),
+            expires_at,
             generation: st.generation,
         });
         st.token = Some(token.clone());
@@ -222,6 +234,12 @@ impl Auth {
             lifetime.as_secs()
         );
         Ok(token)
+    }
+
+    /// True while this thread runs this cache's fetch (a provider calling back into its
+    /// own client).
+    fn fetching_on_this_thread(&self) -> bool {
+        FETCHING.with(|f| f.borrow().contains(&(self as *const Auth as usize)))
     }
 
     /// Forgets the token of `generation` after the API refused it (a 401), unless a newer
@@ -364,8 +382,58 @@ impl Auth {
     }
 }
 
-/// Calls the caller's token function; a panic in it becomes an error, so that the
-/// single-flight refresh is never left marked as running.
+thread_local! {
+    /// The token caches whose fetch runs on this thread, by address.
+    static FETCHING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The single-flight refresh under way on this thread: `refreshing` is set while it
+/// lives and cleared when it ends, however it ends, waking the threads that wait.
+struct Refresh<'a> {
+    auth: &'a Auth,
+    done: bool,
+}
+
+impl<'a> Refresh<'a> {
+    /// Marks the refresh as running and releases the lock for the fetch.
+    fn start(auth: &'a Auth, mut st: parking_lot::MutexGuard<'_, State>) -> Self {
+        st.refreshing = true;
+        drop(st);
+        FETCHING.with(|f| f.borrow_mut().push(auth as *const Auth as usize));
+        Self { auth, done: false }
+    }
+
+    /// Ends the refresh and hands back the locked state.
+    fn finish(mut self) -> parking_lot::MutexGuard<'a, State> {
+        self.done = true;
+        self.end()
+    }
+
+    fn end(&self) -> parking_lot::MutexGuard<'a, State> {
+        let me = self.auth as *const Auth as usize;
+        FETCHING.with(|f| {
+            let mut f = f.borrow_mut();
+            if let Some(i) = f.iter().rposition(|&a| a == me) {
+                f.remove(i);
+            }
+        });
+        let mut st = self.auth.state.lock();
+        st.refreshing = false;
+        self.auth.refreshed.notify_all();
+        st
+    }
+}
+
+impl Drop for Refresh<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            drop(self.end());
+        }
+    }
+}
+
+/// Calls the caller's token function; a panic in it becomes an `Error::Auth` of the call
+/// that needed the token instead of unwinding through the client.
 fn call_provider(provider: &TokenProvider) -> Result<(Secret, Duration), Error> {
     let auth_error = |m: String| Error::Auth(m, Box::default());
     let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider()))
@@ -409,14 +477,18 @@ fn parse_token(r: &super::Response) -> Result<(Secret, Duration), Error> {
         Some(serde_json::Value::String(s)) => s.parse().ok(),
         _ => None,
     }
-    .filter(|s| s.is_finite() && *s > 0.0)
+    .filter(|s| *s > 0.0)
+    .and_then(|s| bounded_secs(s, MAX_TOKEN_LIFETIME, "a token lifetime"))
+    // A positive number below a nanosecond is no lifetime either.
+    .filter(|d| !d.is_zero())
     .ok_or_else(|| bad("the token endpoint's answer has no valid expires_in"))?;
-    Ok((Secret::new(a.access_token), Duration::from_secs_f64(secs)))
+    Ok((Secret::new(a.access_token), secs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn refresh_margin_is_a_fifth_up_to_five_minutes() {
@@ -428,6 +500,87 @@ mod tests {
             refresh_margin(Duration::from_secs(10)),
             Duration::from_secs(2)
         );
+    }
+
+    fn answer(body: &str) -> super::super::Response {
+        super::super::Response::new(200, Vec::new(), body.as_bytes().to_vec())
+    }
+
+    fn check_token_answer(body: &[u8]) {
+        let r = super::super::Response::new(200, Vec::new(), body.to_vec());
+        if let Ok((_, lifetime)) = parse_token(&r) {
+            assert!(
+                !lifetime.is_zero() && lifetime <= MAX_TOKEN_LIFETIME,
+                "{lifetime:?} from {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn fuzz_token_answer_corpus() {
+        for (_, body) in crate::fuzz::corpus("token-answer") {
+            check_token_answer(&body);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_token_answers(
+            expires in prop_oneof![
+                "-?[0-9]{1,30}(\\.[0-9]{1,8})?([eE][+-]?[0-9]{1,4})?",
+                "\"[ +-]?[0-9]{0,30}(\\.[0-9]{0,8})?([eE][+-]?[0-9]{1,4})?\"",
+                "\"(NaN|inf|-inf|infinity|1e400)\"",
+                any::<String>().prop_map(|s| serde_json::Value::String(s).to_string()),
+            ],
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            check_token_answer(format!(r#"{{"access_token":"t","expires_in":{expires}}}"#).as_bytes());
+            check_token_answer(&bytes);
+        }
+    }
+
+    #[test]
+    fn huge_lifetimes_are_cut_and_nonsense_is_refused_never_a_panic() {
+        for expires in ["1e20", "1e19", "\"1e300\"", "18446744073709551616"] {
+            let body = format!(r#"{{"access_token":"t","expires_in":{expires}}}"#);
+            let (_, lifetime) = parse_token(&answer(&body)).unwrap();
+            assert_eq!(lifetime, MAX_TOKEN_LIFETIME, "{expires}");
+        }
+        let (_, lifetime) =
+            parse_token(&answer(r#"{"access_token":"t","expires_in":"3599"}"#)).unwrap();
+        assert_eq!(lifetime, Duration::from_secs(3599));
+        for expires in ["0", "-1", "\"NaN\"", "\"inf\"", "\"1e400\"", "null", "true"] {
+            let body = format!(r#"{{"access_token":"t","expires_in":{expires}}}"#);
+            assert!(
+                matches!(parse_token(&answer(&body)), Err(Error::Auth(..))),
+                "{expires}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refresh_that_unwinds_still_ends() {
+        let auth = Auth::new(
+            Credentials::provider(|| Err("unused".into())),
+            "https://login.example",
+            None,
+            None,
+            "https://api.example",
+        );
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _refresh = Refresh::start(&auth, auth.state.lock());
+            assert!(auth.fetching_on_this_thread());
+            panic!("a fetch that fails the hard way");
+        }));
+        assert!(unwound.is_err());
+        assert!(
+            !auth.state.lock().refreshing,
+            "the flag outlived the refresh"
+        );
+        assert!(!auth.fetching_on_this_thread());
     }
 
     #[test]

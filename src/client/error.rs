@@ -139,6 +139,13 @@ pub enum Error {
     /// The shared quota store failed (unreachable past the call's deadline, damaged or
     /// misconfigured). The call was not sent.
     Store(crate::limiter::store::StoreError),
+    /// Paging stopped: an `@odata.nextLink` led back to a page already fetched, or the
+    /// list had more pages than the client's limit
+    /// ([`ClientBuilder::max_pages`](super::ClientBuilder::max_pages)).
+    Paging(String),
+    /// A call from inside the client's own token provider, on the thread that runs it: it
+    /// would wait for the token being fetched. Get the token some other way.
+    Reentrant(String),
 }
 
 impl Error {
@@ -187,6 +194,8 @@ impl std::fmt::Display for Error {
             Error::Closed => f.write_str("the client is closed"),
             Error::InvalidArgument(m) => f.write_str(m),
             Error::Store(e) => write!(f, "the quota store failed: {e}"),
+            Error::Paging(m) => write!(f, "paging stopped: {m}"),
+            Error::Reentrant(m) => f.write_str(m),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! log of instant and duration) and tells how long a new query must wait until enough run
 //! time has left the windows.
 
+use super::bounds::MAX_STATED_RUN_TIME;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ pub fn is_hunting_query(method: &str, path: &str) -> bool {
     if !method.eq_ignore_ascii_case("POST") {
         return false;
     }
-    let p = path.trim_end_matches('/').to_ascii_lowercase();
+    let p = super::routes::normalize_path(path).to_ascii_lowercase();
     p == "/api/advancedqueries/run"
         || p == "/api/advancedhunting/run"
         || p == "/v1.0/security/runhuntingquery"
@@ -130,7 +131,9 @@ impl Ledger {
     }
 }
 
-/// The execution time an advanced hunting answer states (`Stats.ExecutionTime`, seconds).
+/// The execution time an advanced hunting answer states (`Stats.ExecutionTime`, seconds),
+/// when it is a number of seconds from zero to
+/// [`MAX_STATED_RUN_TIME`](super::MAX_STATED_RUN_TIME); anything else counts as not stated.
 pub(crate) fn stated_execution_time(body: &[u8]) -> Option<Duration> {
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -146,12 +149,51 @@ pub(crate) fn stated_execution_time(body: &[u8]) -> Option<Duration> {
         .ok()?
         .stats?
         .execution_time?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    let stated = Duration::try_from_secs_f64(secs).ok();
+    if stated.is_none_or(|d| d > MAX_STATED_RUN_TIME) {
+        log::warn!(
+            "a hunting answer states a run time of {secs} s, outside 0 to {} s: using the time the exchange took",
+            MAX_STATED_RUN_TIME.as_secs()
+        );
+        return None;
+    }
+    stated
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn check_hunting_answer(body: &[u8]) {
+        if let Some(run) = stated_execution_time(body) {
+            assert!(run <= MAX_STATED_RUN_TIME, "{run:?}");
+            Ledger::new(&HuntingBudget::default()).record(Duration::ZERO, run);
+        }
+        let d = super::super::ErrorDetails::from_answer(400, body, None);
+        let _ = (d.is_result_too_large(), d.is_preempted());
+    }
+
+    #[test]
+    fn fuzz_hunting_answer_corpus() {
+        for (_, body) in crate::fuzz::corpus("hunting-answer") {
+            check_hunting_answer(&body);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_hunting_answers(
+            time in "-?[0-9]{1,30}(\\.[0-9]{1,8})?([eE][+-]?[0-9]{1,4})?",
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let body = format!(r#"{{"Results":[],"Stats":{{"ExecutionTime":{time}}}}}"#);
+            check_hunting_answer(body.as_bytes());
+            check_hunting_answer(&bytes);
+        }
+    }
 
     fn s(n: u64) -> Duration {
         Duration::from_secs(n)
@@ -205,6 +247,11 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert_eq!(stated_execution_time(br#"{"results":[]}"#), None);
+        // Stated after the server ran the query: a panic here lost its answer.
+        for huge in ["1e20", "1e19", "3601", "-1", "1e400"] {
+            let body = format!(r#"{{"Results":[],"Stats":{{"ExecutionTime":{huge}}}}}"#);
+            assert_eq!(stated_execution_time(body.as_bytes()), None, "{huge}");
+        }
         assert_eq!(stated_execution_time(b"not json"), None);
     }
 }

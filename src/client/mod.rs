@@ -32,6 +32,7 @@
 //! ```
 
 mod auth;
+mod bounds;
 mod certificate;
 mod cloud;
 mod error;
@@ -44,17 +45,23 @@ mod retry;
 mod routes;
 mod secret;
 mod transit;
+mod urls;
 
 pub use auth::{Credentials, TokenProvider};
+pub use bounds::{MAX_LEARNED_WINDOW, MAX_SERVER_WAIT, MAX_STATED_RUN_TIME, MAX_TOKEN_LIFETIME};
 pub use certificate::{CertificateCredential, SignatureAlgorithm};
 pub use cloud::Cloud;
 pub use error::{Error, ErrorDetails, HUNTING_BUDGET_SPENT};
 pub use hunting::{HuntingBudget, HuntingBudgetPolicy, is_hunting_query};
-pub use paging::{Items, Pages};
+pub use paging::{DEFAULT_MAX_PAGES, Items, Pages};
 pub use response::Response;
 pub use retry::{RetryPolicy, quota_from_message, retry_after};
-pub use routes::{DEFAULT_CLASS, LIVE_RESPONSE_SESSIONS, Route, RouteTable, default_rates};
+pub use routes::{
+    DEFAULT_CLASS, LIVE_RESPONSE_SESSIONS, Route, RouteTable, default_rates, normalize_path,
+};
 pub use secret::Secret;
+
+pub(crate) use http::check_header;
 
 use crate::limiter::{self, Limiter, Nanos, Rate, Wait};
 use auth::Auth;
@@ -63,6 +70,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use urls::RedactedUrl;
 
 /// The commercial Defender for Endpoint API.
 pub const DEFAULT_BASE_URL: &str = "https://api.securitycenter.microsoft.com";
@@ -231,7 +239,7 @@ impl Cancel {
 
     /// Sleeps `d`, waking early with an error on cancel or close.
     fn sleep(&self, client: &ClientShared, d: Duration) -> Result<(), Error> {
-        let until = Instant::now() + d;
+        let until = bounds::instant_after(Instant::now(), d);
         let mut guard = self.inner.lock.lock();
         loop {
             self.check(client)?;
@@ -254,21 +262,12 @@ fn limiter_failure(e: limiter::Error) -> Error {
     }
 }
 
-/// A store URL, which may carry a Redis password: its `Debug` shows it redacted.
-#[derive(Clone)]
-struct StoreUrl(String);
-
-impl std::fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&limiter::store::redact(&self.0))
-    }
-}
-
 /// Configures a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
-    base_url: Option<String>,
-    authority: Option<String>,
+    base_url: Option<RedactedUrl>,
+    authority: Option<RedactedUrl>,
+    allow_insecure_http: bool,
     cloud: Option<Cloud>,
     tenant_id: Option<String>,
     client_id: Option<String>,
@@ -280,7 +279,7 @@ pub struct ClientBuilder {
     resource: Option<String>,
     connect_timeout: Duration,
     timeout: Duration,
-    proxy: Option<String>,
+    proxy: Option<RedactedUrl>,
     user_agent: String,
     max_body: u64,
     policy: RetryPolicy,
@@ -289,8 +288,9 @@ pub struct ClientBuilder {
     default_rates: Option<Vec<Rate>>,
     margin: Duration,
     limiter: Option<Limiter>,
-    store: Option<StoreUrl>,
+    store: Option<RedactedUrl>,
     hunting_budget: HuntingBudget,
+    max_pages: u64,
 }
 
 impl Default for ClientBuilder {
@@ -298,6 +298,7 @@ impl Default for ClientBuilder {
         Self {
             base_url: None,
             authority: None,
+            allow_insecure_http: false,
             cloud: None,
             tenant_id: None,
             client_id: None,
@@ -320,6 +321,7 @@ impl Default for ClientBuilder {
             limiter: None,
             store: None,
             hunting_budget: HuntingBudget::default(),
+            max_pages: DEFAULT_MAX_PAGES,
         }
     }
 }
@@ -328,14 +330,24 @@ impl ClientBuilder {
     /// The API's base URL (default: the cloud's, else the commercial MDE host). It also
     /// picks the built-in route table ([`RouteTable::for_base_url`]).
     pub fn base_url(mut self, url: &str) -> Self {
-        self.base_url = Some(url.trim_end_matches('/').to_string());
+        self.base_url = Some(RedactedUrl(url.trim_end_matches('/').to_string()));
         self
     }
 
     /// The login authority (default: the cloud's, else
     /// `https://login.microsoftonline.com`).
     pub fn authority(mut self, url: &str) -> Self {
-        self.authority = Some(url.trim_end_matches('/').to_string());
+        self.authority = Some(RedactedUrl(url.trim_end_matches('/').to_string()));
+        self
+    }
+
+    /// Accepts `http://` for a base URL or authority that is not a loopback host (default
+    /// false). Plain HTTP to another host sends the client secret and every access token
+    /// unencrypted over the network, so `build` refuses it unless this is set, for
+    /// instance behind a TLS-terminating proxy on a network you trust. `http://` to
+    /// `localhost`, 127.0.0.0/8 or `::1` (the simulator) is always accepted.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
         self
     }
 
@@ -351,7 +363,8 @@ impl ClientBuilder {
     /// The API base URL the client will use.
     pub fn effective_base_url(&self) -> &str {
         self.base_url
-            .as_deref()
+            .as_ref()
+            .map(RedactedUrl::as_str)
             .or(self.cloud.map(Cloud::base_url))
             .unwrap_or(DEFAULT_BASE_URL)
     }
@@ -359,7 +372,8 @@ impl ClientBuilder {
     /// The login authority the client will use.
     pub fn effective_authority(&self) -> &str {
         self.authority
-            .as_deref()
+            .as_ref()
+            .map(RedactedUrl::as_str)
             .or(self.cloud.map(Cloud::authority))
             .unwrap_or(DEFAULT_AUTHORITY)
     }
@@ -450,7 +464,7 @@ impl ClientBuilder {
 
     /// A proxy URL; without one, `HTTPS_PROXY`/`ALL_PROXY` and `NO_PROXY` apply.
     pub fn proxy(mut self, url: &str) -> Self {
-        self.proxy = Some(url.to_string());
+        self.proxy = Some(RedactedUrl(url.to_string()));
         self
     }
 
@@ -571,13 +585,20 @@ impl ClientBuilder {
     /// hosts); see [`LimiterBuilder::store`](crate::limiter::LimiterBuilder::store). The
     /// client builds its limiter over that store. Not together with [`Self::limiter`].
     pub fn store(mut self, url: &str) -> Self {
-        self.store = Some(StoreUrl(url.to_string()));
+        self.store = Some(RedactedUrl(url.to_string()));
         self
     }
 
     /// Keeps the client's quotas in memory again (the default).
     pub fn no_store(mut self) -> Self {
         self.store = None;
+        self
+    }
+
+    /// The most pages one paging run ([`Client::pages`], [`Client::items`]) follows
+    /// (default [`DEFAULT_MAX_PAGES`]); past it the run ends with [`Error::Paging`].
+    pub fn max_pages(mut self, n: u64) -> Self {
+        self.max_pages = n;
         self
     }
 
@@ -592,6 +613,8 @@ impl ClientBuilder {
         let bad = |m: &str| Error::InvalidArgument(m.to_string());
         let base_url = self.effective_base_url().to_string();
         let authority = self.effective_authority();
+        urls::check_endpoint(&base_url, "the base URL", self.allow_insecure_http)?;
+        urls::check_endpoint(authority, "the authority", self.allow_insecure_http)?;
         let base: ureq::http::Uri = base_url
             .parse()
             .map_err(|_| bad("the base URL is not a valid URL"))?;
@@ -669,6 +692,9 @@ impl ClientBuilder {
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(bad("timeouts must be longer than zero"));
         }
+        if self.max_pages == 0 {
+            return Err(bad("max_pages must be at least 1"));
+        }
         let routes = self.routes();
         for rates in std::iter::once(routes.default_rates())
             .chain(routes.routes().iter().map(|r| r.rates.as_slice()))
@@ -681,7 +707,9 @@ impl ClientBuilder {
             }
         }
         let proxy = match &self.proxy {
-            Some(p) => Some(ureq::Proxy::new(p).map_err(|_| bad("the proxy URL is not valid"))?),
+            Some(p) => {
+                Some(ureq::Proxy::new(p.as_str()).map_err(|_| bad("the proxy URL is not valid"))?)
+            }
             None => None,
         };
         let limiter = match (&self.limiter, &self.store) {
@@ -695,8 +723,8 @@ impl ClientBuilder {
                 let mut b = Limiter::builder()
                     .rates(routes.default_rates().iter().copied())
                     .margin(self.margin);
-                if let Some(StoreUrl(url)) = store {
-                    b = b.store(url);
+                if let Some(url) = store {
+                    b = b.store(url.as_str());
                 }
                 b.build().map_err(limiter_failure)?
             }
@@ -754,6 +782,7 @@ impl ClientBuilder {
                 hold_lease: (self.timeout + self.connect_timeout + HOLD_SLACK)
                     .min(limiter::MAX_HOLD_LEASE),
                 transit: Mutex::new(transit::Transit::default()),
+                max_pages: self.max_pages,
             }),
         })
     }
@@ -794,6 +823,7 @@ pub(crate) struct ClientShared {
     hold_lease: Duration,
     /// Round trips of recent quick answers: the bound on a request's transit.
     transit: Mutex<transit::Transit>,
+    max_pages: u64,
 }
 
 /// A thread-safe client of the Defender APIs. Clones share everything (connections,
@@ -919,6 +949,13 @@ impl Client {
     /// so that the token is never sent elsewhere.
     fn resolve(&self, req: &Request) -> Result<(String, String), Error> {
         let s = &self.shared;
+        if req.target.contains('#') {
+            // Everything after it, the query included, would silently stay behind.
+            return Err(Error::InvalidArgument(
+                "a path or URL must not contain '#' (a fragment is never sent; write %23 for the character)"
+                    .into(),
+            ));
+        }
         let mut url = if req.target.starts_with("http://") || req.target.starts_with("https://") {
             let rest = &req.target[s.origin.len().min(req.target.len())..];
             if !req.target.starts_with(&s.origin)
@@ -956,6 +993,7 @@ impl Client {
     /// answer, whatever its status (see [`Response::error_for_status`]).
     pub fn send(&self, req: &Request) -> Result<Response, Error> {
         let s = &*self.shared;
+        http::check_head(&req.method, &req.headers)?;
         let (url, path) = self.resolve(req)?;
         let (key, rates) = self.bucket_key(&req.method, &path);
         s.limiter
@@ -968,7 +1006,7 @@ impl Client {
             }
         }
         let started = Instant::now();
-        let budget_end = started + s.policy.max_quota_wait;
+        let budget_end = bounds::instant_after(started, s.policy.max_quota_wait);
         // A capped route: hold one of its slots for the whole call, retries included.
         let _slot = match s.routes.find(&req.method, &path) {
             Some(
@@ -1056,7 +1094,7 @@ impl Client {
                         });
                     }
                     if let Some(w) = wait {
-                        if Instant::now() + w > budget_end {
+                        if bounds::instant_after(Instant::now(), w) > budget_end {
                             last.attempts = attempt;
                             return Err(Error::Throttled(Box::new(last)));
                         }
@@ -1097,7 +1135,9 @@ impl Client {
                 d.retry_after = Some(wait);
                 Error::Throttled(Box::new(d))
             };
-            if s.hunting_policy == HuntingBudgetPolicy::Fail || Instant::now() + wait > budget_end {
+            if s.hunting_policy == HuntingBudgetPolicy::Fail
+                || bounds::instant_after(Instant::now(), wait) > budget_end
+            {
                 return Err(spent());
             }
             log::info!(
@@ -1252,7 +1292,7 @@ impl Client {
                 let learned = last
                     .message
                     .as_deref()
-                    .and_then(quota_from_message)
+                    .and_then(retry::learnable_quota)
                     .is_some_and(|(calls, window)| self.learn(key, calls, window));
                 last.retry_after = hint;
                 let pause = match (hint, learned) {
@@ -1316,6 +1356,9 @@ impl Client {
             .fetch_add(1, Ordering::Relaxed);
         if let Some(limit) = f.body_too_large {
             return Err(Error::BodyTooLarge(limit));
+        }
+        if f.invalid {
+            return Err(Error::InvalidArgument(f.message));
         }
         let mut d = ErrorDetails {
             attempts: attempt,

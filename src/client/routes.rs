@@ -66,6 +66,47 @@ impl Route {
     }
 }
 
+/// A request path as the server routes it: percent-escapes of unreserved characters
+/// decoded (`%72` is `r`; RFC 3986 6.2.2.2), empty segments collapsed (`//`), and dot
+/// segments resolved (`/a/./b/../c` is `/a/c`, never above the root; RFC 3986 5.2.4).
+/// Other escapes stay as they are. The path has no query.
+pub fn normalize_path(path: &str) -> String {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match escaped {
+            Some(b) if unreserved(b) => {
+                decoded.push(b);
+                i += 3;
+            }
+            _ => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII escapes were replaced by ASCII bytes: still UTF-8.
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
 fn is_wildcard(segment: &str) -> bool {
     segment == "*" || (segment.len() > 2 && segment.starts_with('{') && segment.ends_with('}'))
 }
@@ -350,9 +391,12 @@ impl RouteTable {
         }
     }
 
-    /// The route a request of `method` to `path` falls under, if any names it.
+    /// The route a request of `method` to `path` falls under, if any names it. The path is
+    /// compared as the server routes it ([`normalize_path`]): `/api/x/../advancedqueries/run`
+    /// and `/api//advancedqueries/%72un` are advanced hunting too.
     pub fn find(&self, method: &str, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(method, path))
+        let path = normalize_path(path);
+        self.routes.iter().find(|r| r.matches(method, &path))
     }
 
     /// Caps the calls under way at once of requests of `method` (any when `None`) to
@@ -378,6 +422,56 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn check_path(path: &str) {
+        let t = RouteTable::defender();
+        let normal = normalize_path(path);
+        assert!(normal.starts_with('/'), "{path:?} -> {normal:?}");
+        assert!(!normal[1..].contains("//"), "{path:?} -> {normal:?}");
+        assert!(
+            normal.split('/').all(|s| s != "." && s != ".."),
+            "{path:?} -> {normal:?}"
+        );
+        assert_eq!(normalize_path(&normal), normal, "not idempotent: {path:?}");
+        for method in ["GET", "POST", "PATCH"] {
+            assert_eq!(
+                t.lookup(method, path),
+                t.lookup(method, &normal),
+                "{path:?}"
+            );
+            assert_eq!(
+                super::super::is_hunting_query(method, path),
+                super::super::is_hunting_query(method, &normal),
+                "{path:?}"
+            );
+        }
+        Route::new(None, path, "x", Vec::new()).matches("GET", path);
+    }
+
+    #[test]
+    fn fuzz_request_path_corpus() {
+        for (_, path) in crate::fuzz::corpus_text("request-path") {
+            check_path(&path);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_request_paths(
+            parts in proptest::collection::vec(prop_oneof![
+                Just("/"), Just("."), Just(".."), Just("%"), Just("%2E"), Just("%2e"), Just("%2F"),
+                Just("%72"), Just("%7"), Just("api"), Just("advancedqueries"), Just("run"),
+                Just("machines"), Just("runliveresponse"), Just("{id}"), Just("*"), Just("é"),
+            ], 0..24),
+            noise in ".{0,12}",
+        ) {
+            check_path(&parts.concat());
+            check_path(&format!("{}{noise}", parts.concat()));
+        }
+    }
 
     #[test]
     fn requests_find_their_published_limits() {
@@ -400,6 +494,43 @@ mod tests {
         assert_eq!(
             t.lookup("GET", "/api/machines").1,
             default_rates().as_slice()
+        );
+    }
+
+    #[test]
+    fn paths_are_routed_as_the_server_reads_them() {
+        let t = RouteTable::defender();
+        // Each of these reaches advanced hunting on the server; all were once "default".
+        for path in [
+            "/api/advancedqueries/run",
+            "/api//advancedqueries/run",
+            "//api/advancedqueries//run/",
+            "/api/machines/../advancedqueries/run",
+            "/api/./advancedqueries/./run",
+            "/api/x/y/../../advancedqueries/run",
+            "/../../api/advancedqueries/run",
+            "/api/advancedqueries/%72un",
+            "/api/%61dvancedqueries/run",
+            "/%61%70%69/advancedqueries/run",
+            "/api/machines/%2E%2E/advancedqueries/run",
+            "/api/machines/%2e%2e/advancedqueries/run",
+            "/api/%2E/advancedqueries/run",
+        ] {
+            assert_eq!(t.lookup("POST", path).0, "hunting", "{path}");
+            assert!(super::super::is_hunting_query("POST", path), "{path}");
+        }
+        // Escapes of reserved characters are not separators.
+        assert_eq!(normalize_path("/api/a%2Fb"), "/api/a%2Fb");
+        assert_eq!(
+            t.lookup("POST", "/api%2Fadvancedqueries%2Frun").0,
+            DEFAULT_CLASS
+        );
+        assert_eq!(normalize_path("/a/%zz/%4"), "/a/%zz/%4");
+        assert_eq!(normalize_path("/Grüße/%C3%BC"), "/Grüße/%C3%BC");
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(
+            t.lookup("POST", "/api/machines/m1/../m2/runliveresponse").0,
+            "live_response"
         );
     }
 

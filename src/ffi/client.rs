@@ -8,11 +8,10 @@ use super::error::{
 use super::limiter::qg_limiter;
 use super::string::to_c_string;
 use crate::client::{
-    CertificateCredential, Client, ClientBuilder, Cloud, HuntingBudgetPolicy, Pages, Request,
+    CertificateCredential, Client, ClientBuilder, Cloud, HuntingBudgetPolicy, Items, Request,
     Response, Route, Secret, SignatureAlgorithm,
 };
 use crate::limiter::Rate;
-use std::collections::VecDeque;
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
@@ -72,8 +71,21 @@ pub struct qg_response {
 ///
 /// Not for use by several threads at once. Free it with `qg_pages_free`.
 pub struct qg_pages {
-    pages: Pages,
-    items: VecDeque<serde_json::Value>,
+    items: Items,
+}
+
+impl qg_pages {
+    /// `next`'s answer, or the failure that ended the run (given again, never `QG_DONE`),
+    /// or `None` after the last page.
+    fn step<T>(
+        &mut self,
+        next: impl FnOnce(&mut Items) -> Option<Result<T, crate::client::Error>>,
+    ) -> Result<Option<T>, FfiError> {
+        if let Some(e) = self.items.failure() {
+            return Err(e.clone().into());
+        }
+        Ok(next(&mut self.items).transpose()?)
+    }
 }
 
 fn builder<'a>(b: *mut qg_client_builder) -> Result<&'a mut qg_client_builder, FfiError> {
@@ -119,7 +131,9 @@ fn set_string(
 }
 
 /// Sets the API's base URL (default `https://api.securitycenter.microsoft.com`).
-/// Copied; `b` and `url` must not be NULL.
+/// Copied; `b` and `url` must not be NULL. `qg_client_builder_build` refuses a URL with a
+/// `user:password@`, and `http://` to a host that is not loopback unless
+/// `qg_client_builder_set_allow_insecure_http` allows it.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_builder_set_base_url(
     b: *mut qg_client_builder,
@@ -129,13 +143,36 @@ pub extern "C" fn qg_client_builder_set_base_url(
 }
 
 /// Sets the login authority (default `https://login.microsoftonline.com`).
-/// Copied; `b` and `url` must not be NULL.
+/// Copied; `b` and `url` must not be NULL. Checked by `qg_client_builder_build` as the
+/// base URL is.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_client_builder_set_authority(
     b: *mut qg_client_builder,
     url: *const c_char,
 ) -> qg_result {
     ffi_boundary! { set_string(b, url, "url", |x, v| x.authority(v)) }
+}
+
+/// Accepts `http://` base URLs and authorities on hosts that are not loopback when `allow`
+/// is 1; 0 (the default) refuses them. Plain HTTP to another host sends the client secret
+/// and every access token unencrypted over the network, so `qg_client_builder_build`
+/// fails with `QG_ERR_INVALID_ARGUMENT` (saying why) unless this is set, for instance
+/// behind a TLS-terminating proxy on a network you trust. `http://` to `localhost`,
+/// 127.0.0.0/8 or `::1` (the simulator) is always accepted. Another value of `allow` gives
+/// `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_allow_insecure_http(
+    b: *mut qg_client_builder,
+    allow: u32,
+) -> qg_result {
+    ffi_boundary! {
+        let allow = match allow {
+            0 => false,
+            1 => true,
+            other => return Err(FfiError::invalid(format!("allow must be 0 or 1, not {other}"))),
+        };
+        with_builder(b, |x| x.allow_insecure_http(allow))
+    }
 }
 
 /// Sets the cloud by name: `"commercial"` (the default), the commercial regions
@@ -310,15 +347,17 @@ pub extern "C" fn qg_client_builder_set_access_token(
 /// - A token longer than `token_len`: write the needed length to `*token_written` and
 ///   return `QG_ERR_BUFFER_TOO_SMALL`; the library calls again at once with a buffer at
 ///   least that large (up to 1 MiB).
-/// - A failure: return any other code (`QG_ERR_AUTH` fits). The function may first write a
-///   short UTF-8 description into `token_buf` and its length to `*token_written`; the
-///   failed call's last error text then includes it.
+/// - A failure: return any other code (`QG_ERR_AUTH` fits). The call fails with
+///   `QG_ERR_AUTH`, and the library neither reads nor quotes `token_buf` then (it may hold
+///   part of a token): keep the reason on your side, or log it.
 ///
 /// Threads: called from whichever thread sends a call while the cached token is missing,
 /// near its end (a fifth of its lifetime early, at most five minutes) or refused by the
 /// API (a 401): from any thread over time, but one call at a time per client, never two
-/// at once. Other threads keep using the current token or wait meanwhile, so the
-/// function must not send calls with the same client. `user_data` is passed as given.
+/// at once. Other threads keep using the current token or wait meanwhile. A call the
+/// function sends with the same client fails at once with `QG_ERR_REENTRANT_CALL`, since
+/// it would wait for the token being fetched; other clients, limiters and the simulator
+/// may be used. `user_data` is passed as given.
 pub type qg_token_fn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -354,7 +393,6 @@ impl HostTokenFn {
                     &mut expires_ms,
                 )
             };
-            let text = |n: usize| String::from_utf8_lossy(&buf[..n.min(len)]).into_owned();
             match code {
                 QG_OK if written > len => {
                     return Err("the token provider wrote past its buffer".into());
@@ -370,15 +408,9 @@ impl HostTokenFn {
                         "the token provider needs {written} bytes (at most {MAX})"
                     ));
                 }
-                code => {
-                    let why = text(written);
-                    let why = why.trim_end_matches('\0');
-                    return Err(if why.is_empty() {
-                        format!("the token provider returned {code}")
-                    } else {
-                        format!("the token provider returned {code}: {why}")
-                    });
-                }
+                // Never quoted: a provider that wrote its token and then failed would
+                // see the token in the error text.
+                code => return Err(format!("the token provider returned {code}")),
             }
         }
     }
@@ -498,6 +530,17 @@ pub extern "C" fn qg_client_builder_set_max_body_bytes(
     n: u64,
 ) -> qg_result {
     ffi_boundary! { with_builder(b, |x| x.max_body(n)) }
+}
+
+/// Sets the most pages one paging run (`qg_client_pages`) follows (default 100000; at
+/// least 1); past it `qg_pages_next` and `qg_pages_next_item` fail with `QG_ERR_PAGING`.
+/// `b` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_max_pages(b: *mut qg_client_builder, n: u64) -> qg_result {
+    ffi_boundary! {
+        if n == 0 { return Err(FfiError::invalid("max_pages must be at least 1")); }
+        with_builder(b, |x| x.max_pages(n))
+    }
 }
 
 /// Sets the attempts per call, the first included (default 8; at least 1).
@@ -733,7 +776,9 @@ pub extern "C" fn qg_request_add_query(
 }
 
 /// Sets a header, replacing one of the same name (case-insensitive). The client sets
-/// `Authorization` itself. No NULL.
+/// `Authorization` itself. A name that is not an RFC 9110 token, or a value with a control
+/// character other than tab, gives `QG_ERR_INVALID_ARGUMENT` here (the wire would refuse
+/// it). No NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_request_set_header(
     r: *mut qg_request,
@@ -742,12 +787,7 @@ pub extern "C" fn qg_request_set_header(
 ) -> qg_result {
     ffi_boundary! {
         let (n, v) = (unsafe { try_str(name, "name") }?, unsafe { try_str(value, "value") }?);
-        if n.is_empty() || n.bytes().any(|b| b <= b' ' || b == b':' || b >= 0x7f) {
-            return Err(FfiError::invalid(format!("{n:?} is not a header name")));
-        }
-        if v.bytes().any(|b| b == b'\r' || b == b'\n') {
-            return Err(FfiError::invalid("a header value must not contain line breaks"));
-        }
+        crate::client::check_header(n, v)?;
         unsafe { try_mut(r, "request") }?.request.set_header(n, v);
         Ok(())
     }
@@ -961,15 +1001,20 @@ pub extern "C" fn qg_client_pages(
         let c = unsafe { try_ref(c, "client") }?;
         let first = unsafe { try_ref(first, "request") }?;
         let out = OutPtr::new(out, "out")?;
-        out.write(to_box(qg_pages { pages: c.client.pages(&first.request), items: VecDeque::new() }));
+        out.write(to_box(qg_pages { items: c.client.items(&first.request) }));
         Ok(())
     }
 }
 
 /// Fetches the next page: `QG_OK` and a response in `*out` (free with
 /// `qg_response_free`), `QG_DONE` after the last page, or a failure as in
-/// `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`. Blocks like
-/// `qg_client_send`. No NULL.
+/// `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`, and
+/// `QG_ERR_PAGING` when a next link leads back to a page already fetched or the list has
+/// more pages than `qg_client_builder_set_max_pages` allows. A failure ends the run:
+/// every later call returns the same failure again (with its last error text), never
+/// `QG_DONE`, so a loop that stops at the first result other than `QG_OK` can tell a
+/// complete list (`QG_DONE`) from a partial one. Blocks like `qg_client_send`, and stops
+/// at the request's `qg_request_cancel`. No NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_pages_next(p: *mut qg_pages, out: *mut *mut qg_response) -> qg_result {
     let done = std::cell::Cell::new(false);
@@ -977,18 +1022,22 @@ pub extern "C" fn qg_pages_next(p: *mut qg_pages, out: *mut *mut qg_response) ->
     let code = ffi_boundary! {
         let p = unsafe { try_mut(p, "pages") }?;
         let out = OutPtr::new(out, "out")?;
-        match p.pages.next_page() {
-            None => { done_ref.set(true); Ok(()) }
-            Some(r) => { out.write(to_box(qg_response { response: r?.0 })); Ok(()) }
+        match p.step(|items| items.pages_mut().next_page())? {
+            None => done_ref.set(true),
+            Some((response, _)) => out.write(to_box(qg_response { response })),
         }
+        Ok(())
     };
     if done.get() { QG_DONE } else { code }
 }
 
 /// Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
 /// (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
-/// Failures as in `qg_pages_next`. Do not mix with `qg_pages_next` on the same pages.
-/// No NULL.
+/// Failures as in `qg_pages_next`, and the same failure again on every later call. One
+/// call may fetch several pages when pages hold no items; it stops at the request's
+/// `qg_request_cancel`, and with `QG_ERR_TIMEOUT` once the client's quota-wait budget
+/// (`qg_client_builder_set_max_quota_wait_ms`) has passed between such pages. Do not mix
+/// with `qg_pages_next` on the same pages. No NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_pages_next_item(p: *mut qg_pages, item_json: *mut *mut c_char) -> qg_result {
     let done = std::cell::Cell::new(false);
@@ -996,19 +1045,11 @@ pub extern "C" fn qg_pages_next_item(p: *mut qg_pages, item_json: *mut *mut c_ch
     let code = ffi_boundary! {
         let p = unsafe { try_mut(p, "pages") }?;
         let out = OutPtr::new(item_json, "item_json")?;
-        loop {
-            if let Some(item) = p.items.pop_front() {
-                out.write(to_c_string(item.to_string())?);
-                return Ok(());
-            }
-            match p.pages.next_page() {
-                None => { done_ref.set(true); return Ok(()); }
-                Some(r) => match r?.1.get_mut("value").map(serde_json::Value::take) {
-                    Some(serde_json::Value::Array(items)) => p.items.extend(items),
-                    _ => return Err(FfiError::invalid("a page has no \"value\" array")),
-                },
-            }
+        match p.step(Iterator::next)? {
+            None => done_ref.set(true),
+            Some(item) => out.write(to_c_string(item.to_string())?),
         }
+        Ok(())
     };
     if done.get() { QG_DONE } else { code }
 }
@@ -1128,13 +1169,14 @@ mod tests {
             (token.expose(), lifetime),
             (long.as_str(), Duration::from_secs(60))
         );
-        let failing = "fail: the vault is sealed".to_string();
+        // The buffer of a failed call may hold a token: it never reaches the error text.
+        let failing = "fail-after-writing-the-token eyJ0eXAi.secret".to_string();
         let host = HostTokenFn {
             callback: provide,
             user_data: &failing as *const String as usize,
         };
         let e = host.call().unwrap_err();
-        assert!(e.ends_with("303: fail: the vault is sealed"), "{e}");
+        assert_eq!(e, "the token provider returned 303");
         let b = new_builder();
         assert_eq!(
             qg_client_builder_set_token_provider(b, None, std::ptr::null_mut()),

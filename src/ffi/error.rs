@@ -33,6 +33,10 @@ pub const QG_DONE: qg_result = 105;
 /// `qg_version_compatible`: the library does not serve a caller built against that
 /// header version (another ABI series, or a library older than the header).
 pub const QG_ERR_VERSION_MISMATCH: qg_result = 106;
+/// A call from inside one of the library's callbacks would wait for the very call that
+/// runs the callback: a token provider sending with the client it provides tokens for,
+/// a log callback calling `qg_set_logger`. It fails at once instead.
+pub const QG_ERR_REENTRANT_CALL: qg_result = 107;
 
 // 2xx: the limiter.
 /// The deadline passed, or could not be met, before the quota admitted the call.
@@ -67,6 +71,9 @@ pub const QG_ERR_THROTTLED: qg_result = 302;
 pub const QG_ERR_AUTH: qg_result = 303;
 /// The answer's body is larger than the configured limit.
 pub const QG_ERR_BODY_TOO_LARGE: qg_result = 304;
+/// Paging stopped: an `@odata.nextLink` led back to a page already fetched, or the list
+/// had more pages than `qg_client_builder_set_max_pages` allows.
+pub const QG_ERR_PAGING: qg_result = 305;
 
 // 4xx: the simulator.
 /// The simulator could not start (the port is taken, ...).
@@ -145,6 +152,8 @@ impl From<client::Error> for FfiError {
             E::Closed => QG_ERR_CLOSED,
             E::InvalidArgument(_) => QG_ERR_INVALID_ARGUMENT,
             E::Store(_) => QG_ERR_STORE,
+            E::Paging(_) => QG_ERR_PAGING,
+            E::Reentrant(_) => QG_ERR_REENTRANT_CALL,
         };
         Self {
             code,
@@ -234,8 +243,10 @@ pub(crate) fn copy_out_checked(
 /// Copies the text of the calling thread's last failure into `buf` as a NUL-terminated
 /// UTF-8 string, and its length (without the NUL) into `*written`.
 ///
-/// The text stays until the next failure on the same thread; with no failure yet it is
-/// empty. Calling this function never changes it.
+/// The text is meaningful only right after a function returned a failure on this thread:
+/// successful calls do not clear it, so read after a success it still describes an
+/// earlier failure. It stays until the next failure on the same thread; with no failure
+/// yet it is empty. Calling this function never changes it.
 ///
 /// Returns `QG_OK`; `QG_ERR_NULL_ARGUMENT` when `written` is NULL, or `buf` is NULL while
 /// `len` is not 0; `QG_ERR_BUFFER_TOO_SMALL` when `len` cannot hold the text and its NUL:
@@ -262,7 +273,8 @@ pub extern "C" fn qg_last_error_message(
 /// Details exist after client calls that reached the server (HTTP status, the server's
 /// code, message and correlation id, request id, Retry-After, attempts); a detail that
 /// is unknown gives an empty string. An unknown field gives `QG_ERR_INVALID_ARGUMENT`.
-/// Calling this function never changes the last error.
+/// Like the text, the details are meaningful only right after a failure: successful
+/// calls do not clear them. Calling this function never changes the last error.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_last_error_detail(
     field: u32,
@@ -303,11 +315,13 @@ pub extern "C" fn qg_result_str(code: qg_result) -> *const c_char {
         QG_ERR_NOT_FOUND => b"not found\0",
         QG_DONE => b"no more pages or items\0",
         QG_ERR_VERSION_MISMATCH => b"the library does not serve this header version\0",
+        QG_ERR_REENTRANT_CALL => b"called from inside one of the library's callbacks\0",
         QG_ERR_HTTP_STATUS => b"the server answered with an error status\0",
         QG_ERR_TRANSPORT => b"the connection failed or the outcome is unknown\0",
         QG_ERR_THROTTLED => b"still throttled when the quota budget ran out\0",
         QG_ERR_AUTH => b"no access token could be obtained\0",
         QG_ERR_BODY_TOO_LARGE => b"the answer's body is larger than the limit\0",
+        QG_ERR_PAGING => b"paging stopped: the links loop or the page limit was reached\0",
         QG_ERR_IO => b"an input/output operation failed\0",
         _ => b"unknown result code\0",
     };

@@ -1,14 +1,17 @@
 //! Hands the library's log records (waits, retries, pauses, token refreshes) to a
 //! callback of the host, so that bindings can show them in their own logging.
 
-use super::error::{FfiError, qg_result};
+use super::error::{FfiError, QG_ERR_REENTRANT_CALL, qg_result};
 use parking_lot::RwLock;
+use std::cell::Cell;
 use std::ffi::{CString, c_char, c_void};
 
 /// A log callback: `level` is one of `QG_LOG_*`, `message` a NUL-terminated UTF-8 string
 /// valid only during the call, `user_data` what was given to `qg_set_logger`. It may be
-/// called from any thread, at any time until `qg_set_logger(NULL, ...)` returns; it must
-/// not call back into the library's logging setup.
+/// called from any thread, at any time until `qg_set_logger(NULL, ...)` returns. It may
+/// call the library, but records logged meanwhile on the same thread are dropped (no
+/// callback runs inside itself), and `qg_set_logger` fails there with
+/// `QG_ERR_REENTRANT_CALL`.
 pub type qg_log_fn =
     Option<unsafe extern "C" fn(level: u32, message: *const c_char, user_data: *mut c_void)>;
 
@@ -30,6 +33,27 @@ struct Sink {
 }
 
 static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+
+thread_local! {
+    /// Set while this thread runs the host's log callback: a record logged meanwhile would
+    /// take the sink's lock again, which a waiting `qg_set_logger` makes a deadlock.
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears `IN_CALLBACK` however the callback ends.
+struct InCallback;
+
+impl InCallback {
+    fn enter() -> Option<Self> {
+        (!IN_CALLBACK.with(|c| c.replace(true))).then_some(InCallback)
+    }
+}
+
+impl Drop for InCallback {
+    fn drop(&mut self) {
+        IN_CALLBACK.with(|c| c.set(false));
+    }
+}
 
 struct Forwarder;
 
@@ -64,6 +88,9 @@ impl log::Log for Forwarder {
             return;
         };
         let level = record.level() as u32; // Error = 1 ... Trace = 5, as QG_LOG_*.
+        let Some(_inside) = InCallback::enter() else {
+            return;
+        };
         if let Some(s) = SINK.read().as_ref() {
             unsafe { (s.callback)(level, text.as_ptr(), s.user_data as *mut c_void) };
         }
@@ -76,8 +103,9 @@ impl log::Log for Forwarder {
 /// to `callback` with `user_data`; NULL `callback` stops. Replaces an earlier callback.
 ///
 /// Returns `QG_ERR_INVALID_ARGUMENT` for an unknown level, or when the process already
-/// routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one).
-/// Thread-safe.
+/// routes Rust logging elsewhere (a Rust host with its own `log` logger: use that one);
+/// `QG_ERR_REENTRANT_CALL` when called from inside the log callback (it would wait for
+/// that very callback to end). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_set_logger(
     callback: qg_log_fn,
@@ -86,6 +114,9 @@ pub extern "C" fn qg_set_logger(
 ) -> qg_result {
     let user_data = user_data as usize;
     ffi_boundary! {
+        if IN_CALLBACK.with(Cell::get) {
+            return Err(FfiError::new(QG_ERR_REENTRANT_CALL, "qg_set_logger was called from inside the log callback, which it would wait for; call it from elsewhere"));
+        }
         let level = to_level(max_level).ok_or_else(|| FfiError::invalid(format!("unknown log level {max_level}")))?;
         static INSTALLED: once_cell::sync::OnceCell<bool> = once_cell::sync::OnceCell::new();
         let ours = *INSTALLED.get_or_init(|| log::set_logger(&FORWARDER).is_ok());

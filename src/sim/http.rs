@@ -316,6 +316,45 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Reads every request `bytes` holds: never a panic, always an end.
+    fn check_requests(bytes: &[u8]) {
+        let mut reader = io::BufReader::with_capacity(7, bytes);
+        for _ in 0..=bytes.len() {
+            match read_request(&mut reader, &mut Vec::new(), 64) {
+                Ok(Some(r)) => assert!(r.body.len() <= 64),
+                Ok(None) | Err(_) => return,
+            }
+        }
+        panic!(
+            "more requests than bytes in {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    #[test]
+    fn fuzz_sim_request_corpus() {
+        for (_, bytes) in crate::fuzz::corpus("sim-request") {
+            check_requests(&bytes);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_sim_requests(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            head in "(GET|POST|[A-Z]{0,6}) [ -~]{0,30} HTTP/1\\.[01]\r\n",
+            headers in proptest::collection::vec(
+                "(Content-Length|Transfer-Encoding|Expect|Connection|X)(:| :|:  )[ -~]{0,24}\r\n", 0..5),
+            body in "[0-9a-fA-F\r\n;x]{0,60}",
+        ) {
+            check_requests(&bytes);
+            check_requests(format!("{head}{}\r\n{body}", headers.concat()).as_bytes());
+        }
+    }
 
     fn read(bytes: &[u8], max_body: u64) -> (Result<Option<Request>, ReadError>, Vec<u8>) {
         let mut interim = Vec::new();

@@ -33,6 +33,7 @@ namespace QuotaGate.Interop
         public const uint NotFound = 104;
         public const uint Done = 105;
         public const uint VersionMismatch = 106;
+        public const uint ReentrantCall = 107;
         public const uint Timeout = 200;
         public const uint WouldBlock = 201;
         public const uint Cancelled = 202;
@@ -46,6 +47,7 @@ namespace QuotaGate.Interop
         public const uint Throttled = 302;
         public const uint Auth = 303;
         public const uint BodyTooLarge = 304;
+        public const uint Paging = 305;
         public const uint Io = 400;
 
         /// <summary>The library's static description of a code.</summary>
@@ -112,6 +114,11 @@ namespace QuotaGate.Interop
     public class QuotaGateException : Exception
     {
         public QuotaGateException(uint code, string message) : base(message)
+        {
+            Code = code;
+        }
+
+        public QuotaGateException(uint code, string message, Exception inner) : base(message, inner)
         {
             Code = code;
         }
@@ -496,8 +503,9 @@ namespace QuotaGate.Interop
             }
         }
 
-        /// <summary>The exception for a failed call, built from the thread's last error.</summary>
-        public static QuotaGateException Error(uint code, bool withDetails)
+        /// <summary>The exception for a failed call, built from the thread's last error;
+        /// <paramref name="cause"/> (the token provider's exception) adds its message.</summary>
+        public static QuotaGateException Error(uint code, bool withDetails, Exception cause = null)
         {
             // The message first: reading details never replaces it, but be safe.
             string message = LastErrorMessage();
@@ -505,7 +513,12 @@ namespace QuotaGate.Interop
             {
                 message = ResultCode.Describe(code);
             }
-            var e = new QuotaGateException(code, message);
+            if (cause != null)
+            {
+                Exception inner = cause.GetBaseException() ?? cause;
+                message += ": " + (string.IsNullOrEmpty(inner.Message) ? inner.GetType().Name : inner.Message);
+            }
+            var e = new QuotaGateException(code, message, cause);
             if (withDetails)
             {
                 e.SetDetails(LastErrorDetail);
@@ -763,6 +776,8 @@ namespace QuotaGate.Interop
         public static extern uint qg_client_builder_set_base_url(ClientBuilderHandle b, byte[] url);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_authority(ClientBuilderHandle b, byte[] url);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_allow_insecure_http(ClientBuilderHandle b, uint allow);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_tenant_id(ClientBuilderHandle b, byte[] tenantId);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -1516,7 +1531,6 @@ namespace QuotaGate.Interop
         // The library asks again "at once" after BUFFER_TOO_SMALL; a token kept longer than
         // this is fetched anew rather than reused.
         const long PendingMaxAgeMs = 5000;
-        const int MaxReasonBytes = 512;
         static readonly UTF8Encoding StrictUtf8 = new UTF8Encoding(false, true);
 
         readonly Func<Tuple<string, double>> source;
@@ -1573,6 +1587,7 @@ namespace QuotaGate.Interop
                         Marshal.Copy(pending, 0, tokenBuf, pending.Length);
                         WriteSize(tokenWritten, (ulong)pending.Length);
                         Marshal.WriteInt64(expiresInMs, (long)pendingExpiresMs);
+                        LastError = null;
                     }
                     finally
                     {
@@ -1589,8 +1604,9 @@ namespace QuotaGate.Interop
                     {
                         Forget();
                     }
+                    // The library never reads the buffer of a failed call: the reason
+                    // travels on this side, in LastError.
                     LastError = e;
-                    WriteReason(e, tokenBuf, tokenLen, tokenWritten);
                 }
                 catch (Exception)
                 {
@@ -1651,29 +1667,6 @@ namespace QuotaGate.Interop
                 Marshal.WriteInt32(p, (int)value);
             }
         }
-
-        static void WriteReason(Exception e, IntPtr buf, UIntPtr len, IntPtr written)
-        {
-            if (buf == IntPtr.Zero || written == IntPtr.Zero)
-            {
-                return;
-            }
-            Exception inner = e.GetBaseException() ?? e;
-            string text = inner.Message;
-            if (string.IsNullOrEmpty(text))
-            {
-                text = inner.GetType().Name;
-            }
-            byte[] bytes = new UTF8Encoding(false, false).GetBytes(text);
-            int n = (int)Math.Min((ulong)Math.Min(bytes.Length, MaxReasonBytes), len.ToUInt64());
-            // Cut on a character boundary: never leave half a UTF-8 sequence.
-            while (n > 0 && n < bytes.Length && (bytes[n] & 0xC0) == 0x80)
-            {
-                n--;
-            }
-            Marshal.Copy(bytes, 0, buf, n);
-            WriteSize(written, (ulong)n);
-        }
     }
 
     /// <summary>Everything a client can be built with; unset values keep the library's defaults.</summary>
@@ -1712,6 +1705,8 @@ namespace QuotaGate.Interop
 
         public string BaseUrl { get; set; }
         public string Authority { get; set; }
+        /// <summary>Accept http:// to a host that is not loopback (the secret and tokens then cross the network unencrypted).</summary>
+        public bool AllowInsecureHttp { get; set; }
         public string TenantId { get; set; }
         public string ClientId { get; set; }
         public SecureString ClientSecret { get; set; }
@@ -1962,6 +1957,7 @@ namespace QuotaGate.Interop
                 SetText(b, NativeMethods.qg_client_builder_set_cloud, options.Cloud, "Cloud");
                 SetText(b, NativeMethods.qg_client_builder_set_base_url, options.BaseUrl, "BaseUrl");
                 SetText(b, NativeMethods.qg_client_builder_set_authority, options.Authority, "Authority");
+                Native.Check(NativeMethods.qg_client_builder_set_allow_insecure_http(b, options.AllowInsecureHttp ? 1u : 0u));
                 SetText(b, NativeMethods.qg_client_builder_set_tenant_id, options.TenantId, "TenantId");
                 SetText(b, NativeMethods.qg_client_builder_set_client_id, options.ClientId, "ClientId");
                 SetSecret(b, NativeMethods.qg_client_builder_set_client_secret, options.ClientSecret, "ClientSecret");
@@ -2229,13 +2225,15 @@ namespace QuotaGate.Interop
             }
         }
 
-        static void ThrowClient(uint rc, CancellationToken token)
+        void ThrowClient(uint rc, CancellationToken token)
         {
             if (rc == ResultCode.Ok)
             {
                 return;
             }
-            QuotaGateException e = Native.Error(rc, true);
+            // A failed token provider's reason never passes through the library.
+            Exception cause = rc == ResultCode.Auth && tokenProvider != null ? tokenProvider.LastError : null;
+            QuotaGateException e = Native.Error(rc, true, cause);
             if (rc == ResultCode.Cancelled && token.IsCancellationRequested)
             {
                 throw new OperationCanceledException(e.Message, e, token);

@@ -353,6 +353,12 @@ Default: https://api.securitycenter.microsoft.com.
 The login authority. Default: https://login.microsoftonline.com, or the -Cloud's
 (https://login.microsoftonline.us for gcc-high and dod).
 
+.PARAMETER AllowInsecureHttp
+Accept http:// for -BaseUrl or -Authority on a host that is not loopback. The client
+secret and every token then cross the network unencrypted, so this is refused without
+the switch; use it only behind a TLS-terminating proxy on a network you trust. http:// to
+localhost, 127.0.0.0/8 or ::1 (the simulator) needs no switch.
+
 .PARAMETER TimeoutSec
 The time limit of one HTTP exchange, in seconds (default 300).
 
@@ -470,6 +476,8 @@ function Connect-QgDefender {
         [ValidateNotNullOrEmpty()]
         [string]$Authority,
 
+        [switch]$AllowInsecureHttp,
+
         [ValidateRange(1, 86400)]
         [int]$TimeoutSec,
 
@@ -545,6 +553,7 @@ function Connect-QgDefender {
     if ($PSBoundParameters.ContainsKey('Cloud')) { $options.Cloud = $Cloud }
     if ($PSBoundParameters.ContainsKey('BaseUrl')) { $options.BaseUrl = $BaseUrl }
     if ($PSBoundParameters.ContainsKey('Authority')) { $options.Authority = $Authority }
+    $options.AllowInsecureHttp = [bool]$AllowInsecureHttp
     if ($PSBoundParameters.ContainsKey('TimeoutSec')) { $options.TimeoutMs = [uint64]$TimeoutSec * 1000 }
     if ($PSBoundParameters.ContainsKey('MaxAttempts')) { $options.MaxAttempts = [uint32]$MaxAttempts }
     if ($PSBoundParameters.ContainsKey('MaxQuotaWaitSec')) { $options.MaxQuotaWaitMs = [uint64]$MaxQuotaWaitSec * 1000 }
@@ -554,7 +563,8 @@ function Connect-QgDefender {
     try {
         $client = [QuotaGate.Interop.Client]::new($options)
     } catch {
-        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $(if ($options.BaseUrl) { $options.BaseUrl } else { $options.Cloud })))
+        # The target names the cloud, never a URL: a refused one may carry a password.
+        $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $options.Cloud))
     }
     # The previous default is not closed: a script may still hold it for another tenant.
     $script:DefaultClient = $client

@@ -142,6 +142,19 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
         $err.Exception.Message | Should -Not -BeNullOrEmpty
     }
 
+    It 'refuses http:// off loopback without -AllowInsecureHttp, and never shows a password' {
+        $err = { Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'http://api.example.com' } |
+            Should -Throw -PassThru
+        $err.Exception.Message | Should -BeLike '*not a loopback host*allow_insecure_http*'
+        $client = Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'http://api.example.com' -AllowInsecureHttp
+        $client | Should -Not -BeNullOrEmpty
+        Disconnect-QgDefender
+        $err = { Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'https://me:hunter2@api.example.com' } |
+            Should -Throw -PassThru
+        $err.Exception.Message | Should -BeLike '*user name or password*'
+        ($err | Out-String) | Should -Not -BeLike '*hunter2*'
+    }
+
     It 'leaves the session without a client after Disconnect-QgDefender' {
         Connect-QgDefender -Simulator $script:Sim | Out-Null
         Disconnect-QgDefender

@@ -124,6 +124,53 @@ def test_pages_yield_responses() -> None:
         assert all(p.status_code == 200 for p in pages)
 
 
+def test_the_page_limit_ends_a_run_with_paging_error() -> None:
+    with Simulator(machines=123) as sim, make_client(sim, max_pages=3) as client:
+        items = []
+        with pytest.raises(quotagate.PagingError) as info:
+            for item in client.paginate("/api/machines", params={"$top": 10}):
+                items.append(item)
+        assert len(items) == 30
+        assert "more than 3 pages" in str(info.value)
+        assert info.value.result == quotagate._native.QG_ERR_PAGING
+    with pytest.raises(ValueError):
+        Client(access_token="t", base_url="http://127.0.0.1:9", max_pages=0)
+
+
+def test_a_next_link_to_the_same_page_raises_instead_of_looping() -> None:
+    import http.server
+    import json
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            host, port = self.server.server_address[:2]
+            body = json.dumps(
+                {"value": [1], "@odata.nextLink": f"http://{host}:{port}/api/machines"}
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with Client(access_token="a-token", base_url=url, timeout=5) as client:
+            pages = client.pages("/api/machines")
+            assert next(pages).status_code == 200
+            with pytest.raises(quotagate.PagingError) as info:
+                next(pages)
+            assert "already fetched" in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_abandoned_generator_frees_its_pages(client: Client) -> None:
     items = client.paginate("/api/machines", params={"$top": 5})
     assert next(items)["id"]

@@ -79,6 +79,10 @@ def test_a_closed_limiter_cannot_be_shared() -> None:
         (("GET", "/api/machines"), {"headers": {"a": 1}}, TypeError),
         (("GET", "/api/machines"), {"headers": {"a:b": "c"}}, ValueError),
         (("GET", "/api/machines"), {"headers": {"a": "b\r\nc: d"}}, ValueError),
+        (("GET", "/api/machines"), {"headers": {"X(A": "c"}}, quotagate.InvalidArgumentError),
+        (("GET", "/api/machines"), {"headers": {"a": "b\x01c"}}, quotagate.InvalidArgumentError),
+        (("GET", "/api/machines"), {"headers": {"a": "b\x7fc"}}, quotagate.InvalidArgumentError),
+        (("GET", "/api/machines#x"), {"params": {"$top": 1}}, quotagate.InvalidArgumentError),
         (("POST", "/api/x"), {"json": {"a": 1}, "data": b"x"}, ValueError),
         (("POST", "/api/x"), {"json": {"a": object()}}, TypeError),
         (("POST", "/api/x"), {"json": math.nan}, ValueError),
@@ -150,3 +154,20 @@ def test_a_taken_port_is_an_os_error() -> None:
         with pytest.raises(quotagate.NativeIOError) as info:
             Simulator(port=taken.getsockname()[1])
         assert isinstance(info.value, OSError)
+
+
+@pytest.mark.parametrize(
+    "headers", [{"X(A": "v"}, {"X-Test": "a\x01b"}, {"X-Test": "a\x7fb"}, {"X Test": "v"}]
+)
+def test_headers_the_wire_refuses_cost_no_quota(headers: Dict[str, str]) -> None:
+    from quotagate.testing import Simulator
+
+    with Simulator() as sim:
+        with Client(
+            sim.tenant_id, sim.client_id, sim.client_secret,
+            base_url=sim.url, authority=sim.authority,
+        ) as c:  # fmt: skip
+            with pytest.raises(quotagate.InvalidArgumentError):
+                c.get("/api/machines", headers=headers)
+            assert c.stats()["requests"] == 0
+        assert sim.stats()["requests"] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, List, Tuple
@@ -275,3 +276,21 @@ def test_issue_token_fails_once_stopped() -> None:
     s.stop()
     with pytest.raises(quotagate.ClosedError):
         s.issue_token()
+
+
+def test_a_provider_that_uses_its_own_client_fails_instead_of_hanging(sim: Simulator) -> None:
+    clients: List[Client] = []
+
+    def provider() -> Tuple[str, float]:
+        clients[0].get("/api/machines")  # would wait for the token being fetched
+        return sim.issue_token(), 60
+
+    with Client(token_provider=provider, base_url=sim.url, timeout=5) as c:
+        clients.append(c)
+        started = time.monotonic()
+        with pytest.raises(quotagate.AuthError) as info:
+            c.get("/api/machines")
+        assert time.monotonic() - started < 5
+    assert isinstance(info.value.__cause__, quotagate.ReentrantCallError)
+    assert "ReentrantCallError" in str(info.value)
+

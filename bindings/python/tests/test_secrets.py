@@ -63,3 +63,39 @@ def test_failed_calls_never_show_the_secret() -> None:
 def test_the_client_redacts_its_secrets_from_library_texts() -> None:
     with Client("t", "c", SECRET, base_url="http://127.0.0.1:9") as c:
         assert c._redact(f"token request with {SECRET} failed") == "token request with *** failed"
+
+
+@requires_client
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"base_url": "http://api.example.com"},
+        {"base_url": "https://api.example.com", "authority": "http://login.example.com"},
+    ],
+)
+def test_plain_http_off_loopback_needs_allow_insecure_http(kwargs: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(quotagate.InvalidArgumentError) as info:
+        Client("t", "c", SECRET, **kwargs)
+    text = str(info.value)
+    assert "not a loopback host" in text and "allow_insecure_http" in text, text
+    with Client("t", "c", SECRET, allow_insecure_http=True, **kwargs) as c:
+        assert not c.closed
+    with pytest.raises(TypeError):
+        Client("t", "c", SECRET, allow_insecure_http=1, **kwargs)  # type: ignore[arg-type]
+
+
+@requires_client
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"base_url": "https://admin:hunter2@api.example.com"},
+        {"base_url": "http://admin:hunter2@127.0.0.1:9"},
+        {"authority": "https://admin:hun/ter2@login.example.com"},
+    ],
+)
+def test_user_information_in_urls_is_refused_and_never_shown(kwargs: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(quotagate.InvalidArgumentError) as info:
+        Client("t", "c", SECRET, **kwargs)
+    text = str(info.value) + repr(info.value)
+    assert "user name or password" in text, text
+    assert "hunter2" not in text and "ter2" not in text and "admin" not in text, text

@@ -22,7 +22,7 @@ Examples:
 
 Exit codes:
   0  success
-  1  the server answered with an error status
+  1  the server answered with an error status, or paging could not go on
   2  usage or configuration error, including missing credentials
   3  still throttled when the quota budget (--max-wait, --max-attempts) ran out
   4  transport failure or timeout
@@ -64,6 +64,12 @@ pub struct Args {
     /// The login authority that issues tokens.
     #[arg(long, env = "QUOTAGATE_AUTHORITY", default_value = DEFAULT_AUTHORITY)]
     authority: String,
+
+    /// Accept http:// for a base URL or authority that is not a loopback host. The client
+    /// secret and tokens then cross the network unencrypted: only behind a TLS-terminating
+    /// proxy on a network you trust.
+    #[arg(long)]
+    allow_insecure_http: bool,
 
     /// The time limit of one HTTP exchange, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300.0, value_parser = crate::positive)]
@@ -132,6 +138,12 @@ fn credentials() -> Result<Credentials, Failure> {
     }
 }
 
+/// A flag's seconds as a duration; a number too large for one is a usage error.
+fn seconds(secs: f64, flag: &str) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| Failure::usage(format!("{flag} {secs} is too large a number of seconds")))
+}
+
 /// The body of `--data`: inline JSON, `@file` or `@-`; it must parse as JSON.
 fn body(data: &str) -> Result<serde_json::Value, Failure> {
     let text = match data.strip_prefix('@') {
@@ -162,10 +174,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let client = Client::builder()
         .base_url(&args.base_url)
         .authority(&args.authority)
+        .allow_insecure_http(args.allow_insecure_http)
         .credentials(credentials)
-        .timeout(Duration::from_secs_f64(args.timeout))
-        .connect_timeout(Duration::from_secs_f64(args.timeout.min(10.0)))
-        .max_quota_wait(Duration::from_secs_f64(args.max_wait))
+        .timeout(seconds(args.timeout, "--timeout")?)
+        .connect_timeout(seconds(args.timeout.min(10.0), "--timeout")?)
+        .max_quota_wait(seconds(args.max_wait, "--max-wait")?)
         .max_attempts(args.max_attempts);
     let client = match &args.store {
         Some(url) => client.store(url),

@@ -2,7 +2,8 @@
 
 use quotagate::client::Error;
 
-/// The server answered with an error status; the demo's checks failed.
+/// The server answered with an error status, or paging could not go on (links that loop,
+/// more pages than the limit); the demo's checks failed.
 pub const HTTP: u8 = 1;
 /// A usage or configuration error (clap uses the same code for bad flags).
 pub const USAGE: u8 = 2;
@@ -38,10 +39,10 @@ impl Failure {
 /// The exit code of a client error.
 pub fn code_of(e: &Error) -> u8 {
     match e {
-        Error::Http(_) => HTTP,
+        Error::Http(_) | Error::Paging(_) => HTTP,
         Error::Throttled(_) => THROTTLED,
         Error::Auth(..) => AUTH,
-        Error::InvalidArgument(_) => USAGE,
+        Error::InvalidArgument(_) | Error::Reentrant(_) => USAGE,
         Error::Store(_) => STORE,
         Error::Transport(..)
         | Error::Timeout(..)

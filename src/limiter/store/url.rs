@@ -63,13 +63,19 @@ fn invalid(message: String) -> StoreError {
     StoreError::new(StoreErrorKind::Invalid, message)
 }
 
-/// `url` with any password replaced by `***`, for messages.
+/// `url` with any user name and password replaced by `***`, for messages: everything from
+/// the scheme's `//` to the last `@`. A password may hold a raw `/`, `?` or `#` (the URL
+/// is then malformed, but its secret still must not show), so the authority is not cut at
+/// them; an `@` later in the URL only hides more than needed.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    if rest.starts_with('/') {
+        // No authority at all (file:///path): nothing to hide.
+        return url.to_string();
+    }
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
         None => url.to_string(),
     }
@@ -208,6 +214,51 @@ impl StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Parsing never panics, and neither the redacted URL nor a parse error shows the
+    /// password of a Redis URL.
+    fn check_store_url(url: &str, password: Option<&str>) {
+        let parsed = StoreConfig::parse(url);
+        let shown = redact(url);
+        if let Some(pw) = password {
+            assert!(!shown.contains(pw), "{url:?} shown as {shown:?}");
+            if let Err(e) = &parsed {
+                assert!(!e.message.contains(pw), "{url:?}: {}", e.message);
+            }
+            if let Ok(c) = &parsed {
+                assert!(!format!("{c:?}").contains(pw), "{url:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_store_url_corpus() {
+        for (_, url) in crate::fuzz::corpus_text("store-url") {
+            check_store_url(&url, None);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_store_urls(
+            url in prop_oneof![
+                any::<String>(),
+                "(file|redis|rediss)://[a-z0-9:/@?#=&%._-]{0,40}",
+            ],
+            scheme in prop_oneof![Just("redis"), Just("rediss")],
+            // Upper case never occurs in the rest of the URL, so a password is told
+            // apart from the host and query that may be shown.
+            password in "[A-Z][A-Z0-9/?#:%=&]{3,20}",
+            rest in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(/[0-9]{0,2})?(\\?[a-z_]{1,10}=[a-z0-9]{0,6})?",
+        ) {
+            check_store_url(&url, None);
+            check_store_url(&format!("{scheme}://:{password}@{rest}"), Some(&password));
+            check_store_url(&format!("{scheme}://user:{password}@{rest}"), Some(&password));
+        }
+    }
 
     #[test]
     fn parses_file_urls() {
@@ -248,6 +299,25 @@ mod tests {
         assert_eq!(c.on_unavailable, OnUnavailable::Fail);
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0".to_string());
+        // A raw '/' or '?' in a password once ended the authority early, and the password
+        // was printed in full.
+        for url in [
+            "redis://:pa/ss@h:1/0",
+            "redis://:pa?ss@h:1/0?prefix=q",
+            "rediss://user:p#a/s?s@h:1",
+            "redis://u:p@ss@h:1/0",
+        ] {
+            let shown = redact(url);
+            assert!(
+                shown.starts_with("redis") && shown.contains("***@h:1"),
+                "{shown}"
+            );
+            assert!(!shown.contains("pa") && !shown.contains("ss@"), "{shown}");
+        }
+        let e = StoreConfig::parse("mysql://:pa/ss@h:1/0").unwrap_err();
+        assert!(!e.message.contains("pa/ss"), "{}", e.message);
+        assert_eq!(redact("file:///var/lib/a@b.q"), "file:///var/lib/a@b.q");
+        assert_eq!(redact("redis://cache:6379/0"), "redis://cache:6379/0");
         let e = StoreConfig::parse("mysql://root:pw@h").unwrap_err();
         assert!(!e.message.contains("pw@"), "{}", e.message);
         assert!(StoreConfig::parse("redis://h?pool=0").is_err());

@@ -23,6 +23,8 @@ from ._errors import (
     HTTPError,
     InvalidArgumentError,
     NativeIOError,
+    PagingError,
+    ReentrantCallError,
     StoreError,
     ThrottledError,
     TimeoutError,
@@ -51,7 +53,9 @@ __all__ = [
     "InvalidArgumentError",
     "Limiter",
     "NativeIOError",
+    "PagingError",
     "Rate",
+    "ReentrantCallError",
     "Response",
     "Route",
     "StoreError",
@@ -90,7 +94,8 @@ def features() -> FrozenSet[str]:
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
     AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, FeatureError, HTTPError,
-    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
+    Headers, Hold, InvalidArgumentError, Limiter, NativeIOError, PagingError, ReentrantCallError,
+    Response, StoreError, ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__

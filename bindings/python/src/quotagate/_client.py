@@ -184,6 +184,12 @@ class Client(NativeHandle):
         government cloud (``"gcc"``, ``"gcc-high"``, ``"dod"``); it sets the login
         authority, the API base URL and the token scope, which ``authority``,
         ``base_url``, ``scope`` and ``resource`` override.
+    :param allow_insecure_http: accept ``http://`` for a ``base_url`` or ``authority``
+        that is not a loopback host (default False). Plain HTTP sends the client secret
+        and every token unencrypted over the network, so the library refuses it unless
+        this is set (for instance behind a TLS-terminating proxy on a network you trust);
+        ``http://`` to ``localhost``, 127.0.0.0/8 or ``::1`` is always accepted. A URL
+        with a ``user:password@`` is always refused.
     :param certificate: certificate credentials: a ``.pfx``/``.p12`` file (opened with
         ``password``), or a PEM file (with ``private_key``, a PEM key file, unless it
         holds the key as well), or PEM text (``private_key`` then PEM text too).
@@ -192,7 +198,9 @@ class Client(NativeHandle):
     :param token_provider: a function of no arguments returning
         ``(access_token, expires_in_seconds)``; the client calls it when it needs a
         token, from whichever thread sends a call, one call at a time. It must not use
-        this client. An exception from it fails that call with :class:`AuthError`.
+        the library (this client, another, a limiter): such a call raises
+        :class:`ReentrantCallError` inside it instead of waiting for itself. An exception
+        from it fails that call with :class:`AuthError`.
 
     :param rates: the default quota of every endpoint, ``[(calls, seconds), ...]``
         (the library's default: 100 per 60 s and 1500 per hour).
@@ -205,6 +213,9 @@ class Client(NativeHandle):
     :param margin: seconds that widen every window of the client's own limiter, to absorb
         the latency between admission and the server's count (not with ``limiter``).
     :param proxy: proxy URL (default: from ``HTTPS_PROXY``/``NO_PROXY``).
+    :param max_pages: the most pages one :meth:`paginate` or :meth:`pages` run follows
+        (the library's default: 100,000); past it the run raises :class:`PagingError`, as
+        it does at once when a next link leads back to a page already fetched.
     :param store: share the quotas with every process that opens the same store,
         ``"file:///path/to/state.q"`` or ``"redis://host:6379/0?prefix=qg"`` (see
         :class:`Limiter`; not with ``limiter``).
@@ -214,6 +225,10 @@ class Client(NativeHandle):
     """
 
     _kind = "client"
+    _share_hint = (
+        "to share a quota between processes, give each process its own "
+        "Client(..., store='file:///path/state.q') (or a redis:// store)"
+    )
 
     def __init__(
         self,
@@ -225,6 +240,7 @@ class Client(NativeHandle):
         base_url: Optional[str] = None,
         authority: Optional[str] = None,
         cloud: Optional[str] = None,
+        allow_insecure_http: bool = False,
         certificate: Optional[PathOrPem] = None,
         private_key: Optional[PathOrPem] = None,
         password: Optional[str] = None,
@@ -243,6 +259,7 @@ class Client(NativeHandle):
         max_body_bytes: Optional[int] = None,
         margin: Optional[Union[int, float]] = None,
         store: Optional[str] = None,
+        max_pages: Optional[int] = None,
     ) -> None:
         super().__init__()
         self._cloud = cloud
@@ -279,6 +296,10 @@ class Client(NativeHandle):
             add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
         if authority is not None:
             add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
+        if not isinstance(allow_insecure_http, bool):
+            kind = type(allow_insecure_http).__name__
+            raise TypeError(f"allow_insecure_http must be a bool, not {kind}")
+        add(lib.qg_client_builder_set_allow_insecure_http, int(allow_insecure_http))
         # Which credentials are enough, and what they may contain, the library decides.
         if certificate is not None:
             add(*_certificate_setting(certificate, private_key, password))
@@ -323,6 +344,9 @@ class Client(NativeHandle):
         if max_attempts is not None:
             n = _convert.integer(max_attempts, "max_attempts", 1, _convert.U32_MAX)
             add(lib.qg_client_builder_set_max_attempts, n)
+        if max_pages is not None:
+            n = _convert.integer(max_pages, "max_pages", 1, _convert.U64_MAX)
+            add(lib.qg_client_builder_set_max_pages, n)
         if max_quota_wait is not None:
             ms = _convert.seconds_to_ms(max_quota_wait, "max_quota_wait")
             add(lib.qg_client_builder_set_max_quota_wait_ms, ms)
@@ -378,6 +402,13 @@ class Client(NativeHandle):
         provider = self._token_provider
         if isinstance(error, AuthError) and provider is not None and provider.failure is not None:
             # The provider's own exception, for the traceback; the library never saw it.
+            # Only its type joins the text: its message may quote a token.
+            kind = type(provider.failure).__name__
+            error = AuthError(
+                f"{error}: the token provider raised {kind}",
+                result=error.result,
+                details=error.details,
+            )
             error.__cause__ = provider.failure
         return error
 
@@ -479,6 +510,8 @@ class Client(NativeHandle):
         ``@odata.nextLink``; every page goes through the quota.
 
         :raises HTTPError: a page was answered with an error status.
+        :raises PagingError: a next link led back to a page already fetched, or the list
+            had more pages than ``max_pages``.
         """
         prepared = _Prepared("GET", path, params)
         return self._paginate(self._handle(), prepared)
@@ -684,9 +717,9 @@ class _TokenCallback:
 
     The library calls :attr:`native` from its threads (ctypes takes the GIL), one call
     at a time per client. Nothing may propagate into C: every exception becomes a
-    failure return with a description that names only the exception's type, so no
-    token can reach an error text or a log; the exception itself is kept in
-    :attr:`failure` and chained to the :class:`AuthError` the call raises.
+    failure return (the library never quotes the buffer of a failed call, so no token can
+    reach an error text or a log); the exception itself is kept in :attr:`failure` and
+    chained to the :class:`AuthError` the call raises.
     """
 
     def __init__(self, fn: TokenProvider) -> None:
@@ -723,15 +756,9 @@ class _TokenCallback:
             self.failure = None
             return QG_OK
         except BaseException as e:  # noqa: B036 - never unwind into C
-            try:
-                self.failure = e
-                note = f"the token provider raised {type(e).__name__}".encode("utf-8")
-                n = min(len(note), buf_len)
-                if buf and n:
-                    memmove(buf, note, n)
-                written[0] = n
-            except BaseException:  # pragma: no cover - nothing left to report with
-                pass
+            # The library never reads the buffer of a failed call; the exception is
+            # chained to the AuthError on this side.
+            self.failure = e
             return QG_ERR_AUTH
 
 
@@ -821,16 +848,11 @@ def _headers(headers: Any) -> List[Tuple[bytes, bytes]]:
         return []
     if not isinstance(headers, Mapping):
         raise TypeError(f"headers must be a mapping, not {type(headers).__name__}")
-    result = []
-    for name, value in headers.items():
-        n = _convert.text(name, "header name")
-        if not name or any(c in name for c in "\r\n:"):
-            raise ValueError(f"invalid header name {name!r}")
-        v = _convert.text(value, f"header {name!r}")
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header {name!r} must not contain line breaks")
-        result.append((n, v))
-    return result
+    # What a header may hold (RFC 9110) the library decides, before anything is sent.
+    return [
+        (_convert.text(name, "header name"), _convert.text(value, f"header {name!r}"))
+        for name, value in headers.items()
+    ]
 
 
 def _read_response(resp: c_void_p, method: str, path: str) -> Response:

@@ -20,6 +20,8 @@ __all__ = [
     "AuthError",
     "TransportError",
     "BodyTooLargeError",
+    "PagingError",
+    "ReentrantCallError",
     "NativeIOError",
     "FeatureError",
     "require_feature",
@@ -140,6 +142,17 @@ class BodyTooLargeError(TransportError):
     """The answer's body was larger than the client allows."""
 
 
+class PagingError(Error):
+    """Paging stopped: a ``@odata.nextLink`` led back to a page already fetched (following
+    it would never end), or the list had more pages than the client's ``max_pages``."""
+
+
+class ReentrantCallError(Error):
+    """A client or limiter was used from inside one of the library's callbacks (a token
+    provider, a log handler) on the thread that runs it: the call would wait for itself.
+    A token provider must get its token some other way than through its own client."""
+
+
 class NativeIOError(Error, builtins.OSError):
     """An input/output operation of the library failed, such as starting the simulator
     on a port that is taken (also the builtin :class:`OSError`)."""
@@ -181,6 +194,8 @@ _CLASSES: Dict[int, Type[Error]] = {
     _native.QG_ERR_THROTTLED: ThrottledError,
     _native.QG_ERR_AUTH: AuthError,
     _native.QG_ERR_BODY_TOO_LARGE: BodyTooLargeError,
+    _native.QG_ERR_PAGING: PagingError,
+    _native.QG_ERR_REENTRANT_CALL: ReentrantCallError,
     _native.QG_ERR_IO: NativeIOError,
 }
 

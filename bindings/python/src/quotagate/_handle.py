@@ -6,7 +6,7 @@ import abc
 import threading
 from ctypes import c_void_p
 from types import TracebackType
-from typing import ClassVar, Optional, Type, TypeVar
+from typing import Any, ClassVar, NoReturn, Optional, Type, TypeVar
 
 from ._errors import ClosedError
 from ._native import QG_ERR_CLOSED
@@ -24,12 +24,18 @@ class NativeHandle(abc.ABC):
     another thread never sees a freed pointer: it reaches the closed library object and
     gets :class:`ClosedError`. Any method used after ``close()`` raises
     :class:`ClosedError` without calling the library.
+
+    A handle has one owner: ``copy.copy``, ``copy.deepcopy`` and ``pickle`` raise
+    :class:`TypeError` (two owners of one native handle would free it twice). Share the
+    object itself between threads; between processes, see :attr:`_share_hint`.
     """
 
     #: What the handle is, for messages ("limiter", "client", ...).
     _kind: ClassVar[str] = "handle"
     #: Keep the memory until the object is collected (handles shared by threads).
     _free_on_collect: ClassVar[bool] = True
+    #: How to share what the handle does with another process, for the pickle error.
+    _share_hint: ClassVar[str] = "create a new one in each process"
 
     _ptr: Optional[c_void_p] = None
     _closed: bool = True
@@ -75,6 +81,21 @@ class NativeHandle(abc.ABC):
             if not self._free_on_collect:
                 self._ptr = None
                 self._native_free(ptr)
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError(
+            f"a quotagate.{type(self).__name__} cannot be copied: it owns a native handle; "
+            "share the object itself, it is safe to use from any number of threads"
+        )
+
+    def __deepcopy__(self, memo: Any) -> NoReturn:
+        self.__copy__()
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError(
+            f"a quotagate.{type(self).__name__} cannot be pickled: its native handle lives "
+            f"in this process only; {self._share_hint}"
+        )
 
     def __enter__(self: _Self) -> _Self:
         self._handle()

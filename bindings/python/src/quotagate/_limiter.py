@@ -93,6 +93,10 @@ class Limiter(NativeHandle):
     """
 
     _kind = "limiter"
+    _share_hint = (
+        "to share a quota between processes, give each process its own "
+        "Limiter(rates, store='file:///path/state.q') (or a redis:// store)"
+    )
 
     def __init__(
         self,

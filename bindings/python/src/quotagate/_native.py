@@ -47,6 +47,7 @@ QG_ERR_PANIC = 103
 QG_ERR_NOT_FOUND = 104
 QG_DONE = 105
 QG_ERR_VERSION_MISMATCH = 106
+QG_ERR_REENTRANT_CALL = 107
 QG_ERR_TIMEOUT = 200
 QG_ERR_WOULD_BLOCK = 201
 QG_ERR_CANCELLED = 202
@@ -60,6 +61,7 @@ QG_ERR_TRANSPORT = 301
 QG_ERR_THROTTLED = 302
 QG_ERR_AUTH = 303
 QG_ERR_BODY_TOO_LARGE = 304
+QG_ERR_PAGING = 305
 QG_ERR_IO = 400
 
 # Bits of qg_features.
@@ -189,6 +191,7 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_new", _R, [_OUT]),
     ("qg_client_builder_set_base_url", _R, [_H, _S]),
     ("qg_client_builder_set_authority", _R, [_H, _S]),
+    ("qg_client_builder_set_allow_insecure_http", _R, [_H, c_uint32]),
     ("qg_client_builder_set_tenant_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_secret", _R, [_H, _S]),
@@ -207,6 +210,7 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_set_store", _R, [_H, _S]),
     ("qg_client_builder_set_max_body_bytes", _R, [_H, c_uint64]),
     ("qg_client_builder_set_max_attempts", _R, [_H, c_uint32]),
+    ("qg_client_builder_set_max_pages", _R, [_H, c_uint64]),
     ("qg_client_builder_set_max_quota_wait_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_set_margin_ms", _R, [_H, c_uint64]),
     ("qg_client_builder_add_default_rate", _R, [_H, c_uint32, c_uint64]),

@@ -7,6 +7,9 @@ and waits for it in 50 ms slices; on KeyboardInterrupt (or any exception) it ask
 library to cancel the call, waits for the helper to finish, and re-raises. Other
 threads call the library directly: they never receive KeyboardInterrupt.
 
+After ``os.fork()`` the child has none of the parent's threads: the runner forgets the
+parent's helper (``os.register_at_fork``), so the child's main thread starts its own.
+
 The library ends a cancelled wait within about 50 ms, but an HTTP exchange already on
 the wire only at its timeout. So the main thread waits at most :data:`CANCEL_GRACE_S`
 for the helper; past that it re-raises anyway and leaves the call to finish on the
@@ -16,6 +19,7 @@ freed by whichever of the two lets go last, so nothing is freed while in use.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Callable, Generic, Optional, TypeVar
@@ -79,6 +83,10 @@ class _Runner:
     made from a signal handler)."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forgets the helper thread (and a lock a parent's thread may have held)."""
         self._lock = threading.Lock()
         self._busy = False
         self._tasks: Optional["queue.SimpleQueue[_Task[object]]"] = None
@@ -141,3 +149,8 @@ class _Runner:
 
 
 runner = _Runner()
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    # A child inherits the helper's queue but not the helper: every call from its main
+    # thread would wait for ever.
+    os.register_at_fork(after_in_child=runner._reset)

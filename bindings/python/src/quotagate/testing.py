@@ -98,6 +98,7 @@ class Simulator(NativeHandle):
     """
 
     _kind = "simulator"
+    _share_hint = "give the other process its url, authority and credentials instead"
 
     def __init__(
         self,
