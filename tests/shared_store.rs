@@ -552,3 +552,243 @@ fn a_damaged_state_file_is_a_clear_error_never_an_admission() {
         .and_then(|l| l.try_acquire("k", 1));
     assert!(matches!(outcome, Err(Error::Store(_))), "{outcome:?}");
 }
+
+// ---- soak: many threads of several processes, with faults, for a bounded time ----
+
+/// How long a soak runs: `QUOTAGATE_SOAK_SECS` (scripts/soak sets it), or a few seconds.
+fn soak_secs() -> u64 {
+    std::env::var("QUOTAGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
+}
+
+/// Open file descriptors, threads and resident memory (KiB) of this process.
+fn resources() -> (usize, usize, u64) {
+    let count = |dir: &str| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
+        })
+        .unwrap_or(0);
+    (count("/proc/self/fd"), count("/proc/self/task"), rss)
+}
+
+/// A soak worker: `QG_THREADS` threads send GETs for `QG_SECS` seconds through a client
+/// whose quota lives in `QG_STORE`, and isolate each machine of `QG_MACHINES` once (POSTs
+/// that are never repeated when their outcome is unknown). Prints what it saw and its
+/// file descriptors, threads and memory after a warm-up and at the end.
+#[test]
+#[ignore = "a worker process of the shared-store tests"]
+fn soak_worker() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let client = Client::builder()
+        .base_url(&env("QG_SIM_URL"))
+        .authority(&env("QG_SIM_AUTHORITY"))
+        .tenant_id(&env("QG_TENANT"))
+        .client_id(&env("QG_CLIENT"))
+        .client_secret(env("QG_SECRET"))
+        .default_rates(rates())
+        .store(&env("QG_STORE"))
+        .timeout(Duration::from_secs(10))
+        .retry_policy(RetryPolicy {
+            max_attempts: 10,
+            max_quota_wait: Duration::from_secs(60),
+            base_backoff: ms(20),
+            max_backoff: ms(200),
+        })
+        .build()
+        .unwrap();
+    let secs = env_u64("QG_SECS");
+    let end = Instant::now() + Duration::from_secs(secs);
+    let machines: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+        env("QG_MACHINES").split(',').map(str::to_string).collect(),
+    ));
+    let (gets, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let isolated = Arc::new(Mutex::new(Vec::new()));
+    let unknown = Arc::new(Mutex::new(Vec::new()));
+    let throttled = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..env_u64("QG_THREADS"))
+        .map(|i| {
+            let (c, machines, gets, errors) = (
+                client.clone(),
+                machines.clone(),
+                gets.clone(),
+                errors.clone(),
+            );
+            let (isolated, unknown, throttled) =
+                (isolated.clone(), unknown.clone(), throttled.clone());
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    n += 1;
+                    let next = (n % 4 == i % 4)
+                        .then(|| machines.lock().unwrap().pop())
+                        .flatten();
+                    let result = match &next {
+                        Some(id) => {
+                            c.send(&Request::post(&format!("/api/machines/{id}/isolate")).json(
+                                &serde_json::json!({"Comment": "soak", "IsolationType": "Full"}),
+                            ))
+                        }
+                        None => c.send(&Request::get("/api/machines?$top=1")),
+                    };
+                    match (result, next) {
+                        (Ok(r), Some(id)) if r.status() == 201 => isolated.lock().unwrap().push(id),
+                        (Ok(r), None) if r.status() == 200 => {
+                            gets.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (Err(quotagate::client::Error::Throttled(_)), _) => {
+                            throttled.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // A POST whose answer was lost: reported, never repeated.
+                        (Err(quotagate::client::Error::Transport(..)), Some(id)) => {
+                            unknown.lock().unwrap().push(id)
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Warm-up: the pool's connections, the token and the store's mapping exist by then.
+    thread::sleep(Duration::from_secs(secs.min(60) / 4 + 1));
+    let (fd0, th0, rss0) = resources();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (fd1, th1, rss1) = resources();
+    println!(
+        "soak gets={} errors={} throttled={} isolated={} unknown={} fds={fd0}->{fd1} threads={th0}->{th1} rss_kb={rss0}->{rss1}",
+        gets.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        throttled.load(Ordering::Relaxed),
+        isolated.lock().unwrap().join(","),
+        unknown.lock().unwrap().join(","),
+    );
+}
+
+/// One field of a soak worker's report line.
+fn soak_field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// Three processes of three threads against a simulator with 503s, connection resets and
+/// inbound jitter, through `store`, while `midway` disturbs the store halfway: no 429,
+/// no POST applied twice, every reported isolation applied once, and no file descriptor,
+/// thread or memory that grows with the run.
+fn soak(store: &str, midway: Option<&mut dyn FnMut()>) {
+    let secs = soak_secs();
+    let sim = Simulator::start(
+        SimConfig::default()
+            .machines(600)
+            .limits("default", LIMITS)
+            .inbound_jitter(ms(40))
+            .faults(quotagate::sim::Faults {
+                error_503_rate: 0.03,
+                reset_rate: 0.01,
+                ..Default::default()
+            })
+            .seed(21),
+    )
+    .unwrap();
+    let ids = sim.machine_ids();
+    let workers: Vec<Child> = (0..3)
+        .map(|w| {
+            let mine: Vec<String> = ids[w * 200..w * 200 + 200].to_vec();
+            let env = [
+                ("QG_SIM_URL", sim.url()),
+                ("QG_SIM_AUTHORITY", sim.authority()),
+                ("QG_TENANT", sim.tenant_id().to_string()),
+                ("QG_CLIENT", sim.client_id().to_string()),
+                ("QG_SECRET", sim.client_secret().to_string()),
+                ("QG_STORE", store.to_string()),
+                ("QG_THREADS", "3".into()),
+                ("QG_SECS", secs.to_string()),
+                ("QG_MACHINES", mine.join(",")),
+            ];
+            spawn_worker("soak_worker", &env)
+        })
+        .collect();
+    if let Some(f) = midway {
+        thread::sleep(Duration::from_secs(secs / 2));
+        f();
+    }
+    let mut isolated = Vec::new();
+    let mut unknown = Vec::new();
+    let mut gets = 0;
+    for w in workers {
+        let out = finish_within(w, Duration::from_secs(secs + 120));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "a soak worker failed: {text}");
+        // libtest's own "test soak_worker ... " may precede the report on its line.
+        let line = text
+            .lines()
+            .find_map(|l| l.find("soak gets=").map(|i| &l[i..]))
+            .unwrap_or_else(|| panic!("{text}"));
+        println!("{line}");
+        assert_eq!(soak_field(line, "throttled"), "0", "{line}");
+        gets += soak_field(line, "gets").parse::<u64>().unwrap();
+        let split = |v: &str| -> Vec<String> {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        isolated.extend(split(soak_field(line, "isolated")));
+        unknown.extend(split(soak_field(line, "unknown")));
+        for (name, slack) in [("fds", 4), ("threads", 2)] {
+            let (a, b) = soak_field(line, name).split_once("->").unwrap();
+            let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+            assert!(b - a <= slack, "{name} grew from {a} to {b}: {line}");
+        }
+        let (a, b) = soak_field(line, "rss_kb").split_once("->").unwrap();
+        let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!(
+            b - a <= 32 * 1024,
+            "memory grew from {a} to {b} KiB: {line}"
+        );
+    }
+    let st = sim.stats();
+    assert_eq!(st.throttled, 0, "{:?}", st.by_status);
+    assert!(st.exceeded().is_empty(), "{:?}", st.max_in_window);
+    assert!(
+        gets > 0 && !isolated.is_empty(),
+        "the soak made no progress"
+    );
+    for id in &ids {
+        let n = sim.action_count(id, "isolate");
+        assert!(n <= 1, "machine {id} was isolated {n} times");
+        if isolated.contains(id) {
+            assert_eq!(n, 1, "machine {id} was reported isolated but never was");
+        }
+    }
+    println!(
+        "soak over {secs} s: {gets} GETs, {} isolations, {} of unknown outcome, {:?}",
+        isolated.len(),
+        unknown.len(),
+        st.by_status
+    );
+}
+
+#[test]
+fn soak_on_a_state_file() {
+    soak(&file_url("soak"), None);
+}
+
+#[test]
+fn soak_on_redis_through_a_restart() {
+    let Some(mut redis) = OwnRedis::start(true) else {
+        return;
+    };
+    let url = redis.url();
+    soak(&url, Some(&mut || redis.restart(ms(100))));
+}

@@ -21,7 +21,7 @@
 
 /* Something to point a sentinel out-pointer at: out-parameters are written only on success. */
 static char g_sentinel_object;
-#define SENTINEL_CLIENT ((const qg_client *)(const void *)&g_sentinel_object)
+#define SENTINEL_CLIENT ((qg_client *)(const void *)&g_sentinel_object)
 #define SENTINEL_ITEM ((char *)(void *)&g_sentinel_object)
 
 /* ---------------------------------------------------------------- helpers ---- */
@@ -35,10 +35,10 @@ struct sim_identity {
 
 /* Starts a simulator with `machines` machines and a share of 503s, and fills `id`; NULL
  * on failure. */
-static const qg_sim *start_sim(uint32_t machines, double error_503_rate, struct sim_identity *id)
+static qg_sim *start_sim(uint32_t machines, double error_503_rate, struct sim_identity *id)
 {
     qg_sim_config *cfg = NULL;
-    const qg_sim *s = NULL;
+    qg_sim *s = NULL;
     size_t n = 0;
     CHECK_OK(qg_sim_config_new(&cfg));
     CHECK_OK(qg_sim_config_set_machines(cfg, machines));
@@ -240,10 +240,10 @@ static void script_stop(struct script *sv)
     }
 }
 
-static const qg_client *script_client(const struct script *sv, uint64_t max_pages)
+static qg_client *script_client(const struct script *sv, uint64_t max_pages)
 {
     char url[64];
-    const qg_client *c = NULL;
+    qg_client *c = NULL;
     snprintf(url, sizeof url, "http://127.0.0.1:%u", sv->port);
     qg_client_builder *b = builder_for(url, "t", "c", "s");
     if (max_pages > 0) {
@@ -255,7 +255,7 @@ static const qg_client *script_client(const struct script *sv, uint64_t max_page
 }
 
 /* Pages of `path`, or NULL; frees nothing (the caller frees pages and request). */
-static qg_pages *pages_of(const qg_client *c, const char *path, qg_request **req)
+static qg_pages *pages_of(qg_client *c, const char *path, qg_request **req)
 {
     qg_pages *p = NULL;
     CHECK_OK(qg_request_new("GET", path, req));
@@ -272,7 +272,7 @@ static void test_plain_http_off_loopback(void)
     const char *off_loopback[] = {"http://api.example.com", "http://10.0.0.7:8080"};
     for (size_t i = 0; i < ARRAY_LEN(off_loopback); i++) {
         qg_client_builder *b = builder_for(off_loopback[i], "t", "c", "s");
-        const qg_client *c = SENTINEL_CLIENT;
+        qg_client *c = SENTINEL_CLIENT;
         CHECK_RC(qg_client_builder_build(b, &c), QG_ERR_INVALID_ARGUMENT);
         CHECK(c == SENTINEL_CLIENT);
         last_error(err, sizeof err);
@@ -292,7 +292,7 @@ static void test_plain_http_off_loopback(void)
 
     /* Loopback, as the simulator serves, needs no opt-in. */
     qg_client_builder *b = builder_for("http://127.0.0.1:9", "t", "c", "s");
-    const qg_client *c = NULL;
+    qg_client *c = NULL;
     CHECK_OK(qg_client_builder_build(b, &c));
     qg_client_free(c);
     qg_client_builder_free(b);
@@ -306,7 +306,7 @@ static void test_user_information_in_urls(void)
                           "https://ad/min:hunter2@api.example.com"};
     for (size_t i = 0; i < ARRAY_LEN(urls); i++) {
         qg_client_builder *b = builder_for(urls[i], "t", "c", "s");
-        const qg_client *c = NULL;
+        qg_client *c = NULL;
         CHECK_RC(qg_client_builder_build(b, &c), QG_ERR_INVALID_ARGUMENT);
         last_error(err, sizeof err);
         CHECK_MSG(contains(err, "user name or password") && !contains(err, "hunter2") &&
@@ -344,7 +344,7 @@ static void test_paging_loops_end(void)
     if (script_start(&sv) != 0) {
         return;
     }
-    const qg_client *c = script_client(&sv, 0);
+    qg_client *c = script_client(&sv, 0);
     qg_request *req = NULL;
     qg_pages *p = pages_of(c, "/api/loop", &req);
     char *item = SENTINEL_ITEM;
@@ -405,12 +405,12 @@ static void test_paging_loops_end(void)
 static void test_paging_after_a_failure_never_says_done(void)
 {
     struct sim_identity id;
-    const qg_sim *s = start_sim(5, 1.0, &id); /* every API call answers 503 */
+    qg_sim *s = start_sim(5, 1.0, &id); /* every API call answers 503 */
     if (s == NULL) {
         return;
     }
     qg_client_builder *b = sim_builder(&id);
-    const qg_client *c = NULL;
+    qg_client *c = NULL;
     CHECK_OK(qg_client_builder_set_max_attempts(b, 1));
     CHECK_OK(qg_client_builder_build(b, &c));
     qg_client_builder_free(b);
@@ -439,7 +439,7 @@ static void test_paging_after_a_failure_never_says_done(void)
 
 /* A token provider that sends with its own client used to wait for itself for ever. */
 struct nested_send {
-    const qg_client *client;
+    qg_client *client;
     atomic_int calls;
     atomic_uint nested_rc;
 };
@@ -509,11 +509,11 @@ static void replace_the_logger(uint32_t level, const char *message, void *user_d
 static void test_a_log_callback_replacing_the_logger_fails_at_once(void)
 {
     struct sim_identity id;
-    const qg_sim *s = start_sim(3, 0.0, &id);
+    qg_sim *s = start_sim(3, 0.0, &id);
     if (s == NULL) {
         return;
     }
-    const qg_client *c = NULL;
+    qg_client *c = NULL;
     qg_client_builder *b = sim_builder(&id);
     CHECK_OK(qg_client_builder_build(b, &c));
     qg_client_builder_free(b);
