@@ -171,6 +171,156 @@ namespace QuotaGate.Interop
         }
     }
 
+    /// <summary>
+    /// How a cmdlet reports a failure: the error id, the ErrorCategory name, and whether it
+    /// ends the cmdlet or only the current pipeline item. Written here, not in the module,
+    /// so that the interop tests check it; PowerShell only builds the ErrorRecord.
+    /// </summary>
+    public sealed class ErrorReport
+    {
+        ErrorReport(Exception exception, string id, string category, bool terminating)
+        {
+            Exception = exception;
+            Id = id;
+            Category = category;
+            Terminating = terminating;
+        }
+
+        /// <summary>The exception to put in the record: the library's, when one is in the chain.</summary>
+        public Exception Exception { get; private set; }
+        /// <summary>The FullyQualifiedErrorId, e.g. "QuotaGate.Http404" or "QuotaGate.Throttled".</summary>
+        public string Id { get; private set; }
+        /// <summary>The name of a System.Management.Automation.ErrorCategory value.</summary>
+        public string Category { get; private set; }
+        /// <summary>
+        /// True for what no other pipeline item can escape (bad arguments, no connection, a
+        /// closed handle, a stop); false for a failed call, which the next item may not repeat.
+        /// </summary>
+        public bool Terminating { get; private set; }
+
+        /// <summary>
+        /// The report of <paramref name="error"/>, looking through the wrappers PowerShell
+        /// adds (MethodInvocationException, TargetInvocationException, ...) for the library's
+        /// exception first, whatever wraps it.
+        /// </summary>
+        public static ErrorReport For(Exception error)
+        {
+            if (error == null)
+            {
+                throw new ArgumentNullException("error");
+            }
+            for (Exception e = error; e != null; e = e.InnerException)
+            {
+                var q = e as QuotaGateException;
+                if (q != null)
+                {
+                    return ForLibrary(q);
+                }
+            }
+            Exception inner = error;
+            while (inner.InnerException != null && IsWrapper(inner))
+            {
+                inner = inner.InnerException;
+            }
+            string category;
+            if (inner is ArgumentException)
+            {
+                category = "InvalidArgument";
+            }
+            else if (inner is OperationCanceledException)
+            {
+                category = "OperationStopped";
+            }
+            else if (inner is InvalidOperationException || inner is ObjectDisposedException)
+            {
+                category = "InvalidOperation";
+            }
+            else if (inner is NotSupportedException)
+            {
+                category = "NotImplemented";
+            }
+            else
+            {
+                category = "NotSpecified";
+            }
+            return new ErrorReport(inner, "QuotaGate." + inner.GetType().Name, category, true);
+        }
+
+        static bool IsWrapper(Exception e)
+        {
+            if (e is TargetInvocationException || e is AggregateException)
+            {
+                return true;
+            }
+            string name = e.GetType().FullName;
+            return name == "System.Management.Automation.MethodInvocationException"
+                || name == "System.Management.Automation.GetValueInvocationException"
+                || name == "System.Management.Automation.SetValueInvocationException"
+                || name == "System.Management.Automation.CmdletInvocationException";
+        }
+
+        static ErrorReport ForLibrary(QuotaGateException e)
+        {
+            uint code = e.Code;
+            if (code == ResultCode.HttpStatus && e.HttpStatus.HasValue)
+            {
+                int status = e.HttpStatus.Value;
+                string category;
+                switch (status)
+                {
+                    case 400: category = "InvalidArgument"; break;
+                    case 401: category = "AuthenticationError"; break;
+                    case 403: category = "PermissionDenied"; break;
+                    case 404: category = "ObjectNotFound"; break;
+                    case 409: category = "ResourceExists"; break;
+                    case 429: category = "QuotaExceeded"; break;
+                    default: category = status >= 500 ? "ResourceUnavailable" : "InvalidResult"; break;
+                }
+                return new ErrorReport(e, "QuotaGate.Http" + status, category, false);
+            }
+            string name = CodeName(code);
+            string id = "QuotaGate." + (name ?? "Code" + code);
+            switch (code)
+            {
+                case ResultCode.NullArgument:
+                case ResultCode.InvalidArgument:
+                    return new ErrorReport(e, id, "InvalidArgument", true);
+                case ResultCode.Timeout:
+                    return new ErrorReport(e, id, "OperationTimeout", false);
+                case ResultCode.Cancelled:
+                    return new ErrorReport(e, id, "OperationStopped", true);
+                case ResultCode.Closed:
+                    return new ErrorReport(e, id, "ResourceUnavailable", true);
+                case ResultCode.TooManyBuckets:
+                    return new ErrorReport(e, id, "LimitsExceeded", true);
+                case ResultCode.Transport:
+                    return new ErrorReport(e, id, "ConnectionError", false);
+                case ResultCode.Throttled:
+                    return new ErrorReport(e, id, "QuotaExceeded", false);
+                case ResultCode.Auth:
+                    return new ErrorReport(e, id, "AuthenticationError", true);
+                case ResultCode.BodyTooLarge:
+                    return new ErrorReport(e, id, "LimitsExceeded", false);
+                case ResultCode.Store:
+                    return new ErrorReport(e, id, "ResourceUnavailable", false);
+                default:
+                    return new ErrorReport(e, id, "NotSpecified", true);
+            }
+        }
+
+        static string CodeName(uint code)
+        {
+            foreach (FieldInfo f in typeof(ResultCode).GetFields(BindingFlags.Public | BindingFlags.Static))
+            {
+                if (f.IsLiteral && (uint)f.GetRawConstantValue() == code)
+                {
+                    return f.Name;
+                }
+            }
+            return null;
+        }
+    }
+
     /// <summary>Strings cross the boundary as NUL-terminated UTF-8, encoded here.</summary>
     internal static class Utf8
     {

@@ -95,75 +95,39 @@ function Write-QgLog {
     }
 }
 
-function Get-QgInnerException {
-    param([System.Exception]$Exception)
-    $e = $Exception
-    while (($e -is [System.Management.Automation.MethodInvocationException] -or
-            $e -is [System.Reflection.TargetInvocationException]) -and $e.InnerException) {
-        $e = $e.InnerException
-    }
-    $e
-}
-
 function ConvertTo-QgErrorRecord {
     # An error record for a failure, with the library's message and the server's details.
+    # The id, category and whether it ends the cmdlet come from the interop layer.
     param(
         [Parameter(Mandatory)][object]$ErrorOrException,
         [object]$Target
     )
-    if ($ErrorOrException -is [System.Management.Automation.ErrorRecord]) {
-        if ($ErrorOrException.FullyQualifiedErrorId -like 'QuotaGate.*') {
-            return $ErrorOrException
-        }
-        $exception = Get-QgInnerException $ErrorOrException.Exception
-    } else {
-        $exception = Get-QgInnerException $ErrorOrException
+    $exception = if ($ErrorOrException -is [System.Management.Automation.ErrorRecord]) { $ErrorOrException.Exception } else { $ErrorOrException }
+    $report = [QuotaGate.Interop.ErrorReport]::For($exception)
+    # A record this module made already keeps its id, unless the library's exception is in it:
+    # foreach gives an enumerator's exception the id of its type, QuotaGate.Interop.*.
+    if ($ErrorOrException -is [System.Management.Automation.ErrorRecord] -and
+        $report.Exception -isnot [QuotaGate.Interop.QuotaGateException] -and
+        $ErrorOrException.FullyQualifiedErrorId -like 'QuotaGate.*' -and
+        $ErrorOrException.FullyQualifiedErrorId -notlike 'QuotaGate.Interop.*') {
+        return $ErrorOrException
     }
-    if ($exception -isnot [QuotaGate.Interop.QuotaGateException]) {
-        $category = if ($exception -is [System.ArgumentException]) { 'InvalidArgument' }
-        elseif ($exception -is [System.OperationCanceledException]) { 'OperationStopped' }
-        elseif ($exception -is [System.InvalidOperationException]) { 'InvalidOperation' }
-        elseif ($exception -is [System.NotSupportedException]) { 'NotImplemented' }
-        else { 'NotSpecified' }
-        return [System.Management.Automation.ErrorRecord]::new($exception, "QuotaGate.$($exception.GetType().Name)", $category, $Target)
-    }
-    $code = $exception.Code
-    if ($null -ne $exception.HttpStatus -and $code -eq [QuotaGate.Interop.ResultCode]::HttpStatus) {
-        $id = "QuotaGate.Http$($exception.HttpStatus)"
-        $category = switch ($exception.HttpStatus) {
-            400 { 'InvalidArgument' }
-            401 { 'AuthenticationError' }
-            403 { 'PermissionDenied' }
-            404 { 'ObjectNotFound' }
-            409 { 'ResourceExists' }
-            429 { 'QuotaExceeded' }
-            default { if ($_ -ge 500) { 'ResourceUnavailable' } else { 'InvalidResult' } }
-        }
-    } else {
-        $name = [QuotaGate.Interop.ResultCode].GetFields() |
-            Where-Object { $_.IsLiteral -and [uint32]$_.GetRawConstantValue() -eq $code } |
-            Select-Object -First 1 -ExpandProperty Name
-        $id = "QuotaGate.$(if ($name) { $name } else { "Code$code" })"
-        $category = switch ($code) {
-            { $_ -in 100, 101 } { 'InvalidArgument' }
-            200 { 'OperationTimeout' }
-            202 { 'OperationStopped' }
-            203 { 'ResourceUnavailable' }
-            204 { 'LimitsExceeded' }
-            301 { 'ConnectionError' }
-            302 { 'QuotaExceeded' }
-            303 { 'AuthenticationError' }
-            304 { 'LimitsExceeded' }
-            default { 'NotSpecified' }
-        }
-    }
-    $record = [System.Management.Automation.ErrorRecord]::new($exception, $id, $category, $Target)
-    if ($exception.Target -or $exception.RequestId) {
-        $record.ErrorDetails = [System.Management.Automation.ErrorDetails]::new($exception.Message)
+    $record = [System.Management.Automation.ErrorRecord]::new(
+        $report.Exception, $report.Id, [System.Management.Automation.ErrorCategory]$report.Category, $Target)
+    $e = $report.Exception
+    if ($e -is [QuotaGate.Interop.QuotaGateException] -and ($e.Target -or $e.RequestId)) {
+        $record.ErrorDetails = [System.Management.Automation.ErrorDetails]::new($e.Message)
         $record.ErrorDetails.RecommendedAction =
-            "Quote correlation id '$($exception.Target)' and request id '$($exception.RequestId)' to support."
+            "Quote correlation id '$($e.Target)' and request id '$($e.RequestId)' to support."
     }
     $record
+}
+
+function Test-QgTerminating {
+    # True when no other pipeline item can escape the failure (no connection, bad arguments,
+    # a closed client); a failed call (HTTP error, throttled, timed out) ends only its item.
+    param([Parameter(Mandatory)][System.Management.Automation.ErrorRecord]$Record)
+    [QuotaGate.Interop.ErrorReport]::For($Record.Exception).Terminating
 }
 
 function Resolve-QgClient {
@@ -623,9 +587,13 @@ token, is retried after a 429 (once the server's Retry-After has passed) or a 5x
 its JSON answer is returned as objects. With -All, a list is followed over every page
 (@odata.nextLink) and its items are written to the pipeline one by one, with progress.
 
-An HTTP error status becomes a terminating error whose exception
+A failed call (an HTTP error status, a throttled or timed-out call, a lost connection)
+is written as a non-terminating error, so that a pipeline of paths goes on with the next
+one; -ErrorAction Stop makes it terminating. Its exception
 (QuotaGate.Interop.QuotaGateException) carries the status, the server's error code and
-message, the correlation id (Target) and the request id.
+message, the correlation id (Target) and the request id; its id names the status
+(QuotaGate.Http404) or the failure (QuotaGate.Throttled), with -All as without. A
+missing connection or an invalid argument stops the cmdlet.
 
 Use -Verbose to see waits for quota, retries and token refreshes.
 
@@ -716,13 +684,20 @@ function Invoke-QgRequest {
             if ($All) {
                 $activity = "$Method $Path"
                 $count = 0
-                foreach ($item in $useClient.Items($request, $stop.Token)) {
-                    $count++
-                    Write-QgLog
-                    if ($count % 100 -eq 1) {
-                        Write-Progress -Activity $activity -Status "$count items"
+                # MoveNext, not foreach: foreach hides the library's exception behind its own
+                # record, and the finally frees the pages when Select-Object -First stops early.
+                $items = $useClient.Items($request, $stop.Token).GetEnumerator()
+                try {
+                    while ($items.MoveNext()) {
+                        $count++
+                        Write-QgLog
+                        if ($count % 100 -eq 1) {
+                            Write-Progress -Activity $activity -Status "$count items"
+                        }
+                        ConvertFrom-QgJson $items.Current
                     }
-                    ConvertFrom-QgJson $item
+                } finally {
+                    $items.Dispose()
                 }
                 Write-QgLog
                 Write-Progress -Activity $activity -Completed
@@ -744,7 +719,11 @@ function Invoke-QgRequest {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
-            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Path))
+            $record = ConvertTo-QgErrorRecord $_ -Target $Path
+            if (Test-QgTerminating $record) {
+                $PSCmdlet.ThrowTerminatingError($record)
+            }
+            $PSCmdlet.WriteError($record)
         } finally {
             if ($stop) { $stop.Dispose() }
             if ($request) { $request.Dispose() }
@@ -760,7 +739,8 @@ Runs an advanced hunting query and returns its rows.
 Sends POST /api/advancedqueries/run with the KQL query through a QuotaGate client, so
 that it waits for the hunting quota (45 calls per minute, 1,500 per hour), and writes
 each row of the result as an object. Errors from the service (a bad query, a result
-too large) are terminating errors with the server's code and message.
+too large) are non-terminating errors with the server's code and message, so that the
+next query from the pipeline still runs.
 
 .PARAMETER Query
 The KQL query. Accepts pipeline input: several queries run one after the other.
@@ -809,7 +789,11 @@ function Invoke-QgHunting {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
-            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Query))
+            $record = ConvertTo-QgErrorRecord $_ -Target $Query
+            if (Test-QgTerminating $record) {
+                $PSCmdlet.ThrowTerminatingError($record)
+            }
+            $PSCmdlet.WriteError($record)
         } finally {
             if ($stop) { $stop.Dispose() }
         }

@@ -12,6 +12,7 @@ using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.Linq;
+using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 using System.Security;
@@ -136,6 +137,7 @@ namespace QuotaGate.Interop.Tests
             Test("loading: Native.Load binds the DllImports to the given file", LoadsTheLibrary);
             Test("loading: the library decides which header versions it serves", VersionCompatibility);
             Test("features: the optional parts are listed, a missing one is a clear error", Features);
+            Test("errors: the library's exception is reported first, through any wrapper, per item or terminating", ErrorReports);
             LimiterTests();
             if (HasClientAbi())
             {
@@ -180,6 +182,51 @@ namespace QuotaGate.Interop.Tests
                 Assert.True(Native.LastErrorMessage().Contains("cannot serve a caller built against"),
                     "the library's message: " + Native.LastErrorMessage());
             }
+        }
+
+        static QuotaGateException HttpError(int status)
+        {
+            return new QuotaGateException(ResultCode.HttpStatus, "HTTP " + status) { HttpStatus = status };
+        }
+
+        static void ErrorReports()
+        {
+            ErrorReport r = ErrorReport.For(HttpError(404));
+            Assert.Equal("QuotaGate.Http404", r.Id, "404 id");
+            Assert.Equal("ObjectNotFound", r.Category, "404 category");
+            Assert.True(!r.Terminating, "an HTTP error ends only its item");
+            Assert.Equal("InvalidArgument", ErrorReport.For(HttpError(400)).Category, "400");
+            Assert.Equal("ResourceUnavailable", ErrorReport.For(HttpError(503)).Category, "503");
+            Assert.Equal("InvalidResult", ErrorReport.For(HttpError(418)).Category, "other 4xx");
+
+            // PowerShell's foreach and method calls wrap what an enumerator throws.
+            QuotaGateException inner = HttpError(404);
+            var wrapped = new TargetInvocationException(new InvalidOperationException("wrapper", inner));
+            r = ErrorReport.For(wrapped);
+            Assert.True(ReferenceEquals(inner, r.Exception), "the library's exception is the record's");
+            Assert.Equal("QuotaGate.Http404", r.Id, "wrapped 404 id");
+
+            r = ErrorReport.For(new QuotaGateException(ResultCode.Throttled, "throttled"));
+            Assert.Equal("QuotaGate.Throttled", r.Id, "throttled id");
+            Assert.Equal("QuotaExceeded", r.Category, "throttled category");
+            Assert.True(!r.Terminating, "a throttled call ends only its item");
+            Assert.True(!ErrorReport.For(new QuotaGateException(ResultCode.Timeout, "t")).Terminating, "a quota wait timeout ends only its item");
+            Assert.True(!ErrorReport.For(new QuotaGateException(ResultCode.Transport, "t")).Terminating, "a transport error ends only its item");
+            Assert.True(ErrorReport.For(new QuotaGateException(ResultCode.Auth, "a")).Terminating, "no item passes without a token");
+            Assert.True(ErrorReport.For(new QuotaGateException(ResultCode.Closed, "c")).Terminating, "a closed client");
+            r = ErrorReport.For(new QuotaGateException(ResultCode.InvalidArgument, "bad"));
+            Assert.Equal("QuotaGate.InvalidArgument", r.Id, "invalid argument id");
+            Assert.True(r.Terminating, "an invalid argument stops the cmdlet");
+            Assert.Equal("QuotaGate.Code999", ErrorReport.For(new QuotaGateException(999, "?")).Id, "an unknown code");
+
+            r = ErrorReport.For(new TargetInvocationException(new InvalidOperationException("QuotaGate is not connected")));
+            Assert.Equal("QuotaGate.InvalidOperationException", r.Id, "not connected id");
+            Assert.Equal("InvalidOperation", r.Category, "not connected category");
+            Assert.True(r.Terminating, "not connected stops the cmdlet");
+            r = ErrorReport.For(new ArgumentException("not a rate"));
+            Assert.Equal("InvalidArgument", r.Category, "argument category");
+            Assert.True(r.Terminating, "a bad argument stops the cmdlet");
+            Assert.Equal("OperationStopped", ErrorReport.For(new OperationCanceledException()).Category, "cancelled");
         }
 
         static void Features()
@@ -931,6 +978,36 @@ namespace QuotaGate.Interop.Tests
                         Assert.True(e.RequestId != null, "request id detail");
                         Assert.Equal(1, e.Attempts, "attempts detail");
                         Assert.True(e.Message.Length > 0, "library message: " + e.Message);
+                    }
+                });
+
+                Test("paging: an error from an enumerator driven by MoveNext is reported as the HTTP error, per item", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/brokenlist"))
+                    {
+                        // As the module drives it: MoveNext in a try, Dispose in a finally.
+                        IEnumerator<string> items = c.Items(r, CancellationToken.None).GetEnumerator();
+                        Exception failure = null;
+                        try
+                        {
+                            while (items.MoveNext())
+                            {
+                            }
+                        }
+                        catch (Exception e)
+                        {
+                            failure = e;
+                        }
+                        finally
+                        {
+                            items.Dispose();
+                        }
+                        Assert.True(failure != null, "the second page fails");
+                        ErrorReport report = ErrorReport.For(failure);
+                        Assert.Equal("QuotaGate.Http404", report.Id, "id");
+                        Assert.Equal("ObjectNotFound", report.Category, "category");
+                        Assert.True(!report.Terminating, "per item");
                     }
                 });
 

@@ -330,8 +330,8 @@ Describe 'Invoke-QgRequest' {
         $tagged.machineTags | Should -Contain 'raw'
     }
 
-    It 'turns an HTTP error into a terminating error with the server''s details' {
-        $err = { Invoke-QgRequest /api/machines/does-not-exist } | Should -Throw -PassThru
+    It 'turns an HTTP error into an error record with the server''s details' {
+        $err = { Invoke-QgRequest /api/machines/does-not-exist -ErrorAction Stop } | Should -Throw -PassThru
         $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
         $err.Exception.HttpStatus | Should -Be 404
         $err.Exception.ServerCode | Should -Not -BeNullOrEmpty
@@ -341,6 +341,23 @@ Describe 'Invoke-QgRequest' {
         $err.CategoryInfo.Category | Should -Be 'ObjectNotFound'
         $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http404*'
         $err.TargetObject | Should -Be '/api/machines/does-not-exist'
+    }
+
+    It 'reports an HTTP error of -All with its status, not as a stopped operation' {
+        $err = { Invoke-QgRequest /api/machines/does-not-exist -All -ErrorAction Stop } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http404*'
+        $err.CategoryInfo.Category | Should -Be 'ObjectNotFound'
+    }
+
+    It 'writes a failed item as a non-terminating error and goes on with the next' {
+        $paths = [pscustomobject]@{ Path = '/api/machines/does-not-exist' }, [pscustomobject]@{ Path = '/api/machines' }
+        $pages = $paths | Invoke-QgRequest -Query @{ '$top' = 1 } -ErrorVariable failures -ErrorAction SilentlyContinue
+        @($pages).Count | Should -Be 1
+        $pages.value.Count | Should -Be 1
+        $failures.Count | Should -Be 1
+        $failures[0].FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http404*'
+        $failures[0].TargetObject | Should -Be '/api/machines/does-not-exist'
     }
 
     It 'takes the path from the pipeline by property name' {
@@ -391,9 +408,16 @@ Describe 'Invoke-QgHunting' {
     }
 
     It 'reports the service''s error for a bad query' {
-        $err = { Invoke-QgHunting -Query ' ' } | Should -Throw -PassThru
+        $err = { Invoke-QgHunting -Query ' ' -ErrorAction Stop } | Should -Throw -PassThru
         $err.Exception.HttpStatus | Should -Be 400
         $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
+    It 'goes on with the next query after a failed one' {
+        $rows = ' ', 'DeviceInfo | take 2' | Invoke-QgHunting -ErrorVariable failures -ErrorAction SilentlyContinue
+        $rows.Count | Should -Be 2
+        $failures.Count | Should -Be 1
+        $failures[0].FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http400*'
     }
 }
 
@@ -644,7 +668,7 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
             (Invoke-QgRequest /api/machines -Client $client -All).Count | Should -Be 3
             $sim | Stop-QgSimulator
             $sim.Handle.IsClosed | Should -BeTrue
-            $err = { Invoke-QgRequest /api/machines -Client $client } | Should -Throw -PassThru
+            $err = { Invoke-QgRequest /api/machines -Client $client -ErrorAction Stop } | Should -Throw -PassThru
             $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
         } finally {
             Disconnect-QgDefender -Client $client
