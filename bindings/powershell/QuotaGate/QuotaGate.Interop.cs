@@ -481,6 +481,15 @@ namespace QuotaGate.Interop
         /// </summary>
         public static void Load(string path)
         {
+            Load(path, ExpectedVersionNumber);
+        }
+
+        /// <summary>
+        /// Loads as <see cref="Load(string)"/>, checking the library against
+        /// <paramref name="expectedVersionNumber"/>; the tests give a version no library serves.
+        /// </summary>
+        internal static void Load(string path, uint expectedVersionNumber)
+        {
             if (string.IsNullOrEmpty(path))
             {
                 throw new ArgumentException("the library path is empty", "path");
@@ -516,9 +525,11 @@ namespace QuotaGate.Interop
                     // .NET Framework: Windows reuses a loaded module for a DllImport of its base name.
                     libraryHandle = OsLoader.Open(full);
                 }
+                // Checked before the path is recorded: a library that fails the check is
+                // checked again (and refused again) by every later Load, never used.
+                CheckVersion(full, expectedVersionNumber);
                 loadedPath = full;
             }
-            CheckVersion();
         }
 
         static void LoadWithNativeLibrary(Type nativeLibrary, string path)
@@ -531,6 +542,10 @@ namespace QuotaGate.Interop
             catch (TargetInvocationException e)
             {
                 throw new DllNotFoundException("cannot load '" + path + "': " + e.InnerException.Message, e.InnerException);
+            }
+            if (resolver != null)
+            {
+                return; // set by an earlier Load whose version check failed; it reads libraryHandle
             }
             Type resolverType = typeof(object).Assembly.GetType("System.Runtime.InteropServices.DllImportResolver", true);
             MethodInfo set = nativeLibrary.GetMethod("SetDllImportResolver", new[] { typeof(Assembly), resolverType });
@@ -557,23 +572,23 @@ namespace QuotaGate.Interop
         // Not inlined: on Mono a P/Invoke binds when its caller is compiled, which must be
         // after Load has mapped the library.
         [MethodImpl(MethodImplOptions.NoInlining)]
-        static void CheckVersion()
+        static void CheckVersion(string path, uint expectedVersionNumber)
         {
             // The library decides whether it serves this header version (docs/abi.md).
             uint rc;
             try
             {
-                rc = NativeMethods.qg_version_compatible(ExpectedVersionNumber);
+                rc = NativeMethods.qg_version_compatible(expectedVersionNumber);
             }
             catch (EntryPointNotFoundException)
             {
                 throw new InvalidOperationException(
-                    "libquotagate at '" + loadedPath + "' is version " + Version +
-                    ", older than this module can use (written for " + ExpectedVersionNumber + ")");
+                    "libquotagate at '" + path + "' is version " + Version +
+                    ", older than this module can use (written for " + expectedVersionNumber + ")");
             }
             if (rc != ResultCode.Ok)
             {
-                throw new InvalidOperationException(LastErrorMessage() + " (library at '" + loadedPath + "')");
+                throw new InvalidOperationException(LastErrorMessage() + " (library at '" + path + "')");
             }
         }
 

@@ -124,6 +124,21 @@ namespace QuotaGate.Interop.Tests
 
             // Loaded here, before any method that calls into the library is compiled: Mono
             // binds a P/Invoke when its caller is compiled, and may inline small callers.
+            // A library that fails the version check is refused, and refused again: its path
+            // is not recorded, so no later Load takes it as already loaded.
+            bool refusedTwice = true;
+            for (int i = 0; i < 2; i++)
+            {
+                try
+                {
+                    Native.Load(libraryPath, 99000000);
+                    refusedTwice = false;
+                }
+                catch (InvalidOperationException)
+                {
+                }
+                refusedTwice &= Native.LibraryPath == null;
+            }
             try
             {
                 Native.Load(libraryPath);
@@ -136,6 +151,8 @@ namespace QuotaGate.Interop.Tests
             }
             Test("loading: Native.Load binds the DllImports to the given file", LoadsTheLibrary);
             Test("loading: the library decides which header versions it serves", VersionCompatibility);
+            Test("loading: a failed version check records no path and fails again", () =>
+                Assert.True(refusedTwice, "Load with an unserved version failed twice and recorded no path"));
             Test("features: the optional parts are listed, a missing one is a clear error", Features);
             Test("errors: the library's exception is reported first, through any wrapper, per item or terminating", ErrorReports);
             LimiterTests();

@@ -80,6 +80,24 @@ Describe 'The module' {
         $output | Should -BeLike '*cannot find libquotagate*'
         $output | Should -BeLike '*/nonexistent/libquotagate-test.so*'
     }
+
+    It 'refuses a library that fails the version check again on the next load' {
+        # A fresh process, since this one has loaded the library; the internal Load overload
+        # checks against a version that no library serves.
+        $pwsh = (Get-Process -Id $PID).Path
+        $interop = Join-Path $PSScriptRoot '..' 'QuotaGate' 'QuotaGate.Interop.cs'
+        $library = [QuotaGate.Interop.Native]::LibraryPath
+        $script = @"
+Add-Type -Path '$interop' -IgnoreWarnings
+`$load = [QuotaGate.Interop.Native].GetMethod('Load', [System.Reflection.BindingFlags]'NonPublic, Static', `$null, [type[]]@([string], [uint32]), `$null)
+foreach (`$attempt in 1, 2) {
+    try { [void]`$load.Invoke(`$null, @('$library', [uint32]99000000)); 'loaded' } catch { 'refused' }
+    if ([QuotaGate.Interop.Native]::LibraryPath) { 'recorded' }
+}
+"@
+        $output = & $pwsh -NoProfile -NonInteractive -Command $script
+        $output | Should -Be @('refused', 'refused')
+    }
 }
 
 Describe 'Connect-QgDefender and Disconnect-QgDefender' {
