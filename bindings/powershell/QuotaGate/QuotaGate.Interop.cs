@@ -18,6 +18,7 @@ using System.Runtime.InteropServices;
 using System.Security;
 using System.Text;
 using System.Threading;
+using System.Threading.Tasks;
 using Microsoft.Win32.SafeHandles;
 
 namespace QuotaGate.Interop
@@ -2428,6 +2429,104 @@ namespace QuotaGate.Interop
         }
     }
 
+    /// <summary>
+    /// A blocking call (a send, the next item of a list) run on a worker thread, so that a
+    /// PowerShell thread can wait in slices and show logs and progress while the call waits
+    /// for its quota. The worker's log records go to the given session. A client with a
+    /// token provider runs the call on the caller's thread instead: its script block must
+    /// run on its own runspace's thread.
+    /// </summary>
+    public sealed class SlicedCall<T>
+    {
+        readonly Task<T> task;
+        readonly Request request;
+
+        internal SlicedCall(Func<T> body, Request request, LogSession session, bool inline)
+        {
+            this.request = request;
+            if (inline)
+            {
+                var done = new TaskCompletionSource<T>();
+                try
+                {
+                    done.SetResult(body());
+                }
+                catch (Exception e)
+                {
+                    done.SetException(e);
+                }
+                task = done.Task;
+                return;
+            }
+            task = Task.Run(() =>
+            {
+                if (session != null)
+                {
+                    session.Bind();
+                }
+                try
+                {
+                    return body();
+                }
+                finally
+                {
+                    Log.Current = null;
+                }
+            });
+        }
+
+        /// <summary>Waits at most <paramref name="sliceMs"/> ms; true once the call has ended.</summary>
+        public bool Wait(int sliceMs)
+        {
+            return ((IAsyncResult)task).AsyncWaitHandle.WaitOne(sliceMs);
+        }
+
+        /// <summary>
+        /// Cancels the request of a call still under way and waits for it to end: for a
+        /// cmdlet that stops (Ctrl+C, Select-Object -First) before the call returns.
+        /// </summary>
+        public void Stop()
+        {
+            if (!task.IsCompleted)
+            {
+                request.CancelQuietly();
+                Wait(Timeout.Infinite);
+            }
+        }
+
+        /// <summary>The call's result; waits for it, and throws the call's own exception.</summary>
+        public T GetResult()
+        {
+            return task.GetAwaiter().GetResult();
+        }
+    }
+
+    public static class SlicedCall
+    {
+        /// <summary>Sends <paramref name="request"/> on a worker thread (see <see cref="SlicedCall{T}"/>).</summary>
+        public static SlicedCall<Response> Send(Client client, Request request, CancellationToken token, LogSession session)
+        {
+            if (client == null || request == null)
+            {
+                throw new ArgumentNullException(client == null ? "client" : "request");
+            }
+            return new SlicedCall<Response>(() => client.Send(request, token), request, session, client.TokenProvider != null);
+        }
+
+        /// <summary>
+        /// Moves <paramref name="items"/>, from <see cref="Client.Items"/> of
+        /// <paramref name="first"/>, on a worker thread; true when there is a next item.
+        /// </summary>
+        public static SlicedCall<bool> MoveNext(Client client, Request first, IEnumerator<string> items, LogSession session)
+        {
+            if (client == null || first == null || items == null)
+            {
+                throw new ArgumentNullException(client == null ? "client" : first == null ? "first" : "items");
+            }
+            return new SlicedCall<bool>(items.MoveNext, first, session, client.TokenProvider != null);
+        }
+    }
+
     // ----- simulator -----------------------------------------------------------------------
 
     /// <summary>One quota of the simulator: calls per window for an endpoint class.</summary>
@@ -2646,6 +2745,23 @@ namespace QuotaGate.Interop
         public string Message { get; private set; }
         public DateTime Time { get; private set; }
 
+        /// <summary>
+        /// The PowerShell stream the record belongs in: "Warning" for errors and warnings,
+        /// which a script must see without -Verbose; "Verbose" for info (waits, retries);
+        /// "Debug" for debug and trace.
+        /// </summary>
+        public string Stream
+        {
+            get
+            {
+                if (Level <= LogLevel.Warn)
+                {
+                    return "Warning";
+                }
+                return Level == LogLevel.Info ? "Verbose" : "Debug";
+            }
+        }
+
         public override string ToString()
         {
             return Level + ": " + Message;
@@ -2653,47 +2769,202 @@ namespace QuotaGate.Interop
     }
 
     /// <summary>
-    /// The library's log (waits, retries, token refreshes) collected into a bounded queue
-    /// from whichever thread logs, for a PowerShell thread to drain into Write-Verbose.
+    /// The records of one reader (a PowerShell runspace): a bounded queue of what the
+    /// library logged on the threads bound to it. Dispose it when the reader goes; the
+    /// library's logger is stopped when the last session closes.
     /// </summary>
-    public static class Log
+    public sealed class LogSession : IDisposable
     {
-        /// <summary>The most records kept; older ones are dropped first.</summary>
-        public const int Capacity = 10000;
+        readonly ConcurrentQueue<LogRecord> queue = new ConcurrentQueue<LogRecord>();
+        int dropped;
+        int closed;
 
-        static readonly ConcurrentQueue<LogRecord> Queue = new ConcurrentQueue<LogRecord>();
-        // Kept for the life of the process: the library may call it until qg_set_logger(NULL)
-        // returns, and a thread may be inside it even then.
-        static readonly LogCallback Callback = OnLog;
-        static int dropped;
-
-        /// <summary>Starts collecting records up to <paramref name="maxLevel"/>.</summary>
-        public static void Start(LogLevel maxLevel)
+        internal LogSession(LogLevel maxLevel)
         {
-            Native.Check(NativeMethods.qg_set_logger(Callback, (uint)maxLevel, IntPtr.Zero));
+            MaxLevel = maxLevel;
         }
 
-        public static void Stop()
+        public LogLevel MaxLevel { get; private set; }
+
+        public bool IsClosed
         {
-            Native.Check(NativeMethods.qg_set_logger(null, 0, IntPtr.Zero));
+            get { return Volatile.Read(ref closed) != 0; }
         }
 
         /// <summary>Records dropped because the queue was full.</summary>
-        public static int Dropped
+        public int Dropped
         {
             get { return Volatile.Read(ref dropped); }
         }
 
+        /// <summary>Sends what the library logs on the calling thread to this session.</summary>
+        public void Bind()
+        {
+            Log.Current = this;
+        }
+
         /// <summary>Takes every queued record, oldest first.</summary>
-        public static LogRecord[] Drain()
+        public LogRecord[] Drain()
         {
             var records = new List<LogRecord>();
             LogRecord r;
-            while (Queue.TryDequeue(out r))
+            while (queue.TryDequeue(out r))
             {
                 records.Add(r);
             }
             return records.ToArray();
+        }
+
+        internal void Add(LogRecord record)
+        {
+            if (record.Level > MaxLevel || IsClosed)
+            {
+                return;
+            }
+            queue.Enqueue(record);
+            LogRecord old;
+            while (queue.Count > Log.Capacity && queue.TryDequeue(out old))
+            {
+                Interlocked.Increment(ref dropped);
+            }
+        }
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref closed, 1) == 0)
+            {
+                Log.Close(this);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The library's log (waits, retries, token refreshes), routed to log sessions: a record
+    /// goes to the session bound to the thread that logged it, and to every open session
+    /// when no session is bound there. The library has one logger per process, so it runs
+    /// while at least one session is open (a reference count), at the most detailed level
+    /// any open session asks for.
+    /// </summary>
+    public static class Log
+    {
+        /// <summary>The most records a session keeps; older ones are dropped first.</summary>
+        public const int Capacity = 10000;
+
+        static readonly object Gate = new object();
+        static LogSession[] sessions = new LogSession[0];
+        // The process-wide session of Start, Stop and Drain.
+        static LogSession started;
+        // Kept for the life of the process: the library may call it until qg_set_logger(NULL)
+        // returns, and a thread may be inside it even then.
+        static readonly LogCallback Callback = OnLog;
+
+        [ThreadStatic]
+        static LogSession current;
+
+        internal static LogSession Current
+        {
+            set { current = value; }
+        }
+
+        /// <summary>Opens a session of the records up to <paramref name="maxLevel"/>.</summary>
+        public static LogSession Open(LogLevel maxLevel)
+        {
+            var session = new LogSession(maxLevel);
+            lock (Gate)
+            {
+                var next = new LogSession[sessions.Length + 1];
+                Array.Copy(sessions, next, sessions.Length);
+                next[sessions.Length] = session;
+                Apply(next);
+            }
+            return session;
+        }
+
+        internal static void Close(LogSession session)
+        {
+            lock (Gate)
+            {
+                Apply(Array.FindAll(sessions, x => !ReferenceEquals(x, session)));
+            }
+        }
+
+        /// <summary>The open sessions; the logger runs while there is one.</summary>
+        public static int OpenSessions
+        {
+            get { return Volatile.Read(ref sessions).Length; }
+        }
+
+        // Under Gate: sets the library's logger for the given sessions, then publishes them.
+        static void Apply(LogSession[] next)
+        {
+            LogLevel max = 0;
+            foreach (LogSession x in next)
+            {
+                if (x.MaxLevel > max)
+                {
+                    max = x.MaxLevel;
+                }
+            }
+            if (next.Length == 0)
+            {
+                Native.Check(NativeMethods.qg_set_logger(null, 0, IntPtr.Zero));
+            }
+            else
+            {
+                Native.Check(NativeMethods.qg_set_logger(Callback, (uint)max, IntPtr.Zero));
+            }
+            Volatile.Write(ref sessions, next);
+        }
+
+        /// <summary>Starts the process-wide session that <see cref="Drain"/> reads.</summary>
+        public static void Start(LogLevel maxLevel)
+        {
+            lock (Gate)
+            {
+                if (started == null || started.IsClosed)
+                {
+                    started = Open(maxLevel);
+                }
+            }
+        }
+
+        /// <summary>Stops the process-wide session; records already queued stay for Drain.</summary>
+        public static void Stop()
+        {
+            LogSession s;
+            lock (Gate)
+            {
+                s = started;
+            }
+            if (s != null)
+            {
+                s.Dispose();
+            }
+        }
+
+        /// <summary>Records the process-wide session dropped because its queue was full.</summary>
+        public static int Dropped
+        {
+            get
+            {
+                LogSession s = started;
+                return s == null ? 0 : s.Dropped;
+            }
+        }
+
+        /// <summary>Takes every record queued in the process-wide session, oldest first.</summary>
+        public static LogRecord[] Drain()
+        {
+            LogSession s;
+            lock (Gate)
+            {
+                s = started;
+                if (s != null && s.IsClosed)
+                {
+                    started = null;
+                }
+            }
+            return s == null ? new LogRecord[0] : s.Drain();
         }
 
         static void OnLog(uint level, IntPtr message, IntPtr userData)
@@ -2701,11 +2972,16 @@ namespace QuotaGate.Interop
             // No exception may unwind into the library.
             try
             {
-                Queue.Enqueue(new LogRecord((LogLevel)level, Utf8.FromCString(message)));
-                LogRecord old;
-                while (Queue.Count > Capacity && Queue.TryDequeue(out old))
+                var record = new LogRecord((LogLevel)level, Utf8.FromCString(message));
+                LogSession mine = current;
+                if (mine != null && !mine.IsClosed)
                 {
-                    Interlocked.Increment(ref dropped);
+                    mine.Add(record);
+                    return;
+                }
+                foreach (LogSession s in Volatile.Read(ref sessions))
+                {
+                    s.Add(record);
                 }
             }
             catch (Exception)

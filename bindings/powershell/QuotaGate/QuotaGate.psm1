@@ -63,14 +63,26 @@ function Import-QgNativeLibrary {
             "QuotaGate cannot find libquotagate ($how). Tried:`n  " + ($candidates -join "`n  "))
     }
     if (-not ('QuotaGate.Interop.Native' -as [type])) {
-        Add-Type -Path ([System.IO.Path]::Combine($PSScriptRoot, 'QuotaGate.Interop.cs')) -IgnoreWarnings
+        # Runspaces that import the module at once (ForEach-Object -Parallel) compile it once.
+        $mutex = [System.Threading.Mutex]::new($false, "QuotaGate.Interop.AddType.$PID")
+        [void]$mutex.WaitOne()
+        try {
+            if (-not ('QuotaGate.Interop.Native' -as [type])) {
+                Add-Type -Path ([System.IO.Path]::Combine($PSScriptRoot, 'QuotaGate.Interop.cs')) -IgnoreWarnings
+            }
+        } finally {
+            $mutex.ReleaseMutex()
+            $mutex.Dispose()
+        }
     }
     [QuotaGate.Interop.Native]::Load((Resolve-Path -LiteralPath $library).ProviderPath)
-    [QuotaGate.Interop.Log]::Start([QuotaGate.Interop.LogLevel]::Debug)
 }
 
 Import-QgNativeLibrary
 
+# This runspace's records of the library's log; the library logs while any runspace has one.
+$script:LogSession = [QuotaGate.Interop.Log]::Open([QuotaGate.Interop.LogLevel]::Debug)
+$script:LastLogMessage = $null
 $script:DefaultClient = $null
 $script:Simulators = [System.Collections.Generic.List[object]]::new()
 
@@ -83,16 +95,67 @@ $ExecutionContext.SessionState.Module.OnRemove = {
         $sim.Dispose()
     }
     $script:Simulators.Clear()
-    [QuotaGate.Interop.Log]::Stop()
+    $script:LogSession.Dispose()
 }
 
 # ----- private helpers --------------------------------------------------------------------
 
 function Write-QgLog {
-    # The library's log (waits, retries, token refreshes) goes to the verbose stream.
-    foreach ($record in [QuotaGate.Interop.Log]::Drain()) {
-        Write-Verbose "quotagate $($record.Level.ToString().ToLowerInvariant()): $($record.Message)"
+    # Writes this runspace's records of the library's log: errors and warnings to the warning
+    # stream, info (waits, retries) to verbose, debug and trace to debug. Binds the calling
+    # thread, so that what the library logs on it from now on comes to this runspace.
+    $script:LogSession.Bind()
+    foreach ($record in $script:LogSession.Drain()) {
+        $script:LastLogMessage = $record.Message
+        $text = "quotagate $($record.Level.ToString().ToLowerInvariant()): $($record.Message)"
+        switch ($record.Stream) {
+            'Warning' { Write-Warning $text }
+            'Verbose' { Write-Verbose $text }
+            default { Write-Debug $text }
+        }
     }
+}
+
+function Wait-QgSlice {
+    # Runs $Slice, a wait of at most 200 ms that returns $true once done, until it is done:
+    # between slices, the log is written and, after a second, progress with the last record
+    # (which tells the expected wait) and Ctrl+C gets its turn.
+    param(
+        [Parameter(Mandatory)][scriptblock]$Slice,
+        [Parameter(Mandatory)][string]$Activity
+    )
+    $script:LastLogMessage = $null
+    $watch = [System.Diagnostics.Stopwatch]::StartNew()
+    $shown = $false
+    try {
+        while (-not (& $Slice)) {
+            Write-QgLog
+            if ($watch.ElapsedMilliseconds -ge 1000) {
+                $operation = if ($script:LastLogMessage) { $script:LastLogMessage } else { 'waiting for quota' }
+                Write-Progress -Id 1 -Activity $Activity -Status "Waiting for $([int]$watch.Elapsed.TotalSeconds) s" -CurrentOperation $operation
+                $shown = $true
+            }
+        }
+    } finally {
+        if ($shown) {
+            Write-Progress -Id 1 -Activity $Activity -Completed
+        }
+    }
+}
+
+function Wait-QgCall {
+    # Waits in slices for a call run on a worker (QuotaGate.Interop.SlicedCall); returns its
+    # result or throws its error. A stop cancels the call.
+    param(
+        [Parameter(Mandatory)][object]$Call,
+        [Parameter(Mandatory)][string]$Activity
+    )
+    try {
+        Wait-QgSlice { $Call.Wait(200) } $Activity
+    } finally {
+        $Call.Stop()
+    }
+    $Call.GetResult()
 }
 
 function ConvertTo-QgErrorRecord {
@@ -518,11 +581,13 @@ function Connect-QgDefender {
     try {
         $client = [QuotaGate.Interop.Client]::new($options)
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $(if ($options.BaseUrl) { $options.BaseUrl } else { $options.Cloud })))
     }
     # The previous default is not closed: a script may still hold it for another tenant.
     $script:DefaultClient = $client
     Write-Verbose "Connected to $(if ($options.BaseUrl) { $options.BaseUrl } else { 'the default Defender API' })."
+    Write-QgLog
     $client
 }
 
@@ -565,12 +630,14 @@ function Disconnect-QgDefender {
                 $target.Close()
             }
         } catch {
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $target))
         } finally {
             $target.Dispose()
             if ([object]::ReferenceEquals($target, $script:DefaultClient)) {
                 $script:DefaultClient = $null
             }
+            Write-QgLog
         }
     }
 }
@@ -595,7 +662,10 @@ message, the correlation id (Target) and the request id; its id names the status
 (QuotaGate.Http404) or the failure (QuotaGate.Throttled), with -All as without. A
 missing connection or an invalid argument stops the cmdlet.
 
-Use -Verbose to see waits for quota, retries and token refreshes.
+The library's log is written as it comes, also while a call waits: warnings (a limit
+adopted from the server, a call not repeated) to the warning stream, waits for quota and
+retries to verbose (-Verbose), and details to debug (-Debug). A wait longer than a
+second shows progress with the expected wait.
 
 .PARAMETER Path
 The path, e.g. /api/machines, or an absolute URL.
@@ -688,7 +758,7 @@ function Invoke-QgRequest {
                 # record, and the finally frees the pages when Select-Object -First stops early.
                 $items = $useClient.Items($request, $stop.Token).GetEnumerator()
                 try {
-                    while ($items.MoveNext()) {
+                    while (Wait-QgCall ([QuotaGate.Interop.SlicedCall]::MoveNext($useClient, $request, $items, $script:LogSession)) $activity) {
                         $count++
                         Write-QgLog
                         if ($count % 100 -eq 1) {
@@ -703,7 +773,7 @@ function Invoke-QgRequest {
                 Write-Progress -Activity $activity -Completed
                 Write-Verbose "$activity`: $count items."
             } else {
-                $response = $useClient.Send($request, $stop.Token)
+                $response = Wait-QgCall ([QuotaGate.Interop.SlicedCall]::Send($useClient, $request, $stop.Token, $script:LogSession)) "$Method $Path"
                 Write-QgLog
                 if (-not $response.IsSuccess) {
                     throw $response.Error
@@ -727,6 +797,7 @@ function Invoke-QgRequest {
         } finally {
             if ($stop) { $stop.Dispose() }
             if ($request) { $request.Dispose() }
+            Write-QgLog
         }
     }
 }
@@ -769,11 +840,13 @@ function Invoke-QgHunting {
     )
     process {
         $stop = $null
+        $request = $null
         try {
             $useClient = Resolve-QgClient $Client
             $stop = [QuotaGate.Interop.StopSignal]::new($PSCmdlet)
-            $json = ConvertTo-Json -InputObject @{ Query = $Query } -Compress
-            $response = $useClient.Send('POST', '/api/advancedqueries/run', $json, $stop.Token)
+            $request = [QuotaGate.Interop.Request]::new('POST', '/api/advancedqueries/run')
+            [void]$request.SetBody((ConvertTo-Json -InputObject @{ Query = $Query } -Compress), $null)
+            $response = Wait-QgCall ([QuotaGate.Interop.SlicedCall]::Send($useClient, $request, $stop.Token, $script:LogSession)) 'Advanced hunting'
             Write-QgLog
             if (-not $response.IsSuccess) {
                 throw $response.Error
@@ -796,6 +869,8 @@ function Invoke-QgHunting {
             $PSCmdlet.WriteError($record)
         } finally {
             if ($stop) { $stop.Dispose() }
+            if ($request) { $request.Dispose() }
+            Write-QgLog
         }
     }
 }
@@ -872,7 +947,9 @@ function New-QgLimiter {
         if ($PSCmdlet.ShouldProcess(($rates -join ', '), 'Create limiter')) {
             [QuotaGate.Interop.Limiter]::new($rates, [uint64]$MarginMs, [uint64]$MaxBuckets, $Store)
         }
+        Write-QgLog
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Rate))
     }
 }
@@ -940,21 +1017,29 @@ function Wait-QgLimiter {
     )
     begin {
         $timeoutMs = if ($PSBoundParameters.ContainsKey('TimeoutSec')) { [long][math]::Ceiling($TimeoutSec * 1000) } else { [long]-1 }
-        $shouldStop = [QuotaGate.Interop.StopSignal]::ReadStopping($PSCmdlet)
     }
     process {
         $watch = [System.Diagnostics.Stopwatch]::StartNew()
         try {
-            $Limiter.Acquire($Key, $Cost, $timeoutMs, $shouldStop)
+            # Waited here in slices, so that Ctrl+C, the log and progress get their turn;
+            # disposing the ticket gives up its place when the wait is stopped.
+            $ticket = $Limiter.Enqueue($Key, $Cost, $timeoutMs)
+            try {
+                Wait-QgSlice { $ticket.Wait(200) } "Waiting for quota on '$Key'"
+            } finally {
+                $ticket.Dispose()
+            }
         } catch {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
         }
         if ($watch.ElapsedMilliseconds -ge 1) {
             Write-Verbose "Waited $($watch.ElapsedMilliseconds) ms for quota on '$Key'."
         }
+        Write-QgLog
         if ($PassThru) {
             $InputObject
         }
@@ -1028,15 +1113,21 @@ function Invoke-QgLimited {
     )
     begin {
         $timeoutMs = if ($PSBoundParameters.ContainsKey('TimeoutSec')) { [long][math]::Ceiling($TimeoutSec * 1000) } else { [long]-1 }
-        $shouldStop = [QuotaGate.Interop.StopSignal]::ReadStopping($PSCmdlet)
     }
     process {
         try {
-            $hold = $Limiter.Hold($Key, $Cost, $timeoutMs, $shouldStop)
+            $ticket = $Limiter.EnqueueHold($Key, $Cost, $timeoutMs)
+            try {
+                Wait-QgSlice { $ticket.Wait(200) } "Waiting for quota on '$Key'"
+                $hold = $ticket.TakeHold()
+            } finally {
+                $ticket.Dispose()
+            }
         } catch {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
         }
         try {
@@ -1047,6 +1138,7 @@ function Invoke-QgLimited {
             }
         } finally {
             $hold.Dispose()
+            Write-QgLog
         }
     }
 }
@@ -1093,11 +1185,13 @@ function Test-QgLimiter {
         [uint64]$waitMs = 0
         $admitted = $Limiter.TryAcquire($Key, $Cost, [ref]$waitMs)
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
     }
     if (-not $admitted) {
         Write-Verbose "'$Key' would admit the call in $waitMs ms."
     }
+    Write-QgLog
     $admitted
 }
 
@@ -1145,7 +1239,9 @@ function Suspend-QgLimiter {
     }
     try {
         $Limiter.Pause($Key, [uint64][math]::Ceiling($Seconds * 1000))
+        Write-QgLog
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
     }
 }
@@ -1209,7 +1305,9 @@ function Get-QgStatistics {
                 'Simulator' { ConvertFrom-QgJson $Simulator.StatisticsJson() }
                 default { ConvertFrom-QgJson (Resolve-QgClient $Client).StatisticsJson() }
             }
+            Write-QgLog
         } catch {
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_))
         }
     }
@@ -1331,10 +1429,12 @@ function Start-QgSimulator {
         }
         $sim = [QuotaGate.Interop.Simulator]::new($options)
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_))
     }
     $script:Simulators.Add($sim)
     Write-Verbose "Simulator listening at $($sim.Url)."
+    Write-QgLog
     $sim
 }
 
@@ -1377,10 +1477,12 @@ function Stop-QgSimulator {
                     $sim.Stop()
                 }
             } catch {
+                Write-QgLog
                 $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $sim.Url))
             } finally {
                 $sim.Dispose()
                 [void]$script:Simulators.Remove($sim)
+                Write-QgLog
             }
         }
     }
@@ -1406,6 +1508,7 @@ function Get-QgLibrary {
     [CmdletBinding()]
     [OutputType([pscustomobject])]
     param()
+    Write-QgLog
     [pscustomobject]@{
         Path     = [QuotaGate.Interop.Native]::LibraryPath
         Version  = [QuotaGate.Interop.Native]::Version

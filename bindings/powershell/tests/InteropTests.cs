@@ -1054,6 +1054,80 @@ namespace QuotaGate.Interop.Tests
                     Assert.True(records.All(x => x.Level >= LogLevel.Error && x.Level <= LogLevel.Debug), "levels up to Debug");
                 });
 
+                Test("log: a record goes to the session of the thread that logged it; a sliced call waits in slices and stops", () =>
+                {
+                    Log.Stop();
+                    int before = Log.OpenSessions;
+                    LogSession mine = Log.Open(LogLevel.Debug);
+                    LogSession other = Log.Open(LogLevel.Debug);
+                    try
+                    {
+                        Assert.Equal(before + 2, Log.OpenSessions, "sessions counted");
+                        var o = api.Options();
+                        o.DefaultRates.Add(new Rate(1, 60000));
+                        using (var c = new Client(o))
+                        using (var r1 = new Request("GET", "/api/machines"))
+                        using (var r2 = new Request("GET", "/api/machines"))
+                        {
+                            Assert.Equal(200, SlicedCall.Send(c, r1, CancellationToken.None, mine).GetResult().Status, "first call on a worker");
+                            SlicedCall<Response> waiting = SlicedCall.Send(c, r2, CancellationToken.None, mine);
+                            Assert.True(!waiting.Wait(300), "the second waits for its quota, slice by slice");
+                            var sw = Stopwatch.StartNew();
+                            waiting.Stop();
+                            Assert.Within(sw, 0, 1000, "stopped promptly");
+                            Assert.Fails(ResultCode.Cancelled, "", () => { waiting.GetResult(); }, "the stopped call's own error");
+                        }
+                        LogRecord[] records = mine.Drain();
+                        Assert.True(records.Any(x => x.Message.Contains("quota")), "the wait is logged to the worker's session: " +
+                            string.Join(" | ", records.Select(x => x.ToString())));
+                        Assert.True(!other.Drain().Any(x => x.Message.Contains("quota")), "and not to another runspace's");
+                    }
+                    finally
+                    {
+                        mine.Dispose();
+                        other.Dispose();
+                        other.Dispose(); // twice is fine
+                    }
+                    Assert.Equal(before, Log.OpenSessions, "the logger stops with the last session");
+
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.AddQuery("$top", "50");
+                        IEnumerator<string> items = c.Items(r, CancellationToken.None).GetEnumerator();
+                        int count = 0;
+                        try
+                        {
+                            while (true)
+                            {
+                                SlicedCall<bool> next = SlicedCall.MoveNext(c, r, items, null);
+                                while (!next.Wait(50))
+                                {
+                                }
+                                if (!next.GetResult())
+                                {
+                                    break;
+                                }
+                                count++;
+                            }
+                        }
+                        finally
+                        {
+                            items.Dispose();
+                        }
+                        Assert.Equal(api.Machines + 1, count, "every item, moved on workers");
+                    }
+                });
+
+                Test("log: levels go to the Warning, Verbose and Debug streams", () =>
+                {
+                    Assert.Equal("Warning", new LogRecord(LogLevel.Error, "e").Stream, "error");
+                    Assert.Equal("Warning", new LogRecord(LogLevel.Warn, "w").Stream, "warn");
+                    Assert.Equal("Verbose", new LogRecord(LogLevel.Info, "i").Stream, "info");
+                    Assert.Equal("Debug", new LogRecord(LogLevel.Debug, "d").Stream, "debug");
+                    Assert.Equal("Debug", new LogRecord(LogLevel.Trace, "t").Stream, "trace");
+                });
+
                 Test("client: quota waits are cancelled by a token and by qg_request_cancel", () =>
                 {
                     var o = api.Options();

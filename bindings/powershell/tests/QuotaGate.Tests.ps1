@@ -398,6 +398,51 @@ Describe 'Invoke-QgRequest' {
         }
     }
 
+    It 'writes the library''s warnings to the warning stream without -Verbose, and its debug records to debug' {
+        # Every simulator 429 states its limit; adopting a lower one is a warning.
+        $slow = Start-QgSimulator -Machines 5 -Limit @{ default = '2/1s' }
+        try {
+            $client = Connect-QgDefender -Simulator $slow
+            $records = 1..4 | ForEach-Object {
+                Invoke-QgRequest /api/machines -Client $client -Debug 3>&1 5>&1
+            }
+            $warnings = $records | Where-Object { $_ -is [System.Management.Automation.WarningRecord] }
+            ($warnings.Message -join "`n") | Should -Match 'quotagate warn: the server allows'
+            $debug = $records | Where-Object { $_ -is [System.Management.Automation.DebugRecord] }
+            ($debug.Message -join "`n") | Should -Match 'quotagate debug: '
+            $leftover = Get-QgLibrary -Verbose -Debug 3>&1 4>&1 5>&1 |
+                Where-Object { $_ -is [System.Management.Automation.InformationalRecord] }
+            $leftover | Should -BeNullOrEmpty -Because 'each cmdlet writes its own records before it ends'
+        } finally {
+            Disconnect-QgDefender -Client $client
+            Stop-QgSimulator -Simulator $slow
+            Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+    }
+
+    It 'shows progress and the log while a call waits for its quota' {
+        # Progress cannot be redirected: read it from a runspace's streams.
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($Manifest)
+                    Import-Module $Manifest
+                    $sim = Start-QgSimulator -Machines 1 -Limit @{ default = '1/3s' }
+                    $client = Connect-QgDefender -Simulator $sim
+                    1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client } | Out-Null
+                    Disconnect-QgDefender -Client $client
+                    Stop-QgSimulator -Simulator $sim
+                }).AddArgument($script:ModuleManifest)
+            $null = $ps.Invoke()
+            $ps.HadErrors | Should -BeFalse
+            $waits = $ps.Streams.Progress | Where-Object { $_.Activity -eq 'GET /api/machines' -and $_.StatusDescription -like 'Waiting for*' }
+            $waits | Should -Not -BeNullOrEmpty
+            ($ps.Streams.Warning.Message -join "`n") | Should -Match 'quotagate warn: '
+        } finally {
+            $ps.Dispose()
+        }
+    }
+
     It 'requires a connection' {
         Disconnect-QgDefender
         try {
@@ -436,6 +481,49 @@ Describe 'Invoke-QgHunting' {
         $rows.Count | Should -Be 2
         $failures.Count | Should -Be 1
         $failures[0].FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http400*'
+    }
+}
+
+Describe 'Runspaces' {
+    It 'keeps the log of each runspace to itself, and Remove-Module in one silences no other' {
+        $other = [powershell]::Create()
+        try {
+            $null = $other.AddScript({
+                    param($Manifest)
+                    Import-Module $Manifest
+                    $sim = Start-QgSimulator -Machines 1 -Limit @{ default = '1/1s' }
+                    $client = Connect-QgDefender -Simulator $sim
+                    1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client } | Out-Null
+                    Disconnect-QgDefender -Client $client
+                    Stop-QgSimulator -Simulator $sim
+                    Remove-Module QuotaGate
+                }).AddArgument($script:ModuleManifest)
+            $null = $other.Invoke()
+            ($other.Streams.Warning.Message -join "`n") | Should -Match 'quotagate warn: ' -Because 'the other runspace writes its own records'
+        } finally {
+            $other.Dispose()
+        }
+        $leaked = Get-QgLibrary -Verbose -Debug 3>&1 4>&1 5>&1 |
+            Where-Object { $_ -is [System.Management.Automation.InformationalRecord] }
+        $leaked | Should -BeNullOrEmpty -Because 'another runspace''s records are not written here'
+
+        $slow = Start-QgSimulator -Machines 1 -Limit @{ default = '1/1s' }
+        try {
+            $client = Connect-QgDefender -Simulator $slow
+            $warnings = 1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client 3>&1 } |
+                Where-Object { $_ -is [System.Management.Automation.WarningRecord] }
+            $warnings | Should -Not -BeNullOrEmpty -Because 'the log goes on after another runspace removed the module'
+        } finally {
+            Disconnect-QgDefender -Client $client
+            Stop-QgSimulator -Simulator $slow
+        }
+    }
+
+    It 'compiles the interop once when runspaces import the module at once' {
+        $pwsh = (Get-Process -Id $PID).Path
+        $script = "1..4 | ForEach-Object -ThrottleLimit 4 -Parallel { Import-Module '$script:ModuleManifest'; [QuotaGate.Interop.Native].Assembly.FullName } | Sort-Object -Unique"
+        $assemblies = & $pwsh -NoProfile -NonInteractive -Command $script
+        @($assemblies).Count | Should -Be 1
     }
 }
 
