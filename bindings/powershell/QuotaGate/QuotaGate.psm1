@@ -1231,7 +1231,7 @@ function Suspend-QgLimiter {
         [string]$Key = '',
 
         [Parameter(Mandatory)]
-        [ValidateRange(0, 31536000)]
+        [ValidateRange(0.0, 31536000.0)]
         [double]$Seconds
     )
     if (-not $PSCmdlet.ShouldProcess("bucket '$Key'", "Pause for $Seconds s")) {
@@ -1337,7 +1337,7 @@ Quotas by endpoint class ('default', 'hunting', ...), each as rates like New-QgL
 @{ default = (10,60); hunting = '2/1m' }. A class given here loses its built-in limits.
 
 .PARAMETER TokenLifetimeSec
-How long its tokens live.
+How long its tokens live, in seconds (fractions allowed, up to 86400).
 
 .PARAMETER ErrorRate
 The share of calls answered with 503 (0 to 1).
@@ -1386,13 +1386,13 @@ function Start-QgSimulator {
 
         [hashtable]$Limit,
 
-        [ValidateRange(1, 86400)]
+        [ValidateRange(0.001, 86400.0)]
         [double]$TokenLifetimeSec,
 
-        [ValidateRange(0, 1)]
+        [ValidateRange(0.0, 1.0)]
         [double]$ErrorRate = 0,
 
-        [ValidateRange(0, 1)]
+        [ValidateRange(0.0, 1.0)]
         [double]$ResetRate = 0,
 
         [ValidateRange(0, 600000)]

@@ -782,6 +782,14 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
         }
     }
 
+    It 'checks fractional values against fractional bounds, without rounding them first' {
+        { Start-QgSimulator -ErrorRate 1.4 -WhatIf } | Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+        { Start-QgSimulator -ResetRate 1.2 -WhatIf } | Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+        { Start-QgSimulator -ErrorRate 0.4 -TokenLifetimeSec 0.4 -WhatIf } | Should -Not -Throw
+        $limiter = New-QgLimiter -Rate 1, 60
+        { Suspend-QgLimiter -Limiter $limiter -Seconds 31536000.4 } | Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+    }
+
     It 'starts nothing with -WhatIf' {
         Start-QgSimulator -WhatIf | Should -BeNullOrEmpty
     }
