@@ -299,11 +299,13 @@ function New-QgTokenSource {
 }
 
 function ConvertFrom-QgJson {
-    param([string]$Json)
+    # -AsHashtable keeps keys that differ only by case (KQL's project Name, name), which
+    # objects cannot hold.
+    param([string]$Json, [switch]$AsHashtable)
     if ([string]::IsNullOrWhiteSpace($Json)) {
         return
     }
-    ConvertFrom-Json -InputObject $Json -Depth 100
+    ConvertFrom-Json -InputObject $Json -Depth 100 -AsHashtable:$AsHashtable
 }
 
 # ----- connecting ---------------------------------------------------------------------------
@@ -690,6 +692,10 @@ The body's content type. Default: application/json.
 .PARAMETER All
 Follow every page of a list and write its items one by one.
 
+.PARAMETER AsHashtable
+Return the JSON answer as hashtables instead of objects: needed when its keys differ
+only by case, which objects cannot hold.
+
 .PARAMETER Client
 The client to use. Default: the session's default client.
 
@@ -726,6 +732,8 @@ function Invoke-QgRequest {
         [string]$ContentType,
 
         [switch]$All,
+
+        [switch]$AsHashtable,
 
         [QuotaGate.Interop.Client]$Client
     )
@@ -764,7 +772,7 @@ function Invoke-QgRequest {
                         if ($count % 100 -eq 1) {
                             Write-Progress -Activity $activity -Status "$count items"
                         }
-                        ConvertFrom-QgJson $items.Current
+                        ConvertFrom-QgJson $items.Current -AsHashtable:$AsHashtable
                     }
                 } finally {
                     $items.Dispose()
@@ -781,7 +789,7 @@ function Invoke-QgRequest {
                 if ($response.ContentType -and $response.ContentType -notmatch 'json') {
                     $response.BodyText
                 } else {
-                    ConvertFrom-QgJson $response.BodyText
+                    ConvertFrom-QgJson $response.BodyText -AsHashtable:$AsHashtable
                 }
             }
         } catch {
@@ -816,6 +824,10 @@ next query from the pipeline still runs.
 .PARAMETER Query
 The KQL query. Accepts pipeline input: several queries run one after the other.
 
+.PARAMETER AsHashtable
+Write the rows as hashtables instead of objects: needed when columns differ only by
+case, as "project Name, name" makes them.
+
 .PARAMETER Client
 The client to use. Default: the session's default client.
 
@@ -824,6 +836,9 @@ Invoke-QgHunting -Query 'DeviceInfo | where OSPlatform == "Windows10" | take 10'
 
 .EXAMPLE
 'DeviceProcessEvents | take 5', 'DeviceNetworkEvents | take 5' | Invoke-QgHunting
+
+.EXAMPLE
+Invoke-QgHunting -Query 'DeviceInfo | project DeviceName, devicename = tolower(DeviceName)' -AsHashtable
 
 .OUTPUTS
 System.Management.Automation.PSCustomObject
@@ -835,6 +850,8 @@ function Invoke-QgHunting {
         [Parameter(Mandatory, Position = 0, ValueFromPipeline)]
         [ValidateNotNullOrEmpty()]
         [string]$Query,
+
+        [switch]$AsHashtable,
 
         [QuotaGate.Interop.Client]$Client
     )
@@ -851,11 +868,14 @@ function Invoke-QgHunting {
             if (-not $response.IsSuccess) {
                 throw $response.Error
             }
-            $result = ConvertFrom-QgJson $response.BodyText
-            if ($result -and $result.PSObject.Properties['Results']) {
-                foreach ($row in $result.Results) {
-                    $row
-                }
+            $result = ConvertFrom-QgJson $response.BodyText -AsHashtable:$AsHashtable
+            $rows = if ($result -is [System.Collections.IDictionary]) {
+                if ($result.Contains('Results')) { $result['Results'] }
+            } elseif ($result -and $result.PSObject.Properties['Results']) {
+                $result.Results
+            }
+            foreach ($row in $rows) {
+                $row
             }
         } catch {
             Write-QgLog

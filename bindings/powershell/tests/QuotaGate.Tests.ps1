@@ -378,6 +378,15 @@ Describe 'Invoke-QgRequest' {
         $failures[0].TargetObject | Should -Be '/api/machines/does-not-exist'
     }
 
+    It 'returns hashtables with -AsHashtable, with -All as without' {
+        $page = Invoke-QgRequest /api/machines -Query @{ '$top' = 2 } -AsHashtable
+        $page | Should -BeOfType ([System.Collections.IDictionary])
+        $page['value'].Count | Should -Be 2
+        $items = Invoke-QgRequest /api/machines -Query @{ '$top' = 50 } -All -AsHashtable
+        $items.Count | Should -Be 120
+        $items[0] | Should -BeOfType ([System.Collections.IDictionary])
+    }
+
     It 'takes the path from the pipeline by property name' {
         $page = [pscustomobject]@{ Path = '/api/machines' } | Invoke-QgRequest -Query @{ '$top' = 2 }
         $page.value.Count | Should -Be 2
@@ -474,6 +483,20 @@ Describe 'Invoke-QgHunting' {
         $err = { Invoke-QgHunting -Query ' ' -ErrorAction Stop } | Should -Throw -PassThru
         $err.Exception.HttpStatus | Should -Be 400
         $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
+    It 'writes the rows as hashtables with -AsHashtable' {
+        $rows = Invoke-QgHunting -Query 'DeviceInfo | take 2' -AsHashtable
+        $rows.Count | Should -Be 2
+        $rows[0] | Should -BeOfType ([System.Collections.IDictionary])
+        $rows[0]['DeviceId'] | Should -Not -BeNullOrEmpty
+    }
+
+    It 'keeps keys that differ only by case with -AsHashtable' {
+        $row = InModuleScope QuotaGate { ConvertFrom-QgJson '{"Name":"upper","name":"lower"}' -AsHashtable }
+        $row['Name'] | Should -Be 'upper'
+        $row['name'] | Should -Be 'lower'
+        { InModuleScope QuotaGate { ConvertFrom-QgJson '{"Name":"upper","name":"lower"}' } } | Should -Throw
     }
 
     It 'goes on with the next query after a failed one' {
