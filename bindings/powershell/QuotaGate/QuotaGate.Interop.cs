@@ -2199,6 +2199,27 @@ namespace QuotaGate.Interop
             BaseUrl = options.BaseUrl;
             TenantId = options.TenantId;
             ClientId = options.ClientId;
+            Cloud = options.Cloud;
+            Authority = options.Authority;
+            Store = options.Store;
+            AuthMethod = AuthMethodOf(options);
+        }
+
+        static string AuthMethodOf(ClientOptions o)
+        {
+            if (o.TokenProvider != null)
+            {
+                return "TokenProvider";
+            }
+            if (o.AccessToken != null)
+            {
+                return "AccessToken";
+            }
+            if (o.CertificatePath != null || o.CertificatePem != null || o.PfxPath != null)
+            {
+                return "Certificate";
+            }
+            return o.ClientSecret != null ? "ClientSecret" : null;
         }
 
         delegate uint TextSetter(ClientBuilderHandle b, byte[] value);
@@ -2281,9 +2302,18 @@ namespace QuotaGate.Interop
             get { return handle; }
         }
 
+        /// <summary>The base URL given, or null for the cloud's.</summary>
         public string BaseUrl { get; private set; }
         public string TenantId { get; private set; }
         public string ClientId { get; private set; }
+        /// <summary>The cloud given, or null for the library's default.</summary>
+        public string Cloud { get; private set; }
+        /// <summary>The login authority given, or null for the cloud's.</summary>
+        public string Authority { get; private set; }
+        /// <summary>The store URL that shares the quotas, or null for this process alone.</summary>
+        public string Store { get; private set; }
+        /// <summary>How the client signs in: ClientSecret, Certificate, AccessToken or TokenProvider.</summary>
+        public string AuthMethod { get; private set; }
 
         /// <summary>The token provider bridge, when the client was built with one; else null.</summary>
         public TokenProvider TokenProvider

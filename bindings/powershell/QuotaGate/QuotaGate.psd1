@@ -11,6 +11,7 @@
     FunctionsToExport    = @(
         'Connect-QgDefender'
         'Disconnect-QgDefender'
+        'Get-QgContext'
         'Invoke-QgRequest'
         'Invoke-QgHunting'
         'New-QgLimiter'

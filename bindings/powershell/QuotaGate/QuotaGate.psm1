@@ -315,8 +315,8 @@ function ConvertFrom-QgJson {
 Connects to the Defender for Endpoint API through a throttling-aware client.
 
 .DESCRIPTION
-Creates a quotagate client, makes it the session's default for the other QuotaGate
-cmdlets, and returns it. Every call made through it waits for its turn in the
+Creates a quotagate client and makes it the session's default for the other QuotaGate
+cmdlets; -PassThru also returns it, and Get-QgContext shows it. Every call made through it waits for its turn in the
 published quotas (100 calls per minute and 1,500 per hour by default, lower for
 advanced hunting and other endpoints), caches its OAuth2 token, honours Retry-After on
 429 answers and follows @odata.nextLink pages.
@@ -402,6 +402,9 @@ Shares the quotas with every process (and host) that opens the same store:
 'file:///var/lib/quotagate/tenant.q' for parallel jobs and scheduled scripts on one
 machine, 'redis://host:6379/0?prefix=qg' for collectors on several. Not with -Limiter.
 
+.PARAMETER PassThru
+Returns the client, to pass as -Client or to keep beside the session's default.
+
 .EXAMPLE
 $secret = Read-Host -AsSecureString 'Client secret'
 Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -412,6 +415,10 @@ Connect-QgDefender -TenantId $tenant -Credential (Get-Credential -UserName $appI
 .EXAMPLE
 $sim = Start-QgSimulator -Machines 500
 Connect-QgDefender -Simulator $sim
+
+.EXAMPLE
+$eu = Connect-QgDefender -Cloud eu -TenantId $tenant -ClientId $appId -ClientSecret $secret -PassThru
+Invoke-QgRequest /api/machines -Client $eu
 
 .EXAMPLE
 Connect-QgDefender -Cloud gcc-high -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -441,7 +448,7 @@ Returning @{ AccessToken = $token; ExpiresIn = 3599 } or the array $token, 3599 
 as well.
 
 .OUTPUTS
-QuotaGate.Interop.Client
+None, or QuotaGate.Interop.Client with -PassThru.
 #>
 function Connect-QgDefender {
     [CmdletBinding(DefaultParameterSetName = 'ClientSecret')]
@@ -513,7 +520,9 @@ function Connect-QgDefender {
         [string]$Proxy,
 
         [ValidateNotNullOrEmpty()]
-        [string]$Store
+        [string]$Store,
+
+        [switch]$PassThru
     )
     $options = [QuotaGate.Interop.ClientOptions]::new()
     switch ($PSCmdlet.ParameterSetName) {
@@ -590,7 +599,9 @@ function Connect-QgDefender {
     $script:DefaultClient = $client
     Write-Verbose "Connected to $(if ($options.BaseUrl) { $options.BaseUrl } else { 'the default Defender API' })."
     Write-QgLog
-    $client
+    if ($PassThru) {
+        $client
+    }
 }
 
 <#
@@ -640,6 +651,71 @@ function Disconnect-QgDefender {
                 $script:DefaultClient = $null
             }
             Write-QgLog
+        }
+    }
+}
+
+<#
+.SYNOPSIS
+Shows the current QuotaGate connection.
+
+.DESCRIPTION
+Returns the session's default client as Connect-QgDefender set it up, or the given
+client: its tenant, app (client) id, cloud, base URL and authority (empty when they are
+the cloud's), the store that shares its quotas, how it signs in, and the buckets it has
+used with the use of each window. Returns nothing when the session is not connected.
+Secrets and tokens are never shown.
+
+.PARAMETER Client
+The client to show. Default: the session's default client.
+
+.EXAMPLE
+Get-QgContext
+
+.EXAMPLE
+(Get-QgContext).Buckets | Format-Table
+
+.OUTPUTS
+QuotaGate.Context
+#>
+function Get-QgContext {
+    [CmdletBinding()]
+    [OutputType('QuotaGate.Context')]
+    param(
+        [Parameter(ValueFromPipeline)]
+        [QuotaGate.Interop.Client]$Client
+    )
+    process {
+        $target = if ($Client) { $Client } else { $script:DefaultClient }
+        if (-not $target) {
+            Write-QgLog
+            return
+        }
+        try {
+            $stats = ConvertFrom-QgJson $target.StatisticsJson() -AsHashtable
+        } catch {
+            Write-QgLog
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $target))
+        }
+        # One object per bucket, with the fields the library reports for it.
+        $buckets = foreach ($key in $stats['buckets'].Keys) {
+            $bucket = [pscustomobject]@{ PSTypeName = 'QuotaGate.BucketUse'; Key = $key }
+            foreach ($entry in $stats['buckets'][$key].GetEnumerator()) {
+                $bucket | Add-Member -NotePropertyName $entry.Key -NotePropertyValue $entry.Value
+            }
+            $bucket
+        }
+        Write-QgLog
+        [pscustomobject]@{
+            PSTypeName = 'QuotaGate.Context'
+            TenantId   = $target.TenantId
+            ClientId   = $target.ClientId
+            Cloud      = $target.Cloud
+            BaseUrl    = $target.BaseUrl
+            Authority  = $target.Authority
+            Store      = $target.Store
+            AuthMethod = $target.AuthMethod
+            Buckets    = @($buckets)
         }
     }
 }
@@ -1539,6 +1615,7 @@ function Get-QgLibrary {
 Export-ModuleMember -Function @(
     'Connect-QgDefender'
     'Disconnect-QgDefender'
+    'Get-QgContext'
     'Invoke-QgRequest'
     'Invoke-QgHunting'
     'New-QgLimiter'

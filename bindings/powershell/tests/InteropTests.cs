@@ -958,6 +958,25 @@ namespace QuotaGate.Interop.Tests
                     }
                 });
 
+                Test("client: keeps what it was given for Get-QgContext, and how it signs in", () =>
+                {
+                    var o = api.Options();
+                    o.Cloud = "eu";
+                    using (var c = new Client(o))
+                    {
+                        Assert.Equal(o.BaseUrl, c.BaseUrl, "base URL");
+                        Assert.Equal("eu", c.Cloud, "cloud");
+                        Assert.Equal(o.Authority, c.Authority, "authority");
+                        Assert.Equal(null, c.Store, "no store");
+                        Assert.Equal("ClientSecret", c.AuthMethod, "auth method");
+                    }
+                    using (var c = new Client(new ClientOptions { BaseUrl = api.Url, AccessToken = Secure("t") }))
+                    {
+                        Assert.Equal("AccessToken", c.AuthMethod, "access token");
+                        Assert.Equal(null, c.Cloud, "no cloud");
+                    }
+                });
+
                 Test("paging: every machine once over all pages, as items and as pages", () =>
                 {
                     using (var c = new Client(api.Options()))

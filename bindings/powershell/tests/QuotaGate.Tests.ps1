@@ -105,10 +105,47 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
         Disconnect-QgDefender
     }
 
-    It 'connects to a simulator, returns the client and makes it the default' {
-        $client = Connect-QgDefender -Simulator $script:Sim
+    It 'connects to a simulator, returns the client with -PassThru and makes it the default' {
+        $client = Connect-QgDefender -Simulator $script:Sim -PassThru
         $client | Should -BeOfType ([QuotaGate.Interop.Client])
         (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'writes nothing without -PassThru' {
+        Connect-QgDefender -Simulator $script:Sim | Should -BeNullOrEmpty
+    }
+
+    It 'shows the current connection with Get-QgContext' {
+        Connect-QgDefender -Simulator $script:Sim
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        $context = Get-QgContext
+        $context.PSObject.TypeNames | Should -Contain 'QuotaGate.Context'
+        $context.TenantId | Should -Be $script:Sim.TenantId
+        $context.ClientId | Should -Be $script:Sim.ClientId
+        $context.BaseUrl | Should -Be $script:Sim.Url
+        $context.Authority | Should -Be $script:Sim.Authority
+        $context.AuthMethod | Should -Be 'ClientSecret'
+        $context.Buckets | Should -Not -BeNullOrEmpty
+        $context.Buckets[0].Key | Should -Not -BeNullOrEmpty
+        $context.Buckets[0].Windows | Should -Not -BeNullOrEmpty
+        ($context | Out-String) | Should -Not -BeLike '*Handle*'
+        ($context | Out-String) | Should -Not -BeLike "*$($script:Sim.ClientSecret)*"
+    }
+
+    It 'shows the cloud and the store of a connection, and nothing without one' {
+        $path = Join-Path ([System.IO.Path]::GetTempPath()) "qg-pester-context-$PID.q"
+        $store = ([System.Uri]$path).AbsoluteUri
+        try {
+            Connect-QgDefender -Cloud gcc-high -AccessToken (New-TestSecret 'token') -Store $store
+            $context = Get-QgContext
+            $context.Cloud | Should -Be 'gcc-high'
+            $context.Store | Should -Be $store
+            $context.AuthMethod | Should -Be 'AccessToken'
+            Disconnect-QgDefender
+            Get-QgContext | Should -BeNullOrEmpty
+        } finally {
+            Remove-Item $path -ErrorAction SilentlyContinue
+        }
     }
 
     It 'connects with a tenant, client id and secret' {
@@ -167,7 +204,7 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
     }
 
     It 'closes a given client and keeps the default' {
-        $default = Connect-QgDefender -Simulator $script:Sim
+        $default = Connect-QgDefender -Simulator $script:Sim -PassThru
         $other = [QuotaGate.Interop.Client]::new([QuotaGate.Interop.ClientOptions]@{ BaseUrl = $script:Sim.Url; AccessToken = (New-TestSecret 'x') })
         Disconnect-QgDefender -Client $other
         $other.Handle.IsClosed | Should -BeTrue
@@ -200,7 +237,7 @@ Describe 'Connect-QgDefender with a cloud, a certificate or a token provider' {
 
     It 'accepts every documented cloud name' {
         foreach ($cloud in 'commercial', 'us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea', 'gcc', 'gcc-high', 'dod') {
-            $client = Connect-QgDefender -Cloud $cloud -AccessToken (New-TestSecret 'token')
+            $client = Connect-QgDefender -Cloud $cloud -AccessToken (New-TestSecret 'token') -PassThru
             $client | Should -BeOfType ([QuotaGate.Interop.Client]) -Because $cloud
             Disconnect-QgDefender -Client $client
         }
@@ -395,7 +432,7 @@ Describe 'Invoke-QgRequest' {
     It 'shows waits for quota and retries with -Verbose' {
         $slow = Start-QgSimulator -Machines 5 -Limit @{ default = '2/1s' }
         try {
-            $client = Connect-QgDefender -Simulator $slow
+            $client = Connect-QgDefender -Simulator $slow -PassThru
             $verbose = 1..4 | ForEach-Object {
                 Invoke-QgRequest /api/machines -Client $client -Verbose 4>&1
             } | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
@@ -411,7 +448,7 @@ Describe 'Invoke-QgRequest' {
         # Every simulator 429 states its limit; adopting a lower one is a warning.
         $slow = Start-QgSimulator -Machines 5 -Limit @{ default = '2/1s' }
         try {
-            $client = Connect-QgDefender -Simulator $slow
+            $client = Connect-QgDefender -Simulator $slow -PassThru
             $records = 1..4 | ForEach-Object {
                 Invoke-QgRequest /api/machines -Client $client -Debug 3>&1 5>&1
             }
@@ -437,7 +474,7 @@ Describe 'Invoke-QgRequest' {
                     param($Manifest)
                     Import-Module $Manifest
                     $sim = Start-QgSimulator -Machines 1 -Limit @{ default = '1/3s' }
-                    $client = Connect-QgDefender -Simulator $sim
+                    $client = Connect-QgDefender -Simulator $sim -PassThru
                     1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client } | Out-Null
                     Disconnect-QgDefender -Client $client
                     Stop-QgSimulator -Simulator $sim
@@ -515,7 +552,7 @@ Describe 'Runspaces' {
                     param($Manifest)
                     Import-Module $Manifest
                     $sim = Start-QgSimulator -Machines 1 -Limit @{ default = '1/1s' }
-                    $client = Connect-QgDefender -Simulator $sim
+                    $client = Connect-QgDefender -Simulator $sim -PassThru
                     1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client } | Out-Null
                     Disconnect-QgDefender -Client $client
                     Stop-QgSimulator -Simulator $sim
@@ -532,7 +569,7 @@ Describe 'Runspaces' {
 
         $slow = Start-QgSimulator -Machines 1 -Limit @{ default = '1/1s' }
         try {
-            $client = Connect-QgDefender -Simulator $slow
+            $client = Connect-QgDefender -Simulator $slow -PassThru
             $warnings = 1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client 3>&1 } |
                 Where-Object { $_ -is [System.Management.Automation.WarningRecord] }
             $warnings | Should -Not -BeNullOrEmpty -Because 'the log goes on after another runspace removed the module'
@@ -792,7 +829,7 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
         $sim = Start-QgSimulator -Machines 3 -Limit @{ default = (50, 60); hunting = '2/1m' } -TokenLifetimeSec 60 -RetryAfterStyle Milliseconds
         $sim | Should -BeOfType ([QuotaGate.Interop.Simulator])
         $sim.Url | Should -BeLike 'http://127.0.0.1:*'
-        $client = Connect-QgDefender -Simulator $sim -MaxAttempts 1
+        $client = Connect-QgDefender -Simulator $sim -MaxAttempts 1 -PassThru
         try {
             (Invoke-QgRequest /api/machines -Client $client -All).Count | Should -Be 3
             $sim | Stop-QgSimulator
@@ -819,7 +856,7 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
 
     It 'delays every request on its way in with -InboundJitterMs, and refuses more than 10 s' {
         $sim = Start-QgSimulator -Machines 3 -InboundJitterMs 50
-        $client = Connect-QgDefender -Simulator $sim
+        $client = Connect-QgDefender -Simulator $sim -PassThru
         try {
             1..3 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client | Out-Null }
             $delays = @((ConvertFrom-Json $sim.LogJson()) | ForEach-Object { $_.inbound_delay_ms })
