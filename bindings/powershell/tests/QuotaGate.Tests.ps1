@@ -66,6 +66,32 @@ Describe 'The module' {
         }
     }
 
+    It 'loads its type and format data, listed in the manifest' {
+        foreach ($file in @($script:Manifest.TypesToProcess) + @($script:Manifest.FormatsToProcess)) {
+            $script:Manifest.FileList | Should -Contain $file
+            Join-Path $PSScriptRoot '..' 'QuotaGate' $file | Should -Exist
+        }
+        foreach ($type in 'QuotaGate.Interop.BucketStatistics', 'QuotaGate.Context', 'QuotaGate.Interop.Simulator') {
+            Get-FormatData -TypeName $type | Should -Not -BeNullOrEmpty -Because $type
+        }
+        (Get-TypeData -TypeName 'QuotaGate.Interop.Client').DefaultDisplayPropertySet.ReferencedProperties | Should -Contain 'TenantId'
+    }
+
+    It 'shows clients, simulators and statistics without handles or secrets' {
+        $client = Connect-QgDefender -Simulator $script:Sim -PassThru
+        try {
+            $shown = ($client | Out-String) + ($script:Sim | Out-String) + (Get-QgContext | Out-String)
+            $shown | Should -Not -BeLike '*Handle*'
+            $shown | Should -Not -BeLike "*$([System.Net.NetworkCredential]::new('', $script:Sim.ClientSecret).Password)*"
+            $shown | Should -BeLike "*$($script:Sim.TenantId)*"
+            $limiter = New-QgLimiter -Rate 2, 60
+            Wait-QgLimiter -Limiter $limiter -Key 'k'
+            (Get-QgStatistics -Limiter $limiter -Key 'k' | Out-String) | Should -BeLike '*1/2 in 60000 ms*'
+        } finally {
+            Disconnect-QgDefender -Client $client
+        }
+    }
+
     It 'shows the loaded library, its version and its features' {
         $library = Get-QgLibrary
         $library.Version | Should -Be '0.1.0'
@@ -129,7 +155,7 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
         $context.Buckets[0].Key | Should -Not -BeNullOrEmpty
         $context.Buckets[0].Windows | Should -Not -BeNullOrEmpty
         ($context | Out-String) | Should -Not -BeLike '*Handle*'
-        ($context | Out-String) | Should -Not -BeLike "*$($script:Sim.ClientSecret)*"
+        ($context | Out-String) | Should -Not -BeLike "*$([System.Net.NetworkCredential]::new('', $script:Sim.ClientSecret).Password)*"
     }
 
     It 'shows the cloud and the store of a connection, and nothing without one' {
