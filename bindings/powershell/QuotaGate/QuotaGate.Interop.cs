@@ -974,6 +974,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_max_quota_wait_ms(ClientBuilderHandle b, ulong ms);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_margin_ms(ClientBuilderHandle b, ulong marginMs);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_add_default_rate(ClientBuilderHandle b, uint calls, ulong windowMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_add_route(ClientBuilderHandle b, byte[] method, byte[] pathPattern, uint calls, ulong windowMs);
@@ -1628,6 +1630,35 @@ namespace QuotaGate.Interop
             Rate = rate;
         }
 
+        /// <summary>
+        /// A route from "METHOD /path/pattern" or "/path/pattern" (any method), as the
+        /// PowerShell module takes routes and in-flight caps; the library checks both parts.
+        /// </summary>
+        public static Route Parse(string target, Rate rate)
+        {
+            string method, pattern;
+            SplitTarget(target, out method, out pattern);
+            return new Route(method, pattern, rate);
+        }
+
+        internal static void SplitTarget(string target, out string method, out string pattern)
+        {
+            if (target == null)
+            {
+                throw new ArgumentNullException("target");
+            }
+            string t = target.Trim();
+            int space = t.IndexOfAny(new[] { ' ', '\t' });
+            if (space < 0)
+            {
+                method = null;
+                pattern = t;
+                return;
+            }
+            method = t.Substring(0, space).ToUpperInvariant();
+            pattern = t.Substring(space + 1).Trim();
+        }
+
         /// <summary>HTTP method, or null for any.</summary>
         public string Method { get; private set; }
         /// <summary>A path such as "/api/machines/*/isolate".</summary>
@@ -1651,6 +1682,14 @@ namespace QuotaGate.Interop
         public string PathPattern { get; private set; }
         /// <summary>0 lifts the cap.</summary>
         public uint MaxInFlight { get; private set; }
+
+        /// <summary>A cap from "METHOD /path/pattern" or "/path/pattern" (any method).</summary>
+        public static InFlightCap Parse(string target, uint maxInFlight)
+        {
+            string method, pattern;
+            Route.SplitTarget(target, out method, out pattern);
+            return new InFlightCap(method, pattern, maxInFlight);
+        }
     }
 
     /// <summary>How client assertions are signed (QG_ASSERTION_*).</summary>
@@ -1894,6 +1933,8 @@ namespace QuotaGate.Interop
         public ulong? MaxBodyBytes { get; set; }
         public uint? MaxAttempts { get; set; }
         public ulong? MaxQuotaWaitMs { get; set; }
+        /// <summary>Widens every window of the client's own limiter (not with <see cref="Limiter"/>).</summary>
+        public ulong? MarginMs { get; set; }
         /// <summary>When not empty, replaces the library's default rates.</summary>
         public List<Rate> DefaultRates { get; private set; }
         public List<Route> Routes { get; private set; }
@@ -2165,6 +2206,10 @@ namespace QuotaGate.Interop
                 if (options.MaxQuotaWaitMs.HasValue)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_max_quota_wait_ms(b, options.MaxQuotaWaitMs.Value));
+                }
+                if (options.MarginMs.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_margin_ms(b, options.MarginMs.Value));
                 }
                 foreach (Rate r in options.DefaultRates)
                 {

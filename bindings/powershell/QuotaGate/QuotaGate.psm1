@@ -405,6 +405,46 @@ machine, 'redis://host:6379/0?prefix=qg' for collectors on several. Not with -Li
 .PARAMETER PassThru
 Returns the client, to pass as -Client or to keep beside the session's default.
 
+.PARAMETER Rate
+Replaces the library's default rates (100 per minute and 1,500 per hour) of every
+bucket without a route: calls,seconds pairs or strings such as '100/60s','1500/1h', as
+New-QgLimiter takes them.
+
+.PARAMETER Route
+Rates of your own for some requests, before the built-in routes: a hashtable from
+'METHOD /path/pattern' (or '/path/pattern' for any method; * matches one segment) to
+rates, e.g. @{ 'POST /api/machines/*/isolate' = '10/1m' }.
+
+.PARAMETER MaxInFlight
+Caps the calls under way at once: a hashtable from 'METHOD /path/pattern' to the cap,
+e.g. @{ 'POST /api/machines/{id}/runliveresponse' = 10 }; 0 lifts a cap.
+
+.PARAMETER HuntingBudgetPerHourSec
+The advanced hunting run time allowed per rolling hour, in seconds (0: no limit).
+
+.PARAMETER HuntingBudgetPerDaySec
+The advanced hunting run time allowed per rolling day, in seconds (0: no limit).
+
+.PARAMETER HuntingBudgetPolicy
+What a hunting query does when the run-time budget is spent: Wait (the default) or Fail
+at once with a throttled error.
+
+.PARAMETER MarginMs
+Widens every window of the client's own limiter by this many milliseconds. Not used
+with -Limiter: give that limiter its own margin.
+
+.PARAMETER ConnectTimeoutSec
+The time limit for opening a connection, in seconds.
+
+.PARAMETER MaxBodyBytes
+The largest answer body accepted, in bytes.
+
+.PARAMETER Scope
+The OAuth2 scope to ask tokens for, instead of the cloud's.
+
+.PARAMETER Resource
+The resource to ask tokens for, for identity platforms that take one instead of a scope.
+
 .EXAMPLE
 $secret = Read-Host -AsSecureString 'Client secret'
 Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -419,6 +459,12 @@ Connect-QgDefender -Simulator $sim
 .EXAMPLE
 $eu = Connect-QgDefender -Cloud eu -TenantId $tenant -ClientId $appId -ClientSecret $secret -PassThru
 Invoke-QgRequest /api/machines -Client $eu
+
+.EXAMPLE
+Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret -Route @{ 'POST /api/machines/*/isolate' = '10/1m' } -MaxInFlight @{ 'POST /api/machines/{id}/runliveresponse' = 10 } -HuntingBudgetPerHourSec 300 -HuntingBudgetPolicy Fail
+
+Isolates at most 10 machines a minute, runs at most 10 live response sessions at once,
+and fails hunting queries at once after 5 minutes of run time in an hour.
 
 .EXAMPLE
 Connect-QgDefender -Cloud gcc-high -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -522,6 +568,35 @@ function Connect-QgDefender {
         [ValidateNotNullOrEmpty()]
         [string]$Store,
 
+        [object[]]$Rate,
+
+        [hashtable]$Route,
+
+        [hashtable]$MaxInFlight,
+
+        [ValidateRange(0.0, 86400.0)]
+        [double]$HuntingBudgetPerHourSec,
+
+        [ValidateRange(0.0, 86400.0)]
+        [double]$HuntingBudgetPerDaySec,
+
+        [QuotaGate.Interop.HuntingBudgetPolicy]$HuntingBudgetPolicy,
+
+        [ValidateRange('NonNegative')]
+        [long]$MarginMs,
+
+        [ValidateRange(0.001, 86400.0)]
+        [double]$ConnectTimeoutSec,
+
+        [ValidateRange('Positive')]
+        [long]$MaxBodyBytes,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Scope,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Resource,
+
         [switch]$PassThru
     )
     $options = [QuotaGate.Interop.ClientOptions]::new()
@@ -589,7 +664,30 @@ function Connect-QgDefender {
     if ($PSBoundParameters.ContainsKey('Proxy')) { $options.Proxy = $Proxy }
     if ($PSBoundParameters.ContainsKey('Store')) { $options.Store = $Store }
     if ($Limiter) { $options.Limiter = $Limiter }
+    if ($PSBoundParameters.ContainsKey('HuntingBudgetPerHourSec')) { $options.HuntingBudgetPerHourMs = [uint64][math]::Round($HuntingBudgetPerHourSec * 1000) }
+    if ($PSBoundParameters.ContainsKey('HuntingBudgetPerDaySec')) { $options.HuntingBudgetPerDayMs = [uint64][math]::Round($HuntingBudgetPerDaySec * 1000) }
+    if ($PSBoundParameters.ContainsKey('HuntingBudgetPolicy')) { $options.HuntingBudgetPolicy = $HuntingBudgetPolicy }
+    if ($PSBoundParameters.ContainsKey('MarginMs')) { $options.MarginMs = [uint64]$MarginMs }
+    if ($PSBoundParameters.ContainsKey('ConnectTimeoutSec')) { $options.ConnectTimeoutMs = [uint64][math]::Ceiling($ConnectTimeoutSec * 1000) }
+    if ($PSBoundParameters.ContainsKey('MaxBodyBytes')) { $options.MaxBodyBytes = [uint64]$MaxBodyBytes }
+    if ($PSBoundParameters.ContainsKey('Scope')) { $options.Scope = $Scope }
+    if ($PSBoundParameters.ContainsKey('Resource')) { $options.Resource = $Resource }
     try {
+        foreach ($r in $(if ($Rate) { ConvertTo-QgRate $Rate })) {
+            $options.DefaultRates.Add($r)
+        }
+        if ($Route) {
+            foreach ($target in $Route.Keys) {
+                foreach ($r in ConvertTo-QgRate @($Route[$target])) {
+                    $options.Routes.Add([QuotaGate.Interop.Route]::Parse([string]$target, $r))
+                }
+            }
+        }
+        if ($MaxInFlight) {
+            foreach ($target in $MaxInFlight.Keys) {
+                $options.MaxInFlight.Add([QuotaGate.Interop.InFlightCap]::Parse([string]$target, [uint32]$MaxInFlight[$target]))
+            }
+        }
         $client = [QuotaGate.Interop.Client]::new($options)
     } catch {
         Write-QgLog

@@ -11,6 +11,7 @@
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
+using System.IO;
 using System.Linq;
 using System.Reflection;
 using System.Runtime.InteropServices;
@@ -155,6 +156,8 @@ namespace QuotaGate.Interop.Tests
                 Assert.True(refusedTwice, "Load with an unserved version failed twice and recorded no path"));
             Test("features: the optional parts are listed, a missing one is a clear error", Features);
             Test("errors: the library's exception is reported first, through any wrapper, per item or terminating", ErrorReports);
+            Test("parity: every builder function of the header is declared in the interop", BuilderParity);
+            Test("routes: \"METHOD /pattern\" and \"/pattern\" targets of routes and in-flight caps", RouteTargets);
             LimiterTests();
             if (HasClientAbi())
             {
@@ -199,6 +202,52 @@ namespace QuotaGate.Interop.Tests
                 Assert.True(Native.LastErrorMessage().Contains("cannot serve a caller built against"),
                     "the library's message: " + Native.LastErrorMessage());
             }
+        }
+
+        // include/quotagate.h, found upward from the library (target/<profile>/) or the
+        // current directory.
+        static string HeaderPath()
+        {
+            foreach (string start in new[] { Path.GetDirectoryName(Path.GetFullPath(libraryPath)), Directory.GetCurrentDirectory() })
+            {
+                for (string dir = start; dir != null; dir = Path.GetDirectoryName(dir))
+                {
+                    string candidate = Path.Combine(dir, "include", "quotagate.h");
+                    if (File.Exists(candidate))
+                    {
+                        return candidate;
+                    }
+                }
+            }
+            throw new AssertionException("include/quotagate.h not found above " + libraryPath);
+        }
+
+        static void BuilderParity()
+        {
+            string header = File.ReadAllText(HeaderPath());
+            var inHeader = new SortedSet<string>(Regex.Matches(header, @"\b(qg_(?:client|limiter)_builder_\w+)\s*\(")
+                .Cast<Match>().Select(m => m.Groups[1].Value));
+            Assert.True(inHeader.Count > 20, "the header's builder functions: " + inHeader.Count);
+            var declared = new HashSet<string>(typeof(NativeMethods)
+                .GetMethods(BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static).Select(m => m.Name));
+            var missing = inHeader.Where(f => !declared.Contains(f)).ToList();
+            Assert.True(missing.Count == 0, "builder functions of the header that the interop does not declare: " + string.Join(", ", missing));
+        }
+
+        static void RouteTargets()
+        {
+            Route r = Route.Parse("post /api/machines/*/isolate", new Rate(10, 60000));
+            Assert.Equal("POST", r.Method, "method, upper case");
+            Assert.Equal("/api/machines/*/isolate", r.PathPattern, "pattern");
+            Assert.Equal(10U, r.Rate.Calls, "rate");
+            r = Route.Parse("  /api/alerts ", new Rate(1, 1000));
+            Assert.Equal(null, r.Method, "no method: any");
+            Assert.Equal("/api/alerts", r.PathPattern, "pattern, trimmed");
+            InFlightCap cap = InFlightCap.Parse("POST  /api/machines/{id}/runliveresponse", 5);
+            Assert.Equal("POST", cap.Method, "cap method");
+            Assert.Equal("/api/machines/{id}/runliveresponse", cap.PathPattern, "cap pattern");
+            Assert.Equal(5U, cap.MaxInFlight, "cap");
+            Assert.Throws<ArgumentNullException>(() => Route.Parse(null, new Rate(1, 1000)), "no target");
         }
 
         static QuotaGateException HttpError(int status)
@@ -1470,9 +1519,18 @@ namespace QuotaGate.Interop.Tests
                     o.MaxInFlight.Add(new InFlightCap(null, "/api/machines/{id}/isolate", 0));
                     o.HuntingBudgetPerHourMs = 60000;
                     o.HuntingBudgetPolicy = HuntingBudgetPolicy.Fail;
+                    o.MarginMs = 250;
                     using (var c = new Client(o))
                     {
                         Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "a call");
+                    }
+                    o = SimClient(sim);
+                    o.DefaultRates.Add(new Rate(50, 1000));
+                    o.MarginMs = 250;
+                    using (var c = new Client(o))
+                    {
+                        c.Send("GET", "/api/machines", null, CancellationToken.None);
+                        Assert.True(Regex.IsMatch(c.StatisticsJson(), "\"window_ms\"\\s*:\\s*1250"), "the margin widens the window: " + c.StatisticsJson());
                     }
                     o = SimClient(sim);
                     o.MaxInFlight.Add(new InFlightCap(null, "api/relative", 1));
@@ -1483,6 +1541,7 @@ namespace QuotaGate.Interop.Tests
                 using (b)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_ms(b, 0, 0));
+                    Native.Check(NativeMethods.qg_client_builder_set_margin_ms(b, 500));
                     Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_policy(b, 9)), "unknown policy");
                 }
             });

@@ -239,6 +239,55 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
     }
 }
 
+Describe 'Connect-QgDefender with the client builder''s settings' {
+    AfterEach {
+        Disconnect-QgDefender
+    }
+
+    It 'replaces the default rates with -Rate and adds routes with -Route' {
+        Connect-QgDefender -Simulator $script:Sim -Rate 7, 60 -Route @{ 'GET /api/alerts' = '3/1m' }
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        Invoke-QgRequest /api/alerts -Query @{ '$top' = 1 } | Out-Null
+        $calls = (Get-QgContext).Buckets.windows.calls
+        $calls | Should -Contain 7
+        $calls | Should -Contain 3
+        $calls | Should -Not -Contain 100
+    }
+
+    It 'widens the windows by -MarginMs' {
+        Connect-QgDefender -Simulator $script:Sim -Rate 50, 1 -MarginMs 250
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        (Get-QgContext).Buckets.windows.window_ms | Should -Contain 1250
+    }
+
+    It 'caps the calls under way with -MaxInFlight' {
+        Connect-QgDefender -Simulator $script:Sim -Route @{ 'GET /api/machines' = '50/1m' } -MaxInFlight @{ 'GET /api/machines' = 2 }
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        (Get-QgStatistics).in_flight_peaks.PSObject.Properties.Value | Should -Contain 1
+    }
+
+    It 'passes the library''s refusal of a bad in-flight cap on' {
+        $err = { Connect-QgDefender -Simulator $script:Sim -MaxInFlight @{ 'GET api/machines' = 2 } } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.Exception.Message | Should -BeLike "*starts with '/'*"
+        $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
+    It 'turns the hunting budget off with 0, with the Fail policy' {
+        Connect-QgDefender -Simulator $script:Sim -HuntingBudgetPerHourSec 0 -HuntingBudgetPerDaySec 0 -HuntingBudgetPolicy Fail
+        (Invoke-QgHunting -Query 'DeviceInfo | take 2').Count | Should -Be 2
+        { Connect-QgDefender -Simulator $script:Sim -HuntingBudgetPolicy Sometimes } |
+            Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+    }
+
+    It 'refuses an answer above -MaxBodyBytes' {
+        Connect-QgDefender -Simulator $script:Sim -MaxBodyBytes 1000 -ConnectTimeoutSec 5
+        $err = { Invoke-QgRequest /api/machines -ErrorAction Stop } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::BodyTooLarge)
+        $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.BodyTooLarge*'
+    }
+}
+
 Describe 'Connect-QgDefender with a cloud, a certificate or a token provider' {
     BeforeAll {
         $script:Data = Join-Path $PSScriptRoot '..' '..' '..' 'tests' 'data'
