@@ -2521,6 +2521,10 @@ namespace QuotaGate.Interop
             this.request = request;
             if (inline)
             {
+                if (session != null)
+                {
+                    session.Bind();
+                }
                 var done = new TaskCompletionSource<T>();
                 try
                 {

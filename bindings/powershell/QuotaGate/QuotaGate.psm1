@@ -82,6 +82,7 @@ Import-QgNativeLibrary
 
 # This runspace's records of the library's log; the library logs while any runspace has one.
 $script:LogSession = [QuotaGate.Interop.Log]::Open([QuotaGate.Interop.LogLevel]::Debug)
+$script:LogSession.Bind()
 $script:LastLogMessage = $null
 $script:DefaultClient = $null
 $script:Simulators = [System.Collections.Generic.List[object]]::new()

@@ -1158,6 +1158,31 @@ namespace QuotaGate.Interop.Tests
                     }
                     Assert.Equal(before, Log.OpenSessions, "the logger stops with the last session");
 
+                    // A token provider's script block must run on its runspace's thread.
+                    int providerThread = -1;
+                    var withProvider = new ClientOptions
+                    {
+                        BaseUrl = api.Url,
+                        TokenProvider = () =>
+                        {
+                            providerThread = Thread.CurrentThread.ManagedThreadId;
+                            return Tuple.Create("provided-token", 3600.0);
+                        },
+                    };
+                    using (var c = new Client(withProvider))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        try
+                        {
+                            SlicedCall.Send(c, r, CancellationToken.None, null).GetResult();
+                        }
+                        catch (QuotaGateException)
+                        {
+                            // The fake API may refuse the token; the provider ran all the same.
+                        }
+                    }
+                    Assert.Equal(Thread.CurrentThread.ManagedThreadId, providerThread, "a client with a token provider sends on the caller's thread");
+
                     using (var c = new Client(api.Options()))
                     using (var r = new Request("GET", "/api/machines"))
                     {
