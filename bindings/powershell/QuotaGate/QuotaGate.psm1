@@ -317,10 +317,10 @@ Connects to the Defender for Endpoint API through a throttling-aware client.
 
 .DESCRIPTION
 Creates a quotagate client and makes it the session's default for the other QuotaGate
-cmdlets; -PassThru also returns it, and Get-QgContext shows it. Every call made through it waits for its turn in the
-published quotas (100 calls per minute and 1,500 per hour by default, lower for
-advanced hunting and other endpoints), caches its OAuth2 token, honours Retry-After on
-429 answers and follows @odata.nextLink pages.
+cmdlets; -PassThru also returns it, and Get-QgContext shows it. Every call made through
+it waits for its turn in the published quotas (100 calls per minute and 1,500 per hour
+by default, lower for advanced hunting and other endpoints), caches its OAuth2 token,
+honours Retry-After on 429 answers and follows @odata.nextLink pages.
 
 No request is sent here: the token is fetched by the first call, and a bad secret is
 reported then.
