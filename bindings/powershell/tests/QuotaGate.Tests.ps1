@@ -86,7 +86,7 @@ Describe 'The module' {
             $shown | Should -BeLike "*$($script:Sim.TenantId)*"
             $limiter = New-QgLimiter -Rate 2, 60
             Wait-QgLimiter -Limiter $limiter -Key 'k'
-            (Get-QgStatistics -Limiter $limiter -Key 'k' | Out-String) | Should -BeLike '*1/2 in 60000 ms*'
+            (Get-QgStatistics -Limiter $limiter -Key 'k' | Out-String -Width 250) | Should -BeLike '*1/2 in 60000 ms*'
         } finally {
             Disconnect-QgDefender -Client $client
         }
