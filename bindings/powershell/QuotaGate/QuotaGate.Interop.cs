@@ -18,6 +18,7 @@ using System.Runtime.InteropServices;
 using System.Security;
 using System.Text;
 using System.Threading;
+using System.Threading.Tasks;
 using Microsoft.Win32.SafeHandles;
 
 namespace QuotaGate.Interop
@@ -175,6 +176,156 @@ namespace QuotaGate.Interop
             long v;
             return long.TryParse(s, System.Globalization.NumberStyles.Integer,
                 System.Globalization.CultureInfo.InvariantCulture, out v) ? v : (long?)null;
+        }
+    }
+
+    /// <summary>
+    /// How a cmdlet reports a failure: the error id, the ErrorCategory name, and whether it
+    /// ends the cmdlet or only the current pipeline item. Written here, not in the module,
+    /// so that the interop tests check it; PowerShell only builds the ErrorRecord.
+    /// </summary>
+    public sealed class ErrorReport
+    {
+        ErrorReport(Exception exception, string id, string category, bool terminating)
+        {
+            Exception = exception;
+            Id = id;
+            Category = category;
+            Terminating = terminating;
+        }
+
+        /// <summary>The exception to put in the record: the library's, when one is in the chain.</summary>
+        public Exception Exception { get; private set; }
+        /// <summary>The FullyQualifiedErrorId, e.g. "QuotaGate.Http404" or "QuotaGate.Throttled".</summary>
+        public string Id { get; private set; }
+        /// <summary>The name of a System.Management.Automation.ErrorCategory value.</summary>
+        public string Category { get; private set; }
+        /// <summary>
+        /// True for what no other pipeline item can escape (bad arguments, no connection, a
+        /// closed handle, a stop); false for a failed call, which the next item may not repeat.
+        /// </summary>
+        public bool Terminating { get; private set; }
+
+        /// <summary>
+        /// The report of <paramref name="error"/>, looking through the wrappers PowerShell
+        /// adds (MethodInvocationException, TargetInvocationException, ...) for the library's
+        /// exception first, whatever wraps it.
+        /// </summary>
+        public static ErrorReport For(Exception error)
+        {
+            if (error == null)
+            {
+                throw new ArgumentNullException("error");
+            }
+            for (Exception e = error; e != null; e = e.InnerException)
+            {
+                var q = e as QuotaGateException;
+                if (q != null)
+                {
+                    return ForLibrary(q);
+                }
+            }
+            Exception inner = error;
+            while (inner.InnerException != null && IsWrapper(inner))
+            {
+                inner = inner.InnerException;
+            }
+            string category;
+            if (inner is ArgumentException)
+            {
+                category = "InvalidArgument";
+            }
+            else if (inner is OperationCanceledException)
+            {
+                category = "OperationStopped";
+            }
+            else if (inner is InvalidOperationException || inner is ObjectDisposedException)
+            {
+                category = "InvalidOperation";
+            }
+            else if (inner is NotSupportedException)
+            {
+                category = "NotImplemented";
+            }
+            else
+            {
+                category = "NotSpecified";
+            }
+            return new ErrorReport(inner, "QuotaGate." + inner.GetType().Name, category, true);
+        }
+
+        static bool IsWrapper(Exception e)
+        {
+            if (e is TargetInvocationException || e is AggregateException)
+            {
+                return true;
+            }
+            string name = e.GetType().FullName;
+            return name == "System.Management.Automation.MethodInvocationException"
+                || name == "System.Management.Automation.GetValueInvocationException"
+                || name == "System.Management.Automation.SetValueInvocationException"
+                || name == "System.Management.Automation.CmdletInvocationException";
+        }
+
+        static ErrorReport ForLibrary(QuotaGateException e)
+        {
+            uint code = e.Code;
+            if (code == ResultCode.HttpStatus && e.HttpStatus.HasValue)
+            {
+                int status = e.HttpStatus.Value;
+                string category;
+                switch (status)
+                {
+                    case 400: category = "InvalidArgument"; break;
+                    case 401: category = "AuthenticationError"; break;
+                    case 403: category = "PermissionDenied"; break;
+                    case 404: category = "ObjectNotFound"; break;
+                    case 409: category = "ResourceExists"; break;
+                    case 429: category = "QuotaExceeded"; break;
+                    default: category = status >= 500 ? "ResourceUnavailable" : "InvalidResult"; break;
+                }
+                return new ErrorReport(e, "QuotaGate.Http" + status, category, false);
+            }
+            string name = CodeName(code);
+            string id = "QuotaGate." + (name ?? "Code" + code);
+            switch (code)
+            {
+                case ResultCode.NullArgument:
+                case ResultCode.InvalidArgument:
+                    return new ErrorReport(e, id, "InvalidArgument", true);
+                case ResultCode.Timeout:
+                    return new ErrorReport(e, id, "OperationTimeout", false);
+                case ResultCode.Cancelled:
+                    return new ErrorReport(e, id, "OperationStopped", true);
+                case ResultCode.Closed:
+                    return new ErrorReport(e, id, "ResourceUnavailable", true);
+                case ResultCode.TooManyBuckets:
+                    return new ErrorReport(e, id, "LimitsExceeded", true);
+                case ResultCode.Transport:
+                    return new ErrorReport(e, id, "ConnectionError", false);
+                case ResultCode.Throttled:
+                    return new ErrorReport(e, id, "QuotaExceeded", false);
+                case ResultCode.Auth:
+                    return new ErrorReport(e, id, "AuthenticationError", true);
+                case ResultCode.BodyTooLarge:
+                    return new ErrorReport(e, id, "LimitsExceeded", false);
+                case ResultCode.Store:
+                    return new ErrorReport(e, id, "ResourceUnavailable", false);
+                default:
+                    return new ErrorReport(e, id, "NotSpecified", true);
+            }
+        }
+
+        static string CodeName(uint code)
+        {
+            foreach (FieldInfo f in typeof(ResultCode).GetFields(BindingFlags.Public | BindingFlags.Static))
+            {
+                if (f.IsLiteral && (uint)f.GetRawConstantValue() == code)
+                {
+                    return f.Name;
+                }
+            }
+            return null;
         }
     }
 
@@ -338,6 +489,15 @@ namespace QuotaGate.Interop
         /// </summary>
         public static void Load(string path)
         {
+            Load(path, ExpectedVersionNumber);
+        }
+
+        /// <summary>
+        /// Loads as <see cref="Load(string)"/>, checking the library against
+        /// <paramref name="expectedVersionNumber"/>; the tests give a version no library serves.
+        /// </summary>
+        internal static void Load(string path, uint expectedVersionNumber)
+        {
             if (string.IsNullOrEmpty(path))
             {
                 throw new ArgumentException("the library path is empty", "path");
@@ -373,9 +533,11 @@ namespace QuotaGate.Interop
                     // .NET Framework: Windows reuses a loaded module for a DllImport of its base name.
                     libraryHandle = OsLoader.Open(full);
                 }
+                // Checked before the path is recorded: a library that fails the check is
+                // checked again (and refused again) by every later Load, never used.
+                CheckVersion(full, expectedVersionNumber);
                 loadedPath = full;
             }
-            CheckVersion();
         }
 
         static void LoadWithNativeLibrary(Type nativeLibrary, string path)
@@ -388,6 +550,10 @@ namespace QuotaGate.Interop
             catch (TargetInvocationException e)
             {
                 throw new DllNotFoundException("cannot load '" + path + "': " + e.InnerException.Message, e.InnerException);
+            }
+            if (resolver != null)
+            {
+                return; // set by an earlier Load whose version check failed; it reads libraryHandle
             }
             Type resolverType = typeof(object).Assembly.GetType("System.Runtime.InteropServices.DllImportResolver", true);
             MethodInfo set = nativeLibrary.GetMethod("SetDllImportResolver", new[] { typeof(Assembly), resolverType });
@@ -414,23 +580,23 @@ namespace QuotaGate.Interop
         // Not inlined: on Mono a P/Invoke binds when its caller is compiled, which must be
         // after Load has mapped the library.
         [MethodImpl(MethodImplOptions.NoInlining)]
-        static void CheckVersion()
+        static void CheckVersion(string path, uint expectedVersionNumber)
         {
             // The library decides whether it serves this header version (docs/abi.md).
             uint rc;
             try
             {
-                rc = NativeMethods.qg_version_compatible(ExpectedVersionNumber);
+                rc = NativeMethods.qg_version_compatible(expectedVersionNumber);
             }
             catch (EntryPointNotFoundException)
             {
                 throw new InvalidOperationException(
-                    "libquotagate at '" + loadedPath + "' is version " + Version +
-                    ", older than this module can use (written for " + ExpectedVersionNumber + ")");
+                    "libquotagate at '" + path + "' is version " + Version +
+                    ", older than this module can use (written for " + expectedVersionNumber + ")");
             }
             if (rc != ResultCode.Ok)
             {
-                throw new InvalidOperationException(LastErrorMessage() + " (library at '" + loadedPath + "')");
+                throw new InvalidOperationException(LastErrorMessage() + " (library at '" + path + "')");
             }
         }
 
@@ -779,6 +945,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_allow_insecure_http(ClientBuilderHandle b, uint allow);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_max_pages(ClientBuilderHandle b, ulong maxPages);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_tenant_id(ClientBuilderHandle b, byte[] tenantId);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_cloud(ClientBuilderHandle b, byte[] name);
@@ -822,6 +990,8 @@ namespace QuotaGate.Interop
         public static extern uint qg_client_builder_set_max_attempts(ClientBuilderHandle b, uint n);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_max_quota_wait_ms(ClientBuilderHandle b, ulong ms);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_margin_ms(ClientBuilderHandle b, ulong marginMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_add_default_rate(ClientBuilderHandle b, uint calls, ulong windowMs);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -1477,6 +1647,35 @@ namespace QuotaGate.Interop
             Rate = rate;
         }
 
+        /// <summary>
+        /// A route from "METHOD /path/pattern" or "/path/pattern" (any method), as the
+        /// PowerShell module takes routes and in-flight caps; the library checks both parts.
+        /// </summary>
+        public static Route Parse(string target, Rate rate)
+        {
+            string method, pattern;
+            SplitTarget(target, out method, out pattern);
+            return new Route(method, pattern, rate);
+        }
+
+        internal static void SplitTarget(string target, out string method, out string pattern)
+        {
+            if (target == null)
+            {
+                throw new ArgumentNullException("target");
+            }
+            string t = target.Trim();
+            int space = t.IndexOfAny(new[] { ' ', '\t' });
+            if (space < 0)
+            {
+                method = null;
+                pattern = t;
+                return;
+            }
+            method = t.Substring(0, space).ToUpperInvariant();
+            pattern = t.Substring(space + 1).Trim();
+        }
+
         /// <summary>HTTP method, or null for any.</summary>
         public string Method { get; private set; }
         /// <summary>A path such as "/api/machines/*/isolate".</summary>
@@ -1500,6 +1699,14 @@ namespace QuotaGate.Interop
         public string PathPattern { get; private set; }
         /// <summary>0 lifts the cap.</summary>
         public uint MaxInFlight { get; private set; }
+
+        /// <summary>A cap from "METHOD /path/pattern" or "/path/pattern" (any method).</summary>
+        public static InFlightCap Parse(string target, uint maxInFlight)
+        {
+            string method, pattern;
+            Route.SplitTarget(target, out method, out pattern);
+            return new InFlightCap(method, pattern, maxInFlight);
+        }
     }
 
     /// <summary>How client assertions are signed (QG_ASSERTION_*).</summary>
@@ -1721,8 +1928,12 @@ namespace QuotaGate.Interop
         /// <summary>A store URL that shares the quotas with other processes (file:// or redis://).</summary>
         public string Store { get; set; }
         public ulong? MaxBodyBytes { get; set; }
+        /// <summary>The most pages one paging run follows (the library's default when null).</summary>
+        public ulong? MaxPages { get; set; }
         public uint? MaxAttempts { get; set; }
         public ulong? MaxQuotaWaitMs { get; set; }
+        /// <summary>Widens every window of the client's own limiter (not with <see cref="Limiter"/>).</summary>
+        public ulong? MarginMs { get; set; }
         /// <summary>When not empty, replaces the library's default rates.</summary>
         public List<Rate> DefaultRates { get; private set; }
         public List<Route> Routes { get; private set; }
@@ -1984,6 +2195,10 @@ namespace QuotaGate.Interop
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_connect_timeout_ms(b, options.ConnectTimeoutMs.Value));
                 }
+                if (options.MaxPages.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_max_pages(b, options.MaxPages.Value));
+                }
                 if (options.MaxBodyBytes.HasValue)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_max_body_bytes(b, options.MaxBodyBytes.Value));
@@ -1995,6 +2210,10 @@ namespace QuotaGate.Interop
                 if (options.MaxQuotaWaitMs.HasValue)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_max_quota_wait_ms(b, options.MaxQuotaWaitMs.Value));
+                }
+                if (options.MarginMs.HasValue)
+                {
+                    Native.Check(NativeMethods.qg_client_builder_set_margin_ms(b, options.MarginMs.Value));
                 }
                 foreach (Rate r in options.DefaultRates)
                 {
@@ -2029,6 +2248,27 @@ namespace QuotaGate.Interop
             BaseUrl = options.BaseUrl;
             TenantId = options.TenantId;
             ClientId = options.ClientId;
+            Cloud = options.Cloud;
+            Authority = options.Authority;
+            Store = options.Store;
+            AuthMethod = AuthMethodOf(options);
+        }
+
+        static string AuthMethodOf(ClientOptions o)
+        {
+            if (o.TokenProvider != null)
+            {
+                return "TokenProvider";
+            }
+            if (o.AccessToken != null)
+            {
+                return "AccessToken";
+            }
+            if (o.CertificatePath != null || o.CertificatePem != null || o.PfxPath != null)
+            {
+                return "Certificate";
+            }
+            return o.ClientSecret != null ? "ClientSecret" : null;
         }
 
         delegate uint TextSetter(ClientBuilderHandle b, byte[] value);
@@ -2111,9 +2351,18 @@ namespace QuotaGate.Interop
             get { return handle; }
         }
 
+        /// <summary>The base URL given, or null for the cloud's.</summary>
         public string BaseUrl { get; private set; }
         public string TenantId { get; private set; }
         public string ClientId { get; private set; }
+        /// <summary>The cloud given, or null for the library's default.</summary>
+        public string Cloud { get; private set; }
+        /// <summary>The login authority given, or null for the cloud's.</summary>
+        public string Authority { get; private set; }
+        /// <summary>The store URL that shares the quotas, or null for this process alone.</summary>
+        public string Store { get; private set; }
+        /// <summary>How the client signs in: ClientSecret, Certificate, AccessToken or TokenProvider.</summary>
+        public string AuthMethod { get; private set; }
 
         /// <summary>The token provider bridge, when the client was built with one; else null.</summary>
         public TokenProvider TokenProvider
@@ -2258,6 +2507,108 @@ namespace QuotaGate.Interop
         public void Dispose()
         {
             handle.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// A blocking call (a send, the next item of a list) run on a worker thread, so that a
+    /// PowerShell thread can wait in slices and show logs and progress while the call waits
+    /// for its quota. The worker's log records go to the given session. A client with a
+    /// token provider runs the call on the caller's thread instead: its script block must
+    /// run on its own runspace's thread.
+    /// </summary>
+    public sealed class SlicedCall<T>
+    {
+        readonly Task<T> task;
+        readonly Request request;
+
+        internal SlicedCall(Func<T> body, Request request, LogSession session, bool inline)
+        {
+            this.request = request;
+            if (inline)
+            {
+                if (session != null)
+                {
+                    session.Bind();
+                }
+                var done = new TaskCompletionSource<T>();
+                try
+                {
+                    done.SetResult(body());
+                }
+                catch (Exception e)
+                {
+                    done.SetException(e);
+                }
+                task = done.Task;
+                return;
+            }
+            task = Task.Run(() =>
+            {
+                if (session != null)
+                {
+                    session.Bind();
+                }
+                try
+                {
+                    return body();
+                }
+                finally
+                {
+                    Log.Current = null;
+                }
+            });
+        }
+
+        /// <summary>Waits at most <paramref name="sliceMs"/> ms; true once the call has ended.</summary>
+        public bool Wait(int sliceMs)
+        {
+            return ((IAsyncResult)task).AsyncWaitHandle.WaitOne(sliceMs);
+        }
+
+        /// <summary>
+        /// Cancels the request of a call still under way and waits for it to end: for a
+        /// cmdlet that stops (Ctrl+C, Select-Object -First) before the call returns.
+        /// </summary>
+        public void Stop()
+        {
+            if (!task.IsCompleted)
+            {
+                request.CancelQuietly();
+                Wait(Timeout.Infinite);
+            }
+        }
+
+        /// <summary>The call's result; waits for it, and throws the call's own exception.</summary>
+        public T GetResult()
+        {
+            return task.GetAwaiter().GetResult();
+        }
+    }
+
+    public static class SlicedCall
+    {
+        /// <summary>Sends <paramref name="request"/> on a worker thread (see <see cref="SlicedCall{T}"/>).</summary>
+        public static SlicedCall<Response> Send(Client client, Request request, CancellationToken token, LogSession session)
+        {
+            if (client == null || request == null)
+            {
+                throw new ArgumentNullException(client == null ? "client" : "request");
+            }
+            return new SlicedCall<Response>(() => client.Send(request, token), request, session, client.TokenProvider != null);
+        }
+
+        /// <summary>
+        /// Moves <paramref name="items"/>, from <see cref="Client.Items"/> of
+        /// <paramref name="first"/>, on a worker thread; true when there is a next item.
+        /// </summary>
+        public static SlicedCall<bool> MoveNext(Client client, Request first, IEnumerator<string> items, LogSession session)
+        {
+            if (client == null || first == null || items == null)
+            {
+                throw new ArgumentNullException(client == null ? "client" : first == null ? "first" : "items");
+            }
+            return new SlicedCall<bool>(items.MoveNext, first, session, client.TokenProvider != null);
         }
     }
 
@@ -2479,6 +2830,23 @@ namespace QuotaGate.Interop
         public string Message { get; private set; }
         public DateTime Time { get; private set; }
 
+        /// <summary>
+        /// The PowerShell stream the record belongs in: "Warning" for errors and warnings,
+        /// which a script must see without -Verbose; "Verbose" for info (waits, retries);
+        /// "Debug" for debug and trace.
+        /// </summary>
+        public string Stream
+        {
+            get
+            {
+                if (Level <= LogLevel.Warn)
+                {
+                    return "Warning";
+                }
+                return Level == LogLevel.Info ? "Verbose" : "Debug";
+            }
+        }
+
         public override string ToString()
         {
             return Level + ": " + Message;
@@ -2486,47 +2854,202 @@ namespace QuotaGate.Interop
     }
 
     /// <summary>
-    /// The library's log (waits, retries, token refreshes) collected into a bounded queue
-    /// from whichever thread logs, for a PowerShell thread to drain into Write-Verbose.
+    /// The records of one reader (a PowerShell runspace): a bounded queue of what the
+    /// library logged on the threads bound to it. Dispose it when the reader goes; the
+    /// library's logger is stopped when the last session closes.
     /// </summary>
-    public static class Log
+    public sealed class LogSession : IDisposable
     {
-        /// <summary>The most records kept; older ones are dropped first.</summary>
-        public const int Capacity = 10000;
+        readonly ConcurrentQueue<LogRecord> queue = new ConcurrentQueue<LogRecord>();
+        int dropped;
+        int closed;
 
-        static readonly ConcurrentQueue<LogRecord> Queue = new ConcurrentQueue<LogRecord>();
-        // Kept for the life of the process: the library may call it until qg_set_logger(NULL)
-        // returns, and a thread may be inside it even then.
-        static readonly LogCallback Callback = OnLog;
-        static int dropped;
-
-        /// <summary>Starts collecting records up to <paramref name="maxLevel"/>.</summary>
-        public static void Start(LogLevel maxLevel)
+        internal LogSession(LogLevel maxLevel)
         {
-            Native.Check(NativeMethods.qg_set_logger(Callback, (uint)maxLevel, IntPtr.Zero));
+            MaxLevel = maxLevel;
         }
 
-        public static void Stop()
+        public LogLevel MaxLevel { get; private set; }
+
+        public bool IsClosed
         {
-            Native.Check(NativeMethods.qg_set_logger(null, 0, IntPtr.Zero));
+            get { return Volatile.Read(ref closed) != 0; }
         }
 
         /// <summary>Records dropped because the queue was full.</summary>
-        public static int Dropped
+        public int Dropped
         {
             get { return Volatile.Read(ref dropped); }
         }
 
+        /// <summary>Sends what the library logs on the calling thread to this session.</summary>
+        public void Bind()
+        {
+            Log.Current = this;
+        }
+
         /// <summary>Takes every queued record, oldest first.</summary>
-        public static LogRecord[] Drain()
+        public LogRecord[] Drain()
         {
             var records = new List<LogRecord>();
             LogRecord r;
-            while (Queue.TryDequeue(out r))
+            while (queue.TryDequeue(out r))
             {
                 records.Add(r);
             }
             return records.ToArray();
+        }
+
+        internal void Add(LogRecord record)
+        {
+            if (record.Level > MaxLevel || IsClosed)
+            {
+                return;
+            }
+            queue.Enqueue(record);
+            LogRecord old;
+            while (queue.Count > Log.Capacity && queue.TryDequeue(out old))
+            {
+                Interlocked.Increment(ref dropped);
+            }
+        }
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref closed, 1) == 0)
+            {
+                Log.Close(this);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The library's log (waits, retries, token refreshes), routed to log sessions: a record
+    /// goes to the session bound to the thread that logged it, and to every open session
+    /// when no session is bound there. The library has one logger per process, so it runs
+    /// while at least one session is open (a reference count), at the most detailed level
+    /// any open session asks for.
+    /// </summary>
+    public static class Log
+    {
+        /// <summary>The most records a session keeps; older ones are dropped first.</summary>
+        public const int Capacity = 10000;
+
+        static readonly object Gate = new object();
+        static LogSession[] sessions = new LogSession[0];
+        // The process-wide session of Start, Stop and Drain.
+        static LogSession started;
+        // Kept for the life of the process: the library may call it until qg_set_logger(NULL)
+        // returns, and a thread may be inside it even then.
+        static readonly LogCallback Callback = OnLog;
+
+        [ThreadStatic]
+        static LogSession current;
+
+        internal static LogSession Current
+        {
+            set { current = value; }
+        }
+
+        /// <summary>Opens a session of the records up to <paramref name="maxLevel"/>.</summary>
+        public static LogSession Open(LogLevel maxLevel)
+        {
+            var session = new LogSession(maxLevel);
+            lock (Gate)
+            {
+                var next = new LogSession[sessions.Length + 1];
+                Array.Copy(sessions, next, sessions.Length);
+                next[sessions.Length] = session;
+                Apply(next);
+            }
+            return session;
+        }
+
+        internal static void Close(LogSession session)
+        {
+            lock (Gate)
+            {
+                Apply(Array.FindAll(sessions, x => !ReferenceEquals(x, session)));
+            }
+        }
+
+        /// <summary>The open sessions; the logger runs while there is one.</summary>
+        public static int OpenSessions
+        {
+            get { return Volatile.Read(ref sessions).Length; }
+        }
+
+        // Under Gate: sets the library's logger for the given sessions, then publishes them.
+        static void Apply(LogSession[] next)
+        {
+            LogLevel max = 0;
+            foreach (LogSession x in next)
+            {
+                if (x.MaxLevel > max)
+                {
+                    max = x.MaxLevel;
+                }
+            }
+            if (next.Length == 0)
+            {
+                Native.Check(NativeMethods.qg_set_logger(null, 0, IntPtr.Zero));
+            }
+            else
+            {
+                Native.Check(NativeMethods.qg_set_logger(Callback, (uint)max, IntPtr.Zero));
+            }
+            Volatile.Write(ref sessions, next);
+        }
+
+        /// <summary>Starts the process-wide session that <see cref="Drain"/> reads.</summary>
+        public static void Start(LogLevel maxLevel)
+        {
+            lock (Gate)
+            {
+                if (started == null || started.IsClosed)
+                {
+                    started = Open(maxLevel);
+                }
+            }
+        }
+
+        /// <summary>Stops the process-wide session; records already queued stay for Drain.</summary>
+        public static void Stop()
+        {
+            LogSession s;
+            lock (Gate)
+            {
+                s = started;
+            }
+            if (s != null)
+            {
+                s.Dispose();
+            }
+        }
+
+        /// <summary>Records the process-wide session dropped because its queue was full.</summary>
+        public static int Dropped
+        {
+            get
+            {
+                LogSession s = started;
+                return s == null ? 0 : s.Dropped;
+            }
+        }
+
+        /// <summary>Takes every record queued in the process-wide session, oldest first.</summary>
+        public static LogRecord[] Drain()
+        {
+            LogSession s;
+            lock (Gate)
+            {
+                s = started;
+                if (s != null && s.IsClosed)
+                {
+                    started = null;
+                }
+            }
+            return s == null ? new LogRecord[0] : s.Drain();
         }
 
         static void OnLog(uint level, IntPtr message, IntPtr userData)
@@ -2534,11 +3057,16 @@ namespace QuotaGate.Interop
             // No exception may unwind into the library.
             try
             {
-                Queue.Enqueue(new LogRecord((LogLevel)level, Utf8.FromCString(message)));
-                LogRecord old;
-                while (Queue.Count > Capacity && Queue.TryDequeue(out old))
+                var record = new LogRecord((LogLevel)level, Utf8.FromCString(message));
+                LogSession mine = current;
+                if (mine != null && !mine.IsClosed)
                 {
-                    Interlocked.Increment(ref dropped);
+                    mine.Add(record);
+                    return;
+                }
+                foreach (LogSession s in Volatile.Read(ref sessions))
+                {
+                    s.Add(record);
                 }
             }
             catch (Exception)

@@ -11,6 +11,7 @@
     FunctionsToExport    = @(
         'Connect-QgDefender'
         'Disconnect-QgDefender'
+        'Get-QgContext'
         'Invoke-QgRequest'
         'Invoke-QgHunting'
         'New-QgLimiter'
@@ -26,7 +27,9 @@
     CmdletsToExport      = @()
     VariablesToExport    = @()
     AliasesToExport      = @()
-    FileList             = @('QuotaGate.psd1', 'QuotaGate.psm1', 'QuotaGate.Interop.cs')
+    TypesToProcess       = @('QuotaGate.Types.ps1xml')
+    FormatsToProcess     = @('QuotaGate.Format.ps1xml')
+    FileList             = @('QuotaGate.psd1', 'QuotaGate.psm1', 'QuotaGate.Interop.cs', 'QuotaGate.Types.ps1xml', 'QuotaGate.Format.ps1xml')
     PrivateData          = @{
         PSData = @{
             Tags         = @('Defender', 'MDE', 'DefenderForEndpoint', 'RateLimit', 'Throttling', 'Quota', 'Security', 'API', 'PSEdition_Core', 'Windows', 'Linux', 'MacOS')

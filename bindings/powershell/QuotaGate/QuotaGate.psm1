@@ -63,14 +63,27 @@ function Import-QgNativeLibrary {
             "QuotaGate cannot find libquotagate ($how). Tried:`n  " + ($candidates -join "`n  "))
     }
     if (-not ('QuotaGate.Interop.Native' -as [type])) {
-        Add-Type -Path ([System.IO.Path]::Combine($PSScriptRoot, 'QuotaGate.Interop.cs')) -IgnoreWarnings
+        # Runspaces that import the module at once (ForEach-Object -Parallel) compile it once.
+        $mutex = [System.Threading.Mutex]::new($false, "QuotaGate.Interop.AddType.$PID")
+        [void]$mutex.WaitOne()
+        try {
+            if (-not ('QuotaGate.Interop.Native' -as [type])) {
+                Add-Type -Path ([System.IO.Path]::Combine($PSScriptRoot, 'QuotaGate.Interop.cs')) -IgnoreWarnings
+            }
+        } finally {
+            $mutex.ReleaseMutex()
+            $mutex.Dispose()
+        }
     }
     [QuotaGate.Interop.Native]::Load((Resolve-Path -LiteralPath $library).ProviderPath)
-    [QuotaGate.Interop.Log]::Start([QuotaGate.Interop.LogLevel]::Debug)
 }
 
 Import-QgNativeLibrary
 
+# This runspace's records of the library's log; the library logs while any runspace has one.
+$script:LogSession = [QuotaGate.Interop.Log]::Open([QuotaGate.Interop.LogLevel]::Debug)
+$script:LogSession.Bind()
+$script:LastLogMessage = $null
 $script:DefaultClient = $null
 $script:Simulators = [System.Collections.Generic.List[object]]::new()
 
@@ -83,87 +96,102 @@ $ExecutionContext.SessionState.Module.OnRemove = {
         $sim.Dispose()
     }
     $script:Simulators.Clear()
-    [QuotaGate.Interop.Log]::Stop()
+    $script:LogSession.Dispose()
 }
 
 # ----- private helpers --------------------------------------------------------------------
 
 function Write-QgLog {
-    # The library's log (waits, retries, token refreshes) goes to the verbose stream.
-    foreach ($record in [QuotaGate.Interop.Log]::Drain()) {
-        Write-Verbose "quotagate $($record.Level.ToString().ToLowerInvariant()): $($record.Message)"
+    # Writes this runspace's records of the library's log: errors and warnings to the warning
+    # stream, info (waits, retries) to verbose, debug and trace to debug. Binds the calling
+    # thread, so that what the library logs on it from now on comes to this runspace.
+    $script:LogSession.Bind()
+    foreach ($record in $script:LogSession.Drain()) {
+        $script:LastLogMessage = $record.Message
+        $text = "quotagate $($record.Level.ToString().ToLowerInvariant()): $($record.Message)"
+        switch ($record.Stream) {
+            'Warning' { Write-Warning $text }
+            'Verbose' { Write-Verbose $text }
+            default { Write-Debug $text }
+        }
     }
 }
 
-function Get-QgInnerException {
-    param([System.Exception]$Exception)
-    $e = $Exception
-    while (($e -is [System.Management.Automation.MethodInvocationException] -or
-            $e -is [System.Reflection.TargetInvocationException]) -and $e.InnerException) {
-        $e = $e.InnerException
+function Wait-QgSlice {
+    # Runs $Slice, a wait of at most 200 ms that returns $true once done, until it is done:
+    # between slices, the log is written and, after a second, progress with the last record
+    # (which tells the expected wait) and Ctrl+C gets its turn.
+    param(
+        [Parameter(Mandatory)][scriptblock]$Slice,
+        [Parameter(Mandatory)][string]$Activity
+    )
+    $script:LastLogMessage = $null
+    $watch = [System.Diagnostics.Stopwatch]::StartNew()
+    $shown = $false
+    try {
+        while (-not (& $Slice)) {
+            Write-QgLog
+            if ($watch.ElapsedMilliseconds -ge 1000) {
+                $operation = if ($script:LastLogMessage) { $script:LastLogMessage } else { 'waiting for quota' }
+                Write-Progress -Id 1 -Activity $Activity -Status "Waiting for $([int]$watch.Elapsed.TotalSeconds) s" -CurrentOperation $operation
+                $shown = $true
+            }
+        }
+    } finally {
+        if ($shown) {
+            Write-Progress -Id 1 -Activity $Activity -Completed
+        }
     }
-    $e
+}
+
+function Wait-QgCall {
+    # Waits in slices for a call run on a worker (QuotaGate.Interop.SlicedCall); returns its
+    # result or throws its error. A stop cancels the call.
+    param(
+        [Parameter(Mandatory)][object]$Call,
+        [Parameter(Mandatory)][string]$Activity
+    )
+    try {
+        Wait-QgSlice { $Call.Wait(200) } $Activity
+    } finally {
+        $Call.Stop()
+    }
+    $Call.GetResult()
 }
 
 function ConvertTo-QgErrorRecord {
     # An error record for a failure, with the library's message and the server's details.
+    # The id, category and whether it ends the cmdlet come from the interop layer.
     param(
         [Parameter(Mandatory)][object]$ErrorOrException,
         [object]$Target
     )
-    if ($ErrorOrException -is [System.Management.Automation.ErrorRecord]) {
-        if ($ErrorOrException.FullyQualifiedErrorId -like 'QuotaGate.*') {
-            return $ErrorOrException
-        }
-        $exception = Get-QgInnerException $ErrorOrException.Exception
-    } else {
-        $exception = Get-QgInnerException $ErrorOrException
+    $exception = if ($ErrorOrException -is [System.Management.Automation.ErrorRecord]) { $ErrorOrException.Exception } else { $ErrorOrException }
+    $report = [QuotaGate.Interop.ErrorReport]::For($exception)
+    # A record this module made already keeps its id, unless the library's exception is in it:
+    # foreach gives an enumerator's exception the id of its type, QuotaGate.Interop.*.
+    if ($ErrorOrException -is [System.Management.Automation.ErrorRecord] -and
+        $report.Exception -isnot [QuotaGate.Interop.QuotaGateException] -and
+        $ErrorOrException.FullyQualifiedErrorId -like 'QuotaGate.*' -and
+        $ErrorOrException.FullyQualifiedErrorId -notlike 'QuotaGate.Interop.*') {
+        return $ErrorOrException
     }
-    if ($exception -isnot [QuotaGate.Interop.QuotaGateException]) {
-        $category = if ($exception -is [System.ArgumentException]) { 'InvalidArgument' }
-        elseif ($exception -is [System.OperationCanceledException]) { 'OperationStopped' }
-        elseif ($exception -is [System.InvalidOperationException]) { 'InvalidOperation' }
-        elseif ($exception -is [System.NotSupportedException]) { 'NotImplemented' }
-        else { 'NotSpecified' }
-        return [System.Management.Automation.ErrorRecord]::new($exception, "QuotaGate.$($exception.GetType().Name)", $category, $Target)
-    }
-    $code = $exception.Code
-    if ($null -ne $exception.HttpStatus -and $code -eq [QuotaGate.Interop.ResultCode]::HttpStatus) {
-        $id = "QuotaGate.Http$($exception.HttpStatus)"
-        $category = switch ($exception.HttpStatus) {
-            400 { 'InvalidArgument' }
-            401 { 'AuthenticationError' }
-            403 { 'PermissionDenied' }
-            404 { 'ObjectNotFound' }
-            409 { 'ResourceExists' }
-            429 { 'QuotaExceeded' }
-            default { if ($_ -ge 500) { 'ResourceUnavailable' } else { 'InvalidResult' } }
-        }
-    } else {
-        $name = [QuotaGate.Interop.ResultCode].GetFields() |
-            Where-Object { $_.IsLiteral -and [uint32]$_.GetRawConstantValue() -eq $code } |
-            Select-Object -First 1 -ExpandProperty Name
-        $id = "QuotaGate.$(if ($name) { $name } else { "Code$code" })"
-        $category = switch ($code) {
-            { $_ -in 100, 101 } { 'InvalidArgument' }
-            200 { 'OperationTimeout' }
-            202 { 'OperationStopped' }
-            203 { 'ResourceUnavailable' }
-            204 { 'LimitsExceeded' }
-            301 { 'ConnectionError' }
-            302 { 'QuotaExceeded' }
-            303 { 'AuthenticationError' }
-            304 { 'LimitsExceeded' }
-            default { 'NotSpecified' }
-        }
-    }
-    $record = [System.Management.Automation.ErrorRecord]::new($exception, $id, $category, $Target)
-    if ($exception.Target -or $exception.RequestId) {
-        $record.ErrorDetails = [System.Management.Automation.ErrorDetails]::new($exception.Message)
+    $record = [System.Management.Automation.ErrorRecord]::new(
+        $report.Exception, $report.Id, [System.Management.Automation.ErrorCategory]$report.Category, $Target)
+    $e = $report.Exception
+    if ($e -is [QuotaGate.Interop.QuotaGateException] -and ($e.Target -or $e.RequestId)) {
+        $record.ErrorDetails = [System.Management.Automation.ErrorDetails]::new($e.Message)
         $record.ErrorDetails.RecommendedAction =
-            "Quote correlation id '$($exception.Target)' and request id '$($exception.RequestId)' to support."
+            "Quote correlation id '$($e.Target)' and request id '$($e.RequestId)' to support."
     }
     $record
+}
+
+function Test-QgTerminating {
+    # True when no other pipeline item can escape the failure (no connection, bad arguments,
+    # a closed client); a failed call (HTTP error, throttled, timed out) ends only its item.
+    param([Parameter(Mandatory)][System.Management.Automation.ErrorRecord]$Record)
+    [QuotaGate.Interop.ErrorReport]::For($Record.Exception).Terminating
 }
 
 function Resolve-QgClient {
@@ -272,11 +300,13 @@ function New-QgTokenSource {
 }
 
 function ConvertFrom-QgJson {
-    param([string]$Json)
+    # -AsHashtable keeps keys that differ only by case (KQL's project Name, name), which
+    # objects cannot hold.
+    param([string]$Json, [switch]$AsHashtable)
     if ([string]::IsNullOrWhiteSpace($Json)) {
         return
     }
-    ConvertFrom-Json -InputObject $Json -Depth 100
+    ConvertFrom-Json -InputObject $Json -Depth 100 -AsHashtable:$AsHashtable
 }
 
 # ----- connecting ---------------------------------------------------------------------------
@@ -286,11 +316,11 @@ function ConvertFrom-QgJson {
 Connects to the Defender for Endpoint API through a throttling-aware client.
 
 .DESCRIPTION
-Creates a quotagate client, makes it the session's default for the other QuotaGate
-cmdlets, and returns it. Every call made through it waits for its turn in the
-published quotas (100 calls per minute and 1,500 per hour by default, lower for
-advanced hunting and other endpoints), caches its OAuth2 token, honours Retry-After on
-429 answers and follows @odata.nextLink pages.
+Creates a quotagate client and makes it the session's default for the other QuotaGate
+cmdlets; -PassThru also returns it, and Get-QgContext shows it. Every call made through
+it waits for its turn in the published quotas (100 calls per minute and 1,500 per hour
+by default, lower for advanced hunting and other endpoints), caches its OAuth2 token,
+honours Retry-After on 429 answers and follows @odata.nextLink pages.
 
 No request is sent here: the token is fetched by the first call, and a bad secret is
 reported then.
@@ -379,6 +409,53 @@ Shares the quotas with every process (and host) that opens the same store:
 'file:///var/lib/quotagate/tenant.q' for parallel jobs and scheduled scripts on one
 machine, 'redis://host:6379/0?prefix=qg' for collectors on several. Not with -Limiter.
 
+.PARAMETER PassThru
+Returns the client, to pass as -Client or to keep beside the session's default.
+
+.PARAMETER Rate
+Replaces the library's default rates (100 per minute and 1,500 per hour) of every
+bucket without a route: calls,seconds pairs or strings such as '100/60s','1500/1h', as
+New-QgLimiter takes them.
+
+.PARAMETER Route
+Rates of your own for some requests, before the built-in routes: a hashtable from
+'METHOD /path/pattern' (or '/path/pattern' for any method; * matches one segment) to
+rates, e.g. @{ 'POST /api/machines/*/isolate' = '10/1m' }.
+
+.PARAMETER MaxInFlight
+Caps the calls under way at once: a hashtable from 'METHOD /path/pattern' to the cap,
+e.g. @{ 'POST /api/machines/{id}/runliveresponse' = 10 }; 0 lifts a cap.
+
+.PARAMETER HuntingBudgetPerHourSec
+The advanced hunting run time allowed per rolling hour, in seconds (0: no limit).
+
+.PARAMETER HuntingBudgetPerDaySec
+The advanced hunting run time allowed per rolling day, in seconds (0: no limit).
+
+.PARAMETER HuntingBudgetPolicy
+What a hunting query does when the run-time budget is spent: Wait (the default) or Fail
+at once with a throttled error.
+
+.PARAMETER MarginMs
+Widens every window of the client's own limiter by this many milliseconds. Not used
+with -Limiter: give that limiter its own margin.
+
+.PARAMETER ConnectTimeoutSec
+The time limit for opening a connection, in seconds.
+
+.PARAMETER MaxBodyBytes
+The largest answer body accepted, in bytes.
+
+.PARAMETER MaxPages
+The most pages one -All run follows before it fails (default 100,000); a next link that
+leads back to a page already fetched fails at once.
+
+.PARAMETER Scope
+The OAuth2 scope to ask tokens for, instead of the cloud's.
+
+.PARAMETER Resource
+The resource to ask tokens for, for identity platforms that take one instead of a scope.
+
 .EXAMPLE
 $secret = Read-Host -AsSecureString 'Client secret'
 Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -389,6 +466,16 @@ Connect-QgDefender -TenantId $tenant -Credential (Get-Credential -UserName $appI
 .EXAMPLE
 $sim = Start-QgSimulator -Machines 500
 Connect-QgDefender -Simulator $sim
+
+.EXAMPLE
+$eu = Connect-QgDefender -Cloud eu -TenantId $tenant -ClientId $appId -ClientSecret $secret -PassThru
+Invoke-QgRequest /api/machines -Client $eu
+
+.EXAMPLE
+Connect-QgDefender -TenantId $tenant -ClientId $appId -ClientSecret $secret -Route @{ 'POST /api/machines/*/isolate' = '10/1m' } -MaxInFlight @{ 'POST /api/machines/{id}/runliveresponse' = 10 } -HuntingBudgetPerHourSec 300 -HuntingBudgetPolicy Fail
+
+Isolates at most 10 machines a minute, runs at most 10 live response sessions at once,
+and fails hunting queries at once after 5 minutes of run time in an hour.
 
 .EXAMPLE
 Connect-QgDefender -Cloud gcc-high -TenantId $tenant -ClientId $appId -ClientSecret $secret
@@ -418,7 +505,7 @@ Returning @{ AccessToken = $token; ExpiresIn = 3599 } or the array $token, 3599 
 as well.
 
 .OUTPUTS
-QuotaGate.Interop.Client
+None, or QuotaGate.Interop.Client with -PassThru.
 #>
 function Connect-QgDefender {
     [CmdletBinding(DefaultParameterSetName = 'ClientSecret')]
@@ -492,7 +579,41 @@ function Connect-QgDefender {
         [string]$Proxy,
 
         [ValidateNotNullOrEmpty()]
-        [string]$Store
+        [string]$Store,
+
+        [object[]]$Rate,
+
+        [hashtable]$Route,
+
+        [hashtable]$MaxInFlight,
+
+        [ValidateRange(0.0, 86400.0)]
+        [double]$HuntingBudgetPerHourSec,
+
+        [ValidateRange(0.0, 86400.0)]
+        [double]$HuntingBudgetPerDaySec,
+
+        [QuotaGate.Interop.HuntingBudgetPolicy]$HuntingBudgetPolicy,
+
+        [ValidateRange('NonNegative')]
+        [long]$MarginMs,
+
+        [ValidateRange(0.001, 86400.0)]
+        [double]$ConnectTimeoutSec,
+
+        [ValidateRange('Positive')]
+        [long]$MaxBodyBytes,
+
+        [ValidateRange('Positive')]
+        [long]$MaxPages,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Scope,
+
+        [ValidateNotNullOrEmpty()]
+        [string]$Resource,
+
+        [switch]$PassThru
     )
     $options = [QuotaGate.Interop.ClientOptions]::new()
     switch ($PSCmdlet.ParameterSetName) {
@@ -560,16 +681,44 @@ function Connect-QgDefender {
     if ($PSBoundParameters.ContainsKey('Proxy')) { $options.Proxy = $Proxy }
     if ($PSBoundParameters.ContainsKey('Store')) { $options.Store = $Store }
     if ($Limiter) { $options.Limiter = $Limiter }
+    if ($PSBoundParameters.ContainsKey('HuntingBudgetPerHourSec')) { $options.HuntingBudgetPerHourMs = [uint64][math]::Round($HuntingBudgetPerHourSec * 1000) }
+    if ($PSBoundParameters.ContainsKey('HuntingBudgetPerDaySec')) { $options.HuntingBudgetPerDayMs = [uint64][math]::Round($HuntingBudgetPerDaySec * 1000) }
+    if ($PSBoundParameters.ContainsKey('HuntingBudgetPolicy')) { $options.HuntingBudgetPolicy = $HuntingBudgetPolicy }
+    if ($PSBoundParameters.ContainsKey('MarginMs')) { $options.MarginMs = [uint64]$MarginMs }
+    if ($PSBoundParameters.ContainsKey('ConnectTimeoutSec')) { $options.ConnectTimeoutMs = [uint64][math]::Ceiling($ConnectTimeoutSec * 1000) }
+    if ($PSBoundParameters.ContainsKey('MaxBodyBytes')) { $options.MaxBodyBytes = [uint64]$MaxBodyBytes }
+    if ($PSBoundParameters.ContainsKey('MaxPages')) { $options.MaxPages = [uint64]$MaxPages }
+    if ($PSBoundParameters.ContainsKey('Scope')) { $options.Scope = $Scope }
+    if ($PSBoundParameters.ContainsKey('Resource')) { $options.Resource = $Resource }
     try {
+        foreach ($r in $(if ($Rate) { ConvertTo-QgRate $Rate })) {
+            $options.DefaultRates.Add($r)
+        }
+        if ($Route) {
+            foreach ($target in $Route.Keys) {
+                foreach ($r in ConvertTo-QgRate @($Route[$target])) {
+                    $options.Routes.Add([QuotaGate.Interop.Route]::Parse([string]$target, $r))
+                }
+            }
+        }
+        if ($MaxInFlight) {
+            foreach ($target in $MaxInFlight.Keys) {
+                $options.MaxInFlight.Add([QuotaGate.Interop.InFlightCap]::Parse([string]$target, [uint32]$MaxInFlight[$target]))
+            }
+        }
         $client = [QuotaGate.Interop.Client]::new($options)
     } catch {
+        Write-QgLog
         # The target names the cloud, never a URL: a refused one may carry a password.
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $options.Cloud))
     }
     # The previous default is not closed: a script may still hold it for another tenant.
     $script:DefaultClient = $client
     Write-Verbose "Connected to $(if ($options.BaseUrl) { $options.BaseUrl } else { 'the default Defender API' })."
-    $client
+    Write-QgLog
+    if ($PassThru) {
+        $client
+    }
 }
 
 <#
@@ -611,12 +760,79 @@ function Disconnect-QgDefender {
                 $target.Close()
             }
         } catch {
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $target))
         } finally {
             $target.Dispose()
             if ([object]::ReferenceEquals($target, $script:DefaultClient)) {
                 $script:DefaultClient = $null
             }
+            Write-QgLog
+        }
+    }
+}
+
+<#
+.SYNOPSIS
+Shows the current QuotaGate connection.
+
+.DESCRIPTION
+Returns the session's default client as Connect-QgDefender set it up, or the given
+client: its tenant, app (client) id, cloud, base URL and authority (empty when they are
+the cloud's), the store that shares its quotas, how it signs in, and the buckets it has
+used with the use of each window. Returns nothing when the session is not connected.
+Secrets and tokens are never shown.
+
+.PARAMETER Client
+The client to show. Default: the session's default client.
+
+.EXAMPLE
+Get-QgContext
+
+.EXAMPLE
+(Get-QgContext).Buckets | Format-Table
+
+.OUTPUTS
+QuotaGate.Context
+#>
+function Get-QgContext {
+    [CmdletBinding()]
+    [OutputType('QuotaGate.Context')]
+    param(
+        [Parameter(ValueFromPipeline)]
+        [QuotaGate.Interop.Client]$Client
+    )
+    process {
+        $target = if ($Client) { $Client } else { $script:DefaultClient }
+        if (-not $target) {
+            Write-QgLog
+            return
+        }
+        try {
+            $stats = ConvertFrom-QgJson $target.StatisticsJson() -AsHashtable
+        } catch {
+            Write-QgLog
+            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $target))
+        }
+        # One object per bucket, with the fields the library reports for it.
+        $buckets = foreach ($key in $stats['buckets'].Keys) {
+            $bucket = [pscustomobject]@{ PSTypeName = 'QuotaGate.BucketUse'; Key = $key }
+            foreach ($entry in $stats['buckets'][$key].GetEnumerator()) {
+                $bucket | Add-Member -NotePropertyName $entry.Key -NotePropertyValue $entry.Value
+            }
+            $bucket
+        }
+        Write-QgLog
+        [pscustomobject]@{
+            PSTypeName = 'QuotaGate.Context'
+            TenantId   = $target.TenantId
+            ClientId   = $target.ClientId
+            Cloud      = $target.Cloud
+            BaseUrl    = $target.BaseUrl
+            Authority  = $target.Authority
+            Store      = $target.Store
+            AuthMethod = $target.AuthMethod
+            Buckets    = @($buckets)
         }
     }
 }
@@ -633,11 +849,18 @@ token, is retried after a 429 (once the server's Retry-After has passed) or a 5x
 its JSON answer is returned as objects. With -All, a list is followed over every page
 (@odata.nextLink) and its items are written to the pipeline one by one, with progress.
 
-An HTTP error status becomes a terminating error whose exception
+A failed call (an HTTP error status, a throttled or timed-out call, a lost connection)
+is written as a non-terminating error, so that a pipeline of paths goes on with the next
+one; -ErrorAction Stop makes it terminating. Its exception
 (QuotaGate.Interop.QuotaGateException) carries the status, the server's error code and
-message, the correlation id (Target) and the request id.
+message, the correlation id (Target) and the request id; its id names the status
+(QuotaGate.Http404) or the failure (QuotaGate.Throttled), with -All as without. A
+missing connection or an invalid argument stops the cmdlet.
 
-Use -Verbose to see waits for quota, retries and token refreshes.
+The library's log is written as it comes, also while a call waits: warnings (a limit
+adopted from the server, a call not repeated) to the warning stream, waits for quota and
+retries to verbose (-Verbose), and details to debug (-Debug). A wait longer than a
+second shows progress with the expected wait.
 
 .PARAMETER Path
 The path, e.g. /api/machines, or an absolute URL.
@@ -661,6 +884,10 @@ The body's content type. Default: application/json.
 
 .PARAMETER All
 Follow every page of a list and write its items one by one.
+
+.PARAMETER AsHashtable
+Return the JSON answer as hashtables instead of objects: needed when its keys differ
+only by case, which objects cannot hold.
 
 .PARAMETER Client
 The client to use. Default: the session's default client.
@@ -699,6 +926,8 @@ function Invoke-QgRequest {
 
         [switch]$All,
 
+        [switch]$AsHashtable,
+
         [QuotaGate.Interop.Client]$Client
     )
     process {
@@ -726,19 +955,26 @@ function Invoke-QgRequest {
             if ($All) {
                 $activity = "$Method $Path"
                 $count = 0
-                foreach ($item in $useClient.Items($request, $stop.Token)) {
-                    $count++
-                    Write-QgLog
-                    if ($count % 100 -eq 1) {
-                        Write-Progress -Activity $activity -Status "$count items"
+                # MoveNext, not foreach: foreach hides the library's exception behind its own
+                # record, and the finally frees the pages when Select-Object -First stops early.
+                $items = $useClient.Items($request, $stop.Token).GetEnumerator()
+                try {
+                    while (Wait-QgCall ([QuotaGate.Interop.SlicedCall]::MoveNext($useClient, $request, $items, $script:LogSession)) $activity) {
+                        $count++
+                        Write-QgLog
+                        if ($count % 100 -eq 1) {
+                            Write-Progress -Activity $activity -Status "$count items"
+                        }
+                        ConvertFrom-QgJson $items.Current -AsHashtable:$AsHashtable
                     }
-                    ConvertFrom-QgJson $item
+                } finally {
+                    $items.Dispose()
                 }
                 Write-QgLog
                 Write-Progress -Activity $activity -Completed
                 Write-Verbose "$activity`: $count items."
             } else {
-                $response = $useClient.Send($request, $stop.Token)
+                $response = Wait-QgCall ([QuotaGate.Interop.SlicedCall]::Send($useClient, $request, $stop.Token, $script:LogSession)) "$Method $Path"
                 Write-QgLog
                 if (-not $response.IsSuccess) {
                     throw $response.Error
@@ -746,7 +982,7 @@ function Invoke-QgRequest {
                 if ($response.ContentType -and $response.ContentType -notmatch 'json') {
                     $response.BodyText
                 } else {
-                    ConvertFrom-QgJson $response.BodyText
+                    ConvertFrom-QgJson $response.BodyText -AsHashtable:$AsHashtable
                 }
             }
         } catch {
@@ -754,10 +990,15 @@ function Invoke-QgRequest {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
-            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Path))
+            $record = ConvertTo-QgErrorRecord $_ -Target $Path
+            if (Test-QgTerminating $record) {
+                $PSCmdlet.ThrowTerminatingError($record)
+            }
+            $PSCmdlet.WriteError($record)
         } finally {
             if ($stop) { $stop.Dispose() }
             if ($request) { $request.Dispose() }
+            Write-QgLog
         }
     }
 }
@@ -770,10 +1011,15 @@ Runs an advanced hunting query and returns its rows.
 Sends POST /api/advancedqueries/run with the KQL query through a QuotaGate client, so
 that it waits for the hunting quota (45 calls per minute, 1,500 per hour), and writes
 each row of the result as an object. Errors from the service (a bad query, a result
-too large) are terminating errors with the server's code and message.
+too large) are non-terminating errors with the server's code and message, so that the
+next query from the pipeline still runs.
 
 .PARAMETER Query
 The KQL query. Accepts pipeline input: several queries run one after the other.
+
+.PARAMETER AsHashtable
+Write the rows as hashtables instead of objects: needed when columns differ only by
+case, as "project Name, name" makes them.
 
 .PARAMETER Client
 The client to use. Default: the session's default client.
@@ -783,6 +1029,9 @@ Invoke-QgHunting -Query 'DeviceInfo | where OSPlatform == "Windows10" | take 10'
 
 .EXAMPLE
 'DeviceProcessEvents | take 5', 'DeviceNetworkEvents | take 5' | Invoke-QgHunting
+
+.EXAMPLE
+Invoke-QgHunting -Query 'DeviceInfo | project DeviceName, devicename = tolower(DeviceName)' -AsHashtable
 
 .OUTPUTS
 System.Management.Automation.PSCustomObject
@@ -795,33 +1044,46 @@ function Invoke-QgHunting {
         [ValidateNotNullOrEmpty()]
         [string]$Query,
 
+        [switch]$AsHashtable,
+
         [QuotaGate.Interop.Client]$Client
     )
     process {
         $stop = $null
+        $request = $null
         try {
             $useClient = Resolve-QgClient $Client
             $stop = [QuotaGate.Interop.StopSignal]::new($PSCmdlet)
-            $json = ConvertTo-Json -InputObject @{ Query = $Query } -Compress
-            $response = $useClient.Send('POST', '/api/advancedqueries/run', $json, $stop.Token)
+            $request = [QuotaGate.Interop.Request]::new('POST', '/api/advancedqueries/run')
+            [void]$request.SetBody((ConvertTo-Json -InputObject @{ Query = $Query } -Compress), $null)
+            $response = Wait-QgCall ([QuotaGate.Interop.SlicedCall]::Send($useClient, $request, $stop.Token, $script:LogSession)) 'Advanced hunting'
             Write-QgLog
             if (-not $response.IsSuccess) {
                 throw $response.Error
             }
-            $result = ConvertFrom-QgJson $response.BodyText
-            if ($result -and $result.PSObject.Properties['Results']) {
-                foreach ($row in $result.Results) {
-                    $row
-                }
+            $result = ConvertFrom-QgJson $response.BodyText -AsHashtable:$AsHashtable
+            $rows = if ($result -is [System.Collections.IDictionary]) {
+                if ($result.Contains('Results')) { $result['Results'] }
+            } elseif ($result -and $result.PSObject.Properties['Results']) {
+                $result.Results
+            }
+            foreach ($row in $rows) {
+                $row
             }
         } catch {
             Write-QgLog
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
-            $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Query))
+            $record = ConvertTo-QgErrorRecord $_ -Target $Query
+            if (Test-QgTerminating $record) {
+                $PSCmdlet.ThrowTerminatingError($record)
+            }
+            $PSCmdlet.WriteError($record)
         } finally {
             if ($stop) { $stop.Dispose() }
+            if ($request) { $request.Dispose() }
+            Write-QgLog
         }
     }
 }
@@ -898,7 +1160,9 @@ function New-QgLimiter {
         if ($PSCmdlet.ShouldProcess(($rates -join ', '), 'Create limiter')) {
             [QuotaGate.Interop.Limiter]::new($rates, [uint64]$MarginMs, [uint64]$MaxBuckets, $Store)
         }
+        Write-QgLog
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Rate))
     }
 }
@@ -966,21 +1230,29 @@ function Wait-QgLimiter {
     )
     begin {
         $timeoutMs = if ($PSBoundParameters.ContainsKey('TimeoutSec')) { [long][math]::Ceiling($TimeoutSec * 1000) } else { [long]-1 }
-        $shouldStop = [QuotaGate.Interop.StopSignal]::ReadStopping($PSCmdlet)
     }
     process {
         $watch = [System.Diagnostics.Stopwatch]::StartNew()
         try {
-            $Limiter.Acquire($Key, $Cost, $timeoutMs, $shouldStop)
+            # Waited here in slices, so that Ctrl+C, the log and progress get their turn;
+            # disposing the ticket gives up its place when the wait is stopped.
+            $ticket = $Limiter.Enqueue($Key, $Cost, $timeoutMs)
+            try {
+                Wait-QgSlice { $ticket.Wait(200) } "Waiting for quota on '$Key'"
+            } finally {
+                $ticket.Dispose()
+            }
         } catch {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
         }
         if ($watch.ElapsedMilliseconds -ge 1) {
             Write-Verbose "Waited $($watch.ElapsedMilliseconds) ms for quota on '$Key'."
         }
+        Write-QgLog
         if ($PassThru) {
             $InputObject
         }
@@ -1054,15 +1326,21 @@ function Invoke-QgLimited {
     )
     begin {
         $timeoutMs = if ($PSBoundParameters.ContainsKey('TimeoutSec')) { [long][math]::Ceiling($TimeoutSec * 1000) } else { [long]-1 }
-        $shouldStop = [QuotaGate.Interop.StopSignal]::ReadStopping($PSCmdlet)
     }
     process {
         try {
-            $hold = $Limiter.Hold($Key, $Cost, $timeoutMs, $shouldStop)
+            $ticket = $Limiter.EnqueueHold($Key, $Cost, $timeoutMs)
+            try {
+                Wait-QgSlice { $ticket.Wait(200) } "Waiting for quota on '$Key'"
+                $hold = $ticket.TakeHold()
+            } finally {
+                $ticket.Dispose()
+            }
         } catch {
             if ($PSCmdlet.Stopping -or $_.Exception -is [System.Management.Automation.PipelineStoppedException]) {
                 throw
             }
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
         }
         try {
@@ -1073,6 +1351,7 @@ function Invoke-QgLimited {
             }
         } finally {
             $hold.Dispose()
+            Write-QgLog
         }
     }
 }
@@ -1119,11 +1398,13 @@ function Test-QgLimiter {
         [uint64]$waitMs = 0
         $admitted = $Limiter.TryAcquire($Key, $Cost, [ref]$waitMs)
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
     }
     if (-not $admitted) {
         Write-Verbose "'$Key' would admit the call in $waitMs ms."
     }
+    Write-QgLog
     $admitted
 }
 
@@ -1163,7 +1444,7 @@ function Suspend-QgLimiter {
         [string]$Key = '',
 
         [Parameter(Mandatory)]
-        [ValidateRange(0, 31536000)]
+        [ValidateRange(0.0, 31536000.0)]
         [double]$Seconds
     )
     if (-not $PSCmdlet.ShouldProcess("bucket '$Key'", "Pause for $Seconds s")) {
@@ -1171,7 +1452,9 @@ function Suspend-QgLimiter {
     }
     try {
         $Limiter.Pause($Key, [uint64][math]::Ceiling($Seconds * 1000))
+        Write-QgLog
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $Key))
     }
 }
@@ -1235,7 +1518,9 @@ function Get-QgStatistics {
                 'Simulator' { ConvertFrom-QgJson $Simulator.StatisticsJson() }
                 default { ConvertFrom-QgJson (Resolve-QgClient $Client).StatisticsJson() }
             }
+            Write-QgLog
         } catch {
+            Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_))
         }
     }
@@ -1265,7 +1550,7 @@ Quotas by endpoint class ('default', 'hunting', ...), each as rates like New-QgL
 @{ default = (10,60); hunting = '2/1m' }. A class given here loses its built-in limits.
 
 .PARAMETER TokenLifetimeSec
-How long its tokens live.
+How long its tokens live, in seconds (fractions allowed, up to 86400).
 
 .PARAMETER ErrorRate
 The share of calls answered with 503 (0 to 1).
@@ -1314,13 +1599,13 @@ function Start-QgSimulator {
 
         [hashtable]$Limit,
 
-        [ValidateRange(1, 86400)]
+        [ValidateRange(0.001, 86400.0)]
         [double]$TokenLifetimeSec,
 
-        [ValidateRange(0, 1)]
+        [ValidateRange(0.0, 1.0)]
         [double]$ErrorRate = 0,
 
-        [ValidateRange(0, 1)]
+        [ValidateRange(0.0, 1.0)]
         [double]$ResetRate = 0,
 
         [ValidateRange(0, 600000)]
@@ -1357,10 +1642,12 @@ function Start-QgSimulator {
         }
         $sim = [QuotaGate.Interop.Simulator]::new($options)
     } catch {
+        Write-QgLog
         $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_))
     }
     $script:Simulators.Add($sim)
     Write-Verbose "Simulator listening at $($sim.Url)."
+    Write-QgLog
     $sim
 }
 
@@ -1403,10 +1690,12 @@ function Stop-QgSimulator {
                     $sim.Stop()
                 }
             } catch {
+                Write-QgLog
                 $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $sim.Url))
             } finally {
                 $sim.Dispose()
                 [void]$script:Simulators.Remove($sim)
+                Write-QgLog
             }
         }
     }
@@ -1432,6 +1721,7 @@ function Get-QgLibrary {
     [CmdletBinding()]
     [OutputType([pscustomobject])]
     param()
+    Write-QgLog
     [pscustomobject]@{
         Path     = [QuotaGate.Interop.Native]::LibraryPath
         Version  = [QuotaGate.Interop.Native]::Version
@@ -1442,6 +1732,7 @@ function Get-QgLibrary {
 Export-ModuleMember -Function @(
     'Connect-QgDefender'
     'Disconnect-QgDefender'
+    'Get-QgContext'
     'Invoke-QgRequest'
     'Invoke-QgHunting'
     'New-QgLimiter'

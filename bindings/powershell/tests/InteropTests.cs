@@ -11,7 +11,9 @@
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
+using System.IO;
 using System.Linq;
+using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 using System.Security;
@@ -123,6 +125,21 @@ namespace QuotaGate.Interop.Tests
 
             // Loaded here, before any method that calls into the library is compiled: Mono
             // binds a P/Invoke when its caller is compiled, and may inline small callers.
+            // A library that fails the version check is refused, and refused again: its path
+            // is not recorded, so no later Load takes it as already loaded.
+            bool refusedTwice = true;
+            for (int i = 0; i < 2; i++)
+            {
+                try
+                {
+                    Native.Load(libraryPath, 99000000);
+                    refusedTwice = false;
+                }
+                catch (InvalidOperationException)
+                {
+                }
+                refusedTwice &= Native.LibraryPath == null;
+            }
             try
             {
                 Native.Load(libraryPath);
@@ -135,7 +152,12 @@ namespace QuotaGate.Interop.Tests
             }
             Test("loading: Native.Load binds the DllImports to the given file", LoadsTheLibrary);
             Test("loading: the library decides which header versions it serves", VersionCompatibility);
+            Test("loading: a failed version check records no path and fails again", () =>
+                Assert.True(refusedTwice, "Load with an unserved version failed twice and recorded no path"));
             Test("features: the optional parts are listed, a missing one is a clear error", Features);
+            Test("errors: the library's exception is reported first, through any wrapper, per item or terminating", ErrorReports);
+            Test("parity: every builder function of the header is declared in the interop", BuilderParity);
+            Test("routes: \"METHOD /pattern\" and \"/pattern\" targets of routes and in-flight caps", RouteTargets);
             LimiterTests();
             if (HasClientAbi())
             {
@@ -180,6 +202,97 @@ namespace QuotaGate.Interop.Tests
                 Assert.True(Native.LastErrorMessage().Contains("cannot serve a caller built against"),
                     "the library's message: " + Native.LastErrorMessage());
             }
+        }
+
+        // include/quotagate.h, found upward from the library (target/<profile>/) or the
+        // current directory.
+        static string HeaderPath()
+        {
+            foreach (string start in new[] { Path.GetDirectoryName(Path.GetFullPath(libraryPath)), Directory.GetCurrentDirectory() })
+            {
+                for (string dir = start; dir != null; dir = Path.GetDirectoryName(dir))
+                {
+                    string candidate = Path.Combine(dir, "include", "quotagate.h");
+                    if (File.Exists(candidate))
+                    {
+                        return candidate;
+                    }
+                }
+            }
+            throw new AssertionException("include/quotagate.h not found above " + libraryPath);
+        }
+
+        static void BuilderParity()
+        {
+            string header = File.ReadAllText(HeaderPath());
+            var inHeader = new SortedSet<string>(Regex.Matches(header, @"\b(qg_(?:client|limiter)_builder_\w+)\s*\(")
+                .Cast<Match>().Select(m => m.Groups[1].Value));
+            Assert.True(inHeader.Count > 20, "the header's builder functions: " + inHeader.Count);
+            var declared = new HashSet<string>(typeof(NativeMethods)
+                .GetMethods(BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static).Select(m => m.Name));
+            var missing = inHeader.Where(f => !declared.Contains(f)).ToList();
+            Assert.True(missing.Count == 0, "builder functions of the header that the interop does not declare: " + string.Join(", ", missing));
+        }
+
+        static void RouteTargets()
+        {
+            Route r = Route.Parse("post /api/machines/*/isolate", new Rate(10, 60000));
+            Assert.Equal("POST", r.Method, "method, upper case");
+            Assert.Equal("/api/machines/*/isolate", r.PathPattern, "pattern");
+            Assert.Equal(10U, r.Rate.Calls, "rate");
+            r = Route.Parse("  /api/alerts ", new Rate(1, 1000));
+            Assert.Equal(null, r.Method, "no method: any");
+            Assert.Equal("/api/alerts", r.PathPattern, "pattern, trimmed");
+            InFlightCap cap = InFlightCap.Parse("POST  /api/machines/{id}/runliveresponse", 5);
+            Assert.Equal("POST", cap.Method, "cap method");
+            Assert.Equal("/api/machines/{id}/runliveresponse", cap.PathPattern, "cap pattern");
+            Assert.Equal(5U, cap.MaxInFlight, "cap");
+            Assert.Throws<ArgumentNullException>(() => Route.Parse(null, new Rate(1, 1000)), "no target");
+        }
+
+        static QuotaGateException HttpError(int status)
+        {
+            return new QuotaGateException(ResultCode.HttpStatus, "HTTP " + status) { HttpStatus = status };
+        }
+
+        static void ErrorReports()
+        {
+            ErrorReport r = ErrorReport.For(HttpError(404));
+            Assert.Equal("QuotaGate.Http404", r.Id, "404 id");
+            Assert.Equal("ObjectNotFound", r.Category, "404 category");
+            Assert.True(!r.Terminating, "an HTTP error ends only its item");
+            Assert.Equal("InvalidArgument", ErrorReport.For(HttpError(400)).Category, "400");
+            Assert.Equal("ResourceUnavailable", ErrorReport.For(HttpError(503)).Category, "503");
+            Assert.Equal("InvalidResult", ErrorReport.For(HttpError(418)).Category, "other 4xx");
+
+            // PowerShell's foreach and method calls wrap what an enumerator throws.
+            QuotaGateException inner = HttpError(404);
+            var wrapped = new TargetInvocationException(new InvalidOperationException("wrapper", inner));
+            r = ErrorReport.For(wrapped);
+            Assert.True(ReferenceEquals(inner, r.Exception), "the library's exception is the record's");
+            Assert.Equal("QuotaGate.Http404", r.Id, "wrapped 404 id");
+
+            r = ErrorReport.For(new QuotaGateException(ResultCode.Throttled, "throttled"));
+            Assert.Equal("QuotaGate.Throttled", r.Id, "throttled id");
+            Assert.Equal("QuotaExceeded", r.Category, "throttled category");
+            Assert.True(!r.Terminating, "a throttled call ends only its item");
+            Assert.True(!ErrorReport.For(new QuotaGateException(ResultCode.Timeout, "t")).Terminating, "a quota wait timeout ends only its item");
+            Assert.True(!ErrorReport.For(new QuotaGateException(ResultCode.Transport, "t")).Terminating, "a transport error ends only its item");
+            Assert.True(ErrorReport.For(new QuotaGateException(ResultCode.Auth, "a")).Terminating, "no item passes without a token");
+            Assert.True(ErrorReport.For(new QuotaGateException(ResultCode.Closed, "c")).Terminating, "a closed client");
+            r = ErrorReport.For(new QuotaGateException(ResultCode.InvalidArgument, "bad"));
+            Assert.Equal("QuotaGate.InvalidArgument", r.Id, "invalid argument id");
+            Assert.True(r.Terminating, "an invalid argument stops the cmdlet");
+            Assert.Equal("QuotaGate.Code999", ErrorReport.For(new QuotaGateException(999, "?")).Id, "an unknown code");
+
+            r = ErrorReport.For(new TargetInvocationException(new InvalidOperationException("QuotaGate is not connected")));
+            Assert.Equal("QuotaGate.InvalidOperationException", r.Id, "not connected id");
+            Assert.Equal("InvalidOperation", r.Category, "not connected category");
+            Assert.True(r.Terminating, "not connected stops the cmdlet");
+            r = ErrorReport.For(new ArgumentException("not a rate"));
+            Assert.Equal("InvalidArgument", r.Category, "argument category");
+            Assert.True(r.Terminating, "a bad argument stops the cmdlet");
+            Assert.Equal("OperationStopped", ErrorReport.For(new OperationCanceledException()).Category, "cancelled");
         }
 
         static void Features()
@@ -902,6 +1015,25 @@ namespace QuotaGate.Interop.Tests
                     }
                 });
 
+                Test("client: keeps what it was given for Get-QgContext, and how it signs in", () =>
+                {
+                    var o = api.Options();
+                    o.Cloud = "eu";
+                    using (var c = new Client(o))
+                    {
+                        Assert.Equal(o.BaseUrl, c.BaseUrl, "base URL");
+                        Assert.Equal("eu", c.Cloud, "cloud");
+                        Assert.Equal(o.Authority, c.Authority, "authority");
+                        Assert.Equal(null, c.Store, "no store");
+                        Assert.Equal("ClientSecret", c.AuthMethod, "auth method");
+                    }
+                    using (var c = new Client(new ClientOptions { BaseUrl = api.Url, AccessToken = Secure("t") }))
+                    {
+                        Assert.Equal("AccessToken", c.AuthMethod, "access token");
+                        Assert.Equal(null, c.Cloud, "no cloud");
+                    }
+                });
+
                 Test("paging: every machine once over all pages, as items and as pages", () =>
                 {
                     using (var c = new Client(api.Options()))
@@ -942,6 +1074,36 @@ namespace QuotaGate.Interop.Tests
                     }
                 });
 
+                Test("paging: an error from an enumerator driven by MoveNext is reported as the HTTP error, per item", () =>
+                {
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/brokenlist"))
+                    {
+                        // As the module drives it: MoveNext in a try, Dispose in a finally.
+                        IEnumerator<string> items = c.Items(r, CancellationToken.None).GetEnumerator();
+                        Exception failure = null;
+                        try
+                        {
+                            while (items.MoveNext())
+                            {
+                            }
+                        }
+                        catch (Exception e)
+                        {
+                            failure = e;
+                        }
+                        finally
+                        {
+                            items.Dispose();
+                        }
+                        Assert.True(failure != null, "the second page fails");
+                        ErrorReport report = ErrorReport.For(failure);
+                        Assert.Equal("QuotaGate.Http404", report.Id, "id");
+                        Assert.Equal("ObjectNotFound", report.Category, "category");
+                        Assert.True(!report.Terminating, "per item");
+                    }
+                });
+
                 Test("client: a 429 pauses and retries; the log reaches the queue from the library's threads", () =>
                 {
                     Log.Drain();
@@ -966,6 +1128,105 @@ namespace QuotaGate.Interop.Tests
                     Assert.True(records.Any(x => x.Message.Contains("429")), "a 429 record among " + records.Length + ": " +
                         string.Join(" | ", records.Select(x => x.ToString())));
                     Assert.True(records.All(x => x.Level >= LogLevel.Error && x.Level <= LogLevel.Debug), "levels up to Debug");
+                });
+
+                Test("log: a record goes to the session of the thread that logged it; a sliced call waits in slices and stops", () =>
+                {
+                    Log.Stop();
+                    int before = Log.OpenSessions;
+                    LogSession mine = Log.Open(LogLevel.Debug);
+                    LogSession other = Log.Open(LogLevel.Debug);
+                    try
+                    {
+                        Assert.Equal(before + 2, Log.OpenSessions, "sessions counted");
+                        var o = api.Options();
+                        o.DefaultRates.Add(new Rate(1, 60000));
+                        using (var c = new Client(o))
+                        using (var r1 = new Request("GET", "/api/machines"))
+                        using (var r2 = new Request("GET", "/api/machines"))
+                        {
+                            Assert.Equal(200, SlicedCall.Send(c, r1, CancellationToken.None, mine).GetResult().Status, "first call on a worker");
+                            SlicedCall<Response> waiting = SlicedCall.Send(c, r2, CancellationToken.None, mine);
+                            Assert.True(!waiting.Wait(300), "the second waits for its quota, slice by slice");
+                            var sw = Stopwatch.StartNew();
+                            waiting.Stop();
+                            Assert.Within(sw, 0, 1000, "stopped promptly");
+                            Assert.Fails(ResultCode.Cancelled, "", () => { waiting.GetResult(); }, "the stopped call's own error");
+                        }
+                        LogRecord[] records = mine.Drain();
+                        Assert.True(records.Any(x => x.Message.Contains("quota")), "the wait is logged to the worker's session: " +
+                            string.Join(" | ", records.Select(x => x.ToString())));
+                        Assert.True(!other.Drain().Any(x => x.Message.Contains("quota")), "and not to another runspace's");
+                    }
+                    finally
+                    {
+                        mine.Dispose();
+                        other.Dispose();
+                        other.Dispose(); // twice is fine
+                    }
+                    Assert.Equal(before, Log.OpenSessions, "the logger stops with the last session");
+
+                    // A token provider's script block must run on its runspace's thread.
+                    int providerThread = -1;
+                    var withProvider = new ClientOptions
+                    {
+                        BaseUrl = api.Url,
+                        TokenProvider = () =>
+                        {
+                            providerThread = Thread.CurrentThread.ManagedThreadId;
+                            return Tuple.Create("provided-token", 3600.0);
+                        },
+                    };
+                    using (var c = new Client(withProvider))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        try
+                        {
+                            SlicedCall.Send(c, r, CancellationToken.None, null).GetResult();
+                        }
+                        catch (QuotaGateException)
+                        {
+                            // The fake API may refuse the token; the provider ran all the same.
+                        }
+                    }
+                    Assert.Equal(Thread.CurrentThread.ManagedThreadId, providerThread, "a client with a token provider sends on the caller's thread");
+
+                    using (var c = new Client(api.Options()))
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.AddQuery("$top", "50");
+                        IEnumerator<string> items = c.Items(r, CancellationToken.None).GetEnumerator();
+                        int count = 0;
+                        try
+                        {
+                            while (true)
+                            {
+                                SlicedCall<bool> next = SlicedCall.MoveNext(c, r, items, null);
+                                while (!next.Wait(50))
+                                {
+                                }
+                                if (!next.GetResult())
+                                {
+                                    break;
+                                }
+                                count++;
+                            }
+                        }
+                        finally
+                        {
+                            items.Dispose();
+                        }
+                        Assert.Equal(api.Machines + 1, count, "every item, moved on workers");
+                    }
+                });
+
+                Test("log: levels go to the Warning, Verbose and Debug streams", () =>
+                {
+                    Assert.Equal("Warning", new LogRecord(LogLevel.Error, "e").Stream, "error");
+                    Assert.Equal("Warning", new LogRecord(LogLevel.Warn, "w").Stream, "warn");
+                    Assert.Equal("Verbose", new LogRecord(LogLevel.Info, "i").Stream, "info");
+                    Assert.Equal("Debug", new LogRecord(LogLevel.Debug, "d").Stream, "debug");
+                    Assert.Equal("Debug", new LogRecord(LogLevel.Trace, "t").Stream, "trace");
                 });
 
                 Test("client: quota waits are cancelled by a token and by qg_request_cancel", () =>
@@ -1291,9 +1552,18 @@ namespace QuotaGate.Interop.Tests
                     o.MaxInFlight.Add(new InFlightCap(null, "/api/machines/{id}/isolate", 0));
                     o.HuntingBudgetPerHourMs = 60000;
                     o.HuntingBudgetPolicy = HuntingBudgetPolicy.Fail;
+                    o.MarginMs = 250;
                     using (var c = new Client(o))
                     {
                         Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "a call");
+                    }
+                    o = SimClient(sim);
+                    o.DefaultRates.Add(new Rate(50, 1000));
+                    o.MarginMs = 250;
+                    using (var c = new Client(o))
+                    {
+                        c.Send("GET", "/api/machines", null, CancellationToken.None);
+                        Assert.True(Regex.IsMatch(c.StatisticsJson(), "\"window_ms\"\\s*:\\s*1250"), "the margin widens the window: " + c.StatisticsJson());
                     }
                     o = SimClient(sim);
                     o.MaxInFlight.Add(new InFlightCap(null, "api/relative", 1));
@@ -1304,6 +1574,7 @@ namespace QuotaGate.Interop.Tests
                 using (b)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_ms(b, 0, 0));
+                    Native.Check(NativeMethods.qg_client_builder_set_margin_ms(b, 500));
                     Assert.Fails(ResultCode.InvalidArgument, "", () => Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_policy(b, 9)), "unknown policy");
                 }
             });

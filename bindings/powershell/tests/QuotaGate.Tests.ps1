@@ -66,6 +66,32 @@ Describe 'The module' {
         }
     }
 
+    It 'loads its type and format data, listed in the manifest' {
+        foreach ($file in @($script:Manifest.TypesToProcess) + @($script:Manifest.FormatsToProcess)) {
+            $script:Manifest.FileList | Should -Contain $file
+            Join-Path $PSScriptRoot '..' 'QuotaGate' $file | Should -Exist
+        }
+        foreach ($type in 'QuotaGate.Interop.BucketStatistics', 'QuotaGate.Context', 'QuotaGate.Interop.Simulator') {
+            Get-FormatData -TypeName $type | Should -Not -BeNullOrEmpty -Because $type
+        }
+        (Get-TypeData -TypeName 'QuotaGate.Interop.Client').DefaultDisplayPropertySet.ReferencedProperties | Should -Contain 'TenantId'
+    }
+
+    It 'shows clients, simulators and statistics without handles or secrets' {
+        $client = Connect-QgDefender -Simulator $script:Sim -PassThru
+        try {
+            $shown = ($client | Out-String) + ($script:Sim | Out-String) + (Get-QgContext | Out-String)
+            $shown | Should -Not -BeLike '*Handle*'
+            $shown | Should -Not -BeLike "*$([System.Net.NetworkCredential]::new('', $script:Sim.ClientSecret).Password)*"
+            $shown | Should -BeLike "*$($script:Sim.TenantId)*"
+            $limiter = New-QgLimiter -Rate 2, 60
+            Wait-QgLimiter -Limiter $limiter -Key 'k'
+            (Get-QgStatistics -Limiter $limiter -Key 'k' | Out-String -Width 250) | Should -BeLike '*1/2 in 60000 ms*'
+        } finally {
+            Disconnect-QgDefender -Client $client
+        }
+    }
+
     It 'shows the loaded library, its version and its features' {
         $library = Get-QgLibrary
         $library.Version | Should -Be '0.1.0'
@@ -80,6 +106,24 @@ Describe 'The module' {
         $output | Should -BeLike '*cannot find libquotagate*'
         $output | Should -BeLike '*/nonexistent/libquotagate-test.so*'
     }
+
+    It 'refuses a library that fails the version check again on the next load' {
+        # A fresh process, since this one has loaded the library; the internal Load overload
+        # checks against a version that no library serves.
+        $pwsh = (Get-Process -Id $PID).Path
+        $interop = Join-Path $PSScriptRoot '..' 'QuotaGate' 'QuotaGate.Interop.cs'
+        $library = [QuotaGate.Interop.Native]::LibraryPath
+        $script = @"
+Add-Type -Path '$interop' -IgnoreWarnings
+`$load = [QuotaGate.Interop.Native].GetMethod('Load', [System.Reflection.BindingFlags]'NonPublic, Static', `$null, [type[]]@([string], [uint32]), `$null)
+foreach (`$attempt in 1, 2) {
+    try { [void]`$load.Invoke(`$null, @('$library', [uint32]99000000)); 'loaded' } catch { 'refused' }
+    if ([QuotaGate.Interop.Native]::LibraryPath) { 'recorded' }
+}
+"@
+        $output = & $pwsh -NoProfile -NonInteractive -Command $script
+        $output | Should -Be @('refused', 'refused')
+    }
 }
 
 Describe 'Connect-QgDefender and Disconnect-QgDefender' {
@@ -87,10 +131,47 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
         Disconnect-QgDefender
     }
 
-    It 'connects to a simulator, returns the client and makes it the default' {
-        $client = Connect-QgDefender -Simulator $script:Sim
+    It 'connects to a simulator, returns the client with -PassThru and makes it the default' {
+        $client = Connect-QgDefender -Simulator $script:Sim -PassThru
         $client | Should -BeOfType ([QuotaGate.Interop.Client])
         (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+
+    It 'writes nothing without -PassThru' {
+        Connect-QgDefender -Simulator $script:Sim | Should -BeNullOrEmpty
+    }
+
+    It 'shows the current connection with Get-QgContext' {
+        Connect-QgDefender -Simulator $script:Sim
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        $context = Get-QgContext
+        $context.PSObject.TypeNames | Should -Contain 'QuotaGate.Context'
+        $context.TenantId | Should -Be $script:Sim.TenantId
+        $context.ClientId | Should -Be $script:Sim.ClientId
+        $context.BaseUrl | Should -Be $script:Sim.Url
+        $context.Authority | Should -Be $script:Sim.Authority
+        $context.AuthMethod | Should -Be 'ClientSecret'
+        $context.Buckets | Should -Not -BeNullOrEmpty
+        $context.Buckets[0].Key | Should -Not -BeNullOrEmpty
+        $context.Buckets[0].Windows | Should -Not -BeNullOrEmpty
+        ($context | Out-String) | Should -Not -BeLike '*Handle*'
+        ($context | Out-String) | Should -Not -BeLike "*$([System.Net.NetworkCredential]::new('', $script:Sim.ClientSecret).Password)*"
+    }
+
+    It 'shows the cloud and the store of a connection, and nothing without one' {
+        $path = Join-Path ([System.IO.Path]::GetTempPath()) "qg-pester-context-$PID.q"
+        $store = ([System.Uri]$path).AbsoluteUri
+        try {
+            Connect-QgDefender -Cloud gcc-high -AccessToken (New-TestSecret 'token') -Store $store
+            $context = Get-QgContext
+            $context.Cloud | Should -Be 'gcc-high'
+            $context.Store | Should -Be $store
+            $context.AuthMethod | Should -Be 'AccessToken'
+            Disconnect-QgDefender
+            Get-QgContext | Should -BeNullOrEmpty
+        } finally {
+            Remove-Item $path -ErrorAction SilentlyContinue
+        }
     }
 
     It 'connects with a tenant, client id and secret' {
@@ -146,7 +227,7 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
         $err = { Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'http://api.example.com' } |
             Should -Throw -PassThru
         $err.Exception.Message | Should -BeLike '*not a loopback host*allow_insecure_http*'
-        $client = Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'http://api.example.com' -AllowInsecureHttp
+        $client = Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'http://api.example.com' -AllowInsecureHttp -PassThru
         $client | Should -Not -BeNullOrEmpty
         Disconnect-QgDefender
         $err = { Connect-QgDefender -AccessToken (New-TestSecret 'token') -BaseUrl 'https://me:hunter2@api.example.com' } |
@@ -162,12 +243,61 @@ Describe 'Connect-QgDefender and Disconnect-QgDefender' {
     }
 
     It 'closes a given client and keeps the default' {
-        $default = Connect-QgDefender -Simulator $script:Sim
+        $default = Connect-QgDefender -Simulator $script:Sim -PassThru
         $other = [QuotaGate.Interop.Client]::new([QuotaGate.Interop.ClientOptions]@{ BaseUrl = $script:Sim.Url; AccessToken = (New-TestSecret 'x') })
         Disconnect-QgDefender -Client $other
         $other.Handle.IsClosed | Should -BeTrue
         $default.Handle.IsClosed | Should -BeFalse
         (Invoke-QgRequest /api/machines -Query @{ '$top' = 1 }).value.Count | Should -Be 1
+    }
+}
+
+Describe 'Connect-QgDefender with the client builder''s settings' {
+    AfterEach {
+        Disconnect-QgDefender
+    }
+
+    It 'replaces the default rates with -Rate and adds routes with -Route' {
+        Connect-QgDefender -Simulator $script:Sim -Rate 7, 60 -Route @{ 'GET /api/alerts' = '3/1m' }
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        Invoke-QgRequest /api/alerts -Query @{ '$top' = 1 } | Out-Null
+        $calls = (Get-QgContext).Buckets.windows.calls
+        $calls | Should -Contain 7
+        $calls | Should -Contain 3
+        $calls | Should -Not -Contain 100
+    }
+
+    It 'widens the windows by -MarginMs' {
+        Connect-QgDefender -Simulator $script:Sim -Rate 50, 1 -MarginMs 250
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        (Get-QgContext).Buckets.windows.window_ms | Should -Contain 1250
+    }
+
+    It 'caps the calls under way with -MaxInFlight' {
+        Connect-QgDefender -Simulator $script:Sim -Route @{ 'GET /api/machines' = '50/1m' } -MaxInFlight @{ 'GET /api/machines' = 2 }
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        (Get-QgStatistics).in_flight_peaks.PSObject.Properties.Value | Should -Contain 1
+    }
+
+    It 'passes the library''s refusal of a bad in-flight cap on' {
+        $err = { Connect-QgDefender -Simulator $script:Sim -MaxInFlight @{ 'GET api/machines' = 2 } } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.Exception.Message | Should -BeLike "*starts with '/'*"
+        $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
+    It 'turns the hunting budget off with 0, with the Fail policy' {
+        Connect-QgDefender -Simulator $script:Sim -HuntingBudgetPerHourSec 0 -HuntingBudgetPerDaySec 0 -HuntingBudgetPolicy Fail
+        (Invoke-QgHunting -Query 'DeviceInfo | take 2').Count | Should -Be 2
+        { Connect-QgDefender -Simulator $script:Sim -HuntingBudgetPolicy Sometimes } |
+            Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+    }
+
+    It 'refuses an answer above -MaxBodyBytes' {
+        Connect-QgDefender -Simulator $script:Sim -MaxBodyBytes 1000 -ConnectTimeoutSec 5
+        $err = { Invoke-QgRequest /api/machines -ErrorAction Stop } | Should -Throw -PassThru
+        $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::BodyTooLarge)
+        $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.BodyTooLarge*'
     }
 }
 
@@ -195,7 +325,7 @@ Describe 'Connect-QgDefender with a cloud, a certificate or a token provider' {
 
     It 'accepts every documented cloud name' {
         foreach ($cloud in 'commercial', 'us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea', 'gcc', 'gcc-high', 'dod') {
-            $client = Connect-QgDefender -Cloud $cloud -AccessToken (New-TestSecret 'token')
+            $client = Connect-QgDefender -Cloud $cloud -AccessToken (New-TestSecret 'token') -PassThru
             $client | Should -BeOfType ([QuotaGate.Interop.Client]) -Because $cloud
             Disconnect-QgDefender -Client $client
         }
@@ -343,8 +473,8 @@ Describe 'Invoke-QgRequest' {
         $tagged.machineTags | Should -Contain 'raw'
     }
 
-    It 'turns an HTTP error into a terminating error with the server''s details' {
-        $err = { Invoke-QgRequest /api/machines/does-not-exist } | Should -Throw -PassThru
+    It 'turns an HTTP error into an error record with the server''s details' {
+        $err = { Invoke-QgRequest /api/machines/does-not-exist -ErrorAction Stop } | Should -Throw -PassThru
         $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
         $err.Exception.HttpStatus | Should -Be 404
         $err.Exception.ServerCode | Should -Not -BeNullOrEmpty
@@ -356,6 +486,32 @@ Describe 'Invoke-QgRequest' {
         $err.TargetObject | Should -Be '/api/machines/does-not-exist'
     }
 
+    It 'reports an HTTP error of -All with its status, not as a stopped operation' {
+        $err = { Invoke-QgRequest /api/machines/does-not-exist -All -ErrorAction Stop } | Should -Throw -PassThru
+        $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
+        $err.FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http404*'
+        $err.CategoryInfo.Category | Should -Be 'ObjectNotFound'
+    }
+
+    It 'writes a failed item as a non-terminating error and goes on with the next' {
+        $paths = [pscustomobject]@{ Path = '/api/machines/does-not-exist' }, [pscustomobject]@{ Path = '/api/machines' }
+        $pages = $paths | Invoke-QgRequest -Query @{ '$top' = 1 } -ErrorVariable failures -ErrorAction SilentlyContinue
+        @($pages).Count | Should -Be 1
+        $pages.value.Count | Should -Be 1
+        $failures.Count | Should -Be 1
+        $failures[0].FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http404*'
+        $failures[0].TargetObject | Should -Be '/api/machines/does-not-exist'
+    }
+
+    It 'returns hashtables with -AsHashtable, with -All as without' {
+        $page = Invoke-QgRequest /api/machines -Query @{ '$top' = 2 } -AsHashtable
+        $page | Should -BeOfType ([System.Collections.IDictionary])
+        $page['value'].Count | Should -Be 2
+        $items = Invoke-QgRequest /api/machines -Query @{ '$top' = 50 } -All -AsHashtable
+        $items.Count | Should -Be 120
+        $items[0] | Should -BeOfType ([System.Collections.IDictionary])
+    }
+
     It 'takes the path from the pipeline by property name' {
         $page = [pscustomobject]@{ Path = '/api/machines' } | Invoke-QgRequest -Query @{ '$top' = 2 }
         $page.value.Count | Should -Be 2
@@ -364,7 +520,7 @@ Describe 'Invoke-QgRequest' {
     It 'shows waits for quota and retries with -Verbose' {
         $slow = Start-QgSimulator -Machines 5 -Limit @{ default = '2/1s' }
         try {
-            $client = Connect-QgDefender -Simulator $slow
+            $client = Connect-QgDefender -Simulator $slow -PassThru
             $verbose = 1..4 | ForEach-Object {
                 Invoke-QgRequest /api/machines -Client $client -Verbose 4>&1
             } | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
@@ -373,6 +529,51 @@ Describe 'Invoke-QgRequest' {
             Disconnect-QgDefender -Client $client
             Stop-QgSimulator -Simulator $slow
             Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+    }
+
+    It 'writes the library''s warnings to the warning stream without -Verbose, and its debug records to debug' {
+        # Every simulator 429 states its limit; adopting a lower one is a warning.
+        $slow = Start-QgSimulator -Machines 5 -Limit @{ default = '2/1s' }
+        try {
+            $client = Connect-QgDefender -Simulator $slow -PassThru
+            $records = 1..4 | ForEach-Object {
+                Invoke-QgRequest /api/machines -Client $client -Debug 3>&1 5>&1
+            }
+            $warnings = $records | Where-Object { $_ -is [System.Management.Automation.WarningRecord] }
+            ($warnings.Message -join "`n") | Should -Match 'quotagate warn: the server allows'
+            $debug = $records | Where-Object { $_ -is [System.Management.Automation.DebugRecord] }
+            ($debug.Message -join "`n") | Should -Match 'quotagate debug: '
+            $leftover = Get-QgLibrary -Verbose -Debug 3>&1 4>&1 5>&1 |
+                Where-Object { $_ -is [System.Management.Automation.InformationalRecord] }
+            $leftover | Should -BeNullOrEmpty -Because 'each cmdlet writes its own records before it ends'
+        } finally {
+            Disconnect-QgDefender -Client $client
+            Stop-QgSimulator -Simulator $slow
+            Connect-QgDefender -Simulator $script:Sim | Out-Null
+        }
+    }
+
+    It 'shows progress and the log while a call waits for its quota' {
+        # Progress cannot be redirected: read it from a runspace's streams.
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($Manifest)
+                    Import-Module $Manifest
+                    $sim = Start-QgSimulator -Machines 1 -Limit @{ default = '1/3s' }
+                    $client = Connect-QgDefender -Simulator $sim -PassThru
+                    1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client } | Out-Null
+                    Disconnect-QgDefender -Client $client
+                    Stop-QgSimulator -Simulator $sim
+                }).AddArgument($script:ModuleManifest)
+            $null = $ps.Invoke()
+            $ps.HadErrors | Should -BeFalse
+            $waits = $ps.Streams.Progress | Where-Object { $_.Activity -eq 'GET /api/machines' -and $_.StatusDescription -like 'Waiting for*' }
+            $waits | Should -Not -BeNullOrEmpty
+            ($ps.Streams.Warning.Message -join "`n") | Should -Match 'quotagate warn: '
+        } finally {
+            $ps.Dispose()
         }
     }
 
@@ -404,9 +605,73 @@ Describe 'Invoke-QgHunting' {
     }
 
     It 'reports the service''s error for a bad query' {
-        $err = { Invoke-QgHunting -Query ' ' } | Should -Throw -PassThru
+        $err = { Invoke-QgHunting -Query ' ' -ErrorAction Stop } | Should -Throw -PassThru
         $err.Exception.HttpStatus | Should -Be 400
         $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
+    It 'writes the rows as hashtables with -AsHashtable' {
+        $rows = Invoke-QgHunting -Query 'DeviceInfo | take 2' -AsHashtable
+        $rows.Count | Should -Be 2
+        $rows[0] | Should -BeOfType ([System.Collections.IDictionary])
+        $rows[0]['DeviceId'] | Should -Not -BeNullOrEmpty
+    }
+
+    It 'keeps keys that differ only by case with -AsHashtable' {
+        $row = InModuleScope QuotaGate { ConvertFrom-QgJson '{"Name":"upper","name":"lower"}' -AsHashtable }
+        $row['Name'] | Should -Be 'upper'
+        $row['name'] | Should -Be 'lower'
+        { InModuleScope QuotaGate { ConvertFrom-QgJson '{"Name":"upper","name":"lower"}' } } | Should -Throw
+    }
+
+    It 'goes on with the next query after a failed one' {
+        $rows = ' ', 'DeviceInfo | take 2' | Invoke-QgHunting -ErrorVariable failures -ErrorAction SilentlyContinue
+        $rows.Count | Should -Be 2
+        $failures.Count | Should -Be 1
+        $failures[0].FullyQualifiedErrorId | Should -BeLike 'QuotaGate.Http400*'
+    }
+}
+
+Describe 'Runspaces' {
+    It 'keeps the log of each runspace to itself, and Remove-Module in one silences no other' {
+        $other = [powershell]::Create()
+        try {
+            $null = $other.AddScript({
+                    param($Manifest)
+                    Import-Module $Manifest
+                    $sim = Start-QgSimulator -Machines 1 -Limit @{ default = '1/1s' }
+                    $client = Connect-QgDefender -Simulator $sim -PassThru
+                    1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client } | Out-Null
+                    Disconnect-QgDefender -Client $client
+                    Stop-QgSimulator -Simulator $sim
+                    Remove-Module QuotaGate
+                }).AddArgument($script:ModuleManifest)
+            $null = $other.Invoke()
+            ($other.Streams.Warning.Message -join "`n") | Should -Match 'quotagate warn: ' -Because 'the other runspace writes its own records'
+        } finally {
+            $other.Dispose()
+        }
+        $leaked = Get-QgLibrary -Verbose -Debug 3>&1 4>&1 5>&1 |
+            Where-Object { $_ -is [System.Management.Automation.InformationalRecord] }
+        $leaked | Should -BeNullOrEmpty -Because 'another runspace''s records are not written here'
+
+        $slow = Start-QgSimulator -Machines 1 -Limit @{ default = '1/1s' }
+        try {
+            $client = Connect-QgDefender -Simulator $slow -PassThru
+            $warnings = 1..2 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client 3>&1 } |
+                Where-Object { $_ -is [System.Management.Automation.WarningRecord] }
+            $warnings | Should -Not -BeNullOrEmpty -Because 'the log goes on after another runspace removed the module'
+        } finally {
+            Disconnect-QgDefender -Client $client
+            Stop-QgSimulator -Simulator $slow
+        }
+    }
+
+    It 'compiles the interop once when runspaces import the module at once' {
+        $pwsh = (Get-Process -Id $PID).Path
+        $script = "1..4 | ForEach-Object -ThrottleLimit 4 -Parallel { Import-Module '$script:ModuleManifest'; [QuotaGate.Interop.Native].Assembly.FullName } | Sort-Object -Unique"
+        $assemblies = & $pwsh -NoProfile -NonInteractive -Command $script
+        @($assemblies).Count | Should -Be 1
     }
 }
 
@@ -652,17 +917,25 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
         $sim = Start-QgSimulator -Machines 3 -Limit @{ default = (50, 60); hunting = '2/1m' } -TokenLifetimeSec 60 -RetryAfterStyle Milliseconds
         $sim | Should -BeOfType ([QuotaGate.Interop.Simulator])
         $sim.Url | Should -BeLike 'http://127.0.0.1:*'
-        $client = Connect-QgDefender -Simulator $sim -MaxAttempts 1
+        $client = Connect-QgDefender -Simulator $sim -MaxAttempts 1 -PassThru
         try {
             (Invoke-QgRequest /api/machines -Client $client -All).Count | Should -Be 3
             $sim | Stop-QgSimulator
             $sim.Handle.IsClosed | Should -BeTrue
-            $err = { Invoke-QgRequest /api/machines -Client $client } | Should -Throw -PassThru
+            $err = { Invoke-QgRequest /api/machines -Client $client -ErrorAction Stop } | Should -Throw -PassThru
             $err.Exception | Should -BeOfType ([QuotaGate.Interop.QuotaGateException])
         } finally {
             Disconnect-QgDefender -Client $client
             Connect-QgDefender -Simulator $script:Sim | Out-Null
         }
+    }
+
+    It 'checks fractional values against fractional bounds, without rounding them first' {
+        { Start-QgSimulator -ErrorRate 1.4 -WhatIf } | Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+        { Start-QgSimulator -ResetRate 1.2 -WhatIf } | Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
+        { Start-QgSimulator -ErrorRate 0.4 -TokenLifetimeSec 0.4 -WhatIf } | Should -Not -Throw
+        $limiter = New-QgLimiter -Rate 1, 60
+        { Suspend-QgLimiter -Limiter $limiter -Seconds 31536000.4 } | Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])
     }
 
     It 'starts nothing with -WhatIf' {
@@ -671,7 +944,7 @@ Describe 'Start-QgSimulator and Stop-QgSimulator' {
 
     It 'delays every request on its way in with -InboundJitterMs, and refuses more than 10 s' {
         $sim = Start-QgSimulator -Machines 3 -InboundJitterMs 50
-        $client = Connect-QgDefender -Simulator $sim
+        $client = Connect-QgDefender -Simulator $sim -PassThru
         try {
             1..3 | ForEach-Object { Invoke-QgRequest /api/machines -Client $client | Out-Null }
             $delays = @((ConvertFrom-Json $sim.LogJson()) | ForEach-Object { $_.inbound_delay_ms })

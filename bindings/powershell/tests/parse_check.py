@@ -2,12 +2,17 @@
 
 No PowerShell runs on the machines that build quotagate, so the module's .ps1, .psm1
 and .psd1 files are parsed with tree-sitter-powershell (pinned in
-requirements-parse.txt); any ERROR or MISSING node fails the check.
+requirements-parse.txt); any ERROR or MISSING node fails the check. With a manifest
+(.psd1), the type and format data (.ps1xml) beside it are checked too: well-formed XML
+whose script blocks parse.
 
     python parse_check.py FILE...
 """
 
+import glob
+import os
 import sys
+import xml.etree.ElementTree as ElementTree
 
 import tree_sitter
 import tree_sitter_powershell
@@ -26,13 +31,31 @@ def problems(tree):
             stack.extend(reversed(node.children))
 
 
+def data_problems(parser, path):
+    """Yields (line, column, kind, text) for a .ps1xml file: XML errors, then script block errors."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as e:
+        yield e.position[0], e.position[1] + 1, "XML error", str(e)[:60]
+        return
+    for block in root.iter("ScriptBlock"):
+        for line, column, kind, text in problems(parser.parse((block.text or "").encode("utf-8"))):
+            yield 0, 0, "in a ScriptBlock: " + kind, text
+
+
 def main(paths):
     parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
+    paths = list(paths)
+    for manifest in [p for p in paths if p.endswith(".psd1")]:
+        paths.extend(sorted(glob.glob(os.path.join(os.path.dirname(manifest), "*.ps1xml"))))
     failed = 0
     for path in paths:
-        with open(path, "rb") as f:
-            source = f.read()
-        found = sorted(problems(parser.parse(source)))
+        if path.endswith(".ps1xml"):
+            found = sorted(data_problems(parser, path))
+        else:
+            with open(path, "rb") as f:
+                source = f.read()
+            found = sorted(problems(parser.parse(source)))
         if found:
             failed += 1
             for line, column, kind, text in found:
