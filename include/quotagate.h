@@ -385,7 +385,8 @@ typedef struct qg_pages qg_pages;
  * A request: method, path or URL, query, headers, body.
  *
  * Methods: `qg_request_new`, `qg_request_add_query`, `qg_request_set_header`,
- * `qg_request_set_body`, `qg_request_cancel`, `qg_request_free`.
+ * `qg_request_set_body`, `qg_request_set_deadline_ms`, `qg_request_cancel`,
+ * `qg_request_free`.
  *
  * Build it on one thread; once sent it may be sent again, and `qg_request_cancel` may be
  * called from any thread while another sends it. Free it with `qg_request_free` when no
@@ -881,6 +882,16 @@ qg_result qg_request_set_body(qg_request *r,
                               const uint8_t *body,
                               size_t len,
                               const char *content_type);
+
+/**
+ * Sets the request's deadline: `deadline_ms` milliseconds from the start of each
+ * `qg_client_send` bound everything the call does (the quota wait, the token fetch,
+ * every attempt, retries and backoff); past it the call fails with `QG_ERR_TIMEOUT`, at
+ * once when a wait could not end in time. With `qg_client_pages` it bounds all the pages
+ * together, from the first page's send. Below 0: no deadline (the default). `r` must
+ * not be NULL.
+ */
+qg_result qg_request_set_deadline_ms(qg_request *r, int64_t deadline_ms);
 
 /**
  * Cancels the request's waits: a `qg_client_send` or `qg_pages_next` using it returns

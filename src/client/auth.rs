@@ -318,6 +318,7 @@ impl Auth {
                 &headers,
                 Some(body.expose().as_bytes()),
                 1 << 20,
+                super::deadline::attempt_limit(cancel.deadline),
             );
             drop(body);
             let wait = match result {
@@ -343,6 +344,8 @@ impl Auth {
                     ));
                 }
                 Err(f) => {
+                    // A token request cut short by the call's deadline is that deadline's.
+                    cancel.check(client)?;
                     if attempt >= policy.max_attempts {
                         return Err(Error::Auth(
                             format!("the token endpoint is unreachable: {}", f.message),

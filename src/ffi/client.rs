@@ -45,7 +45,8 @@ pub struct qg_client {
 /// A request: method, path or URL, query, headers, body.
 ///
 /// Methods: `qg_request_new`, `qg_request_add_query`, `qg_request_set_header`,
-/// `qg_request_set_body`, `qg_request_cancel`, `qg_request_free`.
+/// `qg_request_set_body`, `qg_request_set_deadline_ms`, `qg_request_cancel`,
+/// `qg_request_free`.
 ///
 /// Build it on one thread; once sent it may be sent again, and `qg_request_cancel` may be
 /// called from any thread while another sends it. Free it with `qg_request_free` when no
@@ -772,6 +773,21 @@ pub extern "C" fn qg_request_set_body(
             unsafe { std::slice::from_raw_parts(body, len) }.to_vec()
         };
         unsafe { try_mut(r, "request") }?.request.set_body(bytes, ct);
+        Ok(())
+    }
+}
+
+/// Sets the request's deadline: `deadline_ms` milliseconds from the start of each
+/// `qg_client_send` bound everything the call does (the quota wait, the token fetch,
+/// every attempt, retries and backoff); past it the call fails with `QG_ERR_TIMEOUT`, at
+/// once when a wait could not end in time. With `qg_client_pages` it bounds all the pages
+/// together, from the first page's send. Below 0: no deadline (the default). `r` must
+/// not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_set_deadline_ms(r: *mut qg_request, deadline_ms: i64) -> qg_result {
+    ffi_boundary! {
+        let d = u64::try_from(deadline_ms).ok().map(Duration::from_millis);
+        unsafe { try_mut(r, "request") }?.request.set_deadline(d);
         Ok(())
     }
 }

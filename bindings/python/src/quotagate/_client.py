@@ -395,6 +395,8 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """Sends a request and returns the final answer, whatever its status.
 
@@ -403,12 +405,17 @@ class Client(NativeHandle):
         waits for the quota, refreshes the token, and retries 429, 5xx and transport
         failures where that is safe.
 
+        ``deadline`` (seconds) bounds everything the call does: the quota wait, the token
+        fetch, every attempt, retries and backoff (``timeout`` bounds one attempt). When
+        it passes, or a wait could not end before it, the call raises
+        :class:`TimeoutError`.
+
         :raises ThrottledError: the server kept throttling beyond the allowed wait.
         :raises AuthError: no token could be obtained.
         :raises TransportError: the connection failed.
         :raises TimeoutError: the call's time ran out.
         """
-        prepared = _Prepared(method, path, params, json, data, headers)
+        prepared = _Prepared(method, path, params, json, data, headers, deadline)
         client = self._handle()
         req = self._new_request(prepared)
         shared = Shared(lambda: lib.qg_request_free(req))
@@ -435,9 +442,11 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("GET", ...)``."""
-        return self.request("GET", path, params, json, data, headers)
+        return self.request("GET", path, params, json, data, headers, deadline=deadline)
 
     def post(
         self,
@@ -446,9 +455,24 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("POST", ...)``."""
-        return self.request("POST", path, params, json, data, headers)
+        return self.request("POST", path, params, json, data, headers, deadline=deadline)
+
+    def put(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> Response:
+        """``request("PUT", ...)``."""
+        return self.request("PUT", path, params, json, data, headers, deadline=deadline)
 
     def patch(
         self,
@@ -457,9 +481,11 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("PATCH", ...)``."""
-        return self.request("PATCH", path, params, json, data, headers)
+        return self.request("PATCH", path, params, json, data, headers, deadline=deadline)
 
     def delete(
         self,
@@ -468,19 +494,29 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("DELETE", ...)``."""
-        return self.request("DELETE", path, params, json, data, headers)
+        return self.request("DELETE", path, params, json, data, headers, deadline=deadline)
 
     # -- paging ---------------------------------------------------------------------
 
-    def paginate(self, path: str, params: Optional[Params] = None) -> Iterator[Any]:
+    def paginate(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> Iterator[Any]:
         """Yields the items of ``"value"`` of every page of a GET, following
-        ``@odata.nextLink``; every page goes through the quota.
+        ``@odata.nextLink``; every page goes through the quota. ``deadline`` (seconds)
+        bounds all the pages together, from the first page's request.
 
         :raises HTTPError: a page was answered with an error status.
+        :raises TimeoutError: the deadline passed.
         """
-        prepared = _Prepared("GET", path, params)
+        prepared = _Prepared("GET", path, params, deadline=deadline)
         return self._paginate(self._handle(), prepared)
 
     def _paginate(self, client: c_void_p, prepared: _Prepared) -> Iterator[Any]:
@@ -506,13 +542,20 @@ class Client(NativeHandle):
         finally:
             shared.release()
 
-    def pages(self, path: str, params: Optional[Params] = None) -> Iterator[Response]:
+    def pages(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> Iterator[Response]:
         """Yields every page of a GET as a :class:`Response`, following
-        ``@odata.nextLink``.
+        ``@odata.nextLink``. ``deadline`` (seconds) bounds all the pages together.
 
         :raises HTTPError: a page was answered with an error status.
+        :raises TimeoutError: the deadline passed.
         """
-        prepared = _Prepared("GET", path, params)
+        prepared = _Prepared("GET", path, params, deadline=deadline)
         return self._pages(self._handle(), prepared, path)
 
     def _pages(self, client: c_void_p, prepared: _Prepared, path: str) -> Iterator[Response]:
@@ -575,6 +618,8 @@ class Client(NativeHandle):
             if prepared.body is not None:
                 body = prepared.body
                 self._check(lib.qg_request_set_body(req, body, len(body), prepared.content_type))
+            if prepared.deadline_ms >= 0:
+                self._check(lib.qg_request_set_deadline_ms(req, prepared.deadline_ms))
         except BaseException:
             lib.qg_request_free(req)
             raise
@@ -584,7 +629,7 @@ class Client(NativeHandle):
 class _Prepared:
     """A request's arguments, checked and encoded before anything reaches the library."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "content_type")
+    __slots__ = ("method", "path", "query", "headers", "body", "content_type", "deadline_ms")
 
     def __init__(
         self,
@@ -594,6 +639,7 @@ class _Prepared:
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        deadline: Optional[Union[int, float]] = None,
     ) -> None:
         self.method = _convert.text(method, "method")
         if not method:
@@ -602,6 +648,7 @@ class _Prepared:
         if not path:
             raise ValueError("path must not be empty")
         self.query = _params(params)
+        self.deadline_ms = _convert.timeout_ms(deadline, "deadline")
         header_list = _headers(headers)
         self.body: Optional[bytes] = None
         self.content_type: Optional[bytes] = None

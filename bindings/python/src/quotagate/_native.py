@@ -222,6 +222,7 @@ SIGNATURES: List[Signature] = [
     ("qg_request_add_query", _R, [_H, _S, _S]),
     ("qg_request_set_header", _R, [_H, _S, _S]),
     ("qg_request_set_body", _R, [_H, c_void_p, c_size_t, _S]),
+    ("qg_request_set_deadline_ms", _R, [_H, c_int64]),
     ("qg_request_cancel", _R, [_H]),
     ("qg_request_free", None, [_H]),
     ("qg_client_send", _R, [_H, _H, _OUT]),
