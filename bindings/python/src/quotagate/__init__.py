@@ -2,7 +2,8 @@
 
 - :class:`Limiter`: an exact rolling-window rate limiter by key, with FIFO waiting.
 - :class:`Client`: an HTTP client for the Defender API that waits its turn instead of
-  collecting 429s, caches tokens, retries safely and follows pages.
+  collecting 429s, caches tokens, retries safely and follows pages;
+  :class:`AsyncClient`: the same for asyncio.
 - :mod:`quotagate.testing`: a local simulator of the API for offline tests.
 
 The work is done by the native library ``libquotagate``; this package only translates.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import FrozenSet
 
+from ._async import AsyncClient
 from ._client import Client, Headers, Response, Route
 from ._errors import (
     AuthError,
@@ -38,6 +40,7 @@ from ._version import __version__
 
 __all__ = [
     "__version__",
+    "AsyncClient",
     "AuthError",
     "BodyTooLargeError",
     "CancelledError",
@@ -89,7 +92,7 @@ def features() -> FrozenSet[str]:
 
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
-    AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, FeatureError, HTTPError,
+    AsyncClient, AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, FeatureError, HTTPError,
     Headers, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip

@@ -420,20 +420,34 @@ class Client(NativeHandle):
         req = self._new_request(prepared)
         shared = Shared(lambda: lib.qg_request_free(req))
         try:
-
-            def send() -> Response:
-                resp = c_void_p()
-                code = lib.qg_client_send(client, req, byref(resp))
-                if code != QG_OK:
-                    raise self._failure(code)
-                try:
-                    return _read_response(resp, method, path)
-                finally:
-                    lib.qg_response_free(resp)
-
-            return runner.run(send, lambda: lib.qg_request_cancel(req), shared)
+            return runner.run(
+                lambda: self._send(client, req, method, path),
+                lambda: lib.qg_request_cancel(req),
+                shared,
+            )
         finally:
             shared.release()
+
+    def _send(self, client: c_void_p, req: c_void_p, method: str, path: str) -> Response:
+        """Sends a native request (blocking); run on the thread that reads the error."""
+        resp = c_void_p()
+        code = lib.qg_client_send(client, req, byref(resp))
+        if code != QG_OK:
+            raise self._failure(code)
+        try:
+            return _read_response(resp, method, path)
+        finally:
+            lib.qg_response_free(resp)
+
+    def _next_item(self, pages: c_void_p) -> Optional[str]:
+        """The next item's JSON text, or None after the last (blocking)."""
+        item = c_void_p()
+        code = lib.qg_pages_next_item(pages, byref(item))
+        if code == QG_DONE:
+            return None
+        if code != QG_OK:
+            raise self._failure(code)
+        return take_string(item)
 
     def get(
         self,
@@ -524,18 +538,10 @@ class Client(NativeHandle):
         # never runs its finally clauses.
         req, pages, shared = self._start_pages(client, prepared)
         try:
-
-            def next_item() -> Optional[str]:
-                item = c_void_p()
-                code = lib.qg_pages_next_item(pages, byref(item))
-                if code == QG_DONE:
-                    return None
-                if code != QG_OK:
-                    raise self._failure(code)
-                return take_string(item)
-
             while True:
-                text = runner.run(next_item, lambda: lib.qg_request_cancel(req), shared)
+                text = runner.run(
+                    lambda: self._next_item(pages), lambda: lib.qg_request_cancel(req), shared
+                )
                 if text is None:
                     return
                 yield _json.loads(text)

@@ -29,6 +29,8 @@ from ._native import (
     QG_STAT_WAITED_CALLS,
     lib,
 )
+from ._pool import limiter_pool
+from ._runner import Shared
 
 #: ``(calls, seconds)``: at most ``calls`` units in any rolling window of ``seconds``.
 Rate = Tuple[int, Union[int, float]]
@@ -201,6 +203,37 @@ class Limiter(NativeHandle):
         given up without disturbing the order of the others.
         """
         self._wait(lib.qg_limiter_enqueue, key, cost, timeout, None)
+
+    async def acquire_async(
+        self, key: str = "", cost: int = 1, timeout: Optional[Union[int, float]] = None
+    ) -> None:
+        """:meth:`acquire` for asyncio: awaits the admission without blocking the event
+        loop (the wait runs on a worker thread, asleep in the library's queue).
+        Cancelling the awaiting task gives up the place in the queue at once.
+
+        :raises quotagate.TimeoutError: the deadline passed or cannot be met.
+        :raises quotagate.ClosedError: the limiter is or gets closed.
+        """
+        k = self._key(key)
+        cost = _convert.cost(cost)
+        deadline_ms = _convert.timeout_ms(timeout)
+        ticket = c_void_p()
+        rc = lib.qg_limiter_enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
+        if rc != QG_OK:
+            raise error_from(rc)
+        shared = Shared(lambda: lib.qg_ticket_free(ticket))
+
+        def wait() -> None:
+            rc = lib.qg_ticket_wait(ticket, -1)
+            if rc != QG_OK:
+                raise error_from(rc)
+
+        try:
+            if lib.qg_ticket_wait(ticket, 0) == QG_OK:  # admitted at once
+                return
+            await limiter_pool.run(wait, lambda: lib.qg_ticket_cancel(ticket), shared)
+        finally:
+            shared.release()
 
     def _wait(
         self,
