@@ -310,7 +310,7 @@ typedef struct qg_bucket_stats qg_bucket_stats;
  * cached and refreshed, 429s pause the bucket and are retried, pages are followed.
  *
  * Methods: `qg_client_send`, `qg_client_pages`, `qg_client_stats_json`,
- * `qg_client_close`, `qg_client_free`.
+ * `qg_client_token_scope`, `qg_client_close`, `qg_client_free`.
  *
  * Reference counted inside and safe to use from any number of threads at once; share
  * one client. Free it once with `qg_client_free`.
@@ -1010,6 +1010,15 @@ qg_result qg_pages_next_item(qg_pages *p, char **item_json);
  * Frees pages. NULL does nothing; never free the same pages twice.
  */
 void qg_pages_free(qg_pages *p);
+
+/**
+ * Copies the scope the client's tokens are for into `buf` (the `(buf, len, written)`
+ * convention), in the v2 form (`https://api.securitycenter.microsoft.com/.default`)
+ * even when the client asks for a v1 resource: what a host's credential object asks
+ * its identity library for, before it hands tokens to a token provider. No NULL
+ * except `buf` with `len` 0. Thread-safe.
+ */
+qg_result qg_client_token_scope(const qg_client *c, char *buf, size_t len, size_t *written);
 
 /**
  * Writes the client's statistics as a JSON object to `*out` (free with

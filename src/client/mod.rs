@@ -925,6 +925,12 @@ impl Client {
         self.shared.auth.audience()
     }
 
+    /// The scope that tokens are requested for, in the v2 form (`…/.default`) even when
+    /// the client asks for a v1 resource: what a credential's `get_token` takes.
+    pub fn token_scope(&self) -> String {
+        self.shared.auth.scope()
+    }
+
     /// Closes the client: calls waiting for quota, tokens or backoff end with
     /// [`Error::Closed`], and later calls fail the same way. A shared limiter stays open.
     pub fn close(&self) {

@@ -34,7 +34,7 @@ pub struct qg_client_builder {
 /// cached and refreshed, 429s pause the bucket and are retried, pages are followed.
 ///
 /// Methods: `qg_client_send`, `qg_client_pages`, `qg_client_stats_json`,
-/// `qg_client_close`, `qg_client_free`.
+/// `qg_client_token_scope`, `qg_client_close`, `qg_client_free`.
 ///
 /// Reference counted inside and safe to use from any number of threads at once; share
 /// one client. Free it once with `qg_client_free`.
@@ -1033,6 +1033,24 @@ pub extern "C" fn qg_pages_next_item(p: *mut qg_pages, item_json: *mut *mut c_ch
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_pages_free(p: *mut qg_pages) {
     super::boundary::run_void(|| unsafe { free_box(p) })
+}
+
+/// Copies the scope the client's tokens are for into `buf` (the `(buf, len, written)`
+/// convention), in the v2 form (`https://api.securitycenter.microsoft.com/.default`)
+/// even when the client asks for a v1 resource: what a host's credential object asks
+/// its identity library for, before it hands tokens to a token provider. No NULL
+/// except `buf` with `len` 0. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_token_scope(
+    c: *const qg_client,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let scope = unsafe { try_ref(c, "client") }?.client.token_scope();
+        copy_out_checked(&scope, buf, len, written)
+    }
 }
 
 /// Writes the client's statistics as a JSON object to `*out` (free with

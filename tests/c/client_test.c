@@ -2133,6 +2133,22 @@ static void test_request_deadline(void)
     qg_sim_free(s);
 }
 
+/* The scope a host's credential is asked for: the API's, in the v2 form. */
+static void test_token_scope(void)
+{
+    qg_client_builder *b = sim_builder(NULL);
+    CHECK_OK(qg_client_builder_set_base_url(b, "https://api.example"));
+    CHECK_OK(qg_client_builder_set_access_token(b, "t"));
+    qg_client *c = build(b);
+    char scope[128];
+    size_t written = 0;
+    CHECK_RC(qg_client_token_scope(NULL, scope, sizeof scope, &written), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_client_token_scope(c, scope, 4, &written), QG_ERR_BUFFER_TOO_SMALL);
+    CHECK_OK(qg_client_token_scope(c, scope, sizeof scope, &written));
+    CHECK_MSG(strcmp(scope, "https://api.example/.default") == 0, "scope \"%s\"", scope);
+    qg_client_free(c);
+}
+
 /* ------------------------------------------------------------------- main ---- */
 
 static const struct test g_tests[] = {
@@ -2158,6 +2174,7 @@ static const struct test g_tests[] = {
     {"logger", test_logger},
     {"secret_never_shown", test_secret_never_shown},
     {"request_deadline", test_request_deadline},
+    {"token_scope", test_token_scope},
 };
 
 int main(int argc, char **argv)

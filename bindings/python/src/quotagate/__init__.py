@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import FrozenSet
 
 from ._async import AsyncClient
-from ._client import Client, Headers, Response, Route
+from ._client import Client, Headers, Response, Route, TokenCredential
 from ._errors import (
     AuthError,
     BodyTooLargeError,
@@ -60,6 +60,7 @@ __all__ = [
     "StoreError",
     "ThrottledError",
     "TimeoutError",
+    "TokenCredential",
     "TooManyBucketsError",
     "TransportError",
     "TRACE",

@@ -7,6 +7,7 @@ import json as _json
 import math
 import numbers
 import os
+import time
 from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p, memmove
 from typing import (
     Any,
@@ -17,6 +18,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     Union,
@@ -52,6 +54,25 @@ Body = Union[bytes, bytearray, str]
 PathOrPem = Union[str, "os.PathLike[str]"]
 #: A token provider: returns ``(access_token, expires_in_seconds)``.
 TokenProvider = Callable[[], Tuple[str, Union[int, float]]]
+
+
+class AccessTokenLike(Protocol):
+    """What a credential's ``get_token`` returns (azure-identity's ``AccessToken``)."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def expires_on(self) -> Union[int, float]:
+        """The instant the token expires, in seconds since the epoch."""
+        ...
+
+
+class TokenCredential(Protocol):
+    """azure-identity's ``TokenCredential`` protocol (``DefaultAzureCredential``,
+    ``ClientSecretCredential``, ...): ``get_token(*scopes)``."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
 
 #: The names ``cloud=`` takes (case-insensitive); the library checks them.
 CLOUDS = ("commercial", "us", "eu", "uk", "au", "swa", "ina", "aea", "gcc", "gcc-high", "dod")
@@ -189,6 +210,11 @@ class Client(NativeHandle):
         holds the key as well), or PEM text (``private_key`` then PEM text too).
     :param assertion_algorithm: how certificate assertions are signed, ``"PS256"``
         (the default) or ``"RS256"``.
+    :param credential: an object with ``get_token(*scopes)`` returning ``.token`` and
+        ``.expires_on`` (seconds since the epoch): azure-identity's credentials, such as
+        ``DefaultAzureCredential()``. The client asks it for a token of its scope
+        (``https://api.securitycenter.microsoft.com/.default`` by default) when it needs
+        one, and caches it like any other.
     :param token_provider: a function of no arguments returning
         ``(access_token, expires_in_seconds)``; the client calls it when it needs a
         token, from whichever thread sends a call, one call at a time. It must not use
@@ -230,6 +256,7 @@ class Client(NativeHandle):
         password: Optional[str] = None,
         assertion_algorithm: Optional[str] = None,
         token_provider: Optional[TokenProvider] = None,
+        credential: Optional[TokenCredential] = None,
         rates: Optional[Sequence[Rate]] = None,
         routes: Optional[Sequence[Route]] = None,
         limiter: Optional[Limiter] = None,
@@ -251,7 +278,19 @@ class Client(NativeHandle):
         if authority is None and cloud is None:
             authority = DEFAULT_AUTHORITY
         self._base_url = base_url
-        if token_provider is not None:
+        self._scope = ""
+        if credential is not None:
+            if token_provider is not None:
+                raise ValueError("give credential or token_provider, not both")
+            if not callable(getattr(credential, "get_token", None)):
+                kind = type(credential).__name__
+                raise TypeError(
+                    f"credential must have get_token(*scopes), as azure-identity's credentials"
+                    f" do; {kind} has none"
+                )
+            token_provider = self._credential_provider(credential)
+            self._auth = f"credential {type(credential).__name__}"
+        elif token_provider is not None:
             self._auth = "token provider"
         elif certificate is not None:
             self._auth = "certificate"
@@ -352,6 +391,17 @@ class Client(NativeHandle):
         finally:
             lib.qg_client_builder_free(builder)
         self._adopt(client)
+        self._scope = read_text(lib.qg_client_token_scope, client) or ""
+
+    def _credential_provider(self, credential: TokenCredential) -> TokenProvider:
+        """A token provider over a credential: asks it for the client's scope (known once
+        the client is built, before any token is needed)."""
+
+        def provider() -> Tuple[str, float]:
+            access = credential.get_token(self._scope)
+            return access.token, float(access.expires_on) - time.time()
+
+        return provider
 
     def _native_close(self, ptr: c_void_p) -> None:
         lib.qg_client_close(ptr)

@@ -241,6 +241,7 @@ SIGNATURES: List[Signature] = [
     ("qg_pages_free", None, [_H]),
     # client
     ("qg_client_stats_json", _R, [_H, _OUT]),
+    ("qg_client_token_scope", _R, [_H, *_TEXT]),
     ("qg_client_close", _R, [_H]),
     ("qg_client_free", None, [_H]),
     # simulator
