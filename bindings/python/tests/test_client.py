@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, List
+from typing import List
 
 import pytest
 
@@ -16,30 +16,9 @@ from quotagate import Client, Limiter
 
 from quotagate.testing import Simulator
 
-from conftest import requires_client
+from conftest import make_client, requires_client
 
 pytestmark = requires_client
-
-
-def make_client(sim: Simulator, **kwargs: Any) -> Client:
-    # A short attempt timeout: the simulator's HTTP server (tiny_http 0.12) can leave a
-    # new connection of a burst unread until another connection closes; a GET stuck so
-    # is then retried after 5 s instead of the default 300 s.
-    kwargs.setdefault("timeout", 5)
-    return Client(
-        sim.tenant_id,
-        sim.client_id,
-        sim.client_secret,
-        base_url=sim.url,
-        authority=sim.authority,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-def client(sim: Simulator) -> Iterator[Client]:
-    with make_client(sim) as c:
-        yield c
 
 
 def first_machine_id(client: Client) -> str:

@@ -10,8 +10,7 @@ import pytest
 import quotagate
 from quotagate.testing import Simulator
 
-from conftest import requires_client
-from test_client import make_client
+from conftest import make_client, requires_client
 
 pytestmark = requires_client
 

@@ -31,6 +31,7 @@ from ._errors import (
     TooManyBucketsError,
     TransportError,
 )
+from ._hunting import HuntingResult
 from ._limiter import Hold, Limiter, Rate
 from ._logging import TRACE, set_log_level
 from ._logging import _install as _install_logging
@@ -51,6 +52,7 @@ __all__ = [
     "HTTPError",
     "Headers",
     "Hold",
+    "HuntingResult",
     "InvalidArgumentError",
     "Limiter",
     "NativeIOError",
@@ -94,7 +96,7 @@ def features() -> FrozenSet[str]:
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
     AsyncClient, AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, FeatureError, HTTPError,
-    Headers, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
+    Headers, HuntingResult, InvalidArgumentError, Limiter, NativeIOError, Response, StoreError, ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__

@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Any, AsyncIterator, Dict, Mapping, Optional, Type, Union
 
 from ._client import Body, Client, Params, Response, _Prepared
+from ._hunting import HUNTING_PATH, HuntingResult
 from ._native import lib
 from ._pool import Pool
 from ._runner import Shared
@@ -159,6 +160,19 @@ class AsyncClient:
     ) -> Response:
         """``await request("DELETE", ...)``."""
         return await self.request("DELETE", path, params, json, data, headers, deadline=deadline)
+
+    async def hunt(
+        self,
+        query: str,
+        *,
+        path: str = HUNTING_PATH,
+        deadline: Optional[Seconds] = None,
+    ) -> HuntingResult:
+        """:meth:`Client.hunt`, awaited."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, not {type(query).__name__}")
+        r = await self.post(path, json={"Query": query}, deadline=deadline)
+        return HuntingResult(r.raise_for_status().json())
 
     async def paginate(
         self,

@@ -27,6 +27,7 @@ from typing import (
 from . import _convert
 from ._errors import DETAIL_FIELDS, AuthError, Error, HTTPError, error_from
 from ._handle import NativeHandle
+from ._hunting import HUNTING_PATH, HuntingResult
 from ._limiter import Limiter, Rate
 from ._native import (
     QG_ASSERTION_PS256,
@@ -563,6 +564,24 @@ class Client(NativeHandle):
     ) -> Response:
         """``request("DELETE", ...)``."""
         return self.request("DELETE", path, params, json, data, headers, deadline=deadline)
+
+    def hunt(
+        self,
+        query: str,
+        *,
+        path: str = HUNTING_PATH,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> HuntingResult:
+        """Runs an advanced hunting query and returns its rows, schema and statistics.
+        The call goes through the hunting quota and the tenant's run-time budget like
+        any hunting call.
+
+        :raises HTTPError: the query was refused (a syntax error, a result too large).
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, not {type(query).__name__}")
+        r = self.post(path, json={"Query": query}, deadline=deadline).raise_for_status()
+        return HuntingResult(r.json())
 
     # -- paging ---------------------------------------------------------------------
 
