@@ -1064,6 +1064,16 @@ impl Client {
                 deadline::attempt_limit(cancel.deadline),
             );
             drop(headers);
+            log::trace!(
+                "{} {}: attempt {attempt} {} after {} ms",
+                req.method,
+                path,
+                result.as_ref().map_or_else(
+                    |f| f.message.clone(),
+                    |r| format!("answered {}", r.status())
+                ),
+                sent_at.elapsed().as_millis()
+            );
             self.end_hold(hold, hunting, sent_at.elapsed(), sent_at_clock);
             let step = match result {
                 Ok(r) => self.on_answer(
