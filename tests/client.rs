@@ -618,3 +618,33 @@ fn one_deadline_bounds_all_the_pages() {
     assert!(is_deadline(&e), "{e}");
     assert!(started.elapsed() < ms(1200));
 }
+
+#[test]
+fn an_unreachable_token_endpoint_is_a_transport_failure_and_a_closed_limiter_is_named() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let client = builder(&sim)
+        .authority(&format!("http://127.0.0.1:{port}"))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Transport(m, _) if m.contains("token endpoint is unreachable")),
+        "{e}"
+    );
+
+    let limiter = quotagate::limiter::Limiter::builder()
+        .rate(Rate::new(100, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let client = builder(&sim).limiter(limiter.clone()).build().unwrap();
+    client.send(&Request::get("/api/machines")).unwrap();
+    limiter.close();
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert_eq!(e, Error::LimiterClosed);
+    assert!(e.to_string().contains("client itself is open"), "{e}");
+}

@@ -355,13 +355,17 @@ impl Auth {
                     // A token request cut short by the call's deadline is that deadline's.
                     cancel.check(client)?;
                     if attempt >= policy.max_attempts {
-                        return Err(Error::Auth(
-                            format!("the token endpoint is unreachable: {}", f.message),
-                            Box::new(ErrorDetails {
-                                attempts: attempt,
-                                ..Default::default()
-                            }),
-                        ));
+                        // Nothing refused the credentials: the network failed.
+                        let details = Box::new(ErrorDetails {
+                            attempts: attempt,
+                            ..Default::default()
+                        });
+                        let message = format!("the token endpoint is unreachable: {}", f.message);
+                        return Err(if f.timeout {
+                            Error::Timeout(message, details)
+                        } else {
+                            Error::Transport(message, details)
+                        });
                     }
                     policy.backoff(attempt - 1)
                 }

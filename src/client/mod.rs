@@ -1265,7 +1265,7 @@ impl Client {
                 _ => throttled(last),
             },
             limiter::Error::Cancelled => Error::Cancelled,
-            limiter::Error::Closed => Error::Closed,
+            limiter::Error::Closed => Error::LimiterClosed,
             other => limiter_failure(other),
         };
         match s.limiter.try_hold_with_lease(key, 1, s.hold_lease) {

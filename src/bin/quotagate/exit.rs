@@ -47,7 +47,8 @@ pub fn code_of(e: &Error) -> u8 {
         | Error::Timeout(..)
         | Error::BodyTooLarge(_)
         | Error::Cancelled
-        | Error::Closed => TRANSPORT,
+        | Error::Closed
+        | Error::LimiterClosed => TRANSPORT,
     }
 }
 

@@ -847,7 +847,7 @@ class _TokenCallback:
         except BaseException as e:  # noqa: B036 - never unwind into C
             try:
                 self.failure = e
-                note = f"the token provider raised {type(e).__name__}".encode("utf-8")
+                note = f"it raised {type(e).__name__}".encode("utf-8")
                 n = min(len(note), buf_len)
                 if buf and n:
                     memmove(buf, note, n)
