@@ -33,6 +33,7 @@ from ._errors import (
 )
 from ._hunting import HuntingResult
 from ._limiter import Hold, Limiter, Rate
+from ._stats import BucketStats, ClientStats, LimiterStats, WindowStats
 from ._logging import TRACE, set_log_level
 from ._logging import _install as _install_logging
 from ._native import features as _features
@@ -44,6 +45,8 @@ __all__ = [
     "AsyncClient",
     "AuthError",
     "BodyTooLargeError",
+    "BucketStats",
+    "ClientStats",
     "CancelledError",
     "Client",
     "ClosedError",
@@ -55,6 +58,7 @@ __all__ = [
     "HuntingResult",
     "InvalidArgumentError",
     "Limiter",
+    "LimiterStats",
     "NativeIOError",
     "Rate",
     "Response",
@@ -66,6 +70,7 @@ __all__ = [
     "TooManyBucketsError",
     "TransportError",
     "TRACE",
+    "WindowStats",
     "features",
     "library_path",
     "library_version",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json as _json
 from types import TracebackType
-from typing import Any, AsyncIterator, Dict, Mapping, Optional, Type, Union
+from typing import Any, AsyncIterator, Mapping, Optional, Type, Union
 
 from ._client import Body, Client, Params, Response, _Prepared
 from ._hunting import HUNTING_PATH, HuntingResult
 from ._native import lib
 from ._pool import Pool
 from ._runner import Shared
+from ._stats import ClientStats
 
 #: Threads per client that run its calls; more tasks than this wait for a thread in
 #: FIFO order, as they would in the quota's queue.
@@ -197,6 +198,6 @@ class AsyncClient:
         finally:
             shared.release()
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> ClientStats:
         """:meth:`Client.stats` (it never waits)."""
         return self._client.stats()

@@ -43,6 +43,7 @@ from ._native import (
     take_string,
 )
 from ._runner import Shared, runner
+from ._stats import ClientStats, client_stats
 
 #: ``(method or None for any, path pattern, [(calls, seconds), ...])``, e.g.
 #: ``("POST", "/api/machines/{id}/isolate", [(100, 60)])``.
@@ -673,13 +674,14 @@ class Client(NativeHandle):
 
     # -- the rest -------------------------------------------------------------------
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> ClientStats:
         """The client's counters: ``requests``, ``retries``, ``throttled``,
-        ``token_requests`` and, per bucket, admissions, waits, pauses and windows."""
+        ``token_requests`` and, per bucket, admissions, waits (``total_wait`` and
+        ``longest_wait``), pauses and windows (``window``); durations in seconds, as
+        :meth:`Limiter.stats` gives them."""
         out = c_void_p()
         self._check(lib.qg_client_stats_json(self._handle(), byref(out)))
-        result: Dict[str, Any] = _json.loads(take_string(out))
-        return result
+        return client_stats(_json.loads(take_string(out)))
 
     def _new_request(self, prepared: "_Prepared") -> c_void_p:
         """A native request from checked arguments; the caller frees it."""

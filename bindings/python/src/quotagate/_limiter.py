@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, cast
 
 from . import _convert
 from ._errors import check, error_from
@@ -31,6 +31,7 @@ from ._native import (
 )
 from ._pool import limiter_pool
 from ._runner import Shared
+from ._stats import LimiterStats
 
 #: ``(calls, seconds)``: at most ``calls`` units in any rolling window of ``seconds``.
 Rate = Tuple[int, Union[int, float]]
@@ -317,7 +318,7 @@ class Limiter(NativeHandle):
         windows = (c_uint64 * n)(*(w for _, w in native))
         check(lib.qg_limiter_set_rates(self._handle(), k, calls, windows, n))
 
-    def stats(self, key: str = "") -> Dict[str, Any]:
+    def stats(self, key: str = "") -> LimiterStats:
         """A snapshot of ``key``'s bucket.
 
         Counts: ``admitted_calls``, ``admitted_units``, ``waited_calls``, ``timeouts``,
@@ -351,7 +352,7 @@ class Limiter(NativeHandle):
                     {"used": used.value, "calls": calls.value, "window": window_ms.value / 1000.0}
                 )
             result["windows"] = windows
-            return result
+            return cast(LimiterStats, result)
         finally:
             lib.qg_bucket_stats_free(snapshot)
 
