@@ -35,6 +35,8 @@ from ._native import (
     QG_DONE,
     QG_ERR_AUTH,
     QG_ERR_BUFFER_TOO_SMALL,
+    QG_HUNTING_BUDGET_FAIL,
+    QG_HUNTING_BUDGET_WAIT,
     QG_OK,
     TOKEN_FN,
     borrowed_bytes,
@@ -75,6 +77,12 @@ class TokenCredential(Protocol):
     ``ClientSecretCredential``, ...): ``get_token(*scopes)``."""
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
+
+#: ``(method or None for any, path pattern, most calls under way at once)``, e.g.
+#: ``("POST", "/api/machines/{id}/runliveresponse", 10)``; 0 lifts a cap.
+InFlightCap = Tuple[Optional[str], str, int]
+#: What a hunting query does while the run-time budget is spent.
+HUNTING_BUDGET_POLICIES = {"wait": QG_HUNTING_BUDGET_WAIT, "fail": QG_HUNTING_BUDGET_FAIL}
 
 #: The names ``cloud=`` takes (case-insensitive); the library checks them.
 CLOUDS = ("commercial", "us", "eu", "uk", "au", "swa", "ina", "aea", "gcc", "gcc-high", "dod")
@@ -233,6 +241,15 @@ class Client(NativeHandle):
     :param margin: seconds that widen every window of the client's own limiter, to absorb
         the latency between admission and the server's count (not with ``limiter``).
     :param proxy: proxy URL (default: from ``HTTPS_PROXY``/``NO_PROXY``).
+    :param max_in_flight: caps on calls under way at once,
+        ``[(method or None, "/api/machines/{id}/runliveresponse", 10), ...]``: a call
+        beyond a cap waits its turn (live response is capped at 25 by default; 0 lifts
+        a cap).
+    :param hunting_run_time: the tenant's advanced hunting run-time budget,
+        ``(seconds per rolling hour, seconds per rolling day)`` (default ``(600, 10800)``;
+        0 turns a window off).
+    :param hunting_budget_policy: ``"wait"`` (the default) holds hunting queries back
+        while the budget is spent; ``"fail"`` raises :class:`ThrottledError` at once.
     :param store: share the quotas with every process that opens the same store,
         ``"file:///path/to/state.q"`` or ``"redis://host:6379/0?prefix=qg"`` (see
         :class:`Limiter`; not with ``limiter``).
@@ -272,6 +289,9 @@ class Client(NativeHandle):
         max_body_bytes: Optional[int] = None,
         margin: Optional[Union[int, float]] = None,
         store: Optional[str] = None,
+        max_in_flight: Optional[Sequence[InFlightCap]] = None,
+        hunting_run_time: Optional[Tuple[Union[int, float], Union[int, float]]] = None,
+        hunting_budget_policy: Optional[str] = None,
     ) -> None:
         super().__init__()
         self._cloud = cloud
@@ -375,6 +395,25 @@ class Client(NativeHandle):
         for method, pattern, route_rates in _routes(routes):
             for calls, window_ms in route_rates:
                 add(lib.qg_client_builder_add_route, method, pattern, calls, window_ms)
+        for cap in max_in_flight or ():
+            add(lib.qg_client_builder_set_max_in_flight, *_in_flight_cap(cap))
+        if hunting_run_time is not None:
+            if not isinstance(hunting_run_time, (tuple, list)) or len(hunting_run_time) != 2:
+                raise TypeError("hunting_run_time must be (seconds per hour, seconds per day)")
+            per_hour, per_day = hunting_run_time
+            add(
+                lib.qg_client_builder_set_hunting_budget_ms,
+                _convert.seconds_to_ms(per_hour, "hunting_run_time per hour"),
+                _convert.seconds_to_ms(per_day, "hunting_run_time per day"),
+            )
+        if hunting_budget_policy is not None:
+            if hunting_budget_policy not in HUNTING_BUDGET_POLICIES:
+                names = ", ".join(repr(n) for n in HUNTING_BUDGET_POLICIES)
+                raise ValueError(
+                    f"hunting_budget_policy must be one of {names}, not {hunting_budget_policy!r}"
+                )
+            policy = HUNTING_BUDGET_POLICIES[hunting_budget_policy]
+            add(lib.qg_client_builder_set_hunting_budget_policy, policy)
         if limiter is not None:
             if not isinstance(limiter, Limiter):
                 kind = type(limiter).__name__
@@ -908,6 +947,15 @@ def _routes(routes: Any) -> List[Tuple[Optional[bytes], bytes, List[_convert.Nat
             )
         )
     return result
+
+
+def _in_flight_cap(cap: Any) -> Tuple[Optional[bytes], bytes, int]:
+    if isinstance(cap, (str, bytes)) or not isinstance(cap, (tuple, list)) or len(cap) != 3:
+        raise TypeError("max_in_flight must be a list of (method or None, pattern, max) triples")
+    method, pattern, most = cap
+    m = None if method is None else _convert.text(method, "max_in_flight method")
+    p = _convert.text(pattern, "max_in_flight pattern")
+    return m, p, _convert.integer(most, "max_in_flight max", 0, _convert.U32_MAX)
 
 
 def _query_value(value: Any, name: str) -> bytes:
