@@ -310,7 +310,7 @@ typedef struct qg_bucket_stats qg_bucket_stats;
  * cached and refreshed, 429s pause the bucket and are retried, pages are followed.
  *
  * Methods: `qg_client_send`, `qg_client_pages`, `qg_client_stats_json`,
- * `qg_client_close`, `qg_client_free`.
+ * `qg_client_token_scope`, `qg_client_close`, `qg_client_free`.
  *
  * Reference counted inside and safe to use from any number of threads at once; share
  * one client. Free it once with `qg_client_free`.
@@ -385,7 +385,8 @@ typedef struct qg_pages qg_pages;
  * A request: method, path or URL, query, headers, body.
  *
  * Methods: `qg_request_new`, `qg_request_add_query`, `qg_request_set_header`,
- * `qg_request_set_body`, `qg_request_cancel`, `qg_request_free`.
+ * `qg_request_set_body`, `qg_request_set_deadline_ms`, `qg_request_cancel`,
+ * `qg_request_free`.
  *
  * Build it on one thread; once sent it may be sent again, and `qg_request_cancel` may be
  * called from any thread while another sends it. Free it with `qg_request_free` when no
@@ -923,6 +924,16 @@ qg_result qg_request_set_body(qg_request *r,
                               const char *content_type);
 
 /**
+ * Sets the request's deadline: `deadline_ms` milliseconds from the start of each
+ * `qg_client_send` bound everything the call does (the quota wait, the token fetch,
+ * every attempt, retries and backoff); past it the call fails with `QG_ERR_TIMEOUT`, at
+ * once when a wait could not end in time. With `qg_client_pages` it bounds all the pages
+ * together, from the first page's send. Below 0: no deadline (the default). `r` must
+ * not be NULL.
+ */
+qg_result qg_request_set_deadline_ms(qg_request *r, int64_t deadline_ms);
+
+/**
  * Cancels the request's waits: a `qg_client_send` or `qg_pages_next` using it returns
  * `QG_ERR_CANCELLED` within about 50 ms of this call if it is waiting for quota, a token
  * or a backoff (an exchange on the wire ends at its timeout). Thread-safe; `r` must not
@@ -1047,6 +1058,15 @@ qg_result qg_pages_next_item(qg_pages *p, char **item_json);
  * Frees pages. NULL does nothing; never free the same pages twice.
  */
 void qg_pages_free(qg_pages *p);
+
+/**
+ * Copies the scope the client's tokens are for into `buf` (the `(buf, len, written)`
+ * convention), in the v2 form (`https://api.securitycenter.microsoft.com/.default`)
+ * even when the client asks for a v1 resource: what a host's credential object asks
+ * its identity library for, before it hands tokens to a token provider. No NULL
+ * except `buf` with `len` 0. Thread-safe.
+ */
+qg_result qg_client_token_scope(const qg_client *c, char *buf, size_t len, size_t *written);
 
 /**
  * Writes the client's statistics as a JSON object to `*out` (free with

@@ -30,6 +30,8 @@ export QUOTAGATE_TEST_CLI=$root/target/debug/quotagate
 echo "== pyflakes and mypy --strict"
 "$py" -m pyflakes bindings/python/src bindings/python/tests bindings/python/examples bindings/python/benchmarks
 "$py" -m mypy --strict --no-error-summary bindings/python/src/quotagate
+# The examples, as a user's code that type-checks against the installed package.
+"$py" -m mypy --strict --no-error-summary bindings/python/examples/*.py
 
 outside=$(mktemp -d)
 trap 'rm -rf "$outside"' EXIT

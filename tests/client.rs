@@ -673,3 +673,108 @@ fn every_spelling_of_the_hunting_path_takes_the_hunting_quota() {
         stats.buckets.keys()
     );
 }
+
+// A call's deadline (`Request::deadline`): one bound on the quota wait, the token fetch,
+// every attempt and the backoff between them, unlike the per-attempt timeout.
+
+fn is_deadline(e: &Error) -> bool {
+    matches!(e, Error::Timeout(m, _) if m.contains("deadline of 1.000 s"))
+}
+
+#[test]
+fn a_deadline_shorter_than_the_quota_wait_fails_with_a_timeout_at_once() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(1, Duration::from_secs(60))])
+        .build()
+        .unwrap();
+    client.send(&Request::get("/api/machines")).unwrap();
+    let started = Instant::now();
+    let e = client
+        .send(&Request::get("/api/machines").deadline(Duration::from_secs(1)))
+        .unwrap_err();
+    assert!(is_deadline(&e), "{e}");
+    assert!(started.elapsed() < ms(1200), "{:?}", started.elapsed());
+    // Without a deadline the same wait is the quota-wait budget's to refuse.
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert!(matches!(e, Error::Throttled(_)), "{e}");
+}
+
+#[test]
+fn a_deadline_bounds_a_slow_token_endpoint_and_slow_attempts() {
+    // The token endpoint answers after 3 s, like the API; attempts may take 10 s each.
+    let sim = Simulator::start(SimConfig::default().latency(ms(3000))).unwrap();
+    let client = builder(&sim).build().unwrap();
+    for req in [
+        Request::get("/api/machines"),
+        Request::post("/api/machines/m1/tags")
+            .json(&serde_json::json!({"Value": "x", "Action": "Add"})),
+    ] {
+        let started = Instant::now();
+        let e = client
+            .send(&req.deadline(Duration::from_secs(1)))
+            .unwrap_err();
+        assert!(is_deadline(&e), "{e}");
+        let took = started.elapsed();
+        assert!(took >= ms(950) && took < ms(1500), "{took:?}");
+    }
+}
+
+#[test]
+fn a_deadline_that_holds_changes_nothing() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let client = builder(&sim).build().unwrap();
+    let r = client
+        .send(&Request::get("/api/machines").deadline(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn one_deadline_bounds_all_the_pages() {
+    let sim = Simulator::start(SimConfig::default().machines(50)).unwrap();
+    let client = builder(&sim)
+        .default_rates(vec![Rate::new(2, Duration::from_secs(60))])
+        .build()
+        .unwrap();
+    let first = Request::get("/api/machines")
+        .query("$top", "10")
+        .deadline(Duration::from_secs(1));
+    let started = Instant::now();
+    let mut pages = client.pages(&first);
+    assert!(pages.next().unwrap().is_ok());
+    assert!(pages.next().unwrap().is_ok());
+    let e = pages.next().unwrap().unwrap_err();
+    assert!(is_deadline(&e), "{e}");
+    assert!(started.elapsed() < ms(1200));
+}
+
+#[test]
+fn an_unreachable_token_endpoint_is_a_transport_failure_and_a_closed_limiter_is_named() {
+    let sim = Simulator::start(SimConfig::default()).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let client = builder(&sim)
+        .authority(&format!("http://127.0.0.1:{port}"))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Transport(m, _) if m.contains("token endpoint is unreachable")),
+        "{e}"
+    );
+
+    let limiter = quotagate::limiter::Limiter::builder()
+        .rate(Rate::new(100, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let client = builder(&sim).limiter(limiter.clone()).build().unwrap();
+    client.send(&Request::get("/api/machines")).unwrap();
+    limiter.close();
+    let e = client.send(&Request::get("/api/machines")).unwrap_err();
+    assert_eq!(e, Error::LimiterClosed);
+    assert!(e.to_string().contains("client itself is open"), "{e}");
+}

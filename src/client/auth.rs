@@ -173,6 +173,14 @@ impl Auth {
         &self.audience.1
     }
 
+    /// The audience as a v2 scope (a v1 resource `R` is the scope `R/.default`).
+    pub(crate) fn scope(&self) -> String {
+        match self.audience.0 {
+            "resource" => format!("{}/.default", self.audience.1.trim_end_matches('/')),
+            _ => self.audience.1.clone(),
+        }
+    }
+
     /// A token valid now, fetching or refreshing it if needed.
     pub(crate) fn token(
         &self,
@@ -336,6 +344,7 @@ impl Auth {
                 &headers,
                 Some(body.expose().as_bytes()),
                 1 << 20,
+                super::deadline::attempt_limit(cancel.deadline),
             );
             drop(body);
             let wait = match result {
@@ -361,14 +370,20 @@ impl Auth {
                     ));
                 }
                 Err(f) => {
+                    // A token request cut short by the call's deadline is that deadline's.
+                    cancel.check(client)?;
                     if attempt >= policy.max_attempts {
-                        return Err(Error::Auth(
-                            format!("the token endpoint is unreachable: {}", f.message),
-                            Box::new(ErrorDetails {
-                                attempts: attempt,
-                                ..Default::default()
-                            }),
-                        ));
+                        // Nothing refused the credentials: the network failed.
+                        let details = Box::new(ErrorDetails {
+                            attempts: attempt,
+                            ..Default::default()
+                        });
+                        let message = format!("the token endpoint is unreachable: {}", f.message);
+                        return Err(if f.timeout {
+                            Error::Timeout(message, details)
+                        } else {
+                            Error::Transport(message, details)
+                        });
                     }
                     policy.backoff(attempt - 1)
                 }
@@ -432,6 +447,10 @@ impl Drop for Refresh<'_> {
     }
 }
 
+/// The longest lifetime a token provider may state: the identity platform's tokens live
+/// 1 to 24 hours, and a longer one is an expiry instant passed as a lifetime.
+const MAX_PROVIDED_LIFETIME: Duration = super::bounds::MAX_TOKEN_LIFETIME;
+
 /// Calls the caller's token function; a panic in it becomes an `Error::Auth` of the call
 /// that needed the token instead of unwinding through the client.
 fn call_provider(provider: &TokenProvider) -> Result<(Secret, Duration), Error> {
@@ -449,6 +468,14 @@ fn call_provider(provider: &TokenProvider) -> Result<(Secret, Duration), Error> 
         return Err(auth_error(
             "the token provider returned a token with no lifetime".into(),
         ));
+    }
+    if lifetime > MAX_PROVIDED_LIFETIME {
+        return Err(auth_error(format!(
+            "the token provider returned a lifetime of {} s, over 24 hours: it must be the \
+             seconds the token stays valid, not the instant it expires (such as \
+             azure-identity's expires_on, an epoch time)",
+            lifetime.as_secs()
+        )));
     }
     Ok((token, lifetime))
 }
@@ -489,6 +516,20 @@ fn parse_token(r: &super::Response) -> Result<(Secret, Duration), Error> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_provided_lifetime_over_a_day_is_an_expiry_instant_and_refused() {
+        let day = Duration::from_secs(24 * 3600);
+        let provider: TokenProvider = Arc::new(move || Ok((Secret::from("t"), day)));
+        assert!(call_provider(&provider).is_ok());
+        let epoch: TokenProvider =
+            Arc::new(|| Ok((Secret::from("t"), Duration::from_secs(1_764_000_000))));
+        let e = call_provider(&epoch).unwrap_err().to_string();
+        assert!(
+            e.contains("over 24 hours") && e.contains("expires_on"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn refresh_margin_is_a_fifth_up_to_five_minutes() {
@@ -612,5 +653,8 @@ mod tests {
         assert_eq!(v1.token_url, "https://login.example/t/oauth2/token");
         assert_eq!(v1.audience.0, "resource");
         assert!(!format!("{v1:?}").contains("\"s\""), "{v1:?}");
+        // Both ask a credential for a v2 scope.
+        assert_eq!(v2.scope(), "https://api.example/.default");
+        assert_eq!(v1.scope(), "https://api.example/.default");
     }
 }

@@ -134,6 +134,11 @@ pub enum Error {
     Cancelled,
     /// The client was closed.
     Closed,
+    /// The limiter the client shares (given to [`ClientBuilder::limiter`]) was closed;
+    /// the client itself is still open.
+    ///
+    /// [`ClientBuilder::limiter`]: super::ClientBuilder::limiter
+    LimiterClosed,
     /// An argument can never work.
     InvalidArgument(String),
     /// The shared quota store failed (unreachable past the call's deadline, damaged or
@@ -192,6 +197,9 @@ impl std::fmt::Display for Error {
             ),
             Error::Cancelled => f.write_str("the request was cancelled"),
             Error::Closed => f.write_str("the client is closed"),
+            Error::LimiterClosed => f.write_str(
+                "the limiter that the client shares is closed (the client itself is open)",
+            ),
             Error::InvalidArgument(m) => f.write_str(m),
             Error::Store(e) => write!(f, "the quota store failed: {e}"),
             Error::Paging(m) => write!(f, "paging stopped: {m}"),

@@ -79,6 +79,7 @@ pub(crate) fn exchange(
     headers: &[(String, String)],
     body: Option<&[u8]>,
     max_body: u64,
+    limit: Option<Duration>,
 ) -> Result<Response, Failure> {
     let mut req = ureq::http::Request::builder().method(method).uri(url);
     for (n, v) in headers {
@@ -93,6 +94,14 @@ pub(crate) fn exchange(
             body_too_large: None,
             invalid: true,
         })?;
+    // A call's deadline bounds the whole exchange, below the agent's own timeouts.
+    let req = match limit {
+        Some(d) => {
+            let d = agent.config().timeouts().global.map_or(d, |t| t.min(d));
+            agent.configure_request(req).timeout_global(Some(d)).build()
+        }
+        None => req,
+    };
     let mut answer = agent.run(req).map_err(classify)?;
     let status = answer.status().as_u16();
     let headers = answer

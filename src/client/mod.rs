@@ -35,6 +35,7 @@ mod auth;
 mod bounds;
 mod certificate;
 mod cloud;
+mod deadline;
 mod error;
 mod gate;
 mod http;
@@ -94,6 +95,7 @@ pub struct Request {
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
     cancel: Cancel,
+    deadline: Option<deadline::Deadline>,
 }
 
 impl std::fmt::Debug for Request {
@@ -107,6 +109,7 @@ impl std::fmt::Debug for Request {
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("body_bytes", &self.body.as_ref().map(Vec::len))
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -122,6 +125,7 @@ impl Request {
             headers: Vec::new(),
             body: None,
             cancel: Cancel::default(),
+            deadline: None,
         }
     }
 
@@ -173,6 +177,19 @@ impl Request {
         self.body(body, "application/json")
     }
 
+    /// Bounds everything the call does (the quota wait, the token fetch, every attempt,
+    /// retries and backoff) to `d` from the start of each send; past it the call fails
+    /// with [`Error::Timeout`]. Over [`Client::pages`] and [`Client::items`], `d` bounds
+    /// all the pages together, from the first page's send.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.set_deadline(Some(d));
+        self
+    }
+
+    pub(crate) fn set_deadline(&mut self, d: Option<Duration>) {
+        self.deadline = d.map(deadline::Deadline::After);
+    }
+
     /// The method.
     pub fn method(&self) -> &str {
         &self.method
@@ -197,6 +214,8 @@ impl Request {
 #[derive(Clone, Default)]
 pub struct Cancel {
     inner: Arc<CancelInner>,
+    /// The deadline of the send that uses this copy (never shared with the caller's).
+    deadline: Option<deadline::Bound>,
 }
 
 #[derive(Default)]
@@ -234,12 +253,19 @@ impl Cancel {
         if self.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        Ok(())
+        match self.deadline {
+            Some(b) if b.passed() => Err(b.error(None)),
+            _ => Ok(()),
+        }
     }
 
-    /// Sleeps `d`, waking early with an error on cancel or close.
+    /// Sleeps `d`, waking early with an error on cancel or close; fails at once when the
+    /// deadline would pass before the sleep ends.
     fn sleep(&self, client: &ClientShared, d: Duration) -> Result<(), Error> {
         let until = bounds::instant_after(Instant::now(), d);
+        if let Some(b) = self.deadline.filter(|b| b.at < until) {
+            return Err(b.error(Some("before the wait ends")));
+        }
         let mut guard = self.inner.lock.lock();
         loop {
             self.check(client)?;
@@ -929,6 +955,12 @@ impl Client {
         self.shared.auth.audience()
     }
 
+    /// The scope that tokens are requested for, in the v2 form (`…/.default`) even when
+    /// the client asks for a v1 resource: what a credential's `get_token` takes.
+    pub fn token_scope(&self) -> String {
+        self.shared.auth.scope()
+    }
+
     /// Closes the client: calls waiting for quota, tokens or backoff end with
     /// [`Error::Closed`], and later calls fail the same way. A shared limiter stays open.
     pub fn close(&self) {
@@ -1007,6 +1039,11 @@ impl Client {
         }
         let started = Instant::now();
         let budget_end = bounds::instant_after(started, s.policy.max_quota_wait);
+        // This send's copy of the cancel handle also carries its deadline.
+        let cancel = &Cancel {
+            deadline: req.deadline.map(|d| d.fix(started)),
+            ..req.cancel.clone()
+        };
         // A capped route: hold one of its slots for the whole call, retries included.
         let _slot = match s.routes.find(&req.method, &path) {
             Some(
@@ -1014,28 +1051,28 @@ impl Client {
                     max_in_flight: Some(max),
                     ..
                 },
-            ) => Some(self.take_slot(&key, route, *max, budget_end, &req.cancel)?),
+            ) => Some(self.take_slot(&key, route, *max, budget_end, cancel)?),
             _ => None,
         };
         let hunting = is_hunting_query(&req.method, &path);
         if hunting {
-            self.wait_for_run_time(budget_end, &req.cancel)?;
+            self.wait_for_run_time(budget_end, cancel)?;
         }
         let mut attempt = 0u32;
         let mut refreshed = false;
         let mut last = ErrorDetails::default();
         loop {
-            req.cancel.check(s)?;
+            cancel.check(s)?;
             attempt += 1;
             // Obtain the token first, so that a token request never stands between the
             // quota's admission and the call the server counts; after a long wait the
             // second look finds the cached token (or refreshes it if it came due).
-            s.auth.token(s, &req.cancel)?;
+            s.auth.token(s, cancel)?;
             // The attempt's units count from its admission until its answer (the hold).
-            let hold = self.wait_for_quota(&key, budget_end, &req.cancel, &last, attempt)?;
-            let token = s.auth.token(s, &req.cancel)?;
+            let hold = self.wait_for_quota(&key, budget_end, cancel, &last, attempt)?;
+            let token = s.auth.token(s, cancel)?;
             // A token fetch can take a while: a call cancelled or closed meanwhile is not sent.
-            req.cancel.check(s)?;
+            cancel.check(s)?;
             let mut headers = req.headers.clone();
             // The client's token is the one that counts; a caller's own is dropped.
             headers.retain(|(n, _)| !n.eq_ignore_ascii_case("authorization"));
@@ -1062,8 +1099,19 @@ impl Client {
                 &headers,
                 req.body.as_deref(),
                 s.max_body,
+                deadline::attempt_limit(cancel.deadline),
             );
             drop(headers);
+            log::trace!(
+                "{} {}: attempt {attempt} {} after {} ms",
+                req.method,
+                path,
+                result.as_ref().map_or_else(
+                    |f| f.message.clone(),
+                    |r| format!("answered {}", r.status())
+                ),
+                sent_at.elapsed().as_millis()
+            );
             self.end_hold(hold, hunting, sent_at.elapsed(), sent_at_clock);
             let step = match result {
                 Ok(r) => self.on_answer(
@@ -1094,7 +1142,11 @@ impl Client {
                         });
                     }
                     if let Some(w) = wait {
-                        if bounds::instant_after(Instant::now(), w) > budget_end {
+                        let after_wait = bounds::instant_after(Instant::now(), w);
+                        if let Some(b) = cancel.deadline.filter(|b| after_wait > b.at) {
+                            return Err(b.error(Some("before the next attempt")));
+                        }
+                        if after_wait > budget_end {
                             last.attempts = attempt;
                             return Err(Error::Throttled(Box::new(last)));
                         }
@@ -1104,7 +1156,7 @@ impl Client {
                             path,
                             w.as_millis()
                         );
-                        req.cancel.sleep(s, w)?;
+                        cancel.sleep(s, w)?;
                     }
                 }
             }
@@ -1135,10 +1187,16 @@ impl Client {
                 d.retry_after = Some(wait);
                 Error::Throttled(Box::new(d))
             };
+            let (end, by_deadline) = deadline::earlier(budget_end, cancel.deadline);
             if s.hunting_policy == HuntingBudgetPolicy::Fail
-                || bounds::instant_after(Instant::now(), wait) > budget_end
+                || bounds::instant_after(Instant::now(), wait) > end
             {
-                return Err(spent());
+                return Err(match cancel.deadline {
+                    Some(b) if by_deadline && s.hunting_policy != HuntingBudgetPolicy::Fail => {
+                        b.error(Some("before the hunting run time frees up"))
+                    }
+                    _ => spent(),
+                });
             }
             log::info!(
                 "advanced hunting run time is spent: waiting {} ms",
@@ -1183,9 +1241,13 @@ impl Client {
             ))
             .or_insert_with(|| gate::Gate::new(max))
             .clone();
-        gate.acquire(budget_end, SLICE, || cancel.check(s))
+        let (end, by_deadline) = deadline::earlier(budget_end, cancel.deadline);
+        gate.acquire(end, SLICE, || cancel.check(s))
             .map_err(|e| match e {
                 gate::GateError::Stopped(e) => e,
+                gate::GateError::Timeout if by_deadline => cancel
+                    .deadline
+                    .map_or(Error::Cancelled, |b| b.error(Some("before a slot frees up"))),
                 gate::GateError::Timeout => Error::Throttled(Box::new(ErrorDetails {
                     message: Some(format!(
                         "all {max} calls allowed under way at once on {key} stayed busy for the quota-wait budget"
@@ -1237,10 +1299,14 @@ impl Client {
             d.attempts = attempt - 1;
             Error::Throttled(Box::new(d))
         };
+        let (end, by_deadline) = deadline::earlier(budget_end, cancel.deadline);
         let limiter_error = |e: limiter::Error, last: &ErrorDetails| match e {
-            limiter::Error::Timeout => throttled(last),
+            limiter::Error::Timeout => match cancel.deadline {
+                Some(b) if by_deadline => b.error(Some("before the quota admits the call")),
+                _ => throttled(last),
+            },
             limiter::Error::Cancelled => Error::Cancelled,
-            limiter::Error::Closed => Error::Closed,
+            limiter::Error::Closed => Error::LimiterClosed,
             other => limiter_failure(other),
         };
         match s.limiter.try_hold_with_lease(key, 1, s.hold_lease) {
@@ -1250,7 +1316,7 @@ impl Client {
             }
             Err(e) => return Err(limiter_error(e, last)),
         }
-        let remaining = budget_end.saturating_duration_since(Instant::now());
+        let remaining = end.saturating_duration_since(Instant::now());
         let ticket = s
             .limiter
             .enqueue_hold(key, 1, Some(remaining), Some(s.hold_lease))

@@ -66,7 +66,12 @@ impl Pages {
 
     /// The next page and its parsed JSON, or `None` after the last (or after an error).
     pub fn next_page(&mut self) -> Option<Result<(Response, serde_json::Value), Error>> {
-        let req = self.next.take()?;
+        let mut req = self.next.take()?;
+        // One deadline bounds every page: fixed when the first page is sent.
+        if let Some(d) = req.deadline {
+            let b = d.fix(std::time::Instant::now());
+            req.deadline = Some(super::deadline::Deadline::At { at: b.at, of: b.of });
+        }
         let result = self.fetch(&req);
         match &result {
             Ok((_, v)) => {

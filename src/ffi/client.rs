@@ -33,7 +33,7 @@ pub struct qg_client_builder {
 /// cached and refreshed, 429s pause the bucket and are retried, pages are followed.
 ///
 /// Methods: `qg_client_send`, `qg_client_pages`, `qg_client_stats_json`,
-/// `qg_client_close`, `qg_client_free`.
+/// `qg_client_token_scope`, `qg_client_close`, `qg_client_free`.
 ///
 /// Reference counted inside and safe to use from any number of threads at once; share
 /// one client. Free it once with `qg_client_free`.
@@ -44,7 +44,8 @@ pub struct qg_client {
 /// A request: method, path or URL, query, headers, body.
 ///
 /// Methods: `qg_request_new`, `qg_request_add_query`, `qg_request_set_header`,
-/// `qg_request_set_body`, `qg_request_cancel`, `qg_request_free`.
+/// `qg_request_set_body`, `qg_request_set_deadline_ms`, `qg_request_cancel`,
+/// `qg_request_free`.
 ///
 /// Build it on one thread; once sent it may be sent again, and `qg_request_cancel` may be
 /// called from any thread while another sends it. Free it with `qg_request_free` when no
@@ -409,8 +410,8 @@ impl HostTokenFn {
                     ));
                 }
                 // Never quoted: a provider that wrote its token and then failed would
-                // see the token in the error text.
-                code => return Err(format!("the token provider returned {code}")),
+                // see the token in the error text. The host's binding tells its own reason.
+                _ => return Err("it reported a failure".to_string()),
             }
         }
     }
@@ -816,6 +817,21 @@ pub extern "C" fn qg_request_set_body(
     }
 }
 
+/// Sets the request's deadline: `deadline_ms` milliseconds from the start of each
+/// `qg_client_send` bound everything the call does (the quota wait, the token fetch,
+/// every attempt, retries and backoff); past it the call fails with `QG_ERR_TIMEOUT`, at
+/// once when a wait could not end in time. With `qg_client_pages` it bounds all the pages
+/// together, from the first page's send. Below 0: no deadline (the default). `r` must
+/// not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_request_set_deadline_ms(r: *mut qg_request, deadline_ms: i64) -> qg_result {
+    ffi_boundary! {
+        let d = u64::try_from(deadline_ms).ok().map(Duration::from_millis);
+        unsafe { try_mut(r, "request") }?.request.set_deadline(d);
+        Ok(())
+    }
+}
+
 /// Cancels the request's waits: a `qg_client_send` or `qg_pages_next` using it returns
 /// `QG_ERR_CANCELLED` within about 50 ms of this call if it is waiting for quota, a token
 /// or a backoff (an exchange on the wire ends at its timeout). Thread-safe; `r` must not
@@ -1060,6 +1076,24 @@ pub extern "C" fn qg_pages_free(p: *mut qg_pages) {
     super::boundary::run_void(|| unsafe { free_box(p) })
 }
 
+/// Copies the scope the client's tokens are for into `buf` (the `(buf, len, written)`
+/// convention), in the v2 form (`https://api.securitycenter.microsoft.com/.default`)
+/// even when the client asks for a v1 resource: what a host's credential object asks
+/// its identity library for, before it hands tokens to a token provider. No NULL
+/// except `buf` with `len` 0. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_token_scope(
+    c: *const qg_client,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+) -> qg_result {
+    ffi_boundary! {
+        let scope = unsafe { try_ref(c, "client") }?.client.token_scope();
+        copy_out_checked(&scope, buf, len, written)
+    }
+}
+
 /// Writes the client's statistics as a JSON object to `*out` (free with
 /// `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
 /// `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
@@ -1176,7 +1210,7 @@ mod tests {
             user_data: &failing as *const String as usize,
         };
         let e = host.call().unwrap_err();
-        assert_eq!(e, "the token provider returned 303");
+        assert_eq!(e, "it reported a failure");
         let b = new_builder();
         assert_eq!(
             qg_client_builder_set_token_provider(b, None, std::ptr::null_mut()),

@@ -149,7 +149,7 @@ impl From<client::Error> for FfiError {
             E::Timeout(..) => QG_ERR_TIMEOUT,
             E::BodyTooLarge(_) => QG_ERR_BODY_TOO_LARGE,
             E::Cancelled => QG_ERR_CANCELLED,
-            E::Closed => QG_ERR_CLOSED,
+            E::Closed | E::LimiterClosed => QG_ERR_CLOSED,
             E::InvalidArgument(_) => QG_ERR_INVALID_ARGUMENT,
             E::Store(_) => QG_ERR_STORE,
             E::Paging(_) => QG_ERR_PAGING,

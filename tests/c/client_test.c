@@ -2096,6 +2096,59 @@ static void test_secret_never_shown(void)
     qg_sim_free(s);
 }
 
+/* A request's deadline bounds the whole call: a call that would wait 60 s for quota
+ * fails with QG_ERR_TIMEOUT at once, not after the quota-wait budget; a negative
+ * deadline means none, and a deadline that holds changes nothing. */
+static void test_request_deadline(void)
+{
+    qg_sim *s = start_sim(sim_config(10));
+    qg_client_builder *b = sim_builder(s);
+    CHECK_OK(qg_client_builder_add_default_rate(b, 1, 60000));
+    CHECK_OK(qg_client_builder_set_max_quota_wait_ms(b, 3000));
+    qg_client *c = build(b);
+    qg_request *r = new_request("GET", "/api/machines");
+    CHECK_RC(qg_request_set_deadline_ms(NULL, 1000), QG_ERR_NULL_ARGUMENT);
+    CHECK_OK(qg_request_set_deadline_ms(r, 20000));
+    qg_result rc = QG_OK;
+    qg_response_free(send_request(c, r, &rc));
+    CHECK_RC(rc, QG_OK);
+
+    CHECK_OK(qg_request_set_deadline_ms(r, 1000));
+    double t0 = now_ms();
+    qg_response_free(send_request(c, r, &rc));
+    CHECK_RC(rc, QG_ERR_TIMEOUT);
+    CHECK_DBL(now_ms() - t0, <, 1200);
+    char text[512];
+    size_t written = 0;
+    CHECK_OK(qg_last_error_message(text, sizeof text, &written));
+    CHECK_MSG(contains(text, "deadline of 1.000 s"), "message: \"%s\"", text);
+
+    /* No deadline: the quota-wait budget refuses the call instead. */
+    CHECK_OK(qg_request_set_deadline_ms(r, -1));
+    qg_response_free(send_request(c, r, &rc));
+    CHECK_RC(rc, QG_ERR_THROTTLED);
+
+    qg_request_free(r);
+    qg_client_free(c);
+    qg_sim_free(s);
+}
+
+/* The scope a host's credential is asked for: the API's, in the v2 form. */
+static void test_token_scope(void)
+{
+    qg_client_builder *b = sim_builder(NULL);
+    CHECK_OK(qg_client_builder_set_base_url(b, "https://api.example"));
+    CHECK_OK(qg_client_builder_set_access_token(b, "t"));
+    qg_client *c = build(b);
+    char scope[128];
+    size_t written = 0;
+    CHECK_RC(qg_client_token_scope(NULL, scope, sizeof scope, &written), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_client_token_scope(c, scope, 4, &written), QG_ERR_BUFFER_TOO_SMALL);
+    CHECK_OK(qg_client_token_scope(c, scope, sizeof scope, &written));
+    CHECK_MSG(strcmp(scope, "https://api.example/.default") == 0, "scope \"%s\"", scope);
+    qg_client_free(c);
+}
+
 /* ------------------------------------------------------------------- main ---- */
 
 static const struct test g_tests[] = {
@@ -2120,6 +2173,8 @@ static const struct test g_tests[] = {
     {"client_stats", test_client_stats},
     {"logger", test_logger},
     {"secret_never_shown", test_secret_never_shown},
+    {"request_deadline", test_request_deadline},
+    {"token_scope", test_token_scope},
 };
 
 int main(int argc, char **argv)

@@ -1,5 +1,6 @@
-"""Runs an advanced hunting query; the client applies the hunting endpoint's own quota
-(45 calls per minute) on top of the API's.
+"""Runs an advanced hunting query with ``hunt()``; the client applies the hunting
+endpoint's own quota (45 calls per minute) and the tenant's run-time budget on top of
+the API's. ``result.to_pandas()`` gives a DataFrame when pandas is installed.
 
 With QUOTAGATE_TENANT_ID, QUOTAGATE_CLIENT_ID and QUOTAGATE_CLIENT_SECRET set (an app
 registration with AdvancedQuery.Read.All), it queries the real tenant; without them it
@@ -26,16 +27,14 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         client = connect(stack)
         try:
-            r = client.post("/api/advancedqueries/run", json={"Query": query}).raise_for_status()
+            result = client.hunt(query, deadline=120)
         except quotagate.HTTPError as e:
             print(f"the query failed: {e}", file=sys.stderr)
             return 1
-        result = r.json()
-        columns = [c["Name"] for c in result["Schema"]]
-        rows = result["Results"]
-        print(" | ".join(columns))
-        for row in rows:
-            print(" | ".join(str(row.get(c, "")) for c in columns))
+        print(" | ".join(result.columns))
+        for row in result:
+            print(" | ".join(str(row.get(c, "")) for c in result.columns))
+        rows = result.rows
         print(f"({len(rows)} rows)")
     return 0
 

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -64,3 +64,24 @@ def sim() -> Iterator["quotagate.testing.Simulator"]:
 
 
 PYTHON = sys.executable
+
+
+def make_client(sim: "quotagate.testing.Simulator", **kwargs: Any) -> quotagate.Client:
+    # A short attempt timeout: the simulator's HTTP server (tiny_http 0.12) can leave a
+    # new connection of a burst unread until another connection closes; a GET stuck so
+    # is then retried after 5 s instead of the default 300 s.
+    kwargs.setdefault("timeout", 5)
+    return quotagate.Client(
+        sim.tenant_id,
+        sim.client_id,
+        sim.client_secret,
+        base_url=sim.url,
+        authority=sim.authority,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def client(sim: "quotagate.testing.Simulator") -> Iterator[quotagate.Client]:
+    with make_client(sim) as c:
+        yield c

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
@@ -16,30 +16,9 @@ from quotagate import Client, Limiter
 
 from quotagate.testing import Simulator
 
-from conftest import requires_client
+from conftest import make_client, requires_client
 
 pytestmark = requires_client
-
-
-def make_client(sim: Simulator, **kwargs: Any) -> Client:
-    # A short attempt timeout: the simulator's HTTP server (tiny_http 0.12) can leave a
-    # new connection of a burst unread until another connection closes; a GET stuck so
-    # is then retried after 5 s instead of the default 300 s.
-    kwargs.setdefault("timeout", 5)
-    return Client(
-        sim.tenant_id,
-        sim.client_id,
-        sim.client_secret,
-        base_url=sim.url,
-        authority=sim.authority,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-def client(sim: Simulator) -> Iterator[Client]:
-    with make_client(sim) as c:
-        yield c
 
 
 def first_machine_id(client: Client) -> str:
@@ -88,7 +67,7 @@ def test_a_route_gets_its_own_quota(sim: Simulator) -> None:
             ).raise_for_status()
         assert time.monotonic() - started >= 0.45  # the third waited for the route's window
         windows = [b["windows"] for b in client.stats()["buckets"].values()]
-        assert any(w[0]["calls"] == 2 and w[0]["window_ms"] == 500 for w in windows)
+        assert any(w[0]["calls"] == 2 and w[0]["window"] == 0.5 for w in windows)
 
 
 def test_raw_data_body_with_its_content_type(client: Client) -> None:
@@ -406,3 +385,16 @@ def test_the_library_log_reaches_python_logging(caplog: pytest.LogCaptureFixture
             client.get(f"/api/machines/{machine_id}")
     records = [r for r in caplog.records if r.name == "quotagate"]
     assert any("429" in r.getMessage() for r in records), [r.getMessage() for r in records]
+
+
+def test_client_and_limiter_stats_share_one_unit(client: Client) -> None:
+    client.get("/api/machines", params={"$top": 1})
+    stats = client.stats()
+    (bucket,) = stats["buckets"].values()
+    assert set(bucket) >= {"total_wait", "longest_wait", "windows"}
+    assert not any(k.endswith("_ms") or "_ms_" in k for k in [*stats, *bucket])
+    assert isinstance(bucket["total_wait"], float)
+    assert bucket["windows"][0] == {"used": 1, "calls": 100, "window": 60.0}
+    assert isinstance(stats["hunting_run_hour"], float)
+    limiter_stats = Limiter([(100, 60)]).stats()
+    assert set(limiter_stats["windows"][0]) == set(bucket["windows"][0])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 
 import pytest
 
 import quotagate
 from quotagate import _logging, _native
+
+from conftest import PYTHON, requires_client, subprocess_env
 
 
 def test_levels_map_to_python_levels(caplog: pytest.LogCaptureFixture) -> None:
@@ -70,3 +73,26 @@ def test_native_levels_for_python_levels() -> None:
     assert _logging._native_level(logging.WARNING) == _native.QG_LOG_WARN
     assert _logging._native_level(logging.CRITICAL) == _native.QG_LOG_ERROR
     assert _logging._native_level(1) == _native.QG_LOG_TRACE
+
+
+def test_without_logging_configured_nothing_reaches_stderr() -> None:
+    code = (
+        "from quotagate import _logging, _native\n"
+        "_logging._forward(_native.QG_LOG_WARN, b'adopting that limit', None)\n"
+        "_logging._forward(_native.QG_LOG_ERROR, b'an error', None)\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], env=subprocess_env(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""
+
+
+@requires_client
+def test_trace_adds_a_record_per_attempt(client: quotagate.Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(quotagate.TRACE, logger="quotagate")
+    quotagate.set_log_level(quotagate.TRACE)
+    try:
+        client.get("/api/machines", params={"$top": 1})
+    finally:
+        quotagate.set_log_level(logging.DEBUG)
+    traces = [r.getMessage() for r in caplog.records if r.levelno == quotagate.TRACE]
+    assert any("GET /api/machines: attempt 1 answered 200" in m for m in traces), traces

@@ -48,7 +48,8 @@ pub fn code_of(e: &Error) -> u8 {
         | Error::Timeout(..)
         | Error::BodyTooLarge(_)
         | Error::Cancelled
-        | Error::Closed => TRANSPORT,
+        | Error::Closed
+        | Error::LimiterClosed => TRANSPORT,
     }
 }
 

@@ -2,7 +2,8 @@
 
 - :class:`Limiter`: an exact rolling-window rate limiter by key, with FIFO waiting.
 - :class:`Client`: an HTTP client for the Defender API that waits its turn instead of
-  collecting 429s, caches tokens, retries safely and follows pages.
+  collecting 429s, caches tokens, retries safely and follows pages;
+  :class:`AsyncClient`: the same for asyncio.
 - :mod:`quotagate.testing`: a local simulator of the API for offline tests.
 
 The work is done by the native library ``libquotagate``; this package only translates.
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 from typing import FrozenSet
 
-from ._client import Client, Headers, Response, Route
+from ._async import AsyncClient
+from ._client import Client, Headers, Response, Route, TokenCredential
 from ._errors import (
     AuthError,
     BodyTooLargeError,
@@ -31,7 +33,9 @@ from ._errors import (
     TooManyBucketsError,
     TransportError,
 )
+from ._hunting import HuntingResult
 from ._limiter import Hold, Limiter, Rate
+from ._stats import BucketStats, ClientStats, LimiterStats, WindowStats
 from ._logging import TRACE, set_log_level
 from ._logging import _install as _install_logging
 from ._native import features as _features
@@ -40,8 +44,11 @@ from ._version import __version__
 
 __all__ = [
     "__version__",
+    "AsyncClient",
     "AuthError",
     "BodyTooLargeError",
+    "BucketStats",
+    "ClientStats",
     "CancelledError",
     "Client",
     "ClosedError",
@@ -50,8 +57,10 @@ __all__ = [
     "HTTPError",
     "Headers",
     "Hold",
+    "HuntingResult",
     "InvalidArgumentError",
     "Limiter",
+    "LimiterStats",
     "NativeIOError",
     "PagingError",
     "Rate",
@@ -61,9 +70,11 @@ __all__ = [
     "StoreError",
     "ThrottledError",
     "TimeoutError",
+    "TokenCredential",
     "TooManyBucketsError",
     "TransportError",
     "TRACE",
+    "WindowStats",
     "features",
     "library_path",
     "library_version",
@@ -93,9 +104,9 @@ def features() -> FrozenSet[str]:
 
 # Public classes show as quotagate.X in reprs and tracebacks.
 for _cls in (
-    AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error, FeatureError, HTTPError,
-    Headers, Hold, InvalidArgumentError, Limiter, NativeIOError, PagingError, ReentrantCallError,
-    Response, StoreError, ThrottledError,
+    AsyncClient, AuthError, BodyTooLargeError, CancelledError, Client, ClosedError, Error,
+    FeatureError, HTTPError, Headers, Hold, HuntingResult, InvalidArgumentError, Limiter,
+    NativeIOError, PagingError, ReentrantCallError, Response, StoreError, ThrottledError,
     TimeoutError, TooManyBucketsError, TransportError,
 ):  # fmt: skip
     _cls.__module__ = __name__

@@ -7,6 +7,7 @@ import json as _json
 import math
 import numbers
 import os
+import time
 from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p, memmove
 from typing import (
     Any,
@@ -17,6 +18,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     Union,
@@ -25,6 +27,7 @@ from typing import (
 from . import _convert
 from ._errors import DETAIL_FIELDS, AuthError, Error, HTTPError, error_from
 from ._handle import NativeHandle
+from ._hunting import HUNTING_PATH, HuntingResult
 from ._limiter import Limiter, Rate
 from ._native import (
     QG_ASSERTION_PS256,
@@ -32,6 +35,8 @@ from ._native import (
     QG_DONE,
     QG_ERR_AUTH,
     QG_ERR_BUFFER_TOO_SMALL,
+    QG_HUNTING_BUDGET_FAIL,
+    QG_HUNTING_BUDGET_WAIT,
     QG_OK,
     TOKEN_FN,
     borrowed_bytes,
@@ -40,6 +45,7 @@ from ._native import (
     take_string,
 )
 from ._runner import Shared, runner
+from ._stats import ClientStats, client_stats
 
 #: ``(method or None for any, path pattern, [(calls, seconds), ...])``, e.g.
 #: ``("POST", "/api/machines/{id}/isolate", [(100, 60)])``.
@@ -52,6 +58,31 @@ Body = Union[bytes, bytearray, str]
 PathOrPem = Union[str, "os.PathLike[str]"]
 #: A token provider: returns ``(access_token, expires_in_seconds)``.
 TokenProvider = Callable[[], Tuple[str, Union[int, float]]]
+
+
+class AccessTokenLike(Protocol):
+    """What a credential's ``get_token`` returns (azure-identity's ``AccessToken``)."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def expires_on(self) -> Union[int, float]:
+        """The instant the token expires, in seconds since the epoch."""
+        ...
+
+
+class TokenCredential(Protocol):
+    """azure-identity's ``TokenCredential`` protocol (``DefaultAzureCredential``,
+    ``ClientSecretCredential``, ...): ``get_token(*scopes)``."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
+
+#: ``(method or None for any, path pattern, most calls under way at once)``, e.g.
+#: ``("POST", "/api/machines/{id}/runliveresponse", 10)``; 0 lifts a cap.
+InFlightCap = Tuple[Optional[str], str, int]
+#: What a hunting query does while the run-time budget is spent.
+HUNTING_BUDGET_POLICIES = {"wait": QG_HUNTING_BUDGET_WAIT, "fail": QG_HUNTING_BUDGET_FAIL}
 
 #: The names ``cloud=`` takes (case-insensitive); the library checks them.
 CLOUDS = ("commercial", "us", "eu", "uk", "au", "swa", "ina", "aea", "gcc", "gcc-high", "dod")
@@ -195,6 +226,11 @@ class Client(NativeHandle):
         holds the key as well), or PEM text (``private_key`` then PEM text too).
     :param assertion_algorithm: how certificate assertions are signed, ``"PS256"``
         (the default) or ``"RS256"``.
+    :param credential: an object with ``get_token(*scopes)`` returning ``.token`` and
+        ``.expires_on`` (seconds since the epoch): azure-identity's credentials, such as
+        ``DefaultAzureCredential()``. The client asks it for a token of its scope
+        (``https://api.securitycenter.microsoft.com/.default`` by default) when it needs
+        one, and caches it like any other.
     :param token_provider: a function of no arguments returning
         ``(access_token, expires_in_seconds)``; the client calls it when it needs a
         token, from whichever thread sends a call, one call at a time. It must not use
@@ -216,6 +252,15 @@ class Client(NativeHandle):
     :param max_pages: the most pages one :meth:`paginate` or :meth:`pages` run follows
         (the library's default: 100,000); past it the run raises :class:`PagingError`, as
         it does at once when a next link leads back to a page already fetched.
+    :param max_in_flight: caps on calls under way at once,
+        ``[(method or None, "/api/machines/{id}/runliveresponse", 10), ...]``: a call
+        beyond a cap waits its turn (live response is capped at 25 by default; 0 lifts
+        a cap).
+    :param hunting_run_time: the tenant's advanced hunting run-time budget,
+        ``(seconds per rolling hour, seconds per rolling day)`` (default ``(600, 10800)``;
+        0 turns a window off).
+    :param hunting_budget_policy: ``"wait"`` (the default) holds hunting queries back
+        while the budget is spent; ``"fail"`` raises :class:`ThrottledError` at once.
     :param store: share the quotas with every process that opens the same store,
         ``"file:///path/to/state.q"`` or ``"redis://host:6379/0?prefix=qg"`` (see
         :class:`Limiter`; not with ``limiter``).
@@ -246,6 +291,7 @@ class Client(NativeHandle):
         password: Optional[str] = None,
         assertion_algorithm: Optional[str] = None,
         token_provider: Optional[TokenProvider] = None,
+        credential: Optional[TokenCredential] = None,
         rates: Optional[Sequence[Rate]] = None,
         routes: Optional[Sequence[Route]] = None,
         limiter: Optional[Limiter] = None,
@@ -260,6 +306,9 @@ class Client(NativeHandle):
         margin: Optional[Union[int, float]] = None,
         store: Optional[str] = None,
         max_pages: Optional[int] = None,
+        max_in_flight: Optional[Sequence[InFlightCap]] = None,
+        hunting_run_time: Optional[Tuple[Union[int, float], Union[int, float]]] = None,
+        hunting_budget_policy: Optional[str] = None,
     ) -> None:
         super().__init__()
         self._cloud = cloud
@@ -268,7 +317,19 @@ class Client(NativeHandle):
         if authority is None and cloud is None:
             authority = DEFAULT_AUTHORITY
         self._base_url = base_url
-        if token_provider is not None:
+        self._scope = ""
+        if credential is not None:
+            if token_provider is not None:
+                raise ValueError("give credential or token_provider, not both")
+            if not callable(getattr(credential, "get_token", None)):
+                kind = type(credential).__name__
+                raise TypeError(
+                    f"credential must have get_token(*scopes), as azure-identity's credentials"
+                    f" do; {kind} has none"
+                )
+            token_provider = self._credential_provider(credential)
+            self._auth = f"credential {type(credential).__name__}"
+        elif token_provider is not None:
             self._auth = "token provider"
         elif certificate is not None:
             self._auth = "certificate"
@@ -358,6 +419,25 @@ class Client(NativeHandle):
         for method, pattern, route_rates in _routes(routes):
             for calls, window_ms in route_rates:
                 add(lib.qg_client_builder_add_route, method, pattern, calls, window_ms)
+        for cap in max_in_flight or ():
+            add(lib.qg_client_builder_set_max_in_flight, *_in_flight_cap(cap))
+        if hunting_run_time is not None:
+            if not isinstance(hunting_run_time, (tuple, list)) or len(hunting_run_time) != 2:
+                raise TypeError("hunting_run_time must be (seconds per hour, seconds per day)")
+            per_hour, per_day = hunting_run_time
+            add(
+                lib.qg_client_builder_set_hunting_budget_ms,
+                _convert.seconds_to_ms(per_hour, "hunting_run_time per hour"),
+                _convert.seconds_to_ms(per_day, "hunting_run_time per day"),
+            )
+        if hunting_budget_policy is not None:
+            if hunting_budget_policy not in HUNTING_BUDGET_POLICIES:
+                names = ", ".join(repr(n) for n in HUNTING_BUDGET_POLICIES)
+                raise ValueError(
+                    f"hunting_budget_policy must be one of {names}, not {hunting_budget_policy!r}"
+                )
+            policy = HUNTING_BUDGET_POLICIES[hunting_budget_policy]
+            add(lib.qg_client_builder_set_hunting_budget_policy, policy)
         if limiter is not None:
             if not isinstance(limiter, Limiter):
                 kind = type(limiter).__name__
@@ -376,6 +456,17 @@ class Client(NativeHandle):
         finally:
             lib.qg_client_builder_free(builder)
         self._adopt(client)
+        self._scope = read_text(lib.qg_client_token_scope, client) or ""
+
+    def _credential_provider(self, credential: TokenCredential) -> TokenProvider:
+        """A token provider over a credential: asks it for the client's scope (known once
+        the client is built, before any token is needed)."""
+
+        def provider() -> Tuple[str, float]:
+            access = credential.get_token(self._scope)
+            return access.token, float(access.expires_on) - time.time()
+
+        return provider
 
     def _native_close(self, ptr: c_void_p) -> None:
         lib.qg_client_close(ptr)
@@ -426,6 +517,8 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """Sends a request and returns the final answer, whatever its status.
 
@@ -434,30 +527,49 @@ class Client(NativeHandle):
         waits for the quota, refreshes the token, and retries 429, 5xx and transport
         failures where that is safe.
 
+        ``deadline`` (seconds) bounds everything the call does: the quota wait, the token
+        fetch, every attempt, retries and backoff (``timeout`` bounds one attempt). When
+        it passes, or a wait could not end before it, the call raises
+        :class:`TimeoutError`.
+
         :raises ThrottledError: the server kept throttling beyond the allowed wait.
         :raises AuthError: no token could be obtained.
         :raises TransportError: the connection failed.
         :raises TimeoutError: the call's time ran out.
         """
-        prepared = _Prepared(method, path, params, json, data, headers)
+        prepared = _Prepared(method, path, params, json, data, headers, deadline)
         client = self._handle()
         req = self._new_request(prepared)
         shared = Shared(lambda: lib.qg_request_free(req))
         try:
-
-            def send() -> Response:
-                resp = c_void_p()
-                code = lib.qg_client_send(client, req, byref(resp))
-                if code != QG_OK:
-                    raise self._failure(code)
-                try:
-                    return _read_response(resp, method, path)
-                finally:
-                    lib.qg_response_free(resp)
-
-            return runner.run(send, lambda: lib.qg_request_cancel(req), shared)
+            return runner.run(
+                lambda: self._send(client, req, method, path),
+                lambda: lib.qg_request_cancel(req),
+                shared,
+            )
         finally:
             shared.release()
+
+    def _send(self, client: c_void_p, req: c_void_p, method: str, path: str) -> Response:
+        """Sends a native request (blocking); run on the thread that reads the error."""
+        resp = c_void_p()
+        code = lib.qg_client_send(client, req, byref(resp))
+        if code != QG_OK:
+            raise self._failure(code)
+        try:
+            return _read_response(resp, method, path)
+        finally:
+            lib.qg_response_free(resp)
+
+    def _next_item(self, pages: c_void_p) -> Optional[str]:
+        """The next item's JSON text, or None after the last (blocking)."""
+        item = c_void_p()
+        code = lib.qg_pages_next_item(pages, byref(item))
+        if code == QG_DONE:
+            return None
+        if code != QG_OK:
+            raise self._failure(code)
+        return take_string(item)
 
     def get(
         self,
@@ -466,9 +578,11 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("GET", ...)``."""
-        return self.request("GET", path, params, json, data, headers)
+        return self.request("GET", path, params, json, data, headers, deadline=deadline)
 
     def post(
         self,
@@ -477,9 +591,24 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("POST", ...)``."""
-        return self.request("POST", path, params, json, data, headers)
+        return self.request("POST", path, params, json, data, headers, deadline=deadline)
+
+    def put(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> Response:
+        """``request("PUT", ...)``."""
+        return self.request("PUT", path, params, json, data, headers, deadline=deadline)
 
     def patch(
         self,
@@ -488,9 +617,11 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("PATCH", ...)``."""
-        return self.request("PATCH", path, params, json, data, headers)
+        return self.request("PATCH", path, params, json, data, headers, deadline=deadline)
 
     def delete(
         self,
@@ -499,21 +630,49 @@ class Client(NativeHandle):
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
     ) -> Response:
         """``request("DELETE", ...)``."""
-        return self.request("DELETE", path, params, json, data, headers)
+        return self.request("DELETE", path, params, json, data, headers, deadline=deadline)
+
+    def hunt(
+        self,
+        query: str,
+        *,
+        path: str = HUNTING_PATH,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> HuntingResult:
+        """Runs an advanced hunting query and returns its rows, schema and statistics.
+        The call goes through the hunting quota and the tenant's run-time budget like
+        any hunting call.
+
+        :raises HTTPError: the query was refused (a syntax error, a result too large).
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, not {type(query).__name__}")
+        r = self.post(path, json={"Query": query}, deadline=deadline).raise_for_status()
+        return HuntingResult(r.json())
 
     # -- paging ---------------------------------------------------------------------
 
-    def paginate(self, path: str, params: Optional[Params] = None) -> Iterator[Any]:
+    def paginate(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> Iterator[Any]:
         """Yields the items of ``"value"`` of every page of a GET, following
-        ``@odata.nextLink``; every page goes through the quota.
+        ``@odata.nextLink``; every page goes through the quota. ``deadline`` (seconds)
+        bounds all the pages together, from the first page's request.
 
         :raises HTTPError: a page was answered with an error status.
         :raises PagingError: a next link led back to a page already fetched, or the list
             had more pages than ``max_pages``.
+        :raises TimeoutError: the deadline passed.
         """
-        prepared = _Prepared("GET", path, params)
+        prepared = _Prepared("GET", path, params, deadline=deadline)
         return self._paginate(self._handle(), prepared)
 
     def _paginate(self, client: c_void_p, prepared: _Prepared) -> Iterator[Any]:
@@ -521,31 +680,30 @@ class Client(NativeHandle):
         # never runs its finally clauses.
         req, pages, shared = self._start_pages(client, prepared)
         try:
-
-            def next_item() -> Optional[str]:
-                item = c_void_p()
-                code = lib.qg_pages_next_item(pages, byref(item))
-                if code == QG_DONE:
-                    return None
-                if code != QG_OK:
-                    raise self._failure(code)
-                return take_string(item)
-
             while True:
-                text = runner.run(next_item, lambda: lib.qg_request_cancel(req), shared)
+                text = runner.run(
+                    lambda: self._next_item(pages), lambda: lib.qg_request_cancel(req), shared
+                )
                 if text is None:
                     return
                 yield _json.loads(text)
         finally:
             shared.release()
 
-    def pages(self, path: str, params: Optional[Params] = None) -> Iterator[Response]:
+    def pages(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> Iterator[Response]:
         """Yields every page of a GET as a :class:`Response`, following
-        ``@odata.nextLink``.
+        ``@odata.nextLink``. ``deadline`` (seconds) bounds all the pages together.
 
         :raises HTTPError: a page was answered with an error status.
+        :raises TimeoutError: the deadline passed.
         """
-        prepared = _Prepared("GET", path, params)
+        prepared = _Prepared("GET", path, params, deadline=deadline)
         return self._pages(self._handle(), prepared, path)
 
     def _pages(self, client: c_void_p, prepared: _Prepared, path: str) -> Iterator[Response]:
@@ -588,13 +746,14 @@ class Client(NativeHandle):
 
     # -- the rest -------------------------------------------------------------------
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> ClientStats:
         """The client's counters: ``requests``, ``retries``, ``throttled``,
-        ``token_requests`` and, per bucket, admissions, waits, pauses and windows."""
+        ``token_requests`` and, per bucket, admissions, waits (``total_wait`` and
+        ``longest_wait``), pauses and windows (``window``); durations in seconds, as
+        :meth:`Limiter.stats` gives them."""
         out = c_void_p()
         self._check(lib.qg_client_stats_json(self._handle(), byref(out)))
-        result: Dict[str, Any] = _json.loads(take_string(out))
-        return result
+        return client_stats(_json.loads(take_string(out)))
 
     def _new_request(self, prepared: "_Prepared") -> c_void_p:
         """A native request from checked arguments; the caller frees it."""
@@ -608,6 +767,8 @@ class Client(NativeHandle):
             if prepared.body is not None:
                 body = prepared.body
                 self._check(lib.qg_request_set_body(req, body, len(body), prepared.content_type))
+            if prepared.deadline_ms >= 0:
+                self._check(lib.qg_request_set_deadline_ms(req, prepared.deadline_ms))
         except BaseException:
             lib.qg_request_free(req)
             raise
@@ -617,7 +778,7 @@ class Client(NativeHandle):
 class _Prepared:
     """A request's arguments, checked and encoded before anything reaches the library."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "content_type")
+    __slots__ = ("method", "path", "query", "headers", "body", "content_type", "deadline_ms")
 
     def __init__(
         self,
@@ -627,6 +788,7 @@ class _Prepared:
         json: Any = None,
         data: Optional[Body] = None,
         headers: Optional[Mapping[str, str]] = None,
+        deadline: Optional[Union[int, float]] = None,
     ) -> None:
         self.method = _convert.text(method, "method")
         if not method:
@@ -635,6 +797,7 @@ class _Prepared:
         if not path:
             raise ValueError("path must not be empty")
         self.query = _params(params)
+        self.deadline_ms = _convert.timeout_ms(deadline, "deadline")
         header_list = _headers(headers)
         self.body: Optional[bytes] = None
         self.content_type: Optional[bytes] = None
@@ -811,6 +974,15 @@ def _routes(routes: Any) -> List[Tuple[Optional[bytes], bytes, List[_convert.Nat
             )
         )
     return result
+
+
+def _in_flight_cap(cap: Any) -> Tuple[Optional[bytes], bytes, int]:
+    if isinstance(cap, (str, bytes)) or not isinstance(cap, (tuple, list)) or len(cap) != 3:
+        raise TypeError("max_in_flight must be a list of (method or None, pattern, max) triples")
+    method, pattern, most = cap
+    m = None if method is None else _convert.text(method, "max_in_flight method")
+    p = _convert.text(pattern, "max_in_flight pattern")
+    return m, p, _convert.integer(most, "max_in_flight max", 0, _convert.U32_MAX)
 
 
 def _query_value(value: Any, name: str) -> bytes:

@@ -93,6 +93,10 @@ def rate(value: Any, name: str) -> NativeRate:
         raise ValueError(f"{name} must be a (calls, seconds) pair, not {len(pair)} values")
     calls = integer(pair[0], f"{name} calls", 1, U32_MAX)
     window = seconds_to_ms(pair[1], f"{name} seconds", minimum_ms=1)
+    # The library counts windows in whole milliseconds: a shorter one would be rounded
+    # up to 1 ms, a different quota than asked for.
+    if float(pair[1]) < 0.001:
+        raise ValueError(f"{name} seconds must be at least 0.001 (1 ms), not {pair[1]!r}")
     return calls, window
 
 

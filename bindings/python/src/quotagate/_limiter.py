@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, cast
 
 from . import _convert
 from ._errors import check, error_from
@@ -29,6 +29,9 @@ from ._native import (
     QG_STAT_WAITED_CALLS,
     lib,
 )
+from ._pool import limiter_pool
+from ._runner import Shared
+from ._stats import LimiterStats
 
 #: ``(calls, seconds)``: at most ``calls`` units in any rolling window of ``seconds``.
 Rate = Tuple[int, Union[int, float]]
@@ -206,6 +209,37 @@ class Limiter(NativeHandle):
         """
         self._wait(lib.qg_limiter_enqueue, key, cost, timeout, None)
 
+    async def acquire_async(
+        self, key: str = "", cost: int = 1, timeout: Optional[Union[int, float]] = None
+    ) -> None:
+        """:meth:`acquire` for asyncio: awaits the admission without blocking the event
+        loop (the wait runs on a worker thread, asleep in the library's queue).
+        Cancelling the awaiting task gives up the place in the queue at once.
+
+        :raises quotagate.TimeoutError: the deadline passed or cannot be met.
+        :raises quotagate.ClosedError: the limiter is or gets closed.
+        """
+        k = self._key(key)
+        cost = _convert.cost(cost)
+        deadline_ms = _convert.timeout_ms(timeout)
+        ticket = c_void_p()
+        rc = lib.qg_limiter_enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
+        if rc != QG_OK:
+            raise error_from(rc)
+        shared = Shared(lambda: lib.qg_ticket_free(ticket))
+
+        def wait() -> None:
+            rc = lib.qg_ticket_wait(ticket, -1)
+            if rc != QG_OK:
+                raise error_from(rc)
+
+        try:
+            if lib.qg_ticket_wait(ticket, 0) == QG_OK:  # admitted at once
+                return
+            await limiter_pool.run(wait, lambda: lib.qg_ticket_cancel(ticket), shared)
+        finally:
+            shared.release()
+
     def _wait(
         self,
         enqueue: Any,
@@ -288,7 +322,7 @@ class Limiter(NativeHandle):
         windows = (c_uint64 * n)(*(w for _, w in native))
         check(lib.qg_limiter_set_rates(self._handle(), k, calls, windows, n))
 
-    def stats(self, key: str = "") -> Dict[str, Any]:
+    def stats(self, key: str = "") -> LimiterStats:
         """A snapshot of ``key``'s bucket.
 
         Counts: ``admitted_calls``, ``admitted_units``, ``waited_calls``, ``timeouts``,
@@ -322,7 +356,7 @@ class Limiter(NativeHandle):
                     {"used": used.value, "calls": calls.value, "window": window_ms.value / 1000.0}
                 )
             result["windows"] = windows
-            return result
+            return cast(LimiterStats, result)
         finally:
             lib.qg_bucket_stats_free(snapshot)
 

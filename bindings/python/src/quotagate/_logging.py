@@ -23,6 +23,9 @@ TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
 logger = logging.getLogger("quotagate")
+# A library's logger: shown where the application configures logging, silent elsewhere
+# (without a handler, Python's last resort would print warnings on stderr).
+logger.addHandler(logging.NullHandler())
 
 _PYTHON_LEVELS = {
     QG_LOG_ERROR: logging.ERROR,

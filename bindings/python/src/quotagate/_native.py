@@ -226,6 +226,7 @@ SIGNATURES: List[Signature] = [
     ("qg_request_add_query", _R, [_H, _S, _S]),
     ("qg_request_set_header", _R, [_H, _S, _S]),
     ("qg_request_set_body", _R, [_H, c_void_p, c_size_t, _S]),
+    ("qg_request_set_deadline_ms", _R, [_H, c_int64]),
     ("qg_request_cancel", _R, [_H]),
     ("qg_request_free", None, [_H]),
     ("qg_client_send", _R, [_H, _H, _OUT]),
@@ -244,6 +245,7 @@ SIGNATURES: List[Signature] = [
     ("qg_pages_free", None, [_H]),
     # client
     ("qg_client_stats_json", _R, [_H, _OUT]),
+    ("qg_client_token_scope", _R, [_H, *_TEXT]),
     ("qg_client_close", _R, [_H]),
     ("qg_client_free", None, [_H]),
     # simulator

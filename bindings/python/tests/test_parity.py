@@ -1,0 +1,49 @@
+"""Every option of the C client builder has a Python keyword: the header's
+``qg_client_builder_set_*``/``add_*`` functions against what the binding calls."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+import quotagate
+from quotagate import _client
+from quotagate.testing import Simulator
+
+from conftest import header_functions, make_client, requires_client
+
+#: Builder functions that are not options: the builder's life cycle.
+NOT_OPTIONS = {"qg_client_builder_new", "qg_client_builder_build", "qg_client_builder_free"}
+
+
+def test_every_builder_option_has_a_keyword() -> None:
+    options = {
+        f
+        for f in header_functions()
+        if re.match(r"qg_client_builder_(set|add)_", f) and f not in NOT_OPTIONS
+    }
+    assert options, "the header declares builder options"
+    called = set(re.findall(r"lib\.(qg_client_builder_\w+)", inspect.getsource(_client)))
+    assert options - called == set(), "builder options with no Python keyword"
+
+
+@requires_client
+def test_the_new_keywords_are_checked_and_accepted(sim: Simulator) -> None:
+    with make_client(
+        sim,
+        max_in_flight=[("GET", "/api/machines", 1)],
+        hunting_run_time=(0.001, 0),
+        hunting_budget_policy="fail",
+    ) as api:
+        assert api.get("/api/machines", params={"$top": 1}).status_code == 200
+        assert len(api.hunt("DeviceInfo | take 1")) == 1
+    with pytest.raises(ValueError, match="hunting_budget_policy"):
+        make_client(sim, hunting_budget_policy="later")
+    with pytest.raises(TypeError, match="max_in_flight"):
+        make_client(sim, max_in_flight=[("GET", "/api/machines")])
+    with pytest.raises(TypeError, match="hunting_run_time"):
+        make_client(sim, hunting_run_time=600)
+    with pytest.raises(quotagate.InvalidArgumentError):
+        make_client(sim, max_in_flight=[("GET", "", 1)])
