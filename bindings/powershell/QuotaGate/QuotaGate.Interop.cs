@@ -1011,6 +1011,8 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_request_set_header(RequestHandle r, byte[] name, byte[] value);
         [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_request_set_deadline_ms(RequestHandle r, long deadlineMs);
+        [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_request_set_body(RequestHandle r, byte[] body, UIntPtr len, byte[] contentType);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_request_cancel(RequestHandle r);
@@ -1988,6 +1990,18 @@ namespace QuotaGate.Interop
                 throw new ArgumentNullException("body");
             }
             Native.Check(NativeMethods.qg_request_set_body(handle, body, new UIntPtr((uint)body.Length), Utf8.Encode(contentType, "contentType")));
+            return this;
+        }
+
+        /// <summary>
+        /// Bounds everything a send of this request does (the quota wait, the token fetch,
+        /// every attempt and retry) to <paramref name="deadlineMs"/> from its start; with
+        /// paging, all pages together. Past it the send fails with ResultCode.Timeout.
+        /// Negative: no deadline.
+        /// </summary>
+        public Request SetDeadline(long deadlineMs)
+        {
+            Native.Check(NativeMethods.qg_request_set_deadline_ms(handle, deadlineMs));
             return this;
         }
 

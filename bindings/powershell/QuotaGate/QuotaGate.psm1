@@ -889,6 +889,12 @@ Follow every page of a list and write its items one by one.
 Return the JSON answer as hashtables instead of objects: needed when its keys differ
 only by case, which objects cannot hold.
 
+.PARAMETER Deadline
+Seconds that bound everything the call does: the quota wait, the token fetch, every
+attempt, retry and backoff (with -All, every page together). Past it the call fails with
+a timeout, at once when a wait could not end in time. Default: no deadline (each attempt
+is bounded by the connection's -TimeoutSec).
+
 .PARAMETER Client
 The client to use. Default: the session's default client.
 
@@ -928,6 +934,9 @@ function Invoke-QgRequest {
 
         [switch]$AsHashtable,
 
+        [ValidateRange(0.001, 604800.0)]
+        [double]$Deadline,
+
         [QuotaGate.Interop.Client]$Client
     )
     process {
@@ -936,6 +945,9 @@ function Invoke-QgRequest {
         try {
             $useClient = Resolve-QgClient $Client
             $request = [QuotaGate.Interop.Request]::new($Method.ToUpperInvariant(), $Path)
+            if ($PSBoundParameters.ContainsKey('Deadline')) {
+                [void]$request.SetDeadline([long][math]::Ceiling($Deadline * 1000))
+            }
             if ($Query) {
                 foreach ($name in $Query.Keys) {
                     [void]$request.AddQuery([string]$name, [string]$Query[$name])

@@ -1313,6 +1313,7 @@ namespace QuotaGate.Interop.Tests
             CredentialTests();
             Test("simulator: a client within the quota gets no 429; one above it is paused and retried", SimulatorThrottling);
             Test("simulator: a 429 past the attempt budget is QG_ERR_THROTTLED with Retry-After and attempts", SimulatorThrottledDetails);
+            Test("simulator: a request's deadline bounds its quota wait", SimulatorRequestDeadline);
             Test("simulator: inbound jitter delays every request before it is counted; above 10 s it is refused", SimulatorInboundJitter);
             Test("simulator: bad settings fail with the library's message", () =>
             {
@@ -1633,6 +1634,28 @@ namespace QuotaGate.Interop.Tests
                 using (var c = new Client(SimClient(sim)))
                 {
                     Assert.True(SimHunt(c, "DeviceInfo | take 3").Contains("\"Results\""), "hunting answers");
+                }
+            }
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static void SimulatorRequestDeadline()
+        {
+            var so = new SimulatorOptions { Machines = 5 };
+            using (var sim = new Simulator(so))
+            {
+                var options = SimClient(sim);
+                options.DefaultRates.Add(new Rate(1, 60000));
+                using (var c = new Client(options))
+                {
+                    Assert.Equal(200, c.Send("GET", "/api/machines", null, CancellationToken.None).Status, "the one call of the minute");
+                    using (var r = new Request("GET", "/api/machines"))
+                    {
+                        r.SetDeadline(500);
+                        var sw = Stopwatch.StartNew();
+                        Assert.Fails(ResultCode.Timeout, "deadline", () => c.Send(r, CancellationToken.None), "a minute's wait past a 500 ms deadline");
+                        Assert.Within(sw, 0, 1500, "failed at once");
+                    }
                 }
             }
         }

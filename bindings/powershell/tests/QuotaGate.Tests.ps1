@@ -730,6 +730,23 @@ Describe 'New-QgLimiter' {
     }
 }
 
+Describe 'Invoke-QgRequest -Deadline' {
+    It 'fails with a timeout at once when the quota cannot admit the call in time' {
+        $sim = Start-QgSimulator -Machines 5
+        try {
+            Connect-QgDefender -Simulator $sim -Rate (1, 60)
+            $null = Invoke-QgRequest '/api/machines'
+            $watch = [System.Diagnostics.Stopwatch]::StartNew()
+            $err = { Invoke-QgRequest '/api/machines' -Deadline 0.5 -ErrorAction Stop } | Should -Throw -PassThru
+            $watch.ElapsedMilliseconds | Should -BeLessThan 1500
+            $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::Timeout)
+        } finally {
+            Disconnect-QgDefender
+            Stop-QgSimulator -Simulator $sim
+        }
+    }
+}
+
 Describe 'Invoke-QgLimited' {
     It 'counts the call from admission until the block returns, then from its end' {
         $limiter = New-QgLimiter -Rate '2/300ms'
