@@ -42,6 +42,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use window::SlidingLog;
 
+/// The largest `calls` of a rate, and so the largest cost of a call, in every store (in
+/// memory, a state file, Redis). Rates and costs above it fail with
+/// [`Error::InvalidArgument`]: they cover every real API quota, and bound what one call
+/// can make a store remember or compute.
+pub const MAX_CALLS: u32 = 1 << 20;
+
 /// The default limit on the number of buckets one limiter holds.
 pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
 
@@ -284,6 +290,21 @@ fn check_lease(lease: Duration) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks that a cost is between 1 and [`MAX_CALLS`], whatever the bucket's rates.
+fn check_cost_range(cost: u32) -> Result<(), Error> {
+    if cost == 0 {
+        return Err(Error::InvalidArgument(
+            "a call costs at least 1 unit".into(),
+        ));
+    }
+    if cost > MAX_CALLS {
+        return Err(Error::InvalidArgument(format!(
+            "a call costs at most {MAX_CALLS} units, not {cost}"
+        )));
+    }
+    Ok(())
+}
+
 fn validate_rates(rates: &[Rate]) -> Result<(), Error> {
     if rates.is_empty() {
         return Err(Error::InvalidArgument(
@@ -517,12 +538,8 @@ impl Limiter {
         if st.closed {
             return Err(Error::Closed);
         }
+        check_cost_range(cost)?;
         let cost = u64::from(cost);
-        if cost == 0 {
-            return Err(Error::InvalidArgument(
-                "a call costs at least 1 unit".into(),
-            ));
-        }
         let max = st.log.max_cost();
         if cost > max {
             return Err(Error::InvalidArgument(format!(

@@ -134,11 +134,7 @@ impl Shared {
         self.check_open()?;
         let k = self.key(key)?;
         let windows = k.lock().windows.clone();
-        if cost == 0 {
-            return Err(Error::InvalidArgument(
-                "a call costs at least 1 unit".into(),
-            ));
-        }
+        super::check_cost_range(cost)?;
         let max = windows.iter().map(|w| w.calls).min().unwrap_or(0);
         if u64::from(cost) > max {
             return Err(Error::InvalidArgument(format!(

@@ -68,6 +68,38 @@ fn wait_time_takes_nothing() {
 }
 
 #[test]
+fn rates_and_costs_are_capped_at_the_maximum() {
+    // A rate of u32::MAX calls let one call of cost 2^30 allocate 8 GiB of log.
+    let over = Rate::new(MAX_CALLS + 1, Duration::from_secs(60));
+    let e = Limiter::builder().rate(over).build().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains(&MAX_CALLS.to_string())),
+        "{e}"
+    );
+    let (l, _) = manual(&[(MAX_CALLS, 60_000)]);
+    assert!(matches!(
+        l.set_rates("k", &[over]),
+        Err(Error::InvalidArgument(_))
+    ));
+    for cost in [MAX_CALLS + 1, u32::MAX] {
+        assert!(matches!(
+            l.try_acquire("k", cost),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            l.hold("k", cost, None),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            l.enqueue("k", cost, None),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    l.try_acquire("k", MAX_CALLS).unwrap();
+    assert_eq!(l.stats("k").admitted_units, u64::from(MAX_CALLS));
+}
+
+#[test]
 fn bad_arguments_are_refused() {
     let (l, _) = manual(&[(5, 100), (3, 1000)]);
     assert!(matches!(

@@ -31,10 +31,18 @@ impl Rate {
         Self::new(calls, Duration::from_secs(secs))
     }
 
-    /// Checks that the rate can ever admit anything.
+    /// Checks that the rate can ever admit anything, with at most
+    /// [`MAX_CALLS`](super::MAX_CALLS) calls per window.
     pub fn validate(&self) -> Result<(), String> {
         if self.calls == 0 {
             return Err("a rate needs at least one call per window".into());
+        }
+        if self.calls > super::MAX_CALLS {
+            return Err(format!(
+                "a rate allows at most {} calls per window, not {}",
+                super::MAX_CALLS,
+                self.calls
+            ));
         }
         if self.window.is_zero() {
             return Err("a rate needs a window longer than zero".into());
