@@ -336,9 +336,58 @@ fn bucket_count_is_limited_and_idle_buckets_make_room() {
     );
     clock.advance(Duration::from_millis(100));
     l.try_acquire("c", 1).unwrap();
-    assert_eq!(l.keys().len(), 1);
+    let mut keys = l.keys();
+    keys.sort();
+    assert_eq!(keys, ["b", "c"], "the oldest idle bucket made room, alone");
     clock.advance(Duration::from_millis(100));
-    assert_eq!(l.purge_idle(), 1);
+    assert_eq!(l.purge_idle(), 2);
+}
+
+#[test]
+fn a_full_limiter_makes_room_with_bounded_work_per_new_key() {
+    // Every new key on a full map once examined (and locked) every bucket under the
+    // map's write lock: milliseconds per call at 65,536 buckets, for every caller.
+    let n = 2000;
+    let clock = ManualClock::new();
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(100)))
+        .max_buckets(n)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    for i in 0..n {
+        l.try_acquire(&format!("k{i}"), 1).unwrap();
+    }
+    // All busy: refused, after one full sweep and then a bounded step per new key.
+    let examined = || l.inner.buckets.read().examined;
+    let before = examined();
+    for i in 0..n {
+        assert_eq!(
+            l.try_acquire(&format!("new{i}"), 1),
+            Err(Error::TooManyBuckets { limit: n })
+        );
+    }
+    let per_key = (examined() - before) as f64 / n as f64;
+    assert!(per_key <= 2.0 * keymap::SWEEP_STEP as f64, "{per_key}");
+    // A held bucket stays; the idle ones make room one at a time.
+    clock.advance(Duration::from_millis(100));
+    let _hold = l.try_hold("k0", 1).unwrap();
+    let before = examined();
+    for i in 0..n / 2 {
+        l.try_acquire(&format!("fresh{i}"), 1).unwrap();
+    }
+    assert!(
+        examined() - before <= 2 * n as u64,
+        "{}",
+        examined() - before
+    );
+    assert_eq!(l.keys().len(), n);
+    assert!(
+        l.keys().contains(&"k0".to_string()),
+        "the held bucket stays"
+    );
+    let old = l.keys().iter().filter(|k| k.starts_with('k')).count();
+    assert_eq!(old, n - n / 2, "one idle bucket made room per new key");
 }
 
 #[test]
