@@ -100,6 +100,30 @@ fn rates_and_costs_are_capped_at_the_maximum() {
 }
 
 #[test]
+fn a_call_of_the_largest_cost_is_logged_at_once() {
+    let (l, clock) = manual(&[(MAX_CALLS, 60_000), (MAX_CALLS, 3_600_000)]);
+    let started = Instant::now();
+    for i in 0..8 {
+        l.try_acquire(&format!("k{i}"), MAX_CALLS).unwrap();
+    }
+    println!(
+        "8 calls of cost {MAX_CALLS}: {:?} (figures, not a limit)",
+        started.elapsed()
+    );
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(
+        l.try_acquire("k0", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_secs(3541)
+        }),
+        "the hour's window is full until its units leave together"
+    );
+    clock.advance(Duration::from_secs(3541));
+    l.try_acquire("k0", MAX_CALLS).unwrap();
+    assert_eq!(l.stats("k0").admitted_units, 2 * u64::from(MAX_CALLS));
+}
+
+#[test]
 fn bad_arguments_are_refused() {
     let (l, _) = manual(&[(5, 100), (3, 1000)]);
     assert!(matches!(
