@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A limit no run reaches, in both the client and the simulator.
-const NEVER: u32 = 1_000_000_000;
+const NEVER: u32 = quotagate::limiter::MAX_CALLS;
 
 struct Plan {
     requests: usize,

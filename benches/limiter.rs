@@ -46,13 +46,18 @@ unsafe extern "C" {
 /// Builds one case's closure afresh for every round.
 type Case = (&'static str, Box<dyn Fn() -> Arc<dyn Fn() + Send + Sync>>);
 
-/// Rates that a benchmark never reaches: the measured path is always "admitted".
-const CALLS: u32 = 2_000_000_000;
+/// A rate that governor never reaches.
+const GOVERNOR_CALLS: u32 = 2_000_000_000;
+
+/// quotagate's largest rate, over windows short enough that no run reaches it (2^20
+/// calls in 10 ms would take 10 ns each): the measured path is always "admitted", and
+/// units leave the windows as they would in use.
+const CALLS: u32 = quotagate::limiter::MAX_CALLS;
+const WINDOWS_MS: [u64; 2] = [1, 10];
 
 fn quotagate_limiter() -> Limiter {
     Limiter::builder()
-        .rate(Rate::new(CALLS, Duration::from_secs(60)))
-        .rate(Rate::new(CALLS, Duration::from_secs(3600)))
+        .rates(WINDOWS_MS.map(|ms| Rate::new(CALLS, Duration::from_millis(ms))))
         .build()
         .unwrap()
 }
@@ -70,8 +75,9 @@ fn c_limiter() -> CLimiter {
     unsafe {
         let mut b = std::ptr::null_mut();
         assert_eq!(qg_limiter_builder_new(&mut b), 0);
-        assert_eq!(qg_limiter_builder_add_rate(b, CALLS, 60_000), 0);
-        assert_eq!(qg_limiter_builder_add_rate(b, CALLS, 3_600_000), 0);
+        for ms in WINDOWS_MS {
+            assert_eq!(qg_limiter_builder_add_rate(b, CALLS, ms), 0);
+        }
         let mut l = std::ptr::null_mut();
         assert_eq!(qg_limiter_builder_build(b, &mut l), 0);
         qg_limiter_builder_free(b);
@@ -113,7 +119,7 @@ fn main() {
         "governor direct check",
         Box::new(|| {
             let g = Arc::new(RateLimiter::direct(Quota::per_second(
-                NonZeroU32::new(CALLS).unwrap(),
+                NonZeroU32::new(GOVERNOR_CALLS).unwrap(),
             )));
             Arc::new(move || {
                 black_box(g.check().is_ok());
@@ -124,7 +130,7 @@ fn main() {
         "governor keyed check_key",
         Box::new(|| {
             let g = Arc::new(RateLimiter::keyed(Quota::per_second(
-                NonZeroU32::new(CALLS).unwrap(),
+                NonZeroU32::new(GOVERNOR_CALLS).unwrap(),
             )));
             let key = String::from("machines");
             Arc::new(move || {

@@ -25,6 +25,7 @@
 
 mod bucket;
 mod clock;
+mod keymap;
 mod shared;
 pub mod store;
 mod window;
@@ -36,11 +37,16 @@ pub use window::Rate;
 use bucket::{Bucket, BucketState, Waiter, WaiterState};
 use clock::nanos;
 use parking_lot::{MutexGuard, RwLock};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use window::SlidingLog;
+
+/// The largest `calls` of a rate, and so the largest cost of a call, in every store (in
+/// memory, a state file, Redis). Rates and costs above it fail with
+/// [`Error::InvalidArgument`]: they cover every real API quota, and bound what one call
+/// can make a store remember or compute.
+pub const MAX_CALLS: u32 = 1 << 20;
 
 /// The default limit on the number of buckets one limiter holds.
 pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
@@ -284,6 +290,21 @@ fn check_lease(lease: Duration) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks that a cost is between 1 and [`MAX_CALLS`], whatever the bucket's rates.
+fn check_cost_range(cost: u32) -> Result<(), Error> {
+    if cost == 0 {
+        return Err(Error::InvalidArgument(
+            "a call costs at least 1 unit".into(),
+        ));
+    }
+    if cost > MAX_CALLS {
+        return Err(Error::InvalidArgument(format!(
+            "a call costs at most {MAX_CALLS} units, not {cost}"
+        )));
+    }
+    Ok(())
+}
+
 fn validate_rates(rates: &[Rate]) -> Result<(), Error> {
     if rates.is_empty() {
         return Err(Error::InvalidArgument(
@@ -308,9 +329,14 @@ struct Inner {
     closed: AtomicBool,
 }
 
-/// Buckets by key. foldhash rather than SipHash: the key is hashed on every call, and
-/// foldhash is several times faster on short keys while still seeded per process.
-type BucketMap = HashMap<Box<str>, Arc<Bucket>, foldhash::fast::RandomState>;
+/// Buckets by key, at most `max_buckets`, idle ones dropped one at a time to make room.
+type BucketMap = keymap::KeyMap<Bucket>;
+
+/// Whether a bucket may be dropped: nobody holds it (ticket, hold, a call under way), it
+/// has no rates of its own, and nothing is in its windows, queue or pause.
+fn evictable(bucket: &Arc<Bucket>, now: Nanos) -> bool {
+    Arc::strong_count(bucket) == 1 && bucket.state.lock().is_idle(now)
+}
 
 impl ClockListener for Inner {
     fn clock_advanced(&self) {
@@ -389,23 +415,19 @@ impl Limiter {
         ))
     }
 
-    /// Inserts a bucket under the write lock, dropping idle ones first if the map is full.
+    /// Inserts a bucket under the write lock, dropping an idle one first if the map is
+    /// full (with bounded work: see the `keymap` module).
     fn insert(&self, map: &mut BucketMap, key: &str, rates: &[Rate]) -> Result<Arc<Bucket>, Error> {
-        if let Some(b) = map.get(key) {
-            return Ok(b.clone());
-        }
-        if map.len() >= self.inner.max_buckets {
-            let now = self.now();
-            map.retain(|_, b| Arc::strong_count(b) > 1 || !b.state.lock().is_idle(now));
-            if map.len() >= self.inner.max_buckets {
-                return Err(Error::TooManyBuckets {
-                    limit: self.inner.max_buckets,
-                });
-            }
-        }
-        let b = self.new_bucket(rates);
-        map.insert(key.into(), b.clone());
-        Ok(b)
+        let now = self.now();
+        map.get_or_insert(
+            key,
+            self.inner.max_buckets,
+            |b| evictable(b, now),
+            || self.new_bucket(rates),
+        )
+        .ok_or(Error::TooManyBuckets {
+            limit: self.inner.max_buckets,
+        })
     }
 
     fn bucket(&self, key: &str) -> Result<Arc<Bucket>, Error> {
@@ -517,12 +539,8 @@ impl Limiter {
         if st.closed {
             return Err(Error::Closed);
         }
+        check_cost_range(cost)?;
         let cost = u64::from(cost);
-        if cost == 0 {
-            return Err(Error::InvalidArgument(
-                "a call costs at least 1 unit".into(),
-            ));
-        }
         let max = st.log.max_cost();
         if cost > max {
             return Err(Error::InvalidArgument(format!(
@@ -856,10 +874,7 @@ impl Limiter {
             return shared.purge_idle();
         }
         let now = self.now();
-        let mut map = self.inner.buckets.write();
-        let before = map.len();
-        map.retain(|_, b| Arc::strong_count(b) > 1 || !b.state.lock().is_idle(now));
-        before - map.len()
+        self.inner.buckets.write().purge(|b| evictable(b, now))
     }
 
     /// Closes the limiter: every waiter wakes with [`Error::Closed`], and later calls

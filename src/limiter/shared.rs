@@ -11,10 +11,10 @@
 
 use super::bucket::{BucketStats, WaiterState, WindowUsage};
 use super::clock::nanos;
+use super::keymap::KeyMap;
 use super::store::{HoldLease, OnUnavailable, Place, Store, StoreErrorKind, Verdict, Window};
 use super::{Admitted, Error, Rate, Wait};
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +31,11 @@ struct KeyState {
     stats: BucketStats,
 }
 
+/// Whether a key's local state may be forgotten: no rates of its own, no thread on it.
+fn evictable(k: &Arc<Mutex<KeyState>>) -> bool {
+    Arc::strong_count(k) == 1 && !k.lock().own
+}
+
 /// The process-local side of a limiter whose buckets live in a store.
 pub(crate) struct Shared {
     store: Arc<dyn Store>,
@@ -38,7 +43,7 @@ pub(crate) struct Shared {
     default_rates: Vec<Rate>,
     margin: Duration,
     max_buckets: usize,
-    keys: RwLock<HashMap<Box<str>, Arc<Mutex<KeyState>>, foldhash::fast::RandomState>>,
+    keys: RwLock<KeyMap<Mutex<KeyState>>>,
     closed: AtomicBool,
     /// Wakes sleeping tickets on cancel and close; each re-checks its own state.
     bell: (Mutex<u64>, Condvar),
@@ -77,7 +82,7 @@ impl Shared {
             default_rates,
             margin,
             max_buckets,
-            keys: RwLock::new(HashMap::default()),
+            keys: RwLock::new(KeyMap::default()),
             closed: AtomicBool::new(false),
             bell: (Mutex::new(0), Condvar::new()),
         }
@@ -103,26 +108,20 @@ impl Shared {
     }
 
     fn insert(&self, key: &str, rates: &[Rate], own: bool) -> Result<Arc<Mutex<KeyState>>, Error> {
-        let mut map = self.keys.write();
-        if let Some(k) = map.get(key) {
-            return Ok(k.clone());
-        }
-        if map.len() >= self.max_buckets {
-            map.retain(|_, k| Arc::strong_count(k) > 1 || k.lock().own);
-            if map.len() >= self.max_buckets {
-                return Err(Error::TooManyBuckets {
-                    limit: self.max_buckets,
-                });
-            }
-        }
-        let state = Arc::new(Mutex::new(KeyState {
-            rates: rates.to_vec(),
-            windows: windows(rates, self.margin),
-            own,
-            stats: BucketStats::default(),
-        }));
-        map.insert(key.into(), state.clone());
-        Ok(state)
+        let make = || {
+            Arc::new(Mutex::new(KeyState {
+                rates: rates.to_vec(),
+                windows: windows(rates, self.margin),
+                own,
+                stats: BucketStats::default(),
+            }))
+        };
+        self.keys
+            .write()
+            .get_or_insert(key, self.max_buckets, evictable, make)
+            .ok_or(Error::TooManyBuckets {
+                limit: self.max_buckets,
+            })
     }
 
     /// The key's windows after checking the cost against them.
@@ -134,11 +133,7 @@ impl Shared {
         self.check_open()?;
         let k = self.key(key)?;
         let windows = k.lock().windows.clone();
-        if cost == 0 {
-            return Err(Error::InvalidArgument(
-                "a call costs at least 1 unit".into(),
-            ));
-        }
+        super::check_cost_range(cost)?;
         let max = windows.iter().map(|w| w.calls).min().unwrap_or(0);
         if u64::from(cost) > max {
             return Err(Error::InvalidArgument(format!(
@@ -308,10 +303,7 @@ impl Shared {
     /// Forgets the local state of keys without rates of their own and without a thread
     /// on them; the buckets themselves live on in the store.
     pub(crate) fn purge_idle(&self) -> usize {
-        let mut map = self.keys.write();
-        let before = map.len();
-        map.retain(|_, k| Arc::strong_count(k) > 1 || k.lock().own);
-        before - map.len()
+        self.keys.write().purge(evictable)
     }
 
     pub(crate) fn close(&self) {

@@ -68,6 +68,62 @@ fn wait_time_takes_nothing() {
 }
 
 #[test]
+fn rates_and_costs_are_capped_at_the_maximum() {
+    // A rate of u32::MAX calls let one call of cost 2^30 allocate 8 GiB of log.
+    let over = Rate::new(MAX_CALLS + 1, Duration::from_secs(60));
+    let e = Limiter::builder().rate(over).build().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains(&MAX_CALLS.to_string())),
+        "{e}"
+    );
+    let (l, _) = manual(&[(MAX_CALLS, 60_000)]);
+    assert!(matches!(
+        l.set_rates("k", &[over]),
+        Err(Error::InvalidArgument(_))
+    ));
+    for cost in [MAX_CALLS + 1, u32::MAX] {
+        assert!(matches!(
+            l.try_acquire("k", cost),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            l.hold("k", cost, None),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            l.enqueue("k", cost, None),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    l.try_acquire("k", MAX_CALLS).unwrap();
+    assert_eq!(l.stats("k").admitted_units, u64::from(MAX_CALLS));
+}
+
+#[test]
+fn a_call_of_the_largest_cost_is_logged_at_once() {
+    let (l, clock) = manual(&[(MAX_CALLS, 60_000), (MAX_CALLS, 3_600_000)]);
+    let started = Instant::now();
+    for i in 0..8 {
+        l.try_acquire(&format!("k{i}"), MAX_CALLS).unwrap();
+    }
+    println!(
+        "8 calls of cost {MAX_CALLS}: {:?} (figures, not a limit)",
+        started.elapsed()
+    );
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(
+        l.try_acquire("k0", 1),
+        Err(Error::WouldBlock {
+            wait: Duration::from_secs(3541)
+        }),
+        "the hour's window is full until its units leave together"
+    );
+    clock.advance(Duration::from_secs(3541));
+    l.try_acquire("k0", MAX_CALLS).unwrap();
+    assert_eq!(l.stats("k0").admitted_units, 2 * u64::from(MAX_CALLS));
+}
+
+#[test]
 fn bad_arguments_are_refused() {
     let (l, _) = manual(&[(5, 100), (3, 1000)]);
     assert!(matches!(
@@ -304,9 +360,58 @@ fn bucket_count_is_limited_and_idle_buckets_make_room() {
     );
     clock.advance(Duration::from_millis(100));
     l.try_acquire("c", 1).unwrap();
-    assert_eq!(l.keys().len(), 1);
+    let mut keys = l.keys();
+    keys.sort();
+    assert_eq!(keys, ["b", "c"], "the oldest idle bucket made room, alone");
     clock.advance(Duration::from_millis(100));
-    assert_eq!(l.purge_idle(), 1);
+    assert_eq!(l.purge_idle(), 2);
+}
+
+#[test]
+fn a_full_limiter_makes_room_with_bounded_work_per_new_key() {
+    // Every new key on a full map once examined (and locked) every bucket under the
+    // map's write lock: milliseconds per call at 65,536 buckets, for every caller.
+    let n = 2000;
+    let clock = ManualClock::new();
+    let l = Limiter::builder()
+        .rate(Rate::new(1, Duration::from_millis(100)))
+        .max_buckets(n)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .unwrap();
+    for i in 0..n {
+        l.try_acquire(&format!("k{i}"), 1).unwrap();
+    }
+    // All busy: refused, after one full sweep and then a bounded step per new key.
+    let examined = || l.inner.buckets.read().examined;
+    let before = examined();
+    for i in 0..n {
+        assert_eq!(
+            l.try_acquire(&format!("new{i}"), 1),
+            Err(Error::TooManyBuckets { limit: n })
+        );
+    }
+    let per_key = (examined() - before) as f64 / n as f64;
+    assert!(per_key <= 2.0 * keymap::SWEEP_STEP as f64, "{per_key}");
+    // A held bucket stays; the idle ones make room one at a time.
+    clock.advance(Duration::from_millis(100));
+    let _hold = l.try_hold("k0", 1).unwrap();
+    let before = examined();
+    for i in 0..n / 2 {
+        l.try_acquire(&format!("fresh{i}"), 1).unwrap();
+    }
+    assert!(
+        examined() - before <= 2 * n as u64,
+        "{}",
+        examined() - before
+    );
+    assert_eq!(l.keys().len(), n);
+    assert!(
+        l.keys().contains(&"k0".to_string()),
+        "the held bucket stays"
+    );
+    let old = l.keys().iter().filter(|k| k.starts_with('k')).count();
+    assert_eq!(old, n - n / 2, "one idle bucket made room per new key");
 }
 
 #[test]

@@ -1,14 +1,16 @@
 //! The exact rolling window: a sliding log of admitted units shared by all rates of a bucket.
 //!
-//! Every admitted unit leaves its instant in one ring. A rate (calls, window) admits a
-//! call of cost `c` at instant `t` only if the units logged in `(t - window, t]` plus `c`
-//! stay within `calls`. Each rate keeps a cursor to its oldest unit still inside its
-//! window; cursors only move forward because time does, so checking is O(rates) and the
-//! ring never needs more than the largest `calls` entries. The ring starts small and
-//! doubles only while the units inside the windows need it, so a generous rate that is
-//! never reached costs no memory.
+//! Admitted units are logged as runs (an instant and a count): a call of any cost is one
+//! run. A rate (calls, window) admits a call of cost `c` at instant `t` only if the units
+//! logged in `(t - window, t]` plus `c` stay within `calls`. Each rate keeps a cursor to
+//! its oldest run still inside its window; cursors only move forward because time does,
+//! and each run carries the cumulative count of units up to its end, so that a check is
+//! O(rates) amortised plus a binary search for the unit whose leaving admits the call.
+//! The log holds only the runs inside some window (and the latest few units), so a
+//! generous rate that is never reached costs no memory.
 
 use super::clock::Nanos;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// A limit of `calls` units in any rolling `window`.
@@ -31,10 +33,18 @@ impl Rate {
         Self::new(calls, Duration::from_secs(secs))
     }
 
-    /// Checks that the rate can ever admit anything.
+    /// Checks that the rate can ever admit anything, with at most
+    /// [`MAX_CALLS`](super::MAX_CALLS) calls per window.
     pub fn validate(&self) -> Result<(), String> {
         if self.calls == 0 {
             return Err("a rate needs at least one call per window".into());
+        }
+        if self.calls > super::MAX_CALLS {
+            return Err(format!(
+                "a rate allows at most {} calls per window, not {}",
+                super::MAX_CALLS,
+                self.calls
+            ));
         }
         if self.window.is_zero() {
             return Err("a rate needs a window longer than zero".into());
@@ -53,27 +63,42 @@ impl std::fmt::Display for Rate {
 struct RateState {
     calls: u64,
     window: Nanos,
-    /// Sequence number of the oldest logged unit that may still be inside this window.
+    /// Sequence number of the oldest logged unit that may still be inside this window
+    /// (always the first unit of a run: a run's units leave together).
     cursor: u64,
+    /// The absolute index of the run that starts at `cursor` (one past the last run when
+    /// `cursor` is `next`).
+    run: u64,
 }
 
-/// The ring's first capacity; it doubles as needed up to the largest rate's `calls`.
-const INITIAL_RING: u64 = 64;
+/// Units logged at one instant: those with sequence numbers from the previous run's `end`
+/// up to `end`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    at: Nanos,
+    end: u64,
+}
+
+/// Units a log keeps past every window (at most the largest `calls`), so that new rates
+/// with longer windows still count the latest units.
+const RETAIN: u64 = 64;
 
 /// The sliding log of one bucket.
 #[derive(Debug, Clone)]
 pub(crate) struct SlidingLog {
     rates: Vec<RateState>,
-    /// Instants of admitted units, indexed by sequence number & mask.
-    ring: Box<[Nanos]>,
-    mask: u64,
+    /// Runs of units logged at one instant, oldest first: a call of any cost is one run.
+    runs: VecDeque<Run>,
+    /// The absolute index of `runs[0]` (runs dropped so far).
+    first_run: u64,
+    /// The sequence number of the first unit of `runs[0]`.
+    start: u64,
     /// Sequence number of the next unit to log.
     next: u64,
-    /// The oldest sequence number whose instant the ring still holds (growing keeps only
-    /// the units inside some window).
-    valid_from: u64,
     /// The smallest `calls` of all rates, checked on every call.
     max_cost: u64,
+    /// The largest `calls` of all rates.
+    largest: u64,
     /// The latest instant logged: units are logged in order, so that cursors only move
     /// forward (a unit logged at an earlier instant is logged at this one instead).
     last: Nanos,
@@ -82,8 +107,6 @@ pub(crate) struct SlidingLog {
 impl SlidingLog {
     /// A log for `rates` (validated, non-empty); `margin` widens every window.
     pub(crate) fn new(rates: &[Rate], margin: Duration) -> Self {
-        let largest = rates.iter().map(|r| r.calls).max().unwrap_or(1).max(1);
-        let cap = u64::from(largest).next_power_of_two().min(INITIAL_RING);
         let margin = super::clock::nanos(margin);
         Self {
             rates: rates
@@ -92,13 +115,15 @@ impl SlidingLog {
                     calls: u64::from(r.calls),
                     window: super::clock::nanos(r.window).saturating_add(margin),
                     cursor: 0,
+                    run: 0,
                 })
                 .collect(),
-            ring: vec![0; cap as usize].into_boxed_slice(),
-            mask: cap - 1,
+            runs: VecDeque::new(),
+            first_run: 0,
+            start: 0,
             next: 0,
-            valid_from: 0,
             max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
+            largest: rates.iter().map(|r| u64::from(r.calls)).max().unwrap_or(0),
             last: 0,
         }
     }
@@ -108,46 +133,72 @@ impl SlidingLog {
         let mut fresh = Self::new(rates, margin);
         // Only the newest `calls` units can ever decide an admission under a rate. Units
         // that left the old windows may still be inside the new ones: carry every unit the
-        // ring still holds, whatever the old cursors say.
-        let largest = fresh.rates.iter().map(|r| r.calls).max().unwrap_or(0);
-        let held = (self.next - self.valid_from).min(self.mask + 1);
-        let keep = held.min(largest);
-        for seq in self.next - keep..self.next {
-            let t = self.ring[(seq & self.mask) as usize];
-            fresh.expire(now);
-            fresh.push(t, 1);
+        // log still holds, whatever the old cursors say.
+        let keep = (self.next - self.start).min(fresh.largest);
+        let mut seq = self.next - keep;
+        let from = self.runs.partition_point(|r| r.end <= seq);
+        for run in self.runs.range(from..) {
+            fresh.push(run.at, run.end - seq);
+            seq = run.end;
         }
         fresh.expire(now);
         fresh
     }
 
-    /// How many units the ring still holds (the most any rate may need).
-    fn retained(&self) -> u64 {
-        let cap = self.mask + 1;
-        let oldest_cursor = self
-            .rates
-            .iter()
-            .map(|r| r.cursor)
-            .min()
-            .unwrap_or(self.next);
-        (self.next - oldest_cursor).min(cap)
-    }
-
+    /// The instant of the unit with sequence number `seq` (held by the log).
     #[inline]
     fn at(&self, seq: u64) -> Nanos {
-        self.ring[(seq & self.mask) as usize]
+        self.runs[self.runs.partition_point(|r| r.end <= seq)].at
     }
 
-    /// Moves every rate's cursor past the units that have left its window at `now`.
+    /// The first sequence number of the run with absolute index `run`.
+    #[inline]
+    fn run_start(&self, run: u64) -> u64 {
+        match run - self.first_run {
+            0 => self.start,
+            i => self.runs[(i - 1) as usize].end,
+        }
+    }
+
+    /// Moves every rate's cursor past the runs that have left its window at `now`.
     #[inline]
     pub(crate) fn expire(&mut self, now: Nanos) {
+        let end = self.first_run + self.runs.len() as u64;
         for i in 0..self.rates.len() {
-            let (window, mut cursor) = (self.rates[i].window, self.rates[i].cursor);
+            let (window, mut run) = (self.rates[i].window, self.rates[i].run);
             // A unit at instant u is inside (now - window, now] while now < u + window.
-            while cursor < self.next && self.at(cursor).saturating_add(window) <= now {
-                cursor += 1;
+            while run < end
+                && self.runs[(run - self.first_run) as usize]
+                    .at
+                    .saturating_add(window)
+                    <= now
+            {
+                run += 1;
             }
-            self.rates[i].cursor = cursor;
+            if run != self.rates[i].run {
+                self.rates[i].run = run;
+                self.rates[i].cursor = if run == end {
+                    self.next
+                } else {
+                    self.run_start(run)
+                };
+            }
+        }
+        self.trim();
+    }
+
+    /// Drops the oldest runs that every window has left, keeping the newest units up to
+    /// `RETAIN` (or the largest `calls`, if smaller).
+    fn trim(&mut self) {
+        let keep = RETAIN.min(self.largest);
+        while let Some(&oldest) = self.runs.front() {
+            let passed = self.rates.iter().all(|r| r.run > self.first_run);
+            if !passed || self.next - oldest.end < keep {
+                break;
+            }
+            self.runs.pop_front();
+            self.first_run += 1;
+            self.start = oldest.end;
         }
     }
 
@@ -177,36 +228,24 @@ impl SlidingLog {
         at
     }
 
-    /// Logs `cost` units at `now` (or at the latest instant logged, if that is later).
-    /// The caller has checked that they fit.
+    /// Logs `cost` units at `now` (or at the latest instant logged, if that is later), as
+    /// one run: memory and time do not grow with the cost. The caller has checked that
+    /// they fit.
     #[inline]
     pub(crate) fn push(&mut self, now: Nanos, cost: u64) {
-        let needed = self.retained() + cost;
-        if needed > self.mask + 1 {
-            self.grow(needed);
-        }
         let now = now.max(self.last);
         self.last = now;
-        for _ in 0..cost {
-            let i = (self.next & self.mask) as usize;
-            self.ring[i] = now;
-            self.next += 1;
+        let end = self.first_run + self.runs.len() as u64;
+        // A run that some window has already left stays closed: new units start a run.
+        let open = self.rates.iter().all(|r| r.run < end);
+        match self.runs.back_mut() {
+            Some(run) if run.at == now && open => run.end += cost,
+            _ => self.runs.push_back(Run {
+                at: now,
+                end: self.next + cost,
+            }),
         }
-    }
-
-    /// Doubles the ring until it holds `needed` units, keeping the retained ones in place.
-    #[cold]
-    fn grow(&mut self, needed: u64) {
-        let cap = needed.next_power_of_two();
-        let mut ring = vec![0; cap as usize].into_boxed_slice();
-        let mask = cap - 1;
-        let from = self.next - self.retained();
-        for seq in from..self.next {
-            ring[(seq & mask) as usize] = self.at(seq);
-        }
-        self.ring = ring;
-        self.mask = mask;
-        self.valid_from = from;
+        self.next += cost;
     }
 
     /// Units inside each rate's window at the last expiry, with the rate's limit.
@@ -345,21 +384,45 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_grows_only_as_units_arrive() {
-        let mut l = log(&[(u32::MAX, 1000), (3000, 100)]);
+    fn a_call_of_any_cost_is_one_run() {
+        // A cost of 10^8 once wrote 10^8 instants (784 MB, 3.3 s); a cost is now one run.
+        let max = u64::from(super::super::MAX_CALLS);
+        let mut l = log(&[(super::super::MAX_CALLS, 60_000), (3000, 100)]);
+        l.push(0, max);
+        assert_eq!(l.runs.len(), 1);
+        l.expire(MS);
+        assert_eq!(l.usage().next().unwrap().0, max);
+        assert_eq!(l.earliest(MS, 1, 0), 60_000 * MS);
+        let mut l = log(&[(super::super::MAX_CALLS, 60_000)]);
+        for i in 0..1000 {
+            l.expire(i * MS);
+            l.push(i * MS, 1000);
+        }
+        assert_eq!(l.runs.len(), 1000, "one run per call");
+        l.expire(1000 * MS);
+        // The 1,000,000th unit and the next: the window admits 48,576 more now.
+        assert_eq!(l.earliest(1000 * MS, max - 1_000_000, 0), 1000 * MS);
+        assert_eq!(l.earliest(1000 * MS, max - 1_000_000 + 1, 0), 60_000 * MS);
         assert_eq!(
-            l.ring.len(),
-            64,
-            "a generous rate allocates nothing up front"
+            l.earliest(1000 * MS, max - 1_000_000 + 1001, 0),
+            60_001 * MS
         );
+        // Runs that left every window are dropped, but for the latest few units.
+        l.expire(61_000 * MS);
+        assert!(l.is_idle());
+        assert_eq!(l.runs.len(), 1, "{:?}", l.runs.len());
+    }
+
+    #[test]
+    fn the_log_grows_only_as_calls_arrive() {
+        let mut l = log(&[(super::super::MAX_CALLS, 1000), (3000, 100)]);
         for i in 0..1000 {
             l.expire(i * 1000);
             assert_eq!(l.earliest(i * 1000, 1, 0), i * 1000);
             l.push(i * 1000, 1);
         }
-        assert_eq!(l.ring.len(), 1024);
+        assert_eq!(l.runs.len(), 1000);
         assert_eq!(l.usage().next().unwrap().0, 1000);
-        // Entries keep their order across growth.
         assert_eq!(l.at(0), 0);
         assert_eq!(l.at(999), 999_000);
     }

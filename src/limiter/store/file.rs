@@ -86,8 +86,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The longest bucket key, in bytes.
 pub const MAX_KEY: usize = 255;
 
-/// The largest `calls` of a rate on a file store bucket: each unit costs 8 bytes of ring.
-pub const MAX_CALLS: u64 = 1 << 20;
+/// The largest `calls` of a rate on a file store bucket (each unit costs 8 bytes of
+/// ring): the limiter's [`MAX_CALLS`](crate::limiter::MAX_CALLS), as in every store.
+pub const MAX_CALLS: u64 = crate::limiter::MAX_CALLS as u64;
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -739,7 +740,7 @@ impl Store for FileStore {
         place: Place,
         hold: Option<HoldLease>,
     ) -> Result<Verdict, StoreError> {
-        check_windows(&self.path.display(), windows, Some(cost), MAX_CALLS)?;
+        check_windows(&self.path.display(), windows, Some(cost))?;
         self.with_bucket(key, |b, now| b.poll(now, windows, cost, place, hold))
     }
 
@@ -762,7 +763,7 @@ impl Store for FileStore {
     }
 
     fn usage(&self, key: &str, windows: &[Window]) -> Result<Usage, StoreError> {
-        check_windows(&self.path.display(), windows, None, MAX_CALLS)?;
+        check_windows(&self.path.display(), windows, None)?;
         self.with_bucket(key, |b, now| b.usage(now, windows))
     }
 

@@ -208,14 +208,15 @@ pub trait Store: Send + Sync + fmt::Debug {
 }
 
 /// Checks what a caller passes to store `location`: at least one window, each with 1 to
-/// `max_calls` calls and a length above zero, and a `cost` (when given) that fits every
-/// window. Both stores apply it, so that neither can be led to admit what never fits.
+/// [`MAX_CALLS`](crate::limiter::MAX_CALLS) calls and a length above zero, and a `cost`
+/// (when given) that fits every window. Every store applies it, so that none can be led
+/// to admit what never fits, nor to log more units in one call than a rate allows.
 pub(crate) fn check_windows(
     location: &dyn fmt::Display,
     windows: &[Window],
     cost: Option<u64>,
-    max_calls: u64,
 ) -> Result<(), StoreError> {
+    let max_calls = u64::from(crate::limiter::MAX_CALLS);
     let invalid = |m: String| {
         Err(StoreError::new(
             StoreErrorKind::Invalid,

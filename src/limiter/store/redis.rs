@@ -363,7 +363,7 @@ impl Store for RedisStore {
         place: Place,
         hold: Option<HoldLease>,
     ) -> Result<Verdict, StoreError> {
-        check_windows(&self.location, windows, Some(cost), LUA_MAX)?;
+        check_windows(&self.location, windows, Some(cost))?;
         let (op, id) = match (place, hold) {
             (Place::Try, None) => ("try", 0),
             (Place::Try, Some(h)) => ("try_hold", h.id),
@@ -410,7 +410,7 @@ impl Store for RedisStore {
         id: u64,
         ago: Duration,
     ) -> Result<(), StoreError> {
-        check_windows(&self.location, windows, None, LUA_MAX)?;
+        check_windows(&self.location, windows, None)?;
         self.run(
             "cannot release",
             key,
@@ -1228,6 +1228,29 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         assert_eq!(store.usage("b", &[rate(2, 100)]).unwrap().queued, 0);
+    }
+
+    #[test]
+    fn rates_and_costs_above_the_maximum_never_reach_the_script() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("cap");
+        let store = open(&url, &prefix);
+        // A cost of 2^25 once kept the script busy for seconds and wrote a 256 MiB ring.
+        let big = u64::from(crate::limiter::MAX_CALLS) + 1;
+        for (calls, cost) in [(big, 1), (1 << 25, 1 << 25)] {
+            let e = store
+                .poll("b", &[rate(calls, 60_000)], cost, Place::Try, None)
+                .unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        }
+        assert!(logged(&url, &prefix, "b").is_empty(), "nothing was logged");
+        let max = u64::from(crate::limiter::MAX_CALLS);
+        assert_eq!(
+            store
+                .poll("c", &[rate(max, 60_000)], 1, Place::Try, None)
+                .unwrap(),
+            Verdict::Admitted
+        );
     }
 
     #[test]
