@@ -6,6 +6,7 @@
 //! it); without it they print a line and pass, except under `CI=true`, where they fail.
 
 use quotagate::client::{Client, Request, RetryPolicy};
+use quotagate::limiter::store::StoreErrorKind;
 use quotagate::limiter::{Error, Limiter, Rate};
 use quotagate::sim::{SimConfig, Simulator};
 use std::path::PathBuf;
@@ -791,4 +792,202 @@ fn soak_on_redis_through_a_restart() {
     };
     let url = redis.url();
     soak(&url, Some(&mut || redis.restart(ms(100))));
+}
+
+/// The `used` field of a state file's header: where its data ends.
+fn data_end(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    u64::from_le_bytes(bytes[40..48].try_into().unwrap())
+}
+
+/// A worker: takes a permit from the state file `QG_PATH`, cuts the file to `QG_CUT` bytes
+/// (`used`: to the end of its data) through a handle of its own, as an operator emptying
+/// it would, and asks again. Prints the outcome; a SIGBUS would kill it instead.
+#[test]
+#[ignore = "a worker process of the shared-store tests"]
+fn cut_worker() {
+    let path = PathBuf::from(env("QG_PATH"));
+    let limiter = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_secs(60)))
+        .store(&format!("file://{}", path.display()))
+        .build()
+        .unwrap();
+    limiter.try_acquire("k", 1).unwrap();
+    let len = match env("QG_CUT").as_str() {
+        "used" => data_end(&path),
+        n => n.parse().unwrap(),
+    };
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len).unwrap();
+    drop(f);
+    match limiter.try_acquire("k", 1) {
+        Ok(()) => {
+            assert_eq!(limiter.stats("k").windows[0].used, 2);
+            println!("outcome=admitted");
+        }
+        Err(Error::Store(e)) => {
+            assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+            assert!(e.message.contains(&path.display().to_string()), "{e}");
+            // Every later operation says the same, and nothing is admitted.
+            assert!(matches!(limiter.try_acquire("j", 1), Err(Error::Store(_))));
+            println!("outcome=corrupt: {e}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_state_file_cut_short_under_a_live_process_is_an_error_not_a_crash() {
+    for (cut, outcome) in [
+        ("0", "outcome=corrupt"),
+        ("4096", "outcome=corrupt"),
+        // Only free space is lost: the process maps the shorter file and goes on.
+        ("used", "outcome=admitted"),
+    ] {
+        let path = state_file(&format!("cut-{cut}"));
+        let worker = spawn_worker(
+            "cut_worker",
+            &[
+                ("QG_PATH", path.display().to_string()),
+                ("QG_CUT", cut.to_string()),
+            ],
+        );
+        let out = finish_within(worker, Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout);
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(out.status.signal(), None, "cut to {cut}: killed: {text}");
+        }
+        assert!(out.status.success(), "cut to {cut}: {text}");
+        assert!(text.contains(outcome), "cut to {cut}: {text}");
+    }
+}
+
+#[test]
+fn a_locked_state_file_fails_by_the_deadline_and_is_used_again_once_free() {
+    let path = state_file("locked");
+    let build = |extra: &str| {
+        Limiter::builder()
+            .rate(Rate::new(5, Duration::from_secs(60)))
+            .store(&format!("file://{}{extra}", path.display()))
+            .build()
+            .unwrap()
+    };
+    let waiting = build("");
+    let failing = build("?on_unavailable=fail");
+    // Another program holds the file's lock (here another open file description, which
+    // excludes this process's own as another process would) and never lets go.
+    let other = std::fs::File::open(&path).unwrap();
+    fs4::FileExt::lock(&other).unwrap();
+    let locked = |outcome: Result<(), Error>| match outcome {
+        Err(Error::Store(e)) => {
+            assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+            assert!(e.message.contains("locked by another process"), "{e}");
+        }
+        other => panic!("a locked state file gave {other:?}"),
+    };
+    // on_unavailable=wait: tried again until the deadline, then the store's error (the
+    // default lock timeout, 250 ms, is well below the deadline).
+    let started = Instant::now();
+    locked(
+        waiting
+            .acquire("k", 1, Some(Duration::from_secs(1)))
+            .map(drop),
+    );
+    let waited = started.elapsed();
+    assert!(waited >= ms(950), "{waited:?}");
+    assert!(waited < ms(2500), "{waited:?}");
+    // on_unavailable=fail: after one lock timeout (the limiter tries, then queues).
+    let started = Instant::now();
+    locked(
+        failing
+            .acquire("k", 1, Some(Duration::from_secs(1)))
+            .map(drop),
+    );
+    let waited = started.elapsed();
+    assert!(waited < ms(900), "{waited:?}");
+    locked(failing.try_acquire("k", 1));
+    fs4::FileExt::unlock(&other).unwrap();
+    waiting
+        .acquire("k", 1, Some(Duration::from_secs(1)))
+        .unwrap();
+    failing.try_acquire("k", 1).unwrap();
+    assert_eq!(waiting.stats("k").windows[0].used, 2);
+}
+
+/// A worker: with umask 000, opens a new state file with the default mode and another
+/// with `mode=0660` in `QG_DIR`, and prints their modes.
+#[cfg(unix)]
+#[test]
+#[ignore = "a worker process of the shared-store tests"]
+fn umask_worker() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only sets this process's file creation mask.
+    unsafe { libc::umask(0) };
+    let dir = PathBuf::from(env("QG_DIR"));
+    let mut modes = Vec::new();
+    for (name, query) in [("plain.q", ""), ("shared.q", "?mode=0660")] {
+        let path = dir.join(name);
+        Limiter::builder()
+            .rate(Rate::new(5, Duration::from_secs(60)))
+            .store(&format!("file://{}{query}", path.display()))
+            .build()
+            .unwrap()
+            .try_acquire("k", 1)
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        modes.push(format!("{mode:04o}"));
+    }
+    println!("modes={}", modes.join(","));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_state_file_is_created_private_whatever_the_umask_and_never_opened_through_a_link() {
+    let dir = state_file("modes").with_extension("d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let worker = spawn_worker("umask_worker", &[("QG_DIR", dir.display().to_string())]);
+    let out = finish_within(worker, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("modes=0600,0660"), "{text}");
+    // A symbolic link in the file's place is refused, whatever it points to.
+    let link = dir.join("link.q");
+    std::os::unix::fs::symlink(dir.join("plain.q"), &link).unwrap();
+    let outcome = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_secs(60)))
+        .store(&format!("file://{}", link.display()))
+        .build();
+    match outcome {
+        Err(Error::Store(e)) => {
+            assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+            assert!(e.message.contains("symbolic link"), "{e}");
+        }
+        other => panic!("a link to a state file gave {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_state_file_full_of_live_buckets_is_a_clear_error() {
+    let path = state_file("full");
+    let limiter = Limiter::builder()
+        .rate(Rate::new(5, Duration::from_secs(60)))
+        .store(&format!("file://{}?max_buckets=3", path.display()))
+        .build()
+        .unwrap();
+    for key in ["a", "b", "c"] {
+        limiter.try_acquire(key, 1).unwrap();
+    }
+    match limiter.acquire("d", 1, Some(Duration::from_secs(1))) {
+        Err(Error::Store(e)) => {
+            assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+            assert!(e.message.contains("full"), "{e}");
+            assert!(e.message.contains("max_buckets=3"), "{e}");
+        }
+        other => panic!("a full state file gave {other:?}"),
+    }
+    limiter.try_acquire("a", 1).unwrap();
 }

@@ -422,6 +422,26 @@ impl Bucket {
             in_flight: self.in_flight(),
         }
     }
+
+    /// The instant from which the bucket is idle, if nothing happens to it meanwhile and
+    /// no caller uses a window longer than `max_window`: no logged unit inside any such
+    /// window, no hold in flight (a hold whose lease runs out is logged at its end), no
+    /// pause, no waiter whose place still stands. An idle bucket reads like a new one, so
+    /// the file store may forget it from then on.
+    pub(crate) fn idle_at(&self, max_window: Nanos) -> Nanos {
+        let mut at = self.pause_until;
+        if let Some(u) = self.newest(1) {
+            at = at.max(u.saturating_add(max_window));
+        }
+        for h in &self.holds {
+            at = at.max(h.expiry.saturating_add(max_window));
+        }
+        // A waiter keeps its place while its lease's end is not past.
+        for w in &self.queue {
+            at = at.max(w.expiry.saturating_add(1));
+        }
+        at
+    }
 }
 
 #[cfg(test)]

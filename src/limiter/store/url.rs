@@ -1,5 +1,6 @@
-//! Store URLs: `file:///var/lib/quotagate/tenant.q`, `redis://host:6379/0?prefix=qg`.
+//! Store URLs: `file:///var/lib/quotagate/tenant.q?mode=0660`, `redis://host:6379/0?prefix=qg`.
 
+use super::file::{FileSettings, MAX_MAX_BUCKETS, mode_is_allowed};
 use super::{Store, StoreError, StoreErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ impl std::fmt::Debug for RedisSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// A state file shared by the processes of one host.
-    File(PathBuf),
+    File(FileSettings),
     /// A Redis server shared by many hosts.
     Redis(RedisSettings),
 }
@@ -104,7 +105,11 @@ fn percent_decode(s: &str) -> Result<String, StoreError> {
 impl StoreConfig {
     /// Parses a store URL:
     ///
-    /// - `file:///absolute/path` (on Windows `file:///C:/path`); `%xx` escapes are decoded.
+    /// - `file:///absolute/path[?mode=0600&timeout_ms=250&max_buckets=10000]` (on Windows
+    ///   `file:///C:/path`); `%xx` escapes are decoded. `mode=` is the octal mode of the file
+    ///   when it is created (`0600` to `0660`; Unix only), `timeout_ms=` the longest an
+    ///   operation waits for the file's lock, `max_buckets=` the most buckets the file holds
+    ///   at once (see [`FileSettings`]).
     /// - `redis://[user:password@]host[:port][/db][?prefix=p&pool=n&timeout_ms=n]`, or
     ///   `rediss://` for TLS.
     ///
@@ -118,9 +123,13 @@ impl StoreConfig {
         let mut on_unavailable = OnUnavailable::default();
         let mut prefix = "quotagate".to_string();
         let mut pool = 8usize;
-        let mut timeout = Duration::from_secs(2);
+        let mut timeout = None;
         let mut passthrough = Vec::new();
         let is_redis = base.starts_with("redis://") || base.starts_with("rediss://");
+        let is_file = base.starts_with("file://");
+        let defaults = FileSettings::new("");
+        let mut mode = defaults.mode;
+        let mut max_buckets = defaults.max_buckets;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
@@ -148,11 +157,34 @@ impl StoreConfig {
                         .filter(|n| (1..=1024).contains(n))
                         .ok_or_else(|| invalid(format!("pool must be 1 to 1024, not {v:?}")))?;
                 }
-                "timeout_ms" if is_redis => {
+                "timeout_ms" if is_redis || is_file => {
                     let ms: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         invalid(format!("timeout_ms must be a positive number, not {v:?}"))
                     })?;
-                    timeout = Duration::from_millis(ms);
+                    timeout = Some(Duration::from_millis(ms));
+                }
+                "mode" if is_file => {
+                    mode = u32::from_str_radix(v, 8)
+                        .ok()
+                        .filter(|m| v.len() <= 4 && mode_is_allowed(*m))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "mode must be an octal file mode from 0600 to 0660 (read and \
+                                 write for the owner, at most read and write for the group, \
+                                 nothing for others), not {v:?}"
+                            ))
+                        })?;
+                }
+                "max_buckets" if is_file => {
+                    max_buckets = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_MAX_BUCKETS).contains(n))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "max_buckets must be 1 to {MAX_MAX_BUCKETS}, not {v:?}"
+                            ))
+                        })?;
                 }
                 // Parameters of the redis crate itself (protocol=resp3, ...) pass through.
                 _ if is_redis => passthrough.push(pair),
@@ -172,7 +204,12 @@ impl StoreConfig {
                     "a file store needs an absolute path (file:///dir/name), not {url:?}"
                 )));
             }
-            StoreKind::File(PathBuf::from(path))
+            StoreKind::File(FileSettings {
+                path: PathBuf::from(path),
+                mode,
+                lock_timeout: timeout.unwrap_or(defaults.lock_timeout),
+                max_buckets,
+            })
         } else if is_redis {
             let mut url = base.to_string();
             if !passthrough.is_empty() {
@@ -183,7 +220,7 @@ impl StoreConfig {
                 url,
                 prefix,
                 pool,
-                timeout,
+                timeout: timeout.unwrap_or(Duration::from_secs(2)),
             })
         } else {
             return Err(invalid(format!(
@@ -200,7 +237,7 @@ impl StoreConfig {
     /// Opens the store.
     pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         match &self.kind {
-            StoreKind::File(path) => Ok(Arc::new(super::file::FileStore::open(path)?)),
+            StoreKind::File(settings) => Ok(Arc::new(super::file::FileStore::open_with(settings)?)),
             #[cfg(feature = "redis")]
             StoreKind::Redis(settings) => Ok(Arc::new(super::redis::RedisStore::open(settings)?)),
             #[cfg(not(feature = "redis"))]
@@ -275,8 +312,42 @@ mod tests {
             )
         };
         let c = StoreConfig::parse(url).unwrap();
-        assert_eq!(c.kind, StoreKind::File(PathBuf::from(path)));
+        assert_eq!(c.kind, StoreKind::File(FileSettings::new(path)));
         assert_eq!(c.on_unavailable, OnUnavailable::Wait);
+        let c = StoreConfig::parse(&format!(
+            "{url}?mode=0660&timeout_ms=250&max_buckets=50&on_unavailable=fail"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.kind,
+            StoreKind::File(FileSettings {
+                path: PathBuf::from(path),
+                mode: 0o660,
+                lock_timeout: Duration::from_millis(250),
+                max_buckets: 50,
+            })
+        );
+        assert_eq!(c.on_unavailable, OnUnavailable::Fail);
+        let c = StoreConfig::parse(&format!("{url}?mode=640")).unwrap();
+        assert!(matches!(
+            c.kind,
+            StoreKind::File(FileSettings { mode: 0o640, .. })
+        ));
+        for bad in [
+            "mode=0644",
+            "mode=0666",
+            "mode=0400",
+            "mode=0700",
+            "mode=rw",
+            "mode=00660",
+            "timeout_ms=0",
+            "max_buckets=0",
+            "max_buckets=99999999",
+            "pool=3",
+        ] {
+            let e = StoreConfig::parse(&format!("{url}?{bad}")).unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Invalid, "{bad}");
+        }
         assert!(StoreConfig::parse("file://relative/x").is_err());
         assert!(StoreConfig::parse("file:///x?prefix=a").is_err());
         assert!(StoreConfig::parse("file:///x?on_unavailable=maybe").is_err());
