@@ -131,8 +131,11 @@ impl Bucket {
     }
 
     /// Reads a bucket that [`encode`](Self::encode) wrote, reusing this one's buffers.
-    /// `None` when the sizes do not add up.
+    /// `None` when the sizes do not add up or a value lies outside what an encoder writes
+    /// (a ring, a cost or a queue above [`MAX_CALLS`](crate::limiter::MAX_CALLS) units, a
+    /// unit count past 2^62), so that no later operation can overflow on a damaged record.
     pub(crate) fn decode(&mut self, bytes: &[u8]) -> Option<()> {
+        let max = u64::from(crate::limiter::MAX_CALLS);
         let word = |i: usize| -> Option<u64> {
             let b = bytes.get(i * 8..i * 8 + 8)?;
             Some(u64::from_le_bytes(b.try_into().ok()?))
@@ -146,6 +149,15 @@ impl Bucket {
             .checked_add(holds.checked_mul(HELD_LEN)?)?
             .checked_add(FIXED_LEN)?;
         if len != bytes.len() || ring == 0 {
+            return None;
+        }
+        let within = |n: usize| u64::try_from(n).is_ok_and(|n| n <= max);
+        if !within(ring) || !within(queue) || !within(holds) || word(2)? > 1 << 62 {
+            return None;
+        }
+        let costs_ok = (0..queue).all(|i| word(6 + ring + 3 * i + 1).is_some_and(|c| c <= max))
+            && (0..holds).all(|i| word(6 + ring + 3 * queue + 4 * i + 1).is_some_and(|c| c <= max));
+        if !costs_ok {
             return None;
         }
         self.last_now = word(0)?;
@@ -822,6 +834,81 @@ mod tests {
                     // The store logs an ended hold no earlier than the newest logged unit.
                     prop_assert!(*used >= inside, "{} logged, {} ended in {:?}", used, inside, w);
                 }
+            }
+        }
+    }
+
+    /// Operations on a decoded bucket at instants and with windows a caller may bring:
+    /// none may panic, whatever the record held.
+    fn exercise(b: &mut Bucket, seed: u64) {
+        let now = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1;
+        let windows = [
+            win(1 + seed % 7, 1 + seed % 500),
+            win(1 + seed % 1000, 60_000),
+        ];
+        let _ = b.poll(now, &windows, 1, Place::Try, None);
+        let _ = b.poll(
+            now,
+            &windows,
+            1,
+            Place::Queue { id: seed },
+            lease(seed, 100),
+        );
+        b.release(
+            now.saturating_add(MS),
+            seed,
+            Duration::from_millis(seed % 1000),
+        );
+        b.pause(now, Duration::from_millis(seed % 10_000));
+        let _ = b.usage(now.saturating_add(10 * MS), &windows);
+        let mut out = vec![0; b.encoded_len()];
+        b.encode(&mut out);
+        let mut again = Bucket::new(1);
+        assert!(
+            again.decode(&out).is_some(),
+            "a bucket re-encoded must decode"
+        );
+    }
+
+    #[test]
+    fn fuzz_state_record_corpus() {
+        for (name, bytes) in crate::fuzz::corpus("state-record") {
+            let mut b = Bucket::new(1);
+            if b.decode(&bytes).is_some() {
+                exercise(&mut b, name.len() as u64);
+            }
+        }
+    }
+
+    /// Words that make a record's header add up, with values anywhere in their range.
+    fn record() -> impl Strategy<Value = Vec<u8>> {
+        (
+            1..8usize,
+            0..3usize,
+            0..3usize,
+            proptest::collection::vec(any::<u64>(), 40),
+        )
+            .prop_map(|(ring, queue, holds, words)| {
+                let mut w: Vec<u64> = words;
+                w[3] = ring as u64;
+                w[4] = queue as u64;
+                w[5] = holds as u64;
+                w.truncate(6 + ring + 3 * queue + 4 * holds);
+                w.iter().flat_map(|v| v.to_le_bytes()).collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_state_records(
+            bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), record()],
+            seed in any::<u64>(),
+        ) {
+            let mut b = Bucket::new(1);
+            if b.decode(&bytes).is_some() {
+                exercise(&mut b, seed);
             }
         }
     }
