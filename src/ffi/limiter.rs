@@ -292,19 +292,26 @@ pub extern "C" fn qg_limiter_try_acquire(
     ffi_boundary! {
         let l = unsafe { try_ref(l, "limiter") }?;
         let key = unsafe { self::key(key) }?;
-        let wait_out = OutPtr::optional(wait_ms);
-        match l.limiter.try_acquire(key, cost) {
-            Ok(()) => {
-                if let Some(w) = wait_out { w.write(0) }
-                Ok(())
-            }
-            Err(crate::limiter::Error::WouldBlock { wait }) => {
-                if let Some(w) = wait_out { w.write(ceil_ms(wait)) }
-                Err(crate::limiter::Error::WouldBlock { wait }.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        report_wait(l.limiter.try_acquire(key, cost), OutPtr::optional(wait_ms))?;
+        Ok(())
     }
+}
+
+/// The answer of a call that never waits, with the wait it reports: 0 on admission, the
+/// wait rounded up to whole milliseconds on `WouldBlock`, nothing on other failures.
+fn report_wait<T>(
+    result: Result<T, crate::limiter::Error>,
+    wait_out: Option<OutPtr<u64>>,
+) -> Result<T, FfiError> {
+    let wait = match &result {
+        Ok(_) => Some(0),
+        Err(crate::limiter::Error::WouldBlock { wait }) => Some(ceil_ms(*wait)),
+        Err(_) => None,
+    };
+    if let (Some(w), Some(out)) = (wait, wait_out) {
+        out.write(w);
+    }
+    result.map_err(Into::into)
 }
 
 /// Writes to `*wait_ms` how long a call of `cost` units on `key`'s bucket would wait now,
@@ -397,19 +404,9 @@ pub extern "C" fn qg_limiter_try_hold(
         let l = unsafe { try_ref(l, "limiter") }?;
         let key = unsafe { self::key(key) }?;
         let out = OutPtr::new(out, "out")?;
-        let wait_out = OutPtr::optional(wait_ms);
-        match l.limiter.try_hold(key, cost) {
-            Ok(hold) => {
-                if let Some(w) = wait_out { w.write(0) }
-                out.write(to_box(qg_hold { _hold: hold }));
-                Ok(())
-            }
-            Err(crate::limiter::Error::WouldBlock { wait }) => {
-                if let Some(w) = wait_out { w.write(ceil_ms(wait)) }
-                Err(crate::limiter::Error::WouldBlock { wait }.into())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let hold = report_wait(l.limiter.try_hold(key, cost), OutPtr::optional(wait_ms))?;
+        out.write(to_box(qg_hold { _hold: hold }));
+        Ok(())
     }
 }
 
