@@ -1301,8 +1301,14 @@ impl Client {
         };
         let (end, by_deadline) = deadline::earlier(budget_end, cancel.deadline);
         let limiter_error = |e: limiter::Error, last: &ErrorDetails| match e {
-            limiter::Error::Timeout => match cancel.deadline {
-                Some(b) if by_deadline => b.error(Some("before the quota admits the call")),
+            limiter::Error::Timeout { frees_in } => match cancel.deadline {
+                Some(b) if by_deadline => b.error(Some(&match frees_in {
+                    Some(w) => format!(
+                        "before the quota admits the call: it frees a slot in {:.1} s",
+                        w.as_secs_f64()
+                    ),
+                    None => "before the quota admits the call".to_owned(),
+                })),
                 _ => throttled(last),
             },
             limiter::Error::Cancelled => Error::Cancelled,

@@ -126,7 +126,7 @@ impl FfiError {
 impl From<limiter::Error> for FfiError {
     fn from(e: limiter::Error) -> Self {
         let code = match &e {
-            limiter::Error::Timeout => QG_ERR_TIMEOUT,
+            limiter::Error::Timeout { .. } => QG_ERR_TIMEOUT,
             limiter::Error::WouldBlock { .. } => QG_ERR_WOULD_BLOCK,
             limiter::Error::Cancelled => QG_ERR_CANCELLED,
             limiter::Error::Closed => QG_ERR_CLOSED,

@@ -57,6 +57,9 @@ pub(crate) struct Waiter {
     state: AtomicU8,
     /// Admission instant, valid once admitted (under the bucket's lock).
     admitted_at: std::sync::atomic::AtomicU64,
+    /// When its deadline could not be met: how long until the quota would have admitted
+    /// it, in nanoseconds (0: unknown).
+    frees_in: std::sync::atomic::AtomicU64,
     /// Threads blocked in a wait on this waiter now (under the bucket's lock).
     pub(crate) active: std::sync::atomic::AtomicU32,
     pub(crate) wake: Condvar,
@@ -77,6 +80,7 @@ impl Waiter {
             deadline,
             state: AtomicU8::new(WaiterState::Waiting as u8),
             admitted_at: std::sync::atomic::AtomicU64::new(0),
+            frees_in: std::sync::atomic::AtomicU64::new(0),
             active: std::sync::atomic::AtomicU32::new(0),
             wake: Condvar::new(),
         }
@@ -92,6 +96,15 @@ impl Waiter {
 
     pub(crate) fn admitted_at(&self) -> Nanos {
         self.admitted_at.load(Ordering::Acquire)
+    }
+
+    /// A timed-out waiter's shortfall: how long after its failure the quota would have
+    /// admitted it, when its deadline could not be met.
+    pub(crate) fn frees_in(&self) -> Option<std::time::Duration> {
+        match self.frees_in.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
     }
 
     /// The id of the hold its admission made (0 for a plain admission or before it).
@@ -361,6 +374,7 @@ impl BucketState {
                 // Its deadline cannot be met: fail now rather than at the deadline.
                 self.queue.pop_front();
                 self.stats.timeouts += 1;
+                head.frees_in.store(at - now, Ordering::Release);
                 head.set_state(WaiterState::TimedOut);
                 head.wake.notify_one();
                 head_changed = true;

@@ -62,7 +62,12 @@ pub const MAX_HOLD_LEASE: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// The deadline passed, or could not be met, before admission.
-    Timeout,
+    Timeout {
+        /// When the deadline could not be met: how long after the failure the quota
+        /// would have admitted the call (through a store, a lower bound). `None` when the
+        /// deadline passed while the call waited behind others.
+        frees_in: Option<Duration>,
+    },
     /// `try_acquire` would have had to wait this long (at least).
     WouldBlock {
         /// The wait the call would need.
@@ -86,7 +91,16 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Timeout => f.write_str("the deadline passed before the quota admitted the call"),
+            Error::Timeout { frees_in: None } => {
+                f.write_str("the deadline passed before the quota admitted the call")
+            }
+            Error::Timeout {
+                frees_in: Some(wait),
+            } => write!(
+                f,
+                "the deadline cannot be met: the quota frees a slot in {:.1} s",
+                wait.as_secs_f64()
+            ),
             Error::WouldBlock { wait } => {
                 write!(
                     f,
@@ -920,12 +934,13 @@ impl std::fmt::Debug for Ticket {
     }
 }
 
-/// How a wait in `state` ended, or `None` while it goes on.
-fn outcome(state: WaiterState) -> Option<Result<Wait, Error>> {
+/// How a wait in `state` ended, or `None` while it goes on; `frees_in` is a timed-out
+/// wait's shortfall (see [`Error::Timeout`]).
+fn outcome(state: WaiterState, frees_in: Option<Duration>) -> Option<Result<Wait, Error>> {
     match state {
         WaiterState::Waiting => None,
         WaiterState::Admitted => Some(Ok(Wait::Admitted)),
-        WaiterState::TimedOut => Some(Err(Error::Timeout)),
+        WaiterState::TimedOut => Some(Err(Error::Timeout { frees_in })),
         WaiterState::Cancelled => Some(Err(Error::Cancelled)),
         WaiterState::Closed => Some(Err(Error::Closed)),
     }
@@ -962,7 +977,7 @@ impl Ticket {
         let result = loop {
             let now = st.clock(clock.now());
             let head_at = st.pump(now);
-            if let Some(done) = outcome(waiter.state()) {
+            if let Some(done) = outcome(waiter.state(), waiter.frees_in()) {
                 break done;
             }
             // The timer (the first waiter with a thread on it) sleeps until the head's

@@ -233,6 +233,7 @@ impl Shared {
             started_at: now,
             deadline: timeout.map(|t| started + t),
             outcome: Mutex::new((WaiterState::Waiting, None)),
+            frees_in: Mutex::new(None),
             plan: Mutex::new(Plan {
                 next: None,
                 bell: 0,
@@ -352,6 +353,9 @@ pub(crate) struct SharedTicket {
     deadline: Option<Instant>,
     /// The state, and once admitted the admission.
     outcome: Mutex<(WaiterState, Option<Admitted>)>,
+    /// When the deadline could not be met: how long until the store would have admitted
+    /// the call (a lower bound).
+    frees_in: Mutex<Option<Duration>>,
     /// When to ask the store again, kept across slices of the wait.
     plan: Mutex<Plan>,
 }
@@ -442,7 +446,7 @@ impl SharedTicket {
             if self.shared.is_closed() {
                 self.finish(WaiterState::Closed);
             }
-            if let Some(done) = super::outcome(self.state()) {
+            if let Some(done) = super::outcome(self.state(), *self.frees_in.lock()) {
                 return done;
             }
             let now = Instant::now();
@@ -521,6 +525,7 @@ impl SharedTicket {
                 self.plan.lock().retry = RETRY_FIRST;
                 if self.deadline.is_some_and(|d| now + wait > d) {
                     // The deadline cannot be met: fail now rather than at the deadline.
+                    *self.frees_in.lock() = Some(wait);
                     self.finish(WaiterState::TimedOut);
                     return Ok(None);
                 }
@@ -687,7 +692,9 @@ mod tests {
         let started = Instant::now();
         assert_eq!(
             l.acquire("k", 1, Some(Duration::from_secs(1))),
-            Err(Error::Timeout)
+            Err(Error::Timeout {
+                frees_in: Some(Duration::from_secs(30))
+            })
         );
         assert!(started.elapsed() < Duration::from_millis(500));
         assert_eq!(store.leaves.load(Ordering::SeqCst), 1);

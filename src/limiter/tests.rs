@@ -205,10 +205,19 @@ fn an_unmeetable_deadline_fails_at_once() {
     let started = Instant::now();
     assert_eq!(
         l.acquire("k", 1, Some(Duration::from_millis(500))),
-        Err(Error::Timeout)
+        Err(Error::Timeout {
+            frees_in: Some(Duration::from_secs(1))
+        })
+    );
+    let e = l
+        .acquire("k", 1, Some(Duration::from_millis(500)))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the deadline cannot be met: the quota frees a slot in 1.0 s"
     );
     assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(l.stats("k").timeouts, 1);
+    assert_eq!(l.stats("k").timeouts, 2);
 }
 
 #[test]
@@ -222,7 +231,12 @@ fn a_queued_waiter_times_out_at_its_deadline_and_the_rest_keep_their_order() {
     assert_eq!(a.poll(), Ok(Wait::Admitted));
     assert_eq!(c.poll(), Ok(Wait::Pending));
     // b is now head and needs 200 ms > its deadline of 150 ms: it fails now.
-    assert_eq!(b.poll(), Err(Error::Timeout));
+    assert_eq!(
+        b.poll(),
+        Err(Error::Timeout {
+            frees_in: Some(Duration::from_millis(100))
+        })
+    );
     clock.advance(Duration::from_millis(100));
     assert_eq!(c.poll(), Ok(Wait::Admitted));
 }
@@ -746,7 +760,9 @@ fn a_deadline_behind_holds_fails_at_once_when_a_window_cannot_pass_in_time() {
     // The hold ends at the earliest now, and its unit then counts for a window.
     assert_eq!(
         l.acquire("k", 1, Some(Duration::from_millis(50))),
-        Err(Error::Timeout)
+        Err(Error::Timeout {
+            frees_in: Some(Duration::from_millis(100))
+        })
     );
     assert_eq!(l.stats("k").timeouts, 1);
 }

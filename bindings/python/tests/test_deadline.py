@@ -19,9 +19,12 @@ def test_a_deadline_shorter_than_the_quota_wait_raises_timeout_error(sim: Simula
     with make_client(sim, rates=[(1, 10)]) as api:
         api.get("/api/machines")
         started = time.monotonic()
-        with pytest.raises(quotagate.TimeoutError, match="deadline of 1.000 s"):
+        with pytest.raises(quotagate.TimeoutError, match="deadline of 1.000 s") as info:
             api.get("/api/machines", deadline=1)
         assert time.monotonic() - started < 1.2
+        # ... and says when the quota frees a slot: about 10 s after the first call.
+        seconds = float(str(info.value).split("frees a slot in ")[1].split(" s")[0])
+        assert 8.5 < seconds <= 10.0, str(info.value)
         # Without a deadline the quota-wait budget decides, and says so.
     with make_client(sim, rates=[(1, 10)], max_quota_wait=0.2) as api:
         api.get("/api/machines", deadline=5)
