@@ -309,6 +309,43 @@ function ConvertFrom-QgJson {
     ConvertFrom-Json -InputObject $Json -Depth 100 -AsHashtable:$AsHashtable
 }
 
+# Maps of the library's statistics JSON whose keys are data (bucket keys, route classes,
+# HTTP statuses) rather than field names.
+$script:QgDataMaps = @('buckets', 'in_flight_peaks', 'by_status', 'max_in_window', 'max_in_flight')
+
+# 'total_wait_ms' -> 'TotalWaitMs': the names of the limiter's BucketStatistics.
+function ConvertTo-QgPascalName {
+    param([string]$Name)
+    -join @($Name -split '_' | Where-Object { $_ } | ForEach-Object {
+            $_.Substring(0, 1).ToUpperInvariant() + $_.Substring(1)
+        })
+}
+
+# Statistics parsed from the library's JSON (with -AsHashtable), named as the limiter's
+# are: each object's fields in PascalCase, the data maps kept as dictionaries with their
+# keys as they are.
+function ConvertTo-QgStatistics {
+    param($Value, [switch]$KeysAreData)
+    if ($Value -is [System.Collections.IDictionary]) {
+        if ($KeysAreData) {
+            foreach ($key in @($Value.Keys)) {
+                $Value[$key] = ConvertTo-QgStatistics $Value[$key]
+            }
+            return $Value
+        }
+        $fields = [ordered]@{}
+        foreach ($key in $Value.Keys) {
+            $isData = $key -in $script:QgDataMaps
+            $fields[(ConvertTo-QgPascalName $key)] = ConvertTo-QgStatistics $Value[$key] -KeysAreData:$isData
+        }
+        return [pscustomobject]$fields
+    }
+    if ($Value -is [System.Collections.IList]) {
+        return , @(foreach ($item in $Value) { ConvertTo-QgStatistics $item })
+    }
+    $Value
+}
+
 # ----- connecting ---------------------------------------------------------------------------
 
 <#
@@ -809,16 +846,16 @@ function Get-QgContext {
             return
         }
         try {
-            $stats = ConvertFrom-QgJson $target.StatisticsJson() -AsHashtable
+            $stats = ConvertTo-QgStatistics (ConvertFrom-QgJson $target.StatisticsJson() -AsHashtable)
         } catch {
             Write-QgLog
             $PSCmdlet.ThrowTerminatingError((ConvertTo-QgErrorRecord $_ -Target $target))
         }
         # One object per bucket, with the fields the library reports for it.
-        $buckets = foreach ($key in $stats['buckets'].Keys) {
+        $buckets = foreach ($key in $stats.Buckets.Keys) {
             $bucket = [pscustomobject]@{ PSTypeName = 'QuotaGate.BucketUse'; Key = $key }
-            foreach ($entry in $stats['buckets'][$key].GetEnumerator()) {
-                $bucket | Add-Member -NotePropertyName $entry.Key -NotePropertyValue $entry.Value
+            foreach ($field in $stats.Buckets[$key].PSObject.Properties) {
+                $bucket | Add-Member -NotePropertyName $field.Name -NotePropertyValue $field.Value
             }
             $bucket
         }
@@ -1480,7 +1517,9 @@ With -Limiter, returns a snapshot of the key's bucket: calls admitted and refuse
 timeouts, cancellations, pauses, the queue, and the use of each window. Otherwise
 returns the client's counters (requests, retries, throttled answers, token requests)
 and its buckets, for the given client or the session's default one. With -Simulator,
-returns what the simulator counted (requests, 429s, peaks per window).
+returns what the simulator counted (requests, 429s, peaks per window). Every field is
+named in PascalCase (TotalWaitMs, TokenRequests, ByStatus); maps keyed by data (bucket
+keys, route classes, HTTP statuses) are dictionaries with their keys as they are.
 
 .PARAMETER Limiter
 The limiter whose bucket to read.
@@ -1498,7 +1537,7 @@ A simulator from Start-QgSimulator.
 Get-QgStatistics -Limiter $limiter -Key 'isolate'
 
 .EXAMPLE
-(Get-QgStatistics).buckets
+(Get-QgStatistics).Buckets
 
 .EXAMPLE
 Get-QgStatistics -Simulator $sim
@@ -1527,8 +1566,13 @@ function Get-QgStatistics {
         try {
             switch ($PSCmdlet.ParameterSetName) {
                 'Limiter' { $Limiter.GetStatistics($Key) }
-                'Simulator' { ConvertFrom-QgJson $Simulator.StatisticsJson() }
-                default { ConvertFrom-QgJson (Resolve-QgClient $Client).StatisticsJson() }
+                'Simulator' {
+                    ConvertTo-QgStatistics (ConvertFrom-QgJson $Simulator.StatisticsJson() -AsHashtable)
+                }
+                default {
+                    $json = (Resolve-QgClient $Client).StatisticsJson()
+                    ConvertTo-QgStatistics (ConvertFrom-QgJson $json -AsHashtable)
+                }
             }
             Write-QgLog
         } catch {

@@ -261,7 +261,7 @@ Describe 'Connect-QgDefender with the client builder''s settings' {
         Connect-QgDefender -Simulator $script:Sim -Rate 7, 60 -Route @{ 'GET /api/alerts' = '3/1m' }
         Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
         Invoke-QgRequest /api/alerts -Query @{ '$top' = 1 } | Out-Null
-        $calls = (Get-QgContext).Buckets.windows.calls
+        $calls = (Get-QgContext).Buckets.Windows.Calls
         $calls | Should -Contain 7
         $calls | Should -Contain 3
         $calls | Should -Not -Contain 100
@@ -270,13 +270,13 @@ Describe 'Connect-QgDefender with the client builder''s settings' {
     It 'widens the windows by -MarginMs' {
         Connect-QgDefender -Simulator $script:Sim -Rate 50, 1 -MarginMs 250
         Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
-        (Get-QgContext).Buckets.windows.window_ms | Should -Contain 1250
+        (Get-QgContext).Buckets.Windows.WindowMs | Should -Contain 1250
     }
 
     It 'caps the calls under way with -MaxInFlight' {
         Connect-QgDefender -Simulator $script:Sim -Route @{ 'GET /api/machines' = '50/1m' } -MaxInFlight @{ 'GET /api/machines' = 2 }
         Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
-        (Get-QgStatistics).in_flight_peaks.PSObject.Properties.Value | Should -Contain 1
+        (Get-QgStatistics).InFlightPeaks.Values | Should -Contain 1
     }
 
     It 'passes the library''s refusal of a bad in-flight cap on' {
@@ -455,10 +455,10 @@ Describe 'Invoke-QgRequest' {
     }
 
     It 'streams -All so that Select-Object -First stops early' {
-        $before = (Get-QgStatistics -Simulator $script:Sim).requests
+        $before = (Get-QgStatistics -Simulator $script:Sim).Requests
         $first = Invoke-QgRequest /api/machines -Query @{ '$top' = 10 } -All | Select-Object -First 3
         $first.Count | Should -Be 3
-        ((Get-QgStatistics -Simulator $script:Sim).requests - $before) | Should -BeLessOrEqual 2
+        ((Get-QgStatistics -Simulator $script:Sim).Requests - $before) | Should -BeLessOrEqual 2
     }
 
     It 'sends a hashtable body as JSON' {
@@ -920,12 +920,29 @@ Describe 'Get-QgStatistics' {
         Connect-QgDefender -Simulator $script:Sim | Out-Null
         Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
         $stats = Get-QgStatistics
-        $stats.requests | Should -BeGreaterThan 0
-        $stats.PSObject.Properties.Name | Should -Contain 'buckets'
+        $stats.Requests | Should -BeGreaterThan 0
+        $stats.PSObject.Properties.Name | Should -Contain 'Buckets'
     }
 
     It 'reads a simulator''s counters' {
-        (Get-QgStatistics -Simulator $script:Sim).requests | Should -BeGreaterThan 0
+        (Get-QgStatistics -Simulator $script:Sim).Requests | Should -BeGreaterThan 0
+    }
+
+    It 'names every field of every statistics object in PascalCase, as the limiter''s' {
+        Connect-QgDefender -Simulator $script:Sim | Out-Null
+        Invoke-QgRequest /api/machines -Query @{ '$top' = 1 } | Out-Null
+        $client = Get-QgStatistics
+        $sim = Get-QgStatistics -Simulator $script:Sim
+        $bucket = @($client.Buckets.Values)[0]
+        $names = @($client.PSObject.Properties.Name) + @($sim.PSObject.Properties.Name) +
+            @($bucket.PSObject.Properties.Name) + @($bucket.Windows[0].PSObject.Properties.Name)
+        foreach ($name in $names) {
+            $name | Should -MatchExactly '^[A-Z][A-Za-z0-9]*$'
+        }
+        $client.TokenRequests | Should -BeGreaterThan 0
+        $bucket.Windows[0].WindowMs | Should -BeGreaterThan 0
+        # The keys of data maps (bucket keys, statuses) are kept as they are.
+        $sim.ByStatus['200'] | Should -BeGreaterThan 0
     }
 }
 
