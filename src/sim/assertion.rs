@@ -71,28 +71,14 @@ pub(crate) fn verify(
     seen: &mut HashMap<String, i64>,
     now: i64,
 ) -> Result<String, Refusal> {
-    let malformed = || refuse(50027, "JWT token is invalid or malformed.");
-    let mut parts = assertion.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(malformed());
-    };
-    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|_| malformed());
-    let json = |p: &str| -> Result<Value, Refusal> {
-        serde_json::from_slice(&decode(p)?).map_err(|_| malformed())
-    };
-    let (header, claims, signature) = (json(h)?, json(c)?, decode(s)?);
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let number = |k: &str| claims.get(k).and_then(Value::as_i64);
-
-    let iss = text(&claims, "iss").unwrap_or_default();
+    let jwt = Jwt::parse(assertion)?;
+    let iss = jwt.claim("iss").unwrap_or_default();
     let client_id = if client_id.is_empty() {
         iss.clone()
     } else {
         client_id.to_owned()
     };
-    if iss != client_id || text(&claims, "sub").as_deref() != Some(client_id.as_str()) {
+    if iss != client_id || jwt.claim("sub").as_deref() != Some(client_id.as_str()) {
         return Err(refuse(
             700021,
             "Client assertion application identifier doesn't match 'client_id' parameter.",
@@ -107,81 +93,147 @@ pub(crate) fn verify(
             ),
         ));
     }
-    let (alg, thumb_name): (&dyn rustls_pki_types::SignatureVerificationAlgorithm, _) =
-        match text(&header, "alg").as_deref() {
-            Some("PS256") => (
-                webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
-                "x5t#S256",
-            ),
-            Some("RS256") => (webpki::ring::RSA_PKCS1_2048_8192_SHA256, "x5t"),
-            other => {
-                return Err(refuse(
-                    700027,
-                    format!("Client assertion uses an unsupported algorithm {other:?}."),
-                ));
-            }
-        };
-    let thumb = text(&header, thumb_name)
-        .or_else(|| text(&header, "x5t#S256"))
-        .or_else(|| text(&header, "x5t"))
-        .unwrap_or_default();
-    let Some(cert) = registered
-        .iter()
-        .find(|r| r.x5t_s256 == thumb || r.x5t == thumb)
-    else {
-        return Err(refuse(
-            700027,
-            format!(
-                "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"
-            ),
-        ));
-    };
-    let der = CertificateDer::from(cert.der.as_slice());
-    let ee = webpki::EndEntityCert::try_from(&der).map_err(|_| malformed())?;
-    let signed = &assertion[..h.len() + 1 + c.len()];
-    if ee
-        .verify_signature(alg, signed.as_bytes(), &signature)
-        .is_err()
-    {
-        return Err(refuse(
-            700027,
-            "Client assertion contains an invalid signature. [Reason - The signature does not match the registered certificate.]",
-        ));
-    }
+    let cert = jwt.signer(&registered)?;
     if now < cert.not_before || now >= cert.not_after {
         return Err(refuse(
             700027,
             "Client assertion contains an invalid signature. [Reason - The key used is expired.]",
         ));
     }
-    if text(&claims, "aud").as_deref() != Some(audience) {
-        return Err(refuse(
-            700023,
-            format!(
-                "Client assertion audience claim does not match the token endpoint '{audience}'."
-            ),
-        ));
-    }
-    let (Some(exp), Some(nbf)) = (number("exp"), number("nbf")) else {
-        return Err(refuse(700024, "Client assertion has no exp or nbf claim."));
-    };
-    if now >= exp || now < nbf {
-        return Err(refuse(
-            700024,
-            "Client assertion is not within its valid time range.",
-        ));
-    }
-    let Some(jti) = text(&claims, "jti").filter(|j| !j.is_empty()) else {
-        return Err(refuse(50027, "Client assertion has no jti claim."));
-    };
-    seen.retain(|_, &mut e| e > now);
-    if seen.insert(jti, exp).is_some() {
-        return Err(refuse(
-            50027,
-            "The client assertion was already used: its jti was seen before.",
-        ));
-    }
+    jwt.check_claims(audience, seen, now)?;
     Ok(client_id)
+}
+
+/// A client assertion's parts, decoded.
+struct Jwt<'a> {
+    header: Value,
+    claims: Value,
+    signature: Vec<u8>,
+    /// The signed text: header and claims as sent.
+    signed: &'a str,
+}
+
+fn malformed() -> Refusal {
+    refuse(50027, "JWT token is invalid or malformed.")
+}
+
+impl<'a> Jwt<'a> {
+    fn parse(assertion: &'a str) -> Result<Self, Refusal> {
+        let mut parts = assertion.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|_| malformed());
+        let json = |p: &str| -> Result<Value, Refusal> {
+            serde_json::from_slice(&decode(p)?).map_err(|_| malformed())
+        };
+        Ok(Self {
+            header: json(h)?,
+            claims: json(c)?,
+            signature: decode(s)?,
+            signed: &assertion[..h.len() + 1 + c.len()],
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.header
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    fn claim(&self, name: &str) -> Option<String> {
+        self.claims
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
+    /// The registered certificate whose key signed the assertion.
+    fn signer<'r>(&self, registered: &'r [Registered]) -> Result<&'r Registered, Refusal> {
+        let (alg, thumb_name): (&dyn rustls_pki_types::SignatureVerificationAlgorithm, _) =
+            match self.header("alg").as_deref() {
+                Some("PS256") => (
+                    webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+                    "x5t#S256",
+                ),
+                Some("RS256") => (webpki::ring::RSA_PKCS1_2048_8192_SHA256, "x5t"),
+                other => {
+                    return Err(refuse(
+                        700027,
+                        format!("Client assertion uses an unsupported algorithm {other:?}."),
+                    ));
+                }
+            };
+        let thumb = self
+            .header(thumb_name)
+            .or_else(|| self.header("x5t#S256"))
+            .or_else(|| self.header("x5t"))
+            .unwrap_or_default();
+        let Some(cert) = registered
+            .iter()
+            .find(|r| r.x5t_s256 == thumb || r.x5t == thumb)
+        else {
+            return Err(refuse(
+                700027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"
+                ),
+            ));
+        };
+        let der = CertificateDer::from(cert.der.as_slice());
+        let ee = webpki::EndEntityCert::try_from(&der).map_err(|_| malformed())?;
+        if ee
+            .verify_signature(alg, self.signed.as_bytes(), &self.signature)
+            .is_err()
+        {
+            return Err(refuse(
+                700027,
+                "Client assertion contains an invalid signature. [Reason - The signature does not match the registered certificate.]",
+            ));
+        }
+        Ok(cert)
+    }
+
+    /// Checks the audience, the time range and that the `jti` is new (recording it).
+    fn check_claims(
+        &self,
+        audience: &str,
+        seen: &mut HashMap<String, i64>,
+        now: i64,
+    ) -> Result<(), Refusal> {
+        if self.claim("aud").as_deref() != Some(audience) {
+            return Err(refuse(
+                700023,
+                format!(
+                    "Client assertion audience claim does not match the token endpoint '{audience}'."
+                ),
+            ));
+        }
+        let number = |k: &str| self.claims.get(k).and_then(Value::as_i64);
+        let (Some(exp), Some(nbf)) = (number("exp"), number("nbf")) else {
+            return Err(refuse(700024, "Client assertion has no exp or nbf claim."));
+        };
+        if now >= exp || now < nbf {
+            return Err(refuse(
+                700024,
+                "Client assertion is not within its valid time range.",
+            ));
+        }
+        let Some(jti) = self.claim("jti").filter(|j| !j.is_empty()) else {
+            return Err(refuse(50027, "Client assertion has no jti claim."));
+        };
+        seen.retain(|_, &mut e| e > now);
+        if seen.insert(jti, exp).is_some() {
+            return Err(refuse(
+                50027,
+                "The client assertion was already used: its jti was seen before.",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `notBefore` and `notAfter` of a DER certificate, as Unix seconds.

@@ -75,76 +75,15 @@ pub(crate) fn read_request(
     interim: &mut impl Write,
     max_body: u64,
 ) -> Result<Option<Request>, ReadError> {
-    // The head (request line and headers) is framed here and parsed by httparse, the
-    // parser hyper uses; bodies are framed below.
-    let mut head = Vec::new();
-    loop {
-        let limit = (MAX_HEAD - head.len()) as u64 + 1;
-        let n = reader.by_ref().take(limit).read_until(b'\n', &mut head)?;
-        if n == 0 {
-            return if head.is_empty() {
-                Ok(None)
-            } else {
-                Err(ReadError::Io)
-            };
-        }
-        if head.len() > MAX_HEAD {
-            return Err(malformed(431, "Request Header Fields Too Large"));
-        }
-        if head.last() != Some(&b'\n') {
-            return Err(ReadError::Io);
-        }
-        // A client may send empty lines before a request line (RFC 9112, 2.2).
-        if head == b"\r\n" || head == b"\n" {
-            head.clear();
-            continue;
-        }
-        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
-            break;
-        }
-    }
-    let mut slots = [httparse::EMPTY_HEADER; 100];
-    let mut parsed = httparse::Request::new(&mut slots);
-    match parsed.parse(&head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(malformed(400, "Bad Request")),
-        Err(httparse::Error::Version) => {
-            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-            return Err(if line.windows(5).any(|w| w == b"HTTP/") {
-                malformed(505, "HTTP Version Not Supported")
-            } else {
-                malformed(400, "Bad Request")
-            });
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(malformed(431, "Request Header Fields Too Large"));
-        }
-        Err(_) => return Err(malformed(400, "Bad Request")),
-    }
-    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
-    else {
-        return Err(malformed(400, "Bad Request"));
+    let Some(head) = read_head(reader)? else {
+        return Ok(None);
     };
-    let http10 = version == 0;
-    let mut headers = Vec::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let value = std::str::from_utf8(h.value).map_err(|_| malformed(400, "Bad Request"))?;
-        headers.push((h.name.to_owned(), value.trim().to_owned()));
-    }
-
-    let mut request = Request {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        headers,
-        body: Vec::new(),
-        keep_alive: false,
-    };
+    let (mut request, http10) = parse_head(&head)?;
     request.keep_alive = if http10 {
         request.lists("Connection", "keep-alive")
     } else {
         !request.lists("Connection", "close")
     };
-
     let chunked = match request.header("Transfer-Encoding") {
         None => false,
         Some(te)
@@ -173,6 +112,78 @@ pub(crate) fn read_request(
         read_body(reader, length, &mut request.body, max_body)?;
     }
     Ok(Some(request))
+}
+
+/// Reads a request's head (request line and headers, up to the empty line), skipping
+/// empty lines before it. `Ok(None)` when the connection closed before any.
+fn read_head(reader: &mut impl BufRead) -> Result<Option<Vec<u8>>, ReadError> {
+    // The head is framed here and parsed by httparse, the parser hyper uses; bodies are
+    // framed by read_request.
+    let mut head = Vec::new();
+    loop {
+        let limit = (MAX_HEAD - head.len()) as u64 + 1;
+        let n = reader.by_ref().take(limit).read_until(b'\n', &mut head)?;
+        if n == 0 {
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::Io)
+            };
+        }
+        if head.len() > MAX_HEAD {
+            return Err(malformed(431, "Request Header Fields Too Large"));
+        }
+        if head.last() != Some(&b'\n') {
+            return Err(ReadError::Io);
+        }
+        // A client may send empty lines before a request line (RFC 9112, 2.2).
+        if head == b"\r\n" || head == b"\n" {
+            head.clear();
+            continue;
+        }
+        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
+            return Ok(Some(head));
+        }
+    }
+}
+
+/// Parses a head into a request without a body, and whether it is HTTP/1.0.
+fn parse_head(head: &[u8]) -> Result<(Request, bool), ReadError> {
+    let mut slots = [httparse::EMPTY_HEADER; 100];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(malformed(400, "Bad Request")),
+        Err(httparse::Error::Version) => {
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            return Err(if line.windows(5).any(|w| w == b"HTTP/") {
+                malformed(505, "HTTP Version Not Supported")
+            } else {
+                malformed(400, "Bad Request")
+            });
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(malformed(431, "Request Header Fields Too Large"));
+        }
+        Err(_) => return Err(malformed(400, "Bad Request")),
+    }
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(malformed(400, "Bad Request"));
+    };
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value).map_err(|_| malformed(400, "Bad Request"))?;
+        headers.push((h.name.to_owned(), value.trim().to_owned()));
+    }
+    let request = Request {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers,
+        body: Vec::new(),
+        keep_alive: false,
+    };
+    Ok((request, version == 0))
 }
 
 /// Reads `length` bytes, keeping those that fit under `max_body`.

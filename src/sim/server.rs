@@ -181,6 +181,18 @@ pub(crate) struct State {
     isolated_at: HashMap<String, Instant>,
 }
 
+impl State {
+    /// Counts a call of `class` in flight (and its peak); returns the class to leave.
+    fn enter(&mut self, class: &'static str) -> &'static str {
+        let n = self.in_flight.entry(class).or_default();
+        *n += 1;
+        let n = *n;
+        let max = self.max_in_flight.entry(class.to_owned()).or_default();
+        *max = (*max).max(n);
+        class
+    }
+}
+
 /// The simulator's state and configuration, shared by its workers.
 pub(crate) struct Core {
     pub config: SimConfig,
@@ -260,83 +272,46 @@ impl Core {
         let st = &mut *st;
         let now = Instant::now();
         let request_id = new_uuid(&mut st.id_rng);
+        let faults = Drawn::draw(st, &route);
 
-        let faults = &st.live.faults;
-        let faulty = match route {
-            Route::Unrouted => false,
-            Route::Token { .. } => faults.token_endpoint,
-            _ => true,
-        };
-        let (rate_503, rate_reset, latency) =
-            (faults.error_503_rate, faults.reset_rate, faults.latency);
-        // Draw only for rates in use, so that a seed replays the same faults.
-        let fail_503 = faulty && rate_503 > 0.0 && st.fault_rng.f64() < rate_503;
-        let reset = faulty && rate_reset > 0.0 && st.fault_rng.f64() < rate_reset && !fail_503;
+        let mut entry = LogEntry::of(rq, class, now - self.start, faults.reset);
 
-        let mut entry = LogEntry {
-            instant: now - self.start,
-            inbound_delay: rq.inbound_delay,
-            method: rq.method.to_owned(),
-            path: rq.url.to_owned(),
-            status: 0,
-            class: class.to_owned(),
-            client_id: None,
-            reset,
-            counted: false,
-            retry_after: None,
-        };
-
-        let reply = if fail_503 {
-            Reply::error(
+        let reply = match &route {
+            _ if faults.fail_503 => Reply::error(
                 503,
                 "ServiceUnavailable",
                 "The service is temporarily unavailable. Please retry later.",
                 &request_id,
-            )
-        } else {
-            match &route {
-                Route::Unrouted => Reply::error(
-                    404,
-                    "NotFound",
-                    &format!("No endpoint matches {} {path}", rq.method),
-                    &request_id,
-                ),
-                Route::Token { tenant, v2 } => {
-                    let url = format!("{}{path}", self.base_url);
-                    self.token(st, tenant, *v2, &url, rq.body, now, &request_id, &mut entry)
-                }
-                _ => self.api(st, &route, query, rq, path, now, &request_id, &mut entry),
+            ),
+            Route::Unrouted => Reply::error(
+                404,
+                "NotFound",
+                &format!("No endpoint matches {} {path}", rq.method),
+                &request_id,
+            ),
+            Route::Token { tenant, v2 } => {
+                let url = format!("{}{path}", self.base_url);
+                let call = TokenCall {
+                    tenant,
+                    v2: *v2,
+                    url: &url,
+                    body: rq.body,
+                };
+                self.token(st, &call, now, &request_id, &mut entry)
             }
+            _ => self.api(st, &route, query, rq, path, now, &request_id, &mut entry),
         };
 
         entry.status = reply.status;
         st.log.push(entry);
-        let in_flight =
-            (matches!(route, Route::LiveResponse(_)) && reply.status == 201).then(|| {
-                let n = st.in_flight.entry(class).or_default();
-                *n += 1;
-                let n = *n;
-                let max = st.max_in_flight.entry(class.to_owned()).or_default();
-                *max = (*max).max(n);
-                class
-            });
-
-        let mut headers = reply.headers;
-        headers.push(("Content-Type", "application/json; charset=utf-8".to_owned()));
-        headers.push(("request-id", request_id.clone()));
-        headers.push((
-            "client-request-id",
-            rq.client_request_id
-                .map(str::to_owned)
-                .unwrap_or_else(|| request_id.clone()),
-        ));
-        headers.push(("x-ms-correlation-id", request_id));
+        let in_flight = (matches!(route, Route::LiveResponse(_)) && reply.status == 201)
+            .then(|| st.enter(class));
         Outgoing {
             status: reply.status,
-            headers,
+            headers: answer_headers(reply.headers, rq.client_request_id, request_id),
             body: reply.body,
-            delay: reply.delay + latency,
-            reset,
+            delay: reply.delay + faults.latency,
+            reset: faults.reset,
             in_flight,
         }
     }
@@ -380,125 +355,147 @@ impl Core {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The token endpoint: counts the call in the token class, authenticates the client
+    /// (secret or assertion) and issues the token.
     fn token(
         &self,
         st: &mut State,
-        tenant: &str,
-        v2: bool,
-        token_url: &str,
-        body: &[u8],
+        call: &TokenCall<'_>,
         now: Instant,
         request_id: &str,
         entry: &mut LogEntry,
     ) -> Reply {
-        let form = parse_form(body);
-        let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-        let mut client_id = field("client_id").to_owned();
-        let aad = |status: u16, error: &str, code: u32, text: &str| {
-            aad_error(status, error, code, text, request_id)
-        };
-
-        if self.admit(st, &client_id, CLASS_TOKEN, now, entry).is_err() {
+        let form = parse_form(call.body);
+        let client_id = form.get("client_id").map_or("", String::as_str);
+        if self.admit(st, client_id, CLASS_TOKEN, now, entry).is_err() {
             let wait = entry.retry_after.unwrap_or_default();
-            return aad(
+            return aad_error(
                 429,
                 "temporarily_unavailable",
                 50196,
                 "The server terminated an operation because it encountered a client request loop. Please contact your app vendor.",
+                request_id,
             )
             .header("Retry-After", ceil_secs(wait).to_string())
             .header("retry-after-ms", ceil_millis(wait).to_string());
         }
+        match self.authenticate_client(st, call, &form) {
+            Ok(client_id) => self.issue(st, &client_id, call.v2, &form, now, request_id),
+            Err(r) => aad_error(r.status, r.error, r.code, &r.text, request_id),
+        }
+    }
 
+    /// Checks the grant and the tenant, then the client's assertion or secret; returns
+    /// the client's id.
+    fn authenticate_client(
+        &self,
+        st: &mut State,
+        call: &TokenCall<'_>,
+        form: &HashMap<String, String>,
+    ) -> Result<String, Refusal> {
+        let field = |name: &str| form.get(name).map_or("", String::as_str);
         if field("grant_type") != "client_credentials" {
-            return aad(
+            return Err(Refusal::new(
                 400,
                 "unsupported_grant_type",
                 70003,
                 "The app requested an unsupported grant type; the simulator serves client_credentials only.",
-            );
+            ));
         }
-        if !tenant.eq_ignore_ascii_case(&self.config.tenant_id) {
-            return aad(
+        if !call.tenant.eq_ignore_ascii_case(&self.config.tenant_id) {
+            return Err(Refusal::new(
                 400,
                 "invalid_request",
                 90002,
-                &format!("Tenant '{tenant}' not found."),
-            );
+                format!("Tenant '{}' not found.", call.tenant),
+            ));
         }
-        if let Some(assertion) = form.get("client_assertion") {
-            if field("client_assertion_type")
-                != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-            {
-                return aad(
-                    400,
-                    "invalid_request",
-                    50027,
-                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
-                );
-            }
-            let now_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            let certificates = |id: &str| {
-                self.certificates
-                    .iter()
-                    .filter(|(c, _)| c == id)
-                    .map(|(_, r)| r.clone())
-                    .collect()
-            };
-            match super::assertion::verify(
-                assertion,
-                &client_id,
-                token_url,
-                &certificates,
-                &mut st.seen_jti,
-                now_unix,
-            ) {
-                Ok(id) => client_id = id,
-                Err(r) => return aad(401, "invalid_client", r.code, &r.text),
-            }
-            return self.issue(st, &client_id, v2, &form, now, request_id);
+        match form.get("client_assertion") {
+            Some(assertion) => self.check_assertion(st, call, assertion, form),
+            None => self.check_secret(call.tenant, field("client_id"), form.get("client_secret")),
         }
+    }
+
+    /// Verifies a client assertion (a JWT signed with a registered certificate).
+    fn check_assertion(
+        &self,
+        st: &mut State,
+        call: &TokenCall<'_>,
+        assertion: &str,
+        form: &HashMap<String, String>,
+    ) -> Result<String, Refusal> {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(Refusal::new(
+                400,
+                "invalid_request",
+                50027,
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            ));
+        }
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let certificates = |id: &str| {
+            self.certificates
+                .iter()
+                .filter(|(c, _)| c == id)
+                .map(|(_, r)| r.clone())
+                .collect()
+        };
+        let client_id = form.get("client_id").map_or("", String::as_str);
+        super::assertion::verify(
+            assertion,
+            client_id,
+            call.url,
+            &certificates,
+            &mut st.seen_jti,
+            now_unix,
+        )
+        .map_err(|r| Refusal::new(401, "invalid_client", r.code, r.text))
+    }
+
+    /// Checks a client id and secret against the registered apps.
+    fn check_secret(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        given: Option<&String>,
+    ) -> Result<String, Refusal> {
         if client_id.is_empty() {
-            return aad(
+            return Err(Refusal::new(
                 400,
                 "invalid_request",
                 900144,
                 "The request body must contain the following parameter: 'client_id'.",
-            );
+            ));
         }
-        let Some(secret) = self.secret_of(&client_id) else {
-            return aad(
+        let Some(secret) = self.secret_of(client_id) else {
+            return Err(Refusal::new(
                 400,
                 "unauthorized_client",
                 700016,
-                &format!(
+                format!(
                     "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
                 ),
-            );
+            ));
         };
-        match form.get("client_secret") {
-            None => {
-                return aad(
-                    401,
-                    "invalid_client",
-                    7000216,
-                    "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
-                );
-            }
-            Some(given) if given != secret => {
-                return aad(
-                    401,
-                    "invalid_client",
-                    7000215,
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-                );
-            }
-            Some(_) => {}
+        match given {
+            None => Err(Refusal::new(
+                401,
+                "invalid_client",
+                7000216,
+                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+            )),
+            Some(given) if given != secret => Err(Refusal::new(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+            )),
+            Some(_) => Ok(client_id.to_owned()),
         }
-        self.issue(st, &client_id, v2, &form, now, request_id)
     }
 
     /// The token answer once the client is authenticated: checks the scope (v2) or
@@ -755,26 +752,9 @@ impl Core {
         now: Instant,
         request_id: &str,
     ) -> Reply {
-        let body: Value = match serde_json::from_slice(body) {
-            Ok(Value::Object(map)) => Value::Object(map),
-            _ => return invalid_body("The body must be a JSON object.", request_id),
-        };
-        let Some(comment) = body.get("Comment").and_then(Value::as_str) else {
-            return invalid_body("Comment is required.", request_id);
-        };
-        let kind = match body.get("IsolationType") {
-            None | Some(Value::Null) => "Full",
-            Some(Value::String(s))
-                if ["Full", "Selective", "UnManagedDevice"].contains(&s.as_str()) =>
-            {
-                s.as_str()
-            }
-            Some(_) => {
-                return invalid_body(
-                    "IsolationType must be Full, Selective or UnManagedDevice.",
-                    request_id,
-                );
-            }
+        let (comment, kind) = match isolation_request(body) {
+            Ok(request) => request,
+            Err(why) => return invalid_body(why, request_id),
         };
         let Some(&index) = st.machine_index.get(&id.to_ascii_lowercase()) else {
             return machine_not_found(id, request_id);
@@ -982,6 +962,125 @@ fn machine_not_found(id: &str, request_id: &str) -> Reply {
 }
 
 /// Azure AD's error shape: `{"error","error_description","error_codes",...}`.
+/// The comment and isolation type of an isolate request's body, or why it is refused.
+fn isolation_request(body: &[u8]) -> Result<(String, &'static str), &'static str> {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
+        return Err("The body must be a JSON object.");
+    };
+    let Some(comment) = body.get("Comment").and_then(Value::as_str) else {
+        return Err("Comment is required.");
+    };
+    let kind = match body.get("IsolationType") {
+        None | Some(Value::Null) => "Full",
+        Some(Value::String(s)) => ["Full", "Selective", "UnManagedDevice"]
+            .into_iter()
+            .find(|k| k == s)
+            .ok_or("IsolationType must be Full, Selective or UnManagedDevice.")?,
+        Some(_) => return Err("IsolationType must be Full, Selective or UnManagedDevice."),
+    };
+    Ok((comment.to_owned(), kind))
+}
+
+impl LogEntry {
+    /// The entry of a request arrived at `instant`, before its answer is decided.
+    fn of(rq: &Incoming<'_>, class: &str, instant: Duration, reset: bool) -> Self {
+        Self {
+            instant,
+            inbound_delay: rq.inbound_delay,
+            method: rq.method.to_owned(),
+            path: rq.url.to_owned(),
+            status: 0,
+            class: class.to_owned(),
+            client_id: None,
+            reset,
+            counted: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// The faults drawn for one request.
+struct Drawn {
+    /// Answer 503.
+    fail_503: bool,
+    /// Reset the connection instead of answering.
+    reset: bool,
+    /// Added before the answer.
+    latency: Duration,
+}
+
+impl Drawn {
+    /// Draws the faults of a request on `route`: none for unrouted paths, and the token
+    /// endpoint's only when token faults are on.
+    fn draw(st: &mut State, route: &Route) -> Self {
+        let faults = &st.live.faults;
+        let faulty = match route {
+            Route::Unrouted => false,
+            Route::Token { .. } => faults.token_endpoint,
+            _ => true,
+        };
+        let (rate_503, rate_reset, latency) =
+            (faults.error_503_rate, faults.reset_rate, faults.latency);
+        // Draw only for rates in use, so that a seed replays the same faults.
+        let fail_503 = faulty && rate_503 > 0.0 && st.fault_rng.f64() < rate_503;
+        let reset = faulty && rate_reset > 0.0 && st.fault_rng.f64() < rate_reset && !fail_503;
+        Self {
+            fail_503,
+            reset,
+            latency,
+        }
+    }
+}
+
+/// The headers of an answer: the reply's own, then the content type and the ids that
+/// Defender for Endpoint sends.
+fn answer_headers(
+    mut headers: Vec<(&'static str, String)>,
+    client_request_id: Option<&str>,
+    request_id: String,
+) -> Vec<(&'static str, String)> {
+    headers.push(("Content-Type", "application/json; charset=utf-8".to_owned()));
+    headers.push(("request-id", request_id.clone()));
+    headers.push((
+        "client-request-id",
+        client_request_id.map_or_else(|| request_id.clone(), str::to_owned),
+    ));
+    headers.push(("x-ms-correlation-id", request_id));
+    headers
+}
+
+/// A call of the token endpoint.
+struct TokenCall<'a> {
+    /// The tenant in the path.
+    tenant: &'a str,
+    /// Whether it is the v2.0 endpoint (scope rather than resource).
+    v2: bool,
+    /// The endpoint's URL, the audience of a client assertion.
+    url: &'a str,
+    /// The form.
+    body: &'a [u8],
+}
+
+/// Why the token endpoint refuses a client: the HTTP status, the OAuth error, the AADSTS
+/// code and its text.
+struct Refusal {
+    status: u16,
+    error: &'static str,
+    code: u32,
+    text: String,
+}
+
+impl Refusal {
+    fn new(status: u16, error: &'static str, code: u32, text: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            code,
+            text: text.into(),
+        }
+    }
+}
+
 fn aad_error(status: u16, error: &str, code: u32, text: &str, request_id: &str) -> Reply {
     let timestamp = data::iso_now();
     Reply::json(

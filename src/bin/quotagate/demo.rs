@@ -221,13 +221,70 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         args.inbound_jitter_ms
     );
     let started = Instant::now();
+    let (ids, pages) = list_machines(&client, style, args)?;
+    tag_machines(&client, style, threads, &ids)?;
+    let (queries, rows) = hunt(&client, style, threads, args.queries as usize)?;
+    let elapsed = started.elapsed();
 
-    // 1. List every machine, page by page.
+    let stats = client.stats();
+    let server = ServerFigures::new(&sim.stats(), &sim.log(), args.time_scale);
+    sim.stop();
+    let client_figures = ClientFigures {
+        pages,
+        machines_listed: ids.len() as u64,
+        tags: ids.len() as u64,
+        queries,
+        rows,
+        ..ClientFigures::from(stats)
+    };
+    let problems = problems(&server, &client_figures, args);
+    let summary = Summary {
+        ok: problems.is_empty(),
+        machines: args.machines,
+        threads: args.threads,
+        time_scale: args.time_scale,
+        page_size: args.page_size,
+        margin_ms: args.margin_ms,
+        inbound_jitter_ms: args.inbound_jitter_ms,
+        elapsed_ms: elapsed.as_millis() as u64,
+        api_elapsed_secs: (elapsed.as_secs_f64() / args.time_scale).round(),
+        client: client_figures,
+        server,
+        problems,
+    };
+    report(&summary, args.json)
+}
+
+/// Prints the summary (as JSON with `json`); fails when the demo's checks did.
+fn report(summary: &Summary, json: bool) -> Result<(), Failure> {
+    if json {
+        let text = serde_json::to_string_pretty(summary).expect("the summary serializes");
+        println!("{text}");
+    } else {
+        print!("{}", render(summary));
+    }
+    if summary.ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            exit::HTTP,
+            format!("the demo's checks failed: {}", summary.problems.join("; ")),
+        ))
+    }
+}
+
+/// Lists every machine, page by page (the demo's first phase); returns their ids and the
+/// number of pages.
+fn list_machines(
+    client: &Client,
+    style: Style,
+    args: &Args,
+) -> Result<(Vec<String>, u64), Failure> {
     let listing = Phase::start(
         style,
         "listing machines",
         args.machines as u64,
-        Some(quota_status(&client, "default")),
+        Some(quota_status(client, "default")),
     );
     let first = Request::get("/api/machines").query("$top", &args.page_size.to_string());
     let mut pages = client.pages(&first);
@@ -251,32 +308,48 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         thousands(ids.len() as u64),
         thousands(page_count)
     ));
+    Ok((ids, page_count))
+}
 
-    // 2. Tag each machine, from several threads sharing one client (and one quota).
+/// Tags each machine, from several threads sharing one client and one quota (the second
+/// phase).
+fn tag_machines(
+    client: &Client,
+    style: Style,
+    threads: usize,
+    ids: &[String],
+) -> Result<(), Failure> {
     let tagging = Phase::start(
         style,
         "tagging machines",
         ids.len() as u64,
-        Some(quota_status(&client, "default")),
+        Some(quota_status(client, "default")),
     );
     let tag = json!({"Value": TAG, "Action": "Add"});
-    in_parallel(threads, &ids, |id| {
+    in_parallel(threads, ids, |id| {
         let request = Request::post(&format!("/api/machines/{id}/tags")).json(&tag);
         client.send(&request)?.error_for_status()?;
         tagging.inc();
         Ok(())
     })?;
     tagging.finish(&format!("{} tagged", thousands(ids.len() as u64)));
+    Ok(())
+}
 
-    // 3. A few advanced hunting queries (a class with its own, lower limit).
-    let queries: Vec<&str> = (0..args.queries as usize)
-        .map(|i| QUERIES[i % QUERIES.len()])
-        .collect();
+/// Runs `count` advanced hunting queries, a class with its own, lower limit (the third
+/// phase); returns how many ran and the rows they returned.
+fn hunt(
+    client: &Client,
+    style: Style,
+    threads: usize,
+    count: usize,
+) -> Result<(u64, u64), Failure> {
+    let queries: Vec<&str> = (0..count).map(|i| QUERIES[i % QUERIES.len()]).collect();
     let hunting = Phase::start(
         style,
         "hunting queries",
         queries.len() as u64,
-        Some(quota_status(&client, "hunting")),
+        Some(quota_status(client, "hunting")),
     );
     let rows = AtomicUsize::new(0);
     in_parallel(threads, &queries, |q| {
@@ -294,34 +367,34 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         queries.len(),
         thousands(rows)
     ));
-    let elapsed = started.elapsed();
+    Ok((queries.len() as u64, rows))
+}
 
-    let stats = client.stats();
-    let server = ServerFigures::new(&sim.stats(), &sim.log(), args.time_scale);
-    sim.stop();
-    let waited_calls = stats.buckets.values().map(|b| b.waited_calls).sum();
-    let total_wait_ms = stats.buckets.values().map(|b| b.total_wait_ms).sum();
-    let longest_wait_ms = stats
-        .buckets
-        .values()
-        .map(|b| b.longest_wait_ms)
-        .max()
-        .unwrap_or(0);
-    let client_figures = ClientFigures {
-        calls: stats.requests,
-        pages: page_count,
-        machines_listed: ids.len() as u64,
-        tags: ids.len() as u64,
-        queries: queries.len() as u64,
-        rows,
-        retries: stats.retries,
-        throttled: stats.throttled,
-        token_requests: stats.token_requests,
-        waited_calls,
-        total_wait_ms,
-        longest_wait_ms,
-        stats,
-    };
+impl From<ClientStats> for ClientFigures {
+    /// The client's own counters; what the demo did is filled in by the caller.
+    fn from(stats: ClientStats) -> Self {
+        let buckets = || stats.buckets.values();
+        Self {
+            calls: stats.requests,
+            pages: 0,
+            machines_listed: 0,
+            tags: 0,
+            queries: 0,
+            rows: 0,
+            retries: stats.retries,
+            throttled: stats.throttled,
+            token_requests: stats.token_requests,
+            waited_calls: buckets().map(|b| b.waited_calls).sum(),
+            total_wait_ms: buckets().map(|b| b.total_wait_ms).sum(),
+            longest_wait_ms: buckets().map(|b| b.longest_wait_ms).max().unwrap_or(0),
+            stats,
+        }
+    }
+}
+
+/// What the demo's checks found wrong: 429s, a window over its limit, calls the two
+/// sides count differently, machines missing from the listing.
+fn problems(server: &ServerFigures, client: &ClientFigures, args: &Args) -> Vec<String> {
     let mut problems = Vec::new();
     if server.throttled > 0 {
         problems.push(format!("the server answered {} 429s", server.throttled));
@@ -332,47 +405,19 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             q.class, q.peak, q.window_ms, q.limit
         ));
     }
-    if client_figures.calls != server.api_requests {
+    if client.calls != server.api_requests {
         problems.push(format!(
             "the client counted {} calls, the server {}",
-            client_figures.calls, server.api_requests
+            client.calls, server.api_requests
         ));
     }
-    if ids.len() != args.machines {
+    if client.machines_listed != args.machines as u64 {
         problems.push(format!(
             "listed {} machines of {}",
-            ids.len(),
-            args.machines
+            client.machines_listed, args.machines
         ));
     }
-    let summary = Summary {
-        ok: problems.is_empty(),
-        machines: args.machines,
-        threads: args.threads,
-        time_scale: args.time_scale,
-        page_size: args.page_size,
-        margin_ms: args.margin_ms,
-        inbound_jitter_ms: args.inbound_jitter_ms,
-        elapsed_ms: elapsed.as_millis() as u64,
-        api_elapsed_secs: (elapsed.as_secs_f64() / args.time_scale).round(),
-        client: client_figures,
-        server,
-        problems,
-    };
-    if args.json {
-        let text = serde_json::to_string_pretty(&summary).expect("the summary serializes");
-        println!("{text}");
-    } else {
-        print!("{}", render(&summary));
-    }
-    if summary.ok {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            exit::HTTP,
-            format!("the demo's checks failed: {}", summary.problems.join("; ")),
-        ))
-    }
+    problems
 }
 
 fn render(s: &Summary) -> String {

@@ -111,6 +111,39 @@ fn limit(s: &str) -> Result<(u32, f64), String> {
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
+    let sim = Simulator::start_on(config(args), args.port).map_err(|e| {
+        Failure::usage(format!(
+            "cannot start the simulator on port {}: {e}",
+            args.port
+        ))
+    })?;
+
+    // Ctrl+C and SIGTERM end the wait below; installed before the facts are printed so
+    // that a script that reads them and then stops us is always heard.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .map_err(|e| Failure::usage(format!("cannot handle Ctrl+C: {e}")))?;
+
+    print_facts(&sim, args);
+    let _ = stop_rx.recv();
+    eprintln!("stopping");
+    let figures = ServerFigures::new(&sim.stats(), &sim.log(), args.time_scale);
+    sim.stop();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&figures).expect("the figures serialize")
+        );
+    } else {
+        print!("{}", render(&figures));
+    }
+    Ok(())
+}
+
+/// The simulator's configuration from the command line.
+fn config(args: &Args) -> SimConfig {
     let mut config = SimConfig::default()
         .machines(args.machines)
         .alerts(args.alerts)
@@ -126,21 +159,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     if !args.hunting_limits.is_empty() {
         config = config.limits(CLASS_HUNTING, &args.hunting_limits);
     }
-    let sim = Simulator::start_on(config, args.port).map_err(|e| {
-        Failure::usage(format!(
-            "cannot start the simulator on port {}: {e}",
-            args.port
-        ))
-    })?;
+    config
+}
 
-    // Ctrl+C and SIGTERM end the wait below; installed before the facts are printed so
-    // that a script that reads them and then stops us is always heard.
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.send(());
-    })
-    .map_err(|e| Failure::usage(format!("cannot handle Ctrl+C: {e}")))?;
-
+/// Prints what a client needs to reach the simulator: on stdout (one JSON object with
+/// `--json`), and how to use it on stderr.
+fn print_facts(sim: &Simulator, args: &Args) {
     let facts = [
         ("url", sim.url()),
         ("authority", sim.authority()),
@@ -177,20 +201,6 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         sim.url(),
         sim.authority()
     );
-
-    let _ = stop_rx.recv();
-    eprintln!("stopping");
-    let figures = ServerFigures::new(&sim.stats(), &sim.log(), args.time_scale);
-    sim.stop();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&figures).expect("the figures serialize")
-        );
-    } else {
-        print!("{}", render(&figures));
-    }
-    Ok(())
 }
 
 fn render(f: &ServerFigures) -> String {

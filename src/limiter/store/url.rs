@@ -102,6 +102,143 @@ fn percent_decode(s: &str) -> Result<String, StoreError> {
     String::from_utf8(out).map_err(|_| invalid(format!("store path {s:?} is not UTF-8")))
 }
 
+/// The absolute path of a `file://` URL's `path` part (percent escapes decoded).
+fn file_path(path: &str, url: &str) -> Result<PathBuf, StoreError> {
+    let path = percent_decode(path)?;
+    // file:///C:/x on Windows names C:/x.
+    let path = if cfg!(windows) && path.len() > 2 && path.as_bytes()[2] == b':' {
+        path[1..].to_string()
+    } else {
+        path
+    };
+    if path.is_empty() || !std::path::Path::new(&path).is_absolute() {
+        return Err(invalid(format!(
+            "a file store needs an absolute path (file:///dir/name), not {url:?}"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// The query parameters of a store URL.
+struct Params<'a> {
+    on_unavailable: OnUnavailable,
+    prefix: String,
+    pool: usize,
+    timeout: Option<Duration>,
+    mode: u32,
+    max_buckets: u64,
+    /// Parameters of the redis crate itself (protocol=resp3, ...), passed through.
+    passthrough: Vec<&'a str>,
+}
+
+impl<'a> Params<'a> {
+    /// Parses `query`; which parameters a URL takes depends on its kind.
+    fn parse(query: &'a str, is_redis: bool, is_file: bool) -> Result<Self, StoreError> {
+        let defaults = FileSettings::new("");
+        let mut p = Self {
+            on_unavailable: OnUnavailable::default(),
+            prefix: "quotagate".to_string(),
+            pool: 8,
+            timeout: None,
+            mode: defaults.mode,
+            max_buckets: defaults.max_buckets,
+            passthrough: Vec::new(),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "on_unavailable" => p.on_unavailable = on_unavailable(v)?,
+                "prefix" if is_redis => p.prefix = prefix(v)?,
+                "pool" if is_redis => p.pool = pool(v)?,
+                "timeout_ms" if is_redis || is_file => p.timeout = Some(timeout(v)?),
+                "mode" if is_file => p.mode = mode(v)?,
+                "max_buckets" if is_file => p.max_buckets = max_buckets(v)?,
+                _ if is_redis => p.passthrough.push(pair),
+                _ => return Err(invalid(format!("unknown store URL parameter {k:?}"))),
+            }
+        }
+        Ok(p)
+    }
+
+    fn file(&self, path: PathBuf) -> FileSettings {
+        FileSettings {
+            path,
+            mode: self.mode,
+            lock_timeout: self.timeout.unwrap_or(FileSettings::new("").lock_timeout),
+            max_buckets: self.max_buckets,
+        }
+    }
+
+    fn redis(&self, base: &str) -> RedisSettings {
+        let mut url = base.to_string();
+        if !self.passthrough.is_empty() {
+            url.push('?');
+            url.push_str(&self.passthrough.join("&"));
+        }
+        RedisSettings {
+            url,
+            prefix: self.prefix.clone(),
+            pool: self.pool,
+            timeout: self.timeout.unwrap_or(Duration::from_secs(2)),
+        }
+    }
+}
+
+fn on_unavailable(v: &str) -> Result<OnUnavailable, StoreError> {
+    match v {
+        "wait" => Ok(OnUnavailable::Wait),
+        "fail" => Ok(OnUnavailable::Fail),
+        _ => Err(invalid(format!(
+            "on_unavailable must be wait or fail, not {v:?}"
+        ))),
+    }
+}
+
+fn prefix(v: &str) -> Result<String, StoreError> {
+    if v.is_empty() || v.contains(char::is_whitespace) {
+        return Err(invalid(format!("a bad Redis key prefix: {v:?}")));
+    }
+    Ok(v.to_string())
+}
+
+fn pool(v: &str) -> Result<usize, StoreError> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .ok_or_else(|| invalid(format!("pool must be 1 to 1024, not {v:?}")))
+}
+
+fn timeout(v: &str) -> Result<Duration, StoreError> {
+    v.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| invalid(format!("timeout_ms must be a positive number, not {v:?}")))
+}
+
+fn mode(v: &str) -> Result<u32, StoreError> {
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| v.len() <= 4 && mode_is_allowed(*m))
+        .ok_or_else(|| {
+            invalid(format!(
+                "mode must be an octal file mode from 0600 to 0660 (read and write for the \
+                 owner, at most read and write for the group, nothing for others), not {v:?}"
+            ))
+        })
+}
+
+fn max_buckets(v: &str) -> Result<u64, StoreError> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=MAX_MAX_BUCKETS).contains(n))
+        .ok_or_else(|| {
+            invalid(format!(
+                "max_buckets must be 1 to {MAX_MAX_BUCKETS}, not {v:?}"
+            ))
+        })
+}
+
 impl StoreConfig {
     /// Parses a store URL:
     ///
@@ -120,108 +257,12 @@ impl StoreConfig {
             Some((b, q)) => (b, q),
             None => (url, ""),
         };
-        let mut on_unavailable = OnUnavailable::default();
-        let mut prefix = "quotagate".to_string();
-        let mut pool = 8usize;
-        let mut timeout = None;
-        let mut passthrough = Vec::new();
         let is_redis = base.starts_with("redis://") || base.starts_with("rediss://");
-        let is_file = base.starts_with("file://");
-        let defaults = FileSettings::new("");
-        let mut mode = defaults.mode;
-        let mut max_buckets = defaults.max_buckets;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
-                "on_unavailable" => {
-                    on_unavailable = match v {
-                        "wait" => OnUnavailable::Wait,
-                        "fail" => OnUnavailable::Fail,
-                        _ => {
-                            return Err(invalid(format!(
-                                "on_unavailable must be wait or fail, not {v:?}"
-                            )));
-                        }
-                    }
-                }
-                "prefix" if is_redis => {
-                    if v.is_empty() || v.contains(char::is_whitespace) {
-                        return Err(invalid(format!("a bad Redis key prefix: {v:?}")));
-                    }
-                    prefix = v.to_string();
-                }
-                "pool" if is_redis => {
-                    pool = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=1024).contains(n))
-                        .ok_or_else(|| invalid(format!("pool must be 1 to 1024, not {v:?}")))?;
-                }
-                "timeout_ms" if is_redis || is_file => {
-                    let ms: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        invalid(format!("timeout_ms must be a positive number, not {v:?}"))
-                    })?;
-                    timeout = Some(Duration::from_millis(ms));
-                }
-                "mode" if is_file => {
-                    mode = u32::from_str_radix(v, 8)
-                        .ok()
-                        .filter(|m| v.len() <= 4 && mode_is_allowed(*m))
-                        .ok_or_else(|| {
-                            invalid(format!(
-                                "mode must be an octal file mode from 0600 to 0660 (read and \
-                                 write for the owner, at most read and write for the group, \
-                                 nothing for others), not {v:?}"
-                            ))
-                        })?;
-                }
-                "max_buckets" if is_file => {
-                    max_buckets = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_MAX_BUCKETS).contains(n))
-                        .ok_or_else(|| {
-                            invalid(format!(
-                                "max_buckets must be 1 to {MAX_MAX_BUCKETS}, not {v:?}"
-                            ))
-                        })?;
-                }
-                // Parameters of the redis crate itself (protocol=resp3, ...) pass through.
-                _ if is_redis => passthrough.push(pair),
-                _ => return Err(invalid(format!("unknown store URL parameter {k:?}"))),
-            }
-        }
+        let params = Params::parse(query, is_redis, base.starts_with("file://"))?;
         let kind = if let Some(path) = base.strip_prefix("file://") {
-            let path = percent_decode(path)?;
-            // file:///C:/x on Windows names C:/x.
-            let path = if cfg!(windows) && path.len() > 2 && path.as_bytes()[2] == b':' {
-                path[1..].to_string()
-            } else {
-                path
-            };
-            if path.is_empty() || !std::path::Path::new(&path).is_absolute() {
-                return Err(invalid(format!(
-                    "a file store needs an absolute path (file:///dir/name), not {url:?}"
-                )));
-            }
-            StoreKind::File(FileSettings {
-                path: PathBuf::from(path),
-                mode,
-                lock_timeout: timeout.unwrap_or(defaults.lock_timeout),
-                max_buckets,
-            })
+            StoreKind::File(params.file(file_path(path, url)?))
         } else if is_redis {
-            let mut url = base.to_string();
-            if !passthrough.is_empty() {
-                url.push('?');
-                url.push_str(&passthrough.join("&"));
-            }
-            StoreKind::Redis(RedisSettings {
-                url,
-                prefix,
-                pool,
-                timeout: timeout.unwrap_or(Duration::from_secs(2)),
-            })
+            StoreKind::Redis(params.redis(base))
         } else {
             return Err(invalid(format!(
                 "a store URL starts with file://, redis:// or rediss://, not {:?}",
@@ -230,7 +271,7 @@ impl StoreConfig {
         };
         Ok(Self {
             kind,
-            on_unavailable,
+            on_unavailable: params.on_unavailable,
         })
     }
 
