@@ -103,6 +103,9 @@ impl Request {
     /// retries and backoff) to `d` from the start of each send; past it the call fails
     /// with [`Error::Timeout`]. Over [`Client::pages`] and [`Client::items`], `d` bounds
     /// all the pages together, from the first page's send.
+    ///
+    /// [`Client::pages`]: super::Client::pages
+    /// [`Client::items`]: super::Client::items
     pub fn deadline(mut self, d: Duration) -> Self {
         self.set_deadline(Some(d));
         self
