@@ -210,6 +210,14 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A limiter failure as the client reports it: the store's own, or a wrong argument.
+pub(crate) fn limiter_failure(e: crate::limiter::Error) -> Error {
+    match e {
+        crate::limiter::Error::Store(e) => Error::Store(e),
+        e => Error::InvalidArgument(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,7 @@ pub(crate) fn next_link(page: &serde_json::Value) -> Option<&str> {
 
 impl Pages {
     pub(crate) fn new(client: Client, first: Request) -> Self {
-        let max_pages = client.shared.max_pages;
+        let max_pages = client.core.max_pages;
         Self {
             client,
             next: Some(first),
@@ -96,7 +96,7 @@ impl Pages {
                 self.max_pages
             )));
         }
-        let (url, _) = self.client.resolve(req)?;
+        let (url, _) = self.client.core.resolve(req)?;
         if !self.seen.insert(self.hasher.hash_one(&url)) {
             return Err(Error::Paging(format!(
                 "the server's @odata.nextLink leads back to a page already fetched (after {} pages): following it would never end",
@@ -159,7 +159,7 @@ impl Items {
     /// Ends a run of pages without items that outlasted the call's budget (each page's
     /// send checks the request's cancel itself).
     fn check_between_pages(&mut self, started: Instant, empty: u64) -> Result<(), Error> {
-        let budget = self.pages.client.shared.policy.max_quota_wait;
+        let budget = self.pages.client.core.policy.max_quota_wait;
         if Instant::now() >= bounds::instant_after(started, budget) {
             let e = Error::Timeout(
                 format!(

@@ -239,6 +239,8 @@ impl RouteTable {
     }
 
     /// The published limits of the Defender for Endpoint API alone.
+    // Long because it is the table itself, one entry per published limit, in the order of
+    // the documentation: read in one piece, it can be checked against that page.
     pub fn mde() -> Self {
         let export_json = [(30, MIN), (1000, HOUR)];
         let export_files = [(5, MIN), (20, HOUR)];
@@ -385,7 +387,13 @@ impl RouteTable {
 
     /// The class and limits of a request of `method` to `path`.
     pub fn lookup(&self, method: &str, path: &str) -> (&str, &[Rate]) {
-        match self.find(method, path) {
+        self.limits(self.find(method, path))
+    }
+
+    /// The class and limits of requests under `route`, found by [`Self::find`] (`None`:
+    /// requests no route names).
+    pub(crate) fn limits<'a>(&'a self, route: Option<&'a Route>) -> (&'a str, &'a [Rate]) {
+        match route {
             Some(r) => (&r.class, &r.rates),
             None => (DEFAULT_CLASS, &self.default_rates),
         }
