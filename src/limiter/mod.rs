@@ -26,21 +26,21 @@
 mod bucket;
 mod clock;
 mod keymap;
-mod shared;
+mod memory;
 pub mod store;
+mod stored;
 mod window;
 
 pub use bucket::{BucketStats, WindowUsage};
 pub use clock::{Clock, ClockListener, ManualClock, MonotonicClock, Nanos};
 pub use window::Rate;
 
-use bucket::{Bucket, BucketState, Waiter, WaiterState};
-use clock::nanos;
-use parking_lot::{MutexGuard, RwLock};
+use bucket::WaiterState;
+use memory::{MemoryBackend, MemoryHold, MemoryTicket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
-use window::SlidingLog;
+use std::time::Duration;
+use stored::{StoreBackend, StoreHold, StoreTicket};
 
 /// The largest `calls` of a rate, and so the largest cost of a call, in every store (in
 /// memory, a state file, Redis). Rates and costs above it fail with
@@ -258,8 +258,19 @@ impl LimiterBuilder {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(MonotonicClock::new()));
-        let shared = match &self.store {
-            None => None,
+        let backend = match &self.store {
+            None => {
+                let memory = Arc::new(MemoryBackend::new(
+                    clock.clone(),
+                    self.rates.clone(),
+                    self.margin,
+                    self.max_buckets,
+                ));
+                let weak: Weak<dyn ClockListener> =
+                    Arc::downgrade(&memory) as Weak<dyn ClockListener>;
+                clock.subscribe(weak);
+                Backend::Memory(memory)
+            }
             Some(setting) => {
                 let (store, on_unavailable) = match setting {
                     StoreSetting::Url(url) => {
@@ -268,7 +279,7 @@ impl LimiterBuilder {
                     }
                     StoreSetting::Open(s, o) => (s.clone(), *o),
                 };
-                Some(Arc::new(shared::Shared::new(
+                Backend::Store(Arc::new(StoreBackend::new(
                     store,
                     on_unavailable,
                     self.rates.clone(),
@@ -277,19 +288,15 @@ impl LimiterBuilder {
                 )))
             }
         };
-        let inner = Arc::new(Inner {
-            shared,
-            clock: clock.clone(),
-            default_rates: self.rates.clone(),
-            margin: self.margin,
-            hold_lease: self.hold_lease,
-            max_buckets: self.max_buckets,
-            buckets: RwLock::new(BucketMap::default()),
-            closed: AtomicBool::new(false),
-        });
-        let weak: Weak<dyn ClockListener> = Arc::downgrade(&inner) as Weak<dyn ClockListener>;
-        clock.subscribe(weak);
-        Ok(Limiter { inner })
+        Ok(Limiter {
+            inner: Arc::new(Inner {
+                backend,
+                clock,
+                default_rates: self.rates.clone(),
+                margin: self.margin,
+                hold_lease: self.hold_lease,
+            }),
+        })
     }
 }
 
@@ -331,36 +338,20 @@ fn validate_rates(rates: &[Rate]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where a limiter keeps its buckets: each arm in a file of its own.
+enum Backend {
+    /// In this process (`memory.rs`).
+    Memory(Arc<MemoryBackend>),
+    /// In a store shared by every process that opens it (`stored.rs`).
+    Store(Arc<StoreBackend>),
+}
+
 struct Inner {
-    /// The store's side, when buckets live in a store rather than here.
-    shared: Option<Arc<shared::Shared>>,
+    backend: Backend,
     clock: Arc<dyn Clock>,
     default_rates: Vec<Rate>,
     margin: Duration,
     hold_lease: Duration,
-    max_buckets: usize,
-    buckets: RwLock<BucketMap>,
-    closed: AtomicBool,
-}
-
-/// Buckets by key, at most `max_buckets`, idle ones dropped one at a time to make room.
-type BucketMap = keymap::KeyMap<Bucket>;
-
-/// Whether a bucket may be dropped: nobody holds it (ticket, hold, a call under way), it
-/// has no rates of its own, and nothing is in its windows, queue or pause.
-fn evictable(bucket: &Arc<Bucket>, now: Nanos) -> bool {
-    Arc::strong_count(bucket) == 1 && bucket.state.lock().is_idle(now)
-}
-
-impl ClockListener for Inner {
-    fn clock_advanced(&self) {
-        let now = self.clock.now();
-        for bucket in self.buckets.read().values() {
-            let mut st = bucket.state.lock();
-            let now = st.clock(now);
-            st.pump(now);
-        }
-    }
 }
 
 /// A thread-safe limiter of calls by key. Clones share the same buckets.
@@ -374,7 +365,13 @@ impl std::fmt::Debug for Limiter {
         f.debug_struct("Limiter")
             .field("rates", &self.inner.default_rates)
             .field("margin", &self.inner.margin)
-            .field("buckets", &self.inner.buckets.read().len())
+            .field(
+                "buckets",
+                &match &self.inner.backend {
+                    Backend::Memory(m) => Some(m.len()),
+                    Backend::Store(_) => None,
+                },
+            )
             .field("store", &self.store_location())
             .field("closed", &self.is_closed())
             .finish()
@@ -413,155 +410,46 @@ impl Limiter {
 
     /// True once [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        match &self.inner.backend {
+            Backend::Memory(m) => m.is_closed(),
+            Backend::Store(s) => s.is_closed(),
+        }
     }
 
     /// Where the buckets are shared (a path, or a Redis URL without its password); `None`
     /// for a limiter that keeps them in memory.
     pub fn store_location(&self) -> Option<String> {
-        self.inner.shared.as_ref().map(|s| s.location())
-    }
-
-    fn new_bucket(&self, rates: &[Rate]) -> Arc<Bucket> {
-        Arc::new(Bucket::new(
-            SlidingLog::new(rates, self.inner.margin),
-            self.is_closed(),
-        ))
-    }
-
-    /// Inserts a bucket under the write lock, dropping an idle one first if the map is
-    /// full (with bounded work: see the `keymap` module).
-    fn insert(&self, map: &mut BucketMap, key: &str, rates: &[Rate]) -> Result<Arc<Bucket>, Error> {
-        let now = self.now();
-        map.get_or_insert(
-            key,
-            self.inner.max_buckets,
-            |b| evictable(b, now),
-            || self.new_bucket(rates),
-        )
-        .ok_or(Error::TooManyBuckets {
-            limit: self.inner.max_buckets,
-        })
-    }
-
-    fn bucket(&self, key: &str) -> Result<Arc<Bucket>, Error> {
-        if let Some(b) = self.inner.buckets.read().get(key) {
-            return Ok(b.clone());
+        match &self.inner.backend {
+            Backend::Memory(_) => None,
+            Backend::Store(s) => Some(s.location()),
         }
-        let mut map = self.inner.buckets.write();
-        self.insert(&mut map, key, &self.inner.default_rates)
-    }
-
-    /// Runs `f` on the bucket of `key` under its lock, with the instant read under that
-    /// lock, creating the bucket if needed.
-    #[inline]
-    fn with_bucket<R>(
-        &self,
-        key: &str,
-        f: impl FnOnce(&mut BucketState, Nanos) -> R,
-    ) -> Result<R, Error> {
-        {
-            let map = self.inner.buckets.read();
-            if let Some(b) = map.get(key) {
-                let mut st = b.state.lock();
-                let now = st.clock(self.now());
-                return Ok(f(&mut st, now));
-            }
-        }
-        let b = self.bucket(key)?;
-        let mut st = b.state.lock();
-        let now = st.clock(self.now());
-        Ok(f(&mut st, now))
     }
 
     /// Gives `key` its own rates, creating the bucket or replacing its rates. Units
     /// already admitted stay counted under the new rates.
     pub fn set_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
         validate_rates(rates)?;
-        if let Some(shared) = &self.inner.shared {
-            return shared.set_rates(key, rates);
+        match &self.inner.backend {
+            Backend::Memory(m) => m.set_rates(key, rates),
+            Backend::Store(s) => s.set_rates(key, rates),
         }
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let mut map = self.inner.buckets.write();
-        if let Some(b) = map.get(key) {
-            let mut st = b.state.lock();
-            let now = st.clock(self.now());
-            st.log = st.log.with_rates(rates, self.inner.margin, now);
-            st.own_rates = true;
-            // Queued calls that no longer fit any window fail rather than wait forever.
-            let max = st.log.max_cost();
-            if st.queue.iter().any(|w| w.cost > max) {
-                let too_big: Vec<_> = st.queue.iter().filter(|w| w.cost > max).cloned().collect();
-                for w in too_big {
-                    st.cancel(&w, now);
-                }
-            }
-            st.pump(now);
-            // The head's instant changed: its timer must recompute it.
-            st.kick();
-            return Ok(());
-        }
-        let b = self.insert(&mut map, key, rates)?;
-        b.state.lock().own_rates = true;
-        Ok(())
     }
 
     /// Gives `key` the rates `rates` only if the bucket does not exist yet.
     pub fn ensure_rates(&self, key: &str, rates: &[Rate]) -> Result<(), Error> {
-        if let Some(shared) = &self.inner.shared {
-            return validate_rates(rates).and_then(|()| shared.ensure_rates(key, rates));
-        }
-        if self.inner.buckets.read().contains_key(key) {
-            return Ok(());
-        }
         validate_rates(rates)?;
-        let mut map = self.inner.buckets.write();
-        if map.contains_key(key) {
-            return Ok(());
+        match &self.inner.backend {
+            Backend::Memory(m) => m.ensure_rates(key, rates),
+            Backend::Store(s) => s.ensure_rates(key, rates),
         }
-        let b = self.insert(&mut map, key, rates)?;
-        b.state.lock().own_rates = rates != self.inner.default_rates.as_slice();
-        Ok(())
     }
 
     /// The rates that apply to `key` now (the defaults for a bucket not yet created).
     pub fn rates(&self, key: &str) -> Vec<Rate> {
-        if let Some(shared) = &self.inner.shared {
-            return shared.rates(key);
+        match &self.inner.backend {
+            Backend::Memory(m) => m.rates(key),
+            Backend::Store(s) => s.rates(key),
         }
-        let map = self.inner.buckets.read();
-        match map.get(key) {
-            Some(b) => {
-                let st = b.state.lock();
-                st.log
-                    .usage()
-                    .map(|(_, calls, window)| {
-                        Rate::new(
-                            calls as u32,
-                            Duration::from_nanos(window).saturating_sub(self.inner.margin),
-                        )
-                    })
-                    .collect()
-            }
-            None => self.inner.default_rates.clone(),
-        }
-    }
-
-    fn check_cost(st: &BucketState, cost: u32) -> Result<u64, Error> {
-        if st.closed {
-            return Err(Error::Closed);
-        }
-        check_cost_range(cost)?;
-        let cost = u64::from(cost);
-        let max = st.log.max_cost();
-        if cost > max {
-            return Err(Error::InvalidArgument(format!(
-                "a cost of {cost} exceeds the smallest rate of the bucket ({max} calls) and could never be admitted"
-            )));
-        }
-        Ok(cost)
     }
 
     /// Admits a call of `cost` units now if every window of the bucket allows it and no
@@ -569,10 +457,10 @@ impl Limiter {
     /// The units are logged now: see [`try_hold`](Self::try_hold) for a call that has an end.
     #[inline]
     pub fn try_acquire(&self, key: &str, cost: u32) -> Result<(), Error> {
-        if let Some(shared) = &self.inner.shared {
-            return shared.try_admit(key, cost, None).map(drop);
+        match &self.inner.backend {
+            Backend::Memory(m) => m.try_admit(key, cost, None, true).map(drop),
+            Backend::Store(s) => s.try_admit(key, cost, None).map(drop),
         }
-        self.try_admit_local(key, cost, None, true).map(drop)
     }
 
     /// Like [`try_acquire`](Self::try_acquire), but the units stay in flight until the
@@ -589,71 +477,23 @@ impl Limiter {
         lease: Duration,
     ) -> Result<Hold, Error> {
         check_lease(lease)?;
-        if let Some(shared) = &self.inner.shared {
-            let id = shared.try_admit(key, cost, Some(lease))?;
-            return Ok(self.shared_hold(shared, key, cost, id, self.now(), Duration::ZERO));
-        }
-        let (at, id) = self.try_admit_local(key, cost, Some(nanos(lease)), true)?;
-        let bucket = self.bucket(key)?;
-        Ok(self.local_hold(bucket, id, cost, at, Duration::ZERO))
-    }
-
-    /// Admits at once when the bucket allows it (as a hold with `lease`, else logged now):
-    /// the admission instant and the hold's id. Otherwise `WouldBlock` with the wait,
-    /// counted as a refusal when `count_refusal`.
-    #[inline]
-    fn try_admit_local(
-        &self,
-        key: &str,
-        cost: u32,
-        lease: Option<Nanos>,
-        count_refusal: bool,
-    ) -> Result<(Nanos, u64), Error> {
-        self.with_bucket(key, |st, now| {
-            let cost = Self::check_cost(st, cost)?;
-            if !st.queue.is_empty() {
-                // Calls whose time has come leave the queue first.
-                st.pump(now);
+        let (kind, at) = match &self.inner.backend {
+            Backend::Memory(m) => {
+                let (hold, at) = m.try_hold(key, cost, lease, true)?;
+                (HoldKind::Memory(hold), at)
             }
-            let at = if st.queue.is_empty() {
-                st.ready_at(now, cost)
-            } else {
-                st.ready_at_behind_queue(now, cost)
-            };
-            if st.queue.is_empty() && at <= now {
-                let id = match lease {
-                    Some(lease) => st.admit_held(now, cost, lease, 0),
-                    None => {
-                        st.admit(now, cost, 0);
-                        0
-                    }
-                };
-                return Ok((now, id));
-            }
-            if count_refusal {
-                st.stats.refusals += 1;
-            }
-            Err(Error::WouldBlock {
-                wait: Duration::from_nanos(at.saturating_sub(now)),
-            })
-        })?
+            Backend::Store(s) => (HoldKind::Store(s.try_hold(key, cost, lease)?), self.now()),
+        };
+        Ok(self.new_hold(kind, cost, Admitted::now(at)))
     }
 
     /// How long a call of `cost` units would wait now (behind the queue, if any), without
     /// taking anything: zero when `try_acquire` would admit it.
     pub fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
-        if let Some(shared) = &self.inner.shared {
-            return shared.wait_time(key, cost);
+        match &self.inner.backend {
+            Backend::Memory(m) => m.wait_time(key, cost),
+            Backend::Store(s) => s.wait_time(key, cost),
         }
-        self.with_bucket(key, |st, now| {
-            let cost = Self::check_cost(st, cost)?;
-            if !st.queue.is_empty() {
-                st.pump(now);
-            }
-            Ok(Duration::from_nanos(
-                st.ready_at_behind_queue(now, cost).saturating_sub(now),
-            ))
-        })?
     }
 
     /// Waits in FIFO order until the bucket admits a call of `cost` units, or until
@@ -665,14 +505,10 @@ impl Limiter {
         cost: u32,
         timeout: Option<Duration>,
     ) -> Result<Admitted, Error> {
-        if self.inner.shared.is_none() {
-            match self.try_admit_local(key, cost, None, false) {
-                Ok((at, _)) => {
-                    return Ok(Admitted {
-                        at,
-                        waited: Duration::ZERO,
-                    });
-                }
+        if let Backend::Memory(m) = &self.inner.backend {
+            // Free: no queue to join.
+            match m.try_admit(key, cost, None, false) {
+                Ok((at, _)) => return Ok(Admitted::now(at)),
                 Err(Error::WouldBlock { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -706,11 +542,10 @@ impl Limiter {
         lease: Duration,
     ) -> Result<Hold, Error> {
         check_lease(lease)?;
-        if self.inner.shared.is_none() {
-            match self.try_admit_local(key, cost, Some(nanos(lease)), false) {
-                Ok((at, id)) => {
-                    let bucket = self.bucket(key)?;
-                    return Ok(self.local_hold(bucket, id, cost, at, Duration::ZERO));
+        if let Backend::Memory(m) = &self.inner.backend {
+            match m.try_hold(key, cost, lease, false) {
+                Ok((hold, at)) => {
+                    return Ok(self.new_hold(HoldKind::Memory(hold), cost, Admitted::now(at)));
                 }
                 Err(Error::WouldBlock { .. }) => {}
                 Err(e) => return Err(e),
@@ -721,41 +556,12 @@ impl Limiter {
         ticket.hold()
     }
 
-    fn local_hold(
-        &self,
-        bucket: Arc<Bucket>,
-        id: u64,
-        cost: u32,
-        at: Nanos,
-        waited: Duration,
-    ) -> Hold {
+    fn new_hold(&self, kind: HoldKind, cost: u32, admitted: Admitted) -> Hold {
         Hold {
             limiter: self.clone(),
-            kind: HoldKind::Local { bucket, id },
+            kind,
             cost,
-            admitted: Admitted { at, waited },
-            ended: false,
-        }
-    }
-
-    fn shared_hold(
-        &self,
-        shared: &Arc<shared::Shared>,
-        key: &str,
-        cost: u32,
-        id: u64,
-        at: Nanos,
-        waited: Duration,
-    ) -> Hold {
-        Hold {
-            limiter: self.clone(),
-            kind: HoldKind::Shared {
-                shared: shared.clone(),
-                key: key.into(),
-                id,
-            },
-            cost,
-            admitted: Admitted { at, waited },
+            admitted,
             ended: false,
         }
     }
@@ -794,27 +600,15 @@ impl Limiter {
         timeout: Option<Duration>,
         lease: Option<Duration>,
     ) -> Result<Ticket, Error> {
-        if let Some(shared) = &self.inner.shared {
-            return Ok(Ticket {
-                limiter: self.clone(),
-                kind: TicketKind::Shared(shared.enqueue(key, cost, timeout, self.now(), lease)?),
-                hold_taken: AtomicBool::new(false),
-            });
-        }
-        let bucket = self.bucket(key)?;
-        let waiter = {
-            let mut st = bucket.state.lock();
-            let now = st.clock(self.now());
-            let deadline = timeout.map(|t| now.saturating_add(nanos(t)));
-            let cost = Self::check_cost(&st, cost)?;
-            let waiter = Arc::new(Waiter::new(cost, now, deadline, lease.map(nanos)));
-            st.queue.push_back(waiter.clone());
-            st.pump(now);
-            waiter
+        let kind = match &self.inner.backend {
+            Backend::Memory(m) => TicketKind::Memory(m.enqueue(key, cost, timeout, lease)?),
+            Backend::Store(s) => {
+                TicketKind::Store(s.enqueue(key, cost, timeout, self.now(), lease)?)
+            }
         };
         Ok(Ticket {
             limiter: self.clone(),
-            kind: TicketKind::Local { bucket, waiter },
+            kind,
             hold_taken: AtomicBool::new(false),
         })
     }
@@ -822,18 +616,10 @@ impl Limiter {
     /// Makes every caller of `key` wait until `duration` from now. A later pause extends
     /// the current one; a shorter one never shortens it.
     pub fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
-        if let Some(shared) = &self.inner.shared {
-            return shared.pause(key, duration);
+        match &self.inner.backend {
+            Backend::Memory(m) => m.pause(key, duration),
+            Backend::Store(s) => s.pause(key, duration),
         }
-        self.with_bucket(key, |st, now| {
-            if st.closed {
-                return Err(Error::Closed);
-            }
-            st.paused_until = st.paused_until.max(now.saturating_add(nanos(duration)));
-            st.stats.pauses += 1;
-            st.pump(now);
-            Ok(())
-        })?
     }
 
     /// The statistics of `key`'s bucket. A bucket not created yet reports zeros and the
@@ -853,54 +639,45 @@ impl Limiter {
     /// The statistics of `key`'s bucket, or why the store could not give them. Never
     /// fails for a limiter without a store.
     pub fn try_stats(&self, key: &str) -> Result<BucketStats, Error> {
-        if let Some(shared) = &self.inner.shared {
-            return shared.stats(key);
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.stats(key)),
+            Backend::Store(s) => s.stats(key),
         }
-        let now = self.now();
-        let bucket = self.inner.buckets.read().get(key).cloned();
-        Ok(match bucket {
-            Some(b) => b.state.lock().snapshot(now),
-            None => BucketState::fresh(SlidingLog::new(
-                &self.inner.default_rates,
-                self.inner.margin,
-            ))
-            .snapshot(now),
-        })
     }
 
     /// The keys of the buckets that exist now.
     pub fn keys(&self) -> Vec<String> {
-        if let Some(shared) = &self.inner.shared {
-            return shared.keys();
+        match &self.inner.backend {
+            Backend::Memory(m) => m.keys(),
+            Backend::Store(s) => s.keys(),
         }
-        self.inner
-            .buckets
-            .read()
-            .keys()
-            .map(|k| k.to_string())
-            .collect()
     }
 
     /// Drops the buckets with nothing in their windows, nobody waiting and no pause.
     /// Returns how many were dropped.
     pub fn purge_idle(&self) -> usize {
-        if let Some(shared) = &self.inner.shared {
-            return shared.purge_idle();
+        match &self.inner.backend {
+            Backend::Memory(m) => m.purge_idle(),
+            Backend::Store(s) => s.purge_idle(),
         }
-        let now = self.now();
-        self.inner.buckets.write().purge(|b| evictable(b, now))
     }
 
     /// Closes the limiter: every waiter wakes with [`Error::Closed`], and later calls
     /// fail the same way. Clones share the closed state.
     pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
-        if let Some(shared) = &self.inner.shared {
-            shared.close();
+        match &self.inner.backend {
+            Backend::Memory(m) => m.close(),
+            Backend::Store(s) => s.close(),
         }
-        let map = self.inner.buckets.write();
-        for b in map.values() {
-            b.state.lock().close();
+    }
+}
+
+impl Admitted {
+    /// An admission at `at` without a wait.
+    fn now(at: Nanos) -> Self {
+        Self {
+            at,
+            waited: Duration::ZERO,
         }
     }
 }
@@ -915,14 +692,12 @@ pub struct Ticket {
     hold_taken: AtomicBool,
 }
 
+/// A ticket's place, in the limiter's backend.
 enum TicketKind {
     /// A place in a bucket of this process.
-    Local {
-        bucket: Arc<Bucket>,
-        waiter: Arc<Waiter>,
-    },
+    Memory(MemoryTicket),
     /// A place in a store's queue.
-    Shared(shared::SharedTicket),
+    Store(StoreTicket),
 }
 
 impl std::fmt::Debug for Ticket {
@@ -958,55 +733,18 @@ pub enum Wait {
 impl Ticket {
     fn state(&self) -> WaiterState {
         match &self.kind {
-            TicketKind::Local { waiter, .. } => waiter.state(),
-            TicketKind::Shared(t) => t.state(),
+            TicketKind::Memory(t) => t.state(),
+            TicketKind::Store(t) => t.state(),
         }
     }
 
     /// Waits until admitted, for at most `slice` of real time (`None`: as long as it
     /// takes). Returns [`Wait::Pending`] when the slice ran out with the place kept.
     pub fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
-        let (bucket, waiter) = match &self.kind {
-            TicketKind::Local { bucket, waiter } => (bucket, waiter),
-            TicketKind::Shared(t) => return t.wait(slice),
-        };
-        let started = Instant::now();
-        let clock = &self.limiter.inner.clock;
-        let mut st: MutexGuard<'_, BucketState> = bucket.state.lock();
-        waiter.active.fetch_add(1, Ordering::Relaxed);
-        let result = loop {
-            let now = st.clock(clock.now());
-            let head_at = st.pump(now);
-            if let Some(done) = outcome(waiter.state(), waiter.frees_in()) {
-                break done;
-            }
-            // The timer (the first waiter with a thread on it) sleeps until the head's
-            // instant; the others until their deadline, or until woken as the new timer.
-            let is_timer = st.timer().is_some_and(|t| Arc::ptr_eq(t, waiter));
-            let deadline = waiter.deadline.map(|d| d.saturating_add(1));
-            let target = match (is_timer.then_some(head_at).flatten(), deadline) {
-                (Some(a), Some(d)) => Some(a.min(d)),
-                (a, d) => a.or(d),
-            };
-            let mut sleep = target.and_then(|t| clock.real_wait(now, t));
-            if let Some(slice) = slice {
-                let left = slice.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    break Ok(Wait::Pending);
-                }
-                sleep = Some(sleep.map_or(left, |s| s.min(left)));
-            }
-            match sleep {
-                Some(d) => {
-                    waiter.wake.wait_for(&mut st, d);
-                }
-                None => waiter.wake.wait(&mut st),
-            }
-        };
-        waiter.active.fetch_sub(1, Ordering::Relaxed);
-        // If this thread kept the head's time, hand that job to the next waiting thread.
-        st.kick();
-        result
+        match &self.kind {
+            TicketKind::Memory(t) => t.wait(slice),
+            TicketKind::Store(t) => t.wait(slice),
+        }
     }
 
     /// Checks once, without blocking, whether the call is admitted.
@@ -1019,40 +757,32 @@ impl Ticket {
     /// admitted, timed out, cancelled or closed): an admitted call keeps its permit.
     pub fn cancel(&self) -> bool {
         match &self.kind {
-            TicketKind::Local { bucket, waiter } => {
-                let mut st = bucket.state.lock();
-                let now = st.clock(self.limiter.now());
-                st.cancel(waiter, now)
-            }
-            TicketKind::Shared(t) => t.cancel(),
+            TicketKind::Memory(t) => t.cancel(),
+            TicketKind::Store(t) => t.cancel(),
         }
     }
 
     /// The admission, once admitted.
     pub fn admitted(&self) -> Option<Admitted> {
-        let waiter = match &self.kind {
-            TicketKind::Local { waiter, .. } => waiter,
-            TicketKind::Shared(t) => return t.admitted(),
-        };
-        (waiter.state() == WaiterState::Admitted).then(|| Admitted {
-            at: waiter.admitted_at(),
-            waited: Duration::from_nanos(waiter.admitted_at().saturating_sub(waiter.enqueued)),
-        })
+        match &self.kind {
+            TicketKind::Memory(t) => t.admitted(),
+            TicketKind::Store(t) => t.admitted(),
+        }
     }
 
     /// The cost of the call this ticket waits for.
     pub fn cost(&self) -> u32 {
         match &self.kind {
-            TicketKind::Local { waiter, .. } => waiter.cost as u32,
-            TicketKind::Shared(t) => t.cost(),
+            TicketKind::Memory(t) => t.cost(),
+            TicketKind::Store(t) => t.cost(),
         }
     }
 
     /// Whether the ticket waits for a hold (made by [`Limiter::enqueue_hold`]).
     pub fn is_hold(&self) -> bool {
         match &self.kind {
-            TicketKind::Local { waiter, .. } => waiter.lease.is_some(),
-            TicketKind::Shared(t) => t.is_hold(),
+            TicketKind::Memory(t) => t.is_hold(),
+            TicketKind::Store(t) => t.is_hold(),
         }
     }
 
@@ -1078,47 +808,20 @@ impl Ticket {
                 "the ticket's hold was already taken".into(),
             ));
         }
-        let cost = self.cost();
-        Ok(match &self.kind {
-            TicketKind::Local { bucket, waiter } => self.limiter.local_hold(
-                bucket.clone(),
-                waiter.hold_id(),
-                cost,
-                admitted.at,
-                admitted.waited,
-            ),
-            TicketKind::Shared(t) => {
-                let shared = self
-                    .limiter
-                    .inner
-                    .shared
-                    .as_ref()
-                    .expect("a shared ticket belongs to a limiter with a store");
-                self.limiter.shared_hold(
-                    shared,
-                    t.key(),
-                    cost,
-                    t.id(),
-                    admitted.at,
-                    admitted.waited,
-                )
-            }
-        })
+        let kind = match &self.kind {
+            TicketKind::Memory(t) => HoldKind::Memory(t.hold()),
+            TicketKind::Store(t) => HoldKind::Store(t.hold()),
+        };
+        Ok(self.limiter.new_hold(kind, self.cost(), admitted))
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // An admitted hold nobody took ends now; a waiting ticket gives up its place (a
-        // shared ticket in its own drop).
+        // An admitted hold nobody took ends now; a waiting ticket gives up its place in
+        // its backend's drop.
         if self.is_hold() && self.admitted().is_some() && !*self.hold_taken.get_mut() {
             drop(self.hold());
-            return;
-        }
-        if let TicketKind::Local { waiter, .. } = &self.kind {
-            if waiter.state() == WaiterState::Waiting {
-                self.cancel();
-            }
         }
     }
 }
@@ -1135,16 +838,10 @@ pub struct Hold {
     ended: bool,
 }
 
+/// A hold's units, in the limiter's backend.
 enum HoldKind {
-    Local {
-        bucket: Arc<Bucket>,
-        id: u64,
-    },
-    Shared {
-        shared: Arc<shared::Shared>,
-        key: Box<str>,
-        id: u64,
-    },
+    Memory(MemoryHold),
+    Store(StoreHold),
 }
 
 impl std::fmt::Debug for Hold {
@@ -1187,18 +884,9 @@ impl Hold {
             return;
         }
         match &self.kind {
-            HoldKind::Local { bucket, id } => {
-                let mut st = bucket.state.lock();
-                let now = st.clock(self.limiter.now());
-                if st.end_hold(*id, at, now) {
-                    st.pump(now);
-                    // The head's instant may be earlier now: its timer recomputes it.
-                    st.kick();
-                }
-            }
-            HoldKind::Shared { shared, key, id } => {
-                let ago = Duration::from_nanos(self.limiter.now().saturating_sub(at));
-                shared.release(key, *id, ago);
+            HoldKind::Memory(h) => h.end(at),
+            HoldKind::Store(h) => {
+                h.end(Duration::from_nanos(self.limiter.now().saturating_sub(at)));
             }
         }
     }

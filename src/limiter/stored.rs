@@ -1,4 +1,4 @@
-//! The limiter over a [`Store`]: buckets shared by every process that opens the store.
+//! The store backend of the limiter: buckets shared by every process that opens the [`Store`].
 //!
 //! The store keeps each bucket's log, pause and FIFO queue; this side keeps only what is
 //! local to the process: the rates it applies to each key, its statistics, and its
@@ -37,7 +37,7 @@ fn evictable(k: &Arc<Mutex<KeyState>>) -> bool {
 }
 
 /// The process-local side of a limiter whose buckets live in a store.
-pub(crate) struct Shared {
+pub(crate) struct StoreBackend {
     store: Arc<dyn Store>,
     on_unavailable: OnUnavailable,
     default_rates: Vec<Rate>,
@@ -49,9 +49,9 @@ pub(crate) struct Shared {
     bell: (Mutex<u64>, Condvar),
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for StoreBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("StoreBackend")
             .field("store", &self.store.location())
             .field("on_unavailable", &self.on_unavailable)
             .finish_non_exhaustive()
@@ -68,7 +68,7 @@ fn windows(rates: &[Rate], margin: Duration) -> Vec<Window> {
         .collect()
 }
 
-impl Shared {
+impl StoreBackend {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         on_unavailable: OnUnavailable,
@@ -219,11 +219,11 @@ impl Shared {
         timeout: Option<Duration>,
         now: super::Nanos,
         lease: Option<Duration>,
-    ) -> Result<SharedTicket, Error> {
+    ) -> Result<StoreTicket, Error> {
         let (k, _) = self.windows_for(key, cost)?;
         let started = Instant::now();
-        let ticket = SharedTicket {
-            shared: self.clone(),
+        let ticket = StoreTicket {
+            backend: self.clone(),
             key: key.into(),
             state: k,
             id: super::store::waiter_id(),
@@ -339,9 +339,40 @@ impl Shared {
     }
 }
 
+/// Units held in flight in a store's bucket.
+pub(crate) struct StoreHold {
+    backend: Arc<StoreBackend>,
+    key: Box<str>,
+    id: u64,
+}
+
+impl StoreHold {
+    /// Ends the hold with its units counted from `ago` before now.
+    pub(crate) fn end(&self, ago: Duration) {
+        self.backend.release(&self.key, self.id, ago);
+    }
+}
+
+impl StoreBackend {
+    /// Admits a hold at once if it fits behind the queue.
+    pub(crate) fn try_hold(
+        self: &Arc<Self>,
+        key: &str,
+        cost: u32,
+        lease: Duration,
+    ) -> Result<StoreHold, Error> {
+        let id = self.try_admit(key, cost, Some(lease))?;
+        Ok(StoreHold {
+            backend: self.clone(),
+            key: key.into(),
+            id,
+        })
+    }
+}
+
 /// A place in a store's queue.
-pub(crate) struct SharedTicket {
-    shared: Arc<Shared>,
+pub(crate) struct StoreTicket {
+    backend: Arc<StoreBackend>,
     key: Box<str>,
     state: Arc<Mutex<KeyState>>,
     id: u64,
@@ -372,9 +403,9 @@ struct Plan {
     retry: Duration,
 }
 
-impl std::fmt::Debug for SharedTicket {
+impl std::fmt::Debug for StoreTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedTicket")
+        f.debug_struct("StoreTicket")
             .field("key", &self.key)
             .field("cost", &self.cost)
             .field("state", &self.outcome.lock().0)
@@ -382,7 +413,7 @@ impl std::fmt::Debug for SharedTicket {
     }
 }
 
-impl SharedTicket {
+impl StoreTicket {
     pub(crate) fn cost(&self) -> u32 {
         self.cost
     }
@@ -391,13 +422,13 @@ impl SharedTicket {
         self.lease.is_some()
     }
 
-    pub(crate) fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The ticket's id: its place in the store's queue, and its hold once admitted.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
+    /// The hold an admitted hold ticket made (its id is the ticket's).
+    pub(crate) fn hold(&self) -> StoreHold {
+        StoreHold {
+            backend: self.backend.clone(),
+            key: self.key.clone(),
+            id: self.id,
+        }
     }
 
     pub(crate) fn state(&self) -> WaiterState {
@@ -430,11 +461,11 @@ impl SharedTicket {
                 _ => {}
             }
         }
-        if let Err(e) = self.shared.store.leave(&self.key, self.id) {
+        if let Err(e) = self.backend.store.leave(&self.key, self.id) {
             // The lease ends the place within LEASE after its due instant anyway.
             log::warn!("could not give up a place in the shared queue: {e}");
         }
-        self.shared.ring();
+        self.backend.ring();
         true
     }
 
@@ -443,7 +474,7 @@ impl SharedTicket {
     pub(crate) fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
         let slice_end = slice.map(|s| Instant::now() + s);
         loop {
-            if self.shared.is_closed() {
+            if self.backend.is_closed() {
                 self.finish(WaiterState::Closed);
             }
             if let Some(done) = super::outcome(self.state(), *self.frees_in.lock()) {
@@ -455,7 +486,7 @@ impl SharedTicket {
                 continue;
             }
             // Read before the poll: a bell rung after it must not be slept through.
-            let bell = self.shared.bell_count();
+            let bell = self.backend.bell_count();
             let planned = {
                 let p = self.plan.lock();
                 p.next.filter(|t| p.bell == bell && now < *t)
@@ -484,7 +515,7 @@ impl SharedTicket {
                 }
                 until = until.min(end);
             }
-            self.shared.sleep(until, bell);
+            self.backend.sleep(until, bell);
         }
     }
 
@@ -492,7 +523,7 @@ impl SharedTicket {
     /// (admitted, timed out, cancelled meanwhile); fails when the store does.
     fn poll_once(&self, now: Instant) -> Result<Option<Instant>, Error> {
         let windows = self.state.lock().windows.clone();
-        let verdict = self.shared.store.poll(
+        let verdict = self.backend.store.poll(
             &self.key,
             &windows,
             u64::from(self.cost),
@@ -534,7 +565,7 @@ impl SharedTicket {
             Err(e) => {
                 let retry = self.plan.lock().retry;
                 let fatal = e.kind != StoreErrorKind::Unavailable
-                    || self.shared.on_unavailable == OnUnavailable::Fail
+                    || self.backend.on_unavailable == OnUnavailable::Fail
                     || self.deadline.is_some_and(|d| now + retry > d);
                 if fatal {
                     // The failure, not "cancelled", is what the caller needs to see.
@@ -557,7 +588,7 @@ impl SharedTicket {
     }
 }
 
-impl Drop for SharedTicket {
+impl Drop for StoreTicket {
     fn drop(&mut self) {
         self.finish(WaiterState::Cancelled);
     }
