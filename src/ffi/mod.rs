@@ -9,10 +9,29 @@
 
 #[macro_use]
 mod boundary;
+mod settings;
+
+// cbindgen declares the items in the order of these modules, and rustfmt sorts modules
+// only within a group: the groups keep each builder before its object in the header.
+mod client_builder;
+mod credentials;
+
 mod client;
+mod pages;
+mod request;
+mod response;
+
 mod error;
 mod features;
+
+mod limiter_builder;
+
 mod limiter;
+
+mod bucket_stats;
+mod hold;
+mod ticket;
+
 mod log;
 #[cfg(feature = "sim")]
 mod sim;
