@@ -1330,7 +1330,6 @@ qg_result qg_limiter_enqueue_hold(const qg_limiter *l,
                                   qg_ticket **out);
 
 /**
- * Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
  * Makes every caller of `key`'s bucket wait until `duration_ms` from now. A later pause
  * extends the current one; a shorter one never shortens it. `key`: as in
  * `qg_limiter_acquire`. Thread-safe.
@@ -1407,6 +1406,7 @@ void qg_bucket_stats_free(qg_bucket_stats *s);
 void qg_hold_release(qg_hold *h);
 
 /**
+ * Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
  * `*out` receives the hold, which the caller releases with `qg_hold_release`. Fails with
  * `QG_ERR_INVALID_ARGUMENT` for a ticket made by `qg_limiter_enqueue`, one not admitted
  * yet, or one whose hold was already taken. `t` and `out` must not be NULL.

@@ -210,7 +210,6 @@ pub extern "C" fn qg_limiter_enqueue_hold(
     }
 }
 
-/// Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
 /// Makes every caller of `key`'s bucket wait until `duration_ms` from now. A later pause
 /// extends the current one; a shorter one never shortens it. `key`: as in
 /// `qg_limiter_acquire`. Thread-safe.

@@ -16,6 +16,7 @@ pub struct qg_ticket {
     pub(super) ticket: Ticket,
 }
 
+/// Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
 /// `*out` receives the hold, which the caller releases with `qg_hold_release`. Fails with
 /// `QG_ERR_INVALID_ARGUMENT` for a ticket made by `qg_limiter_enqueue`, one not admitted
 /// yet, or one whose hold was already taken. `t` and `out` must not be NULL.
