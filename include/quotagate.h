@@ -43,18 +43,6 @@ extern "C" {
 
 
 /**
- * `qg_client_builder_set_assertion_algorithm`: sign client assertions with PS256
- * (RSASSA-PSS, header `x5t#S256`). The default.
- */
-#define QG_ASSERTION_PS256 0
-
-/**
- * `qg_client_builder_set_assertion_algorithm`: sign client assertions with RS256
- * (RSASSA-PKCS1-v1_5, header `x5t`), for older identity platforms.
- */
-#define QG_ASSERTION_RS256 1
-
-/**
  * `qg_client_builder_set_hunting_budget_policy`: a hunting query waits until enough run
  * time leaves the windows, within the quota-wait budget. The default.
  */
@@ -67,6 +55,18 @@ extern "C" {
  * when run time frees up.
  */
 #define QG_HUNTING_BUDGET_FAIL 1
+
+/**
+ * `qg_client_builder_set_assertion_algorithm`: sign client assertions with PS256
+ * (RSASSA-PSS, header `x5t#S256`). The default.
+ */
+#define QG_ASSERTION_PS256 0
+
+/**
+ * `qg_client_builder_set_assertion_algorithm`: sign client assertions with RS256
+ * (RSASSA-PKCS1-v1_5, header `x5t`), for older identity platforms.
+ */
+#define QG_ASSERTION_RS256 1
 
 /**
  * Field of `qg_last_error_detail` and `qg_response_error_detail`: the HTTP status.
@@ -320,9 +320,23 @@ typedef struct qg_client qg_client;
 /**
  * Configures a client before it is built.
  *
- * Methods: `qg_client_builder_new`, `qg_client_builder_set_*`,
- * `qg_client_builder_add_default_rate`, `qg_client_builder_add_route`,
- * `qg_client_builder_build`, `qg_client_builder_free`.
+ * Methods: `qg_client_builder_new`, `qg_client_builder_build`, `qg_client_builder_free`;
+ * where the API is: `qg_client_builder_set_cloud`, `qg_client_builder_set_base_url`,
+ * `qg_client_builder_set_authority`, `qg_client_builder_set_allow_insecure_http`,
+ * `qg_client_builder_set_proxy`; who the client is: `qg_client_builder_set_tenant_id`,
+ * `qg_client_builder_set_client_id`, `qg_client_builder_set_client_secret`,
+ * `qg_client_builder_set_certificate_pem_files`, `qg_client_builder_set_certificate_pem`,
+ * `qg_client_builder_set_certificate_pfx_file`,
+ * `qg_client_builder_set_assertion_algorithm`, `qg_client_builder_set_access_token`,
+ * `qg_client_builder_set_token_provider`, `qg_client_builder_set_scope`,
+ * `qg_client_builder_set_resource`; time and size limits:
+ * `qg_client_builder_set_timeout_ms`, `qg_client_builder_set_connect_timeout_ms`,
+ * `qg_client_builder_set_max_body_bytes`, `qg_client_builder_set_max_pages`,
+ * `qg_client_builder_set_max_attempts`, `qg_client_builder_set_max_quota_wait_ms`;
+ * quotas: `qg_client_builder_add_default_rate`, `qg_client_builder_add_route`,
+ * `qg_client_builder_set_max_in_flight`, `qg_client_builder_set_margin_ms`,
+ * `qg_client_builder_set_hunting_budget_ms`, `qg_client_builder_set_hunting_budget_policy`,
+ * `qg_client_builder_set_limiter`, `qg_client_builder_set_store`.
  *
  * Owned by the caller, who frees it with `qg_client_builder_free`; it holds the secret
  * until then (wiped on free). Not for use by several threads at once.
@@ -349,8 +363,8 @@ typedef struct qg_hold qg_hold;
  * A thread-safe limiter of calls by key: exact rolling windows, several at once, FIFO
  * waiting with deadlines, pauses, cancellable waits.
  *
- * Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_hold`,
- * `qg_limiter_try_hold`, `qg_limiter_enqueue_hold`, `qg_limiter_enqueue`,
+ * Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_wait_time`,
+ * `qg_limiter_hold`, `qg_limiter_try_hold`, `qg_limiter_enqueue_hold`, `qg_limiter_enqueue`,
  * `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`, `qg_limiter_close`,
  * `qg_limiter_free`.
  *
@@ -364,7 +378,7 @@ typedef struct qg_limiter qg_limiter;
  *
  * Methods: `qg_limiter_builder_new`, `qg_limiter_builder_add_rate`,
  * `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_hold_lease_ms`,
- * `qg_limiter_builder_set_max_buckets`,
+ * `qg_limiter_builder_set_max_buckets`, `qg_limiter_builder_set_store`,
  * `qg_limiter_builder_build`, `qg_limiter_builder_free`.
  *
  * Owned by the caller, who frees it with `qg_limiter_builder_free`. Not for use by
@@ -410,8 +424,8 @@ typedef struct qg_response qg_response;
 /**
  * A running simulator on a loopback port.
  *
- * Methods: `qg_sim_info`, `qg_sim_issue_token`, `qg_sim_log_json`, `qg_sim_stats_json`,
- * `qg_sim_stop`, `qg_sim_free`.
+ * Methods: `qg_sim_start`, `qg_sim_info`, `qg_sim_issue_token`, `qg_sim_log_json`,
+ * `qg_sim_stats_json`, `qg_sim_stop`, `qg_sim_free`.
  *
  * Safe to use from any number of threads at once. `qg_sim_free` stops it.
  */
@@ -422,9 +436,12 @@ typedef struct qg_sim qg_sim;
 /**
  * The simulator's settings before it starts.
  *
- * Methods: `qg_sim_config_new`, `qg_sim_config_set_*` (machines, limit, time scale,
- * token lifetime, faults, inbound jitter, Retry-After style, live response delay),
- * `qg_sim_config_add_certificate_client`, `qg_sim_config_free`.
+ * Methods: `qg_sim_config_new`, `qg_sim_config_set_machines`, `qg_sim_config_set_limit`,
+ * `qg_sim_config_set_time_scale`, `qg_sim_config_set_token_lifetime_ms`,
+ * `qg_sim_config_set_faults`, `qg_sim_config_set_inbound_jitter_ms`,
+ * `qg_sim_config_set_retry_after_style`, `qg_sim_config_set_live_response_delay_ms`,
+ * `qg_sim_config_add_certificate_client`, `qg_sim_config_free`; `qg_sim_start` starts a
+ * simulator with it.
  *
  * Owned by the caller; not for use by several threads at once.
  */
@@ -667,95 +684,6 @@ qg_result qg_client_builder_set_allow_insecure_http(qg_client_builder *b, uint32
 qg_result qg_client_builder_set_cloud(qg_client_builder *b, const char *name);
 
 /**
- * Sets the tenant id for client-secret credentials. Copied; no NULL.
- */
-qg_result qg_client_builder_set_tenant_id(qg_client_builder *b, const char *tenant_id);
-
-/**
- * Sets the application (client) id for client-secret credentials. Copied; no NULL.
- */
-qg_result qg_client_builder_set_client_id(qg_client_builder *b, const char *client_id);
-
-/**
- * Sets the client secret. Copied into memory that is wiped when freed; it never
- * appears in error texts or logs. No NULL.
- */
-qg_result qg_client_builder_set_client_secret(qg_client_builder *b, const char *secret);
-
-/**
- * Uses certificate credentials read from PEM files: `certificate_path` holds the
- * certificate, `key_path` its RSA private key (`PRIVATE KEY` or `RSA PRIVATE KEY`,
- * unencrypted); NULL `key_path` means the same file holds both. Give the tenant id and
- * client id as well. Token requests then carry a client assertion signed with the key
- * instead of a client secret. The files are read now; the key is kept in memory that
- * is wiped when the builder and its clients are freed, and never appears in error
- * texts or logs. A key file that group or others can read is logged as a warning.
- * Fails with `QG_ERR_INVALID_ARGUMENT` when a file cannot be read, holds no
- * certificate or key, the key is not RSA, or it does not belong to the certificate.
- * `b` and `certificate_path` must not be NULL.
- */
-qg_result qg_client_builder_set_certificate_pem_files(qg_client_builder *b,
-                                                      const char *certificate_path,
-                                                      const char *key_path);
-
-/**
- * Uses certificate credentials given as PEM text (from a vault, say): `certificate_pem`
- * holds the certificate, `key_pem` the RSA private key; NULL `key_pem` means
- * `certificate_pem` holds both. Both are copied; otherwise as
- * `qg_client_builder_set_certificate_pem_files`. `b` and `certificate_pem` must not be
- * NULL.
- */
-qg_result qg_client_builder_set_certificate_pem(qg_client_builder *b,
-                                                const char *certificate_pem,
-                                                const char *key_pem);
-
-/**
- * Uses certificate credentials read from a PKCS#12/PFX file (as Windows, Azure Key Vault
- * and `openssl pkcs12 -export` write it) with its `password` (NULL: empty): the first
- * private key with its certificate. Otherwise as
- * `qg_client_builder_set_certificate_pem_files`. A wrong password, or a build without
- * PFX support, gives `QG_ERR_INVALID_ARGUMENT`. `b` and `path` must not be NULL.
- */
-qg_result qg_client_builder_set_certificate_pfx_file(qg_client_builder *b,
-                                                     const char *path,
-                                                     const char *password);
-
-/**
- * Chooses how client assertions are signed: `QG_ASSERTION_PS256` (the default) or
- * `QG_ASSERTION_RS256`. Applies to a certificate set before or after this call.
- * Another value gives `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
- */
-qg_result qg_client_builder_set_assertion_algorithm(qg_client_builder *b, uint32_t algorithm);
-
-/**
- * Uses a fixed access token instead of client credentials. Copied and guarded like a
- * secret. No NULL.
- */
-qg_result qg_client_builder_set_access_token(qg_client_builder *b, const char *token);
-
-/**
- * Takes tokens from the host's `callback` (see `qg_token_fn` for the contract and the
- * threads it is called from) instead of client credentials or a fixed token. The
- * client caches each token for the lifetime the callback reports. `user_data` is
- * passed to every call; it must stay valid, and usable from any thread, until the
- * builder and every client built from it are freed. Set the tenant id and client id as
- * well to name the quota buckets after them. `b` and `callback` must not be NULL.
- */
-qg_result qg_client_builder_set_token_provider(qg_client_builder *b,
-                                               qg_token_fn callback,
-                                               void *user_data);
-
-/**
- * Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
- */
-qg_result qg_client_builder_set_scope(qg_client_builder *b, const char *scope);
-
-/**
- * Asks v1 tokens for this resource instead of a v2 scope. No NULL.
- */
-qg_result qg_client_builder_set_resource(qg_client_builder *b, const char *resource);
-
-/**
  * Shares the client's quotas with every process that opens the same store:
  * `file:///path/to/state.q` (one host) or `redis://host:6379/0?prefix=qg` (many hosts);
  * see `qg_limiter_builder_set_store` for the URL's parameters. A malformed URL fails
@@ -894,6 +822,178 @@ qg_result qg_client_builder_build(const qg_client_builder *b, qg_client **out);
 void qg_client_builder_free(qg_client_builder *b);
 
 /**
+ * Sets the tenant id for client-secret credentials. Copied; no NULL.
+ */
+qg_result qg_client_builder_set_tenant_id(qg_client_builder *b, const char *tenant_id);
+
+/**
+ * Sets the application (client) id for client-secret credentials. Copied; no NULL.
+ */
+qg_result qg_client_builder_set_client_id(qg_client_builder *b, const char *client_id);
+
+/**
+ * Sets the client secret. Copied into memory that is wiped when freed; it never
+ * appears in error texts or logs. No NULL.
+ */
+qg_result qg_client_builder_set_client_secret(qg_client_builder *b, const char *secret);
+
+/**
+ * Uses certificate credentials read from PEM files: `certificate_path` holds the
+ * certificate, `key_path` its RSA private key (`PRIVATE KEY` or `RSA PRIVATE KEY`,
+ * unencrypted); NULL `key_path` means the same file holds both. Give the tenant id and
+ * client id as well. Token requests then carry a client assertion signed with the key
+ * instead of a client secret. The files are read now; the key is kept in memory that
+ * is wiped when the builder and its clients are freed, and never appears in error
+ * texts or logs. A key file that group or others can read is logged as a warning.
+ * Fails with `QG_ERR_INVALID_ARGUMENT` when a file cannot be read, holds no
+ * certificate or key, the key is not RSA, or it does not belong to the certificate.
+ * `b` and `certificate_path` must not be NULL.
+ */
+qg_result qg_client_builder_set_certificate_pem_files(qg_client_builder *b,
+                                                      const char *certificate_path,
+                                                      const char *key_path);
+
+/**
+ * Uses certificate credentials given as PEM text (from a vault, say): `certificate_pem`
+ * holds the certificate, `key_pem` the RSA private key; NULL `key_pem` means
+ * `certificate_pem` holds both. Both are copied; otherwise as
+ * `qg_client_builder_set_certificate_pem_files`. `b` and `certificate_pem` must not be
+ * NULL.
+ */
+qg_result qg_client_builder_set_certificate_pem(qg_client_builder *b,
+                                                const char *certificate_pem,
+                                                const char *key_pem);
+
+/**
+ * Uses certificate credentials read from a PKCS#12/PFX file (as Windows, Azure Key Vault
+ * and `openssl pkcs12 -export` write it) with its `password` (NULL: empty): the first
+ * private key with its certificate. Otherwise as
+ * `qg_client_builder_set_certificate_pem_files`. A wrong password, or a build without
+ * PFX support, gives `QG_ERR_INVALID_ARGUMENT`. `b` and `path` must not be NULL.
+ */
+qg_result qg_client_builder_set_certificate_pfx_file(qg_client_builder *b,
+                                                     const char *path,
+                                                     const char *password);
+
+/**
+ * Chooses how client assertions are signed: `QG_ASSERTION_PS256` (the default) or
+ * `QG_ASSERTION_RS256`. Applies to a certificate set before or after this call.
+ * Another value gives `QG_ERR_INVALID_ARGUMENT`. `b` must not be NULL.
+ */
+qg_result qg_client_builder_set_assertion_algorithm(qg_client_builder *b, uint32_t algorithm);
+
+/**
+ * Uses a fixed access token instead of client credentials. Copied and guarded like a
+ * secret. No NULL.
+ */
+qg_result qg_client_builder_set_access_token(qg_client_builder *b, const char *token);
+
+/**
+ * Takes tokens from the host's `callback` (see `qg_token_fn` for the contract and the
+ * threads it is called from) instead of client credentials or a fixed token. The
+ * client caches each token for the lifetime the callback reports. `user_data` is
+ * passed to every call; it must stay valid, and usable from any thread, until the
+ * builder and every client built from it are freed. Set the tenant id and client id as
+ * well to name the quota buckets after them. `b` and `callback` must not be NULL.
+ */
+qg_result qg_client_builder_set_token_provider(qg_client_builder *b,
+                                               qg_token_fn callback,
+                                               void *user_data);
+
+/**
+ * Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
+ */
+qg_result qg_client_builder_set_scope(qg_client_builder *b, const char *scope);
+
+/**
+ * Asks v1 tokens for this resource instead of a v2 scope. No NULL.
+ */
+qg_result qg_client_builder_set_resource(qg_client_builder *b, const char *resource);
+
+/**
+ * Sends a request through the limiter, with token handling and retries, and blocks until
+ * the final answer.
+ *
+ * Returns `QG_OK` whenever the server gave a final answer, whatever its status (check it
+ * with `qg_response_status`); `*out` then receives a response to free with
+ * `qg_response_free`. Failures: `QG_ERR_THROTTLED` (quota budget ran out),
+ * `QG_ERR_TIMEOUT`, `QG_ERR_TRANSPORT` (including an ambiguous POST failure, which is
+ * never repeated), `QG_ERR_AUTH`, `QG_ERR_BODY_TOO_LARGE`, `QG_ERR_CANCELLED`,
+ * `QG_ERR_CLOSED`, `QG_ERR_INVALID_ARGUMENT`; then `qg_last_error_detail` gives the
+ * server's details on the same thread. No argument may be NULL. Thread-safe.
+ */
+qg_result qg_client_send(const qg_client *c, const qg_request *r, qg_response **out);
+
+/**
+ * Starts paging: the first request is `first` (copied, with its cancel handle), and each
+ * following page is the previous one's `@odata.nextLink`, used exactly as given. Nothing
+ * is sent until `qg_pages_next` or `qg_pages_next_item`. On success `*out` receives
+ * pages to free with `qg_pages_free`. No NULL.
+ */
+qg_result qg_client_pages(const qg_client *c, const qg_request *first, qg_pages **out);
+
+/**
+ * Copies the scope the client's tokens are for into `buf` (the `(buf, len, written)`
+ * convention), in the v2 form (`https://api.securitycenter.microsoft.com/.default`)
+ * even when the client asks for a v1 resource: what a host's credential object asks
+ * its identity library for, before it hands tokens to a token provider. No NULL
+ * except `buf` with `len` 0. Thread-safe.
+ */
+qg_result qg_client_token_scope(const qg_client *c, char *buf, size_t len, size_t *written);
+
+/**
+ * Writes the client's statistics as a JSON object to `*out` (free with
+ * `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
+ * `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
+ * `waited_calls`, `total_wait_ms`, `longest_wait_ms`, `pauses` and `windows`
+ * (`used`, `calls`, `window_ms`), and `in_flight_peaks` (for each route with a cap on
+ * calls under way, the most there were at once). No NULL. Thread-safe.
+ */
+qg_result qg_client_stats_json(const qg_client *c, char **out);
+
+/**
+ * Closes the client: calls waiting for quota, a token or a backoff end with
+ * `QG_ERR_CLOSED` within about 50 ms, and later calls fail the same way. A shared
+ * limiter stays open. The handle stays valid until `qg_client_free`. Thread-safe.
+ */
+qg_result qg_client_close(const qg_client *c);
+
+/**
+ * Releases the caller's reference to the client. NULL does nothing; never free the same
+ * handle twice, nor while another thread still uses it.
+ */
+void qg_client_free(qg_client *c);
+
+/**
+ * Fetches the next page: `QG_OK` and a response in `*out` (free with
+ * `qg_response_free`), `QG_DONE` after the last page, or a failure as in
+ * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`, and
+ * `QG_ERR_PAGING` when a next link leads back to a page already fetched or the list has
+ * more pages than `qg_client_builder_set_max_pages` allows. A failure ends the run:
+ * every later call returns the same failure again (with its last error text), never
+ * `QG_DONE`, so a loop that stops at the first result other than `QG_OK` can tell a
+ * complete list (`QG_DONE`) from a partial one. Blocks like `qg_client_send`, and stops
+ * at the request's `qg_request_cancel`. No NULL.
+ */
+qg_result qg_pages_next(qg_pages *p, qg_response **out);
+
+/**
+ * Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
+ * (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
+ * Failures as in `qg_pages_next`, and the same failure again on every later call. One
+ * call may fetch several pages when pages hold no items; it stops at the request's
+ * `qg_request_cancel`, and with `QG_ERR_TIMEOUT` once the client's quota-wait budget
+ * (`qg_client_builder_set_max_quota_wait_ms`) has passed between such pages. Do not mix
+ * with `qg_pages_next` on the same pages. No NULL.
+ */
+qg_result qg_pages_next_item(qg_pages *p, char **item_json);
+
+/**
+ * Frees pages. NULL does nothing; never free the same pages twice.
+ */
+void qg_pages_free(qg_pages *p);
+
+/**
  * Creates a request of `method` (such as "GET", "POST") to `path_or_url`: a path on the
  * base URL ("/api/machines") or an absolute URL on the same host (an
  * `@odata.nextLink`, used exactly as given). On success `*out` receives a request that
@@ -946,20 +1046,6 @@ qg_result qg_request_cancel(const qg_request *r);
  * send uses it.
  */
 void qg_request_free(qg_request *r);
-
-/**
- * Sends a request through the limiter, with token handling and retries, and blocks until
- * the final answer.
- *
- * Returns `QG_OK` whenever the server gave a final answer, whatever its status (check it
- * with `qg_response_status`); `*out` then receives a response to free with
- * `qg_response_free`. Failures: `QG_ERR_THROTTLED` (quota budget ran out),
- * `QG_ERR_TIMEOUT`, `QG_ERR_TRANSPORT` (including an ambiguous POST failure, which is
- * never repeated), `QG_ERR_AUTH`, `QG_ERR_BODY_TOO_LARGE`, `QG_ERR_CANCELLED`,
- * `QG_ERR_CLOSED`, `QG_ERR_INVALID_ARGUMENT`; then `qg_last_error_detail` gives the
- * server's details on the same thread. No argument may be NULL. Thread-safe.
- */
-qg_result qg_client_send(const qg_client *c, const qg_request *r, qg_response **out);
 
 /**
  * Writes the answer's HTTP status to `*out`. No NULL.
@@ -1021,75 +1107,6 @@ qg_result qg_response_error_detail(const qg_response *r,
  * Frees a response. NULL does nothing; never free the same response twice.
  */
 void qg_response_free(qg_response *r);
-
-/**
- * Starts paging: the first request is `first` (copied, with its cancel handle), and each
- * following page is the previous one's `@odata.nextLink`, used exactly as given. Nothing
- * is sent until `qg_pages_next` or `qg_pages_next_item`. On success `*out` receives
- * pages to free with `qg_pages_free`. No NULL.
- */
-qg_result qg_client_pages(const qg_client *c, const qg_request *first, qg_pages **out);
-
-/**
- * Fetches the next page: `QG_OK` and a response in `*out` (free with
- * `qg_response_free`), `QG_DONE` after the last page, or a failure as in
- * `qg_client_send`, where an error status is `QG_ERR_HTTP_STATUS`, and
- * `QG_ERR_PAGING` when a next link leads back to a page already fetched or the list has
- * more pages than `qg_client_builder_set_max_pages` allows. A failure ends the run:
- * every later call returns the same failure again (with its last error text), never
- * `QG_DONE`, so a loop that stops at the first result other than `QG_OK` can tell a
- * complete list (`QG_DONE`) from a partial one. Blocks like `qg_client_send`, and stops
- * at the request's `qg_request_cancel`. No NULL.
- */
-qg_result qg_pages_next(qg_pages *p, qg_response **out);
-
-/**
- * Gives the items of the pages' `value` arrays one by one, as JSON text in `*item_json`
- * (free with `qg_string_free`), fetching pages as needed; `QG_DONE` after the last item.
- * Failures as in `qg_pages_next`, and the same failure again on every later call. One
- * call may fetch several pages when pages hold no items; it stops at the request's
- * `qg_request_cancel`, and with `QG_ERR_TIMEOUT` once the client's quota-wait budget
- * (`qg_client_builder_set_max_quota_wait_ms`) has passed between such pages. Do not mix
- * with `qg_pages_next` on the same pages. No NULL.
- */
-qg_result qg_pages_next_item(qg_pages *p, char **item_json);
-
-/**
- * Frees pages. NULL does nothing; never free the same pages twice.
- */
-void qg_pages_free(qg_pages *p);
-
-/**
- * Copies the scope the client's tokens are for into `buf` (the `(buf, len, written)`
- * convention), in the v2 form (`https://api.securitycenter.microsoft.com/.default`)
- * even when the client asks for a v1 resource: what a host's credential object asks
- * its identity library for, before it hands tokens to a token provider. No NULL
- * except `buf` with `len` 0. Thread-safe.
- */
-qg_result qg_client_token_scope(const qg_client *c, char *buf, size_t len, size_t *written);
-
-/**
- * Writes the client's statistics as a JSON object to `*out` (free with
- * `qg_string_free`): `requests`, `retries`, `throttled`, `token_requests`,
- * `transport_failures`, `learned_limits`, and `buckets` by key with `admitted_calls`,
- * `waited_calls`, `total_wait_ms`, `longest_wait_ms`, `pauses` and `windows`
- * (`used`, `calls`, `window_ms`), and `in_flight_peaks` (for each route with a cap on
- * calls under way, the most there were at once). No NULL. Thread-safe.
- */
-qg_result qg_client_stats_json(const qg_client *c, char **out);
-
-/**
- * Closes the client: calls waiting for quota, a token or a backoff end with
- * `QG_ERR_CLOSED` within about 50 ms, and later calls fail the same way. A shared
- * limiter stays open. The handle stays valid until `qg_client_free`. Thread-safe.
- */
-qg_result qg_client_close(const qg_client *c);
-
-/**
- * Releases the caller's reference to the client. NULL does nothing; never free the same
- * handle twice, nor while another thread still uses it.
- */
-void qg_client_free(qg_client *c);
 
 /**
  * Copies the text of the calling thread's last failure into `buf` as a NUL-terminated
@@ -1313,48 +1330,6 @@ qg_result qg_limiter_enqueue_hold(const qg_limiter *l,
                                   qg_ticket **out);
 
 /**
- * Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
- * `*out` receives the hold, which the caller releases with `qg_hold_release`. Fails with
- * `QG_ERR_INVALID_ARGUMENT` for a ticket made by `qg_limiter_enqueue`, one not admitted
- * yet, or one whose hold was already taken. `t` and `out` must not be NULL.
- */
-qg_result qg_ticket_take_hold(const qg_ticket *t, qg_hold **out);
-
-/**
- * Releases a hold: its units count in every window from now on, no longer in flight,
- * and `h` is freed. Call it when the held call's answer has come back or it failed.
- * NULL does nothing; never release the same hold twice.
- */
-void qg_hold_release(qg_hold *h);
-
-/**
- * Waits for the ticket's admission for at most `slice_ms` milliseconds (< 0: as long as
- * it takes; 0: only checks).
- *
- * Returns `QG_OK` once admitted (again on every later call), `QG_PENDING` when the slice
- * ran out with the place kept, `QG_ERR_TIMEOUT` when the ticket's deadline passed or
- * cannot be met, `QG_ERR_CANCELLED` after `qg_ticket_cancel`, `QG_ERR_CLOSED` when the
- * limiter was closed. `t` must not be NULL. Another thread may cancel meanwhile.
- */
-qg_result qg_ticket_wait(const qg_ticket *t, int64_t slice_ms);
-
-/**
- * Cancels a waiting ticket: it leaves the queue without disturbing the others' order,
- * and a thread blocked in `qg_ticket_wait` on it returns `QG_ERR_CANCELLED` at once.
- *
- * Returns `QG_OK` when the wait was cancelled, `QG_ERR_NOT_WAITING` when the ticket was
- * no longer waiting (an admitted call keeps its permit). `t` must not be NULL.
- * Safe to call from any thread while another waits on the ticket.
- */
-qg_result qg_ticket_cancel(const qg_ticket *t);
-
-/**
- * Frees a ticket, giving up its place if it was not admitted. NULL does nothing; never
- * free the same ticket twice, nor while another thread uses it.
- */
-void qg_ticket_free(qg_ticket *t);
-
-/**
  * Makes every caller of `key`'s bucket wait until `duration_ms` from now. A later pause
  * extends the current one; a shorter one never shortens it. `key`: as in
  * `qg_limiter_acquire`. Thread-safe.
@@ -1422,6 +1397,48 @@ qg_result qg_bucket_stats_window(const qg_bucket_stats *s,
  * Frees a statistics snapshot. NULL does nothing; never free the same snapshot twice.
  */
 void qg_bucket_stats_free(qg_bucket_stats *s);
+
+/**
+ * Releases a hold: its units count in every window from now on, no longer in flight,
+ * and `h` is freed. Call it when the held call's answer has come back or it failed.
+ * NULL does nothing; never release the same hold twice.
+ */
+void qg_hold_release(qg_hold *h);
+
+/**
+ * Takes the hold of an admitted ticket made by `qg_limiter_enqueue_hold`: on success
+ * `*out` receives the hold, which the caller releases with `qg_hold_release`. Fails with
+ * `QG_ERR_INVALID_ARGUMENT` for a ticket made by `qg_limiter_enqueue`, one not admitted
+ * yet, or one whose hold was already taken. `t` and `out` must not be NULL.
+ */
+qg_result qg_ticket_take_hold(const qg_ticket *t, qg_hold **out);
+
+/**
+ * Waits for the ticket's admission for at most `slice_ms` milliseconds (< 0: as long as
+ * it takes; 0: only checks).
+ *
+ * Returns `QG_OK` once admitted (again on every later call), `QG_PENDING` when the slice
+ * ran out with the place kept, `QG_ERR_TIMEOUT` when the ticket's deadline passed or
+ * cannot be met, `QG_ERR_CANCELLED` after `qg_ticket_cancel`, `QG_ERR_CLOSED` when the
+ * limiter was closed. `t` must not be NULL. Another thread may cancel meanwhile.
+ */
+qg_result qg_ticket_wait(const qg_ticket *t, int64_t slice_ms);
+
+/**
+ * Cancels a waiting ticket: it leaves the queue without disturbing the others' order,
+ * and a thread blocked in `qg_ticket_wait` on it returns `QG_ERR_CANCELLED` at once.
+ *
+ * Returns `QG_OK` when the wait was cancelled, `QG_ERR_NOT_WAITING` when the ticket was
+ * no longer waiting (an admitted call keeps its permit). `t` must not be NULL.
+ * Safe to call from any thread while another waits on the ticket.
+ */
+qg_result qg_ticket_cancel(const qg_ticket *t);
+
+/**
+ * Frees a ticket, giving up its place if it was not admitted. NULL does nothing; never
+ * free the same ticket twice, nor while another thread uses it.
+ */
+void qg_ticket_free(qg_ticket *t);
 
 /**
  * Sends the library's log records at `max_level` (a `QG_LOG_*` value) and more severe

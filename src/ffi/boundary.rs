@@ -4,20 +4,50 @@
 use super::error::{FfiError, qg_result};
 use std::ffi::{CStr, c_char};
 
-/// Runs a body that returns `Result<(), FfiError>` so that no panic crosses into C:
-/// `Ok` becomes `QG_OK`, an error is recorded as the thread's last error and its code
-/// returned, and a panic becomes `QG_ERR_PANIC` with its message as the last error.
+/// Runs a body that returns `Result<T, FfiError>`, where `T` is `()` or a [`Success`], so
+/// that no panic crosses into C: a success becomes its code (`()` is `QG_OK`), an error is
+/// recorded as the thread's last error and its code returned, and a panic becomes
+/// `QG_ERR_PANIC` with its message as the last error.
 macro_rules! ffi_boundary {
     ($($body:tt)*) => {
-        $crate::ffi::boundary::run(move || -> ::std::result::Result<(), $crate::ffi::error::FfiError> {
+        $crate::ffi::boundary::run(move || -> ::std::result::Result<_, $crate::ffi::error::FfiError> {
             $($body)*
         })
     };
 }
 
-pub(crate) fn run(f: impl FnOnce() -> Result<(), FfiError>) -> qg_result {
+/// The results a body returns that are not failures, so that they leave by the same road
+/// as `QG_OK` and never set the last error. Typed, so that no body can return an error
+/// code without recording its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Success {
+    /// `QG_OK`.
+    Ok,
+    /// `QG_DONE`: a paging run has no more pages or items.
+    Done,
+    /// `QG_PENDING`: a ticket's slice ran out with its place kept.
+    Pending,
+}
+
+impl From<()> for Success {
+    fn from((): ()) -> Self {
+        Success::Ok
+    }
+}
+
+impl Success {
+    fn code(self) -> qg_result {
+        match self {
+            Success::Ok => super::error::QG_OK,
+            Success::Done => super::error::QG_DONE,
+            Success::Pending => super::error::QG_PENDING,
+        }
+    }
+}
+
+pub(crate) fn run<T: Into<Success>>(f: impl FnOnce() -> Result<T, FfiError>) -> qg_result {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(())) => super::error::QG_OK,
+        Ok(Ok(success)) => success.into().code(),
         // Asking for a text's size must not replace the error the caller is reading about.
         Ok(Err(e)) if e.code == super::error::QG_ERR_BUFFER_TOO_SMALL => e.code,
         Ok(Err(e)) => super::error::record(e),
@@ -35,8 +65,6 @@ pub(crate) fn run(f: impl FnOnce() -> Result<(), FfiError>) -> qg_result {
     }
 }
 
-/// Runs a body that cannot report failure (destructors): a panic is swallowed rather than
-/// unwinding into C, and recorded as the last error.
 pub(crate) fn run_void(f: impl FnOnce()) {
     run(|| {
         f();
@@ -174,12 +202,33 @@ mod tests {
     fn a_panic_becomes_a_result_code_with_its_message() {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let code = ffi_boundary! { panic!("boom {}", 42) };
+        let n = 42;
+        let code = ffi_boundary! {
+            if n == 42 {
+                panic!("boom {n}");
+            }
+            Ok(())
+        };
         std::panic::set_hook(prev);
         assert_eq!(code, QG_ERR_PANIC);
         assert_eq!(last_error(), "internal error (panic): boom 42");
         run_void(|| panic!("in a destructor"));
         assert!(last_error().contains("in a destructor"));
+    }
+
+    #[test]
+    fn successes_other_than_ok_keep_the_last_error() {
+        let failed = ffi_boundary! { Err::<(), _>(FfiError::invalid("the error being read")) };
+        assert_eq!(failed, crate::ffi::error::QG_ERR_INVALID_ARGUMENT);
+        for (success, code) in [
+            (Success::Ok, QG_OK),
+            (Success::Done, crate::ffi::error::QG_DONE),
+            (Success::Pending, crate::ffi::error::QG_PENDING),
+        ] {
+            assert_eq!(ffi_boundary! { Ok(success) }, code);
+        }
+        assert_eq!(ffi_boundary! { Ok(()) }, QG_OK);
+        assert_eq!(last_error(), "the error being read");
     }
 
     #[test]

@@ -13,9 +13,12 @@ use std::time::Duration;
 
 /// The simulator's settings before it starts.
 ///
-/// Methods: `qg_sim_config_new`, `qg_sim_config_set_*` (machines, limit, time scale,
-/// token lifetime, faults, inbound jitter, Retry-After style, live response delay),
-/// `qg_sim_config_add_certificate_client`, `qg_sim_config_free`.
+/// Methods: `qg_sim_config_new`, `qg_sim_config_set_machines`, `qg_sim_config_set_limit`,
+/// `qg_sim_config_set_time_scale`, `qg_sim_config_set_token_lifetime_ms`,
+/// `qg_sim_config_set_faults`, `qg_sim_config_set_inbound_jitter_ms`,
+/// `qg_sim_config_set_retry_after_style`, `qg_sim_config_set_live_response_delay_ms`,
+/// `qg_sim_config_add_certificate_client`, `qg_sim_config_free`; `qg_sim_start` starts a
+/// simulator with it.
 ///
 /// Owned by the caller; not for use by several threads at once.
 pub struct qg_sim_config {
@@ -25,8 +28,8 @@ pub struct qg_sim_config {
 
 /// A running simulator on a loopback port.
 ///
-/// Methods: `qg_sim_info`, `qg_sim_issue_token`, `qg_sim_log_json`, `qg_sim_stats_json`,
-/// `qg_sim_stop`, `qg_sim_free`.
+/// Methods: `qg_sim_start`, `qg_sim_info`, `qg_sim_issue_token`, `qg_sim_log_json`,
+/// `qg_sim_stats_json`, `qg_sim_stop`, `qg_sim_free`.
 ///
 /// Safe to use from any number of threads at once. `qg_sim_free` stops it.
 pub struct qg_sim {
