@@ -14,6 +14,8 @@ foreach ($folder in 'Private', 'Public') {
         . $file.FullName
     }
 }
+# The loop's variables would otherwise be seen by every function of the module.
+Remove-Variable -Name 'folder', 'file'
 
 Import-QgNativeLibrary
 
