@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tests of the PowerShell module (bindings/powershell):
-#  1. the module's C# interop file, compiled by Mono's mcs with tests/InteropTests.cs and
+#  1. the module's C# interop files, compiled by Mono's mcs with tests/InteropTests.cs and
 #     run against the debug build of the library (every P/Invoke, for real);
 #  2. a parse check of every .ps1, .psm1 and .psd1 with a pinned tree-sitter grammar;
 #  3. the Pester tests of every cmdlet, when pwsh is installed.
@@ -27,7 +27,7 @@ for tool in mcs mono; do
 done
 mcs -langversion:7.2 -warn:4 -warnaserror -r:System.dll -r:System.Core.dll \
   -out:"$out/InteropTests.exe" \
-  bindings/powershell/QuotaGate/QuotaGate.Interop.cs bindings/powershell/tests/InteropTests.cs
+  bindings/powershell/QuotaGate/Interop/*.cs bindings/powershell/tests/InteropTests.cs
 mono --debug "$out/InteropTests.exe" "$lib"
 
 echo "-- parse check of the PowerShell files"

@@ -5,10 +5,11 @@ Stages the QuotaGate module with a freshly built libquotagate, ready to import o
 
 .DESCRIPTION
 Builds the library in release mode with cargo (unless -NoBuild), then copies the module
-(the files of its manifest's FileList: QuotaGate.psd1, QuotaGate.psm1,
-QuotaGate.Interop.cs and the .ps1xml type and format data) to <OutputPath>/QuotaGate and
-the library, stripped (unless cross-built), to <OutputPath>/QuotaGate/runtimes/<rid>/native/,
-where the module looks first.
+(the files of its manifest's FileList: QuotaGate.psd1, QuotaGate.psm1, the C# interop
+in Interop/, the functions in Private/ and Public/, and the .ps1xml type and format
+data) to <OutputPath>/QuotaGate, in their folders, and the library, stripped (unless
+cross-built), to <OutputPath>/QuotaGate/runtimes/<rid>/native/, where the module looks
+first.
 Run it once per platform (or with -Target for a cross build) into the same OutputPath to
 gather several runtimes in one module, then Import-Module or Publish-Module the folder.
 
@@ -108,9 +109,11 @@ if (-not (Test-Path -LiteralPath $built -PathType Leaf)) {
 $module = Join-Path $OutputPath 'QuotaGate'
 $native = [System.IO.Path]::Combine($module, 'runtimes', $RuntimeIdentifier, 'native')
 New-Item -ItemType Directory -Force -Path $native | Out-Null
-# The manifest's FileList names every file the module needs.
+# The manifest's FileList names every file the module needs, by its path in the module.
 foreach ($name in (Import-PowerShellDataFile -LiteralPath (Join-Path $source 'QuotaGate.psd1')).FileList) {
-    Copy-Item -LiteralPath (Join-Path $source $name) -Destination $module -Force
+    $destination = Join-Path $module $name
+    New-Item -ItemType Directory -Force -Path (Split-Path -Parent $destination) | Out-Null
+    Copy-Item -LiteralPath (Join-Path $source $name) -Destination $destination -Force
 }
 Copy-Item -LiteralPath $built -Destination $native -Force
 # The module ships the library stripped, as scripts/install and the Python wheel do

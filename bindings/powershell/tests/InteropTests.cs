@@ -1,7 +1,7 @@
 // Tests of the QuotaGate module's C# interop layer against the real library.
 //
-// Compiled together with bindings/powershell/QuotaGate/QuotaGate.Interop.cs, exactly as
-// the module ships it, by Mono's mcs (scripts/test-powershell.sh):
+// Compiled together with bindings/powershell/QuotaGate/Interop/*.cs, exactly as the
+// module ships them, by Mono's mcs (scripts/test-powershell.sh):
 //
 //   mono InteropTests.exe /path/to/libquotagate.so
 //

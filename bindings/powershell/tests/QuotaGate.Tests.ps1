@@ -111,10 +111,10 @@ Describe 'The module' {
         # A fresh process, since this one has loaded the library; the internal Load overload
         # checks against a version that no library serves.
         $pwsh = (Get-Process -Id $PID).Path
-        $interop = Join-Path $PSScriptRoot '..' 'QuotaGate' 'QuotaGate.Interop.cs'
+        $interop = (Get-ChildItem -LiteralPath (Join-Path $PSScriptRoot '..' 'QuotaGate' 'Interop') -Filter '*.cs').FullName
         $library = [QuotaGate.Interop.Native]::LibraryPath
         $script = @"
-Add-Type -Path '$interop' -IgnoreWarnings
+Add-Type -Path '$($interop -join "', '")' -IgnoreWarnings
 `$load = [QuotaGate.Interop.Native].GetMethod('Load', [System.Reflection.BindingFlags]'NonPublic, Static', `$null, [type[]]@([string], [uint32]), `$null)
 foreach (`$attempt in 1, 2) {
     try { [void]`$load.Invoke(`$null, @('$library', [uint32]99000000)); 'loaded' } catch { 'refused' }

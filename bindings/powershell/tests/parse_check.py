@@ -4,13 +4,15 @@ No PowerShell runs on the machines that build quotagate, so the module's .ps1, .
 and .psd1 files are parsed with tree-sitter-powershell (pinned in
 requirements-parse.txt); any ERROR or MISSING node fails the check. With a manifest
 (.psd1), the type and format data (.ps1xml) beside it are checked too: well-formed XML
-whose script blocks parse.
+whose script blocks parse; and its FileList must name every file of its folder, and
+only those, since the module is staged from that list.
 
     python parse_check.py FILE...
 """
 
 import glob
 import os
+import re
 import sys
 import xml.etree.ElementTree as ElementTree
 
@@ -43,6 +45,29 @@ def data_problems(parser, path):
             yield 0, 0, "in a ScriptBlock: " + kind, text
 
 
+def file_list_problems(manifest):
+    """Yields (line, column, kind, text) for files of the manifest's folder that its
+    FileList leaves out, and for names in it that are not files."""
+    with open(manifest, encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(r"\bFileList\s*=\s*@\((.*?)\)", text, re.S)
+    if not match:
+        yield 0, 0, "no FileList", ""
+        return
+    line = text.count("\n", 0, match.start()) + 1
+    listed = set(re.findall(r"'([^']+)'", match.group(1)))
+    folder = os.path.dirname(manifest)
+    present = {
+        os.path.relpath(os.path.join(d, name), folder).replace(os.sep, "/")
+        for d, _, names in os.walk(folder)
+        for name in names
+    }
+    for name in sorted(present - listed):
+        yield line, 1, "not in FileList", name
+    for name in sorted(listed - present):
+        yield line, 1, "FileList names no file", name
+
+
 def main(paths):
     parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
     paths = list(paths)
@@ -56,6 +81,8 @@ def main(paths):
             with open(path, "rb") as f:
                 source = f.read()
             found = sorted(problems(parser.parse(source)))
+            if path.endswith(".psd1"):
+                found += sorted(file_list_problems(path))
         if found:
             failed += 1
             for line, column, kind, text in found:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 import quotagate
-from quotagate import _client
+from quotagate import _client, testing
 from quotagate.testing import Simulator
 
 from conftest import header_functions, make_client, requires_client
@@ -47,3 +47,26 @@ def test_the_new_keywords_are_checked_and_accepted(sim: Simulator) -> None:
         make_client(sim, hunting_run_time=600)
     with pytest.raises(quotagate.InvalidArgumentError):
         make_client(sim, max_in_flight=[("GET", "", 1)])
+
+
+def test_every_client_keyword_reaches_the_builder() -> None:
+    # A keyword missing from the table would be accepted and silently ignored.
+    keywords = set(inspect.signature(_client.Client).parameters)
+    # credential becomes token_provider; private_key and password go with certificate.
+    taken_with_others = {"credential", "private_key", "password"}
+    rows = [row[0] for row in _client._OPTIONS]
+    assert len(rows) == len(set(rows)), "a keyword with two rows"
+    assert set(rows) == keywords - taken_with_others
+
+
+def test_every_simulator_keyword_reaches_the_configuration() -> None:
+    keywords = set(inspect.signature(Simulator).parameters)
+    # Rows that stand for several keywords, and the port, which starts the simulator.
+    groups = {
+        "limits": {"limit", "window", "limits"},
+        "faults": {"error_rate", "reset_rate", "latency"},
+    }
+    covered = {"port"}
+    for name, _setter, _convert in testing._OPTIONS:
+        covered |= groups.get(name, {name})
+    assert covered == keywords

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json as _json
 from types import TracebackType
-from typing import Any, AsyncIterator, Mapping, Optional, Type, Union
+from typing import Any, AsyncIterator, Awaitable, Mapping, Optional, Type, Union
 
-from ._client import Body, Client, Params, Response, _Prepared
+from ._client import Body, Client, Params, Response, _Method, _Prepared
 from ._hunting import HUNTING_PATH, HuntingResult
-from ._native import lib
 from ._pool import Pool
-from ._runner import Shared
 from ._stats import ClientStats
 
 #: Threads per client that run its calls; more tasks than this wait for a thread in
@@ -83,84 +81,18 @@ class AsyncClient:
         deadline: Optional[Seconds] = None,
     ) -> Response:
         """:meth:`Client.request`, awaited."""
-        client = self._client
-        prepared = _Prepared(method, path, params, json, data, headers, deadline)
-        handle = client._handle()
-        req = client._new_request(prepared)
-        shared = Shared(lambda: lib.qg_request_free(req))
+        exchange = self._client._exchange(method, path, params, json, data, headers, deadline)
+        send, cancel, shared = exchange
         try:
-            return await self._pool.run(
-                lambda: client._send(handle, req, method, path),
-                lambda: lib.qg_request_cancel(req),
-                shared,
-            )
+            return await self._pool.run(send, cancel, shared)
         finally:
             shared.release()
 
-    async def get(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Seconds] = None,
-    ) -> Response:
-        """``await request("GET", ...)``."""
-        return await self.request("GET", path, params, json, data, headers, deadline=deadline)
-
-    async def post(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Seconds] = None,
-    ) -> Response:
-        """``await request("POST", ...)``."""
-        return await self.request("POST", path, params, json, data, headers, deadline=deadline)
-
-    async def put(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Seconds] = None,
-    ) -> Response:
-        """``await request("PUT", ...)``."""
-        return await self.request("PUT", path, params, json, data, headers, deadline=deadline)
-
-    async def patch(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Seconds] = None,
-    ) -> Response:
-        """``await request("PATCH", ...)``."""
-        return await self.request("PATCH", path, params, json, data, headers, deadline=deadline)
-
-    async def delete(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Seconds] = None,
-    ) -> Response:
-        """``await request("DELETE", ...)``."""
-        return await self.request("DELETE", path, params, json, data, headers, deadline=deadline)
+    get = _Method[Awaitable[Response]]("GET")
+    post = _Method[Awaitable[Response]]("POST")
+    put = _Method[Awaitable[Response]]("PUT")
+    patch = _Method[Awaitable[Response]]("PATCH")
+    delete = _Method[Awaitable[Response]]("DELETE")
 
     async def hunt(
         self,
@@ -186,14 +118,9 @@ class AsyncClient:
         ``deadline`` (seconds) bounds all the pages together."""
         client = self._client
         prepared = _Prepared("GET", path, params, deadline=deadline)
-        req, pages, shared = client._start_pages(client._handle(), prepared)
+        take, cancel, shared = client._walk(client._handle(), prepared, client._next_item)
         try:
-            while True:
-                text = await self._pool.run(
-                    lambda: client._next_item(pages), lambda: lib.qg_request_cancel(req), shared
-                )
-                if text is None:
-                    return
+            while (text := await self._pool.run(take, cancel, shared)) is not None:
                 yield _json.loads(text)
         finally:
             shared.release()

@@ -3,6 +3,7 @@ collecting 429s; tokens, retries and paging are the library's work."""
 
 from __future__ import annotations
 
+import functools
 import json as _json
 import math
 import numbers
@@ -13,6 +14,7 @@ from typing import (
     Any,
     Callable,
     Dict,
+    Generic,
     Iterable,
     Iterator,
     List,
@@ -21,10 +23,12 @@ from typing import (
     Protocol,
     Sequence,
     Tuple,
+    TypeVar,
     Union,
+    overload,
 )
 
-from . import _convert
+from . import _builder, _convert
 from ._errors import DETAIL_FIELDS, AuthError, Error, HTTPError, error_from
 from ._handle import NativeHandle
 from ._hunting import HUNTING_PATH, HuntingResult
@@ -203,6 +207,58 @@ class Response:
         return f"<quotagate.Response [{self.status_code}]>"
 
 
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+_R_co = TypeVar("_R_co", covariant=True)
+
+#: A blocking native call made interruptible: the call, what cancels it, and the
+#: :class:`Shared` that frees its native objects (``runner.run(*call)``).
+_Call = Tuple[Callable[[], _T], Callable[[], object], Shared]
+
+
+class _Send(Protocol[_R_co]):
+    """``get``, ``post``, ... of a client: its ``request`` with the HTTP method given."""
+
+    def __call__(
+        self,
+        path: str,
+        params: Optional[Params] = None,
+        json: Any = None,
+        data: Optional[Body] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        *,
+        deadline: Optional[Union[int, float]] = None,
+    ) -> _R_co: ...
+
+
+class _Method(Generic[_R_co]):
+    """``get = _Method[Response]("GET")``: the client's ``request`` with that method,
+    ``client.get(path, params, json, data, headers, deadline=...)``; ``_R_co`` is what
+    ``request`` returns."""
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self.__doc__ = f'``request("{method}", ...)``.'
+
+    @overload
+    def __get__(self, client: None, owner: type) -> "_Method[_R_co]": ...
+
+    @overload
+    def __get__(self, client: object, owner: type) -> _Send[_R_co]: ...
+
+    def __get__(self, client: Any, owner: Any) -> Any:
+        if client is None:
+            return self
+        send = functools.partial(client.request, self._method)
+        send.__doc__ = self.__doc__
+        return send
+
+    def __call__(self, client: Any, *args: Any, **kwargs: Any) -> _R_co:
+        """``Client.get(client, path, ...)``, as a method called through its class."""
+        result: _R_co = client.request(self._method, *args, **kwargs)
+        return result
+
+
 class Client(NativeHandle):
     """A client of the Defender for Endpoint API that stays inside its quotas.
 
@@ -310,12 +366,15 @@ class Client(NativeHandle):
         hunting_run_time: Optional[Tuple[Union[int, float], Union[int, float]]] = None,
         hunting_budget_policy: Optional[str] = None,
     ) -> None:
+        # The keywords by name for the table of builder options, taken before any other
+        # local variable exists.
+        values: Dict[str, Any] = dict(locals())
         super().__init__()
         self._cloud = cloud
         if base_url is None and cloud is None:
-            base_url = DEFAULT_BASE_URL
+            base_url = values["base_url"] = DEFAULT_BASE_URL
         if authority is None and cloud is None:
-            authority = DEFAULT_AUTHORITY
+            values["authority"] = DEFAULT_AUTHORITY
         self._base_url = base_url
         self._scope = ""
         if credential is not None:
@@ -327,7 +386,7 @@ class Client(NativeHandle):
                     f"credential must have get_token(*scopes), as azure-identity's credentials"
                     f" do; {kind} has none"
                 )
-            token_provider = self._credential_provider(credential)
+            values["token_provider"] = self._credential_provider(credential)
             self._auth = f"credential {type(credential).__name__}"
         elif token_provider is not None:
             self._auth = "token provider"
@@ -345,116 +404,24 @@ class Client(NativeHandle):
             if isinstance(s, str) and s
         )
         self._token_provider: Optional[_TokenCallback] = None
-        settings: List[Tuple[Callable[..., int], Tuple[Any, ...]]] = []
-
-        def add(fn: Callable[..., int], *args: Any) -> None:
-            settings.append((fn, args))
-
-        # The cloud first: base_url, authority, scope and resource override its parts.
-        if cloud is not None:
-            add(lib.qg_client_builder_set_cloud, _convert.text(cloud, "cloud"))
-        if base_url is not None:
-            add(lib.qg_client_builder_set_base_url, _convert.text(base_url, "base_url"))
-        if authority is not None:
-            add(lib.qg_client_builder_set_authority, _convert.text(authority, "authority"))
-        if not isinstance(allow_insecure_http, bool):
-            kind = type(allow_insecure_http).__name__
-            raise TypeError(f"allow_insecure_http must be a bool, not {kind}")
-        add(lib.qg_client_builder_set_allow_insecure_http, int(allow_insecure_http))
-        # Which credentials are enough, and what they may contain, the library decides.
-        if certificate is not None:
-            add(*_certificate_setting(certificate, private_key, password))
-        elif private_key is not None or password is not None:
-            raise ValueError("private_key and password go with certificate")
-        if assertion_algorithm is not None:
-            add(lib.qg_client_builder_set_assertion_algorithm, _algorithm(assertion_algorithm))
-        if token_provider is not None:
-            if not callable(token_provider):
-                kind = type(token_provider).__name__
-                raise TypeError(f"token_provider must be callable, not {kind}")
-            # The callback object must live as long as the native client: kept on self,
-            # whose native memory is freed only when self is collected.
-            self._token_provider = _TokenCallback(token_provider)
-            add(lib.qg_client_builder_set_token_provider, self._token_provider.native, None)
-        if access_token is not None:
-            add(lib.qg_client_builder_set_access_token, _secret(access_token, "access_token"))
-        for value, name, setter in (
-            (tenant_id, "tenant_id", lib.qg_client_builder_set_tenant_id),
-            (client_id, "client_id", lib.qg_client_builder_set_client_id),
-        ):
-            if value is not None:
-                add(setter, _convert.text(value, name))
-        if client_secret is not None:
-            add(lib.qg_client_builder_set_client_secret, _secret(client_secret, "client_secret"))
-        if scope is not None:
-            add(lib.qg_client_builder_set_scope, _convert.text(scope, "scope"))
-        if resource is not None:
-            add(lib.qg_client_builder_set_resource, _convert.text(resource, "resource"))
-        timeout_ms = _convert.seconds_to_ms(timeout, "timeout", minimum_ms=1)
-        add(lib.qg_client_builder_set_timeout_ms, timeout_ms)
-        if connect_timeout is not None:
-            ms = _convert.seconds_to_ms(connect_timeout, "connect_timeout", minimum_ms=1)
-            add(lib.qg_client_builder_set_connect_timeout_ms, ms)
-        if proxy is not None:
-            add(lib.qg_client_builder_set_proxy, _convert.text(proxy, "proxy"))
-        if store is not None:
-            add(lib.qg_client_builder_set_store, _convert.text(store, "store"))
-        if max_body_bytes is not None:
-            n = _convert.integer(max_body_bytes, "max_body_bytes", 1, _convert.U64_MAX)
-            add(lib.qg_client_builder_set_max_body_bytes, n)
-        if max_attempts is not None:
-            n = _convert.integer(max_attempts, "max_attempts", 1, _convert.U32_MAX)
-            add(lib.qg_client_builder_set_max_attempts, n)
-        if max_pages is not None:
-            n = _convert.integer(max_pages, "max_pages", 1, _convert.U64_MAX)
-            add(lib.qg_client_builder_set_max_pages, n)
-        if max_quota_wait is not None:
-            ms = _convert.seconds_to_ms(max_quota_wait, "max_quota_wait")
-            add(lib.qg_client_builder_set_max_quota_wait_ms, ms)
-        if margin is not None:
-            add(lib.qg_client_builder_set_margin_ms, _convert.seconds_to_ms(margin, "margin"))
-        if rates is not None:
-            for calls, window_ms in _convert.rates(rates):
-                add(lib.qg_client_builder_add_default_rate, calls, window_ms)
-        for method, pattern, route_rates in _routes(routes):
-            for calls, window_ms in route_rates:
-                add(lib.qg_client_builder_add_route, method, pattern, calls, window_ms)
-        for cap in max_in_flight or ():
-            add(lib.qg_client_builder_set_max_in_flight, *_in_flight_cap(cap))
-        if hunting_run_time is not None:
-            if not isinstance(hunting_run_time, (tuple, list)) or len(hunting_run_time) != 2:
-                raise TypeError("hunting_run_time must be (seconds per hour, seconds per day)")
-            per_hour, per_day = hunting_run_time
-            add(
-                lib.qg_client_builder_set_hunting_budget_ms,
-                _convert.seconds_to_ms(per_hour, "hunting_run_time per hour"),
-                _convert.seconds_to_ms(per_day, "hunting_run_time per day"),
-            )
-        if hunting_budget_policy is not None:
-            if hunting_budget_policy not in HUNTING_BUDGET_POLICIES:
-                names = ", ".join(repr(n) for n in HUNTING_BUDGET_POLICIES)
-                raise ValueError(
-                    f"hunting_budget_policy must be one of {names}, not {hunting_budget_policy!r}"
-                )
-            policy = HUNTING_BUDGET_POLICIES[hunting_budget_policy]
-            add(lib.qg_client_builder_set_hunting_budget_policy, policy)
-        if limiter is not None:
-            if not isinstance(limiter, Limiter):
-                kind = type(limiter).__name__
-                raise TypeError(f"limiter must be a quotagate.Limiter, not {kind}")
-            add(lib.qg_client_builder_set_limiter, limiter._handle())
+        # Which builder function takes the certificate depends on its key and password.
+        values["certificate"] = (certificate, private_key, password)
+        settings = _builder.calls(_OPTIONS, values)
+        # The callback object must live as long as the native client: kept on self, whose
+        # native memory is freed only when self is collected.
+        self._token_provider = next(
+            (args[0] for setter, args in settings if setter is _set_token_provider), None
+        )
         # Keeps the Python object (and so the native handle) alive as long as the client.
         self._limiter = limiter
-
-        builder = c_void_p()
-        self._check(lib.qg_client_builder_new(byref(builder)))
-        try:
-            for fn, args in settings:
-                self._check(fn(builder, *args))
-            client = c_void_p()
-            self._check(lib.qg_client_builder_build(builder, byref(client)))
-        finally:
-            lib.qg_client_builder_free(builder)
+        client = _builder.build(
+            lib.qg_client_builder_new,
+            settings,
+            lib.qg_client_builder_build,
+            (),
+            lib.qg_client_builder_free,
+            self._check,
+        )
         self._adopt(client)
         self._scope = read_text(lib.qg_client_token_scope, client) or ""
 
@@ -537,18 +504,37 @@ class Client(NativeHandle):
         :raises TransportError: the connection failed.
         :raises TimeoutError: the call's time ran out.
         """
+        send, cancel, shared = self._exchange(method, path, params, json, data, headers, deadline)
+        try:
+            return runner.run(send, cancel, shared)
+        finally:
+            shared.release()
+
+    get = _Method[Response]("GET")
+    post = _Method[Response]("POST")
+    put = _Method[Response]("PUT")
+    patch = _Method[Response]("PATCH")
+    delete = _Method[Response]("DELETE")
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        params: Optional[Params],
+        json: Any,
+        data: Optional[Body],
+        headers: Optional[Mapping[str, str]],
+        deadline: Optional[Union[int, float]],
+    ) -> _Call[Response]:
+        """A request's native objects, for :func:`runner.run` or the asyncio pool."""
         prepared = _Prepared(method, path, params, json, data, headers, deadline)
         client = self._handle()
         req = self._new_request(prepared)
-        shared = Shared(lambda: lib.qg_request_free(req))
-        try:
-            return runner.run(
-                lambda: self._send(client, req, method, path),
-                lambda: lib.qg_request_cancel(req),
-                shared,
-            )
-        finally:
-            shared.release()
+        return (
+            lambda: self._send(client, req, method, path),
+            lambda: lib.qg_request_cancel(req),
+            Shared(lambda: lib.qg_request_free(req)),
+        )
 
     def _send(self, client: c_void_p, req: c_void_p, method: str, path: str) -> Response:
         """Sends a native request (blocking); run on the thread that reads the error."""
@@ -556,85 +542,24 @@ class Client(NativeHandle):
         code = lib.qg_client_send(client, req, byref(resp))
         if code != QG_OK:
             raise self._failure(code)
-        try:
-            return _read_response(resp, method, path)
-        finally:
-            lib.qg_response_free(resp)
+        return _take_response(resp, method, path)
 
-    def _next_item(self, pages: c_void_p) -> Optional[str]:
-        """The next item's JSON text, or None after the last (blocking)."""
-        item = c_void_p()
-        code = lib.qg_pages_next_item(pages, byref(item))
+    def _next(
+        self, pages: c_void_p, next_fn: Callable[..., int], take: Callable[[c_void_p], _T]
+    ) -> Optional[_T]:
+        """The next element of a paged run, ``next_fn(pages, &out)`` taken by ``take``, or
+        None after the last (blocking)."""
+        out = c_void_p()
+        code = next_fn(pages, byref(out))
         if code == QG_DONE:
             return None
         if code != QG_OK:
             raise self._failure(code)
-        return take_string(item)
+        return take(out)
 
-    def get(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Union[int, float]] = None,
-    ) -> Response:
-        """``request("GET", ...)``."""
-        return self.request("GET", path, params, json, data, headers, deadline=deadline)
-
-    def post(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Union[int, float]] = None,
-    ) -> Response:
-        """``request("POST", ...)``."""
-        return self.request("POST", path, params, json, data, headers, deadline=deadline)
-
-    def put(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Union[int, float]] = None,
-    ) -> Response:
-        """``request("PUT", ...)``."""
-        return self.request("PUT", path, params, json, data, headers, deadline=deadline)
-
-    def patch(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Union[int, float]] = None,
-    ) -> Response:
-        """``request("PATCH", ...)``."""
-        return self.request("PATCH", path, params, json, data, headers, deadline=deadline)
-
-    def delete(
-        self,
-        path: str,
-        params: Optional[Params] = None,
-        json: Any = None,
-        data: Optional[Body] = None,
-        headers: Optional[Mapping[str, str]] = None,
-        *,
-        deadline: Optional[Union[int, float]] = None,
-    ) -> Response:
-        """``request("DELETE", ...)``."""
-        return self.request("DELETE", path, params, json, data, headers, deadline=deadline)
+    def _next_item(self, pages: c_void_p) -> Optional[str]:
+        """The next item's JSON text, or None after the last (blocking)."""
+        return self._next(pages, lib.qg_pages_next_item, take_string)
 
     def hunt(
         self,
@@ -673,22 +598,7 @@ class Client(NativeHandle):
         :raises TimeoutError: the deadline passed.
         """
         prepared = _Prepared("GET", path, params, deadline=deadline)
-        return self._paginate(self._handle(), prepared)
-
-    def _paginate(self, client: c_void_p, prepared: _Prepared) -> Iterator[Any]:
-        # The native objects are made on the first next(): a generator never started
-        # never runs its finally clauses.
-        req, pages, shared = self._start_pages(client, prepared)
-        try:
-            while True:
-                text = runner.run(
-                    lambda: self._next_item(pages), lambda: lib.qg_request_cancel(req), shared
-                )
-                if text is None:
-                    return
-                yield _json.loads(text)
-        finally:
-            shared.release()
+        return self._iterate(self._handle(), prepared, self._next_item, _json.loads)
 
     def pages(
         self,
@@ -704,36 +614,35 @@ class Client(NativeHandle):
         :raises TimeoutError: the deadline passed.
         """
         prepared = _Prepared("GET", path, params, deadline=deadline)
-        return self._pages(self._handle(), prepared, path)
 
-    def _pages(self, client: c_void_p, prepared: _Prepared, path: str) -> Iterator[Response]:
-        req, pages, shared = self._start_pages(client, prepared)
+        def next_page(pages: c_void_p) -> Optional[Response]:
+            return self._next(pages, lib.qg_pages_next, lambda r: _take_response(r, "GET", path))
+
+        return self._iterate(self._handle(), prepared, next_page, lambda page: page)
+
+    def _iterate(
+        self,
+        client: c_void_p,
+        prepared: _Prepared,
+        step: Callable[[c_void_p], Optional[_T]],
+        convert: Callable[[_T], _U],
+    ) -> Iterator[_U]:
+        """The elements of a paged run: ``step`` takes the next one from the native pages
+        (blocking, so run interruptibly), ``convert`` turns it into what is yielded."""
+        # The native objects are made on the first next(): a generator never started
+        # never runs its finally clauses.
+        take, cancel, shared = self._walk(client, prepared, step)
         try:
-
-            def next_page() -> Optional[Response]:
-                resp = c_void_p()
-                code = lib.qg_pages_next(pages, byref(resp))
-                if code == QG_DONE:
-                    return None
-                if code != QG_OK:
-                    raise self._failure(code)
-                try:
-                    return _read_response(resp, "GET", path)
-                finally:
-                    lib.qg_response_free(resp)
-
-            while True:
-                page = runner.run(next_page, lambda: lib.qg_request_cancel(req), shared)
-                if page is None:
-                    return
-                yield page
+            for found in iter(lambda: runner.run(take, cancel, shared), None):
+                yield convert(found)
         finally:
             shared.release()
 
-    def _start_pages(
-        self, client: c_void_p, prepared: _Prepared
-    ) -> Tuple[c_void_p, c_void_p, Shared]:
-        """The native request and pages, held by a :class:`Shared` that frees both."""
+    def _walk(
+        self, client: c_void_p, prepared: _Prepared, step: Callable[[c_void_p], Optional[_T]]
+    ) -> _Call[Optional[_T]]:
+        """A paged run's native objects, for :func:`runner.run` or the asyncio pool: the
+        call that takes the next element, the call that cancels it, and what frees them."""
         req = self._new_request(prepared)
         pages = c_void_p()
         try:
@@ -741,8 +650,9 @@ class Client(NativeHandle):
         except BaseException:
             lib.qg_request_free(req)
             raise
+        # One Shared frees the pages and the request.
         shared = Shared(lambda: lib.qg_pages_free(pages), lambda: lib.qg_request_free(req))
-        return req, pages, shared
+        return (lambda: step(pages)), (lambda: lib.qg_request_cancel(req)), shared
 
     # -- the rest -------------------------------------------------------------------
 
@@ -865,14 +775,14 @@ def _certificate_setting(
     return lib.qg_client_builder_set_certificate_pem_files, path, key_path
 
 
-def _algorithm(value: Any) -> int:
+def _algorithm(value: Any, name: str) -> int:
     if not isinstance(value, str):
-        raise TypeError(f"assertion_algorithm must be a str, not {type(value).__name__}")
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     try:
         return ASSERTION_ALGORITHMS[value.upper()]
     except KeyError:
         names = ", ".join(ASSERTION_ALGORITHMS)
-        raise ValueError(f"assertion_algorithm must be one of {names}, not {value!r}") from None
+        raise ValueError(f"{name} must be one of {names}, not {value!r}") from None
 
 
 class _TokenCallback:
@@ -1069,6 +979,168 @@ def _read_response(resp: c_void_p, method: str, path: str) -> Response:
     )
 
 
+def _take_response(resp: c_void_p, method: str, path: str) -> Response:
+    """:func:`_read_response`, then frees the native response."""
+    try:
+        return _read_response(resp, method, path)
+    finally:
+        lib.qg_response_free(resp)
+
+
 def _ok(code: int) -> None:
     if code != QG_OK:
         raise error_from(code)
+
+
+# -- the builder's options ---------------------------------------------------------------
+
+
+def _flag(value: Any, name: str) -> int:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return int(value)
+
+
+def _timeout(value: Any, name: str) -> int:
+    return _convert.seconds_to_ms(value, name, minimum_ms=1)
+
+
+def _count(high: int) -> Callable[[Any, str], int]:
+    """An int from 1 to ``high``."""
+
+    def count(value: Any, name: str) -> int:
+        return _convert.integer(value, name, 1, high)
+
+    return count
+
+
+def _certificate(value: Tuple[Any, Any, Any], name: str) -> List[_builder.Args]:
+    """``(certificate, private_key, password)`` as the builder function for the
+    certificate's kind and its arguments (see :func:`_set_certificate`)."""
+    certificate, private_key, password = value
+    if certificate is None:
+        if private_key is not None or password is not None:
+            raise ValueError("private_key and password go with certificate")
+        return []
+    return [_certificate_setting(certificate, private_key, password)]
+
+
+def _set_certificate(
+    builder: c_void_p, setter: _builder.NativeCall, certificate: bytes, key: Optional[bytes]
+) -> int:
+    return setter(builder, certificate, key)
+
+
+def _token_provider(value: Any, name: str) -> List[_builder.Args]:
+    if value is None:
+        return []
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+    return [(_TokenCallback(value),)]
+
+
+def _set_token_provider(builder: c_void_p, callback: _TokenCallback) -> int:
+    code: int = lib.qg_client_builder_set_token_provider(builder, callback.native, None)
+    return code
+
+
+def _default_rates(value: Any, name: str) -> List[_builder.Args]:
+    return [] if value is None else list(_convert.rates(value, name))
+
+
+def _route_rates(value: Any, name: str) -> List[_builder.Args]:
+    return [
+        (method, pattern, calls, window_ms)
+        for method, pattern, route_rates in _routes(value)
+        for calls, window_ms in route_rates
+    ]
+
+
+def _in_flight_caps(value: Any, name: str) -> List[_builder.Args]:
+    return [_in_flight_cap(cap) for cap in value or ()]
+
+
+def _hunting_run_time(value: Any, name: str) -> List[_builder.Args]:
+    if value is None:
+        return []
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be (seconds per hour, seconds per day)")
+    per_hour, per_day = value
+    return [
+        (
+            _convert.seconds_to_ms(per_hour, f"{name} per hour"),
+            _convert.seconds_to_ms(per_day, f"{name} per day"),
+        )
+    ]
+
+
+def _hunting_budget_policy(value: Any, name: str) -> int:
+    if value not in HUNTING_BUDGET_POLICIES:
+        names = ", ".join(repr(n) for n in HUNTING_BUDGET_POLICIES)
+        raise ValueError(f"{name} must be one of {names}, not {value!r}")
+    return HUNTING_BUDGET_POLICIES[value]
+
+
+def _limiter_handle(value: Any, name: str) -> c_void_p:
+    if not isinstance(value, Limiter):
+        raise TypeError(f"{name} must be a quotagate.Limiter, not {type(value).__name__}")
+    return value._handle()
+
+
+_text = _builder.optional(_convert.text)
+_seconds = _builder.optional(_convert.seconds_to_ms)
+
+#: Every keyword of :class:`Client` that the builder takes, with its builder function and
+#: how its value becomes that function's arguments, in the order applied. The cloud
+#: comes first: base_url, authority, scope and resource override its parts. Which
+#: credentials are enough, and what they may contain, the library decides.
+_OPTIONS: Tuple[_builder.Option, ...] = (
+    ("cloud", lib.qg_client_builder_set_cloud, _text),
+    ("base_url", lib.qg_client_builder_set_base_url, _text),
+    ("authority", lib.qg_client_builder_set_authority, _text),
+    (
+        "allow_insecure_http",
+        lib.qg_client_builder_set_allow_insecure_http,
+        _builder.required(_flag),
+    ),
+    ("certificate", _set_certificate, _certificate),
+    (
+        "assertion_algorithm",
+        lib.qg_client_builder_set_assertion_algorithm,
+        _builder.optional(_algorithm),
+    ),
+    ("token_provider", _set_token_provider, _token_provider),
+    ("access_token", lib.qg_client_builder_set_access_token, _builder.optional(_secret)),
+    ("tenant_id", lib.qg_client_builder_set_tenant_id, _text),
+    ("client_id", lib.qg_client_builder_set_client_id, _text),
+    ("client_secret", lib.qg_client_builder_set_client_secret, _builder.optional(_secret)),
+    ("scope", lib.qg_client_builder_set_scope, _text),
+    ("resource", lib.qg_client_builder_set_resource, _text),
+    ("timeout", lib.qg_client_builder_set_timeout_ms, _builder.required(_timeout)),
+    ("connect_timeout", lib.qg_client_builder_set_connect_timeout_ms, _builder.optional(_timeout)),
+    ("proxy", lib.qg_client_builder_set_proxy, _text),
+    ("store", lib.qg_client_builder_set_store, _text),
+    (
+        "max_body_bytes",
+        lib.qg_client_builder_set_max_body_bytes,
+        _builder.optional(_count(_convert.U64_MAX)),
+    ),
+    (
+        "max_attempts",
+        lib.qg_client_builder_set_max_attempts,
+        _builder.optional(_count(_convert.U32_MAX)),
+    ),
+    ("max_pages", lib.qg_client_builder_set_max_pages, _builder.optional(_count(_convert.U64_MAX))),
+    ("max_quota_wait", lib.qg_client_builder_set_max_quota_wait_ms, _seconds),
+    ("margin", lib.qg_client_builder_set_margin_ms, _seconds),
+    ("rates", lib.qg_client_builder_add_default_rate, _default_rates),
+    ("routes", lib.qg_client_builder_add_route, _route_rates),
+    ("max_in_flight", lib.qg_client_builder_set_max_in_flight, _in_flight_caps),
+    ("hunting_run_time", lib.qg_client_builder_set_hunting_budget_ms, _hunting_run_time),
+    (
+        "hunting_budget_policy",
+        lib.qg_client_builder_set_hunting_budget_policy,
+        _builder.optional(_hunting_budget_policy),
+    ),
+    ("limiter", lib.qg_client_builder_set_limiter, _builder.optional(_limiter_handle)),
+)

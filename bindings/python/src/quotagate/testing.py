@@ -22,7 +22,7 @@ import ctypes
 from ctypes import byref, c_size_t, c_void_p
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _convert
+from . import _builder, _convert
 from ._errors import check, error_from, require_feature
 from ._handle import NativeHandle
 from ._limiter import Rate
@@ -118,69 +118,18 @@ class Simulator(NativeHandle):
         live_response_delay: Union[int, float] = 0.0,
         inbound_jitter: Union[int, float] = 0.0,
     ) -> None:
+        # The keywords by name for the table of configuration options, taken before any
+        # other local variable exists.
+        values: Dict[str, Any] = dict(locals())
         super().__init__()
         require_feature("sim", "quotagate.testing.Simulator")
-        class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
-        if limit is not None or window is not None:
-            calls = _DEFAULT_LIMIT if limit is None else limit
-            seconds = _DEFAULT_WINDOW if window is None else window
-            class_limits[b"default"] = _convert.rates([(calls, seconds)], "limit/window")
-        if limits is not None:
-            if not isinstance(limits, Mapping):
-                raise TypeError("limits must be a mapping of endpoint class to rates")
-            for name, rates in limits.items():
-                key = _convert.text(name, "limits key")
-                class_limits.setdefault(key, [])
-                class_limits[key] += _convert.rates(rates, f"limits[{name!r}]")
-        machines = _convert.integer(machines, "machines", 0, _convert.U32_MAX)
-        scale = _fraction(time_scale, "time_scale", positive=True)
-        lifetime_ms = (
-            None
-            if token_lifetime is None
-            else _convert.seconds_to_ms(token_lifetime, "token_lifetime", minimum_ms=1)
-        )
-        errors = _fraction(error_rate, "error_rate", at_most_one=True)
-        resets = _fraction(reset_rate, "reset_rate", at_most_one=True)
-        latency_ms = _convert.seconds_to_ms(latency, "latency")
-        inbound_jitter_ms = _convert.seconds_to_ms(inbound_jitter, "inbound_jitter")
+        # Options that the library takes together.
+        values["limits"] = (limit, window, limits)
+        values["faults"] = (error_rate, reset_rate, latency)
+        settings = _builder.calls(_OPTIONS, values)
         port = _convert.integer(port, "port", 0, 65535)
-        live_response_ms = _convert.seconds_to_ms(live_response_delay, "live_response_delay")
-        certificates: List[Tuple[bytes, bytes]] = []
-        if certificate_clients is not None:
-            if not isinstance(certificate_clients, Mapping):
-                raise TypeError("certificate_clients must be a mapping of client id to certificate")
-            for client_id, cert in certificate_clients.items():
-                key = _convert.text(client_id, "certificate_clients key")
-                certificates.append((key, _certificate_pem(cert, f"certificate_clients[{client_id!r}]")))
-        if not isinstance(retry_after, str):
-            raise TypeError(f"retry_after must be a str, not {type(retry_after).__name__}")
-        if retry_after not in RETRY_AFTER_STYLES:
-            choices = ", ".join(RETRY_AFTER_STYLES)
-            raise ValueError(f"retry_after must be one of {choices}, not {retry_after!r}")
-
-        config = c_void_p()
-        check(lib.qg_sim_config_new(byref(config)))
-        try:
-            check(lib.qg_sim_config_set_machines(config, machines))
-            for endpoint_class, class_rates in class_limits.items():
-                for calls, window_ms in class_rates:
-                    seconds = window_ms / 1000.0
-                    check(lib.qg_sim_config_set_limit(config, endpoint_class, calls, seconds))
-            check(lib.qg_sim_config_set_time_scale(config, scale))
-            if lifetime_ms is not None:
-                check(lib.qg_sim_config_set_token_lifetime_ms(config, lifetime_ms))
-            check(lib.qg_sim_config_set_faults(config, errors, resets, latency_ms))
-            check(lib.qg_sim_config_set_inbound_jitter_ms(config, inbound_jitter_ms))
-            style = RETRY_AFTER_STYLES[retry_after]
-            check(lib.qg_sim_config_set_retry_after_style(config, style))
-            for client_id_bytes, pem in certificates:
-                check(lib.qg_sim_config_add_certificate_client(config, client_id_bytes, pem))
-            if live_response_ms:
-                check(lib.qg_sim_config_set_live_response_delay_ms(config, live_response_ms))
-            sim = c_void_p()
-            check(lib.qg_sim_start(config, port, byref(sim)))
-        finally:
-            lib.qg_sim_config_free(config)
+        new, start, free = lib.qg_sim_config_new, lib.qg_sim_start, lib.qg_sim_config_free
+        sim = _builder.build(new, settings, start, (port,), free, check)
         self._adopt(sim)
         self.url: str = self._info(QG_SIM_URL)
         self.authority: str = self._info(QG_SIM_AUTHORITY)
@@ -269,3 +218,95 @@ def _fraction(value: Any, name: str, *, positive: bool = False, at_most_one: boo
         bound = "between 0 and 1" if at_most_one else ("above 0" if positive else ">= 0")
         raise ValueError(f"{name} must be {bound}, not {value!r}")
     return v
+
+
+# -- the configuration's options ---------------------------------------------------------
+
+
+def _class_limits(value: Tuple[Any, Any, Any], name: str) -> List[_builder.Args]:
+    """``(limit, window, limits)`` as ``(endpoint class, calls, window seconds)`` each."""
+    limit, window, limits = value
+    class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
+    if limit is not None or window is not None:
+        calls = _DEFAULT_LIMIT if limit is None else limit
+        seconds = _DEFAULT_WINDOW if window is None else window
+        class_limits[b"default"] = _convert.rates([(calls, seconds)], "limit/window")
+    if limits is not None:
+        if not isinstance(limits, Mapping):
+            raise TypeError("limits must be a mapping of endpoint class to rates")
+        for class_name, rates in limits.items():
+            key = _convert.text(class_name, "limits key")
+            class_limits.setdefault(key, [])
+            class_limits[key] += _convert.rates(rates, f"limits[{class_name!r}]")
+    return [
+        (endpoint_class, calls, window_ms / 1000.0)
+        for endpoint_class, class_rates in class_limits.items()
+        for calls, window_ms in class_rates
+    ]
+
+
+def _faults(value: Tuple[Any, Any, Any], name: str) -> List[_builder.Args]:
+    """``(error_rate, reset_rate, latency)`` as the library takes them."""
+    error_rate, reset_rate, latency = value
+    errors = _fraction(error_rate, "error_rate", at_most_one=True)
+    resets = _fraction(reset_rate, "reset_rate", at_most_one=True)
+    return [(errors, resets, _convert.seconds_to_ms(latency, "latency"))]
+
+
+def _machines(value: Any, name: str) -> int:
+    return _convert.integer(value, name, 0, _convert.U32_MAX)
+
+
+def _time_scale(value: Any, name: str) -> float:
+    return _fraction(value, name, positive=True)
+
+
+def _lifetime(value: Any, name: str) -> int:
+    return _convert.seconds_to_ms(value, name, minimum_ms=1)
+
+
+def _live_response_delay(value: Any, name: str) -> List[_builder.Args]:
+    """The delay in milliseconds; none for 0, the library's default."""
+    ms = _convert.seconds_to_ms(value, name)
+    return [(ms,)] if ms else []
+
+
+def _certificate_clients(value: Any, name: str) -> List[_builder.Args]:
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of client id to certificate")
+    return [
+        (_convert.text(client_id, f"{name} key"), _certificate_pem(cert, f"{name}[{client_id!r}]"))
+        for client_id, cert in value.items()
+    ]
+
+
+def _retry_after(value: Any, name: str) -> int:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if value not in RETRY_AFTER_STYLES:
+        choices = ", ".join(RETRY_AFTER_STYLES)
+        raise ValueError(f"{name} must be one of {choices}, not {value!r}")
+    return RETRY_AFTER_STYLES[value]
+
+
+#: Every keyword of :class:`Simulator` that its configuration takes, with the function
+#: that takes it and how its value becomes that function's arguments, in the order
+#: checked; ``limits`` stands for limit, window and limits, ``faults`` for error_rate,
+#: reset_rate and latency.
+_OPTIONS: Tuple[_builder.Option, ...] = (
+    ("limits", lib.qg_sim_config_set_limit, _class_limits),
+    ("machines", lib.qg_sim_config_set_machines, _builder.required(_machines)),
+    ("time_scale", lib.qg_sim_config_set_time_scale, _builder.required(_time_scale)),
+    ("token_lifetime", lib.qg_sim_config_set_token_lifetime_ms, _builder.optional(_lifetime)),
+    ("faults", lib.qg_sim_config_set_faults, _faults),
+    (
+        "inbound_jitter",
+        lib.qg_sim_config_set_inbound_jitter_ms,
+        _builder.required(_convert.seconds_to_ms),
+    ),
+    ("live_response_delay", lib.qg_sim_config_set_live_response_delay_ms, _live_response_delay),
+    ("certificate_clients", lib.qg_sim_config_add_certificate_client, _certificate_clients),
+    ("retry_after", lib.qg_sim_config_set_retry_after_style, _builder.required(_retry_after)),
+)
