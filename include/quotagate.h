@@ -127,6 +127,66 @@ extern "C" {
 #define QG_FEATURE_BIT_REDIS 4
 
 /**
+ * `qg_default_value`: the hunting run time allowed per rolling hour, in milliseconds.
+ */
+#define QG_DEFAULT_HUNTING_BUDGET_PER_HOUR_MS 1
+
+/**
+ * `qg_default_value`: the hunting run time allowed per rolling day, in milliseconds.
+ */
+#define QG_DEFAULT_HUNTING_BUDGET_PER_DAY_MS 2
+
+/**
+ * `qg_default_value`: the most pages one listing follows.
+ */
+#define QG_DEFAULT_MAX_PAGES 3
+
+/**
+ * `qg_default_value`: a hold's lease, in milliseconds.
+ */
+#define QG_DEFAULT_HOLD_LEASE_MS 4
+
+/**
+ * `qg_default_value`: the longest lease a hold may have, in milliseconds.
+ */
+#define QG_DEFAULT_MAX_HOLD_LEASE_MS 5
+
+/**
+ * `qg_default_value`: the most buckets one in-memory limiter holds.
+ */
+#define QG_DEFAULT_MAX_BUCKETS 6
+
+/**
+ * `qg_default_value`: the largest `calls` of a rate and cost of a call, in every store.
+ */
+#define QG_DEFAULT_MAX_CALLS 7
+
+/**
+ * `qg_default_value`: one attempt's time limit, in milliseconds.
+ */
+#define QG_DEFAULT_ATTEMPT_TIMEOUT_MS 8
+
+/**
+ * `qg_default_value`: one connection's setup time limit, in milliseconds.
+ */
+#define QG_DEFAULT_CONNECT_TIMEOUT_MS 9
+
+/**
+ * `qg_default_value`: the attempts one call makes at most.
+ */
+#define QG_DEFAULT_MAX_ATTEMPTS 10
+
+/**
+ * `qg_default_value`: how long one call waits for quota at most, in milliseconds.
+ */
+#define QG_DEFAULT_MAX_QUOTA_WAIT_MS 11
+
+/**
+ * `qg_default_value`: the largest answer body read, in bytes.
+ */
+#define QG_DEFAULT_MAX_BODY_BYTES 12
+
+/**
  * Field of `qg_bucket_stats_get`: calls admitted.
  */
 #define QG_STAT_ADMITTED_CALLS 0
@@ -325,10 +385,11 @@ typedef struct qg_client qg_client;
  * `qg_client_builder_set_authority`, `qg_client_builder_set_allow_insecure_http`,
  * `qg_client_builder_set_proxy`; who the client is: `qg_client_builder_set_tenant_id`,
  * `qg_client_builder_set_client_id`, `qg_client_builder_set_client_secret`,
- * `qg_client_builder_set_certificate_pem_files`, `qg_client_builder_set_certificate_pem`,
- * `qg_client_builder_set_certificate_pfx_file`,
+ * `qg_client_builder_set_certificate_file`, `qg_client_builder_set_certificate_pem_files`,
+ * `qg_client_builder_set_certificate_pem`, `qg_client_builder_set_certificate_pfx_file`,
  * `qg_client_builder_set_assertion_algorithm`, `qg_client_builder_set_access_token`,
- * `qg_client_builder_set_token_provider`, `qg_client_builder_set_scope`,
+ * `qg_client_builder_set_token_source`, `qg_client_builder_set_token_provider`,
+ * `qg_client_builder_set_scope`,
  * `qg_client_builder_set_resource`; time and size limits:
  * `qg_client_builder_set_timeout_ms`, `qg_client_builder_set_connect_timeout_ms`,
  * `qg_client_builder_set_max_body_bytes`, `qg_client_builder_set_max_pages`,
@@ -460,6 +521,14 @@ typedef struct qg_sim_config qg_sim_config;
 typedef struct qg_ticket qg_ticket;
 
 /**
+ * Where a token source (`qg_token_source_fn`) puts the token it fetched: valid only
+ * during the call of the source that received it.
+ *
+ * Methods: `qg_token_sink_set`.
+ */
+typedef struct qg_token_sink qg_token_sink;
+
+/**
  * The result of every fallible function: `QG_OK` (0) or one of the `QG_ERR_*` codes.
  *
  * Codes come in numbered blocks and are never renumbered or reused. Use
@@ -498,6 +567,20 @@ typedef qg_result (*qg_token_fn)(void *user_data,
                                  size_t token_len,
                                  size_t *token_written,
                                  uint64_t *expires_in_ms);
+
+/**
+ * A token source: the host's function that fetches an access token and hands it to
+ * `sink` with `qg_token_sink_set`, then returns `QG_OK`; the library copies the token
+ * out at once and keeps it like a secret. Any other result is a failure: the call that
+ * needed the token fails with `QG_ERR_AUTH` (a token already handed over is then
+ * dropped unread). Returning `QG_OK` without a token is a failure too.
+ *
+ * It is called when the cached token is missing, near its end or refused, from the
+ * threads and with the limits that `qg_token_fn` describes (one call at a time per
+ * client; a call with the same client fails with `QG_ERR_REENTRANT_CALL`). `user_data`
+ * is passed as given.
+ */
+typedef qg_result (*qg_token_source_fn)(void *user_data, qg_token_sink *sink);
 
 /**
  * A log callback: `level` is one of `QG_LOG_*`, `message` a NUL-terminated UTF-8 string
@@ -901,6 +984,42 @@ qg_result qg_client_builder_set_token_provider(qg_client_builder *b,
                                                void *user_data);
 
 /**
+ * Hands a token source's token to the library: `len` bytes at `token` (UTF-8; a
+ * terminating NUL is not needed) and its remaining lifetime in milliseconds (above 0).
+ * The bytes are copied; a second call replaces the first token. Only valid inside the
+ * call of the `qg_token_source_fn` that received `sink`. An empty token, one over 1 MiB
+ * or not UTF-8, or a lifetime of 0, gives `QG_ERR_INVALID_ARGUMENT` (whose text never
+ * quotes the token). No NULL.
+ */
+qg_result qg_token_sink_set(qg_token_sink *sink,
+                            const char *token,
+                            size_t len,
+                            uint64_t expires_in_ms);
+
+/**
+ * Takes tokens from the host's `source` (see `qg_token_source_fn`), which hands each
+ * token to a sink rather than into a buffer of the library's size. Otherwise as
+ * `qg_client_builder_set_token_provider`, which it replaces. `b` and `source` must not
+ * be NULL.
+ */
+qg_result qg_client_builder_set_token_source(qg_client_builder *b,
+                                             qg_token_source_fn source,
+                                             void *user_data);
+
+/**
+ * Uses certificate credentials read from `path`, PEM or PKCS#12/PFX, told apart by the
+ * file's content rather than its name: a PEM file holds the certificate, and its key
+ * too unless `key_path` names the key's file (unencrypted: `password` must be NULL); a
+ * PFX file holds both (`key_path` must be NULL) and is opened with `password` (NULL:
+ * empty). Otherwise as `qg_client_builder_set_certificate_pem_files` and
+ * `qg_client_builder_set_certificate_pfx_file`. `b` and `path` must not be NULL.
+ */
+qg_result qg_client_builder_set_certificate_file(qg_client_builder *b,
+                                                 const char *path,
+                                                 const char *key_path,
+                                                 const char *password);
+
+/**
  * Sets the v2 token scope (default: the base URL's origin + `/.default`). No NULL.
  */
 qg_result qg_client_builder_set_scope(qg_client_builder *b, const char *scope);
@@ -1160,6 +1279,22 @@ uint32_t qg_features(void);
  * parts by calling it for each bit of `qg_features()`. Thread-safe.
  */
 const char *qg_feature_name(uint32_t bit);
+
+/**
+ * The name of cloud `index` (from 0) as `qg_client_builder_set_cloud` takes it
+ * ("commercial", "us", ..., "gcc-high", "dod"): a static NUL-terminated string, never
+ * freed; NULL past the last one. Bindings list the clouds by calling it from 0 until it
+ * returns NULL, rather than keeping a copy of the list. Thread-safe.
+ */
+const char *qg_cloud_name(size_t index);
+
+/**
+ * The library's value of one setting left unset (`which`: a `QG_DEFAULT_*` constant),
+ * in the unit its name says, so that bindings ask rather than copy it. Writes it to
+ * `*out`; an unknown `which` gives `QG_ERR_INVALID_ARGUMENT`. `out` must not be NULL.
+ * Thread-safe.
+ */
+qg_result qg_default_value(uint32_t which, uint64_t *out);
 
 /**
  * Creates a builder with no rates, no margin and the default bucket limit (65536).

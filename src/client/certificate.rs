@@ -192,6 +192,37 @@ impl CertificateCredential {
         Self::from_pkcs12(&data, password)
     }
 
+    /// From a certificate file of either kind, told apart by its content rather than its
+    /// name: PEM text (with `key_path`, or holding the key too; PEM keys are read
+    /// unencrypted, so no `password`) or PKCS#12/PFX data (which holds its key, so no
+    /// `key_path`; `password` `None` is the empty one).
+    pub fn from_file(
+        path: &Path,
+        key_path: Option<&Path>,
+        password: Option<&str>,
+    ) -> Result<Self, Error> {
+        let data = std::fs::read(path)
+            .map(Zeroizing::new)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        if is_pem(&data) {
+            if password.is_some() {
+                return Err(bad(format!(
+                    "{} is PEM, whose keys are read unencrypted: give no password (a password goes with a PFX file)",
+                    path.display()
+                )));
+            }
+            return Self::from_pem_files(path, key_path);
+        }
+        if key_path.is_some() {
+            return Err(bad(format!(
+                "{} is not PEM, so it is read as PFX, which holds its key: give no key path",
+                path.display()
+            )));
+        }
+        warn_if_exposed(path);
+        Self::from_pkcs12(&data, password.unwrap_or(""))
+    }
+
     /// Signs with `algorithm` (default PS256).
     pub fn with_algorithm(mut self, algorithm: SignatureAlgorithm) -> Self {
         self.algorithm = algorithm;
@@ -297,6 +328,14 @@ fn exposure(path: &Path) -> Option<(&'static str, u32)> {
     }
 }
 
+/// Whether `data` is PEM text: a `-----BEGIN ` line after optional UTF-8 BOM, blank
+/// lines and explanatory text (as `openssl` writes before a certificate). PKCS#12 is DER,
+/// which starts with a SEQUENCE byte (0x30) and holds no such line near its start.
+fn is_pem(data: &[u8]) -> bool {
+    let head = &data[..data.len().min(64 * 1024)];
+    data.first() != Some(&0x30) && head.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +355,39 @@ mod tests {
             assert_eq!(exposure(&path).map(|e| e.0), who, "{mode:o}");
         }
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_file_is_read_as_pem_or_pfx_by_its_content() {
+        let data = |name: &str| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(name)
+        };
+        let pem = CertificateCredential::from_file(&data("app.pem"), None, None).unwrap();
+        let split =
+            CertificateCredential::from_file(&data("app.crt"), Some(&data("app.key")), None)
+                .unwrap();
+        assert_eq!(pem.thumbprint_sha256(), split.thumbprint_sha256());
+        // A PFX file under a name that says nothing, and one that lies.
+        let dir = std::env::temp_dir().join(format!("quotagate-certfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let odd = dir.join("app.pem");
+        std::fs::copy(data("app.pfx"), &odd).unwrap();
+        #[cfg(feature = "pfx")]
+        {
+            let pfx = CertificateCredential::from_file(&odd, None, Some("quotagate")).unwrap();
+            assert_eq!(pfx.thumbprint_sha256(), pem.thumbprint_sha256());
+        }
+        let both =
+            CertificateCredential::from_file(&odd, Some(&data("app.key")), None).unwrap_err();
+        assert!(both.to_string().contains("give no key path"), "{both}");
+        let locked =
+            CertificateCredential::from_file(&data("app.pem"), None, Some("x")).unwrap_err();
+        assert!(locked.to_string().contains("give no password"), "{locked}");
+        let missing = CertificateCredential::from_file(&dir.join("none"), None, None).unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api.securitycenter.microsoft.com";
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 /// The default limit of one answer's body: 256 MiB (hunting results reach 124 MB).
 pub const DEFAULT_MAX_BODY: u64 = 256 << 20;
+/// The default limit of one connection's setup.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default limit of one attempt (an exchange with the server).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a waiting call sleeps at most before it checks for cancellation.
 const SLICE: Duration = Duration::from_millis(50);
 

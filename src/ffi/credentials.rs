@@ -1,7 +1,7 @@
 //! The credentials a `qg_client_builder` takes: client secret, certificate, fixed token,
 //! or the host's token function (`qg_token_fn`), and the token's scope.
 
-use super::boundary::{opt_str, try_str};
+use super::boundary::{opt_str, try_mut, try_str};
 use super::client_builder::{builder, qg_client_builder, set_string, with_builder};
 use super::error::{FfiError, QG_ERR_BUFFER_TOO_SMALL, QG_OK, qg_result};
 use crate::client::{CertificateCredential, Secret, SignatureAlgorithm};
@@ -246,6 +246,132 @@ pub extern "C" fn qg_client_builder_set_token_provider(
         let callback = callback.ok_or_else(|| FfiError::null("callback"))?;
         let host = HostTokenFn { callback, user_data };
         with_builder(b, |x| x.token_provider(move || host.call()))
+    }
+}
+
+/// Where a token source (`qg_token_source_fn`) puts the token it fetched: valid only
+/// during the call of the source that received it.
+///
+/// Methods: `qg_token_sink_set`.
+pub struct qg_token_sink {
+    token: Option<(Secret, Duration)>,
+}
+
+/// A token source: the host's function that fetches an access token and hands it to
+/// `sink` with `qg_token_sink_set`, then returns `QG_OK`; the library copies the token
+/// out at once and keeps it like a secret. Any other result is a failure: the call that
+/// needed the token fails with `QG_ERR_AUTH` (a token already handed over is then
+/// dropped unread). Returning `QG_OK` without a token is a failure too.
+///
+/// It is called when the cached token is missing, near its end or refused, from the
+/// threads and with the limits that `qg_token_fn` describes (one call at a time per
+/// client; a call with the same client fails with `QG_ERR_REENTRANT_CALL`). `user_data`
+/// is passed as given.
+pub type qg_token_source_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, sink: *mut qg_token_sink) -> qg_result>;
+
+/// The longest token a source may hand over.
+const MAX_TOKEN: usize = 1 << 20;
+
+/// Hands a token source's token to the library: `len` bytes at `token` (UTF-8; a
+/// terminating NUL is not needed) and its remaining lifetime in milliseconds (above 0).
+/// The bytes are copied; a second call replaces the first token. Only valid inside the
+/// call of the `qg_token_source_fn` that received `sink`. An empty token, one over 1 MiB
+/// or not UTF-8, or a lifetime of 0, gives `QG_ERR_INVALID_ARGUMENT` (whose text never
+/// quotes the token). No NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_token_sink_set(
+    sink: *mut qg_token_sink,
+    token: *const c_char,
+    len: usize,
+    expires_in_ms: u64,
+) -> qg_result {
+    ffi_boundary! {
+        let sink = unsafe { try_mut(sink, "sink") }?;
+        if token.is_null() {
+            return Err(FfiError::null("token"));
+        }
+        if len == 0 || len > MAX_TOKEN {
+            return Err(FfiError::invalid(format!("a token has 1 to {MAX_TOKEN} bytes, not {len}")));
+        }
+        if expires_in_ms == 0 {
+            return Err(FfiError::invalid("a token's lifetime must be above 0 ms"));
+        }
+        // SAFETY: the caller passes `len` readable bytes at `token`.
+        let bytes = unsafe { std::slice::from_raw_parts(token.cast::<u8>(), len) };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| FfiError::invalid("the token is not UTF-8"))?;
+        sink.token = Some((Secret::new(text), Duration::from_millis(expires_in_ms)));
+        Ok(())
+    }
+}
+
+/// The host's token source and its data, callable from any thread as documented.
+struct HostTokenSource {
+    source: unsafe extern "C" fn(*mut c_void, *mut qg_token_sink) -> qg_result,
+    user_data: usize,
+}
+
+impl HostTokenSource {
+    fn call(&self) -> Result<(Secret, Duration), String> {
+        let mut sink = qg_token_sink { token: None };
+        // SAFETY: the sink lives until the call returns; the host promised that its
+        // function and `user_data` are usable from any thread.
+        let code = unsafe { (self.source)(self.user_data as *mut c_void, &mut sink) };
+        match (code, sink.token.take()) {
+            (QG_OK, Some(token)) => Ok(token),
+            (QG_OK, None) => Err(
+                "the token source returned QG_OK without handing a token to qg_token_sink_set"
+                    .into(),
+            ),
+            // The host's binding tells its own reason.
+            _ => Err("it reported a failure".into()),
+        }
+    }
+}
+
+/// Takes tokens from the host's `source` (see `qg_token_source_fn`), which hands each
+/// token to a sink rather than into a buffer of the library's size. Otherwise as
+/// `qg_client_builder_set_token_provider`, which it replaces. `b` and `source` must not
+/// be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_token_source(
+    b: *mut qg_client_builder,
+    source: qg_token_source_fn,
+    user_data: *mut c_void,
+) -> qg_result {
+    let user_data = user_data as usize;
+    ffi_boundary! {
+        let source = source.ok_or_else(|| FfiError::null("source"))?;
+        let host = HostTokenSource { source, user_data };
+        with_builder(b, |x| x.token_provider(move || host.call()))
+    }
+}
+
+/// Uses certificate credentials read from `path`, PEM or PKCS#12/PFX, told apart by the
+/// file's content rather than its name: a PEM file holds the certificate, and its key
+/// too unless `key_path` names the key's file (unencrypted: `password` must be NULL); a
+/// PFX file holds both (`key_path` must be NULL) and is opened with `password` (NULL:
+/// empty). Otherwise as `qg_client_builder_set_certificate_pem_files` and
+/// `qg_client_builder_set_certificate_pfx_file`. `b` and `path` must not be NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_client_builder_set_certificate_file(
+    b: *mut qg_client_builder,
+    path: *const c_char,
+    key_path: *const c_char,
+    password: *const c_char,
+) -> qg_result {
+    ffi_boundary! {
+        let path = unsafe { try_str(path, "path") }?;
+        let key = unsafe { opt_str(key_path, "key_path") }?;
+        let password = unsafe { opt_str(password, "password") }?;
+        set_certificate(b, || {
+            CertificateCredential::from_file(
+                std::path::Path::new(path),
+                key.map(std::path::Path::new),
+                password,
+            )
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! credential setters have theirs, `credentials.rs`). The shared plumbing lives in
 //! `boundary.rs` (panics, typed successes, pointers, strings), `error.rs` (result codes,
 //! last error), `settings.rs` (the rate and store both builders take) and `string.rs`
-//! (strings handed to C); `version.rs` and `features.rs` describe the library.
+//! (strings handed to C); `version.rs`, `features.rs` and `library.rs` (clouds, defaults) describe the library.
 
 #![allow(non_camel_case_types)]
 
@@ -25,6 +25,7 @@ mod response;
 
 mod error;
 mod features;
+mod library;
 
 mod limiter_builder;
 

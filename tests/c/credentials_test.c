@@ -188,6 +188,14 @@ static void *get_machines(void *arg)
     return NULL;
 }
 
+/* Four threads that need a token at once. */
+static void get_machines_from_threads(qg_client *c)
+{
+    pthread_t threads[4];
+    for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, get_machines, (void *)c);
+    for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+}
+
 static void test_token_provider(void)
 {
     qg_sim *sim = start_sim(0);
@@ -197,9 +205,7 @@ static void test_token_provider(void)
     CHECK_RC(qg_client_builder_set_token_provider(b, give_token, &src), QG_OK);
     CHECK_RC(qg_client_builder_set_token_provider(b, NULL, &src), QG_ERR_NULL_ARGUMENT);
     qg_client *c = build(b);
-    pthread_t threads[4];
-    for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, get_machines, (void *)c);
-    for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+    get_machines_from_threads(c);
     /* One token for every thread: the call that asked for more room, and the one that
      * filled it. */
     CHECK(atomic_load(&src.calls) == 2);
@@ -223,6 +229,92 @@ static void test_token_provider(void)
     qg_sim_free(sim);
 }
 
+/* A token source: hands the simulator's token to the sink. user_data: the source's
+ * state; mode 0 gives the token, 1 fails after handing it over, 2 returns QG_OK with
+ * nothing handed over. */
+struct sink_source {
+    qg_sim *sim;
+    int mode;
+    atomic_int calls;
+};
+
+static qg_result source_token(void *user_data, qg_token_sink *sink)
+{
+    struct sink_source *src = user_data;
+    atomic_fetch_add(&src->calls, 1);
+    if (src->mode == 2) return QG_OK;
+    char token[512];
+    size_t n = 0;
+    if (qg_sim_issue_token(src->sim, "c-app", token, sizeof token, &n) != QG_OK) return QG_ERR_AUTH;
+    /* What the sink refuses, before the token it takes. */
+    CHECK_RC(qg_token_sink_set(sink, token, 0, 1000), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_token_sink_set(sink, token, n, 0), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_token_sink_set(sink, "\xff\xfe", 2, 1000), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_token_sink_set(sink, NULL, n, 1000), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_token_sink_set(NULL, token, n, 1000), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_token_sink_set(sink, token, n, 3600 * 1000), QG_OK);
+    return src->mode == 1 ? QG_ERR_AUTH : QG_OK;
+}
+
+static void test_token_source(void)
+{
+    qg_sim *sim = start_sim(0);
+    if (!sim) return;
+    struct sink_source src = {.sim = sim};
+    qg_client_builder *b = sim_builder(sim);
+    CHECK_RC(qg_client_builder_set_token_source(b, NULL, &src), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_client_builder_set_token_source(b, source_token, &src), QG_OK);
+    qg_client *c = build(b);
+    get_machines_from_threads(c);
+    CHECK(atomic_load(&src.calls) == 1); /* one token for every thread */
+    qg_client_free(c);
+
+    for (int mode = 1; mode <= 2; mode++) {
+        struct sink_source failing = {.sim = sim, .mode = mode};
+        b = sim_builder(sim);
+        CHECK_RC(qg_client_builder_set_token_source(b, source_token, &failing), QG_OK);
+        c = build(b);
+        qg_request *r = NULL;
+        qg_response *resp = NULL;
+        CHECK_RC(qg_request_new("GET", "/api/machines", &r), QG_OK);
+        CHECK_RC(qg_client_send(c, r, &resp), QG_ERR_AUTH);
+        char err[512];
+        size_t n = 0;
+        CHECK_RC(qg_last_error_message(err, sizeof err, &n), QG_OK);
+        CHECK(strstr(err, "eyJ") == NULL);
+        if (mode == 2) CHECK(strstr(err, "without handing a token") != NULL);
+        qg_request_free(r);
+        qg_client_free(c);
+    }
+    qg_sim_free(sim);
+}
+
+static void test_library_facts(void)
+{
+    /* The clouds the builder takes, listed by the library. */
+    size_t count = 0;
+    for (const char *name; (name = qg_cloud_name(count)) != NULL; count++) {
+        qg_client_builder *b = NULL;
+        CHECK_RC(qg_client_builder_new(&b), QG_OK);
+        CHECK_RC(qg_client_builder_set_cloud(b, name), QG_OK);
+        qg_client_builder_free(b);
+    }
+    CHECK(count == 11);
+    CHECK(strcmp(qg_cloud_name(0), "commercial") == 0);
+    CHECK(strcmp(qg_cloud_name(9), "gcc-high") == 0);
+    uint64_t v = 0;
+    CHECK_RC(qg_default_value(QG_DEFAULT_HUNTING_BUDGET_PER_HOUR_MS, &v), QG_OK);
+    CHECK(v == 600000);
+    CHECK_RC(qg_default_value(QG_DEFAULT_HUNTING_BUDGET_PER_DAY_MS, &v), QG_OK);
+    CHECK(v == 10800000);
+    CHECK_RC(qg_default_value(QG_DEFAULT_MAX_PAGES, &v), QG_OK);
+    CHECK(v == 100000);
+    CHECK_RC(qg_default_value(QG_DEFAULT_MAX_BODY_BYTES, &v), QG_OK);
+    CHECK(v == 256u << 20);
+    CHECK_RC(qg_default_value(999, &v), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_default_value(QG_DEFAULT_MAX_PAGES, NULL), QG_ERR_NULL_ARGUMENT);
+}
+
 static void test_certificates(void)
 {
     qg_sim *sim = start_sim(0);
@@ -230,7 +322,7 @@ static void test_certificates(void)
     char tenant[128] = "";
     size_t n = 0;
     CHECK_RC(qg_sim_info(sim, QG_SIM_TENANT_ID, tenant, sizeof tenant, &n), QG_OK);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 6; i++) {
         qg_client_builder *b = sim_builder(sim);
         CHECK_RC(qg_client_builder_set_tenant_id(b, tenant), QG_OK);
         CHECK_RC(qg_client_builder_set_client_id(b, "cert-app"), QG_OK);
@@ -242,9 +334,21 @@ static void test_certificates(void)
             CHECK_RC(qg_client_builder_set_certificate_pem_files(b, "tests/data/app.pem", NULL),
                      QG_OK);
             CHECK_RC(qg_client_builder_set_assertion_algorithm(b, QG_ASSERTION_RS256), QG_OK);
-        } else {
+        } else if (i == 2) {
             CHECK_RC(qg_client_builder_set_certificate_pfx_file(b, "tests/data/app.pfx",
                                                                 "quotagate"),
+                     QG_OK);
+        } else if (i == 3) {
+            /* One setter for both kinds, told apart by content. */
+            CHECK_RC(qg_client_builder_set_certificate_file(b, "tests/data/app.pfx", NULL,
+                                                            "quotagate"),
+                     QG_OK);
+        } else if (i == 4) {
+            CHECK_RC(qg_client_builder_set_certificate_file(b, "tests/data/app.pem", NULL, NULL),
+                     QG_OK);
+        } else {
+            CHECK_RC(qg_client_builder_set_certificate_file(b, "tests/data/app.crt",
+                                                            "tests/data/app.key", NULL),
                      QG_OK);
         }
         qg_client *c = build(b);
@@ -259,6 +363,12 @@ static void test_certificates(void)
              QG_ERR_INVALID_ARGUMENT);
     CHECK_RC(qg_client_builder_set_certificate_pem_files(b, "tests/data/none.crt", NULL),
              QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_client_builder_set_certificate_file(b, "tests/data/app.pfx", "tests/data/app.key",
+                                                    "quotagate"),
+             QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_client_builder_set_certificate_file(b, "tests/data/app.pem", NULL, "quotagate"),
+             QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_client_builder_set_certificate_file(b, NULL, NULL, NULL), QG_ERR_NULL_ARGUMENT);
     CHECK_RC(qg_client_builder_set_assertion_algorithm(b, 42), QG_ERR_INVALID_ARGUMENT);
     /* An unregistered certificate is refused by the simulator. */
     CHECK_RC(qg_client_builder_set_tenant_id(b, tenant), QG_OK);
@@ -380,6 +490,8 @@ int main(int argc, char **argv)
     static const struct test tests[] = {
         {"clouds", test_clouds},
         {"token_provider", test_token_provider},
+        {"token_source", test_token_source},
+        {"library_facts", test_library_facts},
         {"certificates", test_certificates},
         {"max_in_flight", test_max_in_flight},
         {"hunting_budget_settings", test_hunting_budget_settings},
