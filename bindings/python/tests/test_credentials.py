@@ -5,7 +5,6 @@ tests/data/make-certs.sh), the same the Rust tests use."""
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +158,9 @@ def test_a_wrong_pfx_password_shows_nowhere() -> None:
 def test_certificate_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="password"):
         Client("t", "c", certificate=data("app.pem"), password="x")
-    with pytest.raises(ValueError, match="private_key"):
+    # The library tells a PFX file by its content, whatever its name, and refuses a
+    # separate key for it.
+    with pytest.raises(ValueError, match="holds its key: give no key path"):
         Client("t", "c", certificate=data("app.pfx"), private_key=data("app.key"))
     with pytest.raises(ValueError, match="certificate"):
         Client("t", "c", private_key=data("app.key"))
@@ -237,29 +238,37 @@ def test_a_provider_token_refused_by_the_api_is_asked_again(sim: Simulator) -> N
     assert bad not in str(info.value) + repr(info.value) + repr(info.value.details)
 
 
-def test_the_callback_asks_for_a_larger_buffer_and_calls_the_provider_once() -> None:
+def test_the_callback_hands_the_token_to_the_library_s_sink(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quotagate import _client
     from quotagate._client import _TokenCallback
 
     calls = []
     long_token = "x" * 5000 + "é"
+    handed: List[Tuple[Any, bytes, int, int]] = []
 
     def provider() -> Tuple[str, float]:
         calls.append(1)
         return long_token, 1.5
 
+    def sink_set(sink: Any, token: bytes, n: int, ms: int) -> int:
+        handed.append((sink, token, n, ms))
+        return _native.QG_OK
+
+    monkeypatch.setattr(_client.lib, "qg_token_sink_set", sink_set)
     cb = _TokenCallback(provider)
-    written, expires = ctypes.c_size_t(), ctypes.c_uint64()
-    small = ctypes.create_string_buffer(4096)
-    rc = cb.native(None, ctypes.addressof(small), 4096, ctypes.byref(written), ctypes.byref(expires))
-    assert rc == _native.QG_ERR_BUFFER_TOO_SMALL
+    assert cb.native(None, 1234) == _native.QG_OK
     need = len(long_token.encode("utf-8"))
-    assert written.value == need
-    big = ctypes.create_string_buffer(need)
-    rc = cb.native(None, ctypes.addressof(big), need, ctypes.byref(written), ctypes.byref(expires))
-    assert rc == _native.QG_OK
-    assert big.raw[: written.value].decode("utf-8") == long_token
-    assert expires.value == 1500
-    assert len(calls) == 1
+    assert handed == [(1234, long_token.encode("utf-8"), need, 1500)]
+    assert len(calls) == 1 and cb.failure is None
+
+    # A token the sink refuses fails the callback; the reason stays on this side.
+    monkeypatch.setattr(
+        _client.lib, "qg_token_sink_set", lambda *_: _native.QG_ERR_INVALID_ARGUMENT
+    )
+    assert cb.native(None, 1234) == _native.QG_ERR_AUTH
+    assert isinstance(cb.failure, quotagate.Error)
 
 
 def test_token_provider_must_be_callable() -> None:

@@ -9,7 +9,7 @@ import math
 import numbers
 import os
 import time
-from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p, memmove
+from ctypes import byref, c_size_t, c_uint16, c_uint32, c_void_p
 from typing import (
     Any,
     Callable,
@@ -38,12 +38,12 @@ from ._native import (
     QG_ASSERTION_RS256,
     QG_DONE,
     QG_ERR_AUTH,
-    QG_ERR_BUFFER_TOO_SMALL,
     QG_HUNTING_BUDGET_FAIL,
     QG_HUNTING_BUDGET_WAIT,
     QG_OK,
-    TOKEN_FN,
+    TOKEN_SOURCE_FN,
     borrowed_bytes,
+    cloud_names,
     lib,
     read_text,
     take_string,
@@ -88,8 +88,8 @@ InFlightCap = Tuple[Optional[str], str, int]
 #: What a hunting query does while the run-time budget is spent.
 HUNTING_BUDGET_POLICIES = {"wait": QG_HUNTING_BUDGET_WAIT, "fail": QG_HUNTING_BUDGET_FAIL}
 
-#: The names ``cloud=`` takes (case-insensitive); the library checks them.
-CLOUDS = ("commercial", "us", "eu", "uk", "au", "swa", "ina", "aea", "gcc", "gcc-high", "dod")
+#: The names ``cloud=`` takes (case-insensitive), as the library lists them.
+CLOUDS = cloud_names()
 #: The values ``assertion_algorithm=`` takes.
 ASSERTION_ALGORITHMS = {"PS256": QG_ASSERTION_PS256, "RS256": QG_ASSERTION_RS256}
 
@@ -756,23 +756,18 @@ def _path(value: Any, name: str) -> bytes:
 
 def _certificate_setting(
     certificate: Any, private_key: Any, password: Any
-) -> Tuple[Callable[..., int], bytes, Optional[bytes]]:
-    """The builder call for ``certificate=``: PEM text, a PFX file or PEM files."""
+) -> Tuple[Any, ...]:
+    """The builder call for ``certificate=``: PEM text, or a file of either kind (the
+    library tells PEM from PFX by its content)."""
     if _is_pem(certificate):
         if password is not None:
             raise ValueError("password goes with a .pfx or .p12 certificate, not PEM text")
         key = None if private_key is None else _secret(private_key, "private_key")
         return lib.qg_client_builder_set_certificate_pem, _secret(certificate, "certificate"), key
     path = _path(certificate, "certificate")
-    if os.path.splitext(os.fsdecode(path))[1].lower() in (".pfx", ".p12"):
-        if private_key is not None:
-            raise ValueError("a .pfx or .p12 certificate holds its key: give no private_key")
-        pw = None if password is None else _secret(password, "password")
-        return lib.qg_client_builder_set_certificate_pfx_file, path, pw
-    if password is not None:
-        raise ValueError("password goes with a .pfx or .p12 certificate; PEM keys are unencrypted")
     key_path = None if private_key is None else _path(private_key, "private_key")
-    return lib.qg_client_builder_set_certificate_pem_files, path, key_path
+    pw = None if password is None else _secret(password, "password")
+    return lib.qg_client_builder_set_certificate_file, path, key_path, pw
 
 
 def _algorithm(value: Any, name: str) -> int:
@@ -786,51 +781,27 @@ def _algorithm(value: Any, name: str) -> int:
 
 
 class _TokenCallback:
-    """Wraps a Python token provider as a ``qg_token_fn``.
+    """Wraps a Python token provider as a ``qg_token_source_fn``.
 
     The library calls :attr:`native` from its threads (ctypes takes the GIL), one call
-    at a time per client. Nothing may propagate into C: every exception becomes a
-    failure return (the library never quotes the buffer of a failed call, so no token can
-    reach an error text or a log); the exception itself is kept in :attr:`failure` and
-    chained to the :class:`AuthError` the call raises.
+    at a time per client; it hands the token to the library's sink, which copies it.
+    Nothing may propagate into C: every exception becomes a failure return (the library
+    never quotes a token); the exception itself is kept in :attr:`failure` and chained
+    to the :class:`AuthError` the call raises.
     """
 
     def __init__(self, fn: TokenProvider) -> None:
         self._fn = fn
         self.failure: Optional[BaseException] = None
-        # A token too long for the library's buffer, kept for the call that follows at
-        # once with a larger one, so that the provider is asked once per token.
-        self._pending: Optional[Tuple[bytes, int]] = None
-        self.native = TOKEN_FN(self._call)
+        self.native = TOKEN_SOURCE_FN(self._call)
 
-    def _call(
-        self,
-        _user_data: Optional[int],
-        buf: Optional[int],
-        buf_len: int,
-        written: Any,
-        expires_in_ms: Any,
-    ) -> int:
+    def _call(self, _user_data: Optional[int], sink: Optional[int]) -> int:
         try:
-            pending, self._pending = self._pending, None
-            if pending is not None and len(pending[0]) <= buf_len:
-                token, ms = pending
-            else:
-                token, ms = _token_result(self._fn())
-            if len(token) > buf_len:
-                self._pending = (token, ms)
-                written[0] = len(token)
-                return QG_ERR_BUFFER_TOO_SMALL
-            if not buf:
-                raise ValueError("the library passed no token buffer")
-            memmove(buf, token, len(token))
-            written[0] = len(token)
-            expires_in_ms[0] = ms
+            token, ms = _token_result(self._fn())
+            _ok(lib.qg_token_sink_set(sink, token, len(token), ms))
             self.failure = None
             return QG_OK
         except BaseException as e:  # noqa: B036 - never unwind into C
-            # The library never reads the buffer of a failed call; the exception is
-            # chained to the AuthError on this side.
             self.failure = e
             return QG_ERR_AUTH
 
@@ -1025,10 +996,8 @@ def _certificate(value: Tuple[Any, Any, Any], name: str) -> List[_builder.Args]:
     return [_certificate_setting(certificate, private_key, password)]
 
 
-def _set_certificate(
-    builder: c_void_p, setter: _builder.NativeCall, certificate: bytes, key: Optional[bytes]
-) -> int:
-    return setter(builder, certificate, key)
+def _set_certificate(builder: c_void_p, setter: _builder.NativeCall, *args: Optional[bytes]) -> int:
+    return setter(builder, *args)
 
 
 def _token_provider(value: Any, name: str) -> List[_builder.Args]:
@@ -1040,7 +1009,7 @@ def _token_provider(value: Any, name: str) -> List[_builder.Args]:
 
 
 def _set_token_provider(builder: c_void_p, callback: _TokenCallback) -> int:
-    code: int = lib.qg_client_builder_set_token_provider(builder, callback.native, None)
+    code: int = lib.qg_client_builder_set_token_source(builder, callback.native, None)
     return code
 
 

@@ -20,6 +20,7 @@ import sys
 from ctypes import (
     CFUNCTYPE,
     POINTER,
+    byref,
     c_char,
     c_char_p,
     c_double,
@@ -102,6 +103,20 @@ QG_ASSERTION_RS256 = 1
 QG_HUNTING_BUDGET_WAIT = 0
 QG_HUNTING_BUDGET_FAIL = 1
 
+# qg_default_value: which default
+QG_DEFAULT_HUNTING_BUDGET_PER_HOUR_MS = 1
+QG_DEFAULT_HUNTING_BUDGET_PER_DAY_MS = 2
+QG_DEFAULT_MAX_PAGES = 3
+QG_DEFAULT_HOLD_LEASE_MS = 4
+QG_DEFAULT_MAX_HOLD_LEASE_MS = 5
+QG_DEFAULT_MAX_BUCKETS = 6
+QG_DEFAULT_MAX_CALLS = 7
+QG_DEFAULT_ATTEMPT_TIMEOUT_MS = 8
+QG_DEFAULT_CONNECT_TIMEOUT_MS = 9
+QG_DEFAULT_MAX_ATTEMPTS = 10
+QG_DEFAULT_MAX_QUOTA_WAIT_MS = 11
+QG_DEFAULT_MAX_BODY_BYTES = 12
+
 # Log levels of qg_set_logger.
 QG_LOG_ERROR = 1
 QG_LOG_WARN = 2
@@ -132,6 +147,9 @@ LOG_FN = CFUNCTYPE(None, c_uint32, c_char_p, c_void_p)
 #: (c_void_p) so that the callback writes into the library's memory itself.
 TOKEN_FN = CFUNCTYPE(c_uint32, c_void_p, c_void_p, c_size_t, POINTER(c_size_t), POINTER(c_uint64))
 
+#: ``qg_result (*qg_token_source_fn)(void *user_data, qg_token_sink *sink)``
+TOKEN_SOURCE_FN = CFUNCTYPE(c_uint32, c_void_p, c_void_p)
+
 # Shorthands for the table. Handles are opaque: c_void_p in, POINTER(c_void_p) out.
 _R = c_uint32  # qg_result
 _H = c_void_p  # any handle
@@ -155,6 +173,8 @@ SIGNATURES: List[Signature] = [
     ("qg_version_compatible", _R, [c_uint32]),
     ("qg_features", c_uint32, []),
     ("qg_feature_name", c_char_p, [c_uint32]),
+    ("qg_cloud_name", c_char_p, [c_size_t]),
+    ("qg_default_value", _R, [c_uint32, POINTER(c_uint64)]),
     ("qg_string_free", None, [c_void_p]),
     ("qg_set_logger", _R, [LOG_FN, c_uint32, c_void_p]),
     # limiter
@@ -196,11 +216,14 @@ SIGNATURES: List[Signature] = [
     ("qg_client_builder_set_client_id", _R, [_H, _S]),
     ("qg_client_builder_set_client_secret", _R, [_H, _S]),
     ("qg_client_builder_set_cloud", _R, [_H, _S]),
+    ("qg_client_builder_set_certificate_file", _R, [_H, _S, _S, _S]),
     ("qg_client_builder_set_certificate_pem_files", _R, [_H, _S, _S]),
     ("qg_client_builder_set_certificate_pem", _R, [_H, _S, _S]),
     ("qg_client_builder_set_certificate_pfx_file", _R, [_H, _S, _S]),
     ("qg_client_builder_set_assertion_algorithm", _R, [_H, c_uint32]),
     ("qg_client_builder_set_token_provider", _R, [_H, TOKEN_FN, c_void_p]),
+    ("qg_client_builder_set_token_source", _R, [_H, TOKEN_SOURCE_FN, c_void_p]),
+    ("qg_token_sink_set", _R, [_H, c_char_p, c_size_t, c_uint64]),
     ("qg_client_builder_set_access_token", _R, [_H, _S]),
     ("qg_client_builder_set_scope", _R, [_H, _S]),
     ("qg_client_builder_set_resource", _R, [_H, _S]),
@@ -402,6 +425,24 @@ def features() -> FrozenSet[str]:
         if name:
             names.add(name.decode("ascii"))
     return frozenset(names)
+
+
+def cloud_names() -> Tuple[str, ...]:
+    """The clouds the client builder takes, as the library lists them."""
+    names: List[str] = []
+    while True:
+        name = lib.qg_cloud_name(len(names))
+        if name is None:
+            return tuple(names)
+        names.append(name.decode("ascii"))
+
+
+def default_value(which: int) -> int:
+    """The library's default of one setting (``QG_DEFAULT_*``), in the unit its name says."""
+    out = c_uint64()
+    if lib.qg_default_value(which, byref(out)) != QG_OK:
+        raise ValueError(last_error_message())
+    return out.value
 
 
 def result_str(code: int) -> str:
