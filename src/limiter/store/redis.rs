@@ -103,6 +103,10 @@ pub struct RedisStore {
     /// The password (raw and decoded), scrubbed from every message.
     secrets: Vec<String>,
     script: redis::Script,
+    /// The instant (µs) the script uses instead of the server's `TIME` when not zero, so
+    /// that tests run it beside the model on one clock.
+    #[cfg(test)]
+    now_us: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -226,6 +230,8 @@ impl RedisStore {
             location,
             secrets,
             script: redis::Script::new(SCRIPT),
+            #[cfg(test)]
+            now_us: std::sync::atomic::AtomicU64::new(0),
         };
         let mut con = store.connect()?;
         redis::cmd("PING")
@@ -314,6 +320,13 @@ impl RedisStore {
         for w in windows {
             inv.arg(w.calls.min(LUA_MAX))
                 .arg(w.window_ns.div_ceil(1000).min(LUA_MAX));
+        }
+        #[cfg(test)]
+        match self.now_us.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            now => {
+                inv.arg(now);
+            }
         }
         self.with_connection(what, |con| inv.invoke::<Vec<i64>>(con))
     }
@@ -438,6 +451,9 @@ impl Store for RedisStore {
     }
 
     fn usage(&self, key: &str, windows: &[Window]) -> Result<Usage, StoreError> {
+        if !windows.is_empty() {
+            check_windows(&self.location, windows, None)?;
+        }
         let reply = self.run("cannot read", key, Op::new("usage"), windows)?;
         match reply[..] {
             [paused, queued, in_flight, ref used @ ..]
@@ -532,30 +548,31 @@ mod tests {
         d + slack_ms >= ms && d <= ms + 5
     }
 
-    /// The instants (µs) the ring holds for `key`, oldest first, read straight from Redis.
+    /// The instants (µs) of the units the ring of runs holds for `key`, oldest first, read
+    /// straight from Redis.
     fn logged(url: &str, prefix: &str, key: &str) -> Vec<f64> {
         let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
         let tag = format!("{{{prefix}:{key}}}");
-        let (next, cap, from): (u64, u64, u64) = redis::cmd("HMGET")
+        let fields: [Option<u64>; 4] = redis::cmd("HMGET")
             .arg(format!("{tag}:s"))
-            .arg("next")
-            .arg("cap")
-            .arg("from")
-            .query::<(Option<u64>, Option<u64>, Option<u64>)>(&mut con)
-            .map(|(a, b, c)| (a.unwrap_or(0), b.unwrap_or(0), c.unwrap_or(0)))
+            .arg(&["cap", "from", "runs", "base"])
+            .query(&mut con)
             .unwrap();
+        let [cap, from, runs, mut start] = fields.map(Option::unwrap_or_default);
         let ring: Vec<u8> = redis::cmd("GET")
             .arg(format!("{tag}:r"))
             .query::<Option<Vec<u8>>>(&mut con)
             .unwrap()
             .unwrap_or_default();
-        let lo = from.max(next.saturating_sub(cap));
-        (lo..next)
-            .map(|s| {
-                let i = ((s % cap) * 8) as usize;
-                f64::from_le_bytes(ring[i..i + 8].try_into().unwrap())
-            })
-            .collect()
+        let mut units = Vec::new();
+        for r in from..runs {
+            let i = ((r % cap) * 16) as usize;
+            let word = |j: usize| f64::from_le_bytes(ring[j..j + 8].try_into().unwrap());
+            let (t, stop) = (word(i), word(i + 8) as u64);
+            units.extend(std::iter::repeat_n(t, (stop - start) as usize));
+            start = stop;
+        }
+        units
     }
 
     /// A redis-server of the test's own, in `dir`, on `port`.
@@ -745,42 +762,116 @@ mod tests {
         );
     }
 
+    /// Writes bucket `key` as formats 1 and 2 kept it: the hash (`next` units ever, the
+    /// latest instant `last`, the holds `held` in format 2, no pause, no queue) and a ring
+    /// of unit instants (µs), the unit with sequence number `s` at entry `s % ring.len()`.
+    fn write_old_bucket(
+        url: &str,
+        prefix: &str,
+        key: &str,
+        next: u64,
+        last: u64,
+        held: Option<String>,
+        ring: &[f64],
+    ) {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let tag = format!("{{{prefix}:{key}}}");
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("{tag}:s"))
+            .arg("v")
+            .arg(if held.is_some() { 2 } else { 1 })
+            .arg(&["from", "0", "pause", "0", "win", "1000", "queue", ""])
+            .arg("next")
+            .arg(next)
+            .arg("last")
+            .arg(last)
+            .arg("cap")
+            .arg(ring.len());
+        if let Some(held) = held {
+            hset.arg("held").arg(held);
+        }
+        hset.exec(&mut con).unwrap();
+        let bytes: Vec<u8> = ring.iter().flat_map(|t| t.to_le_bytes()).collect();
+        redis::cmd("SET")
+            .arg(format!("{tag}:r"))
+            .arg(bytes)
+            .exec(&mut con)
+            .unwrap();
+    }
+
     #[test]
-    fn a_bucket_of_format_1_is_read_as_one_without_holds() {
+    fn buckets_of_formats_1_and_2_are_rewritten_as_runs() {
         let Some(url) = server_url() else { return };
-        let prefix = unique("format1");
+        let prefix = unique("format");
         let store = open(&url, &prefix);
-        let w = [rate(3, 60_000)];
+        let t: u64 = 1_780_000_000_000_000;
+        store.now_us.store(t, Ordering::Relaxed);
+        let at = |ago: u64| (t - ago) as f64;
+        // Format 2: six units ever, the ring of four holds units 2 to 5 (unit 4 at entry 0),
+        // and a hold of two units in flight.
+        let held = format!("7,2,{},{};", t - 50, t + 100_000);
+        write_old_bucket(
+            &url,
+            &prefix,
+            "two",
+            6,
+            t - 100,
+            Some(held),
+            &[at(500), at(100), at(900), at(900)],
+        );
+        let w = [rate(10, 1)];
+        let short = [Window {
+            calls: 10,
+            window_ns: 600_000,
+        }];
+        let u = store.usage("two", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (4, 2), "{u:?}");
+        assert_eq!(store.usage("two", &short).unwrap().used, vec![2]);
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            store.poll("two", &w, 4, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut con = client.get_connection().unwrap();
-        let key = format!("{{{prefix}:b}}:s");
-        let _: () = redis::cmd("HSET")
-            .arg(&key)
-            .arg("v")
-            .arg(1)
-            .query(&mut con)
-            .unwrap();
-        let _: () = redis::cmd("HDEL")
-            .arg(&key)
-            .arg("held")
-            .query(&mut con)
-            .unwrap();
+        // The tenth newest unit is the oldest, 900 µs ago.
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try, hold(1, 60_000)).unwrap(),
+            store.poll("two", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Wait(Duration::from_micros(100))
+        );
+        assert_eq!(
+            logged(&url, &prefix, "two"),
+            [
+                at(900),
+                at(900),
+                at(500),
+                at(100),
+                at(0),
+                at(0),
+                at(0),
+                at(0)
+            ]
+        );
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let (v, runs): (u64, u64) = redis::cmd("HMGET")
+            .arg(format!("{{{prefix}:two}}:s"))
+            .arg(&["v", "runs"])
+            .query(&mut con)
+            .unwrap();
+        assert_eq!((v, runs), (3, 4), "format 3, one run per instant");
+        // Format 1 had no holds: three units ever, the ring of two holds units 1 and 2.
+        write_old_bucket(&url, &prefix, "one", 3, t - 200, None, &[at(200), at(300)]);
+        let u = store.usage("one", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (2, 0), "{u:?}");
+        assert_eq!(
+            store
+                .poll("one", &w, 1, Place::Try, hold(1, 60_000))
+                .unwrap(),
             Verdict::Admitted
         );
-        let u = store.usage("b", &w).unwrap();
-        assert_eq!((u.used[0], u.in_flight), (1, 1), "{u:?}");
-        let v: i64 = redis::cmd("HGET")
-            .arg(&key)
-            .arg("v")
-            .query(&mut con)
-            .unwrap();
-        assert_eq!(v, 2, "written back as format 2");
+        assert_eq!(logged(&url, &prefix, "one"), [at(300), at(200)]);
+        let u = store.usage("one", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (2, 1), "{u:?}");
     }
 
     #[test]
@@ -1008,6 +1099,94 @@ mod tests {
         assert_eq!(log.len(), 199, "the ring holds every unit");
         assert!(log.windows(2).all(|p| p[0] <= p[1]), "in order");
         assert_eq!(store.usage("b", &small).unwrap().used, vec![199]);
+    }
+
+    /// The ring's entries (`cap`) and the byte length of its key.
+    fn ring_size(url: &str, prefix: &str, key: &str) -> (u64, u64) {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let tag = format!("{{{prefix}:{key}}}");
+        let cap: u64 = redis::cmd("HGET")
+            .arg(format!("{tag}:s"))
+            .arg("cap")
+            .query(&mut con)
+            .unwrap();
+        let len: u64 = redis::cmd("STRLEN")
+            .arg(format!("{tag}:r"))
+            .query(&mut con)
+            .unwrap();
+        (cap, len)
+    }
+
+    #[test]
+    fn the_ring_of_runs_grows_wraps_and_shrinks() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("runs");
+        let store = open(&url, &prefix);
+        let t: u64 = 1_780_000_000_000_000;
+        let w = [rate(1000, 1000)];
+        // 300 units at 300 instants: 300 runs, so the ring of 64 doubles three times.
+        for i in 0..300 {
+            store.now_us.store(t + 10 * i, Ordering::Relaxed);
+            assert_eq!(
+                store.poll("b", &w, 1, Place::Try, None).unwrap(),
+                Verdict::Admitted
+            );
+        }
+        assert_eq!(ring_size(&url, &prefix, "b"), (512, 512 * 16));
+        // 500 units at one instant: one run.
+        store.now_us.store(t + 3000, Ordering::Relaxed);
+        assert_eq!(
+            store.poll("b", &w, 500, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+        let log = logged(&url, &prefix, "b");
+        assert_eq!(log.len(), 800);
+        assert!(
+            log[..300]
+                .iter()
+                .enumerate()
+                .all(|(i, &u)| u == (t + 10 * i as u64) as f64)
+        );
+        assert!(log[300..].iter().all(|&u| u == (t + 3000) as f64));
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![800]);
+        // The 300 runs leave the window: the next run drops them and the ring shrinks.
+        let later = t + 1_000_000 + 2995;
+        store.now_us.store(later, Ordering::Relaxed);
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![500]);
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(ring_size(&url, &prefix, "b"), (64, 64 * 16));
+        let log = logged(&url, &prefix, "b");
+        assert_eq!(log.len(), 501);
+        assert_eq!(log[500], later as f64);
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![501]);
+    }
+
+    #[test]
+    fn a_call_of_the_largest_cost_is_one_run() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("largest");
+        let store = open(&url, &prefix);
+        let max = u64::from(crate::limiter::MAX_CALLS);
+        let w = [rate(max, 1)];
+        for _ in 0..3 {
+            let started = Instant::now();
+            assert_eq!(
+                store.poll("b", &w, max, Place::Try, None).unwrap(),
+                Verdict::Admitted
+            );
+            // Each call once wrote 8 MiB; a slow machine still takes far less than this.
+            assert!(started.elapsed() < Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Three runs of 2^20 units each, in the initial ring of 64 entries.
+        assert_eq!(ring_size(&url, &prefix, "b"), (64, 64 * 16));
+        assert_eq!(
+            store.usage("b", &[rate(max, 60_000)]).unwrap().used,
+            vec![max]
+        );
     }
 
     #[test]
