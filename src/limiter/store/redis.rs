@@ -476,6 +476,9 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+mod model_test;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::net::TcpListener;
@@ -489,7 +492,7 @@ mod tests {
 
     /// The test server's URL, or `None` (with a visible line) when there is none; CI must
     /// run these tests.
-    fn server_url() -> Option<String> {
+    pub(super) fn server_url() -> Option<String> {
         match std::env::var("QUOTAGATE_TEST_REDIS_URL") {
             Ok(url) if !url.is_empty() => Some(url),
             _ => {
@@ -503,7 +506,7 @@ mod tests {
     }
 
     /// A prefix no other test (or earlier run) uses.
-    fn unique(name: &str) -> String {
+    pub(super) fn unique(name: &str) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
