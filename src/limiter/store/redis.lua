@@ -182,9 +182,10 @@ local function put(r, t, stop)
   seen[r] = {t, stop}
 end
 
--- The units the windows may count: the newest max(calls, 64) of those the ring holds.
-local function held_from()
-  return math.max(base, nxt - math.max(calls, KEEP_UNITS))
+-- The units the windows may count: the newest max(calls, 64) of those the ring holds,
+-- once c more units (0 if nil) are logged.
+local function held_from(c)
+  return math.max(base, nxt + (c or 0) - math.max(calls, KEEP_UNITS))
 end
 
 -- The sequence number of run r's first held unit.
@@ -287,12 +288,13 @@ local function relayout(newcap)
   seen = {}
 end
 
--- Drops the oldest runs that no window counts any more, and halves a ring a quarter full.
-local function trim()
+-- Drops the oldest runs that no window will count once c more units are logged, and
+-- halves a ring a quarter full.
+local function trim(c)
   if runs == from then return end
   local keep = function(r)
     local e = entry(r)
-    return e[2] > held_from() and (e[1] + win > now or e[2] > nxt - KEEP_UNITS)
+    return e[2] > held_from(c) and (e[1] + win > now or e[2] > nxt + c - KEEP_UNITS)
   end
   local r = first_run(from, keep)
   if r > from then
@@ -319,7 +321,7 @@ local function log_at(t, c)
       return
     end
   end
-  trim()
+  trim(c)
   if runs == from then base = nxt end
   if cap == 0 then relayout(INITIAL_RING) end
   if runs - from >= cap then relayout(cap * 2) end
