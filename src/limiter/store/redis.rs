@@ -10,23 +10,35 @@
 //! A bucket `b` under the key prefix `p` (`prefix=` of the store URL) is two keys that share
 //! the hash tag `{p:b}`, so that they live in one cluster slot:
 //!
-//! - `{p:b}:s`, a hash: `v` (the format, 2; 1 had no holds), `next` (units ever logged: the sequence number
-//!   of the next unit), `cap` (ring entries), `from` (the oldest sequence number the ring
-//!   still holds after a growth), `last` (the latest instant the bucket used), `pause`
-//!   (paused until), `win` (the largest window any caller used) and `queue`, the FIFO of
+//! - `{p:b}:s`, a hash: `v` (the format, 3), `next` (units ever logged: the sequence number
+//!   of the next unit), `cap` (ring entries), `from` and `runs` (the numbers of the oldest
+//!   run the ring holds and of the next run), `base` (the sequence number of the oldest unit
+//!   it holds), `last` (the latest instant the bucket used), `pause` (paused until), `win`
+//!   and `calls` (the largest window and `calls` any caller used), `queue`, the FIFO of
 //!   waiters as `id,cost,lease_expiry;` entries (ids as decimal strings: Lua numbers are
 //!   doubles, ids are 64-bit), and `held`, the holds in flight as
 //!   `id,cost,admitted,lease_expiry;` entries.
-//! - `{p:b}:r`, the ring: a string of `cap` entries of 8 bytes (the instant of a unit as a
-//!   little-endian double); the unit with sequence number `s` is at entry `s % cap`, so
-//!   `GETRANGE` reads the k-th newest unit in O(1). The ring starts with 64 entries and
-//!   doubles (keeping the units it holds, in order) whenever logging would overwrite a unit
-//!   that a window with more `calls` than the ring holds still counts: a caller that
-//!   brings a larger rate grows it, a generous rate that is never reached costs nothing.
+//! - `{p:b}:r`, the ring of **runs**: a string of `cap` entries of 16 bytes, two
+//!   little-endian doubles: the instant of a run of units logged at one instant and the
+//!   sequence number just past its last unit; run `r` is at entry `r % cap`. A call of any
+//!   cost adds one run or extends the newest, so neither the ring nor the script's work
+//!   grows with the cost (a call of cost 2^20 wrote 8 MiB in format 2, one entry per unit).
 //!
-//! A poll reads the hash, `TIME` and one ring entry per window and queued call it
-//! simulates; with `n` waiters queued it costs O(n × (n + windows)) steps on the server,
-//! all inside one script run. `usage` finds each window's oldest unit by binary search.
+//! The k-th newest unit (what a window asks: has it left?) is found by a search on the
+//! runs' sequence numbers: it starts where the unit would be if every run held one unit,
+//! which is exact for calls of cost 1, and gallops towards the newest, so it costs one
+//! `GETRANGE` in the common case and O(log runs) at worst; `usage` counts a window's units
+//! the same way. Runs are dropped from the old end when no window counts them any more:
+//! the ring keeps the newest `max(calls, 64)` units that lie inside the largest window
+//! seen, and always the newest 64 (so that a longer new rate still counts them). It starts
+//! with 64 entries, doubles when full and halves when a quarter full (one `GET` and one
+//! `SET` of the ring, amortised over the runs that filled or emptied it). Formats 1 and 2
+//! (a ring of one instant per unit; 1 without holds) are rewritten as runs the first time
+//! a script touches them; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
+//!
+//! A poll reads the hash, `TIME` and, per window and queued call it simulates, the run
+//! entries of that search; with `n` waiters queued it costs O(n × (n + windows)) searches,
+//! all inside one script run, whatever the costs.
 //!
 //! After every write, both keys get a time to live of the largest window, pause or lease
 //! ahead plus [`LEASE`] and a second, so idle buckets vanish on their own.
@@ -38,7 +50,9 @@
 //! nanoseconds. The instant is clamped to the bucket's `last`, so a bucket's clock never
 //! goes back (a server whose clock is set back, a replica promoted with a slower clock).
 //! Windows are passed in microseconds rounded up, so rounding never admits more; waits come
-//! back in microseconds.
+//! back in microseconds. The script also takes an explicit instant (a last argument after
+//! the rates) that only the tests pass, to run it beside the Rust model (`model.rs`) on one
+//! clock and compare every answer; it is clamped the same way.
 //!
 //! # Connections
 //!
@@ -58,8 +72,9 @@
 //!   may help.
 //! - [`Invalid`](StoreErrorKind::Invalid): a URL the `redis` crate rejects, a wrong user or
 //!   password (`WRONGPASS`, `NOAUTH`), missing permissions (`NOPERM`), `protocol=resp3`
-//!   against a server without RESP3, and a poll without windows or with a cost above a
-//!   window's `calls`.
+//!   against a server without RESP3, a poll without windows or with a cost above a
+//!   window's `calls`, and a rate of more than [`MAX_CALLS`](crate::limiter::MAX_CALLS)
+//!   calls (poll, release and usage): all refused before any script runs.
 //! - [`Corrupt`](StoreErrorKind::Corrupt): the script found the bucket's keys damaged or of
 //!   another format (or of another type), or the reply made no sense.
 //!
