@@ -36,10 +36,13 @@ enum Action {
     Usage,
 }
 
-/// One operation after the clock moved `advance_us` on.
+/// One operation after the clock moved `advance_us` on, or, with `to_lease_end`, to the
+/// nearest end of a lease (a waiter's or a hold's) still ahead: the instants where a place
+/// is lost or a hold is logged, to the microsecond.
 #[derive(Debug, Clone)]
 struct Step {
     advance_us: u64,
+    to_lease_end: bool,
     action: Action,
 }
 
@@ -96,7 +99,13 @@ fn step(max_cost: u64) -> impl Strategy<Value = Step> {
         // Past a waiter's lease (2 s after its due instant).
         1 => 1_900_000u64..=2_300_000,
     ];
-    (advance, action).prop_map(|(advance_us, action)| Step { advance_us, action })
+    (advance, prop::bool::weighted(0.1), action).prop_map(|(advance_us, to_lease_end, action)| {
+        Step {
+            advance_us,
+            to_lease_end,
+            action,
+        }
+    })
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -119,15 +128,32 @@ fn run(store: &RedisStore, key: &str, case: &Case) -> Result<(), TestCaseError> 
     let mut model = Bucket::new(1);
     // Microseconds since the epoch today, about 2^51: the script's instants are this large.
     let mut now_us: u64 = 1_780_000_000_000_000;
+    let lease_us = u64::try_from(LEASE.as_micros()).unwrap();
+    let mut lease_ends: Vec<u64> = Vec::new();
     for (i, s) in case.steps.iter().enumerate() {
-        now_us += s.advance_us;
+        match lease_ends.iter().filter(|&&t| t >= now_us).min() {
+            Some(&end) if s.to_lease_end => now_us = end,
+            _ => now_us += s.advance_us,
+        }
         store.now_us.store(now_us, Ordering::Relaxed);
         let now = now_us * 1000;
         let (expected, got): (String, String) = match s.action {
-            Action::Poll { cost, place, hold } => (
-                format!("{:?}", model.poll(now, w, cost, place, hold)),
-                format!("{:?}", store.poll(key, w, cost, place, hold).unwrap()),
-            ),
+            Action::Poll { cost, place, hold } => {
+                let verdict = model.poll(now, w, cost, place, hold);
+                match (verdict, place, hold) {
+                    (Verdict::Wait(d), Place::Queue { .. }, _) => {
+                        lease_ends.push(now_us + d.as_micros() as u64 + lease_us)
+                    }
+                    (Verdict::Admitted, _, Some(h)) => {
+                        lease_ends.push(now_us + h.duration.as_micros() as u64)
+                    }
+                    _ => {}
+                }
+                (
+                    format!("{verdict:?}"),
+                    format!("{:?}", store.poll(key, w, cost, place, hold).unwrap()),
+                )
+            }
             Action::Release { id, ago_us } => {
                 model.release(now, id, us(ago_us));
                 store.release(key, w, id, us(ago_us)).unwrap();
