@@ -26,7 +26,8 @@
 -- (O(log runs) GETRANGEs, one when every run holds one unit). Runs that no window counts
 -- any more are dropped: the ring keeps the newest max(calls, 64) units that lie inside the
 -- largest window seen, and always the newest 64 (so that a longer new rate still counts
--- them). It doubles when full and halves when a quarter full.
+-- them). Runs are dropped when the ring is full; it doubles when that leaves it more than
+-- half full and halves when it leaves it a quarter full.
 -- Formats 1 (no holds) and 2 kept one entry per unit: they are rewritten as runs on first
 -- touch. Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
 -- used...}; else {1}.
@@ -321,10 +322,14 @@ local function log_at(t, c)
       return
     end
   end
-  trim(c)
-  if runs == from then base = nxt end
+  -- A full ring drops what no window counts, and doubles when that leaves it more than
+  -- half full, so that trimming comes once per cap / 2 runs at most.
   if cap == 0 then relayout(INITIAL_RING) end
-  if runs - from >= cap then relayout(cap * 2) end
+  if runs - from >= cap then
+    trim(c)
+    if (runs - from) * 2 > cap then relayout(cap * 2) end
+  end
+  if runs == from then base = nxt end
   nxt = nxt + c
   put(runs, t, nxt)
   runs = runs + 1

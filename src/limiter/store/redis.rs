@@ -1141,45 +1141,44 @@ mod tests {
         let prefix = unique("runs");
         let store = open(&url, &prefix);
         let t: u64 = 1_780_000_000_000_000;
-        let w = [rate(1000, 1000)];
-        // 300 units at 300 instants: 300 runs, so the ring of 64 doubles three times.
+        let w = [rate(1000, 1)];
+        let poll_at = |at: u64, cost: u64| {
+            store.now_us.store(at, Ordering::Relaxed);
+            store.poll("b", &w, cost, Place::Try, None).unwrap()
+        };
+        // 300 units at 300 instants inside one window: 300 runs, so the ring of 64 doubles
+        // three times.
         for i in 0..300 {
-            store.now_us.store(t + 10 * i, Ordering::Relaxed);
-            assert_eq!(
-                store.poll("b", &w, 1, Place::Try, None).unwrap(),
-                Verdict::Admitted
-            );
+            assert_eq!(poll_at(t + i, 1), Verdict::Admitted);
         }
         assert_eq!(ring_size(&url, &prefix, "b"), (512, 512 * 16));
         // 500 units at one instant: one run.
-        store.now_us.store(t + 3000, Ordering::Relaxed);
-        assert_eq!(
-            store.poll("b", &w, 500, Place::Try, None).unwrap(),
-            Verdict::Admitted
-        );
+        assert_eq!(poll_at(t + 400, 500), Verdict::Admitted);
         let log = logged(&url, &prefix, "b");
         assert_eq!(log.len(), 800);
         assert!(
             log[..300]
                 .iter()
                 .enumerate()
-                .all(|(i, &u)| u == (t + 10 * i as u64) as f64)
+                .all(|(i, &u)| u == (t + i as u64) as f64)
         );
-        assert!(log[300..].iter().all(|&u| u == (t + 3000) as f64));
+        assert!(log[300..].iter().all(|&u| u == (t + 400) as f64));
         assert_eq!(store.usage("b", &w).unwrap().used, vec![800]);
-        // The 300 runs leave the window: the next run drops them and the ring shrinks.
-        let later = t + 1_000_000 + 2995;
-        store.now_us.store(later, Ordering::Relaxed);
-        assert_eq!(store.usage("b", &w).unwrap().used, vec![500]);
-        assert_eq!(
-            store.poll("b", &w, 1, Place::Try, None).unwrap(),
-            Verdict::Admitted
-        );
+        // Later, runs of 64 units 100 µs apart: the 211th fills the ring, the 212th drops
+        // every run outside the window, and the ring shrinks back to 64 entries.
+        let later = t + 10_000;
+        for j in 0..212 {
+            assert_eq!(poll_at(later + 100 * j, 64), Verdict::Admitted);
+        }
         assert_eq!(ring_size(&url, &prefix, "b"), (64, 64 * 16));
         let log = logged(&url, &prefix, "b");
-        assert_eq!(log.len(), 501);
-        assert_eq!(log[500], later as f64);
-        assert_eq!(store.usage("b", &w).unwrap().used, vec![501]);
+        let newest = later + 100 * 211;
+        let expected: Vec<f64> = (0..10)
+            .rev()
+            .flat_map(|k| std::iter::repeat_n((newest - 100 * k) as f64, 64))
+            .collect();
+        assert_eq!(log, expected, "the runs inside the window");
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![640]);
     }
 
     #[test]
