@@ -30,9 +30,11 @@
 //! `GETRANGE` in the common case and O(log runs) at worst; `usage` counts a window's units
 //! the same way. Runs are dropped from the old end when no window counts them any more:
 //! the ring keeps the newest `max(calls, 64)` units that lie inside the largest window
-//! seen, and always the newest 64 (so that a longer new rate still counts them). It starts
-//! with 64 entries, doubles when full and halves when a quarter full (one `GET` and one
-//! `SET` of the ring, amortised over the runs that filled or emptied it). Formats 1 and 2
+//! seen, and always the newest 64 (so that a longer new rate still counts them), when the
+//! ring is full: it starts with 64 entries, doubles when dropping leaves it more than half
+//! full and halves when it leaves it a quarter full, so that a drop (one search) comes at
+//! most once per half a ring of runs, and a resize (one `GET` and one `SET` of the ring)
+//! is paid for by the runs that filled or emptied it. Formats 1 and 2
 //! (a ring of one instant per unit; 1 without holds) are rewritten as runs the first time
 //! a script touches them; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
 //!
@@ -1439,7 +1441,23 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         }
+        let too_many = [rate(big, 60_000)];
+        let e = store.usage("b", &too_many).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        let e = store
+            .release("b", &too_many, 1, Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         assert!(logged(&url, &prefix, "b").is_empty(), "nothing was logged");
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(format!("{{{prefix}:b}}:s"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(exists, 0, "the bucket was never written");
         let max = u64::from(crate::limiter::MAX_CALLS);
         assert_eq!(
             store
