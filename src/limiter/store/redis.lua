@@ -103,27 +103,33 @@ if h[1] then
     if redis.call('STRLEN', R) ~= cap * 8 then
       corrupt('the ring does not hold ' .. cap .. ' entries')
     end
+    -- Written in chunks, so that the script never holds a table entry per unit.
     local old = ''
     if cap > 0 then old = redis.call('GET', R) end
-    local entries = {}
+    redis.call('DEL', R)
     local lo = math.max(from, nxt - cap)
-    local prev = nil
-    for s = lo, nxt - 1 do
-      local i = (s % cap) * 8
-      local t = struct.unpack('<d', string.sub(old, i + 1, i + 8))
-      if t ~= prev then
-        entries[#entries + 1] = {t, s + 1}
-        prev = t
-      else
-        entries[#entries][2] = s + 1
+    local count, chunk, prev = 0, {}, nil
+    local function add(stop)
+      chunk[#chunk + 1] = struct.pack('<dd', (struct.unpack('<d', prev)), stop)
+      count = count + 1
+      if #chunk == 4096 or stop == nxt then
+        redis.call('APPEND', R, table.concat(chunk))
+        chunk = {}
       end
     end
+    for s = lo, nxt - 1 do
+      local i = (s % cap) * 8
+      local t = string.sub(old, i + 1, i + 8)
+      if t ~= prev then
+        if prev then add(s) end
+        prev = t
+      end
+    end
+    if prev then add(nxt) end
     cap = INITIAL_RING
-    while cap < #entries do cap = cap * 2 end
-    local parts = {}
-    for i, e in ipairs(entries) do parts[i] = struct.pack('<dd', e[1], e[2]) end
-    redis.call('SET', R, table.concat(parts) .. string.rep('\0', (cap - #entries) * W))
-    from, runs, base = 0, #entries, lo
+    while cap < count do cap = cap * 2 end
+    redis.call('APPEND', R, string.rep('\0', (cap - count) * W))
+    from, runs, base = 0, count, lo
     dirty = true
   end
 end
@@ -323,11 +329,13 @@ local function log_at(t, c)
     end
   end
   -- A full ring drops what no window counts, and doubles when that leaves it more than
-  -- half full, so that trimming comes once per cap / 2 runs at most.
+  -- half full, so that trimming comes once per cap / 2 runs at most; but never past the
+  -- units the windows may count (one run each at worst), where a trim always frees one.
   if cap == 0 then relayout(INITIAL_RING) end
   if runs - from >= cap then
     trim(c)
-    if (runs - from) * 2 > cap then relayout(cap * 2) end
+    local full = (runs - from) * 2 > cap and cap < math.max(calls, KEEP_UNITS)
+    if full or runs - from >= cap then relayout(cap * 2) end
   end
   if runs == from then base = nxt end
   nxt = nxt + c
