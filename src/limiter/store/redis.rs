@@ -32,9 +32,12 @@
 //! the ring keeps the newest `max(calls, 64)` units that lie inside the largest window
 //! seen, and always the newest 64 (so that a longer new rate still counts them), when the
 //! ring is full: it starts with 64 entries, doubles when dropping leaves it more than half
-//! full and halves when it leaves it a quarter full, so that a drop (one search) comes at
-//! most once per half a ring of runs, and a resize (one `GET` and one `SET` of the ring)
-//! is paid for by the runs that filled or emptied it. Formats 1 and 2
+//! full (but not past the `max(calls, 64)` units the windows may count, one run each at
+//! worst: 2^20 runs, 16 MiB) and halves when it leaves it a quarter full, so that a drop
+//! (one search) comes at most once per half a ring of runs, and a resize (one `GET` and
+//! one `SET` of the ring) is paid for by the runs that filled or emptied it. The rewrite
+//! of a format-2 ring takes time in its units, once (3.5 s for 2^20 units, each at an
+//! instant of its own, on a loaded 2-core machine). Formats 1 and 2
 //! (a ring of one instant per unit; 1 without holds) are rewritten as runs the first time
 //! a script touches them; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
 //!
