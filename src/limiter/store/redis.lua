@@ -27,7 +27,7 @@
 -- any more are dropped: the ring keeps the newest max(calls, 64) units that lie inside the
 -- largest window seen, and always the newest 64 (so that a longer new rate still counts
 -- them). Runs are dropped when the ring is full; it doubles when that leaves it more than
--- half full and halves when it leaves it a quarter full.
+-- half full (up to max(calls, 64) entries) and halves when it leaves it a quarter full.
 -- Formats 1 (no holds) and 2 kept one entry per unit: they are rewritten as runs on first
 -- touch. Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
 -- used...}; else {1}.
