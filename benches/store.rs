@@ -4,7 +4,9 @@
 //!
 //! Run: `QUOTAGATE_TEST_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench store`
 //! (add `-- --quick` for a short run). Prints nanoseconds per call, the median of several
-//! rounds, one thread. Without the variable the Redis rows are skipped.
+//! rounds, one thread. Without the variable the Redis rows are skipped. A last Redis row
+//! times one call of the largest cost, [`MAX_CALLS`](quotagate::limiter::MAX_CALLS) units,
+//! each admitted (its rate's window is 1 µs).
 
 use quotagate::limiter::store::file::FileStore;
 use quotagate::limiter::store::redis::RedisStore;
@@ -115,6 +117,17 @@ fn main() {
                 Ok(store) => {
                     let ns = store_case(&store, "machines", rounds, io_iters);
                     rows.push(("redis store poll(Try)".into(), ns, io_iters));
+                    let max = u64::from(quotagate::limiter::MAX_CALLS);
+                    let w = [Window {
+                        calls: max,
+                        window_ns: 1000,
+                    }];
+                    let iters = if quick { 5 } else { 20 };
+                    let ns = measure(rounds, iters, || {
+                        let v = store.poll("large", &w, max, Place::Try, None).unwrap();
+                        assert_eq!(v, quotagate::limiter::store::Verdict::Admitted);
+                    });
+                    rows.push(("redis store poll(Try), cost 2^20".into(), ns, iters));
                 }
                 Err(e) => println!("redis store: unavailable ({e})"),
             }

@@ -1,28 +1,42 @@
 -- quotagate's shared bucket in Redis: one atomic script for every operation.
 --
--- KEYS[1]  the bucket's state hash: v (format), next (units logged), cap (ring entries),
---          from (oldest sequence number the ring still holds), last (latest instant used),
---          pause (paused until), win (largest window seen), queue ("id,cost,expiry;" ...),
---          held (the holds in flight: "id,cost,since,expiry;" ...)
--- KEYS[2]  the ring: cap entries of 8 bytes (a little-endian double, an instant in
---          microseconds); the unit with sequence number s lives at entry s % cap.
+-- KEYS[1]  the bucket's state hash: v (format), next (units ever logged: the sequence
+--          number of the next unit), cap (ring entries), from (the number of the oldest run
+--          the ring holds), runs (runs ever written: the number of the next run), base (the
+--          sequence number of the oldest unit the ring holds), last (latest instant used),
+--          pause (paused until), win and calls (the largest window and calls seen), queue
+--          ("id,cost,expiry;" ...), held (the holds in flight: "id,cost,since,expiry;" ...)
+-- KEYS[2]  the ring of runs: cap entries of 16 bytes, two little-endian doubles: the
+--          instant (microseconds) of a run of units logged at one instant, and the sequence
+--          number just past its last unit; run r lives at entry r % cap.
 -- ARGV     op (try|peek|queue|try_hold|queue_hold|release|leave|pause|usage), cost,
 --          id (decimal, "0" for none), lease_us (a waiter's), extra_us (the pause of
 --          pause, the hold's lease of try_hold and queue_hold, how long ago a released
---          hold ended for release), then (calls, window_us) pairs.
+--          hold ended for release), then (calls, window_us) pairs, then optionally one
+--          more argument: now_us, the instant to use instead of the server's TIME. Only
+--          tests pass it (to run the script beside the Rust model on the same clock); it is
+--          clamped like TIME, so a bucket's clock never goes back.
 --
 -- Every instant is in microseconds of the server's TIME, clamped so that a bucket's clock
 -- never goes back. Integers stay below 2^53, so Lua's doubles hold them exactly.
 -- Units held in flight count as the newest units, logged now; a hold is logged at its end
--- (release) or at its lease's end, never before the newest unit logged (the ring stays in
--- order). Format 1 (no holds) is read as format 2 without holds.
--- Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
+-- (release) or at its lease's end, never before the newest unit logged (the log stays in
+-- order). A call of any cost adds or extends one run, so neither memory nor work grows
+-- with the cost: the k-th newest unit is found by a search on the runs' sequence numbers
+-- (O(log runs) GETRANGEs, one when every run holds one unit). Runs that no window counts
+-- any more are dropped: the ring keeps the newest max(calls, 64) units that lie inside the
+-- largest window seen, and always the newest 64 (so that a longer new rate still counts
+-- them). Runs are dropped when the ring is full; it doubles when that leaves it more than
+-- half full (up to max(calls, 64) entries) and halves when it leaves it a quarter full.
+-- Formats 1 (no holds) and 2 kept one entry per unit: they are rewritten as runs on first
+-- touch. Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
 -- used...}; else {1}.
 
 local S, R = KEYS[1], KEYS[2]
-local FORMAT = 2
-local W = 8
+local FORMAT = 3
+local W = 16
 local INITIAL_RING = 64
+local KEEP_UNITS = 64
 local MARGIN_US = 1000000
 
 local function corrupt(what)
@@ -47,19 +61,25 @@ local id = ARGV[3]
 local lease = num(ARGV[4], 'lease')
 local extra = num(ARGV[5], 'extra')
 local wins = {}
-local maxwin = 0
+local maxwin, maxcalls = 0, 0
 for i = 6, #ARGV - 1, 2 do
   local w = {calls = num(ARGV[i], 'calls'), win = num(ARGV[i + 1], 'window')}
   wins[#wins + 1] = w
   if w.win > maxwin then maxwin = w.win end
+  if w.calls > maxcalls then maxcalls = w.calls end
 end
+local given_now = nil
+if (#ARGV - 5) % 2 == 1 then given_now = num(ARGV[#ARGV], 'now') end
 
 -- The state.
 local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue',
-  'held')
+  'held', 'runs', 'base', 'calls')
 local nxt, cap, from, last, paused, win, qtext, htext = 0, 0, 0, 0, 0, 0, '', ''
+local runs, base, calls = 0, 0, 0
+local dirty = false
 if h[1] then
-  if tonumber(h[1]) ~= FORMAT and tonumber(h[1]) ~= 1 then
+  local v = tonumber(h[1])
+  if v ~= FORMAT and v ~= 2 and v ~= 1 then
     corrupt('format ' .. tostring(h[1]) .. ' is not ' .. FORMAT)
   end
   nxt = num(h[2], 'next')
@@ -70,13 +90,57 @@ if h[1] then
   win = num(h[7], 'win')
   qtext = h[8] or ''
   htext = h[9] or ''
-  if redis.call('STRLEN', R) ~= cap * W then
-    corrupt('the ring does not hold ' .. cap .. ' entries')
+  if v == FORMAT then
+    runs = num(h[10], 'runs')
+    base = num(h[11], 'base')
+    calls = num(h[12], 'calls')
+    if runs < from or runs - from > cap or base > nxt then corrupt('bad runs') end
+    if redis.call('STRLEN', R) ~= cap * W then
+      corrupt('the ring does not hold ' .. cap .. ' entries')
+    end
+  else
+    -- A ring of one 8-byte instant per unit: its units become runs, oldest first.
+    if redis.call('STRLEN', R) ~= cap * 8 then
+      corrupt('the ring does not hold ' .. cap .. ' entries')
+    end
+    -- Written in chunks, so that the script never holds a table entry per unit.
+    local old = ''
+    if cap > 0 then old = redis.call('GET', R) end
+    redis.call('DEL', R)
+    local lo = math.max(from, nxt - cap)
+    local count, chunk, prev = 0, {}, nil
+    local function add(stop)
+      chunk[#chunk + 1] = struct.pack('<dd', (struct.unpack('<d', prev)), stop)
+      count = count + 1
+      if #chunk == 4096 or stop == nxt then
+        redis.call('APPEND', R, table.concat(chunk))
+        chunk = {}
+      end
+    end
+    for s = lo, nxt - 1 do
+      local i = (s % cap) * 8
+      local t = string.sub(old, i + 1, i + 8)
+      if t ~= prev then
+        if prev then add(s) end
+        prev = t
+      end
+    end
+    if prev then add(nxt) end
+    cap = INITIAL_RING
+    while cap < count do cap = cap * 2 end
+    redis.call('APPEND', R, string.rep('\0', (cap - count) * W))
+    from, runs, base = 0, count, lo
+    dirty = true
   end
 end
+if maxwin > win then win = maxwin end
+if maxcalls > calls then calls = maxcalls end
 
-local tm = redis.call('TIME')
-local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+local now = given_now
+if now == nil then
+  local tm = redis.call('TIME')
+  now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+end
 if now < last then now = last end
 
 local queue = {}
@@ -93,13 +157,11 @@ end
 local in_flight = 0
 for _, e in ipairs(holds) do in_flight = in_flight + e.cost end
 
-local dirty = false
-
--- Leases that have expired are dropped first.
+-- Waiters whose lease's end is past are dropped first.
 do
   local live = {}
   for _, e in ipairs(queue) do
-    if e.exp > now then live[#live + 1] = e end
+    if e.exp >= now then live[#live + 1] = e end
   end
   if #live ~= #queue then
     queue = live
@@ -107,16 +169,64 @@ do
   end
 end
 
--- The ring.
-local function held_from()
-  return math.max(from, nxt - cap)
-end
+-- The ring of runs. Entries read by this run of the script are kept in `seen`.
+local seen = {}
 
-local function unit(seq)
-  local i = (seq % cap) * W
+local function entry(r)
+  local e = seen[r]
+  if e then return e end
+  local i = (r % cap) * W
   local s = redis.call('GETRANGE', R, i, i + W - 1)
   if #s ~= W then corrupt('a short ring entry') end
-  return (struct.unpack('<d', s))
+  local t, stop = struct.unpack('<dd', s)
+  e = {t, stop}
+  seen[r] = e
+  return e
+end
+
+local function put(r, t, stop)
+  redis.call('SETRANGE', R, (r % cap) * W, struct.pack('<dd', t, stop))
+  seen[r] = {t, stop}
+end
+
+-- The units the windows may count: the newest max(calls, 64) of those the ring holds,
+-- once c more units (0 if nil) are logged.
+local function held_from(c)
+  return math.max(base, nxt + (c or 0) - math.max(calls, KEEP_UNITS))
+end
+
+-- The sequence number of run r's first held unit.
+local function start_of(r)
+  if r == from then return held_from() end
+  return math.max(entry(r - 1)[2], held_from())
+end
+
+-- The oldest run at or after lo (from <= lo < runs) for which keep(r) holds, or runs when
+-- none does; keep must hold for every run after one for which it holds. Looks at lo, then
+-- lo + 1, lo + 3, lo + 7, ... and searches the last gap by halves.
+local function first_run(lo, keep)
+  local step = 1
+  local hi = lo
+  while hi < runs and not keep(hi) do
+    lo = hi + 1
+    hi = hi + step
+    step = step * 2
+  end
+  if hi > runs then hi = runs end
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if keep(mid) then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+
+-- The instant of the unit with sequence number s, or nil when the ring holds none.
+local function unit(s)
+  if s < held_from() or s >= nxt then return nil end
+  -- Every run after the one holding s holds at least one unit: it is at runs - (nxt - s)
+  -- or later.
+  local r = first_run(math.max(from, runs - (nxt - s)), function(r) return entry(r)[2] > s end)
+  return entry(r)[1]
 end
 
 -- The k-th newest unit (k >= 1) of the log followed by the simulated admissions `sim`
@@ -127,7 +237,6 @@ local function kth_newest(k, sim)
     if k <= e[2] then return e[1] end
     k = k - e[2]
   end
-  if k > nxt - held_from() then return nil end
   return unit(nxt - k)
 end
 
@@ -158,73 +267,88 @@ local function due_behind(n, c)
   return earliest(t, c, sim)
 end
 
+-- Rewrites the ring with newcap entries, the runs it holds at the same numbers.
 local function relayout(newcap)
-  local lo = held_from()
   local old = ''
   if cap > 0 then old = redis.call('GET', R) or '' end
-  redis.call('SET', R, string.rep('\0', newcap * W))
-  local s = lo
-  while s < nxt do
-    local oi = s % cap
-    local ni = s % newcap
-    local n = math.min(nxt - s, cap - oi, newcap - ni)
-    redis.call('SETRANGE', R, ni * W, string.sub(old, oi * W + 1, (oi + n) * W))
-    s = s + n
+  local parts = {}
+  local r = from
+  while r < runs do
+    local oi = r % cap
+    local n = math.min(runs - r, cap - oi)
+    parts[#parts + 1] = string.sub(old, oi * W + 1, (oi + n) * W)
+    r = r + n
+  end
+  -- Run r goes to entry r % newcap: from from % newcap on, the end wrapping to the start.
+  local held = table.concat(parts)
+  local first = from % newcap * W
+  local size = newcap * W
+  if first + #held <= size then
+    redis.call('SET', R, string.rep('\0', first) .. held ..
+      string.rep('\0', size - first - #held))
+  else
+    local cut = size - first
+    redis.call('SET', R, string.sub(held, cut + 1) .. string.rep('\0', size - #held) ..
+      string.sub(held, 1, cut))
   end
   cap = newcap
-  from = lo
+  seen = {}
 end
 
--- Grows the ring (doubling) until logging c more units drops no unit that some window
--- with more calls than the ring holds still counts.
-local function make_room(c)
-  if cap == 0 then relayout(INITIAL_RING) end
-  while true do
-    local grow = false
-    for _, w in ipairs(wins) do
-      if w.calls > cap then
-        local k = cap - c + 1
-        if k < 1 then
-          grow = true
-        else
-          local u = kth_newest(k, {})
-          if u and u + w.win > now then grow = true end
-        end
-      end
-    end
-    if not grow then return end
-    relayout(cap * 2)
+-- Drops the oldest runs that no window will count once c more units are logged, and
+-- halves a ring a quarter full.
+local function trim(c)
+  if runs == from then return end
+  local keep = function(r)
+    local e = entry(r)
+    return e[2] > held_from(c) and (e[1] + win > now or e[2] > nxt + c - KEEP_UNITS)
+  end
+  local r = first_run(from, keep)
+  if r > from then
+    base = entry(r - 1)[2]
+    from = r
+    dirty = true
+  end
+  if cap > INITIAL_RING and (runs - from) * 4 < cap then
+    local newcap = cap
+    while newcap > INITIAL_RING and (runs - from) * 4 < newcap do newcap = newcap / 2 end
+    relayout(newcap)
   end
 end
 
 -- Logs c units at instant t, or at the newest logged unit's instant if that is later.
 local function log_at(t, c)
   if c == 0 then return end
-  make_room(c)
-  if nxt > held_from() then
-    local newest = unit(nxt - 1)
-    if newest > t then t = newest end
-  end
-  local packed = struct.pack('<d', t)
-  local s = nxt
-  local stop = nxt + c
-  while s < stop do
-    local i = s % cap
-    local n = math.min(stop - s, cap - i)
-    redis.call('SETRANGE', R, i * W, string.rep(packed, n))
-    s = s + n
-  end
-  nxt = stop
   dirty = true
+  if runs > from then
+    local newest = entry(runs - 1)
+    if newest[1] >= t then
+      put(runs - 1, newest[1], nxt + c)
+      nxt = nxt + c
+      return
+    end
+  end
+  -- A full ring drops what no window counts, and doubles when that leaves it more than
+  -- half full, so that trimming comes once per cap / 2 runs at most; but never past the
+  -- units the windows may count (one run each at worst), where a trim always frees one.
+  if cap == 0 then relayout(INITIAL_RING) end
+  if runs - from >= cap then
+    trim(c)
+    local full = (runs - from) * 2 > cap and cap < math.max(calls, KEEP_UNITS)
+    if full or runs - from >= cap then relayout(cap * 2) end
+  end
+  if runs == from then base = nxt end
+  nxt = nxt + c
+  put(runs, t, nxt)
+  runs = runs + 1
 end
 
 local function log(c)
   log_at(now, c)
 end
 
--- Holds whose lease ran out are logged at the lease's end, oldest first (by an operation
--- that brings the windows, which decide how far the ring must grow).
-if #wins > 0 then
+-- Holds whose lease ran out are logged at the lease's end, oldest first.
+do
   local live, expired = {}, {}
   for _, e in ipairs(holds) do
     if e.exp > now then live[#live + 1] = e else expired[#expired + 1] = e end
@@ -236,6 +360,7 @@ if #wins > 0 then
       in_flight = in_flight - e.cost
       log_at(e.exp, e.cost)
     end
+    dirty = true
   end
 end
 
@@ -246,6 +371,7 @@ local function release(hid, ago_us)
       table.remove(holds, i)
       in_flight = in_flight - e.cost
       log_at(math.max(now - ago_us, e.since), e.cost)
+      dirty = true
       return
     end
   end
@@ -265,7 +391,6 @@ end
 
 local function save()
   if not dirty then return end
-  if maxwin > win then win = maxwin end
   local parts = {}
   local keep = win
   for i, e in ipairs(queue) do
@@ -279,7 +404,8 @@ local function save()
     if e.exp - now + win > keep then keep = e.exp - now + win end
   end
   redis.call('HSET', S, 'v', FORMAT, 'next', int(nxt), 'cap', int(cap), 'from', int(from),
-    'last', int(now), 'pause', int(paused), 'win', int(win), 'queue', table.concat(parts),
+    'runs', int(runs), 'base', int(base), 'last', int(now), 'pause', int(paused),
+    'win', int(win), 'calls', int(calls), 'queue', table.concat(parts),
     'held', table.concat(hparts))
   local ttl = int(math.ceil((keep + lease + MARGIN_US) / 1000))
   redis.call('PEXPIRE', S, ttl)
@@ -342,13 +468,13 @@ elseif op == 'pause' then
 elseif op == 'usage' then
   reply = {math.max(paused - now, 0), #queue, in_flight}
   for _, w in ipairs(wins) do
-    -- Instants only grow along the log: find the oldest held unit inside the window.
-    local lo, hi = held_from(), nxt
-    while lo < hi do
-      local mid = math.floor((lo + hi) / 2)
-      if unit(mid) + w.win > now then hi = mid else lo = mid + 1 end
+    -- Instants only grow along the log: the oldest run inside the window starts the count.
+    local used = 0
+    if runs > from then
+      local r = first_run(from, function(r) return entry(r)[1] + w.win > now end)
+      if r < runs then used = nxt - start_of(r) end
     end
-    reply[#reply + 1] = nxt - lo
+    reply[#reply + 1] = used
   end
 else
   error({err = 'ERR quotagate: unknown operation ' .. tostring(op)})

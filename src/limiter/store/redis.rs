@@ -10,23 +10,40 @@
 //! A bucket `b` under the key prefix `p` (`prefix=` of the store URL) is two keys that share
 //! the hash tag `{p:b}`, so that they live in one cluster slot:
 //!
-//! - `{p:b}:s`, a hash: `v` (the format, 2; 1 had no holds), `next` (units ever logged: the sequence number
-//!   of the next unit), `cap` (ring entries), `from` (the oldest sequence number the ring
-//!   still holds after a growth), `last` (the latest instant the bucket used), `pause`
-//!   (paused until), `win` (the largest window any caller used) and `queue`, the FIFO of
+//! - `{p:b}:s`, a hash: `v` (the format, 3), `next` (units ever logged: the sequence number
+//!   of the next unit), `cap` (ring entries), `from` and `runs` (the numbers of the oldest
+//!   run the ring holds and of the next run), `base` (the sequence number of the oldest unit
+//!   it holds), `last` (the latest instant the bucket used), `pause` (paused until), `win`
+//!   and `calls` (the largest window and `calls` any caller used), `queue`, the FIFO of
 //!   waiters as `id,cost,lease_expiry;` entries (ids as decimal strings: Lua numbers are
 //!   doubles, ids are 64-bit), and `held`, the holds in flight as
 //!   `id,cost,admitted,lease_expiry;` entries.
-//! - `{p:b}:r`, the ring: a string of `cap` entries of 8 bytes (the instant of a unit as a
-//!   little-endian double); the unit with sequence number `s` is at entry `s % cap`, so
-//!   `GETRANGE` reads the k-th newest unit in O(1). The ring starts with 64 entries and
-//!   doubles (keeping the units it holds, in order) whenever logging would overwrite a unit
-//!   that a window with more `calls` than the ring holds still counts: a caller that
-//!   brings a larger rate grows it, a generous rate that is never reached costs nothing.
+//! - `{p:b}:r`, the ring of **runs**: a string of `cap` entries of 16 bytes, two
+//!   little-endian doubles: the instant of a run of units logged at one instant and the
+//!   sequence number just past its last unit; run `r` is at entry `r % cap`. A call of any
+//!   cost adds one run or extends the newest, so neither the ring nor the script's work
+//!   grows with the cost (a call of cost 2^20 wrote 8 MiB in format 2, one entry per unit).
 //!
-//! A poll reads the hash, `TIME` and one ring entry per window and queued call it
-//! simulates; with `n` waiters queued it costs O(n × (n + windows)) steps on the server,
-//! all inside one script run. `usage` finds each window's oldest unit by binary search.
+//! The k-th newest unit (what a window asks: has it left?) is found by a search on the
+//! runs' sequence numbers: it starts where the unit would be if every run held one unit,
+//! which is exact for calls of cost 1, and gallops towards the newest, so it costs one
+//! `GETRANGE` in the common case and O(log runs) at worst; `usage` counts a window's units
+//! the same way. Runs are dropped from the old end when no window counts them any more:
+//! the ring keeps the newest `max(calls, 64)` units that lie inside the largest window
+//! seen, and always the newest 64 (so that a longer new rate still counts them), when the
+//! ring is full: it starts with 64 entries, doubles when dropping leaves it more than half
+//! full (but not past the `max(calls, 64)` units the windows may count, one run each at
+//! worst: 2^20 runs, 16 MiB) and halves when it leaves it a quarter full, so that a drop
+//! (one search) comes at most once per half a ring of runs, and a resize (one `GET` and
+//! one `SET` of the ring) is paid for by the runs that filled or emptied it. The rewrite
+//! of a format-2 ring takes time in its units, once (3.5 s for 2^20 units, each at an
+//! instant of its own, on a loaded 2-core machine). Formats 1 and 2
+//! (a ring of one instant per unit; 1 without holds) are rewritten as runs the first time
+//! a script touches them; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
+//!
+//! A poll reads the hash, `TIME` and, per window and queued call it simulates, the run
+//! entries of that search; with `n` waiters queued it costs O(n × (n + windows)) searches,
+//! all inside one script run, whatever the costs.
 //!
 //! After every write, both keys get a time to live of the largest window, pause or lease
 //! ahead plus [`LEASE`] and a second, so idle buckets vanish on their own.
@@ -38,7 +55,9 @@
 //! nanoseconds. The instant is clamped to the bucket's `last`, so a bucket's clock never
 //! goes back (a server whose clock is set back, a replica promoted with a slower clock).
 //! Windows are passed in microseconds rounded up, so rounding never admits more; waits come
-//! back in microseconds.
+//! back in microseconds. The script also takes an explicit instant (a last argument after
+//! the rates) that only the tests pass, to run it beside the Rust model (`model.rs`) on one
+//! clock and compare every answer; it is clamped the same way.
 //!
 //! # Connections
 //!
@@ -58,8 +77,9 @@
 //!   may help.
 //! - [`Invalid`](StoreErrorKind::Invalid): a URL the `redis` crate rejects, a wrong user or
 //!   password (`WRONGPASS`, `NOAUTH`), missing permissions (`NOPERM`), `protocol=resp3`
-//!   against a server without RESP3, and a poll without windows or with a cost above a
-//!   window's `calls`.
+//!   against a server without RESP3, a poll without windows or with a cost above a
+//!   window's `calls`, and a rate of more than [`MAX_CALLS`](crate::limiter::MAX_CALLS)
+//!   calls (poll, release and usage): all refused before any script runs.
 //! - [`Corrupt`](StoreErrorKind::Corrupt): the script found the bucket's keys damaged or of
 //!   another format (or of another type), or the reply made no sense.
 //!
@@ -103,6 +123,10 @@ pub struct RedisStore {
     /// The password (raw and decoded), scrubbed from every message.
     secrets: Vec<String>,
     script: redis::Script,
+    /// The instant (µs) the script uses instead of the server's `TIME` when not zero, so
+    /// that tests run it beside the model on one clock.
+    #[cfg(test)]
+    now_us: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -226,6 +250,8 @@ impl RedisStore {
             location,
             secrets,
             script: redis::Script::new(SCRIPT),
+            #[cfg(test)]
+            now_us: std::sync::atomic::AtomicU64::new(0),
         };
         let mut con = store.connect()?;
         redis::cmd("PING")
@@ -314,6 +340,13 @@ impl RedisStore {
         for w in windows {
             inv.arg(w.calls.min(LUA_MAX))
                 .arg(w.window_ns.div_ceil(1000).min(LUA_MAX));
+        }
+        #[cfg(test)]
+        match self.now_us.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            now => {
+                inv.arg(now);
+            }
         }
         self.with_connection(what, |con| inv.invoke::<Vec<i64>>(con))
     }
@@ -438,6 +471,9 @@ impl Store for RedisStore {
     }
 
     fn usage(&self, key: &str, windows: &[Window]) -> Result<Usage, StoreError> {
+        if !windows.is_empty() {
+            check_windows(&self.location, windows, None)?;
+        }
         let reply = self.run("cannot read", key, Op::new("usage"), windows)?;
         match reply[..] {
             [paused, queued, in_flight, ref used @ ..]
@@ -460,6 +496,9 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+mod model_test;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::net::TcpListener;
@@ -473,7 +512,7 @@ mod tests {
 
     /// The test server's URL, or `None` (with a visible line) when there is none; CI must
     /// run these tests.
-    fn server_url() -> Option<String> {
+    pub(super) fn server_url() -> Option<String> {
         match std::env::var("QUOTAGATE_TEST_REDIS_URL") {
             Ok(url) if !url.is_empty() => Some(url),
             _ => {
@@ -487,7 +526,7 @@ mod tests {
     }
 
     /// A prefix no other test (or earlier run) uses.
-    fn unique(name: &str) -> String {
+    pub(super) fn unique(name: &str) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -532,30 +571,31 @@ mod tests {
         d + slack_ms >= ms && d <= ms + 5
     }
 
-    /// The instants (µs) the ring holds for `key`, oldest first, read straight from Redis.
+    /// The instants (µs) of the units the ring of runs holds for `key`, oldest first, read
+    /// straight from Redis.
     fn logged(url: &str, prefix: &str, key: &str) -> Vec<f64> {
         let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
         let tag = format!("{{{prefix}:{key}}}");
-        let (next, cap, from): (u64, u64, u64) = redis::cmd("HMGET")
+        let fields: [Option<u64>; 4] = redis::cmd("HMGET")
             .arg(format!("{tag}:s"))
-            .arg("next")
-            .arg("cap")
-            .arg("from")
-            .query::<(Option<u64>, Option<u64>, Option<u64>)>(&mut con)
-            .map(|(a, b, c)| (a.unwrap_or(0), b.unwrap_or(0), c.unwrap_or(0)))
+            .arg(&["cap", "from", "runs", "base"])
+            .query(&mut con)
             .unwrap();
+        let [cap, from, runs, mut start] = fields.map(Option::unwrap_or_default);
         let ring: Vec<u8> = redis::cmd("GET")
             .arg(format!("{tag}:r"))
             .query::<Option<Vec<u8>>>(&mut con)
             .unwrap()
             .unwrap_or_default();
-        let lo = from.max(next.saturating_sub(cap));
-        (lo..next)
-            .map(|s| {
-                let i = ((s % cap) * 8) as usize;
-                f64::from_le_bytes(ring[i..i + 8].try_into().unwrap())
-            })
-            .collect()
+        let mut units = Vec::new();
+        for r in from..runs {
+            let i = ((r % cap) * 16) as usize;
+            let word = |j: usize| f64::from_le_bytes(ring[j..j + 8].try_into().unwrap());
+            let (t, stop) = (word(i), word(i + 8) as u64);
+            units.extend(std::iter::repeat_n(t, (stop - start) as usize));
+            start = stop;
+        }
+        units
     }
 
     /// A redis-server of the test's own, in `dir`, on `port`.
@@ -745,42 +785,116 @@ mod tests {
         );
     }
 
+    /// Writes bucket `key` as formats 1 and 2 kept it: the hash (`next` units ever, the
+    /// latest instant `last`, the holds `held` in format 2, no pause, no queue) and a ring
+    /// of unit instants (µs), the unit with sequence number `s` at entry `s % ring.len()`.
+    fn write_old_bucket(
+        url: &str,
+        prefix: &str,
+        key: &str,
+        next: u64,
+        last: u64,
+        held: Option<String>,
+        ring: &[f64],
+    ) {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let tag = format!("{{{prefix}:{key}}}");
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("{tag}:s"))
+            .arg("v")
+            .arg(if held.is_some() { 2 } else { 1 })
+            .arg(&["from", "0", "pause", "0", "win", "1000", "queue", ""])
+            .arg("next")
+            .arg(next)
+            .arg("last")
+            .arg(last)
+            .arg("cap")
+            .arg(ring.len());
+        if let Some(held) = held {
+            hset.arg("held").arg(held);
+        }
+        hset.exec(&mut con).unwrap();
+        let bytes: Vec<u8> = ring.iter().flat_map(|t| t.to_le_bytes()).collect();
+        redis::cmd("SET")
+            .arg(format!("{tag}:r"))
+            .arg(bytes)
+            .exec(&mut con)
+            .unwrap();
+    }
+
     #[test]
-    fn a_bucket_of_format_1_is_read_as_one_without_holds() {
+    fn buckets_of_formats_1_and_2_are_rewritten_as_runs() {
         let Some(url) = server_url() else { return };
-        let prefix = unique("format1");
+        let prefix = unique("format");
         let store = open(&url, &prefix);
-        let w = [rate(3, 60_000)];
+        let t: u64 = 1_780_000_000_000_000;
+        store.now_us.store(t, Ordering::Relaxed);
+        let at = |ago: u64| (t - ago) as f64;
+        // Format 2: six units ever, the ring of four holds units 2 to 5 (unit 4 at entry 0),
+        // and a hold of two units in flight.
+        let held = format!("7,2,{},{};", t - 50, t + 100_000);
+        write_old_bucket(
+            &url,
+            &prefix,
+            "two",
+            6,
+            t - 100,
+            Some(held),
+            &[at(500), at(100), at(900), at(900)],
+        );
+        let w = [rate(10, 1)];
+        let short = [Window {
+            calls: 10,
+            window_ns: 600_000,
+        }];
+        let u = store.usage("two", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (4, 2), "{u:?}");
+        assert_eq!(store.usage("two", &short).unwrap().used, vec![2]);
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            store.poll("two", &w, 4, Place::Try, None).unwrap(),
             Verdict::Admitted
         );
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut con = client.get_connection().unwrap();
-        let key = format!("{{{prefix}:b}}:s");
-        let _: () = redis::cmd("HSET")
-            .arg(&key)
-            .arg("v")
-            .arg(1)
-            .query(&mut con)
-            .unwrap();
-        let _: () = redis::cmd("HDEL")
-            .arg(&key)
-            .arg("held")
-            .query(&mut con)
-            .unwrap();
+        // The tenth newest unit is the oldest, 900 µs ago.
         assert_eq!(
-            store.poll("b", &w, 1, Place::Try, hold(1, 60_000)).unwrap(),
+            store.poll("two", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Wait(Duration::from_micros(100))
+        );
+        assert_eq!(
+            logged(&url, &prefix, "two"),
+            [
+                at(900),
+                at(900),
+                at(500),
+                at(100),
+                at(0),
+                at(0),
+                at(0),
+                at(0)
+            ]
+        );
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let (v, runs): (u64, u64) = redis::cmd("HMGET")
+            .arg(format!("{{{prefix}:two}}:s"))
+            .arg(&["v", "runs"])
+            .query(&mut con)
+            .unwrap();
+        assert_eq!((v, runs), (3, 4), "format 3, one run per instant");
+        // Format 1 had no holds: three units ever, the ring of two holds units 1 and 2.
+        write_old_bucket(&url, &prefix, "one", 3, t - 200, None, &[at(200), at(300)]);
+        let u = store.usage("one", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (2, 0), "{u:?}");
+        assert_eq!(
+            store
+                .poll("one", &w, 1, Place::Try, hold(1, 60_000))
+                .unwrap(),
             Verdict::Admitted
         );
-        let u = store.usage("b", &w).unwrap();
-        assert_eq!((u.used[0], u.in_flight), (1, 1), "{u:?}");
-        let v: i64 = redis::cmd("HGET")
-            .arg(&key)
-            .arg("v")
-            .query(&mut con)
-            .unwrap();
-        assert_eq!(v, 2, "written back as format 2");
+        assert_eq!(logged(&url, &prefix, "one"), [at(300), at(200)]);
+        let u = store.usage("one", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (2, 1), "{u:?}");
     }
 
     #[test]
@@ -1008,6 +1122,93 @@ mod tests {
         assert_eq!(log.len(), 199, "the ring holds every unit");
         assert!(log.windows(2).all(|p| p[0] <= p[1]), "in order");
         assert_eq!(store.usage("b", &small).unwrap().used, vec![199]);
+    }
+
+    /// The ring's entries (`cap`) and the byte length of its key.
+    fn ring_size(url: &str, prefix: &str, key: &str) -> (u64, u64) {
+        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let tag = format!("{{{prefix}:{key}}}");
+        let cap: u64 = redis::cmd("HGET")
+            .arg(format!("{tag}:s"))
+            .arg("cap")
+            .query(&mut con)
+            .unwrap();
+        let len: u64 = redis::cmd("STRLEN")
+            .arg(format!("{tag}:r"))
+            .query(&mut con)
+            .unwrap();
+        (cap, len)
+    }
+
+    #[test]
+    fn the_ring_of_runs_grows_wraps_and_shrinks() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("runs");
+        let store = open(&url, &prefix);
+        let t: u64 = 1_780_000_000_000_000;
+        let w = [rate(1000, 1)];
+        let poll_at = |at: u64, cost: u64| {
+            store.now_us.store(at, Ordering::Relaxed);
+            store.poll("b", &w, cost, Place::Try, None).unwrap()
+        };
+        // 300 units at 300 instants inside one window: 300 runs, so the ring of 64 doubles
+        // three times.
+        for i in 0..300 {
+            assert_eq!(poll_at(t + i, 1), Verdict::Admitted);
+        }
+        assert_eq!(ring_size(&url, &prefix, "b"), (512, 512 * 16));
+        // 500 units at one instant: one run.
+        assert_eq!(poll_at(t + 400, 500), Verdict::Admitted);
+        let log = logged(&url, &prefix, "b");
+        assert_eq!(log.len(), 800);
+        assert!(
+            log[..300]
+                .iter()
+                .enumerate()
+                .all(|(i, &u)| u == (t + i as u64) as f64)
+        );
+        assert!(log[300..].iter().all(|&u| u == (t + 400) as f64));
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![800]);
+        // Later, runs of 64 units 100 µs apart: the 211th fills the ring, the 212th drops
+        // every run outside the window, and the ring shrinks back to 64 entries.
+        let later = t + 10_000;
+        for j in 0..212 {
+            assert_eq!(poll_at(later + 100 * j, 64), Verdict::Admitted);
+        }
+        assert_eq!(ring_size(&url, &prefix, "b"), (64, 64 * 16));
+        let log = logged(&url, &prefix, "b");
+        let newest = later + 100 * 211;
+        let expected: Vec<f64> = (0..10)
+            .rev()
+            .flat_map(|k| std::iter::repeat_n((newest - 100 * k) as f64, 64))
+            .collect();
+        assert_eq!(log, expected, "the runs inside the window");
+        assert_eq!(store.usage("b", &w).unwrap().used, vec![640]);
+    }
+
+    #[test]
+    fn a_call_of_the_largest_cost_is_one_run() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("largest");
+        let store = open(&url, &prefix);
+        let max = u64::from(crate::limiter::MAX_CALLS);
+        let w = [rate(max, 1)];
+        for _ in 0..3 {
+            let started = Instant::now();
+            assert_eq!(
+                store.poll("b", &w, max, Place::Try, None).unwrap(),
+                Verdict::Admitted
+            );
+            // Each call once wrote 8 MiB; a slow machine still takes far less than this.
+            assert!(started.elapsed() < Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Three runs of 2^20 units each, in the initial ring of 64 entries.
+        assert_eq!(ring_size(&url, &prefix, "b"), (64, 64 * 16));
+        assert_eq!(
+            store.usage("b", &[rate(max, 60_000)]).unwrap().used,
+            vec![max]
+        );
     }
 
     #[test]
@@ -1243,7 +1444,23 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         }
+        let too_many = [rate(big, 60_000)];
+        let e = store.usage("b", &too_many).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        let e = store
+            .release("b", &too_many, 1, Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
         assert!(logged(&url, &prefix, "b").is_empty(), "nothing was logged");
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(format!("{{{prefix}:b}}:s"))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(exists, 0, "the bucket was never written");
         let max = u64::from(crate::limiter::MAX_CALLS);
         assert_eq!(
             store
