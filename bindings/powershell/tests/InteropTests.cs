@@ -234,6 +234,45 @@ namespace QuotaGate.Interop.Tests
             Assert.True(missing.Count == 0, "builder functions of the header that the interop does not declare: " + string.Join(", ", missing));
         }
 
+        // "TotalWaitUs" -> "TOTAL_WAIT_US".
+        static string UpperSnake(string name)
+        {
+            return Regex.Replace(name, "(?<=[a-z0-9])([A-Z])", "_$1").ToUpperInvariant();
+        }
+
+        // The C# constants against the header's #defines, both ways: every constant of
+        // these classes is the header's, and every #define of their prefixes has one.
+        static void HeaderConstants()
+        {
+            string header = File.ReadAllText(HeaderPath());
+            var defines = Regex.Matches(header, @"^#define (QG_[A-Z0-9_]+) (\d+)\s*$", RegexOptions.Multiline)
+                .Cast<Match>().ToDictionary(m => m.Groups[1].Value, m => ulong.Parse(m.Groups[2].Value));
+            var classes = new[]
+            {
+                Tuple.Create(typeof(ResultCode), "QG_ERR_"),
+                Tuple.Create(typeof(StatField), "QG_STAT_"),
+                Tuple.Create(typeof(DetailField), "QG_DETAIL_"),
+                Tuple.Create(typeof(DefaultSetting), "QG_DEFAULT_"),
+            };
+            var nonErrors = new HashSet<string> { "Ok", "Done", "Pending" };
+            var seen = new HashSet<string>();
+            foreach (var c in classes)
+            {
+                foreach (FieldInfo f in c.Item1.GetFields(BindingFlags.Public | BindingFlags.Static).Where(f => f.IsLiteral))
+                {
+                    string prefix = c.Item1 == typeof(ResultCode) && nonErrors.Contains(f.Name) ? "QG_" : c.Item2;
+                    string name = prefix + UpperSnake(f.Name);
+                    Assert.True(defines.ContainsKey(name), c.Item1.Name + "." + f.Name + ": the header has no " + name);
+                    Assert.Equal(defines[name], Convert.ToUInt64(f.GetRawConstantValue()), name);
+                    seen.Add(name);
+                }
+            }
+            var missing = defines.Keys.Where(d => classes.Any(c => d.StartsWith(c.Item2, StringComparison.Ordinal)) && !seen.Contains(d)).ToList();
+            Assert.True(missing.Count == 0, "header constants the interop lacks: " + string.Join(", ", missing));
+            ulong version = defines["QG_VERSION_MAJOR"] * 1000000 + defines["QG_VERSION_MINOR"] * 1000 + defines["QG_VERSION_PATCH"];
+            Assert.Equal(version, (ulong)Native.ExpectedVersionNumber, "ExpectedVersionNumber is the header's QG_VERSION_NUMBER");
+        }
+
         static void RouteTargets()
         {
             Route r = Route.Parse("post /api/machines/*/isolate", new Rate(10, 60000));
@@ -1512,37 +1551,38 @@ namespace QuotaGate.Interop.Tests
                 }
             });
 
-            Test("token provider: a token larger than the buffer asks for more and is fetched once", () =>
+            Test("token provider: the token goes to the library's sink; a failure stays on this side", () =>
             {
                 int calls = 0;
                 string token = new string('x', 5000) + "é";
                 var p = new TokenProvider(() => { calls++; return Tuple.Create(token, 2.5); });
-                IntPtr small = Marshal.AllocHGlobal(16), large = Marshal.AllocHGlobal(8192);
-                IntPtr written = Marshal.AllocHGlobal(8), expires = Marshal.AllocHGlobal(8);
-                try
-                {
-                    Assert.Equal(ResultCode.BufferTooSmall, p.Callback(IntPtr.Zero, small, new UIntPtr(16), written, expires), "too small");
-                    Assert.Equal(5002L, Marshal.ReadInt64(written), "needed length in UTF-8 bytes");
-                    Assert.Equal(ResultCode.Ok, p.Callback(IntPtr.Zero, large, new UIntPtr(8192), written, expires), "large enough");
-                    Assert.Equal(5002L, Marshal.ReadInt64(written), "written");
-                    Assert.Equal(2500L, Marshal.ReadInt64(expires), "expires in ms");
-                    var bytes = new byte[5002];
-                    Marshal.Copy(large, bytes, 0, bytes.Length);
-                    Assert.Equal(token, Encoding.UTF8.GetString(bytes), "the token");
-                    Assert.Equal(1, calls, "the source was called once");
-                    var failing = new TokenProvider(() => { throw new Exception("ünreachable vault"); });
-                    Assert.Equal(ResultCode.Auth, failing.Callback(IntPtr.Zero, small, new UIntPtr(16), written, expires), "failure code");
-                    // The library never reads the buffer of a failed call: the reason stays here.
-                    Assert.True(failing.LastError != null && failing.LastError.Message == "ünreachable vault", "the reason is kept in LastError");
-                }
-                finally
-                {
-                    Marshal.FreeHGlobal(small);
-                    Marshal.FreeHGlobal(large);
-                    Marshal.FreeHGlobal(written);
-                    Marshal.FreeHGlobal(expires);
-                }
+                // Without a sink (NULL) the library refuses the token: the callback fails
+                // with the library's reason kept here, and the source was asked once.
+                Assert.Equal(ResultCode.Auth, p.Callback(IntPtr.Zero, IntPtr.Zero), "no sink");
+                Assert.True(p.LastError is QuotaGateException, "the library's refusal: " + p.LastError);
+                Assert.True(p.LastError.Message.IndexOf("xxxx", StringComparison.Ordinal) < 0, "the token is never quoted");
+                Assert.Equal(1, calls, "the source was called once");
+                var failing = new TokenProvider(() => { throw new Exception("ünreachable vault"); });
+                Assert.Equal(ResultCode.Auth, failing.Callback(IntPtr.Zero, IntPtr.Zero), "failure code");
+                Assert.True(failing.LastError != null && failing.LastError.Message == "ünreachable vault", "the reason is kept in LastError");
             });
+
+            Test("library facts: clouds and defaults come from the library", () =>
+            {
+                string[] clouds = Native.CloudNames();
+                Assert.Equal(11, clouds.Length, "clouds");
+                Assert.Equal("commercial", clouds[0], "the first cloud");
+                Assert.True(Array.IndexOf(clouds, "gcc-high") >= 0, "gcc-high");
+                Assert.Equal(600000UL, Native.DefaultValue(DefaultSetting.HuntingBudgetPerHourMs), "hunting per hour");
+                Assert.Equal(10800000UL, Native.DefaultValue(DefaultSetting.HuntingBudgetPerDayMs), "hunting per day");
+                Assert.Fails(ResultCode.InvalidArgument, "unknown default", () => Native.DefaultValue(999), "an unknown default");
+                // The library's own spellings pass; an unknown name fails with its list.
+                Assert.True(Native.CheckCloud("gcchigh") && Native.CheckCloud("GCC_High") && Native.CheckCloud("eu"), "cloud spellings");
+                var e = Assert.Throws<ArgumentException>(() => Native.CheckCloud("mars"), "an unknown cloud");
+                Assert.True(e.Message.Contains("gcc-high") && e.Message.Contains("dod"), "the valid names: " + e.Message);
+            });
+
+            Test("header: every constant of the interop is the header's", HeaderConstants);
 
             Test("budgets: in-flight caps and the hunting run-time budget are set; bad values fail", () =>
             {

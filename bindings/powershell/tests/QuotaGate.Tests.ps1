@@ -331,6 +331,13 @@ Describe 'Connect-QgDefender with a cloud, a certificate or a token provider' {
         }
     }
 
+    It 'takes the spellings the library takes, and lists its clouds for completion' {
+        $client = Connect-QgDefender -Cloud gcchigh -AccessToken (New-TestSecret 'token') -PassThru
+        $client | Should -BeOfType ([QuotaGate.Interop.Client])
+        Disconnect-QgDefender -Client $client
+        [QuotaGate.Interop.Native]::CloudNames() | Should -Contain 'gcc-high'
+    }
+
     It 'rejects an unknown cloud before calling the library' {
         { Connect-QgDefender -Cloud 'mars' -AccessToken (New-TestSecret 'token') } |
             Should -Throw -ExceptionType ([System.Management.Automation.ParameterBindingException])

@@ -261,7 +261,7 @@ namespace QuotaGate.Interop
                 if (options.TokenProvider != null)
                 {
                     tokenProvider = new TokenProvider(options.TokenProvider);
-                    Native.Check(NativeMethods.qg_client_builder_set_token_provider(b, tokenProvider.Callback, IntPtr.Zero));
+                    Native.Check(NativeMethods.qg_client_builder_set_token_source(b, tokenProvider.Callback, IntPtr.Zero));
                 }
                 SetText(b, NativeMethods.qg_client_builder_set_scope, options.Scope, "Scope");
                 SetText(b, NativeMethods.qg_client_builder_set_resource, options.Resource, "Resource");
@@ -291,7 +291,8 @@ namespace QuotaGate.Interop
                 if (options.HuntingBudgetPerHourMs.HasValue || options.HuntingBudgetPerDayMs.HasValue)
                 {
                     Native.Check(NativeMethods.qg_client_builder_set_hunting_budget_ms(b,
-                        options.HuntingBudgetPerHourMs ?? 600000UL, options.HuntingBudgetPerDayMs ?? 10800000UL));
+                        options.HuntingBudgetPerHourMs ?? Native.DefaultValue(DefaultSetting.HuntingBudgetPerHourMs),
+                        options.HuntingBudgetPerDayMs ?? Native.DefaultValue(DefaultSetting.HuntingBudgetPerDayMs)));
                 }
                 if (options.HuntingBudgetPolicy.HasValue)
                 {
@@ -341,8 +342,10 @@ namespace QuotaGate.Interop
             }
             if (o.CertificatePath != null)
             {
-                Native.Check(NativeMethods.qg_client_builder_set_certificate_pem_files(b,
-                    Utf8.Encode(o.CertificatePath, "CertificatePath"), Utf8.Encode(o.PrivateKeyPath, "PrivateKeyPath")));
+                // PEM or PFX: the library tells them apart by the file's content.
+                SetWiping(Utf8.Encode(o.PfxPassword, "PfxPassword"),
+                    password => NativeMethods.qg_client_builder_set_certificate_file(b, Utf8.Encode(o.CertificatePath, "CertificatePath"),
+                        Utf8.Encode(o.PrivateKeyPath, "PrivateKeyPath"), password));
             }
             else if (o.CertificatePem != null)
             {
@@ -352,7 +355,7 @@ namespace QuotaGate.Interop
             else if (o.PfxPath != null)
             {
                 SetWiping(Utf8.Encode(o.PfxPassword, "PfxPassword"),
-                    password => NativeMethods.qg_client_builder_set_certificate_pfx_file(b, Utf8.Encode(o.PfxPath, "PfxPath"), password));
+                    password => NativeMethods.qg_client_builder_set_certificate_file(b, Utf8.Encode(o.PfxPath, "PfxPath"), null, password));
             }
             else if (o.PrivateKeyPath != null || o.PrivateKeyPem != null || o.PfxPassword != null)
             {

@@ -102,23 +102,16 @@ namespace QuotaGate.Interop
     }
 
     /// <summary>
-    /// Bridges a managed token source to qg_token_fn: calls it, copies the UTF-8 token into
-    /// the library's buffer (asking for a larger one when it does not fit), and turns every
-    /// exception into a failure code with the exception's message, since nothing may unwind
-    /// into native code. The library calls it one at a time per client.
+    /// Bridges a managed token source to qg_token_source_fn: calls it and hands the UTF-8
+    /// token to the library's sink (which copies it), and turns every exception into a
+    /// failure code with the exception kept here, since nothing may unwind into native
+    /// code. The library calls it one at a time per client.
     /// </summary>
     public sealed class TokenProvider
     {
-        // The library asks again "at once" after BUFFER_TOO_SMALL; a token kept longer than
-        // this is fetched anew rather than reused.
-        const long PendingMaxAgeMs = 5000;
         static readonly UTF8Encoding StrictUtf8 = new UTF8Encoding(false, true);
 
         readonly Func<Tuple<string, double>> source;
-        readonly object gate = new object();
-        byte[] pending;
-        ulong pendingExpiresMs;
-        readonly Stopwatch pendingAge = new Stopwatch();
         int calls;
 
         /// <summary><paramref name="source"/> returns the token and its remaining lifetime in seconds.</summary>
@@ -133,7 +126,7 @@ namespace QuotaGate.Interop
         }
 
         /// <summary>The delegate handed to the library; it lives as long as this object.</summary>
-        internal TokenCallback Callback { get; private set; }
+        internal TokenSourceCallback Callback { get; private set; }
 
         /// <summary>How many times the source was called.</summary>
         public int Calls
@@ -144,61 +137,34 @@ namespace QuotaGate.Interop
         /// <summary>The last exception the source threw (or the last invalid answer), or null.</summary>
         public Exception LastError { get; private set; }
 
-        uint Invoke(IntPtr userData, IntPtr tokenBuf, UIntPtr tokenLen, IntPtr tokenWritten, IntPtr expiresInMs)
+        uint Invoke(IntPtr userData, IntPtr sink)
         {
+            byte[] token = null;
             try
             {
-                lock (gate)
-                {
-                    ulong len = tokenLen.ToUInt64();
-                    // After BUFFER_TOO_SMALL the library calls again at once: hand over the
-                    // same token rather than asking the source for another.
-                    bool retry = pending != null && pendingAge.IsRunning && pendingAge.ElapsedMilliseconds <= PendingMaxAgeMs;
-                    if (!retry)
-                    {
-                        Fetch();
-                    }
-                    if ((ulong)pending.Length > len)
-                    {
-                        WriteSize(tokenWritten, (ulong)pending.Length);
-                        return ResultCode.BufferTooSmall;
-                    }
-                    try
-                    {
-                        Marshal.Copy(pending, 0, tokenBuf, pending.Length);
-                        WriteSize(tokenWritten, (ulong)pending.Length);
-                        Marshal.WriteInt64(expiresInMs, (long)pendingExpiresMs);
-                        LastError = null;
-                    }
-                    finally
-                    {
-                        Forget();
-                    }
-                    return ResultCode.Ok;
-                }
+                ulong expiresMs;
+                token = Fetch(out expiresMs);
+                Native.Check(NativeMethods.qg_token_sink_set(sink, token, new UIntPtr((ulong)token.Length), expiresMs));
+                LastError = null;
+                return ResultCode.Ok;
             }
             catch (Exception e)
             {
-                try
-                {
-                    lock (gate)
-                    {
-                        Forget();
-                    }
-                    // The library never reads the buffer of a failed call: the reason
-                    // travels on this side, in LastError.
-                    LastError = e;
-                }
-                catch (Exception)
-                {
-                }
+                // The library never quotes a token: the reason travels on this side.
+                LastError = e;
                 return ResultCode.Auth;
+            }
+            finally
+            {
+                if (token != null)
+                {
+                    Array.Clear(token, 0, token.Length);
+                }
             }
         }
 
-        void Fetch()
+        byte[] Fetch(out ulong expiresMs)
         {
-            Forget();
             Interlocked.Increment(ref calls);
             Tuple<string, double> answer = source();
             if (answer == null || string.IsNullOrEmpty(answer.Item1))
@@ -211,41 +177,18 @@ namespace QuotaGate.Interop
                 throw new InvalidOperationException("the token provider's expires-in must be above 0 seconds, not " + seconds);
             }
             double ms = Math.Ceiling(seconds * 1000);
-            pendingExpiresMs = ms >= long.MaxValue ? long.MaxValue : (ulong)ms;
+            expiresMs = ms >= long.MaxValue ? long.MaxValue : (ulong)ms;
             if (answer.Item1.IndexOf('\0') >= 0)
             {
                 throw new InvalidOperationException("the token provider's token contains a NUL character");
             }
             try
             {
-                pending = StrictUtf8.GetBytes(answer.Item1);
+                return StrictUtf8.GetBytes(answer.Item1);
             }
             catch (EncoderFallbackException)
             {
                 throw new InvalidOperationException("the token provider's token is not valid Unicode");
-            }
-            pendingAge.Restart();
-        }
-
-        void Forget()
-        {
-            if (pending != null)
-            {
-                Array.Clear(pending, 0, pending.Length);
-                pending = null;
-            }
-            pendingAge.Reset();
-        }
-
-        static void WriteSize(IntPtr p, ulong value)
-        {
-            if (IntPtr.Size == 8)
-            {
-                Marshal.WriteInt64(p, (long)value);
-            }
-            else
-            {
-                Marshal.WriteInt32(p, (int)value);
             }
         }
     }
@@ -272,7 +215,7 @@ namespace QuotaGate.Interop
         public SecureString PrivateKeyPem { get; set; }
         /// <summary>A PKCS#12/PFX file holding the key and its certificate.</summary>
         public string PfxPath { get; set; }
-        /// <summary>The password of <see cref="PfxPath"/>; null is empty.</summary>
+        /// <summary>The password of a PFX <see cref="PfxPath"/> or <see cref="CertificatePath"/>; null is empty. The library refuses one for PEM files.</summary>
         public SecureString PfxPassword { get; set; }
         public AssertionAlgorithm? AssertionAlgorithm { get; set; }
         /// <summary>Returns a token and its remaining lifetime in seconds; called when a token is needed.</summary>

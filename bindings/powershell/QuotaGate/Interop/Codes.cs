@@ -66,6 +66,25 @@ namespace QuotaGate.Interop
         public const uint RequestId = 4;
         public const uint RetryAfterMs = 5;
         public const uint Attempts = 6;
+        /// <summary>The library's whole message, for showing as is.</summary>
+        public const uint Summary = 7;
+    }
+
+    /// <summary>The library's defaults, asked with <see cref="Native.DefaultValue"/> (QG_DEFAULT_*).</summary>
+    public static class DefaultSetting
+    {
+        public const uint HuntingBudgetPerHourMs = 1;
+        public const uint HuntingBudgetPerDayMs = 2;
+        public const uint MaxPages = 3;
+        public const uint HoldLeaseMs = 4;
+        public const uint MaxHoldLeaseMs = 5;
+        public const uint MaxBuckets = 6;
+        public const uint MaxCalls = 7;
+        public const uint AttemptTimeoutMs = 8;
+        public const uint ConnectTimeoutMs = 9;
+        public const uint MaxAttempts = 10;
+        public const uint MaxQuotaWaitMs = 11;
+        public const uint MaxBodyBytes = 12;
     }
 
     /// <summary>Fields of qg_sim_info (QG_SIM_*).</summary>

@@ -318,6 +318,49 @@ namespace QuotaGate.Interop
             }
         }
 
+        /// <summary>The clouds the client builder takes, as the library lists them (qg_cloud_name).</summary>
+        public static string[] CloudNames()
+        {
+            var names = new List<string>();
+            for (uint i = 0; ; i++)
+            {
+                IntPtr name = NativeMethods.qg_cloud_name(new UIntPtr(i));
+                if (name == IntPtr.Zero)
+                {
+                    return names.ToArray();
+                }
+                names.Add(Utf8.FromCString(name));
+            }
+        }
+
+        /// <summary>
+        /// Whether the library takes <paramref name="name"/> as a cloud (any case, and the
+        /// spellings it accepts besides <see cref="CloudNames"/>); throws ArgumentException
+        /// with the library's message, which lists the names, when it does not.
+        /// </summary>
+        public static bool CheckCloud(string name)
+        {
+            ClientBuilderHandle b;
+            Check(NativeMethods.qg_client_builder_new(out b));
+            using (b)
+            {
+                uint rc = NativeMethods.qg_client_builder_set_cloud(b, Utf8.Encode(name, "name"));
+                if (rc != ResultCode.Ok)
+                {
+                    throw new ArgumentException(LastErrorMessage());
+                }
+            }
+            return true;
+        }
+
+        /// <summary>The library's default of one setting (a <see cref="DefaultSetting"/>), in the unit its name says.</summary>
+        public static ulong DefaultValue(uint which)
+        {
+            ulong value;
+            Check(NativeMethods.qg_default_value(which, out value));
+            return value;
+        }
+
         /// <summary>Throws NotSupportedException, naming the feature, when the library lacks it.</summary>
         public static void RequireFeature(string feature, string what)
         {

@@ -13,6 +13,10 @@ namespace QuotaGate.Interop
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
     internal delegate uint TokenCallback(IntPtr userData, IntPtr tokenBuf, UIntPtr tokenLen, IntPtr tokenWritten, IntPtr expiresInMs);
 
+    /// <summary>qg_token_source_fn: hands the token to the sink with qg_token_sink_set.</summary>
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    internal delegate uint TokenSourceCallback(IntPtr userData, IntPtr sink);
+
     /// <summary>Every C function the module uses, as declared in include/quotagate.h.</summary>
     internal static class NativeMethods
     {
@@ -36,6 +40,10 @@ namespace QuotaGate.Interop
         public static extern uint qg_features();
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern IntPtr qg_feature_name(uint bit);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern IntPtr qg_cloud_name(UIntPtr index);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_default_value(uint which, out ulong value);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern void qg_string_free(IntPtr s);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -128,6 +136,12 @@ namespace QuotaGate.Interop
         public static extern uint qg_client_builder_set_assertion_algorithm(ClientBuilderHandle b, uint algorithm);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_token_provider(ClientBuilderHandle b, TokenCallback callback, IntPtr userData);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_token_source(ClientBuilderHandle b, TokenSourceCallback source, IntPtr userData);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_token_sink_set(IntPtr sink, byte[] token, UIntPtr len, ulong expiresInMs);
+        [DllImport(Library, CallingConvention = Cdecl)]
+        public static extern uint qg_client_builder_set_certificate_file(ClientBuilderHandle b, byte[] path, byte[] keyPath, byte[] password);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_client_builder_set_max_in_flight(ClientBuilderHandle b, byte[] method, byte[] pathPattern, uint maxInFlight);
         [DllImport(Library, CallingConvention = Cdecl)]

@@ -241,7 +241,12 @@ function Connect-QgDefender {
         [Parameter(Mandatory, ParameterSetName = 'TokenProvider')]
         [scriptblock]$TokenProvider,
 
-        [ValidateSet('commercial', 'us', 'eu', 'uk', 'au', 'swa', 'ina', 'aea', 'gcc', 'gcc-high', 'dod')]
+        # The library decides which names are clouds, and lists them (Native.CloudNames).
+        [ArgumentCompleter({
+                param($Command, $Parameter, $Word)
+                [QuotaGate.Interop.Native]::CloudNames() | Where-Object { $_ -like "$Word*" }
+            })]
+        [ValidateScript({ [QuotaGate.Interop.Native]::CheckCloud($_) })]
         [string]$Cloud,
 
         [ValidateNotNullOrEmpty()]
@@ -322,24 +327,14 @@ function Connect-QgDefender {
             $options.ClientId = $ClientId
             # Relative to the current PowerShell location, which .NET does not follow.
             $path = $PSCmdlet.GetUnresolvedProviderPathFromPSPath($CertificatePath)
-            if ([System.IO.Path]::GetExtension($path) -in '.pfx', '.p12') {
-                if ($PSBoundParameters.ContainsKey('PrivateKeyPath')) {
-                    $PSCmdlet.ThrowTerminatingError([System.Management.Automation.ErrorRecord]::new(
-                            [System.ArgumentException]::new('-PrivateKeyPath is for PEM certificates: a .pfx/.p12 file holds its key.'),
-                            'QuotaGate.PrivateKeyWithPfx', 'InvalidArgument', $PrivateKeyPath))
-                }
-                $options.PfxPath = $path
+            # PEM or PFX: the library tells them apart by the file's content, and refuses
+            # a key file for a PFX or a password for PEM.
+            $options.CertificatePath = $path
+            if ($PrivateKeyPath) {
+                $options.PrivateKeyPath = $PSCmdlet.GetUnresolvedProviderPathFromPSPath($PrivateKeyPath)
+            }
+            if ($PSBoundParameters.ContainsKey('CertificatePassword')) {
                 $options.PfxPassword = $CertificatePassword
-            } else {
-                if ($PSBoundParameters.ContainsKey('CertificatePassword')) {
-                    $PSCmdlet.ThrowTerminatingError([System.Management.Automation.ErrorRecord]::new(
-                            [System.ArgumentException]::new('-CertificatePassword is for .pfx/.p12 files: PEM keys are read unencrypted.'),
-                            'QuotaGate.PasswordWithPem', 'InvalidArgument', $CertificatePath))
-                }
-                $options.CertificatePath = $path
-                if ($PrivateKeyPath) {
-                    $options.PrivateKeyPath = $PSCmdlet.GetUnresolvedProviderPathFromPSPath($PrivateKeyPath)
-                }
             }
             if ($AssertionAlgorithm) {
                 $options.AssertionAlgorithm = [QuotaGate.Interop.AssertionAlgorithm]$AssertionAlgorithm
