@@ -438,7 +438,8 @@ typedef struct qg_limiter qg_limiter;
  * Configures a limiter before it is built.
  *
  * Methods: `qg_limiter_builder_new`, `qg_limiter_builder_add_rate`,
- * `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_hold_lease_ms`,
+ * `qg_limiter_builder_set_margin_ms`, `qg_limiter_builder_set_margin` (deprecated),
+ * `qg_limiter_builder_set_hold_lease_ms`,
  * `qg_limiter_builder_set_max_buckets`, `qg_limiter_builder_set_store`,
  * `qg_limiter_builder_build`, `qg_limiter_builder_free`.
  *
@@ -497,7 +498,8 @@ typedef struct qg_sim qg_sim;
 /**
  * The simulator's settings before it starts.
  *
- * Methods: `qg_sim_config_new`, `qg_sim_config_set_machines`, `qg_sim_config_set_limit`,
+ * Methods: `qg_sim_config_new`, `qg_sim_config_set_machines`,
+ * `qg_sim_config_set_limit_ms`, `qg_sim_config_set_limit` (deprecated),
  * `qg_sim_config_set_time_scale`, `qg_sim_config_set_token_lifetime_ms`,
  * `qg_sim_config_set_faults`, `qg_sim_config_set_inbound_jitter_ms`,
  * `qg_sim_config_set_retry_after_style`, `qg_sim_config_set_live_response_delay_ms`,
@@ -1316,6 +1318,12 @@ qg_result qg_limiter_builder_add_rate(qg_limiter_builder *b, uint32_t calls, uin
  * server sees it; a margin is for servers whose clocks run differently. `b` must not be
  * NULL.
  */
+qg_result qg_limiter_builder_set_margin_ms(qg_limiter_builder *b, uint64_t margin_ms);
+
+/**
+ * Deprecated: `qg_limiter_builder_set_margin_ms`, whose name says its unit; kept for
+ * callers written against 0.1.
+ */
 qg_result qg_limiter_builder_set_margin(qg_limiter_builder *b, uint64_t margin_ms);
 
 /**
@@ -1605,9 +1613,20 @@ qg_result qg_sim_config_set_machines(qg_sim_config *c, uint32_t n);
 #if defined(QG_FEATURE_SIM)
 /**
  * Limits the endpoint class `endpoint_class` (NULL: "default"; also "hunting",
- * "batch_update_alerts", "token") to `calls` per `window_seconds` of API time. The first
- * call for a class replaces its built-in limits; later calls add limits that apply
- * together. `c` must not be NULL; `calls` and `window_seconds` above 0.
+ * "batch_update_alerts", "token") to `calls` per `window_ms` milliseconds of API time.
+ * The first call for a class replaces its built-in limits; later calls add limits that
+ * apply together. `c` must not be NULL; `calls` and `window_ms` above 0.
+ */
+qg_result qg_sim_config_set_limit_ms(qg_sim_config *c,
+                                     const char *endpoint_class,
+                                     uint32_t calls,
+                                     uint64_t window_ms);
+#endif
+
+#if defined(QG_FEATURE_SIM)
+/**
+ * Deprecated: `qg_sim_config_set_limit_ms`, whose name says its unit (here the window
+ * is in seconds, as a double); kept for callers written against 0.1.
  */
 qg_result qg_sim_config_set_limit(qg_sim_config *c,
                                   const char *endpoint_class,

@@ -395,3 +395,90 @@ fn simulator_declarations_are_gated() {
     }
     assert!(gated > 10, "found only {gated} simulator functions");
 }
+
+/// The functions of the header with their parameter names (comments removed).
+fn prototypes(header: &str) -> Vec<(String, Vec<String>)> {
+    let code: String = code(header)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut out = Vec::new();
+    for decl in code.split([';', '{', '}']) {
+        let decl = decl.trim();
+        let Some(open) = decl.find('(') else { continue };
+        let name = identifiers(&decl[..open])
+            .last()
+            .copied()
+            .unwrap_or_default();
+        if !name.starts_with("qg_") || decl.starts_with("typedef") {
+            continue;
+        }
+        let params = decl[open + 1..decl.rfind(')').unwrap_or(decl.len())]
+            .split(',')
+            .filter_map(|p| identifiers(p).last().map(|s| s.to_string()))
+            .collect();
+        out.push((name.to_string(), params));
+    }
+    out
+}
+
+/// Where a setting of a time is wrong: a time as a number of seconds (times are whole
+/// milliseconds in this ABI), or a setter of one time whose name does not say its unit.
+fn time_unit_problems(header: &str) -> Vec<String> {
+    let deprecated: Vec<String> = header
+        .split("/**")
+        .filter(|doc| doc.contains("Deprecated:"))
+        .filter_map(|doc| {
+            let after = doc.split("*/").nth(1)?;
+            identifiers(&after[..after.find('(')?])
+                .last()
+                .map(|s| s.to_string())
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (name, params) in prototypes(header) {
+        if deprecated.contains(&name) || !(name.contains("_set_") || name.contains("_add_")) {
+            continue;
+        }
+        let values = &params[1.min(params.len())..];
+        if let Some(p) = values.iter().find(|p| p.ends_with("_seconds")) {
+            problems.push(format!("{name} takes {p}: times are whole milliseconds"));
+        }
+        let one_time = values.len() == 1 && values[0].ends_with("_ms");
+        if one_time && !name.ends_with("_ms") {
+            problems.push(format!(
+                "{name} sets a time ({}) but its name does not say ms",
+                values[0]
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_setter_of_a_time_names_its_unit() {
+    let header = committed();
+    let setters = prototypes(&header)
+        .into_iter()
+        .filter(|(n, _)| n.contains("_set_"))
+        .count();
+    assert!(setters > 40, "the header's setters: {setters}");
+    let problems = time_unit_problems(&header);
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn setters_of_a_time_without_a_unit_are_found() {
+    let header = "/**\n * Deprecated: old.\n */\nqg_result qg_a_set_old(qg_a *a, uint64_t old_ms);\n\
+                  qg_result qg_a_set_margin(qg_a *a, uint64_t margin_ms);\n\
+                  qg_result qg_a_set_limit(qg_a *a, uint32_t calls, double window_seconds);\n\
+                  qg_result qg_a_set_jitter_ms(qg_a *a, uint64_t jitter_ms);\n";
+    assert_eq!(
+        time_unit_problems(header),
+        [
+            "qg_a_set_margin sets a time (margin_ms) but its name does not say ms",
+            "qg_a_set_limit takes window_seconds: times are whole milliseconds",
+        ]
+    );
+}

@@ -11,7 +11,8 @@ use std::time::Duration;
 /// Configures a limiter before it is built.
 ///
 /// Methods: `qg_limiter_builder_new`, `qg_limiter_builder_add_rate`,
-/// `qg_limiter_builder_set_margin`, `qg_limiter_builder_set_hold_lease_ms`,
+/// `qg_limiter_builder_set_margin_ms`, `qg_limiter_builder_set_margin` (deprecated),
+/// `qg_limiter_builder_set_hold_lease_ms`,
 /// `qg_limiter_builder_set_max_buckets`, `qg_limiter_builder_set_store`,
 /// `qg_limiter_builder_build`, `qg_limiter_builder_free`.
 ///
@@ -55,7 +56,7 @@ pub extern "C" fn qg_limiter_builder_add_rate(
 /// server sees it; a margin is for servers whose clocks run differently. `b` must not be
 /// NULL.
 #[unsafe(no_mangle)]
-pub extern "C" fn qg_limiter_builder_set_margin(
+pub extern "C" fn qg_limiter_builder_set_margin_ms(
     b: *mut qg_limiter_builder,
     margin_ms: u64,
 ) -> qg_result {
@@ -64,6 +65,16 @@ pub extern "C" fn qg_limiter_builder_set_margin(
         b.builder = std::mem::take(&mut b.builder).margin(Duration::from_millis(margin_ms));
         Ok(())
     }
+}
+
+/// Deprecated: `qg_limiter_builder_set_margin_ms`, whose name says its unit; kept for
+/// callers written against 0.1.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_limiter_builder_set_margin(
+    b: *mut qg_limiter_builder,
+    margin_ms: u64,
+) -> qg_result {
+    qg_limiter_builder_set_margin_ms(b, margin_ms)
 }
 
 /// Sets the lease of holds (`qg_limiter_hold`): a hold not released within `lease_ms`

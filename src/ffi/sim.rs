@@ -13,7 +13,8 @@ use std::time::Duration;
 
 /// The simulator's settings before it starts.
 ///
-/// Methods: `qg_sim_config_new`, `qg_sim_config_set_machines`, `qg_sim_config_set_limit`,
+/// Methods: `qg_sim_config_new`, `qg_sim_config_set_machines`,
+/// `qg_sim_config_set_limit_ms`, `qg_sim_config_set_limit` (deprecated),
 /// `qg_sim_config_set_time_scale`, `qg_sim_config_set_token_lifetime_ms`,
 /// `qg_sim_config_set_faults`, `qg_sim_config_set_inbound_jitter_ms`,
 /// `qg_sim_config_set_retry_after_style`, `qg_sim_config_set_live_response_delay_ms`,
@@ -92,9 +93,21 @@ pub extern "C" fn qg_sim_config_set_machines(c: *mut qg_sim_config, n: u32) -> q
 }
 
 /// Limits the endpoint class `endpoint_class` (NULL: "default"; also "hunting",
-/// "batch_update_alerts", "token") to `calls` per `window_seconds` of API time. The first
-/// call for a class replaces its built-in limits; later calls add limits that apply
-/// together. `c` must not be NULL; `calls` and `window_seconds` above 0.
+/// "batch_update_alerts", "token") to `calls` per `window_ms` milliseconds of API time.
+/// The first call for a class replaces its built-in limits; later calls add limits that
+/// apply together. `c` must not be NULL; `calls` and `window_ms` above 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn qg_sim_config_set_limit_ms(
+    c: *mut qg_sim_config,
+    endpoint_class: *const c_char,
+    calls: u32,
+    window_ms: u64,
+) -> qg_result {
+    qg_sim_config_set_limit(c, endpoint_class, calls, window_ms as f64 / 1000.0)
+}
+
+/// Deprecated: `qg_sim_config_set_limit_ms`, whose name says its unit (here the window
+/// is in seconds, as a double); kept for callers written against 0.1.
 #[unsafe(no_mangle)]
 pub extern "C" fn qg_sim_config_set_limit(
     c: *mut qg_sim_config,

@@ -365,6 +365,9 @@ static void test_sim_api(void)
     CHECK_RC(qg_sim_config_set_limit(c, NULL, 1, -1.0), QG_ERR_INVALID_ARGUMENT);
     CHECK_RC(qg_sim_config_set_limit(c, NULL, 1, NAN), QG_ERR_INVALID_ARGUMENT);
     CHECK_RC(qg_sim_config_set_limit(c, NULL, 1, INFINITY), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_sim_config_set_limit_ms(NULL, NULL, 1, 1000), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_sim_config_set_limit_ms(c, NULL, 0, 1000), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_sim_config_set_limit_ms(c, NULL, 1, 0), QG_ERR_INVALID_ARGUMENT);
     CHECK_RC(qg_sim_config_set_limit(c, "\xff\xfe", 1, 1.0), QG_ERR_INVALID_ARGUMENT);
     last_error_text(buf, sizeof buf);
     CHECK_MSG(contains(buf, "UTF-8"), "invalid UTF-8 is named: \"%s\"", buf);
@@ -387,8 +390,8 @@ static void test_sim_api(void)
 
     /* Good values, every Retry-After style among them. */
     CHECK_OK(qg_sim_config_set_machines(c, 7));
-    CHECK_OK(qg_sim_config_set_limit(c, NULL, 1000, 60.0));
-    CHECK_OK(qg_sim_config_set_limit(c, "hunting", 45, 60.0));
+    CHECK_OK(qg_sim_config_set_limit_ms(c, NULL, 1000, 60000));
+    CHECK_OK(qg_sim_config_set_limit(c, "hunting", 45, 60.0)); /* deprecated, still works */
     CHECK_OK(qg_sim_config_set_time_scale(c, 1.0));
     CHECK_OK(qg_sim_config_set_token_lifetime_ms(c, 3599000));
     CHECK_OK(qg_sim_config_set_faults(c, 0.0, 0.0, 0));

@@ -70,7 +70,7 @@ static qg_sim *start_sim(uint64_t live_ms)
     CHECK_RC(qg_sim_config_new(&cfg), QG_OK);
     if (pem) CHECK_RC(qg_sim_config_add_certificate_client(cfg, "cert-app", pem), QG_OK);
     CHECK_RC(qg_sim_config_set_live_response_delay_ms(cfg, live_ms), QG_OK);
-    CHECK_RC(qg_sim_config_set_limit(cfg, "live_response", 10000, 60.0), QG_OK);
+    CHECK_RC(qg_sim_config_set_limit_ms(cfg, "live_response", 10000, 60000), QG_OK);
     CHECK_RC(qg_sim_start(cfg, 0, &sim), QG_OK);
     qg_sim_config_free(cfg);
     free(pem);

@@ -310,7 +310,8 @@ static void test_builder(void)
 
     /* Build twice from one builder: independent limiters, each with the rates of its time. */
     CHECK_OK(qg_limiter_builder_add_rate(b, 1, 1000));
-    CHECK_OK(qg_limiter_builder_set_margin(b, 0));
+    CHECK_OK(qg_limiter_builder_set_margin_ms(b, 0));
+    CHECK_OK(qg_limiter_builder_set_margin(b, 0)); /* the deprecated name still works */
     CHECK_OK(qg_limiter_builder_set_max_buckets(b, 16));
     qg_limiter *l1 = NULL, *l2 = NULL;
     CHECK_OK(qg_limiter_builder_build(b, &l1));

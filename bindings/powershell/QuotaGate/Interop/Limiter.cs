@@ -251,7 +251,7 @@ namespace QuotaGate.Interop
                 }
                 if (marginMs > 0)
                 {
-                    Native.Check(NativeMethods.qg_limiter_builder_set_margin(builder, marginMs));
+                    Native.Check(NativeMethods.qg_limiter_builder_set_margin_ms(builder, marginMs));
                 }
                 if (maxBuckets > 0)
                 {

@@ -55,7 +55,7 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_add_rate(LimiterBuilderHandle b, uint calls, ulong windowMs);
         [DllImport(Library, CallingConvention = Cdecl)]
-        public static extern uint qg_limiter_builder_set_margin(LimiterBuilderHandle b, ulong marginMs);
+        public static extern uint qg_limiter_builder_set_margin_ms(LimiterBuilderHandle b, ulong marginMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_limiter_builder_set_hold_lease_ms(LimiterBuilderHandle b, ulong leaseMs);
         [DllImport(Library, CallingConvention = Cdecl)]
@@ -241,7 +241,7 @@ namespace QuotaGate.Interop
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_set_machines(SimConfigHandle c, uint n);
         [DllImport(Library, CallingConvention = Cdecl)]
-        public static extern uint qg_sim_config_set_limit(SimConfigHandle c, byte[] endpointClass, uint calls, double windowSeconds);
+        public static extern uint qg_sim_config_set_limit_ms(SimConfigHandle c, byte[] endpointClass, uint calls, ulong windowMs);
         [DllImport(Library, CallingConvention = Cdecl)]
         public static extern uint qg_sim_config_set_time_scale(SimConfigHandle c, double scale);
         [DllImport(Library, CallingConvention = Cdecl)]

@@ -119,7 +119,7 @@ namespace QuotaGate.Interop
                 }
                 foreach (SimulatorLimit l in options.Limits)
                 {
-                    Native.Check(NativeMethods.qg_sim_config_set_limit(c, Utf8.Encode(l.EndpointClass, "EndpointClass"), l.Calls, l.WindowSeconds));
+                    Native.Check(NativeMethods.qg_sim_config_set_limit_ms(c, Utf8.Encode(l.EndpointClass, "EndpointClass"), l.Calls, (ulong)Math.Round(l.WindowSeconds * 1000.0)));
                 }
                 Native.Check(NativeMethods.qg_sim_start(c, options.Port, out handle));
             }

@@ -122,7 +122,7 @@ class Limiter(NativeHandle):
         try:
             for calls, window_ms in native_rates:
                 check(lib.qg_limiter_builder_add_rate(builder, calls, window_ms))
-            check(lib.qg_limiter_builder_set_margin(builder, margin_ms))
+            check(lib.qg_limiter_builder_set_margin_ms(builder, margin_ms))
             if lease_ms is not None:
                 check(lib.qg_limiter_builder_set_hold_lease_ms(builder, lease_ms))
             if max_buckets is not None:

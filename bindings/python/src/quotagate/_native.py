@@ -180,6 +180,7 @@ SIGNATURES: List[Signature] = [
     # limiter
     ("qg_limiter_builder_new", _R, [_OUT]),
     ("qg_limiter_builder_add_rate", _R, [_H, c_uint32, c_uint64]),
+    ("qg_limiter_builder_set_margin_ms", _R, [_H, c_uint64]),
     ("qg_limiter_builder_set_margin", _R, [_H, c_uint64]),
     ("qg_limiter_builder_set_hold_lease_ms", _R, [_H, c_uint64]),
     ("qg_limiter_builder_set_max_buckets", _R, [_H, c_size_t]),
@@ -274,6 +275,7 @@ SIGNATURES: List[Signature] = [
     # simulator
     ("qg_sim_config_new", _R, [_OUT]),
     ("qg_sim_config_set_machines", _R, [_H, c_uint32]),
+    ("qg_sim_config_set_limit_ms", _R, [_H, _S, c_uint32, c_uint64]),
     ("qg_sim_config_set_limit", _R, [_H, _S, c_uint32, c_double]),
     ("qg_sim_config_set_time_scale", _R, [_H, c_double]),
     ("qg_sim_config_set_token_lifetime_ms", _R, [_H, c_uint64]),

@@ -224,7 +224,7 @@ def _fraction(value: Any, name: str, *, positive: bool = False, at_most_one: boo
 
 
 def _class_limits(value: Tuple[Any, Any, Any], name: str) -> List[_builder.Args]:
-    """``(limit, window, limits)`` as ``(endpoint class, calls, window seconds)`` each."""
+    """``(limit, window, limits)`` as ``(endpoint class, calls, window ms)`` each."""
     limit, window, limits = value
     class_limits: Dict[bytes, List[_convert.NativeRate]] = {}
     if limit is not None or window is not None:
@@ -239,7 +239,7 @@ def _class_limits(value: Tuple[Any, Any, Any], name: str) -> List[_builder.Args]
             class_limits.setdefault(key, [])
             class_limits[key] += _convert.rates(rates, f"limits[{class_name!r}]")
     return [
-        (endpoint_class, calls, window_ms / 1000.0)
+        (endpoint_class, calls, window_ms)
         for endpoint_class, class_rates in class_limits.items()
         for calls, window_ms in class_rates
     ]
@@ -296,7 +296,7 @@ def _retry_after(value: Any, name: str) -> int:
 #: checked; ``limits`` stands for limit, window and limits, ``faults`` for error_rate,
 #: reset_rate and latency.
 _OPTIONS: Tuple[_builder.Option, ...] = (
-    ("limits", lib.qg_sim_config_set_limit, _class_limits),
+    ("limits", lib.qg_sim_config_set_limit_ms, _class_limits),
     ("machines", lib.qg_sim_config_set_machines, _builder.required(_machines)),
     ("time_scale", lib.qg_sim_config_set_time_scale, _builder.required(_time_scale)),
     ("token_lifetime", lib.qg_sim_config_set_token_lifetime_ms, _builder.optional(_lifetime)),
