@@ -24,23 +24,30 @@
 //! ```
 
 mod bucket;
+mod builder;
 mod clock;
+mod hold;
 mod keymap;
 mod memory;
 pub mod store;
 mod stored;
+mod ticket;
 mod window;
 
 pub use bucket::{BucketStats, WindowUsage};
+pub use builder::LimiterBuilder;
 pub use clock::{Clock, ClockListener, ManualClock, MonotonicClock, Nanos};
+pub use hold::Hold;
+pub use ticket::{Ticket, Wait};
 pub use window::Rate;
 
-use bucket::WaiterState;
-use memory::{MemoryBackend, MemoryHold, MemoryTicket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use hold::HoldKind;
+use memory::MemoryBackend;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use stored::{StoreBackend, StoreHold, StoreTicket};
+use stored::StoreBackend;
+use ticket::{TicketKind, outcome};
 
 /// The largest `calls` of a rate, and so the largest cost of a call, in every store (in
 /// memory, a state file, Redis). Rates and costs above it fail with
@@ -123,182 +130,6 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Configures a [`Limiter`].
-#[derive(Clone)]
-pub struct LimiterBuilder {
-    rates: Vec<Rate>,
-    margin: Duration,
-    hold_lease: Duration,
-    max_buckets: usize,
-    clock: Option<Arc<dyn Clock>>,
-    store: Option<StoreSetting>,
-}
-
-/// The store a builder was given: a URL to open at build time, or an open store.
-#[derive(Clone)]
-enum StoreSetting {
-    Url(String),
-    Open(Arc<dyn store::Store>, store::OnUnavailable),
-}
-
-impl std::fmt::Debug for LimiterBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LimiterBuilder")
-            .field("rates", &self.rates)
-            .field("margin", &self.margin)
-            .field("hold_lease", &self.hold_lease)
-            .field("max_buckets", &self.max_buckets)
-            .field(
-                "store",
-                &self.store.as_ref().map(|s| match s {
-                    StoreSetting::Url(u) => store::redact(u),
-                    StoreSetting::Open(s, _) => s.location(),
-                }),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for LimiterBuilder {
-    fn default() -> Self {
-        Self {
-            rates: Vec::new(),
-            margin: Duration::ZERO,
-            hold_lease: DEFAULT_HOLD_LEASE,
-            max_buckets: DEFAULT_MAX_BUCKETS,
-            clock: None,
-            store: None,
-        }
-    }
-}
-
-impl LimiterBuilder {
-    /// Adds a rate that every bucket without rates of its own applies.
-    pub fn rate(mut self, rate: Rate) -> Self {
-        self.rates.push(rate);
-        self
-    }
-
-    /// Adds rates; see [`rate`](Self::rate).
-    pub fn rates(mut self, rates: impl IntoIterator<Item = Rate>) -> Self {
-        self.rates.extend(rates);
-        self
-    }
-
-    /// Widens every window by `margin` (zero by default). Holds already count a call until
-    /// its answer, which is exact as the server sees it; a margin is for servers whose
-    /// clocks run differently from ours.
-    pub fn margin(mut self, margin: Duration) -> Self {
-        self.margin = margin;
-        self
-    }
-
-    /// The lease of a hold made without one of its own (see [`Limiter::hold`]): a hold
-    /// not ended within it is counted from the lease's end. Default
-    /// [`DEFAULT_HOLD_LEASE`]; at most [`MAX_HOLD_LEASE`].
-    pub fn hold_lease(mut self, lease: Duration) -> Self {
-        self.hold_lease = lease;
-        self
-    }
-
-    /// The most buckets the limiter holds at once (idle ones are dropped to make room).
-    pub fn max_buckets(mut self, n: usize) -> Self {
-        self.max_buckets = n;
-        self
-    }
-
-    /// The clock (the monotonic clock unless set).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// Keeps every bucket in the store that `url` names, shared with every process that
-    /// opens the same store: `file:///path/to/state.q` (the processes of one host) or
-    /// `redis://[:password@]host[:port][/db][?prefix=p]` and `rediss://` (many hosts).
-    /// See [`store::StoreConfig::parse`] for every parameter. The store is opened by
-    /// [`build`](Self::build). Without a store, buckets live in this process's memory.
-    pub fn store(mut self, url: &str) -> Self {
-        self.store = Some(StoreSetting::Url(url.to_string()));
-        self
-    }
-
-    /// Keeps the buckets in memory again (the default).
-    pub fn no_store(mut self) -> Self {
-        self.store = None;
-        self
-    }
-
-    /// Keeps every bucket in an open store; see [`store`](Self::store).
-    pub fn store_handle(
-        mut self,
-        store: Arc<dyn store::Store>,
-        on_unavailable: store::OnUnavailable,
-    ) -> Self {
-        self.store = Some(StoreSetting::Open(store, on_unavailable));
-        self
-    }
-
-    /// The rates added so far.
-    pub fn configured_rates(&self) -> &[Rate] {
-        &self.rates
-    }
-
-    /// Builds a limiter. Fails when no rate was given or a rate is invalid.
-    pub fn build(&self) -> Result<Limiter, Error> {
-        validate_rates(&self.rates)?;
-        check_lease(self.hold_lease)?;
-        if self.max_buckets == 0 {
-            return Err(Error::InvalidArgument(
-                "max_buckets must be at least 1".into(),
-            ));
-        }
-        let clock = self
-            .clock
-            .clone()
-            .unwrap_or_else(|| Arc::new(MonotonicClock::new()));
-        let backend = match &self.store {
-            None => {
-                let memory = Arc::new(MemoryBackend::new(
-                    clock.clone(),
-                    self.rates.clone(),
-                    self.margin,
-                    self.max_buckets,
-                ));
-                let weak: Weak<dyn ClockListener> =
-                    Arc::downgrade(&memory) as Weak<dyn ClockListener>;
-                clock.subscribe(weak);
-                Backend::Memory(memory)
-            }
-            Some(setting) => {
-                let (store, on_unavailable) = match setting {
-                    StoreSetting::Url(url) => {
-                        let config = store::StoreConfig::parse(url).map_err(Error::Store)?;
-                        (config.open().map_err(Error::Store)?, config.on_unavailable)
-                    }
-                    StoreSetting::Open(s, o) => (s.clone(), *o),
-                };
-                Backend::Store(Arc::new(StoreBackend::new(
-                    store,
-                    on_unavailable,
-                    self.rates.clone(),
-                    self.margin,
-                    self.max_buckets,
-                )))
-            }
-        };
-        Ok(Limiter {
-            inner: Arc::new(Inner {
-                backend,
-                clock,
-                default_rates: self.rates.clone(),
-                margin: self.margin,
-                hold_lease: self.hold_lease,
-            }),
-        })
-    }
-}
 
 fn check_lease(lease: Duration) -> Result<(), Error> {
     if lease.is_zero() || lease > MAX_HOLD_LEASE {
@@ -679,223 +510,6 @@ impl Admitted {
             at,
             waited: Duration::ZERO,
         }
-    }
-}
-
-/// A place in a bucket's queue. Safe to share between threads: one thread waits while
-/// another may [`cancel`](Self::cancel). Dropping a ticket that was not admitted gives
-/// up its place.
-pub struct Ticket {
-    limiter: Limiter,
-    kind: TicketKind,
-    /// Whether [`Ticket::hold`] handed out the hold of an admitted hold ticket.
-    hold_taken: AtomicBool,
-}
-
-/// A ticket's place, in the limiter's backend.
-enum TicketKind {
-    /// A place in a bucket of this process.
-    Memory(MemoryTicket),
-    /// A place in a store's queue.
-    Store(StoreTicket),
-}
-
-impl std::fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket")
-            .field("cost", &self.cost())
-            .field("state", &self.state())
-            .finish()
-    }
-}
-
-/// How a wait in `state` ended, or `None` while it goes on; `frees_in` is a timed-out
-/// wait's shortfall (see [`Error::Timeout`]).
-fn outcome(state: WaiterState, frees_in: Option<Duration>) -> Option<Result<Wait, Error>> {
-    match state {
-        WaiterState::Waiting => None,
-        WaiterState::Admitted => Some(Ok(Wait::Admitted)),
-        WaiterState::TimedOut => Some(Err(Error::Timeout { frees_in })),
-        WaiterState::Cancelled => Some(Err(Error::Cancelled)),
-        WaiterState::Closed => Some(Err(Error::Closed)),
-    }
-}
-
-/// What a slice of waiting ended with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// The call is admitted.
-    Admitted,
-    /// The slice ran out; the ticket keeps its place.
-    Pending,
-}
-
-impl Ticket {
-    fn state(&self) -> WaiterState {
-        match &self.kind {
-            TicketKind::Memory(t) => t.state(),
-            TicketKind::Store(t) => t.state(),
-        }
-    }
-
-    /// Waits until admitted, for at most `slice` of real time (`None`: as long as it
-    /// takes). Returns [`Wait::Pending`] when the slice ran out with the place kept.
-    pub fn wait(&self, slice: Option<Duration>) -> Result<Wait, Error> {
-        match &self.kind {
-            TicketKind::Memory(t) => t.wait(slice),
-            TicketKind::Store(t) => t.wait(slice),
-        }
-    }
-
-    /// Checks once, without blocking, whether the call is admitted.
-    pub fn poll(&self) -> Result<Wait, Error> {
-        self.wait(Some(Duration::ZERO))
-    }
-
-    /// Gives up the place in the queue and wakes the thread waiting on this ticket with
-    /// [`Error::Cancelled`]. Returns false if the ticket was no longer waiting (already
-    /// admitted, timed out, cancelled or closed): an admitted call keeps its permit.
-    pub fn cancel(&self) -> bool {
-        match &self.kind {
-            TicketKind::Memory(t) => t.cancel(),
-            TicketKind::Store(t) => t.cancel(),
-        }
-    }
-
-    /// The admission, once admitted.
-    pub fn admitted(&self) -> Option<Admitted> {
-        match &self.kind {
-            TicketKind::Memory(t) => t.admitted(),
-            TicketKind::Store(t) => t.admitted(),
-        }
-    }
-
-    /// The cost of the call this ticket waits for.
-    pub fn cost(&self) -> u32 {
-        match &self.kind {
-            TicketKind::Memory(t) => t.cost(),
-            TicketKind::Store(t) => t.cost(),
-        }
-    }
-
-    /// Whether the ticket waits for a hold (made by [`Limiter::enqueue_hold`]).
-    pub fn is_hold(&self) -> bool {
-        match &self.kind {
-            TicketKind::Memory(t) => t.is_hold(),
-            TicketKind::Store(t) => t.is_hold(),
-        }
-    }
-
-    /// The hold of an admitted hold ticket, once: its units count from the instant it
-    /// ends. Fails with `InvalidArgument` for a plain ticket, one not admitted yet, or
-    /// one whose hold was already taken.
-    pub fn hold(&self) -> Result<Hold, Error> {
-        let admitted = match (self.is_hold(), self.admitted()) {
-            (true, Some(a)) => a,
-            (false, _) => {
-                return Err(Error::InvalidArgument(
-                    "the ticket is not for a hold".into(),
-                ));
-            }
-            (true, None) => {
-                return Err(Error::InvalidArgument(
-                    "the ticket is not admitted yet".into(),
-                ));
-            }
-        };
-        if self.hold_taken.swap(true, Ordering::AcqRel) {
-            return Err(Error::InvalidArgument(
-                "the ticket's hold was already taken".into(),
-            ));
-        }
-        let kind = match &self.kind {
-            TicketKind::Memory(t) => HoldKind::Memory(t.hold()),
-            TicketKind::Store(t) => HoldKind::Store(t.hold()),
-        };
-        Ok(self.limiter.new_hold(kind, self.cost(), admitted))
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        // An admitted hold nobody took ends now; a waiting ticket gives up its place in
-        // its backend's drop.
-        if self.is_hold() && self.admitted().is_some() && !*self.hold_taken.get_mut() {
-            drop(self.hold());
-        }
-    }
-}
-
-/// A call admitted by [`Limiter::hold`]: its units count in every window of its bucket
-/// from admission on, in flight, and are logged at the instant the hold ends
-/// ([`finish`](Self::finish), [`finish_at`](Self::finish_at) or drop). Safe to send to
-/// another thread.
-pub struct Hold {
-    limiter: Limiter,
-    kind: HoldKind,
-    cost: u32,
-    admitted: Admitted,
-    ended: bool,
-}
-
-/// A hold's units, in the limiter's backend.
-enum HoldKind {
-    Memory(MemoryHold),
-    Store(StoreHold),
-}
-
-impl std::fmt::Debug for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hold")
-            .field("cost", &self.cost)
-            .field("admitted", &self.admitted)
-            .field("ended", &self.ended)
-            .finish()
-    }
-}
-
-impl Hold {
-    /// The admission.
-    pub fn admitted(&self) -> Admitted {
-        self.admitted
-    }
-
-    /// The units held.
-    pub fn cost(&self) -> u32 {
-        self.cost
-    }
-
-    /// Ends the hold now: its units count from now on.
-    pub fn finish(mut self) {
-        let now = self.limiter.now();
-        self.end(now);
-    }
-
-    /// Ends the hold with its units counted from `at` (an instant of the limiter's clock,
-    /// see [`Limiter::now`]), kept between its admission and now. For a call whose server
-    /// certainly counted it by `at` (a safe bound earlier than its answer), so that its
-    /// units leave the windows sooner.
-    pub fn finish_at(mut self, at: Nanos) {
-        self.end(at);
-    }
-
-    fn end(&mut self, at: Nanos) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
-        match &self.kind {
-            HoldKind::Memory(h) => h.end(at),
-            HoldKind::Store(h) => {
-                h.end(Duration::from_nanos(self.limiter.now().saturating_sub(at)));
-            }
-        }
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        let now = self.limiter.now();
-        self.end(now);
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use bucket::WaiterState;
 use proptest::prelude::*;
 use std::thread;
 use std::time::Instant;
