@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 # shellcheck source=scripts/check.sh
 source scripts/check.sh
 # What git sees in the checkout outside target/, ignored files included.
-tree_state() { git status --porcelain --ignored --untracked-files=all | grep -v ' target/' || true; }
+tree_state() { git status --porcelain --ignored --untracked-files=all | grep -Ev '^.. "?target/' || true; }
 
 before=$(tree_state)
 scripts/wheel
