@@ -42,7 +42,7 @@
 //! in its place before it exists. On Windows the file inherits the directory's ACL
 //! (`mode=` is ignored) and a link is refused by a check before opening.
 //!
-//! # Format (version 3, little-endian)
+//! # Format (version 4, little-endian)
 //!
 //! - **Header** (bytes 0..512): magic `QGSTATE\0`, the format version (`u32`), a CRC-32 of
 //!   bytes 16..264, then (`u64` each) the directory's offset, its capacity in slots and its
@@ -58,16 +58,24 @@
 //! - **Records**: per bucket, in an extent of a size class (a power of two from 256
 //!   bytes): a CRC-32 and the length of the data (`u32` each), the longest window any
 //!   caller used on the bucket and the instant from which it is idle (`u64` each), then
-//!   the encoded bucket: its clock, pause, unit count, ring, queue and holds.
+//!   the encoded bucket: a tag (`QGRUNS\0\x04`), its clock, pause and unit count, the
+//!   largest `calls` and longest window used on it, then its runs (instant and count of
+//!   units, the instants rising), queue and holds. A record grows with the calls still
+//!   inside the longest window, not with their cost.
 //! - **Free extents**: `QGFREEXT`, the next free extent of the class (`u64`, 0 ends the
 //!   list), the class (`u32`) and a CRC-32 of the two.
 //! - Beyond `used`: free space, where new extents and the journal go.
 //!
 //! A file that is shorter than `used`, whose magic, sizes or CRCs do not add up, is
 //! refused with [`StoreErrorKind::Corrupt`]: a damaged file is never reset, since forgetting
-//! admitted calls would over-admit. Another format version is refused the same way (a file
-//! of an older version holds at most the quota's recent use: delete it). An empty file (or
-//! one left all zeros by a crash while it was being created) is initialised.
+//! admitted calls would over-admit. A record whose runs hold no units, go back in time or
+//! count more units than were ever logged is damaged too. A file of version 3, whose
+//! records hold a ring of one instant per unit, keeps working: opening it sets its version
+//! to 4 (older builds then refuse it by name), a record without the tag is read as a ring
+//! and turned into runs, and written as runs when its bucket next changes. Another format
+//! version is refused like a damaged file (a file of an older version holds at most the
+//! quota's recent use: delete it). An empty file (or one left all zeros by a crash while
+//! it was being created) is initialised.
 //!
 //! The file's length is read under the lock on every operation: a file cut short while a
 //! process has it mapped (an operator emptying it, say) is reported as damaged on that
@@ -150,12 +158,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The longest bucket key, in bytes.
 pub const MAX_KEY: usize = 255;
 
-/// The largest `calls` of a rate on a file store bucket (each unit costs 8 bytes of
-/// ring): the limiter's [`MAX_CALLS`](crate::limiter::MAX_CALLS), as in every store.
+/// The largest `calls` of a rate on a file store bucket: the limiter's [`MAX_CALLS`](crate::limiter::MAX_CALLS), as in every store.
 pub const MAX_CALLS: u64 = crate::limiter::MAX_CALLS as u64;
 
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The oldest format version this build reads: a file of it becomes one of
+/// [`FORMAT_VERSION`] when opened, and each record is written in the new format when its
+/// bucket next changes.
+pub const OLDEST_FORMAT_VERSION: u32 = 3;
 
 /// The mode of a new state file: read and write for its owner only.
 pub const DEFAULT_MODE: u32 = 0o600;
@@ -264,7 +276,7 @@ const H_FLAG: usize = H_CRC_END;
 const H_JOURNAL: usize = H_CRC_END + 8;
 
 /// CRC-32 (IEEE) of the concatenation of `parts`. crc32fast uses the CPU's carry-less
-/// multiply where there is one: a bucket's record (16 KiB for a ring of 1,500 units) is
+/// multiply where there is one: a bucket's record (up to 24 KiB for 1,500 runs) is
 /// checked on every call, and a table-driven CRC made that most of the call's cost.
 fn crc32(parts: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -526,7 +538,7 @@ impl FileStore {
             keys: HashMap::new(),
             scanned: 0,
             ident: (0, 0),
-            bucket: Bucket::new(1),
+            bucket: Bucket::new(),
             buf: Vec::new(),
             #[cfg(test)]
             crash_after_journal: false,
@@ -755,14 +767,14 @@ impl Inner {
             return Err(self.corrupt("not a quotagate state file: bad magic bytes"));
         }
         let version = get_u32(m, H_VERSION);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(StoreError::new(
                 StoreErrorKind::Corrupt,
                 format!(
                     "the state file {} has format version {version}, but this build of \
-                     quotagate supports version {FORMAT_VERSION} only{}",
+                     quotagate supports version {FORMAT_VERSION} (and reads {OLDEST_FORMAT_VERSION}){}",
                     self.path.display(),
-                    if version < FORMAT_VERSION {
+                    if version < OLDEST_FORMAT_VERSION {
                         " (it holds only the quota's recent use: delete it to start afresh)"
                     } else {
                         ""
@@ -800,6 +812,15 @@ impl Inner {
                 self.mapped()
             )));
         }
+        if version < FORMAT_VERSION {
+            // Its records read as they are; the header says the file may hold records of
+            // the new format from now on, which older builds then refuse by name.
+            self.commit(
+                &[(H_VERSION as u64, FORMAT_VERSION.to_le_bytes().to_vec())],
+                used,
+            )?;
+        }
+        let m = self.map();
         let ident = (get_u64(m, H_NONCE), get_u64(m, H_GEN));
         if ident != self.ident || self.scanned > dir_count {
             self.keys.clear();
@@ -951,7 +972,7 @@ impl Inner {
     ) -> Result<R, StoreError> {
         self.check()?;
         let found = self.find(key)?;
-        let mut bucket = std::mem::replace(&mut self.bucket, Bucket::new(1));
+        let mut bucket = std::mem::replace(&mut self.bucket, Bucket::new());
         let mut stored_window = 0;
         let entry = match found {
             Some(i) => {
@@ -960,11 +981,12 @@ impl Inner {
                 if bucket.decode(&self.map()[start..end]).is_none() {
                     return Err(self.corrupt(format!("the record of {key:?} is damaged")));
                 }
+                bucket.keep_window_of(w);
                 stored_window = w;
                 Some((i, entry))
             }
             None => {
-                bucket = Bucket::new(1);
+                bucket = Bucket::new();
                 None
             }
         };
@@ -1067,7 +1089,7 @@ impl Inner {
     }
 
     /// Rewrites the record at `e`, which has room, through the journal: only the 64-byte
-    /// blocks that change, so that a call costs the units it logs rather than the ring.
+    /// blocks that change, so that a call costs the units it logs rather than the whole log.
     fn store_in_place(&mut self, e: &Entry, record: &[u8]) -> Result<(), StoreError> {
         let old = &self.map()[e.rec_off as usize..e.rec_off as usize + record.len()];
         let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -1639,6 +1661,51 @@ mod tests {
     }
 
     #[test]
+    fn a_format_3_file_keeps_working_and_its_records_become_runs() {
+        let dir = TempDir::new("format3");
+        file_with_a_bucket(&dir);
+        // The same bucket as format 3 wrote it: its unit in a ring of 5 instants.
+        edit(&dir.file(), |b| {
+            put_u32(b, H_VERSION, 3);
+            let rec = get_u64(b, HEADER_LEN as usize) as usize;
+            let data = rec + RECORD_HEAD as usize;
+            let (now, unit) = (get_u64(b, data + 8), get_u64(b, data + 72));
+            let ring = [now, 0, 1, 5, 0, 0, unit, 0, 0, 0, 0];
+            for (i, v) in ring.iter().enumerate() {
+                put_u64(b, data + 8 * i, *v);
+            }
+            put_u32(b, rec + 4, 8 * ring.len() as u32);
+            let crc = crc32(&[&b[rec + 4..data + 8 * ring.len()]]);
+            put_u32(b, rec, crc);
+        });
+        let s = FileStore::open(&dir.file()).unwrap();
+        assert_eq!(get_u32(&snapshot(&s), H_VERSION), FORMAT_VERSION);
+        let w = [win(5, 60_000)];
+        assert_eq!(s.usage("k", &w).unwrap().used, vec![1]);
+        for _ in 0..4 {
+            assert_eq!(
+                s.poll("k", &w, 1, Place::Try, None).unwrap(),
+                Verdict::Admitted
+            );
+        }
+        assert!(matches!(
+            s.poll("k", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Wait(_)
+        ));
+        let m = snapshot(&s);
+        let rec = get_u64(&m, HEADER_LEN as usize) as usize;
+        assert_eq!(
+            get_u64(&m, rec + RECORD_HEAD as usize),
+            super::super::model::RUNS_TAG
+        );
+        drop(s);
+        // A version older than that is refused by name.
+        edit(&dir.file(), |b| put_u32(b, H_VERSION, 2));
+        let m = corrupt_message(&dir.file());
+        assert!(m.contains("version 2") && m.contains("delete it"), "{m}");
+    }
+
+    #[test]
     fn a_valid_journal_left_by_a_crash_is_replayed() {
         let dir = TempDir::new("journal");
         let w = [win(5, 60_000)];
@@ -1806,7 +1873,7 @@ mod tests {
     #[test]
     fn idle_is_when_nothing_counts_any_more() {
         let w = [win(2, 100)];
-        let mut b = Bucket::new(1);
+        let mut b = Bucket::new();
         assert_eq!(b.idle_at(100 * MS), 0, "a new bucket is idle");
         b.poll(10 * MS, &w, 1, Place::Try, None);
         assert_eq!(b.idle_at(100 * MS), 110 * MS);
@@ -2071,12 +2138,19 @@ mod tests {
         }
         let moved = under_lock(&s, |i| Ok(i.entry(0)?.0)).unwrap();
         assert_eq!(moved.rec_cap, 1024);
-        assert_eq!(check_layout(&s), [(old.rec_off, 256)]);
+        // A run a call: the record grew through 512 bytes, and both extents are free.
+        let sizes = |s: &FileStore| {
+            let mut free: Vec<u64> = check_layout(s).iter().map(|f| f.1).collect();
+            free.sort_unstable();
+            free
+        };
+        assert!(check_layout(&s).contains(&(old.rec_off, 256)));
+        assert_eq!(sizes(&s), [256, 512]);
         // The next small record takes the freed extent.
         s.poll("j", &small, 1, Place::Try, None).unwrap();
         let j = under_lock(&s, |i| Ok(i.entry(1)?.0)).unwrap();
         assert_eq!(j.rec_off, old.rec_off);
-        assert!(check_layout(&s).is_empty());
+        assert_eq!(sizes(&s), [512]);
         drop(s);
         let again = FileStore::open(&dir.file()).unwrap();
         assert_eq!(again.usage("k", &big).unwrap().used, vec![51]);
