@@ -56,6 +56,35 @@ fn store_case(store: &dyn Store, key: &str, rounds: usize, iters: u64) -> f64 {
     })
 }
 
+/// The API's default rates: 100 calls a minute and 1,500 an hour.
+fn default_windows() -> Vec<Window> {
+    [(100u64, 60u64), (1500, 3600)]
+        .iter()
+        .map(|&(calls, secs)| Window {
+            calls,
+            window_ns: secs * 1_000_000_000,
+        })
+        .collect()
+}
+
+/// A permitted `poll(Try)` under the API's default rates. A key admits 100 calls a
+/// minute, so the calls go to keys in turn, `PER_KEY` each: the logs hold what a minute
+/// of calls leaves in them (up to 99 units), and one call in `PER_KEY` creates a bucket.
+fn default_rates_case(store: &dyn Store, rounds: usize, iters: u64) -> f64 {
+    const PER_KEY: u64 = 99;
+    let w = default_windows();
+    let keys: Vec<String> = (0..(rounds as u64 * iters).div_ceil(PER_KEY) + 1)
+        .map(|i| format!("machines-{i}"))
+        .collect();
+    let mut n = 0u64;
+    measure(rounds, iters, || {
+        let key = &keys[(n / PER_KEY) as usize];
+        n += 1;
+        let v = store.poll(black_box(key), &w, 1, Place::Try, None).unwrap();
+        assert_eq!(v, quotagate::limiter::store::Verdict::Admitted);
+    })
+}
+
 fn redis_settings(url: &str, prefix: &str) -> RedisSettings {
     match StoreConfig::parse(url) {
         Ok(StoreConfig {
@@ -105,6 +134,8 @@ fn main() {
         Ok(store) => {
             let ns = store_case(&store, "machines", rounds, io_iters);
             rows.push(("file store poll(Try)".into(), ns, io_iters));
+            let ns = default_rates_case(&store, rounds, io_iters);
+            rows.push(("file store, 100/min + 1,500/h".into(), ns, io_iters));
         }
         Err(e) => println!("file store: unavailable ({e})"),
     }

@@ -73,10 +73,165 @@ struct RateState {
 
 /// Units logged at one instant: those with sequence numbers from the previous run's `end`
 /// up to `end`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
     at: Nanos,
     end: u64,
+}
+
+/// Admitted units as runs (an instant and a count), oldest first, with their sequence
+/// numbers: the log of the in-memory [`SlidingLog`] and of the file store's bucket. A call
+/// of any cost is one run, so memory and time grow with the calls, not with their cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Runs {
+    runs: VecDeque<Run>,
+    /// The sequence number of the first unit of `runs[0]`.
+    start: u64,
+    /// Sequence number of the next unit to log.
+    next: u64,
+    /// The latest instant logged: units are logged in order (a unit logged at an earlier
+    /// instant is logged at this one instead).
+    last: Nanos,
+}
+
+impl Runs {
+    /// How many units were ever logged: the sequence number of the next unit.
+    #[inline]
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// How many runs the log holds.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// The instant of the unit with sequence number `seq` (held by the log).
+    #[inline]
+    fn at(&self, seq: u64) -> Nanos {
+        self.runs[self.runs.partition_point(|r| r.end <= seq)].at
+    }
+
+    /// The instant of the `k`-th newest unit (`k >= 1`), if the log holds it.
+    #[inline]
+    pub(crate) fn newest(&self, k: u64) -> Option<Nanos> {
+        (k >= 1 && k <= self.next - self.start).then(|| self.at(self.next - k))
+    }
+
+    /// The first sequence number of `runs[i]`.
+    #[inline]
+    fn run_start(&self, i: usize) -> u64 {
+        match i {
+            0 => self.start,
+            i => self.runs[i - 1].end,
+        }
+    }
+
+    /// Logs `cost` units at `now` (or at the latest instant logged, if that is later):
+    /// added to the newest run when it has that instant and `open`, else as a new run.
+    #[inline]
+    pub(crate) fn push(&mut self, now: Nanos, cost: u64, open: bool) {
+        let now = now.max(self.last);
+        self.last = now;
+        match self.runs.back_mut() {
+            Some(run) if run.at == now && open => run.end += cost,
+            _ => self.runs.push_back(Run {
+                at: now,
+                end: self.next + cost,
+            }),
+        }
+        self.next += cost;
+    }
+
+    /// The oldest run's instant and the units logged after it.
+    #[inline]
+    pub(crate) fn oldest(&self) -> Option<(Nanos, u64)> {
+        self.runs.front().map(|r| (r.at, self.next - r.end))
+    }
+
+    /// Drops the oldest run.
+    #[inline]
+    pub(crate) fn pop_oldest(&mut self) {
+        if let Some(run) = self.runs.pop_front() {
+            self.start = run.end;
+        }
+    }
+
+    /// The runs, oldest first, as (instant, units), counting only units numbered `from`
+    /// or later.
+    pub(crate) fn since(&self, from: u64) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        let first = self.runs.partition_point(|r| r.end <= from);
+        (first..self.runs.len()).map(move |i| {
+            let run = self.runs[i];
+            (run.at, run.end - self.run_start(i).max(from))
+        })
+    }
+
+    /// Units inside `window` at `now`: those logged at `u` with `now < u + window`.
+    pub(crate) fn inside(&self, now: Nanos, window: Nanos) -> u64 {
+        let first = self
+            .runs
+            .partition_point(|r| r.at.saturating_add(window) <= now);
+        self.next - self.run_start(first)
+    }
+
+    /// A log of `next` units ever logged, whose newest are the `runs` (instant, units),
+    /// oldest first. `None` unless the instants rise strictly, every count is above zero
+    /// and the counts add up to at most `next`: what [`push`](Self::push) never writes.
+    pub(crate) fn from_runs(next: u64, runs: impl Iterator<Item = (Nanos, u64)>) -> Option<Self> {
+        let mut log = Self {
+            next,
+            ..Self::default()
+        };
+        let mut held: u64 = 0;
+        let mut ends = Vec::new();
+        for (at, units) in runs {
+            if units == 0 || (!ends.is_empty() && at <= log.last) {
+                return None;
+            }
+            held = held.checked_add(units).filter(|&h| h <= next)?;
+            log.last = at;
+            ends.push((at, held));
+        }
+        log.start = next - held;
+        log.runs = ends
+            .into_iter()
+            .map(|(at, end)| Run {
+                at,
+                end: log.start + end,
+            })
+            .collect();
+        Some(log)
+    }
+}
+
+/// The window rule, for the in-memory limiter and the file store alike: `cost` more units
+/// fit `calls` in `window` once the `(calls - cost + 1)`-th newest unit `u` has left it,
+/// that is from `u + window` (at once when there is no such unit). `pending` are units
+/// counted after the logged ones, oldest first, as (instant, units): the units in flight,
+/// as if logged now, and for the file store the waiters ahead in its queue. `logged(k)` is
+/// the instant of the `k`-th newest logged unit, `None` when the log holds none as old
+/// inside the window. A cost above `calls` waits for a window after `now`.
+#[inline]
+pub(crate) fn fits_from(
+    now: Nanos,
+    calls: u64,
+    window: Nanos,
+    cost: u64,
+    pending: &[(Nanos, u64)],
+    logged: impl FnOnce(u64) -> Option<Nanos>,
+) -> Nanos {
+    let Some(mut k) = (calls + 1).checked_sub(cost).filter(|&k| k > 0) else {
+        return now.saturating_add(window);
+    };
+    for &(at, units) in pending.iter().rev() {
+        if k <= units {
+            return at.saturating_add(window);
+        }
+        k -= units;
+    }
+    logged(k).map_or(0, |u| u.saturating_add(window))
 }
 
 /// Units a log keeps past every window (at most the largest `calls`), so that new rates
@@ -87,21 +242,14 @@ const RETAIN: u64 = 64;
 #[derive(Debug, Clone)]
 pub(crate) struct SlidingLog {
     rates: Vec<RateState>,
-    /// Runs of units logged at one instant, oldest first: a call of any cost is one run.
-    runs: VecDeque<Run>,
-    /// The absolute index of `runs[0]` (runs dropped so far).
+    /// The units, as runs: a call of any cost is one run.
+    log: Runs,
+    /// The absolute index of the log's oldest run (runs dropped so far).
     first_run: u64,
-    /// The sequence number of the first unit of `runs[0]`.
-    start: u64,
-    /// Sequence number of the next unit to log.
-    next: u64,
     /// The smallest `calls` of all rates, checked on every call.
     max_cost: u64,
     /// The largest `calls` of all rates.
     largest: u64,
-    /// The latest instant logged: units are logged in order, so that cursors only move
-    /// forward (a unit logged at an earlier instant is logged at this one instead).
-    last: Nanos,
 }
 
 impl SlidingLog {
@@ -118,13 +266,10 @@ impl SlidingLog {
                     run: 0,
                 })
                 .collect(),
-            runs: VecDeque::new(),
+            log: Runs::default(),
             first_run: 0,
-            start: 0,
-            next: 0,
             max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
             largest: rates.iter().map(|r| u64::from(r.calls)).max().unwrap_or(0),
-            last: 0,
         }
     }
 
@@ -134,41 +279,29 @@ impl SlidingLog {
         // Only the newest `calls` units can ever decide an admission under a rate. Units
         // that left the old windows may still be inside the new ones: carry every unit the
         // log still holds, whatever the old cursors say.
-        let keep = (self.next - self.start).min(fresh.largest);
-        let mut seq = self.next - keep;
-        let from = self.runs.partition_point(|r| r.end <= seq);
-        for run in self.runs.range(from..) {
-            fresh.push(run.at, run.end - seq);
-            seq = run.end;
+        let keep = (self.log.next - self.log.start).min(fresh.largest);
+        for (at, units) in self.log.since(self.log.next - keep) {
+            fresh.push(at, units);
         }
         fresh.expire(now);
         fresh
     }
 
-    /// The instant of the unit with sequence number `seq` (held by the log).
-    #[inline]
-    fn at(&self, seq: u64) -> Nanos {
-        self.runs[self.runs.partition_point(|r| r.end <= seq)].at
-    }
-
     /// The first sequence number of the run with absolute index `run`.
     #[inline]
     fn run_start(&self, run: u64) -> u64 {
-        match run - self.first_run {
-            0 => self.start,
-            i => self.runs[(i - 1) as usize].end,
-        }
+        self.log.run_start((run - self.first_run) as usize)
     }
 
     /// Moves every rate's cursor past the runs that have left its window at `now`.
     #[inline]
     pub(crate) fn expire(&mut self, now: Nanos) {
-        let end = self.first_run + self.runs.len() as u64;
+        let end = self.first_run + self.log.len() as u64;
         for i in 0..self.rates.len() {
             let (window, mut run) = (self.rates[i].window, self.rates[i].run);
             // A unit at instant u is inside (now - window, now] while now < u + window.
             while run < end
-                && self.runs[(run - self.first_run) as usize]
+                && self.log.runs[(run - self.first_run) as usize]
                     .at
                     .saturating_add(window)
                     <= now
@@ -178,7 +311,7 @@ impl SlidingLog {
             if run != self.rates[i].run {
                 self.rates[i].run = run;
                 self.rates[i].cursor = if run == end {
-                    self.next
+                    self.log.next
                 } else {
                     self.run_start(run)
                 };
@@ -191,14 +324,13 @@ impl SlidingLog {
     /// `RETAIN` (or the largest `calls`, if smaller).
     fn trim(&mut self) {
         let keep = RETAIN.min(self.largest);
-        while let Some(&oldest) = self.runs.front() {
+        while let Some((_, after)) = self.log.oldest() {
             let passed = self.rates.iter().all(|r| r.run > self.first_run);
-            if !passed || self.next - oldest.end < keep {
+            if !passed || after < keep {
                 break;
             }
-            self.runs.pop_front();
+            self.log.pop_oldest();
             self.first_run += 1;
-            self.start = oldest.end;
         }
     }
 
@@ -210,20 +342,16 @@ impl SlidingLog {
     /// [`expire`](Self::expire) with `now` first.
     #[inline]
     pub(crate) fn earliest(&self, now: Nanos, cost: u64, in_flight: u64) -> Nanos {
+        let flight = [(now, in_flight)];
+        let pending = &flight[..usize::from(in_flight > 0)];
         let mut at = now;
         for r in &self.rates {
-            let logged = self.next - r.cursor;
-            let excess = (logged + in_flight + cost).saturating_sub(r.calls);
-            if excess == 0 {
-                continue;
-            }
-            let leaving = if excess <= logged {
-                // The `excess` oldest logged units must leave the window first.
-                self.at(r.cursor + excess - 1)
-            } else {
-                now
-            };
-            at = at.max(leaving.saturating_add(r.window));
+            // Units before the cursor have left the window.
+            let logged = self.log.next - r.cursor;
+            let fits = fits_from(now, r.calls, r.window, cost, pending, |k| {
+                (k <= logged).then(|| self.log.at(self.log.next - k))
+            });
+            at = at.max(fits);
         }
         at
     }
@@ -233,31 +361,22 @@ impl SlidingLog {
     /// they fit.
     #[inline]
     pub(crate) fn push(&mut self, now: Nanos, cost: u64) {
-        let now = now.max(self.last);
-        self.last = now;
-        let end = self.first_run + self.runs.len() as u64;
+        let end = self.first_run + self.log.len() as u64;
         // A run that some window has already left stays closed: new units start a run.
         let open = self.rates.iter().all(|r| r.run < end);
-        match self.runs.back_mut() {
-            Some(run) if run.at == now && open => run.end += cost,
-            _ => self.runs.push_back(Run {
-                at: now,
-                end: self.next + cost,
-            }),
-        }
-        self.next += cost;
+        self.log.push(now, cost, open);
     }
 
     /// Units inside each rate's window at the last expiry, with the rate's limit.
     pub(crate) fn usage(&self) -> impl Iterator<Item = (u64, u64, Nanos)> + '_ {
         self.rates
             .iter()
-            .map(|r| (self.next - r.cursor, r.calls, r.window))
+            .map(|r| (self.log.next - r.cursor, r.calls, r.window))
     }
 
     /// True when no rate has a unit inside its window (after [`expire`](Self::expire)).
     pub(crate) fn is_idle(&self) -> bool {
-        self.rates.iter().all(|r| r.cursor == self.next)
+        self.rates.iter().all(|r| r.cursor == self.log.next)
     }
 
     /// The smallest `calls` of all rates: the largest cost a call may ever have.
@@ -389,7 +508,7 @@ mod tests {
         let max = u64::from(super::super::MAX_CALLS);
         let mut l = log(&[(super::super::MAX_CALLS, 60_000), (3000, 100)]);
         l.push(0, max);
-        assert_eq!(l.runs.len(), 1);
+        assert_eq!(l.log.len(), 1);
         l.expire(MS);
         assert_eq!(l.usage().next().unwrap().0, max);
         assert_eq!(l.earliest(MS, 1, 0), 60_000 * MS);
@@ -398,7 +517,7 @@ mod tests {
             l.expire(i * MS);
             l.push(i * MS, 1000);
         }
-        assert_eq!(l.runs.len(), 1000, "one run per call");
+        assert_eq!(l.log.len(), 1000, "one run per call");
         l.expire(1000 * MS);
         // The 1,000,000th unit and the next: the window admits 48,576 more now.
         assert_eq!(l.earliest(1000 * MS, max - 1_000_000, 0), 1000 * MS);
@@ -410,7 +529,7 @@ mod tests {
         // Runs that left every window are dropped, but for the latest few units.
         l.expire(61_000 * MS);
         assert!(l.is_idle());
-        assert_eq!(l.runs.len(), 1, "{:?}", l.runs.len());
+        assert_eq!(l.log.len(), 1, "{:?}", l.log.len());
     }
 
     #[test]
@@ -421,10 +540,10 @@ mod tests {
             assert_eq!(l.earliest(i * 1000, 1, 0), i * 1000);
             l.push(i * 1000, 1);
         }
-        assert_eq!(l.runs.len(), 1000);
+        assert_eq!(l.log.len(), 1000);
         assert_eq!(l.usage().next().unwrap().0, 1000);
-        assert_eq!(l.at(0), 0);
-        assert_eq!(l.at(999), 999_000);
+        assert_eq!(l.log.at(0), 0);
+        assert_eq!(l.log.at(999), 999_000);
     }
 
     #[test]

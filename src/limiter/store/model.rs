@@ -1,20 +1,24 @@
 //! The shared bucket of the module documentation, in Rust (used by the file store).
 //!
-//! [`Bucket`] is the whole state of one shared bucket: the unit log (a ring of instants),
-//! the holds in flight, the pause, the leased FIFO queue and the latest instant the
-//! bucket used. It does no I/O:
-//! the file store decodes a bucket from its record ([`Bucket::decode`]), applies one
-//! operation with the store's `now` and encodes it back ([`Bucket::encode`]) when the
-//! operation changed it ([`Bucket::changed`]).
+//! [`Bucket`] is the whole state of one shared bucket: the unit log (runs of units logged
+//! at one instant, the [`Runs`] of the in-memory limiter), the holds in flight, the pause,
+//! the leased FIFO queue and the latest instant the bucket used. It does no I/O: the file
+//! store decodes a bucket from its record ([`Bucket::decode`]), applies one operation with
+//! the store's `now` and encodes it back ([`Bucket::encode`]) when the operation changed
+//! it ([`Bucket::changed`]).
 //!
-//! The arithmetic is the one of the in-memory sliding log: a call of cost `c` fits a rate
-//! (`calls`, `window`) at instant `t` when the `(calls - c + 1)`-th newest logged unit `u`,
-//! if the ring holds one, satisfies `u + window <= t`; and nothing fits before the pause
-//! ends. Units in flight count as the newest units, logged at the current instant.
-//! Instants are nanoseconds of the store's clock.
+//! Whether a call fits is decided by the in-memory limiter's window rule,
+//! [`fits_from`]: a call of cost `c` fits a rate (`calls`, `window`) at instant `t` when
+//! the `(calls - c + 1)`-th newest logged unit `u`, if the log holds one, satisfies
+//! `u + window <= t`; and nothing fits before the pause ends. Units in flight count as the
+//! newest units, logged at the current instant. Instants are nanoseconds of the store's
+//! clock. The log keeps the runs that the largest `calls` and the longest window used on
+//! the bucket can still count (and always the newest), so a record grows with the calls
+//! inside the longest window, not with their cost.
 
 use super::{HoldLease, LEASE, Place, Usage, Verdict, Window};
 use crate::limiter::clock::{Nanos, nanos};
+use crate::limiter::window::{Runs, fits_from};
 use std::time::Duration;
 
 /// One waiter of the queue.
@@ -48,11 +52,13 @@ pub(crate) struct Bucket {
     pub(crate) last_now: Nanos,
     /// Nothing is admitted before this instant.
     pub(crate) pause_until: Nanos,
-    /// How many units were ever logged: the sequence number of the next unit.
-    pub(crate) next: u64,
-    /// `ring[seq % ring.len()]` is the instant of unit `seq`, for the newest
-    /// `min(next, ring.len())` units.
-    pub(crate) ring: Vec<Nanos>,
+    /// The logged units, as runs.
+    pub(crate) log: Runs,
+    /// The largest `calls` of any window used on the bucket: the log keeps the runs that
+    /// hold the newest this many units.
+    pub(crate) keep_calls: u64,
+    /// The longest window used on the bucket: the log keeps the runs inside it.
+    pub(crate) keep_window: Nanos,
     /// The waiters, first in line first.
     pub(crate) queue: Vec<Waiter>,
     /// The holds in flight, in order of admission.
@@ -61,22 +67,41 @@ pub(crate) struct Bucket {
     changed: bool,
 }
 
-/// Bytes of the fixed part of an encoded bucket.
-pub(crate) const FIXED_LEN: usize = 6 * 8;
-/// Bytes of one encoded waiter.
-pub(crate) const WAITER_LEN: usize = 3 * 8;
-/// Bytes of one encoded hold.
-pub(crate) const HELD_LEN: usize = 4 * 8;
+/// The first word of a bucket encoded by format 4 (runs); a bucket of format 3 (a ring of
+/// instants) starts with its clock instead, which a wall clock past 1979 never equals.
+pub(crate) const RUNS_TAG: u64 = u64::from_le_bytes(*b"QGRUNS\0\x04");
+/// Words of the fixed part of a format 4 bucket.
+const FIXED_WORDS: usize = 9;
+/// Words of the fixed part of a format 3 bucket.
+const FIXED_WORDS_V3: usize = 6;
+/// Words of one encoded run, waiter and hold.
+const RUN_WORDS: usize = 2;
+const WAITER_WORDS: usize = 3;
+const HELD_WORDS: usize = 4;
 
 fn duration(ns: Nanos) -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// The little-endian words of an encoded bucket.
+struct Words<'a>(&'a [u8]);
+
+impl Words<'_> {
+    fn get(&self, i: usize) -> Option<u64> {
+        let b = self.0.get(i.checked_mul(8)?..i.checked_mul(8)? + 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    fn count(&self, i: usize) -> Option<usize> {
+        usize::try_from(self.get(i)?).ok()
+    }
+}
+
 impl Bucket {
-    /// An empty bucket whose ring holds `ring` units (at least one).
-    pub(crate) fn new(ring: usize) -> Self {
+    /// An empty bucket.
+    pub(crate) fn new() -> Self {
         Self {
-            ring: vec![0; ring.max(1)],
+            keep_calls: 1,
             changed: true,
             ..Self::default()
         }
@@ -94,13 +119,14 @@ impl Bucket {
 
     /// Bytes that [`encode`](Self::encode) writes.
     pub(crate) fn encoded_len(&self) -> usize {
-        FIXED_LEN
-            + self.ring.len() * 8
-            + self.queue.len() * WAITER_LEN
-            + self.holds.len() * HELD_LEN
+        8 * (FIXED_WORDS
+            + RUN_WORDS * self.log.len()
+            + WAITER_WORDS * self.queue.len()
+            + HELD_WORDS * self.holds.len())
     }
 
-    /// Writes the bucket into `out`, which holds [`encoded_len`](Self::encoded_len) bytes.
+    /// Writes the bucket (format 4) into `out`, which holds
+    /// [`encoded_len`](Self::encoded_len) bytes.
     pub(crate) fn encode(&self, out: &mut [u8]) {
         let mut words = out.chunks_exact_mut(8);
         let mut put = |v: u64| {
@@ -108,14 +134,22 @@ impl Bucket {
                 w.copy_from_slice(&v.to_le_bytes());
             }
         };
-        put(self.last_now);
-        put(self.pause_until);
-        put(self.next);
-        put(self.ring.len() as u64);
-        put(self.queue.len() as u64);
-        put(self.holds.len() as u64);
-        for &t in &self.ring {
-            put(t);
+        for v in [
+            RUNS_TAG,
+            self.last_now,
+            self.pause_until,
+            self.log.next(),
+            self.keep_calls,
+            self.keep_window,
+            self.log.len() as u64,
+            self.queue.len() as u64,
+            self.holds.len() as u64,
+        ] {
+            put(v);
+        }
+        for (at, units) in self.log.since(0) {
+            put(at);
+            put(units);
         }
         for w in &self.queue {
             put(w.id);
@@ -130,58 +164,103 @@ impl Bucket {
         }
     }
 
-    /// Reads a bucket that [`encode`](Self::encode) wrote, reusing this one's buffers.
-    /// `None` when the sizes do not add up or a value lies outside what an encoder writes
-    /// (a ring, a cost or a queue above [`MAX_CALLS`](crate::limiter::MAX_CALLS) units, a
-    /// unit count past 2^62), so that no later operation can overflow on a damaged record.
+    /// Reads a bucket that [`encode`](Self::encode) wrote (format 4) or that format 3
+    /// wrote (its ring of instants becomes runs), reusing this one's buffers. `None` when
+    /// the sizes do not add up or a value lies outside what an encoder writes (a count of
+    /// runs, waiters or holds or a cost above [`MAX_CALLS`](crate::limiter::MAX_CALLS), a
+    /// unit count past 2^62, a run of no units, runs out of order or holding more units
+    /// than were logged), so that no later operation can overflow on a damaged record.
     pub(crate) fn decode(&mut self, bytes: &[u8]) -> Option<()> {
-        let max = u64::from(crate::limiter::MAX_CALLS);
-        let word = |i: usize| -> Option<u64> {
-            let b = bytes.get(i * 8..i * 8 + 8)?;
-            Some(u64::from_le_bytes(b.try_into().ok()?))
+        let w = Words(bytes);
+        let v4 = w.get(0)? == RUNS_TAG;
+        // Where the counts and the log's words are, by format.
+        let (fixed, counts, log_words) = if v4 {
+            (FIXED_WORDS, 6, w.count(6)?.checked_mul(RUN_WORDS)?)
+        } else {
+            (FIXED_WORDS_V3, 3, w.count(3)?)
         };
-        let ring = usize::try_from(word(3)?).ok()?;
-        let queue = usize::try_from(word(4)?).ok()?;
-        let holds = usize::try_from(word(5)?).ok()?;
-        let len = ring
-            .checked_mul(8)?
-            .checked_add(queue.checked_mul(WAITER_LEN)?)?
-            .checked_add(holds.checked_mul(HELD_LEN)?)?
-            .checked_add(FIXED_LEN)?;
-        if len != bytes.len() || ring == 0 {
-            return None;
-        }
+        let (queue, holds) = (w.count(counts + 1)?, w.count(counts + 2)?);
+        let words = log_words
+            .checked_add(queue.checked_mul(WAITER_WORDS)?)?
+            .checked_add(holds.checked_mul(HELD_WORDS)?)?
+            .checked_add(fixed)?;
+        let max = u64::from(crate::limiter::MAX_CALLS);
         let within = |n: usize| u64::try_from(n).is_ok_and(|n| n <= max);
-        if !within(ring) || !within(queue) || !within(holds) || word(2)? > 1 << 62 {
+        let next = w.get(if v4 { 3 } else { 2 })?;
+        if words.checked_mul(8)? != bytes.len()
+            || !within(queue)
+            || !within(holds)
+            || next > 1 << 62
+        {
             return None;
         }
-        let costs_ok = (0..queue).all(|i| word(6 + ring + 3 * i + 1).is_some_and(|c| c <= max))
-            && (0..holds).all(|i| word(6 + ring + 3 * queue + 4 * i + 1).is_some_and(|c| c <= max));
+        let base = fixed + log_words;
+        let costs_ok = (0..queue).all(|i| w.get(base + 3 * i + 1).is_some_and(|c| c <= max))
+            && (0..holds).all(|i| {
+                w.get(base + 3 * queue + 4 * i + 1)
+                    .is_some_and(|c| c <= max)
+            });
         if !costs_ok {
             return None;
         }
-        self.last_now = word(0)?;
-        self.pause_until = word(1)?;
-        self.next = word(2)?;
-        self.ring.clear();
-        self.ring
-            .extend((0..ring).map(|i| word(6 + i).unwrap_or(0)));
-        let base = 6 + ring;
+        if v4 {
+            self.decode_runs(&w, next)?;
+        } else {
+            self.decode_ring(&w, next)?;
+        }
+        let o = usize::from(v4);
+        self.last_now = w.get(o)?;
+        self.pause_until = w.get(o + 1)?;
         self.queue.clear();
         self.queue.extend((0..queue).map(|i| Waiter {
-            id: word(base + 3 * i).unwrap_or(0),
-            cost: word(base + 3 * i + 1).unwrap_or(0),
-            expiry: word(base + 3 * i + 2).unwrap_or(0),
+            id: w.get(base + 3 * i).unwrap_or(0),
+            cost: w.get(base + 3 * i + 1).unwrap_or(0),
+            expiry: w.get(base + 3 * i + 2).unwrap_or(0),
         }));
         let base = base + 3 * queue;
         self.holds.clear();
         self.holds.extend((0..holds).map(|i| Held {
-            id: word(base + 4 * i).unwrap_or(0),
-            cost: word(base + 4 * i + 1).unwrap_or(0),
-            since: word(base + 4 * i + 2).unwrap_or(0),
-            expiry: word(base + 4 * i + 3).unwrap_or(0),
+            id: w.get(base + 4 * i).unwrap_or(0),
+            cost: w.get(base + 4 * i + 1).unwrap_or(0),
+            since: w.get(base + 4 * i + 2).unwrap_or(0),
+            expiry: w.get(base + 4 * i + 3).unwrap_or(0),
         }));
         self.changed = false;
+        Some(())
+    }
+
+    /// The log of a format 4 bucket: its runs, checked by [`Runs::from_runs`].
+    fn decode_runs(&mut self, w: &Words<'_>, next: u64) -> Option<()> {
+        let (keep_calls, runs) = (w.get(4)?, w.count(6)?);
+        let max = u64::from(crate::limiter::MAX_CALLS);
+        if keep_calls == 0 || keep_calls > max || runs as u64 > 2 * max {
+            return None;
+        }
+        let at = |i: usize| w.get(FIXED_WORDS + RUN_WORDS * i).unwrap_or(0);
+        let units = |i: usize| w.get(FIXED_WORDS + RUN_WORDS * i + 1).unwrap_or(0);
+        self.log = Runs::from_runs(next, (0..runs).map(|i| (at(i), units(i))))?;
+        self.keep_calls = keep_calls;
+        self.keep_window = w.get(5)?;
+        Some(())
+    }
+
+    /// The log of a format 3 bucket: `ring[seq % ring.len()]` is the instant of unit
+    /// `seq`, for the newest `min(next, ring.len())` units, in order; they become runs.
+    fn decode_ring(&mut self, w: &Words<'_>, next: u64) -> Option<()> {
+        let ring = w.get(3)?;
+        if ring == 0 || ring > u64::from(crate::limiter::MAX_CALLS) {
+            return None;
+        }
+        let held = next.min(ring);
+        // The units before the ring's are counted, not held.
+        let mut log = Runs::from_runs(next - held, std::iter::empty())?;
+        for seq in next - held..next {
+            let at = w.get(FIXED_WORDS_V3 + (seq % ring) as usize)?;
+            log.push(at, 1, true);
+        }
+        self.log = log;
+        self.keep_calls = ring;
+        self.keep_window = 0;
         Some(())
     }
 
@@ -216,60 +295,47 @@ impl Bucket {
         self.holds.iter().map(|h| h.cost).sum()
     }
 
-    /// Grows the ring to hold the largest `calls` of `windows`, keeping the newest units.
-    fn fit_ring(&mut self, windows: &[Window]) {
-        let need = windows.iter().map(|w| w.calls).max().unwrap_or(1).max(1);
-        let need = usize::try_from(need).unwrap_or(usize::MAX);
-        if need <= self.ring.len() {
-            return;
-        }
-        let held = self.held();
-        let mut ring = vec![0; need];
-        for seq in self.next - held..self.next {
-            ring[(seq % need as u64) as usize] = self.ring[(seq % self.ring.len() as u64) as usize];
-        }
-        self.ring = ring;
-        self.changed = true;
+    /// Widens what the log keeps to a window of `window` (the longest any caller used,
+    /// as the file store remembers it).
+    pub(crate) fn keep_window_of(&mut self, window: Nanos) {
+        self.keep_window = self.keep_window.max(window);
     }
 
-    /// Units whose instants the ring holds.
-    fn held(&self) -> u64 {
-        self.next.min(self.ring.len() as u64)
-    }
-
-    /// The instant of the `k`-th newest logged unit (`k >= 1`), if the ring holds it.
-    fn newest(&self, k: u64) -> Option<Nanos> {
-        if k == 0 || k > self.held() {
-            return None;
+    /// Keeps what `windows` count from now on, and drops the oldest runs that no window
+    /// used on the bucket can count any more at `now`: runs past the newest `keep_calls`
+    /// units, or outside the longest window. The newest run stays (the idle instant
+    /// follows it).
+    fn keep(&mut self, now: Nanos, windows: &[Window]) {
+        let calls = windows.iter().map(|w| w.calls).max().unwrap_or(1);
+        let window = windows.iter().map(|w| w.window_ns).max().unwrap_or(0);
+        if calls > self.keep_calls || window > self.keep_window {
+            self.keep_calls = self.keep_calls.max(calls);
+            self.keep_window = self.keep_window.max(window);
+            self.changed = true;
         }
-        let seq = self.next - k;
-        Some(self.ring[(seq % self.ring.len() as u64) as usize])
+        while self.log.len() > 1 {
+            let Some((at, after)) = self.log.oldest() else {
+                break;
+            };
+            if after < self.keep_calls && at.saturating_add(self.keep_window) > now {
+                break;
+            }
+            self.log.pop_oldest();
+        }
     }
 
     /// The earliest instant at or after `at` at which `cost` units fit every window, with
-    /// `extra` (instant, units) logged after the ring's units, oldest first.
+    /// `extra` (instant, units) logged after the log's units, oldest first.
     fn fit(&self, at: Nanos, windows: &[Window], cost: u64, extra: &[(Nanos, u64)]) -> Nanos {
         let mut at = at;
         for w in windows {
             if cost > w.calls {
                 return Nanos::MAX;
             }
-            // The (calls - cost + 1)-th newest unit must have left the window.
-            let mut k = w.calls - cost + 1;
-            let mut unit = None;
-            for &(t, units) in extra.iter().rev() {
-                if k <= units {
-                    unit = Some(t);
-                    break;
-                }
-                k -= units;
-            }
-            if unit.is_none() {
-                unit = self.newest(k);
-            }
-            if let Some(u) = unit {
-                at = at.max(u.saturating_add(w.window_ns));
-            }
+            let fits = fits_from(at, w.calls, w.window_ns, cost, extra, |k| {
+                self.log.newest(k)
+            });
+            at = at.max(fits);
         }
         at
     }
@@ -297,15 +363,11 @@ impl Bucket {
     }
 
     /// Logs `cost` units at `at`, or at the newest logged unit's instant if that is later:
-    /// the ring stays in order.
+    /// the log stays in order.
     fn log(&mut self, at: Nanos, cost: u64) {
-        let now = self.newest(1).map_or(at, |newest| newest.max(at));
-        let len = self.ring.len() as u64;
-        let written = cost.min(len);
-        self.next += cost - written;
-        for _ in 0..written {
-            self.ring[(self.next % len) as usize] = now;
-            self.next += 1;
+        // A run of no units would read as damaged.
+        if cost > 0 {
+            self.log.push(at, cost, true);
         }
         self.changed = true;
     }
@@ -349,7 +411,7 @@ impl Bucket {
         hold: Option<HoldLease>,
     ) -> Verdict {
         let now = self.begin(now);
-        self.fit_ring(windows);
+        self.keep(now, windows);
         match place {
             Place::Try | Place::Peek => {
                 let due = self.due(now, windows, self.queue.len(), cost);
@@ -416,16 +478,7 @@ impl Bucket {
         let now = self.begin(now);
         let used = windows
             .iter()
-            .map(|w| {
-                let mut n = 0;
-                while let Some(u) = self.newest(n + 1) {
-                    if u.saturating_add(w.window_ns) <= now {
-                        break;
-                    }
-                    n += 1;
-                }
-                n
-            })
+            .map(|w| self.log.inside(now, w.window_ns))
             .collect();
         Usage {
             used,
@@ -442,7 +495,7 @@ impl Bucket {
     /// the file store may forget it from then on.
     pub(crate) fn idle_at(&self, max_window: Nanos) -> Nanos {
         let mut at = self.pause_until;
-        if let Some(u) = self.newest(1) {
+        if let Some(u) = self.log.newest(1) {
             at = at.max(u.saturating_add(max_window));
         }
         for h in &self.holds {
@@ -457,459 +510,4 @@ impl Bucket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const MS: Nanos = 1_000_000;
-
-    fn win(calls: u64, ms: u64) -> Window {
-        Window {
-            calls,
-            window_ns: ms * MS,
-        }
-    }
-
-    fn wait_ms(v: Verdict) -> u64 {
-        match v {
-            Verdict::Wait(d) => d.as_millis() as u64,
-            Verdict::Admitted => panic!("admitted"),
-        }
-    }
-
-    #[test]
-    fn try_admits_up_to_calls_then_waits_for_the_oldest_unit() {
-        let w = [win(3, 100)];
-        let mut b = Bucket::new(3);
-        for t in [0, 10, 20] {
-            assert_eq!(b.poll(t * MS, &w, 1, Place::Try, None), Verdict::Admitted);
-        }
-        assert_eq!(wait_ms(b.poll(30 * MS, &w, 1, Place::Try, None)), 70);
-        assert_eq!(wait_ms(b.poll(30 * MS, &w, 2, Place::Peek, None)), 80);
-        assert_eq!(
-            b.poll(100 * MS, &w, 1, Place::Peek, None),
-            Verdict::Wait(Duration::ZERO)
-        );
-        assert_eq!(b.poll(100 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
-        assert_eq!(b.usage(100 * MS, &w).used, vec![3]);
-        assert_eq!(b.usage(105 * MS, &[win(3, 10)]).used, vec![1]);
-    }
-
-    #[test]
-    fn queue_is_fifo_with_due_instants_by_simulation() {
-        let w = [win(1, 100)];
-        let mut b = Bucket::new(1);
-        assert_eq!(b.poll(0, &w, 1, Place::Try, None), Verdict::Admitted);
-        // A is due at 100, B at 200, C at 300; long waits are told in full (the waiter
-        // caps its own sleep), so that a deadline that cannot be met fails at once.
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 1 }, None)), 100);
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 }, None)), 200);
-        assert_eq!(
-            b.poll(0, &w, 1, Place::Queue { id: 3 }, None),
-            Verdict::Wait(Duration::from_millis(300))
-        );
-        let long = [win(1, 2000)];
-        assert_eq!(
-            b.poll(0, &long, 1, Place::Queue { id: 3 }, None),
-            Verdict::Wait(Duration::from_millis(6000))
-        );
-        // A newcomer lines up behind everyone, even with Try.
-        assert_eq!(wait_ms(b.poll(50 * MS, &w, 1, Place::Try, None)), 350);
-        // B cannot pass A, and A is admitted at its due instant.
-        assert_eq!(
-            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 2 }, None)),
-            100
-        );
-        assert_eq!(
-            b.poll(100 * MS, &w, 1, Place::Queue { id: 1 }, None),
-            Verdict::Admitted
-        );
-        assert_eq!(b.usage(100 * MS, &w).queued, 2);
-        assert_eq!(
-            wait_ms(b.poll(150 * MS, &w, 1, Place::Queue { id: 2 }, None)),
-            50
-        );
-        assert_eq!(
-            b.poll(200 * MS, &w, 1, Place::Queue { id: 2 }, None),
-            Verdict::Admitted
-        );
-        // C leaves; the queue is empty and a Try waits only for the window.
-        b.leave(200 * MS, 3);
-        b.leave(200 * MS, 42);
-        assert_eq!(b.usage(200 * MS, &w).queued, 0);
-        assert_eq!(wait_ms(b.poll(250 * MS, &w, 1, Place::Try, None)), 50);
-    }
-
-    #[test]
-    fn a_dead_waiter_loses_its_place_after_its_lease() {
-        let w = [win(1, 100)];
-        let mut b = Bucket::new(1);
-        b.poll(0, &w, 1, Place::Try, None);
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 7 }, None)), 100);
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Queue { id: 8 }, None)), 200);
-        // Waiter 7 never comes back; its lease runs to 100 ms + LEASE.
-        let lease = nanos(LEASE);
-        let at = 100 * MS + lease;
-        assert_eq!(b.usage(at, &w).queued, 2, "the lease holds up to its end");
-        assert_eq!(b.usage(at + 1, &w).queued, 1, "then the place is lost");
-        assert_eq!(
-            b.poll(at + 1, &w, 1, Place::Queue { id: 8 }, None),
-            Verdict::Admitted
-        );
-    }
-
-    #[test]
-    fn pauses_only_extend_and_hold_everything() {
-        let w = [win(10, 100)];
-        let mut b = Bucket::new(10);
-        b.pause(0, Duration::from_millis(500));
-        b.pause(0, Duration::from_millis(200));
-        assert_eq!(wait_ms(b.poll(100 * MS, &w, 1, Place::Try, None)), 400);
-        assert_eq!(
-            wait_ms(b.poll(100 * MS, &w, 1, Place::Queue { id: 1 }, None)),
-            400
-        );
-        let u = b.usage(100 * MS, &w);
-        assert_eq!(u.paused_for, Duration::from_millis(400));
-        assert_eq!(
-            b.poll(500 * MS, &w, 1, Place::Queue { id: 1 }, None),
-            Verdict::Admitted
-        );
-        assert_eq!(b.poll(500 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
-    }
-
-    #[test]
-    fn the_clock_never_goes_back() {
-        let w = [win(1, 100)];
-        let mut b = Bucket::new(1);
-        assert_eq!(
-            b.poll(1000 * MS, &w, 1, Place::Try, None),
-            Verdict::Admitted
-        );
-        // An earlier instant is read as the latest one used.
-        assert_eq!(wait_ms(b.poll(0, &w, 1, Place::Try, None)), 100);
-        assert_eq!(b.last_now, 1000 * MS);
-    }
-
-    #[test]
-    fn the_ring_grows_for_larger_rates_and_keeps_the_newest_units() {
-        let mut b = Bucket::new(1);
-        let small = [win(2, 1000)];
-        assert_eq!(b.poll(0, &small, 1, Place::Try, None), Verdict::Admitted);
-        assert_eq!(b.ring.len(), 2);
-        assert_eq!(b.poll(MS, &small, 1, Place::Try, None), Verdict::Admitted);
-        assert!(matches!(
-            b.poll(2 * MS, &small, 1, Place::Try, None),
-            Verdict::Wait(_)
-        ));
-        let big = [win(5, 1000)];
-        for t in 3..6 {
-            assert_eq!(b.poll(t * MS, &big, 1, Place::Try, None), Verdict::Admitted);
-        }
-        assert_eq!(b.ring.len(), 5);
-        assert_eq!(wait_ms(b.poll(6 * MS, &big, 1, Place::Try, None)), 994);
-        assert_eq!(b.usage(6 * MS, &big).used, vec![5]);
-        // The units stay in order across growth.
-        assert_eq!(b.newest(5), Some(0));
-        assert_eq!(b.newest(1), Some(5 * MS));
-    }
-
-    #[test]
-    fn encoding_round_trips() {
-        let w = [win(3, 100)];
-        let mut b = Bucket::new(3);
-        b.poll(0, &w, 2, Place::Try, None);
-        b.poll(MS, &w, 2, Place::Queue { id: 9 }, None);
-        b.pause(MS, Duration::from_millis(5));
-        let mut bytes = vec![0; b.encoded_len()];
-        b.encode(&mut bytes);
-        let mut c = Bucket::new(1);
-        c.decode(&bytes).unwrap();
-        b.clear_changed();
-        assert_eq!(b, c);
-        assert!(c.decode(&bytes[..bytes.len() - 8]).is_none());
-    }
-
-    fn lease(id: u64, ms: u64) -> Option<HoldLease> {
-        Some(HoldLease {
-            id,
-            duration: Duration::from_millis(ms),
-        })
-    }
-
-    #[test]
-    fn holds_count_until_they_end_and_then_from_their_end() {
-        let w = [win(2, 100)];
-        let mut b = Bucket::new(2);
-        assert_eq!(
-            b.poll(0, &w, 1, Place::Try, lease(1, 1000)),
-            Verdict::Admitted
-        );
-        assert_eq!(
-            b.poll(0, &w, 1, Place::Try, lease(2, 1000)),
-            Verdict::Admitted
-        );
-        // Both in flight: nothing fits, and the wait is a lower bound of one window.
-        assert_eq!(wait_ms(b.poll(30 * MS, &w, 1, Place::Try, None)), 100);
-        assert_eq!(b.usage(30 * MS, &w).in_flight, 2);
-        assert_eq!(b.usage(30 * MS, &w).used, vec![0]);
-        // The first ends at 50: its unit counts from 50 until 150.
-        b.release(50 * MS, 1, Duration::ZERO);
-        assert_eq!(wait_ms(b.poll(60 * MS, &w, 1, Place::Try, None)), 90);
-        b.release(70 * MS, 2, Duration::from_millis(10));
-        assert_eq!(b.usage(70 * MS, &w).used, vec![2]);
-        assert_eq!(wait_ms(b.poll(70 * MS, &w, 1, Place::Try, None)), 80);
-        // Unknown and ended ids are ignored.
-        b.release(70 * MS, 2, Duration::ZERO);
-        b.release(70 * MS, 99, Duration::ZERO);
-        assert_eq!(b.usage(70 * MS, &w).used, vec![2]);
-        assert_eq!(b.poll(150 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
-    }
-
-    #[test]
-    fn a_hold_ended_ago_counts_from_then_but_never_before_its_admission_or_a_logged_unit() {
-        let w = [win(3, 100)];
-        let mut b = Bucket::new(3);
-        assert_eq!(
-            b.poll(10 * MS, &w, 1, Place::Try, lease(1, 1000)),
-            Verdict::Admitted
-        );
-        // Ended at 200 with 500 ms ago: counted from its admission at 10.
-        b.release(200 * MS, 1, Duration::from_millis(500));
-        assert_eq!(b.newest(1), Some(10 * MS));
-        assert_eq!(b.poll(200 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
-        assert_eq!(
-            b.poll(200 * MS, &w, 1, Place::Try, lease(2, 1000)),
-            Verdict::Admitted
-        );
-        // Ended "at 150", before the unit logged at 200: logged at 200, in order.
-        b.release(210 * MS, 2, Duration::from_millis(60));
-        assert_eq!(b.newest(1), Some(200 * MS));
-        assert_eq!(b.newest(2), Some(200 * MS));
-    }
-
-    #[test]
-    fn a_hold_whose_lease_runs_out_is_logged_at_the_lease_end() {
-        let w = [win(1, 100)];
-        let mut b = Bucket::new(1);
-        assert_eq!(
-            b.poll(0, &w, 1, Place::Try, lease(5, 300)),
-            Verdict::Admitted
-        );
-        // The holder died: the hold is logged at its lease's end, 300, and counts in
-        // (300, 400], so a call fits from 400 on.
-        assert_eq!(b.usage(350 * MS, &w).used, vec![1]);
-        assert_eq!(b.usage(350 * MS, &w).in_flight, 0);
-        assert_eq!(b.poll(400 * MS, &w, 1, Place::Try, None), Verdict::Admitted);
-        // Its late release changes nothing.
-        b.release(410 * MS, 5, Duration::ZERO);
-        assert_eq!(b.usage(410 * MS, &w).used, vec![1]);
-    }
-
-    #[test]
-    fn a_queued_hold_is_admitted_in_order_and_holds_its_units() {
-        let w = [win(1, 100)];
-        let mut b = Bucket::new(1);
-        assert_eq!(
-            b.poll(0, &w, 1, Place::Try, lease(1, 1000)),
-            Verdict::Admitted
-        );
-        assert_eq!(
-            wait_ms(b.poll(0, &w, 1, Place::Queue { id: 2 }, lease(2, 1000))),
-            100
-        );
-        b.release(40 * MS, 1, Duration::ZERO);
-        assert_eq!(
-            wait_ms(b.poll(40 * MS, &w, 1, Place::Queue { id: 2 }, lease(2, 1000))),
-            100
-        );
-        assert_eq!(
-            b.poll(140 * MS, &w, 1, Place::Queue { id: 2 }, lease(2, 1000)),
-            Verdict::Admitted
-        );
-        assert_eq!(b.usage(140 * MS, &w).in_flight, 1);
-        let mut bytes = vec![0; b.encoded_len()];
-        b.encode(&mut bytes);
-        let mut c = Bucket::new(1);
-        c.decode(&bytes).unwrap();
-        b.clear_changed();
-        assert_eq!(b, c, "holds survive encoding");
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Try(u64),
-        Queue(u64, u64),
-        Leave(u64),
-        Pause(u64),
-        TryHold(u64, u64),
-        QueueHold(u64, u64),
-        Release(u64, u64),
-    }
-
-    fn op() -> impl Strategy<Value = (u64, Op)> {
-        let op = prop_oneof![
-            (1..3u64).prop_map(Op::Try),
-            (0..4u64, 1..3u64).prop_map(|(id, c)| Op::Queue(id, c)),
-            (0..4u64).prop_map(Op::Leave),
-            (0..50u64).prop_map(Op::Pause),
-            (10..14u64, 1..3u64).prop_map(|(id, c)| Op::TryHold(id, c)),
-            (4..8u64, 1..3u64).prop_map(|(id, c)| Op::QueueHold(id, c)),
-            (4..14u64, 0..30u64).prop_map(|(id, ago)| Op::Release(id, ago)),
-        ];
-        (0..40u64, op)
-    }
-
-    proptest! {
-        #[test]
-        fn no_window_ever_holds_more_than_its_calls(
-            calls in 2..6u64,
-            ms in 10..200u64,
-            long_calls in 6..12u64,
-            ops in proptest::collection::vec(op(), 1..200),
-        ) {
-            let windows = [win(calls, ms), win(long_calls, ms * 4)];
-            let lease_ms = ms * 2;
-            let mut b = Bucket::new(1);
-            let mut now = 0;
-            // Every unit by the instant its call ended (admission for plain calls), as the
-            // server may have counted it then at the latest; and the holds in flight.
-            let mut ended: Vec<Nanos> = Vec::new();
-            let mut held: std::collections::HashMap<u64, (u64, Nanos, Nanos)> = Default::default();
-            for (step, op) in ops {
-                now += step * MS / 4;
-                // Holds whose lease ran out end at the lease's end.
-                held.retain(|_, &mut (c, _, expiry)| {
-                    if expiry <= now {
-                        ended.extend(std::iter::repeat_n(expiry, c as usize));
-                    }
-                    expiry > now
-                });
-                let (v, c, hold) = match op {
-                    Op::Try(c) => (b.poll(now, &windows, c, Place::Try, None), c, None),
-                    Op::Queue(id, c) => (b.poll(now, &windows, c, Place::Queue { id }, None), c, None),
-                    Op::TryHold(id, c) => {
-                        (b.poll(now, &windows, c, Place::Try, lease(id, lease_ms)), c, Some(id))
-                    }
-                    Op::QueueHold(id, c) => (
-                        b.poll(now, &windows, c, Place::Queue { id }, lease(id, lease_ms)),
-                        c,
-                        Some(id),
-                    ),
-                    Op::Release(id, ago) => {
-                        b.release(now, id, Duration::from_millis(ago));
-                        if let Some((c, since, _)) = held.remove(&id) {
-                            let at = now.saturating_sub(ago * MS).max(since);
-                            ended.extend(std::iter::repeat_n(at, c as usize));
-                        }
-                        continue;
-                    }
-                    Op::Leave(id) => { b.leave(now, id); continue; }
-                    Op::Pause(p) => { b.pause(now, Duration::from_millis(p)); continue; }
-                };
-                if v == Verdict::Admitted {
-                    match hold {
-                        Some(id) => {
-                            // A hold admitted again under its id replaces the old one.
-                            if let Some((c, since, _)) = held.remove(&id) {
-                                ended.extend(std::iter::repeat_n(now.max(since), c as usize));
-                            }
-                            held.insert(id, (c, now, now + lease_ms * MS));
-                        }
-                        None => ended.extend(std::iter::repeat_n(now, c as usize)),
-                    }
-                }
-                let in_flight: u64 = held.values().map(|h| h.0).sum();
-                for w in &windows {
-                    let inside = ended.iter().filter(|&&u| u + w.window_ns > now).count() as u64;
-                    prop_assert!(
-                        inside + in_flight <= w.calls,
-                        "{} units ended and {} in flight in {:?}", inside, in_flight, w
-                    );
-                }
-                let usage = b.usage(now, &windows);
-                prop_assert_eq!(usage.in_flight, in_flight);
-                for (w, used) in windows.iter().zip(&usage.used) {
-                    let inside = ended.iter().filter(|&&u| u + w.window_ns > now).count() as u64;
-                    // The store logs an ended hold no earlier than the newest logged unit.
-                    prop_assert!(*used >= inside, "{} logged, {} ended in {:?}", used, inside, w);
-                }
-            }
-        }
-    }
-
-    /// Operations on a decoded bucket at instants and with windows a caller may bring:
-    /// none may panic, whatever the record held.
-    fn exercise(b: &mut Bucket, seed: u64) {
-        let now = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 1;
-        let windows = [
-            win(1 + seed % 7, 1 + seed % 500),
-            win(1 + seed % 1000, 60_000),
-        ];
-        let _ = b.poll(now, &windows, 1, Place::Try, None);
-        let _ = b.poll(
-            now,
-            &windows,
-            1,
-            Place::Queue { id: seed },
-            lease(seed, 100),
-        );
-        b.release(
-            now.saturating_add(MS),
-            seed,
-            Duration::from_millis(seed % 1000),
-        );
-        b.pause(now, Duration::from_millis(seed % 10_000));
-        let _ = b.usage(now.saturating_add(10 * MS), &windows);
-        let mut out = vec![0; b.encoded_len()];
-        b.encode(&mut out);
-        let mut again = Bucket::new(1);
-        assert!(
-            again.decode(&out).is_some(),
-            "a bucket re-encoded must decode"
-        );
-    }
-
-    #[test]
-    fn fuzz_state_record_corpus() {
-        for (name, bytes) in crate::fuzz::corpus("state-record") {
-            let mut b = Bucket::new(1);
-            if b.decode(&bytes).is_some() {
-                exercise(&mut b, name.len() as u64);
-            }
-        }
-    }
-
-    /// Words that make a record's header add up, with values anywhere in their range.
-    fn record() -> impl Strategy<Value = Vec<u8>> {
-        (
-            1..8usize,
-            0..3usize,
-            0..3usize,
-            proptest::collection::vec(any::<u64>(), 40),
-        )
-            .prop_map(|(ring, queue, holds, words)| {
-                let mut w: Vec<u64> = words;
-                w[3] = ring as u64;
-                w[4] = queue as u64;
-                w[5] = holds as u64;
-                w.truncate(6 + ring + 3 * queue + 4 * holds);
-                w.iter().flat_map(|v| v.to_le_bytes()).collect()
-            })
-    }
-
-    proptest! {
-        #![proptest_config(crate::fuzz::config())]
-
-        #[test]
-        fn fuzz_state_records(
-            bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..400), record()],
-            seed in any::<u64>(),
-        ) {
-            let mut b = Bucket::new(1);
-            if b.decode(&bytes).is_some() {
-                exercise(&mut b, seed);
-            }
-        }
-    }
-}
+mod tests;
