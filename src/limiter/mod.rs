@@ -28,6 +28,7 @@ mod clock;
 mod keymap;
 mod shared;
 pub mod store;
+mod sync;
 mod window;
 
 pub use bucket::{BucketStats, WindowUsage};
@@ -36,10 +37,10 @@ pub use window::Rate;
 
 use bucket::{Bucket, BucketState, Waiter, WaiterState};
 use clock::nanos;
-use parking_lot::{MutexGuard, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use sync::{MutexGuard, RwLock};
 use window::SlidingLog;
 
 /// The largest `calls` of a rate, and so the largest cost of a call, in every store (in
