@@ -1197,5 +1197,7 @@ impl Drop for Hold {
     }
 }
 
+#[cfg(all(test, quotagate_loom))]
+mod model_check;
 #[cfg(test)]
 mod tests;

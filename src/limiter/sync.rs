@@ -1,7 +1,7 @@
 //! The synchronization primitives of the in-memory limiter's buckets: parking_lot's
 //! locks and the standard atomics in every build, loom's when the model checks of
-//! `model_check.rs` run (`RUSTFLAGS="--cfg quotagate_loom" cargo test --lib model_check`),
-//! so that loom sees every lock, wait, notification and atomic that waiting, cancel and
+//! `model_check.rs` run (built with `RUSTFLAGS="--cfg quotagate_loom"`, tests only), so
+//! that loom sees every lock, wait, notification and atomic that waiting, cancel and
 //! close go through. The loom versions keep parking_lot's interface (a guard waited on by
 //! `&mut`, no poisoning), so the limiter's code is the same in both.
 
