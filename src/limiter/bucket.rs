@@ -14,11 +14,11 @@
 //! on their own condition variable and read their state when they wake.
 
 use super::clock::Nanos;
+use super::sync::{AtomicU8, AtomicU32, AtomicU64, Condvar, Mutex};
 use super::window::SlidingLog;
-use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
 /// Where a queued call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +50,18 @@ pub(crate) struct Waiter {
     /// For a hold: its lease. The waiter's units stay in flight once admitted.
     pub(crate) lease: Option<Nanos>,
     /// The id of the hold made on admission (with `lease`).
-    hold: std::sync::atomic::AtomicU64,
+    hold: AtomicU64,
     pub(crate) enqueued: Nanos,
     pub(crate) deadline: Option<Nanos>,
     /// Written only under the bucket's lock; atomic so that readers need no `unsafe`.
     state: AtomicU8,
     /// Admission instant, valid once admitted (under the bucket's lock).
-    admitted_at: std::sync::atomic::AtomicU64,
+    admitted_at: AtomicU64,
     /// When its deadline could not be met: how long until the quota would have admitted
     /// it, in nanoseconds (0: unknown).
-    frees_in: std::sync::atomic::AtomicU64,
+    frees_in: AtomicU64,
     /// Threads blocked in a wait on this waiter now (under the bucket's lock).
-    pub(crate) active: std::sync::atomic::AtomicU32,
+    pub(crate) active: AtomicU32,
     pub(crate) wake: Condvar,
 }
 
@@ -75,13 +75,13 @@ impl Waiter {
         Self {
             cost,
             lease,
-            hold: std::sync::atomic::AtomicU64::new(0),
+            hold: AtomicU64::new(0),
             enqueued,
             deadline,
             state: AtomicU8::new(WaiterState::Waiting as u8),
-            admitted_at: std::sync::atomic::AtomicU64::new(0),
-            frees_in: std::sync::atomic::AtomicU64::new(0),
-            active: std::sync::atomic::AtomicU32::new(0),
+            admitted_at: AtomicU64::new(0),
+            frees_in: AtomicU64::new(0),
+            active: AtomicU32::new(0),
             wake: Condvar::new(),
         }
     }

@@ -9,9 +9,9 @@
 use super::bucket::{Bucket, BucketState, BucketStats, Waiter, WaiterState};
 use super::clock::{Clock, ClockListener, Nanos, nanos};
 use super::keymap::KeyMap;
+use super::sync::{MutexGuard, RwLock};
 use super::window::SlidingLog;
 use super::{Admitted, Error, Rate, Wait, check_cost_range, outcome};
-use parking_lot::{MutexGuard, RwLock};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -31,6 +31,7 @@ mod keymap;
 mod memory;
 pub mod store;
 mod stored;
+mod sync;
 mod ticket;
 mod window;
 
@@ -513,5 +514,7 @@ impl Admitted {
     }
 }
 
+#[cfg(all(test, quotagate_loom))]
+mod model_check;
 #[cfg(test)]
 mod tests;

@@ -125,7 +125,7 @@ fn us(d: u64) -> Duration {
 /// Runs `case` on a new bucket through the model and through the script.
 fn run(store: &RedisStore, key: &str, case: &Case) -> Result<(), TestCaseError> {
     let w = &case.windows[..];
-    let mut model = Bucket::new(1);
+    let mut model = Bucket::new();
     // Microseconds since the epoch today, about 2^51: the script's instants are this large.
     let mut now_us: u64 = 1_780_000_000_000_000;
     let lease_us = u64::try_from(LEASE.as_micros()).unwrap();
