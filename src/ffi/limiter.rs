@@ -77,6 +77,23 @@ pub extern "C" fn qg_limiter_try_acquire(
 
 /// The answer of a call that never waits, with the wait it reports: 0 on admission, the
 /// wait rounded up to whole milliseconds on `WouldBlock`, nothing on other failures.
+/// The frame of a limiter call on a key whose handle goes to `*out`: checks the limiter,
+/// the key and `out`, runs `call`, and boxes its handle into `*out`.
+fn keyed<T>(
+    l: *const qg_limiter,
+    key: *const c_char,
+    out: *mut *mut T,
+    call: impl FnOnce(&Limiter, &str) -> Result<T, FfiError>,
+) -> Result<(), FfiError> {
+    // SAFETY: the exported functions pass their callers' pointers, under the contract of
+    // their doc comments.
+    let l = unsafe { try_ref(l, "limiter") }?;
+    let key = unsafe { self::key(key) }?;
+    let out = OutPtr::new(out, "out")?;
+    out.write(to_box(call(&l.limiter, key)?));
+    Ok(())
+}
+
 fn report_wait<T>(
     result: Result<T, crate::limiter::Error>,
     wait_out: Option<OutPtr<u64>>,
@@ -128,12 +145,10 @@ pub extern "C" fn qg_limiter_enqueue(
     out: *mut *mut qg_ticket,
 ) -> qg_result {
     ffi_boundary! {
-        let l = unsafe { try_ref(l, "limiter") }?;
-        let key = unsafe { self::key(key) }?;
-        let out = OutPtr::new(out, "out")?;
-        let ticket = l.limiter.enqueue(key, cost, super::boundary::timeout_ms(timeout_ms))?;
-        out.write(to_box(qg_ticket { ticket }));
-        Ok(())
+        keyed(l, key, out, |l, key| {
+            let ticket = l.enqueue(key, cost, super::boundary::timeout_ms(timeout_ms))?;
+            Ok(qg_ticket { ticket })
+        })
     }
 }
 
@@ -155,12 +170,10 @@ pub extern "C" fn qg_limiter_hold(
     out: *mut *mut qg_hold,
 ) -> qg_result {
     ffi_boundary! {
-        let l = unsafe { try_ref(l, "limiter") }?;
-        let key = unsafe { self::key(key) }?;
-        let out = OutPtr::new(out, "out")?;
-        let hold = l.limiter.hold(key, cost, super::boundary::timeout_ms(timeout_ms))?;
-        out.write(to_box(qg_hold { _hold: hold }));
-        Ok(())
+        keyed(l, key, out, |l, key| {
+            let hold = l.hold(key, cost, super::boundary::timeout_ms(timeout_ms))?;
+            Ok(qg_hold { _hold: hold })
+        })
     }
 }
 
@@ -179,12 +192,10 @@ pub extern "C" fn qg_limiter_try_hold(
     out: *mut *mut qg_hold,
 ) -> qg_result {
     ffi_boundary! {
-        let l = unsafe { try_ref(l, "limiter") }?;
-        let key = unsafe { self::key(key) }?;
-        let out = OutPtr::new(out, "out")?;
-        let hold = report_wait(l.limiter.try_hold(key, cost), OutPtr::optional(wait_ms))?;
-        out.write(to_box(qg_hold { _hold: hold }));
-        Ok(())
+        keyed(l, key, out, |l, key| {
+            let hold = report_wait(l.try_hold(key, cost), OutPtr::optional(wait_ms))?;
+            Ok(qg_hold { _hold: hold })
+        })
     }
 }
 
@@ -201,12 +212,11 @@ pub extern "C" fn qg_limiter_enqueue_hold(
     out: *mut *mut qg_ticket,
 ) -> qg_result {
     ffi_boundary! {
-        let l = unsafe { try_ref(l, "limiter") }?;
-        let key = unsafe { self::key(key) }?;
-        let out = OutPtr::new(out, "out")?;
-        let ticket = l.limiter.enqueue_hold(key, cost, super::boundary::timeout_ms(timeout_ms), None)?;
-        out.write(to_box(qg_ticket { ticket }));
-        Ok(())
+        keyed(l, key, out, |l, key| {
+            let timeout = super::boundary::timeout_ms(timeout_ms);
+            let ticket = l.enqueue_hold(key, cost, timeout, None)?;
+            Ok(qg_ticket { ticket })
+        })
     }
 }
 
