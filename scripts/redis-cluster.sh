@@ -11,7 +11,8 @@
 #                                              file, and wait until the cluster is whole
 #
 # Every write is persisted before it is answered (appendonly yes, appendfsync always), so a
-# node killed and restarted keeps its buckets. A node is considered failing after 1 s
+# node killed and restarted keeps its buckets; REDIS_CLUSTER_APPENDONLY=no at start turns
+# persistence off (for benchmarks: an fsync per write costs more than the round trip). A node is considered failing after 1 s
 # (cluster-node-timeout), not the default 15 s, so a restart is seen quickly.
 set -euo pipefail
 
@@ -32,7 +33,7 @@ node_up() {
   redis-server --port "$port" --bind 127.0.0.1 --dir "$node" \
     --cluster-enabled yes --cluster-config-file "$node/nodes.conf" \
     --cluster-node-timeout 1000 \
-    --appendonly yes --appendfsync always --save '' \
+    --appendonly "$(cat "$dir/appendonly")" --appendfsync always --save '' \
     --daemonize yes --pidfile "$node/redis.pid" --logfile "$node/redis.log"
   for _ in $(seq 100); do
     redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
@@ -81,6 +82,10 @@ node_down() {
 case $cmd in
   start)
     mkdir -p "$dir"
+    case ${REDIS_CLUSTER_APPENDONLY:-yes} in
+      yes | no) echo "${REDIS_CLUSTER_APPENDONLY:-yes}" >"$dir/appendonly" ;;
+      *) echo "redis-cluster.sh: REDIS_CLUSTER_APPENDONLY is yes or no" >&2; exit 2 ;;
+    esac
     # Three ports P whose cluster bus ports (P + 10000) are free too.
     python3 - >"$dir/ports" <<'EOF'
 import random, socket
