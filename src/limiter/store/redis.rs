@@ -77,7 +77,10 @@
 //! learn the slot map from those nodes, keep a connection per node and send each command to
 //! the node that owns its keys' hash slot. Both keys of a bucket carry the tag `{p:b}`, so
 //! they hash to one slot: the script runs on one node, with its `TIME`, exactly as on one
-//! server. `SCRIPT LOAD` and `PING` at open go to every node. A redirection (`MOVED`,
+//! server. `SCRIPT LOAD` and `PING` at open go to every node; when the cluster connection
+//! reaches no node, each is asked as one server, so that a wrong password is
+//! [`Invalid`](StoreErrorKind::Invalid) at open as on one server (the cluster connection
+//! reports it as I/O). A redirection (`MOVED`,
 //! `ASK`), `TRYAGAIN`, `CLUSTERDOWN` or a refused node is retried by the cluster connection
 //! up to 3 times and is then [`Unavailable`](StoreErrorKind::Unavailable), so that the
 //! limiter's `on_unavailable=` decides how long a call waits. A node that restarts keeps
@@ -307,7 +310,9 @@ impl RedisStore {
             #[cfg(test)]
             now_us: std::sync::atomic::AtomicU64::new(0),
         };
-        let mut con = store.connect()?;
+        let mut con = store
+            .connect()
+            .map_err(|e| store.diagnose_cluster(settings, e))?;
         // On a cluster both go to every node: the script is then cached wherever a bucket
         // lives (a node that forgot it gets it again on `NOSCRIPT`).
         redis::cmd("PING")
@@ -316,6 +321,28 @@ impl RedisStore {
             .map_err(|e| store.error("cannot use", &e))?;
         store.idle.lock().push(con);
         Ok(store)
+    }
+
+    /// A cluster connection that reached no node says why only in its text (a wrong
+    /// password looks like an I/O error there): ask the nodes one by one as single servers,
+    /// and report the first refusal that is [`Invalid`](StoreErrorKind::Invalid) (a wrong
+    /// password, missing permissions) as such, so that it fails at open rather than make
+    /// every call wait. Otherwise `e` stands.
+    fn diagnose_cluster(&self, settings: &RedisSettings, e: StoreError) -> StoreError {
+        if e.kind != StoreErrorKind::Unavailable {
+            return e;
+        }
+        settings
+            .cluster_nodes
+            .iter()
+            .find_map(|node| {
+                let refused = redis::Client::open(node.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(self.timeout))
+                    .err()?;
+                let refused = self.error("cannot connect", &refused);
+                (refused.kind == StoreErrorKind::Invalid).then_some(refused)
+            })
+            .unwrap_or(e)
     }
 
     fn error(&self, what: &str, e: &RedisError) -> StoreError {
@@ -1648,6 +1675,27 @@ mod tests {
             admitted > 0 && moved > 0,
             "{admitted} admitted, {moved} moved"
         );
+    }
+
+    #[test]
+    fn cluster_passwords_never_show() {
+        let Some(url) = cluster_url() else { return };
+        // The test cluster has no password: a client that sends one is refused.
+        let with_pw = url.replacen("://", "://:Wr0ng-Pw-52@", 1);
+        let e = RedisStore::open(&settings(&with_pw, "qg", 1000)).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        assert!(!e.message.contains("Wr0ng-Pw-52"), "{e}");
+        assert!(e.message.contains("***@127.0.0.1"), "{e}");
+        // A node that is not listening: unavailable, and still no password.
+        let port = free_port();
+        let e = RedisStore::open(&settings(
+            &format!("redis+cluster://:pw-123@127.0.0.1:{port}/"),
+            "qg",
+            500,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        assert!(!e.message.contains("pw-123"), "{e}");
     }
 
     #[test]
