@@ -1,17 +1,22 @@
 //! The cost of a permitted acquire on a shared bucket, side by side in one run: the
-//! in-memory limiter, the file store, the Redis store, and a plain Redis `INCR` round trip
-//! on the same kind of connection as the floor that no Redis store can go below.
+//! in-memory limiter, the file store, the Redis store on one server and on a Redis
+//! Cluster, and for each a plain Redis `INCR` round trip on the same kind of connection as
+//! the floor that no Redis store can go below (the ratio store/INCR is printed last).
 //!
-//! Run: `QUOTAGATE_TEST_REDIS_URL=redis://127.0.0.1:6379 cargo bench --bench store`
-//! (add `-- --quick` for a short run). Prints nanoseconds per call, the median of several
-//! rounds, one thread. Without the variable the Redis rows are skipped. A last Redis row
-//! times one call of the largest cost, [`MAX_CALLS`](quotagate::limiter::MAX_CALLS) units,
-//! each admitted (its rate's window is 1 µs).
+//! Run: `QUOTAGATE_TEST_REDIS_URL=redis://127.0.0.1:6379
+//! QUOTAGATE_TEST_REDIS_CLUSTER_URL=redis+cluster://127.0.0.1:7000,127.0.0.1:7001/ cargo
+//! bench --bench store` (add `-- --quick` for a short run; scripts/redis-cluster.sh starts
+//! a cluster). Prints nanoseconds per call, the median of several rounds, one thread.
+//! Without a variable its rows are skipped. A row of each Redis deployment times one call
+//! of the largest cost, [`MAX_CALLS`](quotagate::limiter::MAX_CALLS) units, each admitted
+//! (its rate's window is 1 µs).
 
 use quotagate::limiter::store::file::FileStore;
 use quotagate::limiter::store::redis::RedisStore;
 use quotagate::limiter::store::{Place, RedisSettings, Store, StoreConfig, StoreKind, Window};
 use quotagate::limiter::{Limiter, Rate};
+use redis::ConnectionLike;
+use redis::cluster::ClusterClient;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -94,7 +99,10 @@ fn redis_settings(url: &str, prefix: &str) -> RedisSettings {
             s.prefix = prefix.to_string();
             s
         }
-        _ => panic!("QUOTAGATE_TEST_REDIS_URL is not a redis:// URL"),
+        _ => panic!(
+            "{} is not a Redis URL",
+            quotagate::limiter::store::redact(url)
+        ),
     }
 }
 
@@ -108,8 +116,11 @@ fn main() {
     let command: Vec<String> = std::env::args().collect();
     let url = std::env::var("QUOTAGATE_TEST_REDIS_URL").unwrap_or_default();
     println!(
-        "command: QUOTAGATE_TEST_REDIS_URL={} cargo bench --bench store{}",
+        "command: QUOTAGATE_TEST_REDIS_URL={} QUOTAGATE_TEST_REDIS_CLUSTER_URL={} cargo bench --bench store{}",
         quotagate::limiter::store::redact(&url),
+        quotagate::limiter::store::redact(
+            &std::env::var("QUOTAGATE_TEST_REDIS_CLUSTER_URL").unwrap_or_default()
+        ),
         if quick { " -- --quick" } else { "" }
     );
     println!("binary:  {}", command.join(" "));
@@ -141,53 +152,103 @@ fn main() {
     }
     let _ = std::fs::remove_file(&path);
 
-    match Some(url).filter(|u| !u.is_empty()) {
-        Some(url) => {
-            let settings = redis_settings(&url, &tag);
-            match RedisStore::open(&settings) {
-                Ok(store) => {
-                    let ns = store_case(&store, "machines", rounds, io_iters);
-                    rows.push(("redis store poll(Try)".into(), ns, io_iters));
-                    let max = u64::from(quotagate::limiter::MAX_CALLS);
-                    let w = [Window {
-                        calls: max,
-                        window_ns: 1000,
-                    }];
-                    let iters = if quick { 5 } else { 20 };
-                    let ns = measure(rounds, iters, || {
-                        let v = store.poll("large", &w, max, Place::Try, None).unwrap();
-                        assert_eq!(v, quotagate::limiter::store::Verdict::Admitted);
-                    });
-                    rows.push(("redis store poll(Try), cost 2^20".into(), ns, iters));
-                }
-                Err(e) => println!("redis store: unavailable ({e})"),
-            }
-            let connected = redis::Client::open(settings.url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(settings.timeout))
-                .and_then(|c| {
-                    c.set_read_timeout(Some(settings.timeout))?;
-                    c.set_write_timeout(Some(settings.timeout))?;
-                    Ok(c)
-                });
-            match connected {
-                Ok(mut con) => {
-                    let key = format!("{{{tag}}}:incr");
-                    let ns = measure(rounds, io_iters, || {
-                        let n: i64 = redis::cmd("INCR").arg(&key).query(&mut con).unwrap();
-                        black_box(n);
-                    });
-                    let _ = redis::cmd("DEL").arg(&key).exec(&mut con);
-                    rows.push(("redis INCR round trip (floor)".into(), ns, io_iters));
-                }
-                Err(e) => println!("redis INCR: unavailable ({})", e.category()),
-            }
+    let cluster_url = std::env::var("QUOTAGATE_TEST_REDIS_CLUSTER_URL").unwrap_or_default();
+    let mut ratios = Vec::new();
+    for (name, var, url) in [
+        ("redis", "QUOTAGATE_TEST_REDIS_URL", url),
+        ("cluster", "QUOTAGATE_TEST_REDIS_CLUSTER_URL", cluster_url),
+    ] {
+        if url.is_empty() {
+            println!("{name}: skipped: {var} not set");
+            continue;
         }
-        _ => println!("redis: skipped: QUOTAGATE_TEST_REDIS_URL not set"),
+        let before = rows.len();
+        redis_rows(
+            name,
+            &redis_settings(&url, &tag),
+            quick,
+            rounds,
+            io_iters,
+            &mut rows,
+        );
+        let ns = |suffix: &str| {
+            rows[before..]
+                .iter()
+                .find(|(row, ..)| row == &format!("{name} {suffix}"))
+                .map(|row| row.1)
+        };
+        if let (Some(store), Some(incr)) = (ns("store poll(Try)"), ns("INCR round trip (floor)")) {
+            ratios.push((name, store / incr));
+        }
     }
 
     println!("permitted acquire, one bucket, one thread, median of {rounds} rounds");
     println!("{:<34} {:>12} {:>10}", "", "ns/acquire", "calls/round");
     for (name, ns, iters) in &rows {
         println!("{name:<34} {ns:>12.0} {iters:>10}");
+    }
+    for (name, ratio) in ratios {
+        println!("{name}: store poll / INCR round trip = {ratio:.2}");
+    }
+}
+
+/// The rows of one Redis deployment (`name`: redis or cluster): the store's permitted
+/// poll, one of the largest cost, and a plain `INCR` round trip on the same kind of
+/// connection (one server's, or a cluster connection routing by hash slot).
+fn redis_rows(
+    name: &str,
+    settings: &RedisSettings,
+    quick: bool,
+    rounds: usize,
+    io_iters: u64,
+    rows: &mut Vec<(String, f64, u64)>,
+) {
+    match RedisStore::open(settings) {
+        Ok(store) => {
+            let ns = store_case(&store, "machines", rounds, io_iters);
+            rows.push((format!("{name} store poll(Try)"), ns, io_iters));
+            let max = u64::from(quotagate::limiter::MAX_CALLS);
+            let w = [Window {
+                calls: max,
+                window_ns: 1000,
+            }];
+            let iters = if quick { 5 } else { 20 };
+            let ns = measure(rounds, iters, || {
+                let v = store.poll("large", &w, max, Place::Try, None).unwrap();
+                assert_eq!(v, quotagate::limiter::store::Verdict::Admitted);
+            });
+            rows.push((format!("{name} store poll(Try), cost 2^20"), ns, iters));
+        }
+        Err(e) => println!("{name} store: unavailable ({e})"),
+    }
+    let connected: redis::RedisResult<Box<dyn ConnectionLike>> =
+        if settings.cluster_nodes.is_empty() {
+            redis::Client::open(settings.url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(settings.timeout))
+                .and_then(|c| {
+                    c.set_read_timeout(Some(settings.timeout))?;
+                    c.set_write_timeout(Some(settings.timeout))?;
+                    Ok(Box::new(c) as Box<dyn ConnectionLike>)
+                })
+        } else {
+            ClusterClient::builder(settings.cluster_nodes.iter().map(String::as_str))
+                .connection_timeout(settings.timeout)
+                .response_timeout(settings.timeout)
+                .build()
+                .and_then(|c| c.get_connection())
+                .map(|c| Box::new(c) as Box<dyn ConnectionLike>)
+        };
+    match connected {
+        Ok(mut con) => {
+            // The store's hash tag, so that on a cluster the key lives where the bucket does.
+            let key = format!("{{{}:machines}}:incr", settings.prefix);
+            let ns = measure(rounds, io_iters, || {
+                let n: i64 = redis::cmd("INCR").arg(&key).query(con.as_mut()).unwrap();
+                black_box(n);
+            });
+            let _ = redis::cmd("DEL").arg(&key).exec(con.as_mut());
+            rows.push((format!("{name} INCR round trip (floor)"), ns, io_iters));
+        }
+        Err(e) => println!("{name} INCR: unavailable ({})", e.category()),
     }
 }

@@ -2,8 +2,9 @@
 //! Redis (many hosts). Worker processes are this test binary itself, started with
 //! `--ignored --exact <worker>` and their orders in the environment.
 //!
-//! The Redis tests need `QUOTAGATE_TEST_REDIS_URL` (scripts/test starts a server and sets
-//! it); without it they print a line and pass, except under `CI=true`, where they fail.
+//! The Redis tests need `QUOTAGATE_TEST_REDIS_URL`, the Redis Cluster tests
+//! `QUOTAGATE_TEST_REDIS_CLUSTER_URL` (scripts/test starts a server and a cluster and sets
+//! them); without them they print a line and pass, except under `CI=true`, where they fail.
 
 use quotagate::client::{Client, Request, RetryPolicy};
 use quotagate::limiter::store::StoreErrorKind;
@@ -34,28 +35,41 @@ fn file_url(name: &str) -> String {
 /// The test Redis server's URL with a prefix of the test's own, or None (and a line
 /// saying so) when there is none; under CI a missing server is a failure.
 fn redis_url(test: &str) -> Option<String> {
-    match std::env::var("QUOTAGATE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            Some(format!(
-                "{url}{sep}prefix=qgtest-{test}-{}-{}",
-                std::process::id(),
-                // The wall clock tells runs apart: a prefix never meets an older run's keys.
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ))
-        }
+    store_url("QUOTAGATE_TEST_REDIS_URL", test)
+}
+
+/// The test Redis Cluster's URL (`redis+cluster://`) with a prefix of the test's own, or
+/// None (and a line saying so) when there is none; under CI a missing cluster is a failure.
+fn cluster_url(test: &str) -> Option<String> {
+    store_url("QUOTAGATE_TEST_REDIS_CLUSTER_URL", test)
+}
+
+fn store_url(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(with_prefix(&url, test)),
         _ => {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run the Redis tests: set QUOTAGATE_TEST_REDIS_URL"
+                "CI must run the Redis tests: set {var}"
             );
-            eprintln!("skipped {test}: QUOTAGATE_TEST_REDIS_URL is not set");
+            eprintln!("skipped {test}: {var} is not set");
             None
         }
     }
+}
+
+/// `url` with a key prefix of the test's own.
+fn with_prefix(url: &str, test: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{sep}prefix=qgtest-{test}-{}-{}",
+        std::process::id(),
+        // The wall clock tells runs apart: a prefix never meets an older run's keys.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 /// Starts this test binary as a worker running `entry` with `env`.
@@ -207,6 +221,137 @@ fn four_processes_share_one_quota_through_redis() {
     if let Some(url) = redis_url("four-processes") {
         four_processes_share_one_quota(&url, 25, None);
     }
+}
+
+#[test]
+fn four_processes_share_one_quota_through_a_redis_cluster() {
+    if let Some(url) = cluster_url("four-processes-cluster") {
+        four_processes_share_one_quota(&url, 12, None);
+    }
+}
+
+/// A Redis Cluster of the test's own (three masters, every write persisted), from
+/// scripts/redis-cluster.sh, stopped and removed on drop.
+struct OwnCluster {
+    dir: PathBuf,
+    url: String,
+}
+
+impl OwnCluster {
+    fn script() -> Command {
+        Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/redis-cluster.sh"
+        ))
+    }
+
+    fn start() -> Option<Self> {
+        // Only where the cluster tests run (scripts/test, CI): they need redis-server.
+        cluster_url("own-cluster")?;
+        let dir = state_file("cluster").with_extension("d");
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Self::script().arg("start").arg(&dir).output().unwrap();
+        let cluster = OwnCluster {
+            url: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(cluster)
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Self::script()
+            .arg(args[0])
+            .arg(&self.dir)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cluster.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The port of the node that holds keys starting with `{prefix:`.
+    fn holder_of(&self, prefix: &str) -> String {
+        let ports = std::fs::read_to_string(self.dir.join("ports")).unwrap();
+        let holders: Vec<&str> = ports
+            .split_whitespace()
+            .filter(|port| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", port, "--scan", "--pattern"])
+                    .arg(format!("{{{prefix}:*"))
+                    .output()
+                    .unwrap();
+                !out.stdout.is_empty()
+            })
+            .collect();
+        assert_eq!(holders.len(), 1, "the bucket's keys are on {holders:?}");
+        holders[0].to_string()
+    }
+
+    /// `cluster_state` as each node but the one of `port` reports it.
+    fn state_seen_by_others(&self, port: &str) -> Vec<String> {
+        let ports = std::fs::read_to_string(self.dir.join("ports")).unwrap();
+        ports
+            .split_whitespace()
+            .filter(|p| *p != port)
+            .map(|p| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", p, "cluster", "info"])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Self::script().arg("stop").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The master that holds the workers' bucket is killed (SIGKILL) early in the run, stays
+/// down long enough for the other masters to mark it failed (every bucket is then
+/// `CLUSTERDOWN`), and is started again with its config file, so it rejoins with its
+/// persisted log: the workers wait (`on_unavailable=wait`), the simulator never answers
+/// 429 nor sees a window over its limit, and the run completes.
+#[test]
+fn four_processes_ride_out_a_cluster_node_restart_without_a_429() {
+    let Some(cluster) = OwnCluster::start() else {
+        return;
+    };
+    let prefix = "qgnode";
+    let url = format!("{}?prefix={prefix}", cluster.url);
+    four_processes_share_one_quota(
+        &url,
+        6,
+        Some(&mut || {
+            let port = cluster.holder_of(prefix);
+            cluster.run(&["kill", &port]);
+            thread::sleep(ms(1500));
+            assert!(
+                cluster
+                    .state_seen_by_others(&port)
+                    .iter()
+                    .all(|s| s == "fail"),
+                "the other masters did not mark the node failed"
+            );
+            cluster.run(&["restart", &port]);
+        }),
+    );
 }
 
 /// A Redis server of the test's own, with the persistence that keeps a quota across a

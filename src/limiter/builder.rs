@@ -102,7 +102,8 @@ impl LimiterBuilder {
 
     /// Keeps every bucket in the store that `url` names, shared with every process that
     /// opens the same store: `file:///path/to/state.q` (the processes of one host) or
-    /// `redis://[:password@]host[:port][/db][?prefix=p]` and `rediss://` (many hosts).
+    /// `redis://[:password@]host[:port][/db][?prefix=p]` and `rediss://` (many hosts), or
+    /// `redis+cluster://host:port[,host:port...]/` and `rediss+cluster://` (a Redis Cluster).
     /// See [`store::StoreConfig::parse`] for every parameter. The store is opened by
     /// [`build`](Self::build). Without a store, buckets live in this process's memory.
     pub fn store(mut self, url: &str) -> Self {

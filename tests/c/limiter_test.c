@@ -1096,7 +1096,7 @@ static void test_store(void)
     /* A malformed URL fails at the setter, with the library's message. */
     CHECK_RC(build_with_store("ftp://x/y", 1, 1000, &bad), QG_ERR_INVALID_ARGUMENT);
     last_error_text(msg, sizeof msg);
-    CHECK_MSG(strstr(msg, "file://, redis:// or rediss://") != NULL, "message: %s", msg);
+    CHECK_MSG(strstr(msg, "file://, redis://, rediss://, redis+cluster:// or rediss+cluster://") != NULL, "message: %s", msg);
     CHECK_RC(build_with_store("file://relative", 1, 1000, &bad), QG_ERR_INVALID_ARGUMENT);
     CHECK(bad == NULL);
     /* NULL goes back to memory. */

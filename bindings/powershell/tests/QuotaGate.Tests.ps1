@@ -733,7 +733,7 @@ Describe 'New-QgLimiter' {
     It 'rejects a bad -Store URL with the library''s message' {
         $err = { New-QgLimiter -Rate 1, 60 -Store 'ftp://x/y' } | Should -Throw -PassThru
         $err.Exception.Code | Should -Be ([QuotaGate.Interop.ResultCode]::InvalidArgument)
-        $err.Exception.Message | Should -BeLike '*file://, redis:// or rediss://*'
+        $err.Exception.Message | Should -BeLike '*file://, redis://, rediss://, redis+cluster:// or rediss+cluster://*'
     }
 }
 

@@ -71,7 +71,8 @@ def test_a_pause_is_shared(state_url: str) -> None:
 
 
 def test_bad_store_urls_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(quotagate.InvalidArgumentError, match="file://, redis:// or rediss://"):
+    schemes = r"file://, redis://, rediss://, redis\+cluster:// or rediss\+cluster://"
+    with pytest.raises(quotagate.InvalidArgumentError, match=schemes):
         Limiter([(1, 1)], store="ftp://example/x")
     with pytest.raises(quotagate.InvalidArgumentError, match="absolute path"):
         Limiter([(1, 1)], store="file://relative/x")

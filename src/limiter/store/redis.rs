@@ -70,6 +70,24 @@
 //! [`RedisStore::open`] connects, authenticates and loads the script once, so that a bad
 //! URL or password fails early.
 //!
+//! # Redis Cluster
+//!
+//! A `redis+cluster://` (or `rediss+cluster://`) URL names one or more nodes of a Redis
+//! Cluster; the pooled connections are then [`redis::cluster::ClusterConnection`]s, which
+//! learn the slot map from those nodes, keep a connection per node and send each command to
+//! the node that owns its keys' hash slot. Both keys of a bucket carry the tag `{p:b}`, so
+//! they hash to one slot: the script runs on one node, with its `TIME`, exactly as on one
+//! server. `SCRIPT LOAD` and `PING` at open go to every node; when the cluster connection
+//! reaches no node, each is asked as one server, so that a wrong password is
+//! [`Invalid`](StoreErrorKind::Invalid) at open as on one server (the cluster connection
+//! reports it as I/O). A redirection (`MOVED`,
+//! `ASK`), `TRYAGAIN`, `CLUSTERDOWN` or a refused node is retried by the cluster connection
+//! up to 3 times and is then [`Unavailable`](StoreErrorKind::Unavailable), so that the
+//! limiter's `on_unavailable=` decides how long a call waits. A node that restarts keeps
+//! its buckets only with the persistence described under Restarts; while it is down, the
+//! buckets of its slots are unavailable (and with `cluster-require-full-coverage yes`, the
+//! default, so is every bucket once the other nodes mark it failed).
+//!
 //! # Errors
 //!
 //! - [`Unavailable`](StoreErrorKind::Unavailable): connection refused, timeouts, I/O,
@@ -101,7 +119,8 @@ use super::{
 };
 
 use parking_lot::Mutex;
-use redis::{Connection, ErrorKind, RedisError, ServerErrorKind};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Connection, ConnectionLike, ErrorKind, RedisError, ServerErrorKind};
 use std::fmt;
 use std::time::Duration;
 
@@ -111,10 +130,38 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// The largest number passed to the script: integers up to 2^53 are exact in Lua.
 const LUA_MAX: u64 = 1 << 52;
 
-/// Buckets in a Redis server shared by many hosts.
+/// How many times a cluster connection follows a redirection (`MOVED`, `ASK`) or retries
+/// `TRYAGAIN`, `CLUSTERDOWN` or a refused node before the operation is
+/// [`Unavailable`](StoreErrorKind::Unavailable): enough for a slot that moved, few enough
+/// that the limiter's own waiting (`on_unavailable=`) decides how long a call waits.
+const CLUSTER_RETRIES: u32 = 3;
+
+/// Where the store's connections go: one server, or a Redis Cluster.
+enum Client {
+    One(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection to one server, or to a cluster (one connection per node, each command sent
+/// to the node that owns its keys' hash slot).
+enum Conn {
+    One(Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::One(c) => c,
+            Conn::Cluster(c) => &mut **c,
+        }
+    }
+}
+
+/// Buckets in a Redis server, or a Redis Cluster, shared by many hosts.
 pub struct RedisStore {
-    client: redis::Client,
-    idle: Mutex<Vec<Connection>>,
+    client: Client,
+    idle: Mutex<Vec<Conn>>,
     pool: usize,
     timeout: Duration,
     prefix: String,
@@ -234,7 +281,17 @@ impl RedisStore {
     pub fn open(settings: &RedisSettings) -> Result<Self, StoreError> {
         let location = redact(&settings.url);
         let secrets = secrets(&settings.url);
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
+        let client = if settings.cluster_nodes.is_empty() {
+            redis::Client::open(settings.url.as_str()).map(Client::One)
+        } else {
+            ClusterClient::builder(settings.cluster_nodes.iter().map(String::as_str))
+                .connection_timeout(settings.timeout)
+                .response_timeout(settings.timeout)
+                .retries(CLUSTER_RETRIES)
+                .build()
+                .map(Client::Cluster)
+        }
+        .map_err(|e| {
             let mut message = format!("a bad Redis store URL {location}: {e}");
             for s in &secrets {
                 message = message.replace(s.as_str(), "***");
@@ -253,13 +310,39 @@ impl RedisStore {
             #[cfg(test)]
             now_us: std::sync::atomic::AtomicU64::new(0),
         };
-        let mut con = store.connect()?;
+        let mut con = store
+            .connect()
+            .map_err(|e| store.diagnose_cluster(settings, e))?;
+        // On a cluster both go to every node: the script is then cached wherever a bucket
+        // lives (a node that forgot it gets it again on `NOSCRIPT`).
         redis::cmd("PING")
-            .query::<()>(&mut con)
-            .and_then(|()| store.script.load(&mut con).map(drop))
+            .query::<()>(con.like())
+            .and_then(|()| store.script.load(con.like()).map(drop))
             .map_err(|e| store.error("cannot use", &e))?;
         store.idle.lock().push(con);
         Ok(store)
+    }
+
+    /// A cluster connection that reached no node says why only in its text (a wrong
+    /// password looks like an I/O error there): ask the nodes one by one as single servers,
+    /// and report the first refusal that is [`Invalid`](StoreErrorKind::Invalid) (a wrong
+    /// password, missing permissions) as such, so that it fails at open rather than make
+    /// every call wait. Otherwise `e` stands.
+    fn diagnose_cluster(&self, settings: &RedisSettings, e: StoreError) -> StoreError {
+        if e.kind != StoreErrorKind::Unavailable {
+            return e;
+        }
+        settings
+            .cluster_nodes
+            .iter()
+            .find_map(|node| {
+                let refused = redis::Client::open(node.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(self.timeout))
+                    .err()?;
+                let refused = self.error("cannot connect", &refused);
+                (refused.kind == StoreErrorKind::Invalid).then_some(refused)
+            })
+            .unwrap_or(e)
     }
 
     fn error(&self, what: &str, e: &RedisError) -> StoreError {
@@ -270,15 +353,23 @@ impl RedisStore {
         StoreError::new(kind_of(e), message)
     }
 
-    fn connect(&self) -> Result<Connection, StoreError> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .map_err(|e| self.error("cannot connect", &e))?;
-        con.set_read_timeout(Some(self.timeout))
-            .and_then(|()| con.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| self.error("cannot set timeouts", &e))?;
-        Ok(con)
+    fn connect(&self) -> Result<Conn, StoreError> {
+        match &self.client {
+            Client::One(client) => {
+                let con = client
+                    .get_connection_with_timeout(self.timeout)
+                    .map_err(|e| self.error("cannot connect", &e))?;
+                con.set_read_timeout(Some(self.timeout))
+                    .and_then(|()| con.set_write_timeout(Some(self.timeout)))
+                    .map_err(|e| self.error("cannot set timeouts", &e))?;
+                Ok(Conn::One(con))
+            }
+            // The client's connect and response timeouts apply to every node.
+            Client::Cluster(client) => client
+                .get_connection()
+                .map(|c| Conn::Cluster(Box::new(c)))
+                .map_err(|e| self.error("cannot connect", &e)),
+        }
     }
 
     /// Runs `f` on a pooled (or new) connection; a pooled connection found dead is replaced
@@ -286,18 +377,18 @@ impl RedisStore {
     fn with_connection<T>(
         &self,
         what: &str,
-        f: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut dyn ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let pooled = self.idle.lock().pop();
         let (mut con, from_pool) = match pooled {
             Some(c) => (c, true),
             None => (self.connect()?, false),
         };
-        let result = match f(&mut con) {
+        let result = match f(con.like()) {
             // A timeout is no sign of a dead connection: the script may still be running.
             Err(e) if from_pool && !e.is_timeout() && e.is_connection_dropped() => {
                 con = self.connect()?;
-                f(&mut con)
+                f(con.like())
             }
             other => other,
         };
@@ -500,6 +591,7 @@ mod model_test;
 
 #[cfg(test)]
 mod tests {
+    use super::super::{StoreConfig, StoreKind};
     use super::*;
     use std::net::TcpListener;
     use std::path::{Path, PathBuf};
@@ -525,6 +617,23 @@ mod tests {
         }
     }
 
+    /// The test cluster's URL (`redis+cluster://`), or `None` (with a visible line) when
+    /// there is none; CI must run these tests.
+    pub(super) fn cluster_url() -> Option<String> {
+        match std::env::var("QUOTAGATE_TEST_REDIS_CLUSTER_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!(
+                        "CI must run the Redis Cluster tests: set QUOTAGATE_TEST_REDIS_CLUSTER_URL"
+                    );
+                }
+                println!("skipped: QUOTAGATE_TEST_REDIS_CLUSTER_URL not set");
+                None
+            }
+        }
+    }
+
     /// A prefix no other test (or earlier run) uses.
     pub(super) fn unique(name: &str) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
@@ -539,12 +648,17 @@ mod tests {
         )
     }
 
+    /// The settings of a `redis://` or `redis+cluster://` URL, with `prefix`, a pool of 4
+    /// and `timeout_ms`.
     fn settings(url: &str, prefix: &str, timeout_ms: u64) -> RedisSettings {
+        let StoreKind::Redis(s) = StoreConfig::parse(url).unwrap().kind else {
+            panic!("{url} is no Redis URL")
+        };
         RedisSettings {
-            url: url.to_string(),
             prefix: prefix.to_string(),
             pool: 4,
             timeout: Duration::from_millis(timeout_ms),
+            ..s
         }
     }
 
@@ -574,17 +688,18 @@ mod tests {
     /// The instants (µs) of the units the ring of runs holds for `key`, oldest first, read
     /// straight from Redis.
     fn logged(url: &str, prefix: &str, key: &str) -> Vec<f64> {
-        let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let mut con = open(url, "raw").connect().unwrap();
+        let con = con.like();
         let tag = format!("{{{prefix}:{key}}}");
         let fields: [Option<u64>; 4] = redis::cmd("HMGET")
             .arg(format!("{tag}:s"))
             .arg(&["cap", "from", "runs", "base"])
-            .query(&mut con)
+            .query(con)
             .unwrap();
         let [cap, from, runs, mut start] = fields.map(Option::unwrap_or_default);
         let ring: Vec<u8> = redis::cmd("GET")
             .arg(format!("{tag}:r"))
-            .query::<Option<Vec<u8>>>(&mut con)
+            .query::<Option<Vec<u8>>>(&mut *con)
             .unwrap()
             .unwrap_or_default();
         let mut units = Vec::new();
@@ -661,7 +776,22 @@ mod tests {
 
     #[test]
     fn the_window_holds_across_threads_and_instances() {
-        let Some(url) = server_url() else { return };
+        if let Some(url) = server_url() {
+            window_holds_across_threads_and_instances(&url);
+        }
+    }
+
+    #[test]
+    fn the_window_holds_across_threads_and_instances_on_a_cluster() {
+        if let Some(url) = cluster_url() {
+            window_holds_across_threads_and_instances(&url);
+        }
+    }
+
+    /// Eight threads on two store instances poll one bucket of `url` as fast as it admits:
+    /// no window ever held more than its calls.
+    fn window_holds_across_threads_and_instances(url: &str) {
+        let url = url.to_string();
         let prefix = unique("window");
         let stores = [Arc::new(open(&url, &prefix)), Arc::new(open(&url, &prefix))];
         let windows = [rate(5, 300), rate(8, 1000)];
@@ -1377,7 +1507,10 @@ mod tests {
         let id: i64 = {
             let mut idle = store.idle.lock();
             assert_eq!(idle.len(), 1);
-            redis::cmd("CLIENT").arg("ID").query(&mut idle[0]).unwrap()
+            redis::cmd("CLIENT")
+                .arg("ID")
+                .query(idle[0].like())
+                .unwrap()
         };
         let mut con = redis::Client::open(url.as_str())
             .unwrap()
@@ -1468,6 +1601,114 @@ mod tests {
                 .unwrap(),
             Verdict::Admitted
         );
+    }
+
+    /// The URL of each master of the cluster of `url`, as `redis://host:port`.
+    fn masters(url: &str) -> Vec<String> {
+        let mut con = open(url, "raw").connect().unwrap();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(con.like())
+            .unwrap();
+        nodes
+            .lines()
+            .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("master")))
+            .map(|l| {
+                let addr = l.split(' ').nth(1).unwrap();
+                format!("redis://{}", addr.split('@').next().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_spreads_buckets_and_keeps_each_on_one_node() {
+        let Some(url) = cluster_url() else { return };
+        let prefix = unique("spread");
+        let store = open(&url, &prefix);
+        let w = [rate(5, 1000)];
+        for b in 0..30 {
+            for _ in 0..2 {
+                store
+                    .poll(&format!("b{b}"), &w, 1, Place::Try, None)
+                    .unwrap();
+            }
+            assert_eq!(store.usage(&format!("b{b}"), &w).unwrap().used, vec![2]);
+        }
+        let masters = masters(&url);
+        assert_eq!(masters.len(), 3, "{masters:?}");
+        let mut buckets = 0;
+        for node in &masters {
+            let mut con = redis::Client::open(node.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{{{prefix}:*"))
+                .query(&mut con)
+                .unwrap();
+            let states: Vec<_> = keys.iter().filter(|k| k.ends_with("}:s")).collect();
+            assert!(!states.is_empty(), "{node} holds no bucket: {keys:?}");
+            for s in &states {
+                let ring = format!("{}:r", s.strip_suffix(":s").unwrap());
+                assert!(keys.contains(&ring), "{ring} is not on {node} beside {s}");
+            }
+            assert_eq!(keys.len(), 2 * states.len(), "{node}: {keys:?}");
+            buckets += states.len();
+        }
+        assert_eq!(buckets, 30);
+        // A node asked (as one server) for a bucket another node owns answers MOVED: the
+        // store says unavailable, never corrupt.
+        let one = open(&masters[0], &prefix);
+        let (mut admitted, mut moved) = (0, 0);
+        for b in 0..30 {
+            match one.poll(&format!("b{b}"), &w, 1, Place::Try, None) {
+                Ok(Verdict::Admitted) => admitted += 1,
+                Ok(v) => panic!("{v:?}"),
+                Err(e) => {
+                    assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+                    assert!(e.message.contains("Moved"), "{e}");
+                    moved += 1;
+                }
+            }
+        }
+        assert!(
+            admitted > 0 && moved > 0,
+            "{admitted} admitted, {moved} moved"
+        );
+    }
+
+    #[test]
+    fn cluster_passwords_never_show() {
+        let Some(url) = cluster_url() else { return };
+        // The test cluster has no password: a client that sends one is refused.
+        let with_pw = url.replacen("://", "://:Wr0ng-Pw-52@", 1);
+        let e = RedisStore::open(&settings(&with_pw, "qg", 1000)).unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}");
+        assert!(!e.message.contains("Wr0ng-Pw-52"), "{e}");
+        assert!(e.message.contains("***@127.0.0.1"), "{e}");
+        // A node that is not listening: unavailable, and still no password.
+        let port = free_port();
+        let e = RedisStore::open(&settings(
+            &format!("redis+cluster://:pw-123@127.0.0.1:{port}/"),
+            "qg",
+            500,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, StoreErrorKind::Unavailable, "{e}");
+        assert!(!e.message.contains("pw-123"), "{e}");
+    }
+
+    #[test]
+    fn cluster_errors_are_unavailable() {
+        for kind in [
+            ServerErrorKind::Moved,
+            ServerErrorKind::Ask,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::TryAgain,
+        ] {
+            let e = RedisError::from((ErrorKind::Server(kind), "cluster", "detail".to_string()));
+            assert_eq!(kind_of(&e), StoreErrorKind::Unavailable, "{e}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Store URLs: `file:///var/lib/quotagate/tenant.q?mode=0660`, `redis://host:6379/0?prefix=qg`.
+//! Store URLs: `file:///var/lib/quotagate/tenant.q?mode=0660`, `redis://host:6379/0?prefix=qg`,
+//! `redis+cluster://host1:7000,host2:7000/?prefix=qg`.
 
 use super::file::{FileSettings, MAX_MAX_BUCKETS, mode_is_allowed};
 use super::{Store, StoreError, StoreErrorKind};
@@ -17,12 +18,17 @@ pub enum OnUnavailable {
     Fail,
 }
 
-/// Settings of a Redis store.
+/// Settings of a Redis store: one server, or a Redis Cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     /// The URL for the `redis` crate (`redis://` or `rediss://`, password included),
-    /// without quotagate's own query parameters.
+    /// without quotagate's own query parameters; for a cluster, the `redis+cluster://` or
+    /// `rediss+cluster://` URL as given (without them), for messages.
     pub url: String,
+    /// For a cluster, the URL of each node given (`redis://` or `rediss://`, password and
+    /// the `redis` crate's own parameters included), from which the client learns the
+    /// others; empty for one server.
+    pub cluster_nodes: Vec<String>,
     /// The prefix of every key (`prefix=`, default `quotagate`).
     pub prefix: String,
     /// Connections kept open for reuse (`pool=`, default 8).
@@ -35,6 +41,7 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redact(&self.url))
+            .field("cluster", &!self.cluster_nodes.is_empty())
             .field("prefix", &self.prefix)
             .field("pool", &self.pool)
             .field("timeout", &self.timeout)
@@ -47,7 +54,7 @@ impl std::fmt::Debug for RedisSettings {
 pub enum StoreKind {
     /// A state file shared by the processes of one host.
     File(FileSettings),
-    /// A Redis server shared by many hosts.
+    /// A Redis server, or a Redis Cluster, shared by many hosts.
     Redis(RedisSettings),
 }
 
@@ -169,14 +176,27 @@ impl<'a> Params<'a> {
         }
     }
 
-    fn redis(&self, base: &str) -> RedisSettings {
+    /// `base` with the `redis` crate's own parameters.
+    fn with_passthrough(&self, base: &str) -> String {
         let mut url = base.to_string();
         if !self.passthrough.is_empty() {
             url.push('?');
             url.push_str(&self.passthrough.join("&"));
         }
+        url
+    }
+
+    fn redis(&self, base: &str, cluster_nodes: Vec<String>) -> RedisSettings {
         RedisSettings {
-            url,
+            url: if cluster_nodes.is_empty() {
+                self.with_passthrough(base)
+            } else {
+                base.to_string()
+            },
+            cluster_nodes: cluster_nodes
+                .iter()
+                .map(|n| self.with_passthrough(n))
+                .collect(),
             prefix: self.prefix.clone(),
             pool: self.pool,
             timeout: self.timeout.unwrap_or(Duration::from_secs(2)),
@@ -239,6 +259,48 @@ fn max_buckets(v: &str) -> Result<u64, StoreError> {
         })
 }
 
+/// The scheme of the nodes (`redis` or `rediss`) and the rest of a `redis+cluster://` or
+/// `rediss+cluster://` URL.
+fn cluster_scheme(base: &str) -> Option<(&'static str, &str)> {
+    match base.split_once("+cluster://") {
+        Some(("redis", rest)) => Some(("redis", rest)),
+        Some(("rediss", rest)) => Some(("rediss", rest)),
+        _ => None,
+    }
+}
+
+/// The node URLs of a `redis+cluster://[user:password@]host:port[,host:port...][/]` or
+/// `rediss+cluster://` URL (`base`, without its query; `scheme` and `rest` from
+/// [`cluster_scheme`]): `redis://[user:password@]host:port` (or `rediss://`) each. A cluster
+/// has database 0 only, so a path other than `/` or `/0` is refused.
+fn cluster_nodes(base: &str, scheme: &str, rest: &str) -> Result<Vec<String>, StoreError> {
+    // A password may hold a raw '/': the host list starts after the last '@'.
+    let (userinfo, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, db) = hosts.split_once('/').unwrap_or((hosts, ""));
+    if !matches!(db, "" | "0") {
+        return Err(invalid(format!(
+            "a Redis Cluster has database 0 only, not {db:?} ({})",
+            redact(base)
+        )));
+    }
+    hosts
+        .split(',')
+        .map(|host| {
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                Err(invalid(format!(
+                    "a Redis Cluster URL lists nodes as host:port,host:port, not {}",
+                    redact(base)
+                )))
+            } else {
+                Ok(format!("{scheme}://{userinfo}{host}"))
+            }
+        })
+        .collect()
+}
+
 impl StoreConfig {
     /// Parses a store URL:
     ///
@@ -249,23 +311,31 @@ impl StoreConfig {
     ///   at once (see [`FileSettings`]).
     /// - `redis://[user:password@]host[:port][/db][?prefix=p&pool=n&timeout_ms=n]`, or
     ///   `rediss://` for TLS.
+    /// - `redis+cluster://[user:password@]host:port[,host:port...][/][?prefix=p&pool=n&timeout_ms=n]`
+    ///   for a Redis Cluster (one or more of its nodes; the client learns the others), or
+    ///   `rediss+cluster://` for TLS.
     ///
-    /// Both take `on_unavailable=wait` (the default) or `on_unavailable=fail`.
+    /// All take `on_unavailable=wait` (the default) or `on_unavailable=fail`.
     pub fn parse(url: &str) -> Result<Self, StoreError> {
         let url = url.trim();
         let (base, query) = match url.split_once('?') {
             Some((b, q)) => (b, q),
             None => (url, ""),
         };
-        let is_redis = base.starts_with("redis://") || base.starts_with("rediss://");
+        let cluster = cluster_scheme(base);
+        let is_redis =
+            cluster.is_some() || base.starts_with("redis://") || base.starts_with("rediss://");
         let params = Params::parse(query, is_redis, base.starts_with("file://"))?;
         let kind = if let Some(path) = base.strip_prefix("file://") {
             StoreKind::File(params.file(file_path(path, url)?))
+        } else if let Some((scheme, rest)) = cluster {
+            StoreKind::Redis(params.redis(base, cluster_nodes(base, scheme, rest)?))
         } else if is_redis {
-            StoreKind::Redis(params.redis(base))
+            StoreKind::Redis(params.redis(base, Vec::new()))
         } else {
             return Err(invalid(format!(
-                "a store URL starts with file://, redis:// or rediss://, not {:?}",
+                "a store URL starts with file://, redis://, rediss://, redis+cluster:// or \
+                 rediss+cluster://, not {:?}",
                 redact(url)
             )));
         };
@@ -324,13 +394,18 @@ mod tests {
         fn fuzz_store_urls(
             url in prop_oneof![
                 any::<String>(),
-                "(file|redis|rediss)://[a-z0-9:/@?#=&%._-]{0,40}",
+                "(file|redis|rediss|redis\\+cluster|rediss\\+cluster)://[a-z0-9:/@?#=&%.,_-]{0,40}",
             ],
-            scheme in prop_oneof![Just("redis"), Just("rediss")],
+            scheme in prop_oneof![
+                Just("redis"),
+                Just("rediss"),
+                Just("redis+cluster"),
+                Just("rediss+cluster"),
+            ],
             // Upper case never occurs in the rest of the URL, so a password is told
             // apart from the host and query that may be shown.
             password in "[A-Z][A-Z0-9/?#:%=&]{3,20}",
-            rest in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(/[0-9]{0,2})?(\\?[a-z_]{1,10}=[a-z0-9]{0,6})?",
+            rest in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(,[a-z0-9.-]{1,12}:[0-9]{1,5}){0,2}(/[0-9]{0,2})?(\\?[a-z_]{1,10}=[a-z0-9]{0,6})?",
         ) {
             check_store_url(&url, None);
             check_store_url(&format!("{scheme}://:{password}@{rest}"), Some(&password));
@@ -433,5 +508,68 @@ mod tests {
         let e = StoreConfig::parse("mysql://root:pw@h").unwrap_err();
         assert!(!e.message.contains("pw@"), "{}", e.message);
         assert!(StoreConfig::parse("redis://h?pool=0").is_err());
+    }
+
+    fn redis_settings(url: &str) -> RedisSettings {
+        match StoreConfig::parse(url).unwrap().kind {
+            StoreKind::Redis(r) => r,
+            other => panic!("{url} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_cluster_urls() {
+        let c = StoreConfig::parse(
+            "rediss+cluster://:s3/cret@n1:7000,n2:7001,[::1]:7002/?prefix=qg&pool=2&protocol=resp3",
+        )
+        .unwrap();
+        let StoreKind::Redis(r) = &c.kind else {
+            panic!("not redis")
+        };
+        assert_eq!(
+            r.url,
+            "rediss+cluster://:s3/cret@n1:7000,n2:7001,[::1]:7002/"
+        );
+        assert_eq!(
+            r.cluster_nodes,
+            [
+                "rediss://:s3/cret@n1:7000?protocol=resp3",
+                "rediss://:s3/cret@n2:7001?protocol=resp3",
+                "rediss://:s3/cret@[::1]:7002?protocol=resp3",
+            ]
+        );
+        assert_eq!((r.prefix.as_str(), r.pool), ("qg", 2));
+        assert_eq!(c.on_unavailable, OnUnavailable::Wait);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3/cret") && shown.contains("cluster: true"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact("redis+cluster://u:pw@a:1,b:2/"),
+            "redis+cluster://***@a:1,b:2/"
+        );
+        let r = redis_settings("redis+cluster://127.0.0.1:7000");
+        assert_eq!(r.cluster_nodes, ["redis://127.0.0.1:7000"]);
+        assert_eq!(r.prefix, "quotagate");
+        // One server has no cluster nodes.
+        assert!(redis_settings("redis://h:1/0").cluster_nodes.is_empty());
+        for bad in [
+            "redis+cluster://:pw-9@a:1,,b:2/",
+            "redis+cluster://:pw-9@a:1/3",
+            "redis+cluster://:pw-9@/",
+            "redis+cluster://:pw-9@a:1/?pool=0",
+            "redis+clusters://:pw-9@a:1/",
+        ] {
+            let e = StoreConfig::parse(bad).unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Invalid, "{bad}");
+            assert!(!e.message.contains("pw-9"), "{}", e.message);
+        }
+        let e = StoreConfig::parse("memcached://h").unwrap_err();
+        assert!(
+            e.message.contains("redis+cluster://") && e.message.contains("rediss+cluster://"),
+            "{}",
+            e.message
+        );
     }
 }

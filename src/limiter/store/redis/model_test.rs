@@ -198,6 +198,7 @@ fn the_script_answers_like_the_model() {
     let prefix = unique("model");
     let store = RedisStore::open(&RedisSettings {
         url,
+        cluster_nodes: Vec::new(),
         prefix,
         pool: 1,
         timeout: Duration::from_secs(5),
