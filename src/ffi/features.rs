@@ -8,8 +8,8 @@ pub const QG_FEATURE_BIT_SIM: u32 = 1;
 /// Bit of `qg_features`: certificates from PKCS#12/PFX files
 /// (`qg_client_builder_set_certificate_pfx_file`, macro `QG_FEATURE_PFX`).
 pub const QG_FEATURE_BIT_PFX: u32 = 2;
-/// Bit of `qg_features`: the Redis store (`redis://` and `rediss://` store URLs, macro
-/// `QG_FEATURE_REDIS`).
+/// Bit of `qg_features`: the Redis store (`redis://`, `rediss://` and the `+cluster` store
+/// URLs, macro `QG_FEATURE_REDIS`).
 pub const QG_FEATURE_BIT_REDIS: u32 = 4;
 
 /// Every optional part: its bit, its name (the Cargo feature's), and whether it is built in.

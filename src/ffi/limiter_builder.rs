@@ -118,9 +118,11 @@ pub extern "C" fn qg_limiter_builder_set_max_buckets(
 /// - `file:///var/lib/quotagate/tenant.q`: a state file shared by the processes of one
 ///   host (created if missing; C, Python and PowerShell processes may mix);
 /// - `redis://[:password@]host[:port][/db][?prefix=qg]`, or `rediss://` for TLS: a Redis
-///   server shared by many hosts.
+///   server shared by many hosts;
+/// - `redis+cluster://[:password@]host:port[,host:port...]/[?prefix=qg]`, or
+///   `rediss+cluster://` for TLS: a Redis Cluster, each bucket on the node of its slot.
 ///
-/// Both take `on_unavailable=wait` (the default: retry until the call's deadline, then
+/// All take `on_unavailable=wait` (the default: retry until the call's deadline, then
 /// fail with `QG_ERR_STORE`) or `on_unavailable=fail` (fail at once). A malformed URL
 /// fails here with `QG_ERR_INVALID_ARGUMENT`; the store is opened by
 /// `qg_limiter_builder_build`, which fails with `QG_ERR_STORE` when it cannot be. NULL

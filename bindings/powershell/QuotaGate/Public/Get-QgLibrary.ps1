@@ -5,7 +5,7 @@ Shows the loaded libquotagate: its path, version and optional parts.
 .DESCRIPTION
 Returns the path the module loaded libquotagate from, its version, and the optional parts
 it was built with: 'sim' (Start-QgSimulator), 'pfx' (-CertificatePath with a .pfx file)
-and 'redis' (redis:// and rediss:// stores). A cmdlet that needs a missing part fails
+and 'redis' (redis://, rediss:// and Redis Cluster stores). A cmdlet that needs a missing part fails
 with an error that names it.
 
 .EXAMPLE

@@ -28,7 +28,8 @@ The most keys held at once (idle ones are dropped first). Default: 65536.
 Shares every bucket with all processes that open the same store, instead of keeping
 them in this session: 'file:///var/lib/quotagate/tenant.q' (the processes of one host;
 on Windows 'file:///C:/ProgramData/quotagate/tenant.q') or
-'redis://host:6379/0?prefix=qg' (many hosts; 'rediss://' for TLS). Add
+'redis://host:6379/0?prefix=qg' (many hosts; 'rediss://' for TLS; 'redis+cluster://h1:6379,h2:6379/'
+for a Redis Cluster). Add
 'on_unavailable=fail' to fail at once when the store cannot be reached; by default a
 call waits and retries until its deadline.
 

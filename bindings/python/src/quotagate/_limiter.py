@@ -86,7 +86,8 @@ class Limiter(NativeHandle):
     :param max_buckets: the most buckets held at once (idle ones are dropped to make room).
     :param store: share every bucket with all processes that open the same store:
         ``"file:///var/lib/quotagate/tenant.q"`` (the processes of one host) or
-        ``"redis://host:6379/0?prefix=qg"`` (many hosts; ``rediss://`` for TLS). Both
+        ``"redis://host:6379/0?prefix=qg"`` (many hosts; ``rediss://`` for TLS;
+        ``redis+cluster://h1:6379,h2:6379/`` for a Redis Cluster). All
         take ``on_unavailable=wait|fail``. ``None`` keeps the buckets in this process.
         A malformed URL raises :class:`~quotagate.InvalidArgumentError`, a store that
         cannot be opened :class:`~quotagate.StoreError`.
