@@ -430,7 +430,7 @@ namespace QuotaGate.Interop.Tests
                     }
                     var e = Assert.Throws<QuotaGateException>(() => new Limiter(new[] { new Rate(1, 1000) }, 0, 0, "ftp://x/y"), "unknown scheme");
                     Assert.Equal(ResultCode.InvalidArgument, e.Code, "code");
-                    Assert.True(e.Message.Contains("file://, redis:// or rediss://"), e.Message);
+                    Assert.True(e.Message.Contains("file://, redis://, rediss://, redis+cluster:// or rediss+cluster://"), e.Message);
                     System.IO.File.WriteAllBytes(path, Encoding.ASCII.GetBytes(new string('x', 300)));
                     var damaged = Assert.Throws<QuotaGateException>(() =>
                     {
