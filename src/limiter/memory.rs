@@ -413,7 +413,12 @@ impl MemoryTicket {
         };
         waiter.active.fetch_sub(1, Ordering::Relaxed);
         // If this thread kept the head's time, hand that job to the next waiting thread.
-        st.kick();
+        // An admission needs no hand-over: the `pump` that admitted it already woke the
+        // new timer, and every other thread of its batch kicking it again would wake it
+        // once per admitted call.
+        if !matches!(result, Ok(Wait::Admitted)) {
+            st.kick();
+        }
         result
     }
 
