@@ -217,4 +217,14 @@ fn main() {
         );
     }
     println!("(ratio: cost relative to governor's keyed limiter; below 1.00 is cheaper)");
+    let (direct, c_abi) = (&results[0].1, &results[3].1);
+    println!(
+        "goal, C ABI try_acquire / governor keyed check_key (at most 1.00): {:.2}x from 1 thread, {:.2}x from 2",
+        c_abi[0] / keyed[0],
+        c_abi[1] / keyed[1]
+    );
+    println!(
+        "stretch, C ABI try_acquire / governor direct check from 1 thread (at most 1.00): {:.2}x",
+        c_abi[0] / direct[0]
+    );
 }

@@ -25,6 +25,15 @@ pub struct qg_limiter {
 }
 
 unsafe fn key<'a>(key: *const c_char) -> Result<&'a str, FfiError> {
+    if !key.is_null() {
+        // Keys are route names, nearly always ASCII: checked a word at a time, where
+        // full UTF-8 validation of a short key goes byte by byte.
+        let bytes = unsafe { std::ffi::CStr::from_ptr(key) }.to_bytes();
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is valid UTF-8.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
+    }
     Ok(unsafe { opt_str(key, "key") }?.unwrap_or(""))
 }
 

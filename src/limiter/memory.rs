@@ -118,20 +118,20 @@ impl MemoryBackend {
     fn with_bucket<R>(
         &self,
         key: &str,
-        f: impl FnOnce(&mut BucketState, Nanos) -> R,
+        f: impl FnOnce(&Arc<Bucket>, &mut BucketState, Nanos) -> R,
     ) -> Result<R, Error> {
         {
             let map = self.buckets.read();
             if let Some(b) = map.get(key) {
                 let mut st = b.state.lock();
                 let now = st.clock(self.now());
-                return Ok(f(&mut st, now));
+                return Ok(f(b, &mut st, now));
             }
         }
         let b = self.bucket(key)?;
         let mut st = b.state.lock();
         let now = st.clock(self.now());
-        Ok(f(&mut st, now))
+        Ok(f(&b, &mut st, now))
     }
 
     /// See [`Limiter::set_rates`](super::Limiter::set_rates); `rates` are valid.
@@ -222,37 +222,50 @@ impl MemoryBackend {
         lease: Option<Nanos>,
         count_refusal: bool,
     ) -> Result<(Nanos, u64), Error> {
-        self.with_bucket(key, |st, now| {
-            let cost = Self::check_cost(st, cost)?;
-            if !st.queue.is_empty() {
-                // Calls whose time has come leave the queue first.
-                st.pump(now);
-            }
-            let at = if st.queue.is_empty() {
-                st.ready_at(now, cost)
-            } else {
-                st.ready_at_behind_queue(now, cost)
-            };
-            if st.queue.is_empty() && at <= now {
-                let id = match lease {
-                    Some(lease) => st.admit_held(now, cost, lease, 0),
-                    None => {
-                        st.admit(now, cost, 0);
-                        0
-                    }
-                };
-                return Ok((now, id));
-            }
-            if count_refusal {
-                st.stats.refusals += 1;
-            }
-            Err(Error::WouldBlock {
-                wait: Duration::from_nanos(at.saturating_sub(now)),
-            })
+        self.with_bucket(key, |_, st, now| {
+            Self::admit_now(st, now, cost, lease, count_refusal)
         })?
     }
 
-    /// Admits a hold at once when the bucket allows it (see [`try_admit`](Self::try_admit)).
+    /// The work of [`try_admit`](Self::try_admit) under the bucket's lock.
+    #[inline]
+    fn admit_now(
+        st: &mut BucketState,
+        now: Nanos,
+        cost: u32,
+        lease: Option<Nanos>,
+        count_refusal: bool,
+    ) -> Result<(Nanos, u64), Error> {
+        let cost = Self::check_cost(st, cost)?;
+        if !st.queue.is_empty() {
+            // Calls whose time has come leave the queue first.
+            st.pump(now);
+        }
+        let at = if st.queue.is_empty() {
+            st.ready_at(now, cost)
+        } else {
+            st.ready_at_behind_queue(now, cost)
+        };
+        if st.queue.is_empty() && at <= now {
+            let id = match lease {
+                Some(lease) => st.admit_held(now, cost, lease, 0),
+                None => {
+                    st.admit(now, cost, 0);
+                    0
+                }
+            };
+            return Ok((now, id));
+        }
+        if count_refusal {
+            st.stats.refusals += 1;
+        }
+        Err(Error::WouldBlock {
+            wait: Duration::from_nanos(at.saturating_sub(now)),
+        })
+    }
+
+    /// Admits a hold at once when the bucket allows it (see [`try_admit`](Self::try_admit)),
+    /// finding the bucket once.
     pub(crate) fn try_hold(
         &self,
         key: &str,
@@ -260,17 +273,19 @@ impl MemoryBackend {
         lease: Duration,
         count_refusal: bool,
     ) -> Result<(MemoryHold, Nanos), Error> {
-        let (at, id) = self.try_admit(key, cost, Some(nanos(lease)), count_refusal)?;
-        let hold = MemoryHold {
-            bucket: self.bucket(key)?,
-            id,
-            clock: self.clock.clone(),
-        };
-        Ok((hold, at))
+        self.with_bucket(key, |bucket, st, now| {
+            let (at, id) = Self::admit_now(st, now, cost, Some(nanos(lease)), count_refusal)?;
+            let hold = MemoryHold {
+                bucket: bucket.clone(),
+                id,
+                clock: self.clock.clone(),
+            };
+            Ok((hold, at))
+        })?
     }
 
     pub(crate) fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
-        self.with_bucket(key, |st, now| {
+        self.with_bucket(key, |_, st, now| {
             let cost = Self::check_cost(st, cost)?;
             if !st.queue.is_empty() {
                 st.pump(now);
@@ -308,7 +323,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn pause(&self, key: &str, duration: Duration) -> Result<(), Error> {
-        self.with_bucket(key, |st, now| {
+        self.with_bucket(key, |_, st, now| {
             if st.closed {
                 return Err(Error::Closed);
             }
@@ -398,7 +413,12 @@ impl MemoryTicket {
         };
         waiter.active.fetch_sub(1, Ordering::Relaxed);
         // If this thread kept the head's time, hand that job to the next waiting thread.
-        st.kick();
+        // An admission needs no hand-over: the `pump` that admitted it already woke the
+        // new timer, and every other thread of its batch kicking it again would wake it
+        // once per admitted call.
+        if !matches!(result, Ok(Wait::Admitted)) {
+            st.kick();
+        }
         result
     }
 

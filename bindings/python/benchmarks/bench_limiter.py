@@ -6,10 +6,17 @@ pyrate-limiter and limits (moving window, in-memory storage), in one run.
 All limiters get the same rate, one that the benchmark never reaches (10**9 calls per
 second), so every measured call is admitted. Each round uses a fresh key and makes
 ``--calls`` calls in a plain loop, the libraries taking turns round by round; the
-figure is the median over the rounds, in nanoseconds per call. Two more rows show where
+figure is the median over the rounds, in nanoseconds per call. Four more rows show where
 the time goes: a bare ctypes call with no arguments (``qg_version_number``, the floor
-of any ctypes call) and the raw ctypes call of ``qg_limiter_try_acquire`` with plain
-int and bytes arguments, converted on every call, without the wrapper's checks.
+of any ctypes call), the raw ctypes call of ``qg_limiter_try_acquire`` with plain int
+and bytes arguments, converted on every call, without the wrapper's checks, and the
+same call through a function object without ``argtypes`` given ctypes objects made
+once (what a call costs when ctypes converts nothing), and a call with one such
+argument (``qg_version_compatible``: what an entry point taking one prepared handle
+would cost).
+
+The last column is each row's cost over the floor; the goal for
+``Limiter.try_acquire`` is at most 2x.
 
 Note: limits' moving window inserts at the front of a Python list, so its cost grows
 with the calls already inside the window (here up to ``--calls``); pyrate-limiter's
@@ -19,6 +26,7 @@ default Limiter has a single bucket (its ``name`` does not select a bucket).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import platform
 import statistics
 import sys
@@ -56,6 +64,34 @@ def bench_raw_ctypes_try_acquire(r: int, n: int) -> int:
     elapsed = clock() - t0
     assert _qg_limiter.stats(f"raw-{r}")["admitted_calls"] == n
     return elapsed
+
+
+def bench_prepared_ctypes_try_acquire(r: int, n: int) -> int:
+    # A function object of its own, without argtypes: ctypes passes the ctypes objects
+    # below as they are, where declared argtypes convert every argument on every call.
+    fn = ctypes.CDLL(str(_native.lib.path)).qg_limiter_try_acquire
+    fn.restype = ctypes.c_uint32
+    ptr = _qg_limiter._handle()
+    key = f"prepared-{r}"
+    c_key, cost = ctypes.c_char_p(key.encode()), ctypes.c_uint32(1)
+    t0 = clock()
+    for _ in range(n):
+        fn(ptr, c_key, cost, None)
+    elapsed = clock() - t0
+    assert _qg_limiter.stats(key)["admitted_calls"] == n
+    return elapsed
+
+
+def bench_one_argument_ctypes(_: int, n: int) -> int:
+    # What a call with one prepared argument costs: the shape an entry point that takes
+    # one handle (limiter, key and cost made once) would have.
+    fn = ctypes.CDLL(str(_native.lib.path)).qg_version_compatible
+    fn.restype = ctypes.c_uint32
+    arg = ctypes.c_uint32(_native.HEADER_VERSION_NUMBER)
+    t0 = clock()
+    for _ in range(n):
+        fn(arg)
+    return clock() - t0
 
 
 def bench_quotagate(r: int, n: int) -> int:
@@ -137,6 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     benches = [
         ("ctypes floor: qg_version_number()", bench_floor_ctypes),
         ("ctypes: raw qg_limiter_try_acquire", bench_raw_ctypes_try_acquire),
+        ("ctypes: qg_limiter_try_acquire, no argtypes", bench_prepared_ctypes_try_acquire),
+        ("ctypes: qg_version_compatible(n), no argtypes", bench_one_argument_ctypes),
         (f"quotagate {quotagate.__version__} Limiter.try_acquire", bench_quotagate),
         (f"pyrate-limiter {version_of('pyrate-limiter')} try_acquire", make_pyrate()),
         (f"limits {version_of('limits')} moving window hit", make_limits()),
@@ -154,20 +192,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         name: statistics.median(samples[name]) if bench else None for name, bench in benches
     }
 
-    ours = rows[benches[2][0]]
-    assert ours is not None
+    ours = rows[benches[4][0]]
+    floor = rows[benches[0][0]]
+    assert ours is not None and floor is not None
     print(
         f"Python {platform.python_version()} on {platform.machine()} {sys.platform}; "
         f"{args.rounds} rounds x {args.calls} permitted calls, median ns/call "
         f"({'thread CPU' if args.cpu_time else 'wall'} time)"
     )
     width = max(len(n) for n in rows)
-    print(f"{'':{width}}  {'ns/call':>9}  {'x quotagate':>11}")
+    print(f"{'':{width}}  {'ns/call':>9}  {'x quotagate':>11}  {'x floor':>7}")
     for name, ns in rows.items():
         if ns is None:
-            print(f"{name:{width}}  {'-':>9}  {'-':>11}")
+            print(f"{name:{width}}  {'-':>9}  {'-':>11}  {'-':>7}")
         else:
-            print(f"{name:{width}}  {ns:9.0f}  {ns / ours:11.2f}")
+            print(f"{name:{width}}  {ns:9.0f}  {ns / ours:11.2f}  {ns / floor:7.2f}")
+    print(
+        f"Limiter.try_acquire / bare ctypes call: {ours / floor:.2f}x (goal: at most 2x)"
+    )
     return 0
 
 
