@@ -122,18 +122,15 @@ fn rates() -> Vec<Rate> {
         .collect()
 }
 
-/// A worker: `QG_THREADS` threads each send `QG_CALLS` GETs through a client whose
-/// quotas live in `QG_STORE`. Prints the client's 429 count.
-#[test]
-#[ignore = "a worker process of the shared-store tests"]
-fn client_worker() {
-    let client = Client::builder()
+/// The client of a worker process: the simulator and quota store its environment names,
+/// exactly the server's rates and no margin (holds count each call until its answer).
+fn worker_client() -> Client {
+    Client::builder()
         .base_url(&env("QG_SIM_URL"))
         .authority(&env("QG_SIM_AUTHORITY"))
         .tenant_id(&env("QG_TENANT"))
         .client_id(&env("QG_CLIENT"))
         .client_secret(env("QG_SECRET"))
-        // Exactly the server's rates, no margin: holds count each call until its answer.
         .default_rates(rates())
         .store(&env("QG_STORE"))
         .timeout(Duration::from_secs(10))
@@ -144,7 +141,15 @@ fn client_worker() {
             max_backoff: ms(200),
         })
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A worker: `QG_THREADS` threads each send `QG_CALLS` GETs through a client whose
+/// quotas live in `QG_STORE`. Prints the client's 429 count.
+#[test]
+#[ignore = "a worker process of the shared-store tests"]
+fn client_worker() {
+    let client = worker_client();
     let calls = env_u64("QG_CALLS");
     let handles: Vec<_> = (0..env_u64("QG_THREADS"))
         .map(|_| {
@@ -732,23 +737,7 @@ fn resources() -> (usize, usize, u64) {
 fn soak_worker() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
-    let client = Client::builder()
-        .base_url(&env("QG_SIM_URL"))
-        .authority(&env("QG_SIM_AUTHORITY"))
-        .tenant_id(&env("QG_TENANT"))
-        .client_id(&env("QG_CLIENT"))
-        .client_secret(env("QG_SECRET"))
-        .default_rates(rates())
-        .store(&env("QG_STORE"))
-        .timeout(Duration::from_secs(10))
-        .retry_policy(RetryPolicy {
-            max_attempts: 10,
-            max_quota_wait: Duration::from_secs(60),
-            base_backoff: ms(20),
-            max_backoff: ms(200),
-        })
-        .build()
-        .unwrap();
+    let client = worker_client();
     let secs = env_u64("QG_SECS");
     let end = Instant::now() + Duration::from_secs(secs);
     let machines: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(

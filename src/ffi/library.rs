@@ -4,27 +4,21 @@
 use super::boundary::OutPtr;
 use super::error::{FfiError, qg_result};
 use crate::client::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES,
+    Cloud, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES,
     HuntingBudget,
 };
 use crate::limiter::{DEFAULT_HOLD_LEASE, DEFAULT_MAX_BUCKETS, MAX_CALLS, MAX_HOLD_LEASE};
 use std::ffi::c_char;
 use std::time::Duration;
 
-/// The clouds' names, NUL-terminated, in the order of `qg_cloud_name`.
-const CLOUD_NAMES: [&[u8]; 11] = [
-    b"commercial\0",
-    b"us\0",
-    b"eu\0",
-    b"uk\0",
-    b"au\0",
-    b"swa\0",
-    b"ina\0",
-    b"aea\0",
-    b"gcc\0",
-    b"gcc-high\0",
-    b"dod\0",
-];
+/// The clouds' names as `Cloud::NAMES` lists them, NUL-terminated, made once.
+static CLOUD_NAMES: once_cell::sync::Lazy<Vec<std::ffi::CString>> =
+    once_cell::sync::Lazy::new(|| {
+        Cloud::NAMES
+            .iter()
+            .map(|n| std::ffi::CString::new(*n).expect("cloud names hold no NUL"))
+            .collect()
+    });
 
 /// The name of cloud `index` (from 0) as `qg_client_builder_set_cloud` takes it
 /// ("commercial", "us", ..., "gcc-high", "dod"): a static NUL-terminated string, never
@@ -34,7 +28,7 @@ const CLOUD_NAMES: [&[u8]; 11] = [
 pub extern "C" fn qg_cloud_name(index: usize) -> *const c_char {
     CLOUD_NAMES
         .get(index)
-        .map_or(std::ptr::null(), |name| name.as_ptr().cast())
+        .map_or(std::ptr::null(), |name| name.as_ptr())
 }
 
 /// `qg_default_value`: the hunting run time allowed per rolling hour, in milliseconds.
@@ -99,7 +93,6 @@ pub extern "C" fn qg_default_value(which: u32, out: *mut u64) -> qg_result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Cloud;
     use std::ffi::CStr;
 
     #[test]

@@ -807,29 +807,20 @@ class _TokenCallback:
 
 
 def _token_result(value: Any) -> Tuple[bytes, int]:
-    """A provider's ``(token, expires_in_seconds)`` as UTF-8 bytes and milliseconds.
-    The messages never quote the token."""
+    """A provider's ``(token, expires_in_seconds)`` as UTF-8 bytes and milliseconds; the
+    library's sink decides which tokens it takes. The messages never quote the token."""
     if not isinstance(value, tuple) or len(value) != 2:
         raise TypeError("the token provider must return (access_token, expires_in_seconds)")
     token, expires = value
     if not isinstance(token, str):
         raise TypeError(f"the access token must be a str, not {type(token).__name__}")
-    if not token:
-        raise ValueError("the access token is empty")
     if isinstance(expires, bool) or not isinstance(expires, numbers.Real):
         raise TypeError(f"expires_in_seconds must be a number, not {type(expires).__name__}")
     seconds = float(expires)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("expires_in_seconds must be above 0")
     ms = max(1, min(int(seconds * 1000.0), _convert.U64_MAX))
-    data = token.encode("utf-8")
-    if len(data) > _MAX_TOKEN_BYTES:
-        raise ValueError("the access token is longer than 1 MiB")
-    return data, ms
-
-
-#: The largest token the library takes from a provider.
-_MAX_TOKEN_BYTES = 1 << 20
+    return token.encode("utf-8"), ms
 
 
 def _secret(value: Any, name: str) -> bytes:
