@@ -79,19 +79,61 @@ struct Run {
     end: u64,
 }
 
+/// Bits of a packed run's end: its sequence number modulo 2^16, which names it while the
+/// log holds fewer than 2^16 units.
+const END_BITS: u32 = 16;
+const END_MASK: u64 = (1 << END_BITS) - 1;
+/// The span of a packed log's instants: 2^48 ns (78 hours) from its base.
+const AT_SPAN: u64 = 1 << (64 - END_BITS);
+
 /// Admitted units as runs (an instant and a count), oldest first, with their sequence
 /// numbers: the log of the in-memory [`SlidingLog`] and of the file store's bucket. A call
 /// of any cost is one run, so memory and time grow with the calls, not with their cost.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A run takes one 8-byte word while the log spans less than 78 hours and holds fewer
+/// than 2^16 units (the API's default rates log at most 1,500 units an hour): the
+/// instant relative to `base` in the high 48 bits, the end's sequence number modulo 2^16
+/// in the low 16, read back against `start`. A log that outgrows either bound is widened
+/// once to two words a run (instant, end). The deque grows by a quarter at a time, not by
+/// doubling, so that a full log takes little more than its runs.
+#[derive(Clone, Default)]
 pub(crate) struct Runs {
-    runs: VecDeque<Run>,
-    /// The sequence number of the first unit of `runs[0]`.
+    words: VecDeque<u64>,
+    /// Two words a run (instant, end) instead of one packed word.
+    wide: bool,
+    /// The instant packed instants count from: at most the oldest run's.
+    base: Nanos,
+    /// The sequence number of the first unit of the oldest run.
     start: u64,
     /// Sequence number of the next unit to log.
     next: u64,
     /// The latest instant logged: units are logged in order (a unit logged at an earlier
     /// instant is logged at this one instead).
     last: Nanos,
+}
+
+impl PartialEq for Runs {
+    fn eq(&self, other: &Self) -> bool {
+        (self.start, self.next, self.last) == (other.start, other.next, other.last)
+            && self.len() == other.len()
+            && (0..self.len()).all(|i| self.run(i) == other.run(i))
+    }
+}
+
+impl Eq for Runs {}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runs")
+            .field("start", &self.start)
+            .field("next", &self.next)
+            .field("last", &self.last)
+            .field(
+                "runs",
+                &(0..self.len()).map(|i| self.run(i)).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Runs {
@@ -104,13 +146,55 @@ impl Runs {
     /// How many runs the log holds.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.runs.len()
+        self.words.len() >> usize::from(self.wide)
+    }
+
+    /// Run `i`, oldest first.
+    #[inline]
+    fn run(&self, i: usize) -> Run {
+        if self.wide {
+            Run {
+                at: self.words[2 * i],
+                end: self.words[2 * i + 1],
+            }
+        } else {
+            let w = self.words[i];
+            Run {
+                at: self.base + (w >> END_BITS),
+                end: self.start + ((w & END_MASK).wrapping_sub(self.start) & END_MASK),
+            }
+        }
+    }
+
+    /// The instant of run `i`.
+    #[inline]
+    fn run_at(&self, i: usize) -> Nanos {
+        if self.wide {
+            self.words[2 * i]
+        } else {
+            self.base + (self.words[i] >> END_BITS)
+        }
+    }
+
+    /// The number of runs, from the oldest, for which `pred` holds (it holds for a prefix).
+    #[inline]
+    fn partition(&self, pred: impl Fn(Run) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(self.run(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// The instant of the unit with sequence number `seq` (held by the log).
     #[inline]
     fn at(&self, seq: u64) -> Nanos {
-        self.runs[self.runs.partition_point(|r| r.end <= seq)].at
+        self.run_at(self.partition(|r| r.end <= seq))
     }
 
     /// The instant of the `k`-th newest unit (`k >= 1`), if the log holds it.
@@ -119,12 +203,12 @@ impl Runs {
         (k >= 1 && k <= self.next - self.start).then(|| self.at(self.next - k))
     }
 
-    /// The first sequence number of `runs[i]`.
+    /// The first sequence number of run `i`.
     #[inline]
     fn run_start(&self, i: usize) -> u64 {
         match i {
             0 => self.start,
-            i => self.runs[i - 1].end,
+            i => self.run(i - 1).end,
         }
     }
 
@@ -134,45 +218,109 @@ impl Runs {
     pub(crate) fn push(&mut self, now: Nanos, cost: u64, open: bool) {
         let now = now.max(self.last);
         self.last = now;
-        match self.runs.back_mut() {
-            Some(run) if run.at == now && open => run.end += cost,
-            _ => self.runs.push_back(Run {
-                at: now,
-                end: self.next + cost,
-            }),
+        let end = self.next + cost;
+        let n = self.len();
+        if n == 0 {
+            // An empty log starts packed again, counting from its new run.
+            self.base = now;
+            self.wide = false;
         }
-        self.next += cost;
+        if !self.wide && (end - self.start > END_MASK || now - self.base >= AT_SPAN) {
+            self.repack(now, end);
+        }
+        if open && n > 0 && self.run_at(n - 1) == now {
+            self.set_end(n - 1, end);
+        } else {
+            self.push_run(now, end);
+        }
+        self.next = end;
+    }
+
+    /// Makes room in a packed log for a run at `at` ending at `end`: counts instants from
+    /// the oldest run's if that is enough, else widens the log.
+    #[cold]
+    fn repack(&mut self, at: Nanos, end: u64) {
+        let runs: Vec<Run> = (0..self.len()).map(|i| self.run(i)).collect();
+        let base = runs.first().map_or(at, |r| r.at);
+        self.wide = end - self.start > END_MASK || at - base >= AT_SPAN;
+        self.base = base;
+        self.words.clear();
+        for r in runs {
+            self.push_run(r.at, r.end);
+        }
+        self.words.shrink_to_fit();
+    }
+
+    /// Appends a run, growing the deque by a quarter when it is full.
+    #[inline]
+    fn push_run(&mut self, at: Nanos, end: u64) {
+        let need = 1 + usize::from(self.wide);
+        if self.words.capacity() - self.words.len() < need {
+            self.words.reserve_exact((self.words.len() / 4).max(8));
+        }
+        if self.wide {
+            self.words.push_back(at);
+            self.words.push_back(end);
+        } else {
+            self.words
+                .push_back(((at - self.base) << END_BITS) | (end & END_MASK));
+        }
+    }
+
+    /// Sets the end of run `i` (the log has room for it).
+    #[inline]
+    fn set_end(&mut self, i: usize, end: u64) {
+        if self.wide {
+            self.words[2 * i + 1] = end;
+        } else {
+            let w = &mut self.words[i];
+            *w = (*w & !END_MASK) | (end & END_MASK);
+        }
     }
 
     /// The oldest run's instant and the units logged after it.
     #[inline]
     pub(crate) fn oldest(&self) -> Option<(Nanos, u64)> {
-        self.runs.front().map(|r| (r.at, self.next - r.end))
+        (self.len() > 0).then(|| {
+            let r = self.run(0);
+            (r.at, self.next - r.end)
+        })
     }
 
-    /// Drops the oldest run.
+    /// Drops the oldest run, and gives memory back once the log is a quarter full.
     #[inline]
     pub(crate) fn pop_oldest(&mut self) {
-        if let Some(run) = self.runs.pop_front() {
-            self.start = run.end;
+        if self.len() > 0 {
+            self.start = self.run(0).end;
+            self.words.pop_front();
+            if self.wide {
+                self.words.pop_front();
+            }
+            if self.words.capacity() > 64 && self.words.len() * 4 < self.words.capacity() {
+                self.shrink();
+            }
         }
+    }
+
+    /// Halves the room of a log a quarter full.
+    #[cold]
+    fn shrink(&mut self) {
+        self.words.shrink_to(self.words.len() * 2);
     }
 
     /// The runs, oldest first, as (instant, units), counting only units numbered `from`
     /// or later.
     pub(crate) fn since(&self, from: u64) -> impl Iterator<Item = (Nanos, u64)> + '_ {
-        let first = self.runs.partition_point(|r| r.end <= from);
-        (first..self.runs.len()).map(move |i| {
-            let run = self.runs[i];
+        let first = self.partition(|r| r.end <= from);
+        (first..self.len()).map(move |i| {
+            let run = self.run(i);
             (run.at, run.end - self.run_start(i).max(from))
         })
     }
 
     /// Units inside `window` at `now`: those logged at `u` with `now < u + window`.
     pub(crate) fn inside(&self, now: Nanos, window: Nanos) -> u64 {
-        let first = self
-            .runs
-            .partition_point(|r| r.at.saturating_add(window) <= now);
+        let first = self.partition(|r| r.at.saturating_add(window) <= now);
         self.next - self.run_start(first)
     }
 
@@ -180,28 +328,30 @@ impl Runs {
     /// oldest first. `None` unless the instants rise strictly, every count is above zero
     /// and the counts add up to at most `next`: what [`push`](Self::push) never writes.
     pub(crate) fn from_runs(next: u64, runs: impl Iterator<Item = (Nanos, u64)>) -> Option<Self> {
-        let mut log = Self {
-            next,
-            ..Self::default()
-        };
         let mut held: u64 = 0;
-        let mut ends = Vec::new();
+        let mut ends = Vec::with_capacity(runs.size_hint().0);
         for (at, units) in runs {
-            if units == 0 || (!ends.is_empty() && at <= log.last) {
+            if units == 0 || ends.last().is_some_and(|&(last, _)| at <= last) {
                 return None;
             }
             held = held.checked_add(units).filter(|&h| h <= next)?;
-            log.last = at;
             ends.push((at, held));
         }
-        log.start = next - held;
-        log.runs = ends
-            .into_iter()
-            .map(|(at, end)| Run {
-                at,
-                end: log.start + end,
-            })
-            .collect();
+        let start = next - held;
+        let mut log = Self {
+            words: VecDeque::with_capacity(ends.len()),
+            start,
+            next,
+            last: ends.last().map_or(0, |&(at, _)| at),
+            base: ends.first().map_or(0, |&(at, _)| at),
+            wide: false,
+        };
+        if let (Some(&(first, _)), Some(&(last, _))) = (ends.first(), ends.last()) {
+            log.wide = held > END_MASK || last - first >= AT_SPAN;
+        }
+        for (at, end) in ends {
+            log.push_run(at, start + end);
+        }
         Some(log)
     }
 }
@@ -287,50 +437,45 @@ impl SlidingLog {
         fresh
     }
 
-    /// The first sequence number of the run with absolute index `run`.
-    #[inline]
-    fn run_start(&self, run: u64) -> u64 {
-        self.log.run_start((run - self.first_run) as usize)
-    }
-
     /// Moves every rate's cursor past the runs that have left its window at `now`.
     #[inline]
     pub(crate) fn expire(&mut self, now: Nanos) {
-        let end = self.first_run + self.log.len() as u64;
-        for i in 0..self.rates.len() {
-            let (window, mut run) = (self.rates[i].window, self.rates[i].run);
+        let (log, first) = (&self.log, self.first_run);
+        let end = first + log.len() as u64;
+        let mut oldest = end;
+        for r in &mut self.rates {
+            let mut run = r.run;
             // A unit at instant u is inside (now - window, now] while now < u + window.
-            while run < end
-                && self.log.runs[(run - self.first_run) as usize]
-                    .at
-                    .saturating_add(window)
-                    <= now
-            {
+            while run < end && log.run_at((run - first) as usize).saturating_add(r.window) <= now {
                 run += 1;
             }
-            if run != self.rates[i].run {
-                self.rates[i].run = run;
-                self.rates[i].cursor = if run == end {
-                    self.log.next
+            if run != r.run {
+                r.run = run;
+                r.cursor = if run == end {
+                    log.next
                 } else {
-                    self.run_start(run)
+                    log.run_start((run - first) as usize)
                 };
             }
+            oldest = oldest.min(run);
         }
-        self.trim();
+        self.trim(oldest);
     }
 
-    /// Drops the oldest runs that every window has left, keeping the newest units up to
-    /// `RETAIN` (or the largest `calls`, if smaller).
-    fn trim(&mut self) {
+    /// Drops the oldest runs that every window has left (those before the run numbered
+    /// `passed`), keeping the newest units up to `RETAIN` (or the largest `calls`, if
+    /// smaller).
+    #[inline]
+    fn trim(&mut self, passed: u64) {
         let keep = RETAIN.min(self.largest);
-        while let Some((_, after)) = self.log.oldest() {
-            let passed = self.rates.iter().all(|r| r.run > self.first_run);
-            if !passed || after < keep {
-                break;
+        while self.first_run < passed {
+            match self.log.oldest() {
+                Some((_, after)) if after >= keep => {
+                    self.log.pop_oldest();
+                    self.first_run += 1;
+                }
+                _ => break,
             }
-            self.log.pop_oldest();
-            self.first_run += 1;
         }
     }
 
@@ -544,6 +689,128 @@ mod tests {
         assert_eq!(l.usage().next().unwrap().0, 1000);
         assert_eq!(l.log.at(0), 0);
         assert_eq!(l.log.at(999), 999_000);
+    }
+
+    /// The runs as (instant, end), decoded.
+    fn decoded(l: &Runs) -> Vec<(Nanos, u64)> {
+        (0..l.len()).map(|i| (l.run(i).at, l.run(i).end)).collect()
+    }
+
+    #[test]
+    fn a_run_takes_one_word_until_the_log_outgrows_it() {
+        let mut l = Runs::default();
+        for i in 0..1500 {
+            l.push(i * 2_400 * MS, 1, true);
+        }
+        assert!(!l.wide);
+        assert_eq!(l.len(), 1500);
+        assert_eq!(l.newest(1500), Some(0));
+        assert_eq!(l.newest(1), Some(1499 * 2_400 * MS));
+        // Grown by a quarter at a time: well under the 2,048 runs of a doubling deque.
+        assert!(l.words.capacity() < 1_900, "{}", l.words.capacity());
+        // 2^16 units held: the ends no longer fit 16 bits.
+        l.push(1500 * 2_400 * MS, 70_000, true);
+        assert!(l.wide);
+        assert_eq!(l.newest(70_000), Some(1500 * 2_400 * MS));
+        assert_eq!(l.newest(70_001), Some(1499 * 2_400 * MS));
+        assert_eq!(l.newest(71_500), Some(0));
+        // Emptied, it packs again.
+        while l.len() > 0 {
+            l.pop_oldest();
+        }
+        l.push(1501 * 2_400 * MS, 1, true);
+        assert!(!l.wide);
+        assert_eq!(l.newest(1), Some(1501 * 2_400 * MS));
+    }
+
+    #[test]
+    fn instants_count_from_the_oldest_run_and_a_long_span_widens() {
+        let mut l = Runs::default();
+        l.push(5, 1, true);
+        l.push(AT_SPAN, 1, true);
+        l.pop_oldest();
+        // 2^48 ns after the base, but within 2^48 of the oldest run: rebased, still packed.
+        l.push(AT_SPAN + 10, 2, true);
+        assert!(!l.wide);
+        assert_eq!(decoded(&l), vec![(AT_SPAN, 2), (AT_SPAN + 10, 4)]);
+        // A log spanning more than 2^48 ns takes two words a run.
+        l.push(2 * AT_SPAN + 1, 1, true);
+        assert!(l.wide);
+        assert_eq!(
+            decoded(&l),
+            vec![(AT_SPAN, 2), (AT_SPAN + 10, 4), (2 * AT_SPAN + 1, 5)]
+        );
+        let packed = Runs::from_runs(5, [(AT_SPAN, 1), (AT_SPAN + 10, 2)].into_iter()).unwrap();
+        assert!(!packed.wide);
+        let wide = Runs::from_runs(5, [(0, 1), (AT_SPAN, 2)].into_iter()).unwrap();
+        assert!(wide.wide);
+        assert_eq!(decoded(&wide), vec![(0, 3), (AT_SPAN, 5)]);
+    }
+
+    /// One operation on a log: push (instant step, cost, open) or pop the oldest run.
+    #[derive(Debug, Clone)]
+    enum RunOp {
+        Push(u64, u64, bool),
+        Pop,
+    }
+
+    fn run_op() -> impl Strategy<Value = RunOp> {
+        prop_oneof![
+            4 => (
+                prop_oneof![Just(0u64), 0u64..1_000, (AT_SPAN / 2)..(AT_SPAN + 5)],
+                prop_oneof![1u64..4, 1u64..40_000],
+                any::<bool>(),
+            )
+                .prop_map(|(step, cost, open)| RunOp::Push(step, cost, open)),
+            1 => Just(RunOp::Pop),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Packed, rebased or widened, the log reads back as a plain list of runs would.
+        #[test]
+        fn the_packed_log_reads_as_a_plain_list(ops in proptest::collection::vec(run_op(), 1..80)) {
+            let mut l = Runs::default();
+            let mut model: std::collections::VecDeque<(Nanos, u64)> = Default::default();
+            let (mut start, mut next, mut now) = (0u64, 0u64, 0u64);
+            for op in ops {
+                match op {
+                    RunOp::Push(step, cost, open) => {
+                        now += step;
+                        l.push(now, cost, open);
+                        next += cost;
+                        match model.back_mut() {
+                            Some(r) if r.0 == now && open => r.1 = next,
+                            _ => model.push_back((now, next)),
+                        }
+                    }
+                    RunOp::Pop => {
+                        l.pop_oldest();
+                        if let Some(r) = model.pop_front() {
+                            start = r.1;
+                        }
+                    }
+                }
+                prop_assert_eq!(decoded(&l), model.iter().copied().collect::<Vec<_>>());
+                prop_assert_eq!(l.next(), next);
+                for k in [1, 2, 3, 1_000, 40_000, next - start, next - start + 1] {
+                    let want = (k >= 1 && k <= next - start).then(|| {
+                        model.iter().find(|r| r.1 > next - k).unwrap().0
+                    });
+                    prop_assert_eq!(l.newest(k), want, "k = {}", k);
+                }
+                // A closed run may share its instant with the next: only rising ones are
+                // stored.
+                if !model.is_empty() && model.iter().zip(model.iter().skip(1)).all(|(a, b)| a.0 < b.0) {
+                    let copy = Runs::from_runs(next, l.since(0)).unwrap();
+                    prop_assert_eq!(&copy, &l);
+                }
+            }
+        }
     }
 
     #[test]
