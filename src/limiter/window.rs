@@ -216,10 +216,12 @@ impl Runs {
     /// added to the newest run when it has that instant and `open`, else as a new run.
     #[inline]
     pub(crate) fn push(&mut self, now: Nanos, cost: u64, open: bool) {
+        let n = self.len();
+        // The newest run is at `last`, the latest instant logged.
+        let merge = open && n > 0 && now <= self.last;
         let now = now.max(self.last);
         self.last = now;
         let end = self.next + cost;
-        let n = self.len();
         if n == 0 {
             // An empty log starts packed again, counting from its new run.
             self.base = now;
@@ -228,7 +230,7 @@ impl Runs {
         if !self.wide && (end - self.start > END_MASK || now - self.base >= AT_SPAN) {
             self.repack(now, end);
         }
-        if open && n > 0 && self.run_at(n - 1) == now {
+        if merge {
             self.set_end(n - 1, end);
         } else {
             self.push_run(now, end);
@@ -281,24 +283,33 @@ impl Runs {
     /// The oldest run's instant and the units logged after it.
     #[inline]
     pub(crate) fn oldest(&self) -> Option<(Nanos, u64)> {
-        (self.len() > 0).then(|| {
-            let r = self.run(0);
-            (r.at, self.next - r.end)
-        })
+        self.front().map(|r| (r.at, self.next - r.end))
     }
 
     /// Drops the oldest run, and gives memory back once the log is a quarter full.
     #[inline]
     pub(crate) fn pop_oldest(&mut self) {
-        if self.len() > 0 {
-            self.start = self.run(0).end;
+        if let Some(run) = self.front() {
+            self.drop_front(run.end);
+        }
+    }
+
+    /// The oldest run.
+    #[inline]
+    fn front(&self) -> Option<Run> {
+        (self.len() > 0).then(|| self.run(0))
+    }
+
+    /// Drops the oldest run, which ends at `end`.
+    #[inline]
+    fn drop_front(&mut self, end: u64) {
+        self.start = end;
+        self.words.pop_front();
+        if self.wide {
             self.words.pop_front();
-            if self.wide {
-                self.words.pop_front();
-            }
-            if self.words.capacity() > 64 && self.words.len() * 4 < self.words.capacity() {
-                self.shrink();
-            }
+        }
+        if self.words.capacity() > 64 && self.words.len() * 4 < self.words.capacity() {
+            self.shrink();
         }
     }
 
@@ -400,6 +411,9 @@ pub(crate) struct SlidingLog {
     max_cost: u64,
     /// The largest `calls` of all rates.
     largest: u64,
+    /// The furthest any rate's cursor has moved (an absolute run index): runs before it
+    /// have left some window.
+    passed: u64,
 }
 
 impl SlidingLog {
@@ -418,6 +432,7 @@ impl SlidingLog {
                 .collect(),
             log: Runs::default(),
             first_run: 0,
+            passed: 0,
             max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
             largest: rates.iter().map(|r| u64::from(r.calls)).max().unwrap_or(0),
         }
@@ -442,23 +457,24 @@ impl SlidingLog {
     pub(crate) fn expire(&mut self, now: Nanos) {
         let (log, first) = (&self.log, self.first_run);
         let end = first + log.len() as u64;
-        let mut oldest = end;
+        let (mut oldest, mut newest) = (end, 0);
         for r in &mut self.rates {
             let mut run = r.run;
-            // A unit at instant u is inside (now - window, now] while now < u + window.
-            while run < end && log.run_at((run - first) as usize).saturating_add(r.window) <= now {
+            // A unit at instant u is inside (now - window, now] while now < u + window;
+            // the cursor moves to the end of the last run that has left.
+            while run < end {
+                let left = log.run((run - first) as usize);
+                if left.at.saturating_add(r.window) > now {
+                    break;
+                }
+                r.cursor = left.end;
                 run += 1;
             }
-            if run != r.run {
-                r.run = run;
-                r.cursor = if run == end {
-                    log.next
-                } else {
-                    log.run_start((run - first) as usize)
-                };
-            }
+            r.run = run;
             oldest = oldest.min(run);
+            newest = newest.max(run);
         }
+        self.passed = newest;
         self.trim(oldest);
     }
 
@@ -469,9 +485,9 @@ impl SlidingLog {
     fn trim(&mut self, passed: u64) {
         let keep = RETAIN.min(self.largest);
         while self.first_run < passed {
-            match self.log.oldest() {
-                Some((_, after)) if after >= keep => {
-                    self.log.pop_oldest();
+            match self.log.front() {
+                Some(run) if self.log.next - run.end >= keep => {
+                    self.log.drop_front(run.end);
                     self.first_run += 1;
                 }
                 _ => break,
@@ -508,8 +524,7 @@ impl SlidingLog {
     pub(crate) fn push(&mut self, now: Nanos, cost: u64) {
         let end = self.first_run + self.log.len() as u64;
         // A run that some window has already left stays closed: new units start a run.
-        let open = self.rates.iter().all(|r| r.run < end);
-        self.log.push(now, cost, open);
+        self.log.push(now, cost, self.passed < end);
     }
 
     /// Units inside each rate's window at the last expiry, with the rate's limit.
