@@ -19,13 +19,40 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A fresh state-file path of its own for a test.
+/// A fresh state-file path of its own for a test. The first call removes the folders
+/// that earlier runs left, those of processes that no longer exist.
 fn state_file(name: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_stale_state_dirs);
     let dir = std::env::temp_dir().join(format!("quotagate-shared-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.q"));
     let _ = std::fs::remove_file(&path);
     path
+}
+
+/// Removes `quotagate-shared-<pid>` folders of processes that have ended (Linux: a live
+/// process has a `/proc/<pid>`; elsewhere nothing is removed).
+fn remove_stale_state_dirs() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("quotagate-shared-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn file_url(name: &str) -> String {
