@@ -435,8 +435,8 @@ impl Call<'_> {
             limiter::Error::Timeout { frees_in } => match self.cancel.deadline {
                 Some(b) if by_deadline => b.error(Some(&match frees_in {
                     Some(w) => format!(
-                        "before the quota admits the call: it frees a slot in {:.1} s",
-                        w.as_secs_f64()
+                        "before the quota admits the call: it {}",
+                        limiter::FreesASlot(w)
                     ),
                     None => "before the quota admits the call".to_owned(),
                 })),

@@ -96,6 +96,17 @@ pub enum Error {
     Store(store::StoreError),
 }
 
+/// "frees a slot in N s": when the quota will admit a call that a deadline does not let
+/// wait, as every deadline message in the crate says it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FreesASlot(pub(crate) Duration);
+
+impl std::fmt::Display for FreesASlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "frees a slot in {:.1} s", self.0.as_secs_f64())
+    }
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -106,8 +117,8 @@ impl std::fmt::Display for Error {
                 frees_in: Some(wait),
             } => write!(
                 f,
-                "the deadline cannot be met: the quota frees a slot in {:.1} s",
-                wait.as_secs_f64()
+                "the deadline cannot be met: the quota {}",
+                FreesASlot(*wait)
             ),
             Error::WouldBlock { wait } => {
                 write!(
