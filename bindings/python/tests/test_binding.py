@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import gc
+import multiprocessing
+import os
 import pickle
+import sys
 import threading
 import time
 from pathlib import Path
@@ -181,3 +184,30 @@ def test_a_binding_over_a_store_shares_the_quota(tmp_path: Path) -> None:
         assert not bound.try_acquire()
         assert not a.try_acquire("k") and not a.try_acquire("k")
         assert a.stats("k")["refusals"] == 3
+
+
+def bind_in_a_forked_child(lim: Limiter) -> None:
+    """A forked child's work: new pairs, bound or not, then close."""
+    assert lim.try_acquire("new") and lim.try_acquire("new") and lim.try_acquire("new")
+    assert lim.stats("new")["admitted_calls"] == 3
+    lim.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_child_forked_while_a_thread_binds_neither_waits_nor_miscounts() -> None:
+    with Limiter([(10, 60)]) as lim:
+        assert lim.try_acquire("k") and lim.try_acquire("k")
+        # As if another thread were binding at the fork: the child inherits the lock held.
+        assert lim._bind_lock.acquire()
+        try:
+            child = multiprocessing.get_context("fork").Process(
+                target=bind_in_a_forked_child, args=(lim,)
+            )
+            child.start()
+            child.join(30)
+            assert child.exitcode == 0
+        finally:
+            lim._bind_lock.release()
+        assert "new" not in lim._bound_one and lim.try_acquire("k")
+        assert lim.stats("k")["admitted_calls"] == 3

@@ -175,10 +175,9 @@ class Limiter(NativeHandle):
 
     def _drop_bindings(self) -> None:
         """Forgets every binding; each is freed once no call in flight holds it."""
-        with self._bind_lock:
-            self._bound_one = {}
-            self._bound_pairs = {}
-            self._seen = {}
+        self._bound_one = {}
+        self._bound_pairs = {}
+        self._seen = {}
 
     def _native_free(self, ptr: c_void_p) -> None:
         lib.qg_limiter_free(ptr)
@@ -251,7 +250,11 @@ class Limiter(NativeHandle):
         the library cannot bind it (the call by key then reports why)."""
         pair = (key, cost)
         entry: Any = key if cost == 1 else pair
-        with self._bind_lock:
+        # Never waits: while another thread binds (or held the lock when this process
+        # forked, which would leave it held in the child for ever), the call goes by key.
+        if not self._bind_lock.acquire(blocking=False):
+            return None
+        try:
             if self._closed:
                 return None
             table: Dict[Any, Binding] = self._bound_one if cost == 1 else self._bound_pairs
@@ -263,7 +266,7 @@ class Limiter(NativeHandle):
                     self._seen = {}
                 self._seen[pair] = None
                 return None
-            del self._seen[pair]
+            self._seen.pop(pair, None)
             native = c_void_p()
             if _bind(ptr, k, cost, byref(native)) != QG_OK:
                 return None
@@ -277,6 +280,8 @@ class Limiter(NativeHandle):
                 del victim[next(iter(victim))]
             table[entry] = binding
             return binding
+        finally:
+            self._bind_lock.release()
 
     def bind(self, key: str = "", cost: int = 1) -> "Binding":
         """Binds ``key`` and ``cost`` once, for a loop that repeats them: the
