@@ -356,6 +356,25 @@ extern "C" {
 #endif
 
 /**
+ * A key and a cost of one limiter bound once by `qg_limiter_bind`, so that a call that
+ * repeats them passes one handle: `qg_binding_try_acquire` is
+ * `qg_limiter_try_acquire(l, key, cost, NULL)` (the same admissions, errors and
+ * statistics, never ahead of a queued call) without the key's handling and the bucket's
+ * lookup on every call.
+ *
+ * Methods: `qg_binding_try_acquire`, `qg_binding_free`.
+ *
+ * A binding keeps its limiter alive (`qg_limiter_free` may come first), and, for a
+ * limiter without a store, its bucket: neither the eviction that makes room for new keys
+ * nor idle purges drop a bucket that a binding holds, so its count stays exact, and the
+ * bucket counts towards the limiter's maximum of buckets until the binding is freed.
+ * New rates of the bucket (`qg_limiter_set_rates`) apply to its bindings at once.
+ * Safe to use from any number of threads at once; `qg_binding_free` must not run while
+ * another thread still uses the binding.
+ */
+typedef struct qg_binding qg_binding;
+
+/**
  * A snapshot of one bucket's statistics, taken by `qg_limiter_stats`.
  *
  * Methods: `qg_bucket_stats_get`, `qg_bucket_stats_window_count`,
@@ -426,11 +445,12 @@ typedef struct qg_hold qg_hold;
  *
  * Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_wait_time`,
  * `qg_limiter_hold`, `qg_limiter_try_hold`, `qg_limiter_enqueue_hold`, `qg_limiter_enqueue`,
- * `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`, `qg_limiter_close`,
- * `qg_limiter_free`.
+ * `qg_limiter_bind`, `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`,
+ * `qg_limiter_close`, `qg_limiter_free`.
  *
  * Reference counted inside and safe to use from any number of threads at once. Free it
- * once with `qg_limiter_free`; tickets and clients that use it keep what they need alive.
+ * once with `qg_limiter_free`; tickets, bindings and clients that use it keep what they
+ * need alive.
  */
 typedef struct qg_limiter qg_limiter;
 
@@ -1513,6 +1533,36 @@ qg_result qg_limiter_close(const qg_limiter *l);
  * handle twice. Waiters are not woken: close first if threads may still wait on it.
  */
 void qg_limiter_free(qg_limiter *l);
+
+/**
+ * Binds `key` and `cost` of the limiter `l` for `qg_binding_try_acquire`: on success
+ * `*out` receives a binding that the caller frees with `qg_binding_free`.
+ *
+ * `key` and `cost`: as in `qg_limiter_acquire`. For a limiter without a store the bucket
+ * is created now (`QG_ERR_TOO_MANY_BUCKETS` when none can make room) and `cost` is
+ * checked against its rates (`QG_ERR_INVALID_ARGUMENT`); with a store, `cost` is checked
+ * against the bucket's rates at each call. Returns `QG_ERR_CLOSED` once the limiter is
+ * closed. `l` and `out` must not be NULL. Thread-safe.
+ */
+qg_result qg_limiter_bind(const qg_limiter *l, const char *key, uint32_t cost, qg_binding **out);
+
+/**
+ * Admits a call of the bound cost on the bound key now if every window of the bucket
+ * allows it and nobody waits before it; never blocks.
+ *
+ * Returns `QG_OK` only when admitted, `QG_ERR_WOULD_BLOCK` when not (the last error's
+ * text then says how long the call would wait; `qg_limiter_try_acquire` and
+ * `qg_limiter_wait_time` report it as a number), `QG_ERR_CLOSED` once the limiter is
+ * closed, `QG_ERR_INVALID_ARGUMENT` when the bucket's rates no longer admit the bound
+ * cost, `QG_ERR_STORE` when the store fails. `b` must not be NULL. Thread-safe.
+ */
+qg_result qg_binding_try_acquire(const qg_binding *b);
+
+/**
+ * Frees a binding; its bucket may then be dropped when idle. NULL does nothing; never
+ * free the same binding twice, nor while another thread uses it.
+ */
+void qg_binding_free(qg_binding *b);
 
 /**
  * Reads one counter of a snapshot (`field`: one of the `QG_STAT_*` constants) into

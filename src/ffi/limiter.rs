@@ -15,11 +15,12 @@ use std::time::Duration;
 ///
 /// Methods: `qg_limiter_acquire`, `qg_limiter_try_acquire`, `qg_limiter_wait_time`,
 /// `qg_limiter_hold`, `qg_limiter_try_hold`, `qg_limiter_enqueue_hold`, `qg_limiter_enqueue`,
-/// `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`, `qg_limiter_close`,
-/// `qg_limiter_free`.
+/// `qg_limiter_bind`, `qg_limiter_pause`, `qg_limiter_set_rates`, `qg_limiter_stats`,
+/// `qg_limiter_close`, `qg_limiter_free`.
 ///
 /// Reference counted inside and safe to use from any number of threads at once. Free it
-/// once with `qg_limiter_free`; tickets and clients that use it keep what they need alive.
+/// once with `qg_limiter_free`; tickets, bindings and clients that use it keep what they
+/// need alive.
 pub struct qg_limiter {
     pub(crate) limiter: Limiter,
 }
@@ -88,7 +89,7 @@ pub extern "C" fn qg_limiter_try_acquire(
 /// wait rounded up to whole milliseconds on `WouldBlock`, nothing on other failures.
 /// The frame of a limiter call on a key whose handle goes to `*out`: checks the limiter,
 /// the key and `out`, runs `call`, and boxes its handle into `*out`.
-fn keyed<T>(
+pub(super) fn keyed<T>(
     l: *const qg_limiter,
     key: *const c_char,
     out: *mut *mut T,

@@ -31,6 +31,7 @@ mod limiter_builder;
 
 mod limiter;
 
+mod binding;
 mod bucket_stats;
 mod hold;
 mod ticket;

@@ -284,6 +284,18 @@ impl MemoryBackend {
         })?
     }
 
+    /// The bucket of `key` (created if needed) with `cost` checked against it, for a
+    /// [`MemoryBinding`]. The binding's reference pins the bucket: [`evictable`] never
+    /// drops a bucket that anything else holds.
+    pub(crate) fn bind(&self, key: &str, cost: u32) -> Result<MemoryBinding, Error> {
+        let bucket = self.bucket(key)?;
+        Self::check_cost(&bucket.state.lock(), cost)?;
+        Ok(MemoryBinding {
+            bucket,
+            clock: self.clock.clone(),
+        })
+    }
+
     pub(crate) fn wait_time(&self, key: &str, cost: u32) -> Result<Duration, Error> {
         self.with_bucket(key, |_, st, now| {
             let cost = Self::check_cost(st, cost)?;
@@ -459,6 +471,23 @@ impl Drop for MemoryTicket {
         if self.waiter.state() == WaiterState::Waiting {
             self.cancel();
         }
+    }
+}
+
+/// A bucket of this process found once, for the calls of a
+/// [`Binding`](super::Binding).
+pub(crate) struct MemoryBinding {
+    bucket: Arc<Bucket>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryBinding {
+    /// [`MemoryBackend::try_admit`] without a lease, on the bucket already found.
+    #[inline]
+    pub(crate) fn try_acquire(&self, cost: u32) -> Result<(), Error> {
+        let mut st = self.bucket.state.lock();
+        let now = st.clock(self.clock.now());
+        MemoryBackend::admit_now(&mut st, now, cost, None, true).map(drop)
     }
 }
 

@@ -23,6 +23,7 @@
 //! assert!(limiter.try_acquire("machines", 1).is_ok());
 //! ```
 
+mod binding;
 mod bucket;
 mod builder;
 mod clock;
@@ -35,6 +36,7 @@ mod sync;
 mod ticket;
 mod window;
 
+pub use binding::Binding;
 pub use bucket::{BucketStats, WindowUsage};
 pub use builder::LimiterBuilder;
 pub use clock::{Clock, ClockListener, ManualClock, MonotonicClock, Nanos};
@@ -303,6 +305,26 @@ impl Limiter {
         match &self.inner.backend {
             Backend::Memory(m) => m.try_admit(key, cost, None, true).map(drop),
             Backend::Store(s) => s.try_admit(key, cost, None).map(drop),
+        }
+    }
+
+    /// Binds `key` and `cost` once for calls that repeat them: the [`Binding`]'s
+    /// [`try_acquire`](Binding::try_acquire) is [`try_acquire`](Self::try_acquire)`(key,
+    /// cost)` without finding the bucket on every call. In memory, the bucket is created
+    /// now (so this can fail with [`Error::TooManyBuckets`]), the cost is checked against
+    /// its rates, and the binding keeps the bucket alive while it lives; with a store, the
+    /// cost is checked against the bucket's rates at each call. [`Error::Closed`] once
+    /// the limiter is closed.
+    pub fn bind(&self, key: &str, cost: u32) -> Result<Binding, Error> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(Binding::memory(self, key, cost, m.bind(key, cost)?)),
+            Backend::Store(s) => {
+                if s.is_closed() {
+                    return Err(Error::Closed);
+                }
+                check_cost_range(cost)?;
+                Ok(Binding::store(self, key, cost))
+            }
         }
     }
 

@@ -1518,6 +1518,142 @@ static void test_stats_do_not_change_set_rates(void)
     qg_limiter_free(l);
 }
 
+/* A binding admits, refuses and counts exactly like qg_limiter_try_acquire on its key. */
+static void test_binding(void)
+{
+    qg_limiter *l = make_simple(3, 200);
+    qg_binding *b = SENTINEL;
+    const char bad_key[] = {(char)0xff, 0};
+
+    CHECK_RC(qg_limiter_bind(NULL, "k", 1, &b), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_limiter_bind(l, "k", 1, NULL), QG_ERR_NULL_ARGUMENT);
+    CHECK_RC(qg_limiter_bind(l, "k", 0, &b), QG_ERR_INVALID_ARGUMENT);
+    CHECK_RC(qg_limiter_bind(l, "k", 4, &b), QG_ERR_INVALID_ARGUMENT); /* above the rate */
+    CHECK_RC(qg_limiter_bind(l, bad_key, 1, &b), QG_ERR_INVALID_ARGUMENT);
+    CHECK(b == SENTINEL); /* written only on success */
+    CHECK_RC(qg_binding_try_acquire(NULL), QG_ERR_NULL_ARGUMENT);
+    qg_binding_free(NULL);
+
+    b = NULL;
+    CHECK_OK(qg_limiter_bind(l, "k", 2, &b));
+    CHECK(b != NULL && b != SENTINEL);
+    CHECK_OK(qg_binding_try_acquire(b));
+    CHECK_OK(qg_limiter_try_acquire(l, "k", 1, NULL)); /* one bucket: 3 units in use */
+    CHECK_RC(qg_binding_try_acquire(b), QG_ERR_WOULD_BLOCK);
+    {
+        char err[256];
+        last_error_text(err, sizeof err);
+        CHECK_MSG(contains(err, "ms"), "text after a refusal: \"%s\"", err);
+    }
+    CHECK_U64(stat_of(l, "k", QG_STAT_ADMITTED_CALLS), ==, 2);
+    CHECK_U64(stat_of(l, "k", QG_STAT_ADMITTED_UNITS), ==, 3);
+    CHECK_U64(stat_of(l, "k", QG_STAT_REFUSALS), ==, 1);
+
+    /* Never ahead of a queued call: the ticket goes first when the window frees. */
+    qg_ticket *t = NULL;
+    CHECK_OK(qg_limiter_enqueue(l, "k", 3, 2000, &t));
+    sleep_ms(210);
+    CHECK_RC(qg_binding_try_acquire(b), QG_ERR_WOULD_BLOCK);
+    CHECK_OK(qg_ticket_wait(t, 0));
+    qg_ticket_free(t);
+
+    /* New rates apply to the binding at once; the limiter's handle may go first. */
+    const uint32_t calls[] = {1};
+    const uint64_t windows[] = {60000};
+    CHECK_OK(qg_limiter_set_rates(l, "k", calls, windows, 1));
+    CHECK_RC(qg_binding_try_acquire(b), QG_ERR_INVALID_ARGUMENT);
+    qg_binding *one = NULL;
+    CHECK_OK(qg_limiter_bind(l, "k", 1, &one));
+    CHECK_OK(qg_limiter_close(l));
+    qg_limiter_free(l);
+    CHECK_RC(qg_binding_try_acquire(one), QG_ERR_CLOSED);
+    CHECK_RC(qg_binding_try_acquire(b), QG_ERR_CLOSED);
+    qg_binding_free(one);
+    qg_binding_free(b);
+}
+
+/* A binding keeps its bucket: eviction cannot drop it, so a full limiter refuses new keys. */
+static void test_binding_keeps_its_bucket(void)
+{
+    const uint32_t calls[] = {1};
+    const uint64_t windows[] = {50};
+    qg_limiter *l = make_limiter(1, calls, windows, 0, 1);
+    qg_binding *b = NULL;
+    CHECK_OK(qg_limiter_bind(l, "kept", 1, &b));
+    CHECK_OK(qg_binding_try_acquire(b));
+    sleep_ms(80); /* "kept" is idle: only its binding keeps it */
+    CHECK_RC(qg_limiter_try_acquire(l, "other", 1, NULL), QG_ERR_TOO_MANY_BUCKETS);
+    CHECK_OK(qg_binding_try_acquire(b));
+    CHECK_U64(stat_of(l, "kept", QG_STAT_ADMITTED_CALLS), ==, 2); /* the same bucket */
+    qg_binding_free(b);
+    sleep_ms(80);
+    CHECK_OK(qg_limiter_try_acquire(l, "other", 1, NULL)); /* freed: it made room */
+    qg_limiter_free(l);
+}
+
+struct binding_race {
+    qg_binding *b;
+    atomic_int admitted;
+};
+
+static void *binding_race_main(void *arg)
+{
+    struct binding_race *r = arg;
+    for (int i = 0; i < 2000; i++) {
+        qg_result rc = qg_binding_try_acquire(r->b);
+        if (rc == QG_OK) {
+            atomic_fetch_add(&r->admitted, 1);
+        } else if (rc != QG_ERR_WOULD_BLOCK) {
+            CHECK_RC(rc, QG_ERR_WOULD_BLOCK);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* Threads sharing one binding never get more than the rate, and the count matches. */
+static void test_binding_shared_by_threads(void)
+{
+    enum { N = 4 };
+    qg_limiter *l = make_simple(100, 60000);
+    struct binding_race r = {NULL, 0};
+    pthread_t th[N];
+    CHECK_OK(qg_limiter_bind(l, "shared", 1, &r.b));
+    for (int i = 0; i < N; i++) {
+        CHECK(pthread_create(&th[i], NULL, binding_race_main, &r) == 0);
+    }
+    for (int i = 0; i < N; i++) {
+        CHECK(pthread_join(th[i], NULL) == 0);
+    }
+    CHECK_U64((uint64_t)atomic_load(&r.admitted), ==, 100);
+    CHECK_U64(stat_of(l, "shared", QG_STAT_ADMITTED_CALLS), ==, 100);
+    CHECK_U64(stat_of(l, "shared", QG_STAT_REFUSALS), ==, (uint64_t)N * 2000 - 100);
+    qg_binding_free(r.b);
+    qg_limiter_free(l);
+}
+
+/* Over a store, a binding makes the general call: one quota with the other processes. */
+static void test_binding_over_a_store(void)
+{
+    char path[256], url[300];
+    snprintf(path, sizeof path, "/tmp/qg-c-bind-%ld.q", (long)time(NULL) ^ (long)clock());
+    remove(path);
+    snprintf(url, sizeof url, "file://%s", path);
+    qg_limiter *a = NULL, *other = NULL;
+    qg_binding *b = NULL;
+    CHECK_OK(build_with_store(url, 2, 60000, &a));
+    CHECK_OK(build_with_store(url, 2, 60000, &other));
+    CHECK_OK(qg_limiter_bind(a, "k", 1, &b));
+    CHECK_OK(qg_binding_try_acquire(b));
+    CHECK_OK(qg_limiter_try_acquire(other, "k", 1, NULL));
+    CHECK_RC(qg_binding_try_acquire(b), QG_ERR_WOULD_BLOCK);
+    CHECK_U64(stat_of(a, "k", QG_STAT_REFUSALS), ==, 1);
+    qg_limiter_free(a);
+    qg_limiter_free(other);
+    qg_binding_free(b);
+    remove(path);
+}
+
 /* ------------------------------------------------------------------- main ---- */
 
 static const struct test g_tests[] = {
@@ -1552,6 +1688,10 @@ static const struct test g_tests[] = {
     {"set_rates_after_close", test_set_rates_after_close},
     {"own_rates_survive_the_bucket_limit", test_own_rates_survive_the_bucket_limit},
     {"stats_do_not_change_set_rates", test_stats_do_not_change_set_rates},
+    {"binding", test_binding},
+    {"binding_keeps_its_bucket", test_binding_keeps_its_bucket},
+    {"binding_shared_by_threads", test_binding_shared_by_threads},
+    {"binding_over_a_store", test_binding_over_a_store},
 };
 
 int main(int argc, char **argv)

@@ -3,17 +3,20 @@ pyrate-limiter and limits (moving window, in-memory storage), in one run.
 
     python bindings/python/benchmarks/bench_limiter.py [--rounds 9] [--calls 20000]
 
-All limiters get the same rate, one that the benchmark never reaches (10**9 calls per
-second), so every measured call is admitted. Each round uses a fresh key and makes
-``--calls`` calls in a plain loop, the libraries taking turns round by round; the
-figure is the median over the rounds, in nanoseconds per call. Four more rows show where
-the time goes: a bare ctypes call with no arguments (``qg_version_number``, the floor
+All limiters get the same rate, one that the benchmark never reaches (2**20 calls per
+second, the most quotagate takes), so every measured call is admitted. Each round uses
+a fresh key and makes ``--calls`` calls in a plain loop, the libraries taking turns
+round by round; the figure is the median over the rounds, in nanoseconds per call.
+More rows show where the time goes: a bare ctypes call with no arguments (``qg_version_number``, the floor
 of any ctypes call), the raw ctypes call of ``qg_limiter_try_acquire`` with plain int
 and bytes arguments, converted on every call, without the wrapper's checks, and the
 same call through a function object without ``argtypes`` given ctypes objects made
-once (what a call costs when ctypes converts nothing), and a call with one such
-argument (``qg_version_compatible``: what an entry point taking one prepared handle
-would cost).
+once (what a call costs when ctypes converts nothing), a call with one argument
+prepared the way a binding's handle is (``qg_version_compatible``, which does nothing:
+the cost of passing one argument), ``qg_binding_try_acquire`` called the way
+``Limiter.try_acquire`` calls it for a (key, cost) pair it has bound (the native call
+alone; over the row before, the library's work), then ``Binding.try_acquire`` of
+``Limiter.bind``.
 
 The last column is each row's cost over the floor; the goal for
 ``Limiter.try_acquire`` is at most 2x.
@@ -87,11 +90,38 @@ def bench_one_argument_ctypes(_: int, n: int) -> int:
     # one handle (limiter, key and cost made once) would have.
     fn = ctypes.CDLL(str(_native.lib.path)).qg_version_compatible
     fn.restype = ctypes.c_uint32
-    arg = ctypes.c_uint32(_native.HEADER_VERSION_NUMBER)
+    # Prepared as Binding prepares its handle: a parameter object ctypes passes as it is.
+    arg = ctypes.c_uint32.from_param(_native.HEADER_VERSION_NUMBER)
     t0 = clock()
     for _ in range(n):
         fn(arg)
     return clock() - t0
+
+
+def bench_binding_ctypes(r: int, n: int) -> int:
+    # The native call a bound Limiter.try_acquire makes, with nothing around it.
+    fn = quotagate._limiter._binding_try_acquire
+    binding = _qg_limiter.bind(f"binding-raw-{r}")
+    arg = binding._arg
+    t0 = clock()
+    for _ in range(n):
+        fn(arg)
+    elapsed = clock() - t0
+    assert _qg_limiter.stats(f"binding-raw-{r}")["admitted_calls"] == n
+    binding.close()
+    return elapsed
+
+
+def bench_binding(r: int, n: int) -> int:
+    binding = _qg_limiter.bind(f"binding-{r}")
+    try_acquire = binding.try_acquire
+    t0 = clock()
+    for _ in range(n):
+        try_acquire()
+    elapsed = clock() - t0
+    assert _qg_limiter.stats(f"binding-{r}")["admitted_calls"] == n
+    binding.close()
+    return elapsed
 
 
 def bench_quotagate(r: int, n: int) -> int:
@@ -174,8 +204,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         ("ctypes floor: qg_version_number()", bench_floor_ctypes),
         ("ctypes: raw qg_limiter_try_acquire", bench_raw_ctypes_try_acquire),
         ("ctypes: qg_limiter_try_acquire, no argtypes", bench_prepared_ctypes_try_acquire),
-        ("ctypes: qg_version_compatible(n), no argtypes", bench_one_argument_ctypes),
+        ("ctypes: qg_version_compatible(n), prepared", bench_one_argument_ctypes),
         (f"quotagate {quotagate.__version__} Limiter.try_acquire", bench_quotagate),
+        ("ctypes: qg_binding_try_acquire(b), prepared", bench_binding_ctypes),
+        ("quotagate Binding.try_acquire (Limiter.bind)", bench_binding),
         (f"pyrate-limiter {version_of('pyrate-limiter')} try_acquire", make_pyrate()),
         (f"limits {version_of('limits')} moving window hit", make_limits()),
     ]

@@ -34,7 +34,7 @@ from ._errors import (
     TransportError,
 )
 from ._hunting import HuntingResult
-from ._limiter import Hold, Limiter, Rate
+from ._limiter import Binding, Hold, Limiter, Rate
 from ._stats import BucketStats, ClientStats, LimiterStats, WindowStats
 from ._logging import TRACE, set_log_level
 from ._logging import _install as _install_logging
@@ -46,6 +46,7 @@ __all__ = [
     "__version__",
     "AsyncClient",
     "AuthError",
+    "Binding",
     "BodyTooLargeError",
     "BucketStats",
     "ClientStats",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from ctypes import byref, c_char_p, c_size_t, c_uint32, c_uint64, c_void_p
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union, cast
 
 from . import _convert
 from ._errors import check, error_from
 from ._handle import NativeHandle
 from ._native import (
+    QG_ERR_TOO_MANY_BUCKETS,
     QG_ERR_WOULD_BLOCK,
     QG_OK,
     QG_PENDING,
@@ -60,11 +61,23 @@ _STAT_FIELDS: List[Tuple[int, str, Optional[float]]] = [
 ]
 
 _try_acquire = lib.qg_limiter_try_acquire
+_bind = lib.qg_limiter_bind
+_binding_free = lib.qg_binding_free
+# Called only with a Binding's prepared argument, which ctypes passes as it is.
+_binding_try_acquire = lib.unconverted("qg_binding_try_acquire")
 _main_thread = threading.main_thread()
 
-# The hot path passes ctypes objects made once: an argument that already has its
-# argtype skips a conversion per call (about 80 ns each).
-_SMALL_COSTS = tuple(c_uint32(i) for i in range(257))
+# The most (key, cost) pairs a limiter keeps bound. Each binding keeps its bucket
+# (counted in max_buckets), so the cache stays small; the oldest binding goes first.
+_BOUND_CACHE_SIZE = 256
+_ONE = 1
+
+
+def _refused(rc: int) -> bool:
+    """The answer of a try_acquire that did not admit: False, or the error."""
+    if rc == QG_ERR_WOULD_BLOCK:
+        return False
+    raise error_from(rc)
 
 
 class Limiter(NativeHandle):
@@ -112,6 +125,14 @@ class Limiter(NativeHandle):
         hold_lease: Optional[Union[int, float]] = None,
     ) -> None:
         super().__init__()
+        # try_acquire's bindings: of cost 1 by key, of other costs by (key, cost); and
+        # the pairs seen once (bound on their second call, so that keys used once never
+        # pay for a binding). A forked child inherits them with the in-memory buckets
+        # they point to, both copies.
+        self._bound_one: Dict[str, Binding] = {}
+        self._bound_pairs: Dict[Tuple[str, int], Binding] = {}
+        self._seen: Dict[Tuple[str, int], None] = {}
+        self._bind_lock = threading.Lock()
         native_rates = _convert.rates(rates)
         store_url = None if store is None else _convert.text(store, "store")
         margin_ms = _convert.seconds_to_ms(margin, "margin")
@@ -140,6 +161,23 @@ class Limiter(NativeHandle):
 
     def _native_close(self, ptr: c_void_p) -> None:
         lib.qg_limiter_close(ptr)
+        self._drop_bindings()
+
+    def _unpinned(self, call: Callable[[], int]) -> int:
+        """Runs a call that may create a bucket; if the limiter is full while bindings
+        keep buckets, drops the bindings (so that idle buckets can make room, as they
+        could without them) and runs it again. A full limiter has done nothing."""
+        rc = call()
+        if rc == QG_ERR_TOO_MANY_BUCKETS and (self._bound_one or self._bound_pairs):
+            self._drop_bindings()
+            rc = call()
+        return rc
+
+    def _drop_bindings(self) -> None:
+        """Forgets every binding; each is freed once no call in flight holds it."""
+        self._bound_one = {}
+        self._bound_pairs = {}
+        self._seen = {}
 
     def _native_free(self, ptr: c_void_p) -> None:
         lib.qg_limiter_free(ptr)
@@ -166,23 +204,103 @@ class Limiter(NativeHandle):
         it and nobody waits before it; never blocks.
 
         Returns True when admitted (the permit is taken), False when not.
+
+        A (key, cost) pair called more than once is bound natively (see :meth:`bind`),
+        so that a repeated call passes one prepared handle. The last 256 pairs stay
+        bound; each binding keeps its bucket (which then counts towards
+        ``max_buckets``, and is not dropped as idle) until it leaves that cache or the
+        limiter is closed. A full limiter drops them all.
         """
+        # Cost 1 (the int itself: True and 1.0 are not costs) is looked up by the key
+        # alone, other costs by the pair; a miss takes the general road.
         try:
-            k = self._keys[key]
+            if cost is _ONE:
+                binding = self._bound_one[key]
+            elif type(cost) is int:
+                binding = self._bound_pairs[key, cost]
+            else:
+                return self._try_acquire_unbound(key, cost)
         except (KeyError, TypeError):
-            k = self._key(key)
-        if type(cost) is int and 0 < cost <= 256:
-            c: Union[int, c_uint32] = _SMALL_COSTS[cost]
-        else:
-            c = _convert.cost(cost)
-        if self._closed:
-            self._handle()
-        rc = _try_acquire(self._ptr, k, c, None)
+            return self._try_acquire_unbound(key, cost)
+        rc = _binding_try_acquire(binding._arg)
         if rc == QG_OK:
             return True
-        if rc == QG_ERR_WOULD_BLOCK:
-            return False
-        raise error_from(rc)
+        return _refused(rc)
+
+    def _try_acquire_unbound(self, key: Any, cost: Any) -> bool:
+        """try_acquire by key, binding the pair on its second call."""
+        k = self._key(key)
+        c = _convert.cost(cost)
+        ptr = self._handle()
+        binding = None
+        if type(key) is str and type(cost) is int:
+            binding = self._binding(key, k, c, ptr)
+        if binding is not None:
+            rc = _binding_try_acquire(binding._arg)
+        else:
+            rc = self._unpinned(lambda: _try_acquire(ptr, k, c, None))
+        if rc == QG_OK:
+            return True
+        return _refused(rc)
+
+    def _binding(
+        self, key: str, k: Optional[c_char_p], cost: int, ptr: c_void_p
+    ) -> Optional[Binding]:
+        """The pair's binding, made on its second call; None on its first, or when
+        the library cannot bind it (the call by key then reports why)."""
+        pair = (key, cost)
+        entry: Any = key if cost == 1 else pair
+        # Never waits: while another thread binds (or held the lock when this process
+        # forked, which would leave it held in the child for ever), the call goes by key.
+        if not self._bind_lock.acquire(blocking=False):
+            return None
+        try:
+            if self._closed:
+                return None
+            table: Dict[Any, Binding] = self._bound_one if cost == 1 else self._bound_pairs
+            binding = table.get(entry)
+            if binding is not None:
+                return binding
+            if pair not in self._seen:
+                if len(self._seen) >= _KEY_CACHE_SIZE:
+                    self._seen = {}
+                self._seen[pair] = None
+                return None
+            self._seen.pop(pair, None)
+            native = c_void_p()
+            if _bind(ptr, k, cost, byref(native)) != QG_OK:
+                return None
+            binding = Binding(native, key, cost)
+            if len(self._bound_one) + len(self._bound_pairs) >= _BOUND_CACHE_SIZE:
+                # The oldest binding of the same table goes, else of the other one.
+                other: Dict[Any, Binding] = (
+                    self._bound_pairs if table is self._bound_one else self._bound_one
+                )
+                victim = table if table else other
+                del victim[next(iter(victim))]
+            table[entry] = binding
+            return binding
+        finally:
+            self._bind_lock.release()
+
+    def bind(self, key: str = "", cost: int = 1) -> "Binding":
+        """Binds ``key`` and ``cost`` once, for a loop that repeats them: the
+        :class:`Binding`'s :meth:`~Binding.try_acquire` is ``try_acquire(key, cost)``
+        (the same admissions, statistics and errors) with one prepared argument.
+
+        For a limiter without a store the bucket is made now, and the binding keeps it
+        until the binding is closed or collected: it counts towards ``max_buckets`` and
+        is never dropped as idle meanwhile.
+
+        :raises quotagate.InvalidArgumentError: ``cost`` exceeds the bucket's smallest rate.
+        :raises quotagate.TooManyBucketsError: the limiter is full.
+        """
+        k = self._key(key)
+        c = _convert.cost(cost)
+        ptr = self._handle()
+        native = c_void_p()
+        check(self._unpinned(lambda: _bind(ptr, k, c, byref(native))))
+        return Binding(native, key, c)
 
     def wait_time(self, key: str = "", cost: int = 1) -> float:
         """How long a call of ``cost`` units on ``key`` would wait now, in seconds
@@ -191,7 +309,8 @@ class Limiter(NativeHandle):
         k = self._key(key)
         cost = _convert.cost(cost)
         wait_ms = c_uint64(0)
-        check(lib.qg_limiter_wait_time(self._handle(), k, cost, byref(wait_ms)))
+        ptr = self._handle()
+        check(self._unpinned(lambda: lib.qg_limiter_wait_time(ptr, k, cost, byref(wait_ms))))
         return wait_ms.value / 1000.0
 
     def acquire(
@@ -224,7 +343,8 @@ class Limiter(NativeHandle):
         cost = _convert.cost(cost)
         deadline_ms = _convert.timeout_ms(timeout)
         ticket = c_void_p()
-        rc = lib.qg_limiter_enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
+        ptr = self._handle()
+        rc = self._unpinned(lambda: lib.qg_limiter_enqueue(ptr, k, cost, deadline_ms, byref(ticket)))
         if rc != QG_OK:
             raise error_from(rc)
         shared = Shared(lambda: lib.qg_ticket_free(ticket))
@@ -255,7 +375,8 @@ class Limiter(NativeHandle):
         cost = _convert.cost(cost)
         deadline_ms = _convert.timeout_ms(timeout)
         ticket = c_void_p()
-        rc = enqueue(self._handle(), k, cost, deadline_ms, byref(ticket))
+        ptr = self._handle()
+        rc = self._unpinned(lambda: enqueue(ptr, k, cost, deadline_ms, byref(ticket)))
         if rc != QG_OK:
             raise error_from(rc)
         main = threading.current_thread() is _main_thread
@@ -311,7 +432,8 @@ class Limiter(NativeHandle):
         pause already in force is never shortened."""
         k = self._key(key)
         ms = _convert.seconds_to_ms(seconds, "seconds")
-        check(lib.qg_limiter_pause(self._handle(), k, ms))
+        ptr = self._handle()
+        check(self._unpinned(lambda: lib.qg_limiter_pause(ptr, k, ms)))
 
     def set_rates(self, key: str, rates: Sequence[Rate]) -> None:
         """Gives ``key``'s bucket its own rates instead of the default ones; calls
@@ -321,7 +443,8 @@ class Limiter(NativeHandle):
         n = len(native)
         calls = (c_uint32 * n)(*(c for c, _ in native))
         windows = (c_uint64 * n)(*(w for _, w in native))
-        check(lib.qg_limiter_set_rates(self._handle(), k, calls, windows, n))
+        ptr = self._handle()
+        check(self._unpinned(lambda: lib.qg_limiter_set_rates(ptr, k, calls, windows, n)))
 
     def stats(self, key: str = "") -> LimiterStats:
         """A snapshot of ``key``'s bucket.
@@ -426,3 +549,47 @@ class Hold:
     def __repr__(self) -> str:
         state = "held" if self.held else ("released" if self._entered else "waiting to enter")
         return f"<quotagate.Hold key={self._key!r} cost={self._cost} {state}>"
+
+
+class Binding(NativeHandle):
+    """A key and a cost of a :class:`Limiter` bound once by :meth:`Limiter.bind`.
+
+    :meth:`try_acquire` is ``limiter.try_acquire(key, cost)`` with one prepared
+    argument. The binding keeps its limiter's native object alive and, for a limiter
+    without a store, its bucket, until it is closed or collected; once the limiter is
+    closed (or collected, which closes it), :meth:`try_acquire` raises
+    :class:`~quotagate.ClosedError`. Use it from any number of threads; :meth:`close`
+    frees it once no call is using it.
+    """
+
+    _kind = "binding"
+    _share_hint = "bind the key again with each process's own Limiter"
+
+    def __init__(self, native: c_void_p, key: str, cost: int) -> None:
+        super().__init__()
+        self._adopt(native)
+        # The argument made once: ctypes passes it to C as it is, with nothing to
+        # allocate or convert (a c_void_p would be wrapped anew on every call).
+        self._arg = c_void_p.from_param(native.value)
+        self.key = key
+        self.cost = cost
+
+    def _native_free(self, ptr: c_void_p) -> None:
+        _binding_free(ptr)
+
+    def try_acquire(self) -> bool:
+        """Admits a call of the bound cost on the bound key now if every window allows
+        it and nobody waits before it; never blocks. True when admitted, False when not.
+
+        :raises quotagate.ClosedError: the binding or its limiter is closed.
+        """
+        if self._closed:
+            self._handle()
+        rc = _binding_try_acquire(self._arg)
+        if rc == QG_OK:
+            return True
+        return _refused(rc)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<quotagate.Binding key={self.key!r} cost={self.cost} {state}>"

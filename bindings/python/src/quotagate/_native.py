@@ -202,6 +202,9 @@ SIGNATURES: List[Signature] = [
     ("qg_limiter_pause", _R, [_H, _S, c_uint64]),
     ("qg_limiter_set_rates", _R, [_H, _S, POINTER(c_uint32), _PU64, c_size_t]),
     ("qg_limiter_stats", _R, [_H, _S, _OUT]),
+    ("qg_limiter_bind", _R, [_H, _S, c_uint32, _OUT]),
+    ("qg_binding_try_acquire", _R, [_H]),
+    ("qg_binding_free", None, [_H]),
     ("qg_limiter_close", _R, [_H]),
     ("qg_limiter_free", None, [_H]),
     ("qg_bucket_stats_get", _R, [_H, c_uint32, _PU64]),
@@ -365,6 +368,7 @@ class NativeLibrary:
     def __init__(self, cdll: ctypes.CDLL, path: Path) -> None:
         self.path = path
         self.missing: List[str] = []
+        self._cdll = cdll
         for name, restype, argtypes in SIGNATURES:
             try:
                 fn = getattr(cdll, name)
@@ -375,6 +379,18 @@ class NativeLibrary:
             fn.restype = restype
             fn.argtypes = list(argtypes)
             setattr(self, name, fn)
+
+    def unconverted(self, name: str) -> Any:
+        """A second function object of ``name`` (which must be in :data:`SIGNATURES`),
+        with its ``restype`` but without ``argtypes``, for a hot path that passes
+        exactly the ctypes objects the C function takes (a handle as a ``c_void_p``):
+        ctypes then converts nothing. Anything else passed reaches C unchecked."""
+        restype = next(r for n, r, _ in SIGNATURES if n == name)
+        if name in self.missing:
+            return getattr(self, name)
+        fn = self._cdll[name]
+        fn.restype = restype
+        return fn
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names that __init__ did not set: not in the table.
