@@ -41,6 +41,14 @@ unsafe extern "C" {
         out: *mut *mut u8,
     ) -> u32;
     fn qg_hold_release(h: *mut u8);
+    fn qg_limiter_bind(
+        l: *const QgLimiter,
+        key: *const c_char,
+        cost: u32,
+        out: *mut *mut u8,
+    ) -> u32;
+    fn qg_binding_try_acquire(b: *const u8) -> u32;
+    fn qg_binding_free(b: *mut u8);
 }
 
 /// Builds one case's closure afresh for every round.
@@ -68,6 +76,16 @@ unsafe impl Sync for CLimiter {}
 impl Drop for CLimiter {
     fn drop(&mut self) {
         unsafe { qg_limiter_free(self.0) }
+    }
+}
+
+/// A binding made by `qg_limiter_bind`; it keeps its limiter alive.
+struct CBinding(*mut u8);
+unsafe impl Send for CBinding {}
+unsafe impl Sync for CBinding {}
+impl Drop for CBinding {
+    fn drop(&mut self) {
+        unsafe { qg_binding_free(self.0) }
     }
 }
 
@@ -163,6 +181,19 @@ fn main() {
         }),
     ));
     cases.push((
+        "quotagate binding (C ABI)",
+        Box::new(|| {
+            let l = c_limiter();
+            let key = CString::new("machines").unwrap();
+            let mut b = std::ptr::null_mut();
+            assert_eq!(unsafe { qg_limiter_bind(l.0, key.as_ptr(), 1, &mut b) }, 0);
+            let b = Arc::new(CBinding(b));
+            Arc::new(move || unsafe {
+                black_box(qg_binding_try_acquire(b.0));
+            })
+        }),
+    ));
+    cases.push((
         "quotagate try_hold+finish (Rust)",
         Box::new(|| {
             let l = quotagate_limiter();
@@ -194,17 +225,21 @@ fn main() {
         "{:<32} {:>10} {:>10} {:>10} {:>10}",
         "", "1 thread", "ratio", "2 threads", "ratio"
     );
-    let mut results = Vec::new();
-    for (name, make) in &cases {
-        let mut row = Vec::new();
-        for threads in [1, 2] {
-            let samples = (0..rounds)
-                .map(|_| measure(threads, iters, make()))
-                .collect();
-            row.push(median(samples));
+    // The cases take turns round by round, so that a burst of load elsewhere on the
+    // machine falls on every case alike rather than on the rounds of one.
+    let mut samples = vec![[Vec::new(), Vec::new()]; cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, make)) in cases.iter().enumerate() {
+            for (t, threads) in [1, 2].into_iter().enumerate() {
+                samples[i][t].push(measure(threads, iters, make()));
+            }
         }
-        results.push((name, row));
     }
+    let results: Vec<_> = cases
+        .iter()
+        .zip(samples)
+        .map(|((name, _), [one, two])| (name, vec![median(one), median(two)]))
+        .collect();
     let keyed = results[1].1.clone();
     for (name, row) in &results {
         println!(
