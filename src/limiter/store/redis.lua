@@ -5,7 +5,8 @@
 --          the ring holds), runs (runs ever written: the number of the next run), base (the
 --          sequence number of the oldest unit the ring holds), last (latest instant used),
 --          pause (paused until), win and calls (the largest window and calls seen), queue
---          ("id,cost,expiry;" ...), held (the holds in flight: "id,cost,since,expiry;" ...)
+--          ("id,cost,expiry;" ...), held (the holds in flight: "id,cost,since,expiry;" ...),
+--          exp (the instant, on the clock before clamping, up to which both keys live)
 -- KEYS[2]  the ring of runs: cap entries of 16 bytes, two little-endian doubles: the
 --          instant (microseconds) of a run of units logged at one instant, and the sequence
 --          number just past its last unit; run r lives at entry r % cap.
@@ -29,15 +30,30 @@
 -- them). Runs are dropped when the ring is full; it doubles when that leaves it more than
 -- half full (up to max(calls, 64) entries) and halves when it leaves it a quarter full.
 -- Formats 1 (no holds) and 2 kept one entry per unit: they are rewritten as runs on first
--- touch. Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
+-- touch; format 3 had no exp and is format 4 once written.
+--
+--
+-- Every Redis command a script calls costs about as much as a whole INCR, so a call does
+-- only what it changes: a write sets only the hash's fields that changed (numbers passed
+-- as numbers: Redis writes an integral one in full, cheaper than string.format); the
+-- newest run is read only when a unit may join it (at an instant not after the bucket's
+-- last); the queue and holds are parsed and rebuilt only when there are some; and the
+-- keys' time to live is set only when exp falls short of what the bucket needs, then a
+-- quarter more than that (at most a minute more), so that a busy bucket sets it about
+-- once a minute and an idle one still vanishes. exp follows the clock before clamping,
+-- which is the one Redis expires keys by. The ring's length is checked where the ring is
+-- read whole; an entry read short is corrupt as well.
+--
+-- Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
 -- used...}; else {1}.
 
 local S, R = KEYS[1], KEYS[2]
-local FORMAT = 3
+local FORMAT = 4
 local W = 16
 local INITIAL_RING = 64
 local KEEP_UNITS = 64
 local MARGIN_US = 1000000
+local SLACK_US = 60000000
 
 local function corrupt(what)
   error({err = 'QGCORRUPT bucket ' .. S .. ': ' .. what})
@@ -73,13 +89,16 @@ if (#ARGV - 5) % 2 == 1 then given_now = num(ARGV[#ARGV], 'now') end
 
 -- The state.
 local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue',
-  'held', 'runs', 'base', 'calls')
+  'held', 'runs', 'base', 'calls', 'exp')
 local nxt, cap, from, last, paused, win, qtext, htext = 0, 0, 0, 0, 0, 0, '', ''
-local runs, base, calls = 0, 0, 0
+local runs, base, calls, exp = 0, 0, 0, 0
 local dirty = false
+-- The fields as read (nil for a new bucket, or one of another format): save writes those
+-- that differ.
+local was = {}
 if h[1] then
   local v = tonumber(h[1])
-  if v ~= FORMAT and v ~= 2 and v ~= 1 then
+  if v ~= FORMAT and v ~= 3 and v ~= 2 and v ~= 1 then
     corrupt('format ' .. tostring(h[1]) .. ' is not ' .. FORMAT)
   end
   nxt = num(h[2], 'next')
@@ -90,13 +109,14 @@ if h[1] then
   win = num(h[7], 'win')
   qtext = h[8] or ''
   htext = h[9] or ''
-  if v == FORMAT then
+  if v >= 3 then
     runs = num(h[10], 'runs')
     base = num(h[11], 'base')
     calls = num(h[12], 'calls')
     if runs < from or runs - from > cap or base > nxt then corrupt('bad runs') end
-    if redis.call('STRLEN', R) ~= cap * W then
-      corrupt('the ring does not hold ' .. cap .. ' entries')
+    if v == FORMAT then
+      exp = num(h[13], 'exp')
+      was = {nxt, cap, from, runs, base, last, paused, win, calls, exp}
     end
   else
     -- A ring of one 8-byte instant per unit: its units become runs, oldest first.
@@ -141,24 +161,32 @@ if now == nil then
   local tm = redis.call('TIME')
   now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 end
+-- The clock before clamping, which the keys' expiry follows.
+local raw = now
+-- Every run written before this call is at or before last0.
+local last0 = last
 if now < last then now = last end
 
 local queue = {}
-for qid, qcost, qexp in string.gmatch(qtext, '(%d+),(%d+),(%d+);') do
-  queue[#queue + 1] = {id = qid, cost = tonumber(qcost), exp = tonumber(qexp)}
+if qtext ~= '' then
+  for qid, qcost, qexp in string.gmatch(qtext, '(%d+),(%d+),(%d+);') do
+    queue[#queue + 1] = {id = qid, cost = tonumber(qcost), exp = tonumber(qexp)}
+  end
 end
 
 local holds = {}
-for hid, hcost, hsince, hexp in string.gmatch(htext, '(%d+),(%d+),(%d+),(%d+);') do
-  holds[#holds + 1] = {id = hid, cost = tonumber(hcost), since = tonumber(hsince),
-    exp = tonumber(hexp)}
+if htext ~= '' then
+  for hid, hcost, hsince, hexp in string.gmatch(htext, '(%d+),(%d+),(%d+),(%d+);') do
+    holds[#holds + 1] = {id = hid, cost = tonumber(hcost), since = tonumber(hsince),
+      exp = tonumber(hexp)}
+  end
 end
 
 local in_flight = 0
 for _, e in ipairs(holds) do in_flight = in_flight + e.cost end
 
 -- Waiters whose lease's end is past are dropped first.
-do
+if #queue > 0 then
   local live = {}
   for _, e in ipairs(queue) do
     if e.exp >= now then live[#live + 1] = e end
@@ -168,6 +196,8 @@ do
     dirty = true
   end
 end
+
+local EMPTY = {}
 
 -- The ring of runs. Entries read by this run of the script are kept in `seen`.
 local seen = {}
@@ -256,7 +286,8 @@ end
 -- The due instant of a call of cost c behind the first n queued calls.
 -- Units in flight count as logged now, after every logged unit (a lower bound).
 local function due_behind(n, c)
-  local sim = {}
+  local sim = EMPTY
+  if in_flight > 0 or n > 0 then sim = {} end
   if in_flight > 0 then sim[1] = {now, in_flight} end
   local t = math.max(now, paused)
   for i = 1, n do
@@ -271,6 +302,7 @@ end
 local function relayout(newcap)
   local old = ''
   if cap > 0 then old = redis.call('GET', R) or '' end
+  if #old ~= cap * W then corrupt('the ring does not hold ' .. cap .. ' entries') end
   local parts = {}
   local r = from
   while r < runs do
@@ -293,6 +325,8 @@ local function relayout(newcap)
   end
   cap = newcap
   seen = {}
+  -- SET dropped the ring's time to live: save sets both again.
+  exp = 0
 end
 
 -- Drops the oldest runs that no window will count once c more units are logged, and
@@ -320,7 +354,9 @@ end
 local function log_at(t, c)
   if c == 0 then return end
   dirty = true
-  if runs > from then
+  -- A run written before this call is at or before last0, so only a unit at or before it
+  -- (or one after a run this call wrote) may join the newest run.
+  if runs > from and (t <= last0 or seen[runs - 1]) then
     local newest = entry(runs - 1)
     if newest[1] >= t then
       put(runs - 1, newest[1], nxt + c)
@@ -348,7 +384,7 @@ local function log(c)
 end
 
 -- Holds whose lease ran out are logged at the lease's end, oldest first.
-do
+if #holds > 0 then
   local live, expired = {}, {}
   for _, e in ipairs(holds) do
     if e.exp > now then live[#live + 1] = e else expired[#expired + 1] = e end
@@ -389,27 +425,71 @@ local function admit(c, hid, hold_us)
   dirty = true
 end
 
-local function save()
-  if not dirty then return end
+-- The queue and the holds as the hash keeps them.
+local function queue_text()
   local parts = {}
-  local keep = win
   for i, e in ipairs(queue) do
     parts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.exp) .. ';'
+  end
+  return table.concat(parts)
+end
+
+local function held_text()
+  local parts = {}
+  for i, e in ipairs(holds) do
+    parts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.since) .. ',' .. int(e.exp) .. ';'
+  end
+  return table.concat(parts)
+end
+
+local function save()
+  if not dirty then return end
+  local keep = win
+  for _, e in ipairs(queue) do
     if e.exp - now > keep then keep = e.exp - now end
   end
   if paused - now > keep then keep = paused - now end
-  local hparts = {}
-  for i, e in ipairs(holds) do
-    hparts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.since) .. ',' .. int(e.exp) .. ';'
+  for _, e in ipairs(holds) do
     if e.exp - now + win > keep then keep = e.exp - now + win end
   end
-  redis.call('HSET', S, 'v', FORMAT, 'next', int(nxt), 'cap', int(cap), 'from', int(from),
-    'runs', int(runs), 'base', int(base), 'last', int(now), 'pause', int(paused),
-    'win', int(win), 'calls', int(calls), 'queue', table.concat(parts),
-    'held', table.concat(hparts))
-  local ttl = int(math.ceil((keep + lease + MARGIN_US) / 1000))
-  redis.call('PEXPIRE', S, ttl)
-  if cap > 0 then redis.call('PEXPIRE', R, ttl) end
+  -- How long the keys must live from now, in microseconds; when exp falls short, they
+  -- get that and a quarter more (at most SLACK_US more).
+  local need = keep + lease + MARGIN_US
+  local ttl = nil
+  if raw + need > exp then
+    local more = math.min(math.floor(need / 4), SLACK_US)
+    ttl = math.ceil((need + more) / 1000)
+    exp = raw + ttl * 1000
+  end
+  -- Numbers go to Redis as they are: it writes an integral one in full.
+  local set = {'HSET', S}
+  local n = 2
+  local function field(name, value, before)
+    if value ~= before then
+      set[n + 1], set[n + 2] = name, value
+      n = n + 2
+    end
+  end
+  field('v', FORMAT, was[1] and FORMAT)
+  field('next', nxt, was[1])
+  field('cap', cap, was[2])
+  field('from', from, was[3])
+  field('runs', runs, was[4])
+  field('base', base, was[5])
+  field('last', now, was[6])
+  field('pause', paused, was[7])
+  field('win', win, was[8])
+  field('calls', calls, was[9])
+  field('exp', exp, was[10])
+  -- Texts are rebuilt only when there is something to write or to clear.
+  local fresh = was[1] == nil
+  if fresh or #queue > 0 or qtext ~= '' then field('queue', queue_text(), not fresh and qtext) end
+  if fresh or #holds > 0 or htext ~= '' then field('held', held_text(), not fresh and htext) end
+  if n > 2 then redis.call(unpack(set)) end
+  if ttl then
+    redis.call('PEXPIRE', S, ttl)
+    if cap > 0 then redis.call('PEXPIRE', R, ttl) end
+  end
 end
 
 local reply
