@@ -1,12 +1,13 @@
 -- quotagate's shared bucket in Redis: one atomic script for every operation.
 --
--- KEYS[1]  the bucket's state hash: v (format), next (units ever logged: the sequence
---          number of the next unit), cap (ring entries), from (the number of the oldest run
---          the ring holds), runs (runs ever written: the number of the next run), base (the
---          sequence number of the oldest unit the ring holds), last (latest instant used),
---          pause (paused until), win and calls (the largest window and calls seen), queue
---          ("id,cost,expiry;" ...), held (the holds in flight: "id,cost,since,expiry;" ...),
---          exp (the instant, on the clock before clamping, up to which both keys live)
+-- KEYS[1]  the bucket's state hash: v (format), n (ten little-endian doubles: next (units
+--          ever logged: the sequence number of the next unit), cap (ring entries), from (the
+--          number of the oldest run the ring holds), runs (runs ever written: the number of
+--          the next run), base (the sequence number of the oldest unit the ring holds), last
+--          (latest instant used), pause (paused until), win and calls (the largest window
+--          and calls seen), exp (the instant, on the clock before clamping, up to which both
+--          keys live)), queue ("id,cost,expiry;" ...), held (the holds in flight:
+--          "id,cost,since,expiry;" ...)
 -- KEYS[2]  the ring of runs: cap entries of 16 bytes, two little-endian doubles: the
 --          instant (microseconds) of a run of units logged at one instant, and the sequence
 --          number just past its last unit; run r lives at entry r % cap.
@@ -30,12 +31,13 @@
 -- them). Runs are dropped when the ring is full; it doubles when that leaves it more than
 -- half full (up to max(calls, 64) entries) and halves when it leaves it a quarter full.
 -- Formats 1 (no holds) and 2 kept one entry per unit: they are rewritten as runs on first
--- touch; format 3 had no exp and is format 4 once written.
+-- touch. Formats 1 to 3 kept each number in a field of its own (format 3 had no exp):
+-- they are read from there and written as format 4.
 --
 --
 -- Every Redis command a script calls costs about as much as a whole INCR, so a call does
--- only what it changes: a write sets only the hash's fields that changed (numbers passed
--- as numbers: Redis writes an integral one in full, cheaper than string.format); the
+-- only what it changes: the numbers are read and written as one field, packed (parsing
+-- and printing ten decimal numbers cost more than the rest of a call's Lua); the
 -- newest run is read only when a unit may join it (at an instant not after the bucket's
 -- last); the queue and holds are parsed and rebuilt only when there are some; and the
 -- keys' time to live is set only when exp falls short of what the bucket needs, then a
@@ -54,6 +56,11 @@ local INITIAL_RING = 64
 local KEEP_UNITS = 64
 local MARGIN_US = 1000000
 local SLACK_US = 60000000
+-- The hash's field n: next, cap, from, runs, base, last, pause, win, calls and exp, as
+-- little-endian doubles (one read and one write of ten numbers, no text to parse).
+local NUMBERS = '<dddddddddd'
+local NUMBERS_SIZE = 80
+local LUA_MAX = 2 ^ 53
 
 local function corrupt(what)
   error({err = 'QGCORRUPT bucket ' .. S .. ': ' .. what})
@@ -88,36 +95,44 @@ local given_now = nil
 if (#ARGV - 5) % 2 == 1 then given_now = num(ARGV[#ARGV], 'now') end
 
 -- The state.
-local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue',
-  'held', 'runs', 'base', 'calls', 'exp')
+local h = redis.call('HMGET', S, 'v', 'n', 'queue', 'held')
 local nxt, cap, from, last, paused, win, qtext, htext = 0, 0, 0, 0, 0, 0, '', ''
 local runs, base, calls, exp = 0, 0, 0, 0
 local dirty = false
--- The fields as read (nil for a new bucket, or one of another format): save writes those
--- that differ.
-local was = {}
+-- Whether the hash holds format 4 (else it is written whole, once, by save).
+local current = false
 if h[1] then
   local v = tonumber(h[1])
   if v ~= FORMAT and v ~= 3 and v ~= 2 and v ~= 1 then
     corrupt('format ' .. tostring(h[1]) .. ' is not ' .. FORMAT)
   end
-  nxt = num(h[2], 'next')
-  cap = num(h[3], 'cap')
-  from = num(h[4], 'from')
-  last = num(h[5], 'last')
-  paused = num(h[6], 'pause')
-  win = num(h[7], 'win')
-  qtext = h[8] or ''
-  htext = h[9] or ''
-  if v >= 3 then
-    runs = num(h[10], 'runs')
-    base = num(h[11], 'base')
-    calls = num(h[12], 'calls')
-    if runs < from or runs - from > cap or base > nxt then corrupt('bad runs') end
-    if v == FORMAT then
-      exp = num(h[13], 'exp')
-      was = {nxt, cap, from, runs, base, last, paused, win, calls, exp}
+  qtext = h[3] or ''
+  htext = h[4] or ''
+  if v == FORMAT then
+    if type(h[2]) ~= 'string' or #h[2] ~= NUMBERS_SIZE then corrupt('bad numbers') end
+    nxt, cap, from, runs, base, last, paused, win, calls, exp = struct.unpack(NUMBERS, h[2])
+    for _, x in ipairs({nxt, cap, from, runs, base, last, paused, win, calls, exp}) do
+      if not (x >= 0 and x % 1 == 0 and x <= LUA_MAX) then corrupt('bad numbers') end
     end
+    current = true
+  else
+    -- Formats 1 to 3 keep each number in a field of its own.
+    local f = redis.call('HMGET', S, 'next', 'cap', 'from', 'last', 'pause', 'win', 'runs',
+      'base', 'calls')
+    nxt = num(f[1], 'next')
+    cap = num(f[2], 'cap')
+    from = num(f[3], 'from')
+    last = num(f[4], 'last')
+    paused = num(f[5], 'pause')
+    win = num(f[6], 'win')
+    if v == 3 then
+      runs = num(f[7], 'runs')
+      base = num(f[8], 'base')
+      calls = num(f[9], 'calls')
+    end
+  end
+  if v >= 3 then
+    if runs < from or runs - from > cap or base > nxt then corrupt('bad runs') end
   else
     -- A ring of one 8-byte instant per unit: its units become runs, oldest first.
     if redis.call('STRLEN', R) ~= cap * 8 then
@@ -461,31 +476,28 @@ local function save()
     ttl = math.ceil((need + more) / 1000)
     exp = raw + ttl * 1000
   end
-  -- Numbers go to Redis as they are: it writes an integral one in full.
-  local set = {'HSET', S}
-  local n = 2
-  local function field(name, value, before)
-    if value ~= before then
-      set[n + 1], set[n + 2] = name, value
-      n = n + 2
+  local set = {'HSET', S, 'n', struct.pack(NUMBERS, nxt, cap, from, runs, base, now, paused,
+    win, calls, exp)}
+  -- Texts are rebuilt only when there is something to write or to clear.
+  local q = qtext
+  if #queue > 0 or qtext ~= '' then q = queue_text() end
+  local hl = htext
+  if #holds > 0 or htext ~= '' then hl = held_text() end
+  local function add(name, value)
+    set[#set + 1] = name
+    set[#set + 1] = value
+  end
+  if not current then
+    add('v', FORMAT)
+    -- The fields of the older formats' numbers.
+    if h[1] then
+      redis.call('HDEL', S, 'next', 'cap', 'from', 'last', 'pause', 'win', 'runs', 'base',
+        'calls')
     end
   end
-  field('v', FORMAT, was[1] and FORMAT)
-  field('next', nxt, was[1])
-  field('cap', cap, was[2])
-  field('from', from, was[3])
-  field('runs', runs, was[4])
-  field('base', base, was[5])
-  field('last', now, was[6])
-  field('pause', paused, was[7])
-  field('win', win, was[8])
-  field('calls', calls, was[9])
-  field('exp', exp, was[10])
-  -- Texts are rebuilt only when there is something to write or to clear.
-  local fresh = was[1] == nil
-  if fresh or #queue > 0 or qtext ~= '' then field('queue', queue_text(), not fresh and qtext) end
-  if fresh or #holds > 0 or htext ~= '' then field('held', held_text(), not fresh and htext) end
-  if n > 2 then redis.call(unpack(set)) end
+  if q ~= qtext or not current then add('queue', q) end
+  if hl ~= htext or not current then add('held', hl) end
+  redis.call(unpack(set))
   if ttl then
     redis.call('PEXPIRE', S, ttl)
     if cap > 0 then redis.call('PEXPIRE', R, ttl) end

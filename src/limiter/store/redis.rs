@@ -10,15 +10,15 @@
 //! A bucket `b` under the key prefix `p` (`prefix=` of the store URL) is two keys that share
 //! the hash tag `{p:b}`, so that they live in one cluster slot:
 //!
-//! - `{p:b}:s`, a hash: `v` (the format, 4), `next` (units ever logged: the sequence number
-//!   of the next unit), `cap` (ring entries), `from` and `runs` (the numbers of the oldest
-//!   run the ring holds and of the next run), `base` (the sequence number of the oldest unit
-//!   it holds), `last` (the latest instant the bucket used), `pause` (paused until), `win`
-//!   and `calls` (the largest window and `calls` any caller used), `queue`, the FIFO of
-//!   waiters as `id,cost,lease_expiry;` entries (ids as decimal strings: Lua numbers are
-//!   doubles, ids are 64-bit), `held`, the holds in flight as
-//!   `id,cost,admitted,lease_expiry;` entries, and `exp`, the instant up to which both keys
-//!   live.
+//! - `{p:b}:s`, a hash: `v` (the format, 4); `n`, the bucket's numbers packed as ten
+//!   little-endian doubles: `next` (units ever logged: the sequence number of the next
+//!   unit), `cap` (ring entries), `from` and `runs` (the numbers of the oldest run the ring
+//!   holds and of the next run), `base` (the sequence number of the oldest unit it holds),
+//!   `last` (the latest instant the bucket used), `pause` (paused until), `win` and `calls`
+//!   (the largest window and `calls` any caller used) and `exp` (the instant up to which
+//!   both keys live); `queue`, the FIFO of waiters as `id,cost,lease_expiry;` entries (ids
+//!   as decimal strings: Lua numbers are doubles, ids are 64-bit); and `held`, the holds in
+//!   flight as `id,cost,admitted,lease_expiry;` entries.
 //! - `{p:b}:r`, the ring of **runs**: a string of `cap` entries of 16 bytes, two
 //!   little-endian doubles: the instant of a run of units logged at one instant and the
 //!   sequence number just past its last unit; run `r` is at entry `r % cap`. A call of any
@@ -40,8 +40,8 @@
 //! of a format-2 ring takes time in its units, once (3.5 s for 2^20 units, each at an
 //! instant of its own, on a loaded 2-core machine). Formats 1 and 2
 //! (a ring of one instant per unit; 1 without holds) are rewritten as runs the first time
-//! a script touches them; format 3 (format 4 without `exp`) is read as it is and written
-//! as format 4; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
+//! a script touches them; formats 1 to 3 kept each number in a field of its own (format 3
+//! had no `exp`): they are read from there and written as format 4; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
 //!
 //! A poll reads the hash, `TIME` and, per window and queued call it simulates, the run
 //! entries of that search; with `n` waiters queued it costs O(n × (n + windows)) searches,
@@ -49,8 +49,8 @@
 //!
 //! Each command a script calls costs about as much as a whole `INCR`, so a call sends only
 //! what changed: a permitted poll of cost 1 on a bucket without waiters or holds is the
-//! hash's read, `TIME`, the write of one ring entry and of the hash's changed fields
-//! (`next`, `runs`, `last`). Both keys need a time to live of the largest window, pause or
+//! hash's read (`v`, `n`, `queue`, `held`), `TIME`, the write of one ring entry and of
+//! `n`. Both keys need a time to live of the largest window, pause or
 //! lease ahead plus [`LEASE`] and a second, so that idle buckets vanish on their own; it is
 //! set only when `exp` falls short of that, and then a quarter more (at most a minute
 //! more), so a busy bucket sets it about once a minute.
@@ -615,6 +615,7 @@ mod model_test;
 mod tests {
     use super::super::{StoreConfig, StoreKind};
     use super::*;
+    use std::collections::HashMap;
     use std::net::TcpListener;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
@@ -707,18 +708,37 @@ mod tests {
         d + slack_ms >= ms && d <= ms + 5
     }
 
+    /// The format and the numbers of bucket `key` (the hash's field `n`, ten little-endian
+    /// doubles) by name, read straight from Redis; none for a bucket that does not exist.
+    fn numbers(url: &str, prefix: &str, key: &str) -> (u64, HashMap<&'static str, u64>) {
+        let mut con = open(url, "raw").connect().unwrap();
+        let (v, n): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(format!("{{{prefix}:{key}}}:s"))
+            .arg(&["v", "n"])
+            .query(con.like())
+            .unwrap();
+        let n = n.unwrap_or_default();
+        assert!(n.is_empty() || n.len() == 80, "{} bytes", n.len());
+        let names = [
+            "next", "cap", "from", "runs", "base", "last", "pause", "win", "calls", "exp",
+        ];
+        let numbers = names
+            .into_iter()
+            .zip(n.chunks(8))
+            .map(|(name, b)| (name, f64::from_le_bytes(b.try_into().unwrap()) as u64))
+            .collect();
+        (v.unwrap_or_default(), numbers)
+    }
+
     /// The instants (µs) of the units the ring of runs holds for `key`, oldest first, read
     /// straight from Redis.
     fn logged(url: &str, prefix: &str, key: &str) -> Vec<f64> {
+        let (_, n) = numbers(url, prefix, key);
+        let [cap, from, runs, mut start] =
+            ["cap", "from", "runs", "base"].map(|name| n.get(name).copied().unwrap_or_default());
         let mut con = open(url, "raw").connect().unwrap();
         let con = con.like();
         let tag = format!("{{{prefix}:{key}}}");
-        let fields: [Option<u64>; 4] = redis::cmd("HMGET")
-            .arg(format!("{tag}:s"))
-            .arg(&["cap", "from", "runs", "base"])
-            .query(con)
-            .unwrap();
-        let [cap, from, runs, mut start] = fields.map(Option::unwrap_or_default);
         let ring: Vec<u8> = redis::cmd("GET")
             .arg(format!("{tag}:r"))
             .query::<Option<Vec<u8>>>(&mut *con)
@@ -1024,16 +1044,8 @@ mod tests {
                 at(0)
             ]
         );
-        let mut con = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let (v, runs): (u64, u64) = redis::cmd("HMGET")
-            .arg(format!("{{{prefix}:two}}:s"))
-            .arg(&["v", "runs"])
-            .query(&mut con)
-            .unwrap();
-        assert_eq!((v, runs), (4, 4), "format 4, one run per instant");
+        let (v, n) = numbers(&url, &prefix, "two");
+        assert_eq!((v, n["runs"]), (4, 4), "format 4, one run per instant");
         // Format 1 had no holds: three units ever, the ring of two holds units 1 and 2.
         write_old_bucket(&url, &prefix, "one", 3, t - 200, None, &[at(200), at(300)]);
         let u = store.usage("one", &w).unwrap();
@@ -1102,13 +1114,16 @@ mod tests {
             logged(&url, &prefix, "b"),
             [at(300), at(300), at(300), at(100), at(100), at(0)]
         );
-        let (v, exp): (u64, u64) = redis::cmd("HMGET")
+        let (v, n) = numbers(&url, &prefix, "b");
+        assert_eq!((v, n["last"], n["next"], n["runs"]), (4, t, 6, 4));
+        assert!(n["exp"] > t, "{n:?}");
+        // The numbers of format 3 are gone from the hash.
+        let mut fields: Vec<String> = redis::cmd("HKEYS")
             .arg(format!("{tag}:s"))
-            .arg(&["v", "exp"])
             .query(&mut con)
             .unwrap();
-        assert_eq!(v, 4);
-        assert!(exp > t, "{exp}");
+        fields.sort();
+        assert_eq!(fields, ["held", "n", "queue", "v"]);
         for suffix in ["s", "r"] {
             let ttl: i64 = redis::cmd("PTTL")
                 .arg(format!("{tag}:{suffix}"))
@@ -1347,15 +1362,10 @@ mod tests {
 
     /// The ring's entries (`cap`) and the byte length of its key.
     fn ring_size(url: &str, prefix: &str, key: &str) -> (u64, u64) {
+        let cap = numbers(url, prefix, key).1["cap"];
         let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let tag = format!("{{{prefix}:{key}}}");
-        let cap: u64 = redis::cmd("HGET")
-            .arg(format!("{tag}:s"))
-            .arg("cap")
-            .query(&mut con)
-            .unwrap();
         let len: u64 = redis::cmd("STRLEN")
-            .arg(format!("{tag}:r"))
+            .arg(format!("{{{prefix}:{key}}}:r"))
             .query(&mut con)
             .unwrap();
         (cap, len)
@@ -1499,6 +1509,24 @@ mod tests {
             .unwrap();
         let e = store.usage("c", &[rate(1, 100)]).unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+        // Format 4 numbers cut short, or one of them negative.
+        let mut negative: Vec<u8> = [0.0f64; 10].iter().flat_map(|x| x.to_le_bytes()).collect();
+        negative[8..16].copy_from_slice(&(-1.0f64).to_le_bytes());
+        for (key, n) in [("e", b"0123456789".to_vec()), ("f", negative)] {
+            redis::cmd("HSET")
+                .arg(format!("{{{prefix}:{key}}}:s"))
+                .arg("v")
+                .arg(4)
+                .arg("n")
+                .arg(n)
+                .exec(&mut con)
+                .unwrap();
+            let e = store
+                .poll(key, &[rate(1, 100)], 1, Place::Try, None)
+                .unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains("bad numbers"), "{e}");
+        }
         // The store still works after the errors.
         assert_eq!(
             store
