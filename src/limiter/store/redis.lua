@@ -34,7 +34,6 @@
 -- touch. Formats 1 to 3 kept each number in a field of its own (format 3 had no exp):
 -- they are read from there and written as format 4.
 --
---
 -- Every Redis command a script calls costs about as much as a whole INCR, so a call does
 -- only what it changes: the numbers are read and written as one field, packed (parsing
 -- and printing ten decimal numbers cost more than the rest of a call's Lua); the
