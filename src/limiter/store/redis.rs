@@ -48,12 +48,14 @@
 //! all inside one script run, whatever the costs.
 //!
 //! Each command a script calls costs about as much as a whole `INCR`, so a call sends only
-//! what changed: a permitted poll of cost 1 on a bucket without waiters or holds is the
-//! hash's read (`v`, `n`, `queue`, `held`), `TIME`, the write of one ring entry and of
-//! `n`. Both keys need a time to live of the largest window, pause or
-//! lease ahead plus [`LEASE`] and a second, so that idle buckets vanish on their own; it is
-//! set only when `exp` falls short of that, and then a quarter more (at most a minute
-//! more), so a busy bucket sets it about once a minute.
+//! what it needs: a permitted poll of cost 1 on a bucket without waiters or holds is the
+//! hash's read (`v`, `n`, `queue`, `held`), `TIME`, the read of one ring entry per window
+//! whose unit the ring still holds, and the write of one ring entry and of `n`. The newest
+//! run is read only when a unit may join it (at an instant not after the bucket's `last`).
+//! Both keys need a time to live of the largest window, pause or lease ahead plus
+//! [`LEASE`] and a second, so that idle buckets vanish on their own; it is set only when
+//! `exp` falls short of that, and then a quarter more (at most a minute more), so a busy
+//! bucket sets it about once a minute.
 //!
 //! # The clock
 //!
