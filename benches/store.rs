@@ -1,7 +1,9 @@
 //! The cost of a permitted acquire on a shared bucket, side by side in one run: the
 //! in-memory limiter, the file store, the Redis store on one server and on a Redis
 //! Cluster, and for each a plain Redis `INCR` round trip on the same kind of connection as
-//! the floor that no Redis store can go below (the ratio store/INCR is printed last).
+//! the floor that no Redis store can go below, and an `EVALSHA` of a script that returns at
+//! once as the floor of any script (the ratios store/INCR and empty script/INCR are printed
+//! last).
 //!
 //! Run: `QUOTAGATE_TEST_REDIS_URL=redis://127.0.0.1:6379
 //! QUOTAGATE_TEST_REDIS_CLUSTER_URL=redis+cluster://127.0.0.1:7000,127.0.0.1:7001/ cargo
@@ -21,8 +23,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 /// The Defender API's call counts (100 and 1,500) over windows so short that no call of
-/// the benchmark is ever refused: the measured path is always "admitted", while the logs
-/// keep the size they have in production (rings of 1,500 units).
+/// the benchmark is ever refused: the measured path is always "admitted". The logs then
+/// keep only what a store keeps beyond every window (the Redis ring: the newest 64 runs);
+/// `default_rates_case` runs the API's own rates.
 const RATES: [(u32, Duration); 2] = [
     (100, Duration::from_micros(1)),
     (1500, Duration::from_micros(10)),
@@ -177,8 +180,16 @@ fn main() {
                 .find(|(row, ..)| row == &format!("{name} {suffix}"))
                 .map(|row| row.1)
         };
-        if let (Some(store), Some(incr)) = (ns("store poll(Try)"), ns("INCR round trip (floor)")) {
-            ratios.push((name, store / incr));
+        if let Some(incr) = ns("INCR round trip (floor)") {
+            for row in [
+                "store poll(Try)",
+                "store, 100/min + 1,500/h",
+                "EVALSHA empty script",
+            ] {
+                if let Some(ns) = ns(row) {
+                    ratios.push((format!("{name} {row}"), ns / incr));
+                }
+            }
         }
     }
 
@@ -188,7 +199,7 @@ fn main() {
         println!("{name:<34} {ns:>12.0} {iters:>10}");
     }
     for (name, ratio) in ratios {
-        println!("{name}: store poll / INCR round trip = {ratio:.2}");
+        println!("{name:<34} / INCR round trip = {ratio:.2}");
     }
 }
 
@@ -207,6 +218,8 @@ fn redis_rows(
         Ok(store) => {
             let ns = store_case(&store, "machines", rounds, io_iters);
             rows.push((format!("{name} store poll(Try)"), ns, io_iters));
+            let ns = default_rates_case(&store, rounds, io_iters);
+            rows.push((format!("{name} store, 100/min + 1,500/h"), ns, io_iters));
             let max = u64::from(quotagate::limiter::MAX_CALLS);
             let w = [Window {
                 calls: max,
@@ -248,6 +261,24 @@ fn redis_rows(
             });
             let _ = redis::cmd("DEL").arg(&key).exec(con.as_mut());
             rows.push((format!("{name} INCR round trip (floor)"), ns, io_iters));
+            // A script that returns at once, with the store's two keys and arguments.
+            let empty = redis::Script::new("return {1}");
+            let mut call = redis::cmd("EVALSHA");
+            call.arg(empty.get_hash())
+                .arg(2)
+                .arg(format!("{{{}:machines}}:s", settings.prefix))
+                .arg(format!("{{{}:machines}}:r", settings.prefix))
+                .arg(&["try", "1", "0", "2000000", "0", "100", "1", "1500", "10"]);
+            match empty.load(con.as_mut()) {
+                Ok(_) => {
+                    let ns = measure(rounds, io_iters, || {
+                        let v: Vec<i64> = call.query(con.as_mut()).unwrap();
+                        black_box(v);
+                    });
+                    rows.push((format!("{name} EVALSHA empty script"), ns, io_iters));
+                }
+                Err(e) => println!("{name} EVALSHA: unavailable ({})", e.category()),
+            }
         }
         Err(e) => println!("{name} INCR: unavailable ({})", e.category()),
     }

@@ -1,11 +1,13 @@
 -- quotagate's shared bucket in Redis: one atomic script for every operation.
 --
--- KEYS[1]  the bucket's state hash: v (format), next (units ever logged: the sequence
---          number of the next unit), cap (ring entries), from (the number of the oldest run
---          the ring holds), runs (runs ever written: the number of the next run), base (the
---          sequence number of the oldest unit the ring holds), last (latest instant used),
---          pause (paused until), win and calls (the largest window and calls seen), queue
---          ("id,cost,expiry;" ...), held (the holds in flight: "id,cost,since,expiry;" ...)
+-- KEYS[1]  the bucket's state hash: v (format), n (ten little-endian doubles: next (units
+--          ever logged: the sequence number of the next unit), cap (ring entries), from (the
+--          number of the oldest run the ring holds), runs (runs ever written: the number of
+--          the next run), base (the sequence number of the oldest unit the ring holds), last
+--          (latest instant used), pause (paused until), win and calls (the largest window
+--          and calls seen), exp (the instant, on the clock before clamping, up to which both
+--          keys live)), queue ("id,cost,expiry;" ...), held (the holds in flight:
+--          "id,cost,since,expiry;" ...)
 -- KEYS[2]  the ring of runs: cap entries of 16 bytes, two little-endian doubles: the
 --          instant (microseconds) of a run of units logged at one instant, and the sequence
 --          number just past its last unit; run r lives at entry r % cap.
@@ -29,15 +31,35 @@
 -- them). Runs are dropped when the ring is full; it doubles when that leaves it more than
 -- half full (up to max(calls, 64) entries) and halves when it leaves it a quarter full.
 -- Formats 1 (no holds) and 2 kept one entry per unit: they are rewritten as runs on first
--- touch. Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
+-- touch. Formats 1 to 3 kept each number in a field of its own (format 3 had no exp):
+-- they are read from there and written as format 4.
+--
+-- Every Redis command a script calls costs about as much as a whole INCR, so a call does
+-- only what it changes: the numbers are read and written as one field, packed (parsing
+-- and printing ten decimal numbers cost more than the rest of a call's Lua); the
+-- newest run is read only when a unit may join it (at an instant not after the bucket's
+-- last); the queue and holds are parsed and rebuilt only when there are some; and the
+-- keys' time to live is set only when exp falls short of what the bucket needs, then a
+-- quarter more than that (at most a minute more), so that a busy bucket sets it about
+-- once a minute and an idle one still vanishes. exp follows the clock before clamping,
+-- which is the one Redis expires keys by. The ring's length is checked where the ring is
+-- read whole; an entry read short is corrupt as well.
+--
+-- Replies: poll {1} admitted or {0, wait_us}; usage {paused_us, queued, in_flight,
 -- used...}; else {1}.
 
 local S, R = KEYS[1], KEYS[2]
-local FORMAT = 3
+local FORMAT = 4
 local W = 16
 local INITIAL_RING = 64
 local KEEP_UNITS = 64
 local MARGIN_US = 1000000
+local SLACK_US = 60000000
+-- The hash's field n: next, cap, from, runs, base, last, pause, win, calls and exp, as
+-- little-endian doubles (one read and one write of ten numbers, no text to parse).
+local NUMBERS = '<dddddddddd'
+local NUMBERS_SIZE = 80
+local LUA_MAX = 2 ^ 53
 
 local function corrupt(what)
   error({err = 'QGCORRUPT bucket ' .. S .. ': ' .. what})
@@ -72,32 +94,44 @@ local given_now = nil
 if (#ARGV - 5) % 2 == 1 then given_now = num(ARGV[#ARGV], 'now') end
 
 -- The state.
-local h = redis.call('HMGET', S, 'v', 'next', 'cap', 'from', 'last', 'pause', 'win', 'queue',
-  'held', 'runs', 'base', 'calls')
+local h = redis.call('HMGET', S, 'v', 'n', 'queue', 'held')
 local nxt, cap, from, last, paused, win, qtext, htext = 0, 0, 0, 0, 0, 0, '', ''
-local runs, base, calls = 0, 0, 0
+local runs, base, calls, exp = 0, 0, 0, 0
 local dirty = false
+-- Whether the hash holds format 4 (else it is written whole, once, by save).
+local current = false
 if h[1] then
   local v = tonumber(h[1])
-  if v ~= FORMAT and v ~= 2 and v ~= 1 then
+  if v ~= FORMAT and v ~= 3 and v ~= 2 and v ~= 1 then
     corrupt('format ' .. tostring(h[1]) .. ' is not ' .. FORMAT)
   end
-  nxt = num(h[2], 'next')
-  cap = num(h[3], 'cap')
-  from = num(h[4], 'from')
-  last = num(h[5], 'last')
-  paused = num(h[6], 'pause')
-  win = num(h[7], 'win')
-  qtext = h[8] or ''
-  htext = h[9] or ''
+  qtext = h[3] or ''
+  htext = h[4] or ''
   if v == FORMAT then
-    runs = num(h[10], 'runs')
-    base = num(h[11], 'base')
-    calls = num(h[12], 'calls')
-    if runs < from or runs - from > cap or base > nxt then corrupt('bad runs') end
-    if redis.call('STRLEN', R) ~= cap * W then
-      corrupt('the ring does not hold ' .. cap .. ' entries')
+    if type(h[2]) ~= 'string' or #h[2] ~= NUMBERS_SIZE then corrupt('bad numbers') end
+    nxt, cap, from, runs, base, last, paused, win, calls, exp = struct.unpack(NUMBERS, h[2])
+    for _, x in ipairs({nxt, cap, from, runs, base, last, paused, win, calls, exp}) do
+      if not (x >= 0 and x % 1 == 0 and x <= LUA_MAX) then corrupt('bad numbers') end
     end
+    current = true
+  else
+    -- Formats 1 to 3 keep each number in a field of its own.
+    local f = redis.call('HMGET', S, 'next', 'cap', 'from', 'last', 'pause', 'win', 'runs',
+      'base', 'calls')
+    nxt = num(f[1], 'next')
+    cap = num(f[2], 'cap')
+    from = num(f[3], 'from')
+    last = num(f[4], 'last')
+    paused = num(f[5], 'pause')
+    win = num(f[6], 'win')
+    if v == 3 then
+      runs = num(f[7], 'runs')
+      base = num(f[8], 'base')
+      calls = num(f[9], 'calls')
+    end
+  end
+  if v >= 3 then
+    if runs < from or runs - from > cap or base > nxt then corrupt('bad runs') end
   else
     -- A ring of one 8-byte instant per unit: its units become runs, oldest first.
     if redis.call('STRLEN', R) ~= cap * 8 then
@@ -141,24 +175,32 @@ if now == nil then
   local tm = redis.call('TIME')
   now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 end
+-- The clock before clamping, which the keys' expiry follows.
+local raw = now
+-- Every run written before this call is at or before last0.
+local last0 = last
 if now < last then now = last end
 
 local queue = {}
-for qid, qcost, qexp in string.gmatch(qtext, '(%d+),(%d+),(%d+);') do
-  queue[#queue + 1] = {id = qid, cost = tonumber(qcost), exp = tonumber(qexp)}
+if qtext ~= '' then
+  for qid, qcost, qexp in string.gmatch(qtext, '(%d+),(%d+),(%d+);') do
+    queue[#queue + 1] = {id = qid, cost = tonumber(qcost), exp = tonumber(qexp)}
+  end
 end
 
 local holds = {}
-for hid, hcost, hsince, hexp in string.gmatch(htext, '(%d+),(%d+),(%d+),(%d+);') do
-  holds[#holds + 1] = {id = hid, cost = tonumber(hcost), since = tonumber(hsince),
-    exp = tonumber(hexp)}
+if htext ~= '' then
+  for hid, hcost, hsince, hexp in string.gmatch(htext, '(%d+),(%d+),(%d+),(%d+);') do
+    holds[#holds + 1] = {id = hid, cost = tonumber(hcost), since = tonumber(hsince),
+      exp = tonumber(hexp)}
+  end
 end
 
 local in_flight = 0
 for _, e in ipairs(holds) do in_flight = in_flight + e.cost end
 
 -- Waiters whose lease's end is past are dropped first.
-do
+if #queue > 0 then
   local live = {}
   for _, e in ipairs(queue) do
     if e.exp >= now then live[#live + 1] = e end
@@ -168,6 +210,8 @@ do
     dirty = true
   end
 end
+
+local EMPTY = {}
 
 -- The ring of runs. Entries read by this run of the script are kept in `seen`.
 local seen = {}
@@ -256,7 +300,8 @@ end
 -- The due instant of a call of cost c behind the first n queued calls.
 -- Units in flight count as logged now, after every logged unit (a lower bound).
 local function due_behind(n, c)
-  local sim = {}
+  local sim = EMPTY
+  if in_flight > 0 or n > 0 then sim = {} end
   if in_flight > 0 then sim[1] = {now, in_flight} end
   local t = math.max(now, paused)
   for i = 1, n do
@@ -271,6 +316,7 @@ end
 local function relayout(newcap)
   local old = ''
   if cap > 0 then old = redis.call('GET', R) or '' end
+  if #old ~= cap * W then corrupt('the ring does not hold ' .. cap .. ' entries') end
   local parts = {}
   local r = from
   while r < runs do
@@ -293,6 +339,8 @@ local function relayout(newcap)
   end
   cap = newcap
   seen = {}
+  -- SET dropped the ring's time to live: save sets both again.
+  exp = 0
 end
 
 -- Drops the oldest runs that no window will count once c more units are logged, and
@@ -320,7 +368,9 @@ end
 local function log_at(t, c)
   if c == 0 then return end
   dirty = true
-  if runs > from then
+  -- A run written before this call is at or before last0, so only a unit at or before it
+  -- (or one after a run this call wrote) may join the newest run.
+  if runs > from and (t <= last0 or seen[runs - 1]) then
     local newest = entry(runs - 1)
     if newest[1] >= t then
       put(runs - 1, newest[1], nxt + c)
@@ -348,7 +398,7 @@ local function log(c)
 end
 
 -- Holds whose lease ran out are logged at the lease's end, oldest first.
-do
+if #holds > 0 then
   local live, expired = {}, {}
   for _, e in ipairs(holds) do
     if e.exp > now then live[#live + 1] = e else expired[#expired + 1] = e end
@@ -389,27 +439,68 @@ local function admit(c, hid, hold_us)
   dirty = true
 end
 
-local function save()
-  if not dirty then return end
+-- The queue and the holds as the hash keeps them.
+local function queue_text()
   local parts = {}
-  local keep = win
   for i, e in ipairs(queue) do
     parts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.exp) .. ';'
+  end
+  return table.concat(parts)
+end
+
+local function held_text()
+  local parts = {}
+  for i, e in ipairs(holds) do
+    parts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.since) .. ',' .. int(e.exp) .. ';'
+  end
+  return table.concat(parts)
+end
+
+local function save()
+  if not dirty then return end
+  local keep = win
+  for _, e in ipairs(queue) do
     if e.exp - now > keep then keep = e.exp - now end
   end
   if paused - now > keep then keep = paused - now end
-  local hparts = {}
-  for i, e in ipairs(holds) do
-    hparts[i] = e.id .. ',' .. int(e.cost) .. ',' .. int(e.since) .. ',' .. int(e.exp) .. ';'
+  for _, e in ipairs(holds) do
     if e.exp - now + win > keep then keep = e.exp - now + win end
   end
-  redis.call('HSET', S, 'v', FORMAT, 'next', int(nxt), 'cap', int(cap), 'from', int(from),
-    'runs', int(runs), 'base', int(base), 'last', int(now), 'pause', int(paused),
-    'win', int(win), 'calls', int(calls), 'queue', table.concat(parts),
-    'held', table.concat(hparts))
-  local ttl = int(math.ceil((keep + lease + MARGIN_US) / 1000))
-  redis.call('PEXPIRE', S, ttl)
-  if cap > 0 then redis.call('PEXPIRE', R, ttl) end
+  -- How long the keys must live from now, in microseconds; when exp falls short, they
+  -- get that and a quarter more (at most SLACK_US more).
+  local need = keep + lease + MARGIN_US
+  local ttl = nil
+  if raw + need > exp then
+    local more = math.min(math.floor(need / 4), SLACK_US)
+    ttl = math.ceil((need + more) / 1000)
+    exp = raw + ttl * 1000
+  end
+  local set = {'HSET', S, 'n', struct.pack(NUMBERS, nxt, cap, from, runs, base, now, paused,
+    win, calls, exp)}
+  -- Texts are rebuilt only when there is something to write or to clear.
+  local q = qtext
+  if #queue > 0 or qtext ~= '' then q = queue_text() end
+  local hl = htext
+  if #holds > 0 or htext ~= '' then hl = held_text() end
+  local function add(name, value)
+    set[#set + 1] = name
+    set[#set + 1] = value
+  end
+  if not current then
+    add('v', FORMAT)
+    -- The fields of the older formats' numbers.
+    if h[1] then
+      redis.call('HDEL', S, 'next', 'cap', 'from', 'last', 'pause', 'win', 'runs', 'base',
+        'calls')
+    end
+  end
+  if q ~= qtext or not current then add('queue', q) end
+  if hl ~= htext or not current then add('held', hl) end
+  redis.call(unpack(set))
+  if ttl then
+    redis.call('PEXPIRE', S, ttl)
+    if cap > 0 then redis.call('PEXPIRE', R, ttl) end
+  end
 end
 
 local reply

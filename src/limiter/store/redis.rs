@@ -1,7 +1,7 @@
 //! The Redis store: buckets shared by many hosts.
 //!
-//! Every operation on a bucket is one Lua script (`redis.lua`, sent with `EVALSHA` and
-//! loaded on `NOSCRIPT` by [`redis::Script`]) that applies the shared-bucket rules of the
+//! Every operation on a bucket is one Lua script (`redis.lua`, sent with `EVALSHA`, and
+//! loaded on `NOSCRIPT`) that applies the shared-bucket rules of the
 //! [store module](super) atomically on the server; processes and hosts never hold a lock
 //! across a round trip, and one poll costs one round trip.
 //!
@@ -10,14 +10,15 @@
 //! A bucket `b` under the key prefix `p` (`prefix=` of the store URL) is two keys that share
 //! the hash tag `{p:b}`, so that they live in one cluster slot:
 //!
-//! - `{p:b}:s`, a hash: `v` (the format, 3), `next` (units ever logged: the sequence number
-//!   of the next unit), `cap` (ring entries), `from` and `runs` (the numbers of the oldest
-//!   run the ring holds and of the next run), `base` (the sequence number of the oldest unit
-//!   it holds), `last` (the latest instant the bucket used), `pause` (paused until), `win`
-//!   and `calls` (the largest window and `calls` any caller used), `queue`, the FIFO of
-//!   waiters as `id,cost,lease_expiry;` entries (ids as decimal strings: Lua numbers are
-//!   doubles, ids are 64-bit), and `held`, the holds in flight as
-//!   `id,cost,admitted,lease_expiry;` entries.
+//! - `{p:b}:s`, a hash: `v` (the format, 4); `n`, the bucket's numbers packed as ten
+//!   little-endian doubles: `next` (units ever logged: the sequence number of the next
+//!   unit), `cap` (ring entries), `from` and `runs` (the numbers of the oldest run the ring
+//!   holds and of the next run), `base` (the sequence number of the oldest unit it holds),
+//!   `last` (the latest instant the bucket used), `pause` (paused until), `win` and `calls`
+//!   (the largest window and `calls` any caller used) and `exp` (the instant up to which
+//!   both keys live); `queue`, the FIFO of waiters as `id,cost,lease_expiry;` entries (ids
+//!   as decimal strings: Lua numbers are doubles, ids are 64-bit); and `held`, the holds in
+//!   flight as `id,cost,admitted,lease_expiry;` entries.
 //! - `{p:b}:r`, the ring of **runs**: a string of `cap` entries of 16 bytes, two
 //!   little-endian doubles: the instant of a run of units logged at one instant and the
 //!   sequence number just past its last unit; run `r` is at entry `r % cap`. A call of any
@@ -39,14 +40,22 @@
 //! of a format-2 ring takes time in its units, once (3.5 s for 2^20 units, each at an
 //! instant of its own, on a loaded 2-core machine). Formats 1 and 2
 //! (a ring of one instant per unit; 1 without holds) are rewritten as runs the first time
-//! a script touches them; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
+//! a script touches them; formats 1 to 3 kept each number in a field of its own (format 3
+//! had no `exp`): they are read from there and written as format 4; any other format is [`Corrupt`](StoreErrorKind::Corrupt).
 //!
 //! A poll reads the hash, `TIME` and, per window and queued call it simulates, the run
 //! entries of that search; with `n` waiters queued it costs O(n × (n + windows)) searches,
 //! all inside one script run, whatever the costs.
 //!
-//! After every write, both keys get a time to live of the largest window, pause or lease
-//! ahead plus [`LEASE`] and a second, so idle buckets vanish on their own.
+//! Each command a script calls costs about as much as a whole `INCR`, so a call sends only
+//! what it needs: a permitted poll of cost 1 on a bucket without waiters or holds is the
+//! hash's read (`v`, `n`, `queue`, `held`), `TIME`, the read of one ring entry per window
+//! whose unit the ring still holds, and the write of one ring entry and of `n`. The newest
+//! run is read only when a unit may join it (at an instant not after the bucket's `last`).
+//! Both keys need a time to live of the largest window, pause or lease ahead plus
+//! [`LEASE`] and a second, so that idle buckets vanish on their own; it is set only when
+//! `exp` falls short of that, and then a quarter more (at most a minute more), so a busy
+//! bucket sets it about once a minute.
 //!
 //! # The clock
 //!
@@ -418,28 +427,43 @@ impl RedisStore {
             id,
             extra,
         } = op;
-        let tag = format!("{{{}:{}}}", self.prefix, key);
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let mut inv = self.script.prepare_invoke();
-        inv.key(format!("{tag}:s"))
-            .key(format!("{tag}:r"))
+        // The command is written once, straight into its buffer, and sent again as it is
+        // after loading the script on `NOSCRIPT`.
+        let mut state = String::with_capacity(self.prefix.len() + key.len() + 5);
+        state.push('{');
+        state.push_str(&self.prefix);
+        state.push(':');
+        state.push_str(key);
+        state.push_str("}:s");
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(2)
+            .arg(&state)
+            .arg([&state[..state.len() - 1], "r"].concat())
             .arg(op)
             .arg(cost.min(LUA_MAX))
-            .arg(id.to_string())
+            .arg(id)
             .arg(micros(LEASE))
             .arg(micros(extra).min(LUA_MAX));
         for w in windows {
-            inv.arg(w.calls.min(LUA_MAX))
+            cmd.arg(w.calls.min(LUA_MAX))
                 .arg(w.window_ns.div_ceil(1000).min(LUA_MAX));
         }
         #[cfg(test)]
         match self.now_us.load(std::sync::atomic::Ordering::Relaxed) {
             0 => {}
             now => {
-                inv.arg(now);
+                cmd.arg(now);
             }
         }
-        self.with_connection(what, |con| inv.invoke::<Vec<i64>>(con))
+        self.with_connection(what, |con| match cmd.query::<Vec<i64>>(con) {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script.load(con)?;
+                cmd.query(con)
+            }
+            other => other,
+        })
     }
 
     fn corrupt(&self, key: &str, reply: &[i64]) -> StoreError {
@@ -593,6 +617,7 @@ mod model_test;
 mod tests {
     use super::super::{StoreConfig, StoreKind};
     use super::*;
+    use std::collections::HashMap;
     use std::net::TcpListener;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
@@ -685,18 +710,37 @@ mod tests {
         d + slack_ms >= ms && d <= ms + 5
     }
 
+    /// The format and the numbers of bucket `key` (the hash's field `n`, ten little-endian
+    /// doubles) by name, read straight from Redis; none for a bucket that does not exist.
+    fn numbers(url: &str, prefix: &str, key: &str) -> (u64, HashMap<&'static str, u64>) {
+        let mut con = open(url, "raw").connect().unwrap();
+        let (v, n): (Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(format!("{{{prefix}:{key}}}:s"))
+            .arg(&["v", "n"])
+            .query(con.like())
+            .unwrap();
+        let n = n.unwrap_or_default();
+        assert!(n.is_empty() || n.len() == 80, "{} bytes", n.len());
+        let names = [
+            "next", "cap", "from", "runs", "base", "last", "pause", "win", "calls", "exp",
+        ];
+        let numbers = names
+            .into_iter()
+            .zip(n.chunks(8))
+            .map(|(name, b)| (name, f64::from_le_bytes(b.try_into().unwrap()) as u64))
+            .collect();
+        (v.unwrap_or_default(), numbers)
+    }
+
     /// The instants (µs) of the units the ring of runs holds for `key`, oldest first, read
     /// straight from Redis.
     fn logged(url: &str, prefix: &str, key: &str) -> Vec<f64> {
+        let (_, n) = numbers(url, prefix, key);
+        let [cap, from, runs, mut start] =
+            ["cap", "from", "runs", "base"].map(|name| n.get(name).copied().unwrap_or_default());
         let mut con = open(url, "raw").connect().unwrap();
         let con = con.like();
         let tag = format!("{{{prefix}:{key}}}");
-        let fields: [Option<u64>; 4] = redis::cmd("HMGET")
-            .arg(format!("{tag}:s"))
-            .arg(&["cap", "from", "runs", "base"])
-            .query(con)
-            .unwrap();
-        let [cap, from, runs, mut start] = fields.map(Option::unwrap_or_default);
         let ring: Vec<u8> = redis::cmd("GET")
             .arg(format!("{tag}:r"))
             .query::<Option<Vec<u8>>>(&mut *con)
@@ -1002,16 +1046,8 @@ mod tests {
                 at(0)
             ]
         );
-        let mut con = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let (v, runs): (u64, u64) = redis::cmd("HMGET")
-            .arg(format!("{{{prefix}:two}}:s"))
-            .arg(&["v", "runs"])
-            .query(&mut con)
-            .unwrap();
-        assert_eq!((v, runs), (3, 4), "format 3, one run per instant");
+        let (v, n) = numbers(&url, &prefix, "two");
+        assert_eq!((v, n["runs"]), (4, 4), "format 4, one run per instant");
         // Format 1 had no holds: three units ever, the ring of two holds units 1 and 2.
         write_old_bucket(&url, &prefix, "one", 3, t - 200, None, &[at(200), at(300)]);
         let u = store.usage("one", &w).unwrap();
@@ -1025,6 +1061,78 @@ mod tests {
         assert_eq!(logged(&url, &prefix, "one"), [at(300), at(200)]);
         let u = store.usage("one", &w).unwrap();
         assert_eq!((u.used[0], u.in_flight), (2, 1), "{u:?}");
+    }
+
+    #[test]
+    fn buckets_of_format_3_are_read_and_written_as_format_4() {
+        let Some(url) = server_url() else { return };
+        let prefix = unique("format3");
+        let store = open(&url, &prefix);
+        let t: u64 = 1_780_000_000_000_000;
+        store.now_us.store(t, Ordering::Relaxed);
+        let mut con = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let tag = format!("{{{prefix}:b}}");
+        // Format 3: five units ever in runs 1 (units 0 to 2, 300 µs ago) and 2 (units 3 and 4,
+        // 100 µs ago) of a ring of 64, a hold of one unit in flight; no exp, no time to live.
+        redis::cmd("HSET")
+            .arg(format!("{tag}:s"))
+            .arg(&["v", "3", "cap", "64", "from", "1", "runs", "3", "base", "0"])
+            .arg(&["pause", "0", "win", "1000", "calls", "10", "queue", ""])
+            .arg("next")
+            .arg(5)
+            .arg("last")
+            .arg(t - 100)
+            .arg("held")
+            .arg(format!("7,1,{},{};", t - 50, t + 100_000))
+            .exec(&mut con)
+            .unwrap();
+        let mut ring = vec![0u8; 64 * 16];
+        for (r, at, stop) in [(1usize, t - 300, 3.0), (2, t - 100, 5.0)] {
+            ring[r * 16..r * 16 + 8].copy_from_slice(&(at as f64).to_le_bytes());
+            ring[r * 16 + 8..r * 16 + 16].copy_from_slice(&f64::to_le_bytes(stop));
+        }
+        redis::cmd("SET")
+            .arg(format!("{tag}:r"))
+            .arg(ring)
+            .exec(&mut con)
+            .unwrap();
+        let w = [rate(7, 1)];
+        let u = store.usage("b", &w).unwrap();
+        assert_eq!((u.used[0], u.in_flight), (5, 1), "{u:?}");
+        // A unit fits beside the five logged and the one in flight; then none.
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+        assert_eq!(
+            store.poll("b", &w, 1, Place::Try, None).unwrap(),
+            Verdict::Wait(Duration::from_micros(700))
+        );
+        let at = |ago: u64| (t - ago) as f64;
+        assert_eq!(
+            logged(&url, &prefix, "b"),
+            [at(300), at(300), at(300), at(100), at(100), at(0)]
+        );
+        let (v, n) = numbers(&url, &prefix, "b");
+        assert_eq!((v, n["last"], n["next"], n["runs"]), (4, t, 6, 4));
+        assert!(n["exp"] > t, "{n:?}");
+        // The numbers of format 3 are gone from the hash.
+        let mut fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(format!("{tag}:s"))
+            .query(&mut con)
+            .unwrap();
+        fields.sort();
+        assert_eq!(fields, ["held", "n", "queue", "v"]);
+        for suffix in ["s", "r"] {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(format!("{tag}:{suffix}"))
+                .query(&mut con)
+                .unwrap();
+            assert!(ttl > LEASE.as_millis() as i64, "{suffix}: {ttl}");
+        }
     }
 
     #[test]
@@ -1256,15 +1364,10 @@ mod tests {
 
     /// The ring's entries (`cap`) and the byte length of its key.
     fn ring_size(url: &str, prefix: &str, key: &str) -> (u64, u64) {
+        let cap = numbers(url, prefix, key).1["cap"];
         let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let tag = format!("{{{prefix}:{key}}}");
-        let cap: u64 = redis::cmd("HGET")
-            .arg(format!("{tag}:s"))
-            .arg("cap")
-            .query(&mut con)
-            .unwrap();
         let len: u64 = redis::cmd("STRLEN")
-            .arg(format!("{tag}:r"))
+            .arg(format!("{{{prefix}:{key}}}:r"))
             .query(&mut con)
             .unwrap();
         (cap, len)
@@ -1408,6 +1511,24 @@ mod tests {
             .unwrap();
         let e = store.usage("c", &[rate(1, 100)]).unwrap_err();
         assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+        // Format 4 numbers cut short, or one of them negative.
+        let mut negative: Vec<u8> = [0.0f64; 10].iter().flat_map(|x| x.to_le_bytes()).collect();
+        negative[8..16].copy_from_slice(&(-1.0f64).to_le_bytes());
+        for (key, n) in [("e", b"0123456789".to_vec()), ("f", negative)] {
+            redis::cmd("HSET")
+                .arg(format!("{{{prefix}:{key}}}:s"))
+                .arg("v")
+                .arg(4)
+                .arg("n")
+                .arg(n)
+                .exec(&mut con)
+                .unwrap();
+            let e = store
+                .poll(key, &[rate(1, 100)], 1, Place::Try, None)
+                .unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains("bad numbers"), "{e}");
+        }
         // The store still works after the errors.
         assert_eq!(
             store
@@ -1541,13 +1662,41 @@ mod tests {
             .unwrap()
             .get_connection()
             .unwrap();
-        for suffix in ["s", "r"] {
-            let ttl: i64 = redis::cmd("PTTL")
-                .arg(format!("{{{prefix}:b}}:{suffix}"))
-                .query(&mut con)
-                .unwrap();
-            let lease = LEASE.as_millis() as i64;
-            assert!(ttl > lease && ttl <= 100 + lease + 1000, "{suffix}: {ttl}");
+        // What the bucket needs (its window, a waiter's lease and a second), and a quarter
+        // more, so that it is not set again on every call.
+        let lease = LEASE.as_millis() as i64;
+        let need = 100 + lease + 1000;
+        let ttls = |con: &mut redis::Connection| {
+            ["s", "r"].map(|suffix| {
+                redis::cmd("PTTL")
+                    .arg(format!("{{{prefix}:b}}:{suffix}"))
+                    .query::<i64>(&mut *con)
+                    .unwrap()
+            })
+        };
+        let first = ttls(&mut con);
+        for ttl in first {
+            assert!(ttl > need && ttl <= need * 5 / 4, "{ttl}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            store.poll("b", &[rate(1, 1)], 1, Place::Try, None).unwrap(),
+            Verdict::Admitted
+        );
+        let second = ttls(&mut con);
+        assert!(
+            second.iter().zip(first).all(|(&s, f)| s < f),
+            "not set again while it covers what the bucket needs: {first:?}, then {second:?}"
+        );
+        // A longer window needs more: both keys get it at once.
+        assert_eq!(
+            store
+                .poll("b", &[rate(5, 10_000)], 1, Place::Try, None)
+                .unwrap(),
+            Verdict::Admitted
+        );
+        for ttl in ttls(&mut con) {
+            assert!(ttl > 10_000 + lease + 1000, "{ttl}");
         }
     }
 
