@@ -39,7 +39,7 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// The operating system's monotonic clock (on Linux `CLOCK_MONOTONIC`, the clock of
-/// [`Instant`]).
+/// [`Instant`](std::time::Instant)).
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
     #[cfg(target_os = "linux")]
