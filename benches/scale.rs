@@ -6,8 +6,10 @@
 //! Run: `cargo bench --bench scale` (add `-- --quick` for a short run).
 //! Prints figures and ratios; it asserts only that the calls it makes are admitted.
 
+use parking_lot::Mutex;
 use quotagate::limiter::{Limiter, MAX_CALLS, ManualClock, Rate, Wait};
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -78,15 +80,36 @@ fn cost_per_call(l: &Limiter, keys: &[String], order: &[u32], rounds: usize) -> 
     median(samples)
 }
 
+/// The floor of any keyed limiter: ns per call of a plain map from `String` keys (one
+/// allocation each, as in the limiter) to a counter under a mutex, found and bumped on
+/// the keys `order` picks, the median of `rounds`. It does no limiting at all: its
+/// growth from 1 to n keys is what the memory's latency costs a call that looks a key up
+/// and touches its state.
+fn floor_per_call(keys: &[String], order: &[u32], rounds: usize) -> f64 {
+    let map: HashMap<String, Mutex<u64>, foldhash::fast::RandomState> =
+        keys.iter().map(|k| (k.clone(), Mutex::new(0))).collect();
+    let samples = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            for &i in order {
+                *map[black_box(keys[i as usize].as_str())].lock() += 1;
+            }
+            start.elapsed().as_nanos() as f64 / order.len() as f64
+        })
+        .collect();
+    median(samples)
+}
+
 fn scale(rounds: usize, calls: usize) {
     println!(
         "permitted try_acquire with n buckets in the map, one thread, median of {rounds} rounds of {calls} calls"
     );
     println!(
-        "{:>8} {:>12} {:>7} {:>14} {:>7}",
-        "buckets", "one hot key", "ratio", "keys in turn", "ratio"
+        "{:>8} {:>12} {:>7} {:>14} {:>7} {:>14} {:>7}",
+        "buckets", "one hot key", "ratio", "keys in turn", "ratio", "floor in turn", "ratio"
     );
     let mut base = None;
+    let mut floor_base = None;
     for n in [1usize, 1_000, 100_000] {
         let (l, keys) = with_buckets(n);
         let hot = vec![(n / 2) as u32; calls];
@@ -96,14 +119,20 @@ fn scale(rounds: usize, calls: usize) {
         fastrand::Rng::with_seed(7).shuffle(&mut order);
         let hot_ns = cost_per_call(&l, &keys, &hot, rounds);
         let turn_ns = cost_per_call(&l, &keys, &order, rounds);
+        drop(l);
+        let floor_ns = floor_per_call(&keys, &order, rounds);
         let (b_hot, b_turn) = *base.get_or_insert((hot_ns, turn_ns));
+        let b_floor = *floor_base.get_or_insert(floor_ns);
         println!(
-            "{n:>8} {hot_ns:>10.1}ns {:>6.2}x {turn_ns:>12.1}ns {:>6.2}x",
+            "{n:>8} {hot_ns:>10.1}ns {:>6.2}x {turn_ns:>12.1}ns {:>6.2}x {floor_ns:>12.1}ns {:>6.2}x",
             hot_ns / b_hot,
-            turn_ns / b_turn
+            turn_ns / b_turn,
+            floor_ns / b_floor
         );
     }
-    println!("(ratio: against 1 bucket; one hot key = every call on one key among n)");
+    println!(
+        "(ratio: against 1 bucket; one hot key = every call on one key among n; floor = a plain map of counters, no limiting)"
+    );
 }
 
 /// Voluntary context switches of the calling thread so far: each one is a sleep, and
