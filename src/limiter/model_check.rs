@@ -565,3 +565,24 @@ fn a_batch_released_at_once_leaves_the_next_one_watched() {
         );
     });
 }
+
+#[test]
+fn a_head_that_leaves_wakes_a_timer_that_sleeps_too_long() {
+    explore(|time| {
+        let run = Run::new(time, 2, 2);
+        run.try_acquire(1).expect("an empty bucket admits");
+        run.advance();
+        run.try_acquire(1).expect("a bucket of two admits two");
+        // Both units must leave the window before the first place: at 15. The second,
+        // of one unit, waits for it with the head's time, until the first is given up:
+        // then its own instant, 10, comes first.
+        let big = run.enqueue(2, None, false).unwrap();
+        let small = run.place();
+        let threads = vec![
+            spawn_wait(&run, small),
+            spawn(&run, move |_| assert!(big.ticket.cancel())),
+        ];
+        run.drive(0, threads);
+        assert_eq!(run.admitted(3), Some(WINDOW), "admitted when its unit left");
+    });
+}
