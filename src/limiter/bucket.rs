@@ -10,8 +10,16 @@
 //! All state changes happen in [`BucketState::pump`], under the bucket's lock: it admits
 //! waiters from the front of the queue while the log admits them, times out the head when
 //! its earliest instant lies past its deadline and any waiter whose deadline has passed,
-//! and wakes exactly the waiters whose state changed plus the new head. Waiters only sleep
-//! on their own condition variable and read their state when they wake.
+//! and wakes exactly the waiters whose state changed. Waiters only sleep on their own
+//! condition variable and read their state when they wake.
+//!
+//! Someone must notice when the head comes due: the clock itself when it wakes the bucket
+//! (a manual clock's advance pumps every bucket), else the *timer*, the first waiter with
+//! a thread blocked on it, which alone sleeps on the clock. Each waiter records the instant
+//! its sleeping thread wakes by itself; after the head or its instant changed, or a thread
+//! left its wait, [`BucketState::watch`] wakes the timer only when that instant is later
+//! than the head's (or no thread sleeps on the clock), so that a release wakes no thread
+//! but those it admits.
 
 use super::clock::Nanos;
 use super::sync::{AtomicU8, AtomicU32, AtomicU64, Condvar, Mutex};
@@ -62,6 +70,11 @@ pub(crate) struct Waiter {
     frees_in: AtomicU64,
     /// Threads blocked in a wait on this waiter now (under the bucket's lock).
     pub(crate) active: AtomicU32,
+    /// The instant at which the thread that last went to sleep on this waiter wakes by
+    /// itself: `Nanos::MAX` while it sleeps until woken or is awake, 0 once woken to take
+    /// the timer over (under the bucket's lock). Never earlier than the instant it really
+    /// wakes, so a timer is never thought to watch an instant it would sleep past.
+    wakes_at: AtomicU64,
     pub(crate) wake: Condvar,
 }
 
@@ -82,6 +95,7 @@ impl Waiter {
             admitted_at: AtomicU64::new(0),
             frees_in: AtomicU64::new(0),
             active: AtomicU32::new(0),
+            wakes_at: AtomicU64::new(Nanos::MAX),
             wake: Condvar::new(),
         }
     }
@@ -110,6 +124,17 @@ impl Waiter {
     /// The id of the hold its admission made (0 for a plain admission or before it).
     pub(crate) fn hold_id(&self) -> u64 {
         self.hold.load(Ordering::Acquire)
+    }
+
+    /// See `wakes_at`: the instant the sleeping thread wakes by itself.
+    pub(crate) fn wakes_at(&self) -> Nanos {
+        self.wakes_at.load(Ordering::Relaxed)
+    }
+
+    /// Records, under the bucket's lock, the instant a thread going to sleep on this waiter
+    /// wakes by itself (`Nanos::MAX`: only when woken, or the thread is awake again).
+    pub(crate) fn set_wakes_at(&self, at: Nanos) {
+        self.wakes_at.store(at, Ordering::Relaxed);
     }
 }
 
@@ -196,6 +221,10 @@ pub(crate) struct BucketState {
     pub(crate) paused_until: Nanos,
     pub(crate) queue: VecDeque<Arc<Waiter>>,
     pub(crate) closed: bool,
+    /// The clock wakes the bucket itself when it moves (a manual clock, whose listener
+    /// pumps every bucket): no thread needs to keep the head's time. Learned from the
+    /// clock's answer to the first timer that asks it how long to sleep.
+    pub(crate) clock_wakes: bool,
     /// Rates given to this bucket alone: it is never dropped as idle, or they would be lost.
     pub(crate) own_rates: bool,
     /// The latest instant any operation used: the log must only ever move forward.
@@ -239,6 +268,7 @@ impl BucketState {
             paused_until: 0,
             queue: VecDeque::new(),
             closed: false,
+            clock_wakes: false,
             own_rates: false,
             last_now: 0,
             stats: BucketStats::default(),
@@ -380,7 +410,7 @@ impl BucketState {
                 head_changed = true;
             } else {
                 if head_changed {
-                    self.kick();
+                    self.watch(at);
                 }
                 return Some(at);
             }
@@ -396,11 +426,26 @@ impl BucketState {
             .find(|w| w.active.load(Ordering::Relaxed) > 0)
     }
 
-    /// Wakes the timer so that it recomputes the head's instant (after the head or the
-    /// rates changed).
-    pub(crate) fn kick(&self) {
-        if let Some(t) = self.timer() {
+    /// Makes sure that someone notices when the head, due at `head_at`, comes due: the
+    /// clock, when it wakes the bucket itself; else the timer, woken to sleep on the clock
+    /// unless its thread already sleeps towards an instant no later than `head_at`. Called
+    /// after the head or its instant changed, and when a thread leaves its wait.
+    pub(crate) fn watch(&self, head_at: Nanos) {
+        if self.clock_wakes {
+            return;
+        }
+        if let Some(t) = self.timer().filter(|t| t.wakes_at() > head_at) {
+            // Its thread wakes now: later calls need not wake it again.
+            t.set_wakes_at(0);
             t.wake.notify_one();
+        }
+    }
+
+    /// [`pump`](Self::pump), then [`watch`](Self::watch) the head: after a change that can
+    /// bring its instant earlier (a hold ended, the rates or the head changed).
+    pub(crate) fn pump_and_watch(&mut self, now: Nanos) {
+        if let Some(at) = self.pump(now) {
+            self.watch(at);
         }
     }
 
@@ -415,8 +460,7 @@ impl BucketState {
         self.stats.cancellations += 1;
         waiter.wake.notify_all();
         if was_head {
-            self.pump(now);
-            self.kick();
+            self.pump_and_watch(now);
         }
         true
     }

@@ -153,9 +153,8 @@ impl MemoryBackend {
                     st.cancel(&w, now);
                 }
             }
-            st.pump(now);
             // The head's instant changed: its timer must recompute it.
-            st.kick();
+            st.pump_and_watch(now);
             return Ok(());
         }
         let b = self.insert(&mut map, key, rates)?;
@@ -394,9 +393,10 @@ impl MemoryTicket {
         let clock = &self.clock;
         let mut st: MutexGuard<'_, BucketState> = self.bucket.state.lock();
         waiter.active.fetch_add(1, Ordering::Relaxed);
+        let mut head_at;
         let result = loop {
             let now = st.clock(clock.now());
-            let head_at = st.pump(now);
+            head_at = st.pump(now);
             if let Some(done) = outcome(waiter.state(), waiter.frees_in()) {
                 break done;
             }
@@ -409,6 +409,12 @@ impl MemoryTicket {
                 (a, d) => a.or(d),
             };
             let mut sleep = target.and_then(|t| clock.real_wait(now, t));
+            // A clock that answers "until woken" wakes the bucket itself when it moves.
+            st.clock_wakes |= target.is_some() && sleep.is_none();
+            let wakes_at = match (target, sleep) {
+                (Some(t), Some(_)) => t,
+                _ => Nanos::MAX,
+            };
             if let Some(slice) = slice {
                 let left = slice.saturating_sub(started.elapsed());
                 if left.is_zero() {
@@ -416,20 +422,20 @@ impl MemoryTicket {
                 }
                 sleep = Some(sleep.map_or(left, |s| s.min(left)));
             }
+            waiter.set_wakes_at(wakes_at);
             match sleep {
                 Some(d) => {
                     waiter.wake.wait_for(&mut st, d);
                 }
                 None => waiter.wake.wait(&mut st),
             }
+            waiter.set_wakes_at(Nanos::MAX);
         };
         waiter.active.fetch_sub(1, Ordering::Relaxed);
-        // If this thread kept the head's time, hand that job to the next waiting thread.
-        // An admission needs no hand-over: the `pump` that admitted it already woke the
-        // new timer, and every other thread of its batch kicking it again would wake it
-        // once per admitted call.
-        if !matches!(result, Ok(Wait::Admitted)) {
-            st.kick();
+        // If this thread kept the head's time, the next waiting thread takes it over,
+        // woken only when it does not already sleep towards an instant early enough.
+        if let Some(at) = head_at {
+            st.watch(at);
         }
         result
     }
@@ -463,6 +469,22 @@ impl MemoryTicket {
             id: self.waiter.hold_id(),
             clock: self.clock.clone(),
         }
+    }
+}
+
+#[cfg(all(test, quotagate_loom))]
+impl MemoryTicket {
+    /// For the model checks, whose condition variables have no timed waits: ends the
+    /// sleep on this ticket, as its timeout would, once the clock has reached the instant
+    /// it sleeps towards. Returns whether its thread has yet to run before time may move
+    /// on: it is not in its wait yet, or was woken and has not gone back to sleep.
+    pub(crate) fn end_sleep_if_due(&self) -> bool {
+        let _st = self.bucket.state.lock();
+        let due = self.waiter.wakes_at() <= self.clock.now();
+        if due {
+            self.waiter.wake.notify_all();
+        }
+        due || self.waiter.active.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -504,9 +526,8 @@ impl MemoryHold {
         let mut st = self.bucket.state.lock();
         let now = st.clock(self.clock.now());
         if st.end_hold(self.id, at, now) {
-            st.pump(now);
             // The head's instant may be earlier now: its timer recomputes it.
-            st.kick();
+            st.pump_and_watch(now);
         }
     }
 }

@@ -10,9 +10,14 @@
 //! lost wakeup shows as a deadlock (loom reports it) or as a driver that moved the clock
 //! for many windows while every thread slept.
 //!
-//! The manual clock's advance pumps every bucket, so no waiter here depends on the timer
-//! hand-off (`BucketState::kick`) that timed waits on the monotonic clock need: loom has
-//! no timed waits, and the models never wait in slices.
+//! Every model runs on two clocks. On the manual clock, whose advance pumps every
+//! bucket, no thread keeps the head's time. On a clock that the threads sleep on, like
+//! the monotonic one ([`SleptClock`]), the queue moves only because the *timer* (the first
+//! waiter with a thread on it) wakes at the head's instant and hands the role on when it
+//! leaves (`BucketState::watch`): loom has no timed waits, so after each step the driver
+//! ends the sleeps whose instant has come, as their timeouts would. A hand-over that is
+//! skipped when it was needed leaves every thread asleep: the driver calls the run stuck.
+//! The models never wait in slices.
 //!
 //! `RUSTFLAGS="--cfg quotagate_loom" cargo test --profile model-check
 //! --no-default-features --lib limiter::model_check::` (a step of scripts/test; `-- --nocapture` prints how many
@@ -20,6 +25,7 @@
 
 use super::bucket::WaiterState;
 use super::sync::{Condvar, Mutex};
+use super::ticket::TicketKind;
 use super::{Clock, Error, Hold, Limiter, ManualClock, Nanos, Rate, Ticket, Wait};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,21 +38,48 @@ const STEP: Nanos = WINDOW / 2;
 /// Steps the driver takes while every thread sleeps before it calls the run stuck.
 const STUCK_AFTER: usize = 12;
 
-/// Explores `model` under loom with a bound on preemptions (2 unless `LOOM_MAX_PREEMPTIONS`
-/// says otherwise).
-fn explore(model: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound.get_or_insert(2);
-    let schedules = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = schedules.clone();
-    builder.check(move || {
-        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        model();
-    });
-    println!(
-        "{} schedules explored",
-        schedules.load(std::sync::atomic::Ordering::Relaxed)
-    );
+/// How the waiting threads learn that time has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Time {
+    /// A manual clock: its advance pumps the bucket.
+    Listened,
+    /// A [`SleptClock`]: the timer sleeps on it.
+    Slept,
+}
+
+/// A clock that moves only when the driver moves it, but that the limiter must watch
+/// itself, as it does the monotonic clock: it answers every wait with a timed sleep and
+/// wakes nobody when it moves.
+struct SleptClock(ManualClock);
+
+impl Clock for SleptClock {
+    fn now(&self) -> Nanos {
+        self.0.now()
+    }
+
+    fn real_wait(&self, now: Nanos, until: Nanos) -> Option<Duration> {
+        Some(Duration::from_nanos(until.saturating_sub(now)))
+    }
+}
+
+/// Explores `model` on each clock under loom with a bound on preemptions (2 unless
+/// `LOOM_MAX_PREEMPTIONS` says otherwise).
+fn explore(model: impl Fn(Time) + Sync + Send + 'static) {
+    let model = Arc::new(model);
+    for time in [Time::Listened, Time::Slept] {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound.get_or_insert(2);
+        let schedules = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (counted, model) = (schedules.clone(), model.clone());
+        builder.check(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            model(time);
+        });
+        println!(
+            "{time:?}: {} schedules explored",
+            schedules.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
 }
 
 /// A call as the threads saw it: its place in arrival order, its cost, its admission and
@@ -77,11 +110,12 @@ struct Record {
     calls: Vec<Call>,
 }
 
-/// One explored run: a limiter of `calls` units per `WINDOW` on a manual clock, and the
-/// record that its threads keep. The clock moves under the record's lock, so an instant
-/// read under it is the limiter's.
+/// One explored run: a limiter of `calls` units per `WINDOW` on a manual clock, or on a
+/// [`SleptClock`] over it, and the record that its threads keep. The clock moves under
+/// the record's lock, so an instant read under it is the limiter's.
 struct Run {
     clock: ManualClock,
+    time: Time,
     limiter: Limiter,
     calls: u64,
     threads: usize,
@@ -91,15 +125,19 @@ struct Run {
 
 impl Run {
     /// A run for `threads` threads besides the driver.
-    fn new(calls: u32, threads: usize) -> Arc<Self> {
+    fn new(time: Time, calls: u32, threads: usize) -> Arc<Self> {
         let clock = ManualClock::new();
         let limiter = Limiter::builder()
             .rate(Rate::new(calls, Duration::from_nanos(WINDOW)))
-            .clock(Arc::new(clock.clone()))
+            .clock(match time {
+                Time::Listened => Arc::new(clock.clone()),
+                Time::Slept => Arc::new(SleptClock(clock.clone())),
+            })
             .build()
             .expect("a valid rate");
         Arc::new(Self {
             clock,
+            time,
             limiter,
             calls: u64::from(calls),
             threads,
@@ -112,8 +150,8 @@ impl Run {
     }
 
     /// A run for `threads` threads whose window of one call is full at instant 0.
-    fn full(threads: usize) -> Arc<Self> {
-        let run = Self::new(1, threads);
+    fn full(time: Time, threads: usize) -> Arc<Self> {
+        let run = Self::new(time, 1, threads);
         run.try_acquire(1).expect("an empty bucket admits");
         run
     }
@@ -219,13 +257,36 @@ impl Run {
     }
 
     fn advance(&self) {
-        let _rec = self.record.lock();
+        let rec = self.record.lock();
+        self.step(&rec);
+    }
+
+    /// Moves the clock a step, under the record's lock, and ends the sleeps that reached
+    /// their instant.
+    fn step(&self, rec: &Record) {
         self.clock.advance(Duration::from_nanos(STEP));
+        self.end_due_sleeps(rec);
+    }
+
+    /// On a [`SleptClock`], ends the sleeps that reached their instant, as their timeouts
+    /// would. Returns whether a thread has yet to run before time moves on: one not in its
+    /// wait yet, or woken (by a timeout or another thread) and not asleep again. Only the
+    /// manual clock's advance decides places by itself, without them.
+    fn end_due_sleeps(&self, rec: &Record) -> bool {
+        let mut unsettled = false;
+        if self.time == Time::Slept {
+            for place in &rec.asleep {
+                if let TicketKind::Memory(t) = &place.ticket.kind {
+                    unsettled |= t.end_sleep_if_due();
+                }
+            }
+        }
+        unsettled
     }
 
     /// The driver, on the model's main thread: `racing` steps at once (racing with the
     /// threads), then a step each time every thread is finished or asleep on an undecided
-    /// place, until all have finished. A thread whose place was decided is awake, so the
+    /// place, past the instant it sleeps towards, until all have finished. A thread whose place was decided is awake, so the
     /// driver waits for it: a lost wakeup leaves it waiting, and loom reports the deadlock.
     fn drive(&self, racing: usize, threads: Vec<loom::thread::JoinHandle<()>>) {
         for _ in 0..racing {
@@ -245,13 +306,18 @@ impl Run {
             if rec.finished == self.threads {
                 break;
             }
+            if self.end_due_sleeps(&rec) {
+                drop(rec);
+                loom::thread::yield_now();
+                continue;
+            }
             assert!(
                 idle_steps < STUCK_AFTER,
                 "every thread has slept for {STUCK_AFTER} steps: {:?}",
                 rec.calls
             );
             idle_steps += 1;
-            self.clock.advance(Duration::from_nanos(STEP));
+            self.step(&rec);
         }
         for t in threads {
             t.join().expect("a model thread panicked");
@@ -327,8 +393,8 @@ fn spawn(run: &Arc<Run>, f: impl FnOnce(&Run) + Send + 'static) -> loom::thread:
 
 #[test]
 fn waiters_are_admitted_in_order_and_a_newcomer_never_passes() {
-    explore(|| {
-        let run = Run::full(3);
+    explore(|time| {
+        let run = Run::full(time, 3);
         let (first, second) = (run.place(), run.place());
         let threads = vec![
             spawn_wait(&run, first),
@@ -349,8 +415,8 @@ fn waiters_are_admitted_in_order_and_a_newcomer_never_passes() {
 
 #[test]
 fn a_hold_counts_until_another_thread_ends_it() {
-    explore(|| {
-        let run = Run::new(1, 2);
+    explore(|time| {
+        let run = Run::new(time, 1, 2);
         let (held, hold) = run.try_hold(1).expect("an empty bucket admits");
         let queued_hold = run.enqueue(1, None, true).unwrap();
         let plain = run.place();
@@ -371,8 +437,8 @@ fn a_hold_counts_until_another_thread_ends_it() {
 
 #[test]
 fn a_cancelled_waiter_gives_up_its_place_and_wakes_the_next() {
-    explore(|| {
-        let run = Run::full(3);
+    explore(|time| {
+        let run = Run::full(time, 3);
         let (first, second) = (run.place(), run.place());
         let cancelled = Arc::new(Mutex::new(None));
         let (waiter, canceller, result) = (first.clone(), first.clone(), cancelled.clone());
@@ -404,8 +470,8 @@ fn a_cancelled_waiter_gives_up_its_place_and_wakes_the_next() {
 
 #[test]
 fn a_waiter_past_its_deadline_leaves_and_the_next_moves() {
-    explore(|| {
-        let run = Run::full(2);
+    explore(|time| {
+        let run = Run::full(time, 2);
         let first = run.place();
         // Behind the first, it could be admitted at two windows: past its deadline.
         let late = run.enqueue(1, Some(WINDOW + STEP), false).unwrap();
@@ -429,8 +495,8 @@ fn a_waiter_past_its_deadline_leaves_and_the_next_moves() {
 
 #[test]
 fn close_wakes_every_waiter_with_closed() {
-    explore(|| {
-        let run = Run::full(3);
+    explore(|time| {
+        let run = Run::full(time, 3);
         let waiter = |run: &Run| match run.enqueue(1, None, false) {
             // A place taken before the close: admitted first, or woken by the close.
             Ok(place) => match run.wait(&place) {
@@ -452,5 +518,71 @@ fn close_wakes_every_waiter_with_closed() {
         ];
         run.drive(1, threads);
         assert!(matches!(run.enqueue(1, None, false), Err(Error::Closed)));
+    });
+}
+
+#[test]
+fn a_release_admits_one_waiter_while_another_keeps_the_time() {
+    explore(|time| {
+        let run = Run::new(time, 1, 2);
+        let (held, hold) = run.try_hold(1).expect("an empty bucket admits");
+        let (first, second) = (run.place(), run.place());
+        let threads = vec![
+            // The head's owner ends a hold first: until it waits, the other thread keeps
+            // the head's time, then either may, and the one admitted leaves the other
+            // to keep the time of the next head.
+            spawn(&run, move |run| {
+                run.finish(held, hold);
+                run.wait(&first).unwrap();
+            }),
+            spawn_wait(&run, second),
+        ];
+        run.drive(1, threads);
+        let first = run.admitted(1).expect("the first was admitted");
+        assert_eq!(run.admitted(2), Some(first + WINDOW), "one window later");
+    });
+}
+
+#[test]
+fn a_batch_released_at_once_leaves_the_next_one_watched() {
+    explore(|time| {
+        let run = Run::new(time, 2, 3);
+        run.try_acquire(1).expect("an empty bucket admits");
+        run.try_acquire(1).expect("a bucket of two admits two");
+        let places = [run.place(), run.place(), run.place()];
+        let threads = places.iter().map(|p| spawn_wait(&run, p.clone())).collect();
+        run.drive(0, threads);
+        assert_eq!(
+            run.admitted(2),
+            Some(WINDOW),
+            "two leave the window at once"
+        );
+        assert_eq!(run.admitted(3), Some(WINDOW));
+        assert_eq!(
+            run.admitted(4),
+            Some(2 * WINDOW),
+            "the third a window later"
+        );
+    });
+}
+
+#[test]
+fn a_head_that_leaves_wakes_a_timer_that_sleeps_too_long() {
+    explore(|time| {
+        let run = Run::new(time, 2, 2);
+        run.try_acquire(1).expect("an empty bucket admits");
+        run.advance();
+        run.try_acquire(1).expect("a bucket of two admits two");
+        // Both units must leave the window before the first place: at 15. The second,
+        // of one unit, waits for it with the head's time, until the first is given up:
+        // then its own instant, 10, comes first.
+        let big = run.enqueue(2, None, false).unwrap();
+        let small = run.place();
+        let threads = vec![
+            spawn_wait(&run, small),
+            spawn(&run, move |_| assert!(big.ticket.cancel())),
+        ];
+        run.drive(0, threads);
+        assert_eq!(run.admitted(3), Some(WINDOW), "admitted when its unit left");
     });
 }
