@@ -103,6 +103,9 @@ pub(crate) struct Runs {
     wide: bool,
     /// The instant packed instants count from: at most the oldest run's.
     base: Nanos,
+    /// The longest window that counts these runs (0: not known, as for the file store's
+    /// bucket): runs older than that at the newest instant may be moved forward.
+    horizon: Nanos,
     /// The sequence number of the first unit of the oldest run.
     start: u64,
     /// Sequence number of the next unit to log.
@@ -239,10 +242,19 @@ impl Runs {
     }
 
     /// Makes room in a packed log for a run at `at` ending at `end`: counts instants from
-    /// the oldest run's if that is enough, else widens the log.
+    /// the oldest run's if that is enough, else widens the log. With a `horizon` shorter
+    /// than the packed span, runs older than the span are moved forward to its start
+    /// instead: they had left every window, and still have, so no admission changes,
+    /// and a bucket idle for days keeps its one word a run.
     #[cold]
     fn repack(&mut self, at: Nanos, end: u64) {
-        let runs: Vec<Run> = (0..self.len()).map(|i| self.run(i)).collect();
+        let mut runs: Vec<Run> = (0..self.len()).map(|i| self.run(i)).collect();
+        if self.horizon != 0 && self.horizon < AT_SPAN {
+            let start = at.saturating_sub(AT_SPAN - 1);
+            for r in &mut runs {
+                r.at = r.at.max(start);
+            }
+        }
         let base = runs.first().map_or(at, |r| r.at);
         self.wide = end - self.start > END_MASK || at - base >= AT_SPAN;
         self.base = base;
@@ -355,6 +367,7 @@ impl Runs {
             next,
             last: ends.last().map_or(0, |&(at, _)| at),
             base: ends.first().map_or(0, |&(at, _)| at),
+            horizon: 0,
             wide: false,
         };
         if let (Some(&(first, _)), Some(&(last, _))) = (ends.first(), ends.last()) {
@@ -430,7 +443,14 @@ impl SlidingLog {
                     run: 0,
                 })
                 .collect(),
-            log: Runs::default(),
+            log: Runs {
+                horizon: rates
+                    .iter()
+                    .map(|r| super::clock::nanos(r.window).saturating_add(margin))
+                    .max()
+                    .unwrap_or(0),
+                ..Runs::default()
+            },
             first_run: 0,
             passed: 0,
             max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
@@ -762,6 +782,42 @@ mod tests {
         assert_eq!(decoded(&wide), vec![(0, 3), (AT_SPAN, 5)]);
     }
 
+    #[test]
+    fn a_bucket_idle_for_days_keeps_one_word_a_run() {
+        const HOUR: Nanos = 3_600_000_000_000;
+        // The API's rates: the log keeps the latest 64 units after every window left.
+        let mut l = log(&[(100, 60_000), (1500, 3_600_000)]);
+        for i in 0..100 {
+            l.expire(i * MS);
+            l.push(i * MS, 1);
+        }
+        let later = 100 * HOUR;
+        l.expire(later);
+        assert!(l.is_idle());
+        assert_eq!(l.earliest(later, 1, 0), later);
+        l.push(later, 1);
+        assert!(
+            !l.log.wide,
+            "runs older than 78 hours moved forward, still packed"
+        );
+        l.expire(later + MS);
+        assert_eq!(l.usage().map(|u| u.0).collect::<Vec<_>>(), vec![1, 1]);
+        assert_eq!(l.log.newest(1), Some(later));
+        // The retained units moved forward stay outside every window.
+        assert!(l.log.newest(2).unwrap() + HOUR <= later);
+        // A rate whose window outlasts the packed span keeps every instant: the log widens.
+        let mut long = log(&[(100, 100 * 3_600_000)]);
+        long.push(0, 1);
+        long.push(80 * HOUR, 1);
+        assert!(long.log.wide);
+        long.expire(80 * HOUR);
+        assert_eq!(
+            long.earliest(80 * HOUR, 99, 0),
+            100 * HOUR,
+            "the unit at 0 still counts"
+        );
+    }
+
     /// One operation on a log: push (instant step, cost, open) or pop the oldest run.
     #[derive(Debug, Clone)]
     enum RunOp {
@@ -785,6 +841,32 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Moving runs older than the packed span forward changes no admission: a log
+        /// that may move them answers as one that never does (and widens instead).
+        #[test]
+        fn moving_runs_past_every_window_changes_no_admission(
+            steps in proptest::collection::vec(
+                (prop_oneof![0u64..5_000_000_000, (AT_SPAN / 3)..(AT_SPAN + 5)], 1u64..4), 1..60)
+        ) {
+            let rates = [Rate::new(5, Duration::from_secs(3_600)), Rate::new(2, Duration::from_secs(60))];
+            let mut moved = SlidingLog::new(&rates, Duration::ZERO);
+            let mut kept = SlidingLog::new(&rates, Duration::ZERO);
+            kept.log.horizon = 0;
+            let mut now = 0;
+            for (step, cost) in steps {
+                now += step;
+                moved.expire(now);
+                kept.expire(now);
+                let at = moved.earliest(now, cost.min(2), 0);
+                prop_assert_eq!(at, kept.earliest(now, cost.min(2), 0));
+                prop_assert_eq!(moved.usage().collect::<Vec<_>>(), kept.usage().collect::<Vec<_>>());
+                if at == now {
+                    moved.push(now, cost.min(2));
+                    kept.push(now, cost.min(2));
+                }
+            }
+        }
 
         /// Packed, rebased or widened, the log reads back as a plain list of runs would.
         #[test]
