@@ -424,9 +424,6 @@ pub(crate) struct SlidingLog {
     max_cost: u64,
     /// The largest `calls` of all rates.
     largest: u64,
-    /// The furthest any rate's cursor has moved (an absolute run index): runs before it
-    /// have left some window.
-    passed: u64,
 }
 
 impl SlidingLog {
@@ -452,7 +449,6 @@ impl SlidingLog {
                 ..Runs::default()
             },
             first_run: 0,
-            passed: 0,
             max_cost: rates.iter().map(|r| u64::from(r.calls)).min().unwrap_or(0),
             largest: rates.iter().map(|r| u64::from(r.calls)).max().unwrap_or(0),
         }
@@ -477,7 +473,7 @@ impl SlidingLog {
     pub(crate) fn expire(&mut self, now: Nanos) {
         let (log, first) = (&self.log, self.first_run);
         let end = first + log.len() as u64;
-        let (mut oldest, mut newest) = (end, 0);
+        let mut oldest = end;
         for r in &mut self.rates {
             let mut run = r.run;
             // A unit at instant u is inside (now - window, now] while now < u + window;
@@ -492,9 +488,7 @@ impl SlidingLog {
             }
             r.run = run;
             oldest = oldest.min(run);
-            newest = newest.max(run);
         }
-        self.passed = newest;
         self.trim(oldest);
     }
 
@@ -544,7 +538,8 @@ impl SlidingLog {
     pub(crate) fn push(&mut self, now: Nanos, cost: u64) {
         let end = self.first_run + self.log.len() as u64;
         // A run that some window has already left stays closed: new units start a run.
-        self.log.push(now, cost, self.passed < end);
+        let open = self.rates.iter().all(|r| r.run < end);
+        self.log.push(now, cost, open);
     }
 
     /// Units inside each rate's window at the last expiry, with the rate's limit.

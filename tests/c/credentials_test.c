@@ -196,6 +196,19 @@ static void get_machines_from_threads(qg_client *c)
     for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
 }
 
+/* Sends GET /api/machines, which must fail with QG_ERR_AUTH, and copies the last
+ * error's message into err. */
+static void get_machines_failing_auth(qg_client *c, char *err, size_t cap)
+{
+    qg_request *r = NULL;
+    qg_response *resp = NULL;
+    size_t n = 0;
+    CHECK_RC(qg_request_new("GET", "/api/machines", &r), QG_OK);
+    CHECK_RC(qg_client_send(c, r, &resp), QG_ERR_AUTH);
+    CHECK_RC(qg_last_error_message(err, cap, &n), QG_OK);
+    qg_request_free(r);
+}
+
 static void test_token_provider(void)
 {
     qg_sim *sim = start_sim(0);
@@ -214,17 +227,11 @@ static void test_token_provider(void)
     b = sim_builder(sim);
     CHECK_RC(qg_client_builder_set_token_provider(b, refuse_token, NULL), QG_OK);
     c = build(b);
-    qg_request *r = NULL;
-    qg_response *resp = NULL;
-    CHECK_RC(qg_request_new("GET", "/api/machines", &r), QG_OK);
-    CHECK_RC(qg_client_send(c, r, &resp), QG_ERR_AUTH);
     char err[512];
-    size_t n = 0;
-    CHECK_RC(qg_last_error_message(err, sizeof err, &n), QG_OK);
+    get_machines_failing_auth(c, err, sizeof err);
     CHECK(strstr(err, "the token provider failed") != NULL && strstr(err, "303") == NULL);
     /* The provider's buffer, which may hold its token, is never quoted. */
     CHECK(strstr(err, "written-then-refused") == NULL && strstr(err, "eyJ0eXAi") == NULL);
-    qg_request_free(r);
     qg_client_free(c);
     qg_sim_free(sim);
 }
@@ -274,16 +281,10 @@ static void test_token_source(void)
         b = sim_builder(sim);
         CHECK_RC(qg_client_builder_set_token_source(b, source_token, &failing), QG_OK);
         c = build(b);
-        qg_request *r = NULL;
-        qg_response *resp = NULL;
-        CHECK_RC(qg_request_new("GET", "/api/machines", &r), QG_OK);
-        CHECK_RC(qg_client_send(c, r, &resp), QG_ERR_AUTH);
         char err[512];
-        size_t n = 0;
-        CHECK_RC(qg_last_error_message(err, sizeof err, &n), QG_OK);
+        get_machines_failing_auth(c, err, sizeof err);
         CHECK(strstr(err, "eyJ") == NULL);
         if (mode == 2) CHECK(strstr(err, "without handing a token") != NULL);
-        qg_request_free(r);
         qg_client_free(c);
     }
     qg_sim_free(sim);

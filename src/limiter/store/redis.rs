@@ -430,17 +430,12 @@ impl RedisStore {
         let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         // The command is written once, straight into its buffer, and sent again as it is
         // after loading the script on `NOSCRIPT`.
-        let mut state = String::with_capacity(self.prefix.len() + key.len() + 5);
-        state.push('{');
-        state.push_str(&self.prefix);
-        state.push(':');
-        state.push_str(key);
-        state.push_str("}:s");
+        let tag = format!("{{{}:{}}}", self.prefix, key);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash())
             .arg(2)
-            .arg(&state)
-            .arg([&state[..state.len() - 1], "r"].concat())
+            .arg(format!("{tag}:s"))
+            .arg(format!("{tag}:r"))
             .arg(op)
             .arg(cost.min(LUA_MAX))
             .arg(id)
